@@ -1,0 +1,343 @@
+"""JSON-RPC 2.0 over newline-delimited JSON, on a pair of trio streams.
+
+Used both ways: the daemon is a client of every agent (`BackendActor`) and `stoker acp` is an
+agent to an editor. Requests we send wait for the matching response; requests the peer sends
+run as tasks so a slow one (a permission waiting for a human) never blocks the reader;
+notifications are handed to a synchronous callback in the reader task, in order, because
+that is the hot path (one per streamed chunk) and ordering matters.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import msgspec
+import trio
+
+from ..log import Log
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+AUTH_REQUIRED = -32000
+RESOURCE_NOT_FOUND = -32002
+REQUEST_CANCELLED = -32800
+
+
+class RpcError(Exception):
+    """An error to answer a request with, or the error the peer answered ours with."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"{message} ({code})")
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class ConnectionLost(Exception):
+    """The peer's stream ended (or failed) while we waited for it."""
+
+
+class LineTooLong(Exception):
+    """The peer sent a line longer than the configured cap: its protocol error."""
+
+
+class _ErrorObject(msgspec.Struct):
+    code: int
+    message: str = ""
+    data: Any = None
+
+
+class _Incoming(msgspec.Struct):
+    jsonrpc: str | msgspec.UnsetType = msgspec.UNSET
+    id: int | str | msgspec.UnsetType | None = msgspec.UNSET
+    method: str | msgspec.UnsetType = msgspec.UNSET
+    params: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    error: _ErrorObject | msgspec.UnsetType = msgspec.UNSET
+
+
+class _OutRequest(msgspec.Struct):
+    id: int | str
+    method: str
+    params: Any
+    jsonrpc: str = "2.0"
+
+
+class _OutNotification(msgspec.Struct):
+    method: str
+    params: Any
+    jsonrpc: str = "2.0"
+
+
+class _OutResult(msgspec.Struct):
+    id: int | str | None
+    result: Any
+    jsonrpc: str = "2.0"
+
+
+class _OutError(msgspec.Struct):
+    id: int | str | None
+    error: Any
+    jsonrpc: str = "2.0"
+
+
+class _Slot:
+    __slots__ = ("error", "event", "result")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.result: msgspec.Raw | None = None
+        self.error: BaseException | None = None
+
+
+RequestHandler = Callable[[str, msgspec.Raw | None], Awaitable[Any]]
+NotificationHandler = Callable[[str, msgspec.Raw | None], None]
+
+EMPTY_OBJECT = msgspec.Raw(b"{}")
+
+
+async def read_lines(stream: trio.abc.ReceiveStream, max_line: int) -> AsyncIterator[bytes]:
+    """Yield each newline-terminated line (without the newline) until EOF.
+
+    Long lines are gathered as a list of chunks and joined once, so a 100 KB or 50 MB line
+    costs one copy, not one per read.
+    """
+    pending: list[bytes] = []
+    pending_size = 0
+    while True:
+        data = cast(bytes, await stream.receive_some(262144))
+        if not data:
+            if pending:
+                tail = b"".join(pending).strip()
+                if tail:
+                    yield tail
+            return
+        start = 0
+        while True:
+            idx = data.find(b"\n", start)
+            if idx < 0:
+                break
+            if pending:
+                pending.append(data[start:idx])
+                line = b"".join(pending)
+                pending = []
+                pending_size = 0
+            else:
+                line = data[start:idx]
+            start = idx + 1
+            if len(line) > max_line:
+                raise LineTooLong(f"line of {len(line)} bytes exceeds the {max_line} byte cap")
+            yield line
+        if start < len(data):
+            rest = data[start:]
+            pending.append(rest)
+            pending_size += len(rest)
+            if pending_size > max_line:
+                raise LineTooLong(f"line exceeds the {max_line} byte cap")
+
+
+class JsonRpcConnection:
+    """One JSON-RPC peer. Run `serve()` in a nursery; it returns when the peer's output ends
+    (or raises `LineTooLong`). Pending requests then fail with `ConnectionLost`."""
+
+    def __init__(
+        self,
+        send: trio.abc.SendStream,
+        receive: trio.abc.ReceiveStream,
+        *,
+        on_request: RequestHandler,
+        on_notification: NotificationHandler,
+        on_traffic: Callable[[], None] | None = None,
+        max_line: int = 64 * 1024 * 1024,
+        log: Log | None = None,
+        name: str = "peer",
+    ) -> None:
+        self._send = send
+        self._receive = receive
+        self._on_request = on_request
+        self._on_notification = on_notification
+        self._on_traffic = on_traffic
+        self._max_line = max_line
+        self._log = log or Log("rpc")
+        self._name = name
+        self._ids = itertools.count(1)
+        self._pending: dict[int | str, _Slot] = {}
+        self._write_lock = trio.StrictFIFOLock()
+        self._decoder = msgspec.json.Decoder(_Incoming)
+        self._encoder = msgspec.json.Encoder()
+        self._closed: BaseException | None = None
+        self.lines_in = 0
+        self.lines_out = 0
+        self.last_traffic = trio.current_time()
+        self.sent: list[bytes] | None = None
+        """When a list, every line written is appended (tests validate them against the
+        ACP schema)."""
+
+    # ------------------------------------------------------------------ sending
+
+    async def _write(self, message: Any) -> None:
+        line = self._encoder.encode(message) + b"\n"
+        if self.sent is not None:
+            self.sent.append(line[:-1])
+        async with self._write_lock:
+            if self._closed is not None:
+                raise ConnectionLost(f"{self._name}: connection closed") from self._closed
+            try:
+                await self._send.send_all(line)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise ConnectionLost(f"{self._name}: cannot write: {exc}") from exc
+        self.lines_out += 1
+
+    async def request(self, method: str, params: Any, *, timeout: float | None = None
+                      ) -> msgspec.Raw:
+        """Send a request and wait for its result (raw JSON). Raises `RpcError` when the peer
+        answers with an error, `ConnectionLost` when it goes away, `trio.TooSlowError` after
+        `timeout`."""
+        if self._closed is not None:
+            raise ConnectionLost(f"{self._name}: connection closed") from self._closed
+        request_id = next(self._ids)
+        slot = _Slot()
+        self._pending[request_id] = slot
+        try:
+            await self._write(_OutRequest(id=request_id, method=method, params=params))
+            with trio.fail_after(math.inf if timeout is None else timeout):
+                await slot.event.wait()
+        finally:
+            self._pending.pop(request_id, None)
+        if slot.error is not None:
+            raise slot.error
+        assert slot.result is not None
+        return slot.result
+
+    async def notify(self, method: str, params: Any) -> None:
+        await self._write(_OutNotification(method=method, params=params))
+
+    async def respond(self, request_id: int | str | None, result: Any) -> None:
+        await self._write(_OutResult(id=request_id, result=result))
+
+    async def respond_error(self, request_id: int | str | None, code: int, message: str,
+                            data: Any = None) -> None:
+        error: dict[str, Any] = {"code": code, "message": message}
+        if data is not None:
+            error["data"] = data
+        await self._write(_OutError(id=request_id, error=error))
+
+    # ------------------------------------------------------------------ receiving
+
+    async def serve(self) -> None:
+        """Read until EOF. Incoming requests run in a nursery owned by this call."""
+        try:
+            async with trio.open_nursery() as nursery:
+                async for line in read_lines(self._receive, self._max_line):
+                    self.lines_in += 1
+                    self.last_traffic = trio.current_time()
+                    if self._on_traffic is not None:
+                        self._on_traffic()
+                    if not line.strip():
+                        continue
+                    self._dispatch(line, nursery)
+                # EOF: requests still being handled for the peer are pointless now.
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._fail_pending(ConnectionLost(f"{self._name}: read failed: {exc}"))
+            return
+        except BaseException as exc:
+            self._fail_pending(ConnectionLost(f"{self._name}: reader stopped: {exc!r}"))
+            raise
+        self._fail_pending(ConnectionLost(f"{self._name}: end of stream"))
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        if self._closed is None:
+            self._closed = exc
+        for slot in self._pending.values():
+            if not slot.event.is_set():
+                slot.error = exc
+                slot.event.set()
+
+    def close(self, reason: str = "closed") -> None:
+        """Fail everything pending; later sends raise `ConnectionLost`."""
+        self._fail_pending(ConnectionLost(f"{self._name}: {reason}"))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def _dispatch(self, line: bytes, nursery: trio.Nursery) -> None:
+        try:
+            msg = self._decoder.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._log.warning("malformed JSON-RPC line", peer=self._name, error=str(exc),
+                              line=line[:200].decode("utf-8", "replace"))
+            nursery.start_soon(self._respond_quietly, None, PARSE_ERROR, f"parse error: {exc}")
+            return
+        method = msg.method
+        params = None if msg.params is msgspec.UNSET else msg.params
+        if method is not msgspec.UNSET:
+            if msg.id is msgspec.UNSET:
+                try:
+                    self._on_notification(method, params)
+                except Exception:
+                    self._log.exception("notification handler failed", peer=self._name,
+                                        method=method)
+            else:
+                nursery.start_soon(self._handle_request, msg.id, method, params)
+            return
+        if msg.id is msgspec.UNSET or msg.id is None:
+            if msg.error is not msgspec.UNSET:
+                self._log.warning("peer reported an error", peer=self._name,
+                                  code=msg.error.code, message=msg.error.message)
+            return
+        slot = self._pending.get(msg.id)
+        if slot is None:
+            self._log.debug("response to an unknown request", peer=self._name, id=msg.id)
+            return
+        if msg.error is not msgspec.UNSET:
+            slot.error = RpcError(msg.error.code, msg.error.message, msg.error.data)
+        elif msg.result is not msgspec.UNSET:
+            slot.result = msg.result
+        else:
+            slot.result = msgspec.Raw(b"null")
+        slot.event.set()
+
+    async def _respond_quietly(self, request_id: int | str | None, code: int, message: str
+                               ) -> None:
+        try:
+            await self.respond_error(request_id, code, message)
+        except ConnectionLost:
+            pass
+
+    async def _handle_request(self, request_id: int | str | None, method: str,
+                              params: msgspec.Raw | None) -> None:
+        try:
+            result = await self._on_request(method, params)
+        except RpcError as exc:
+            await self._respond_quietly_error(request_id, exc)
+            return
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            await self._respond_quietly_error(
+                request_id, RpcError(INVALID_PARAMS, f"invalid params for {method}: {exc}"))
+            return
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            self._log.exception("request handler failed", peer=self._name, method=method)
+            await self._respond_quietly_error(
+                request_id, RpcError(INTERNAL_ERROR, f"internal error: {exc}"))
+            return
+        try:
+            await self.respond(request_id, result)
+        except ConnectionLost:
+            pass
+
+    async def _respond_quietly_error(self, request_id: int | str | None, exc: RpcError
+                                     ) -> None:
+        try:
+            await self.respond_error(request_id, exc.code, exc.message, exc.data)
+        except ConnectionLost:
+            pass

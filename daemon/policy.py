@@ -1,0 +1,212 @@
+"""Lifecycle decisions as pure functions over plain snapshots. No I/O, no clock reads.
+
+The pool and the backend actors gather facts (states, timestamps, RSS) and ask these
+functions what to do; the property tests in tests/unit/test_policy.py check their invariants
+exhaustively: a busy actor (or one with a pending permission, a live terminal or queued
+prompts) is never evicted; LRU picks the least recently active idle actor; after a sweep the
+warm count is within the cap unless every warm actor is busy; restarts never exceed R in T.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+class State(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    BUSY = "busy"
+    HIBERNATED = "hibernated"
+    CRASHED = "crashed"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+WARM_STATES = frozenset({State.STARTING, State.READY, State.BUSY})
+"""States in which the actor has (or is getting) a live agent process."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActorFacts:
+    """What the eviction sweep needs to know about one actor."""
+
+    key: str
+    state: State
+    last_activity: float
+    """Monotonic time of the last agent traffic or turn/permission/terminal activity."""
+    busy: bool = False
+    """A turn is running."""
+    queued: int = 0
+    pending_permissions: int = 0
+    live_terminals: int = 0
+    rss: int | None = None
+
+    @property
+    def warm(self) -> bool:
+        return self.state in WARM_STATES
+
+    @property
+    def evictable(self) -> bool:
+        """Could be hibernated now, ignoring time: warm, ready, and doing nothing."""
+        return (
+            self.state is State.READY
+            and not self.busy
+            and self.queued == 0
+            and self.pending_permissions == 0
+            and self.live_terminals == 0
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    key: str
+    reason: str
+
+
+def choose_evictions(
+    actors: Sequence[ActorFacts],
+    *,
+    now: float,
+    idle_ttl: float,
+    max_warm: int,
+    memory_budget: int | None = None,
+) -> list[Eviction]:
+    """Which actors to hibernate now, and why.
+
+    1. Every evictable actor idle for at least `idle_ttl`.
+    2. Then, least recently active first, evictable actors until the warm count is within
+       `max_warm`.
+    3. Then, the same order, until the summed RSS of the remaining warm actors is within
+       `memory_budget` (actors with unknown RSS count as 0).
+    Non-evictable actors are never chosen, whatever the pressure.
+    """
+    chosen: dict[str, str] = {}
+    for a in actors:
+        if a.evictable and now - a.last_activity >= idle_ttl:
+            chosen[a.key] = f"idle for {now - a.last_activity:.0f}s (ttl {idle_ttl:g}s)"
+    candidates = sorted(
+        (a for a in actors if a.evictable and a.key not in chosen),
+        key=lambda a: (a.last_activity, a.key),
+    )
+    warm = [a for a in actors if a.warm and a.key not in chosen]
+    excess = len(warm) - max_warm
+    pick = 0
+    while excess > 0 and pick < len(candidates):
+        victim = candidates[pick]
+        pick += 1
+        chosen[victim.key] = f"warm agents over the cap of {max_warm} (least recently active)"
+        excess -= 1
+    if memory_budget is not None:
+        used = sum(a.rss or 0 for a in actors if a.warm and a.key not in chosen)
+        while used > memory_budget and pick < len(candidates):
+            victim = candidates[pick]
+            pick += 1
+            chosen[victim.key] = (
+                f"memory budget {memory_budget} bytes exceeded ({used} bytes in use)"
+            )
+            used -= victim.rss or 0
+    order = {a.key: i for i, a in enumerate(actors)}
+    return [Eviction(key, reason) for key, reason in sorted(chosen.items(),
+                                                            key=lambda kv: order[kv[0]])]
+
+
+def is_idle(facts: ActorFacts, *, now: float, idle_ttl: float) -> bool:
+    return facts.evictable and now - facts.last_activity >= idle_ttl
+
+
+# --------------------------------------------------------------------------- staleness
+
+
+class Liveness(enum.Enum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    """Quiet for longer than a probe interval: probe it."""
+    STALE = "stale"
+    """Busy, and nothing heard (no traffic, no probe answer) for the stale grace."""
+
+
+def liveness(*, busy: bool, now: float, last_heard: float, probe_interval: float,
+             stale_grace: float) -> Liveness:
+    """Tell a slow agent from a hung one.
+
+    Silence alone is not a crash: an agent waiting on a slow LLM call still answers a probe,
+    and any answer (an error included) counts as heard. Only a busy agent that has been
+    silent *and* unanswering for the whole grace is stale. An idle agent is never stale
+    here (its process exit is noticed directly).
+    """
+    if not busy:
+        return Liveness.ALIVE
+    quiet = now - last_heard
+    if quiet >= stale_grace:
+        return Liveness.STALE
+    if quiet >= probe_interval:
+        return Liveness.SUSPECT
+    return Liveness.ALIVE
+
+
+# --------------------------------------------------------------------------- restarts
+
+
+@dataclass(frozen=True, slots=True)
+class RestartNow:
+    delay: float
+    """Seconds to wait before restarting (exponential backoff)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    reason: str
+
+
+def recent_restarts(history: Iterable[float], *, now: float, window: float) -> list[float]:
+    """The restart times that still count: those within `window` before `now`."""
+    return [t for t in history if now - t < window]
+
+
+def restart_decision(
+    history: Sequence[float],
+    *,
+    now: float,
+    max_restarts: int,
+    window: float,
+    backoff: float,
+    backoff_max: float,
+) -> RestartNow | GiveUp:
+    """Restart again, after how long, or give up (OTP intensity: at most R in T).
+
+    `history` holds the times of earlier restarts. The n-th consecutive restart within the
+    window waits `backoff * 2**(n-1)`, capped at `backoff_max`.
+    """
+    recent = recent_restarts(history, now=now, window=window)
+    if len(recent) >= max_restarts:
+        return GiveUp(
+            f"restarted {len(recent)} times in the last {window:g}s (limit {max_restarts})"
+        )
+    delay = min(backoff_max, backoff * (2 ** len(recent))) if backoff > 0 else 0.0
+    return RestartNow(delay=delay)
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+def pick_option(options: Sequence[tuple[str, str]], policy: str) -> str | None:
+    """The option a non-interactive policy picks from (option_id, kind) pairs.
+
+    `allow` takes the first `allow_once` (then the first `allow_always`), `deny` the first
+    `reject_once` (then `reject_always`). None: no suitable option (the request is answered
+    `cancelled`).
+    """
+    if policy == "allow":
+        order = ("allow_once", "allow_always")
+    elif policy == "deny":
+        order = ("reject_once", "reject_always")
+    else:
+        return None
+    for kind in order:
+        for option_id, option_kind in options:
+            if option_kind == kind:
+                return option_id
+    return None
