@@ -178,6 +178,7 @@ class BackendActor:
         settings: Settings,
         on_state: Callable[[BackendActor], None],
         instance: str,
+        on_turn_end: Callable[[BackendActor, int, str | None], None] | None = None,
     ) -> None:
         self.chat = chat
         self.cwd = cwd
@@ -191,6 +192,7 @@ class BackendActor:
         self._executor = executor
         self._settings = settings
         self._on_state = on_state
+        self._on_turn_end = on_turn_end
         self._instance = instance
         self._log = Log("backend", chat=chat, agent=spec.name)
 
@@ -402,6 +404,8 @@ class BackendActor:
             self.turns += 1
         self._touch()
         self._log.info("turn ended", turn=job.turn, stop_reason=stop_reason, error=error)
+        if job.started and self._on_turn_end is not None:
+            self._on_turn_end(self, job.turn, error)
 
     def _end_queued(self, error: str | None, *, cancelled: bool = False) -> None:
         while self.queue:
@@ -1369,6 +1373,55 @@ class BackendActor:
         except TerminalLimit as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
         raise RpcError(METHOD_NOT_FOUND, f"method not found: {method}")
+
+
+# ---------------------------------------------------------------------- probe
+
+
+async def probe_agent(executor: Executor, spec: AgentSpec, *, cwd: str, timeout: float,
+                      grace: float, instance: str) -> dict[str, Any]:
+    """Start the agent, ask `initialize`, stop it: what it says about itself."""
+    env = dict(os.environ)
+    env.update(spec.env)
+    marker = f"{instance}:probe:{spec.name}:{secrets.token_hex(4)}"
+    try:
+        proc = await executor.spawn(list(spec.command), env=env, cwd=cwd, actor=marker)
+    except SpawnError as exc:
+        raise AgentUnavailable(f"agent {spec.name!r} cannot start: {exc}") from None
+
+    async def ignore_request(method: str, params: msgspec.Raw | None) -> Any:
+        raise RpcError(METHOD_NOT_FOUND, f"method not found: {method}")
+
+    rpc = JsonRpcConnection(proc.stdin, proc.stdout, on_request=ignore_request,
+                            on_notification=lambda method, params: None,
+                            name=f"probe {spec.name}")
+    info: dict[str, Any] = {}
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rpc.serve)
+            nursery.start_soon(_discard, proc.stderr)
+            try:
+                raw = await rpc.request("initialize", {
+                    "protocolVersion": acp.PROTOCOL_VERSION,
+                    "clientCapabilities": CLIENT_CAPABILITIES,
+                    "clientInfo": {"name": "stoker", "title": "Stoker", "version": VERSION},
+                }, timeout=timeout)
+                info = msgspec.json.decode(raw)
+            except (RpcError, ConnectionLost, trio.TooSlowError) as exc:
+                raise AgentUnavailable(
+                    f"agent {spec.name!r} did not answer initialize: {exc}") from None
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(grace + 5):
+            await proc.stop(grace)
+    return info if isinstance(info, dict) else {}
+
+
+async def _discard(stream: trio.abc.ReceiveStream) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        while await stream.receive_some(65536):
+            pass
 
 
 # ---------------------------------------------------------------------- helpers

@@ -27,6 +27,7 @@ import msgspec
 import trio
 
 from protocol import deltas as d
+from protocol import messages as m
 from protocol.messages import (
     ActorCounts,
     ChatDetail,
@@ -39,7 +40,14 @@ from protocol.messages import (
 )
 
 from . import mailbox as mb
-from .backend import ActorRecord, BackendActor, Settings, content_problem, summarize
+from .backend import (
+    ActorRecord,
+    BackendActor,
+    Settings,
+    content_problem,
+    probe_agent,
+    summarize,
+)
 from .errors import (
     BadRequest,
     InvalidState,
@@ -101,6 +109,10 @@ class Pool:
         self._shutting_down: str | None = None
         self.started_at = time.time()
         self.evictions = 0
+        self.turn_listeners: list[Callable[[str, str, int, str | None], None]] = []
+        """Called (synchronously) after each turn that ran ends: (chat, agent, turn,
+        error or None). Subsystems use it, e.g. to publish a diff of the workspace."""
+        self._descriptions: dict[str, m.AgentDescription] = {}
 
     # ================================================================== lifecycle
 
@@ -153,6 +165,13 @@ class Pool:
     def _on_state(self, actor: BackendActor) -> None:
         if actor.state in (State.READY, State.STARTING):
             self._sweep_needed.set()
+
+    def _on_turn_end(self, actor: BackendActor, turn: int, error: str | None) -> None:
+        for listener in self.turn_listeners:
+            try:
+                listener(actor.chat, actor.agent, turn, error)
+            except Exception:
+                self._log.exception("turn listener failed", chat=actor.chat)
 
     # ================================================================== startup
 
@@ -262,7 +281,8 @@ class Pool:
             policy=chat.policy or self._settings.config.permissions.policy,
             mcp_servers=chat.mcp, record=record or ActorRecord(), hub=self._hub,
             store=self._store, executor=self._executor_for(chat, agent),
-            settings=self._settings, on_state=self._on_state, instance=self._instance)
+            settings=self._settings, on_state=self._on_state, instance=self._instance,
+            on_turn_end=self._on_turn_end)
         self._actors[(chat.id, agent)] = actor
         return actor
 
@@ -499,6 +519,35 @@ class Pool:
         await self._ask(actor, lambda r: mb.Warm(reply=r))
         return actor
 
+    async def describe_agent(self, agent: str) -> m.AgentDescription:
+        """The agent's initialize answer: from any actor that ran it, else from a probe
+        (start it, ask `initialize`, stop it). Cached per agent until a reload."""
+        spec = self._settings.agents.get(agent)
+        if spec is None:
+            raise UnknownAgent(agent, list(self._settings.agents))
+        for actor in self._actors.values():
+            if actor.agent == agent and actor.info.get("agentCapabilities") is not None:
+                return m.AgentDescription(
+                    agent=agent, capabilities=actor.info["agentCapabilities"],
+                    agent_info=actor.info.get("agentInfo") or {},
+                    auth_methods=actor.info.get("authMethods") or [],
+                    protocol_version=int(actor.info.get("protocolVersion", 1)))
+        cached = self._descriptions.get(agent)
+        if cached is not None:
+            return cached
+        executor = self._executors(spec.computer)
+        info = await probe_agent(executor, spec, cwd=os.path.expanduser("~"),
+                                 timeout=float(self._settings.config.daemon.request_timeout),
+                                 grace=float(self._settings.config.daemon.stop_grace),
+                                 instance=self._instance)
+        description = m.AgentDescription(
+            agent=agent, capabilities=info.get("agentCapabilities") or {},
+            agent_info=info.get("agentInfo") or {},
+            auth_methods=info.get("authMethods") or [],
+            protocol_version=int(info.get("protocolVersion", 1)))
+        self._descriptions[agent] = description
+        return description
+
     # ================================================================== views
 
     def chats(self, include_closed: bool = False, cwd: str | None = None) -> Iterable[Chat]:
@@ -613,6 +662,7 @@ class Pool:
         """After a config reload: restart (by hibernating) warm actors whose definition
         changed; others keep running. Returns how many were recycled."""
         recycled = 0
+        self._descriptions.clear()
         for (chat_id, agent), actor in list(self._actors.items()):
             spec = self._settings.agents.get(agent)
             if spec is None:

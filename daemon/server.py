@@ -32,11 +32,12 @@ from protocol.messages import TextBlock
 
 from . import config as config_mod
 from . import log as logging_setup
+from . import subsystems
 from .agents import registry
 from .backend import VERSION, BackendActor, Settings
 from .config import Config
 from .connection import Limits
-from .errors import BadRequest, ConfigError, UnknownChat
+from .errors import BadRequest, ConfigError, UnknownChat, UnknownComputer
 from .execution import Executor, LocalExecutor
 from .hub import Hub
 from .listener import DaemonAlreadyRunning, UnixListener, bind_unix_socket
@@ -90,6 +91,11 @@ class Daemon:
         self.extra_handlers: dict[type, Callable[[Any, str], Any]] = {}
         """Requests served by optional subsystems (workspaces, computers), by type."""
         self.on_reload: list[Callable[[Config], None]] = []
+        self.on_shutdown: list[Callable[[], Any]] = []
+        """Async callables run (shielded) after the pool stopped, before clients are
+        dismissed: subsystems close their listeners here."""
+        self.executors: dict[str | None, Executor] = {}
+        """Executors by computer name (None = local); the SSH subsystem adds its own."""
 
     def welcome(self, encoding: str) -> m.Welcome:
         return m.Welcome(protocol=m.PROTOCOL_VERSION, version=VERSION, pid=os.getpid(),
@@ -145,6 +151,11 @@ class Daemon:
         if isinstance(req, m.Reload):
             self.reload()
             return m.Ok()
+        if isinstance(req, m.DescribeAgent):
+            return await pool.describe_agent(req.agent)
+        if isinstance(req, m.Warm):
+            actor = await pool.warm(req.chat)
+            return actor.detail()
         handler = self.extra_handlers.get(type(req))
         if handler is not None:
             result = handler(req, client)
@@ -163,7 +174,7 @@ class Daemon:
         return await self.pool.open_chat(
             chat_id=req.chat, agent=req.agent, cwd=req.cwd, policy=req.policy,
             title=req.title, computer=req.computer, create=req.create,
-            require_cwd=req.require_cwd)
+            require_cwd=req.require_cwd, mcp=req.mcp_servers)
 
     def list_agents(self) -> m.AgentsResult:
         agents = []
@@ -284,25 +295,27 @@ async def _serve_locked(paths: Paths, config: Config, log: Log,
                 log.warning("the previous daemon did not exit cleanly; reclaiming its agents")
             hub = Hub(store, ring_size=config.channels.ring_size)
             settings = Settings(config, registry(config))
-            local = LocalExecutor(instance)
-            executors: dict[str | None, Executor] = {None: local}
+            executors: dict[str | None, Executor] = {None: LocalExecutor(instance)}
 
             def executor_for(computer: str | None) -> Executor:
                 found = executors.get(computer)
                 if found is None:
-                    raise BadRequest(f"unknown computer {computer!r}")
+                    raise UnknownComputer(f"unknown computer {computer!r}")
                 return found
 
             pool = Pool(hub=hub, store=store, settings=settings, executors=executor_for,
                         instance=instance)
             daemon = Daemon(paths=paths, settings=settings, store=store, hub=hub, pool=pool,
                             instance=instance)
+            daemon.executors = executors
             listener = UnixListener(sock, daemon, daemon.limits(),
                                     max_connections=config.daemon.max_connections,
                                     path=sock_path)
             exit_code = 0
             async with trio.open_nursery() as root:
                 await root.start(pool.run)
+                for setup in subsystems.load():
+                    await setup(daemon, root)
                 await root.start(listener.serve)
                 root.start_soon(_retention, hub, settings)
                 if notifier is not None and watchdog:
@@ -330,6 +343,11 @@ async def _serve_locked(paths: Paths, config: Config, log: Log,
                 listener.stop_accepting()
                 with trio.CancelScope(shield=True):
                     await pool.shutdown("daemon shutting down")
+                    for hook in daemon.on_shutdown:
+                        try:
+                            await hook()
+                        except Exception:
+                            log.exception("shutdown hook failed")
                     await listener.close_connections("daemon shutting down")
                 root.cancel_scope.cancel()
             await _clean_exit_marker(store, "1")

@@ -100,6 +100,10 @@ class _Request(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=Tru
     id: int
 
 
+RequestBase = _Request
+"""Base class of every request (subsystems define theirs in their own section below)."""
+
+
 class Ping(_Request, tag="ping"):
     pass
 
@@ -129,6 +133,8 @@ class OpenChat(_Request, tag="open_chat"):
     computer: str | None = None
     policy: Literal["ask", "allow", "deny"] | None = None
     title: str | None = None
+    mcp_servers: list[dict[str, Any]] | None = None
+    """ACP `McpServer` objects passed to the agent's session/new (and load/resume)."""
     create: bool = True
     """False: fail with `unknown_chat` instead of creating it."""
 
@@ -210,6 +216,20 @@ class Reload(_Request, tag="reload"):
     """Re-read the config file (as SIGHUP does)."""
 
 
+class DescribeAgent(_Request, tag="describe_agent"):
+    """The agent's ACP capabilities as the daemon knows them. When no actor of this agent
+    has run yet, the daemon starts the agent once, asks `initialize`, and stops it."""
+
+    agent: str
+
+
+class Warm(_Request, tag="warm"):
+    """Start the chat's current agent if it is not running and wait until it is ready;
+    returns its `ActorDetail` (modes, config options, capabilities)."""
+
+    chat: str
+
+
 Request = (
     Ping
     | GetStatus
@@ -228,6 +248,8 @@ Request = (
     | SetConfig
     | Authenticate
     | Reload
+    | DescribeAgent
+    | Warm
 )
 
 ClientMessage = Hello | Request
@@ -368,6 +390,14 @@ class ActorDetail(Struct):
     terminals: list[str] = []
 
 
+class AgentDescription(Struct):
+    agent: str
+    capabilities: dict[str, Any] = {}
+    agent_info: dict[str, Any] = {}
+    auth_methods: list[dict[str, Any]] = []
+    protocol_version: int = 1
+
+
 class ChatDetail(Struct):
     chat: ChatInfo
     actors: list[ActorDetail]
@@ -422,6 +452,8 @@ RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     SetConfig: Ok,
     Authenticate: Ok,
     Reload: Ok,
+    DescribeAgent: AgentDescription,
+    Warm: ActorDetail,
 }
 """The type of `Reply.result` for each request type."""
 

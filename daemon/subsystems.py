@@ -1,0 +1,32 @@
+"""Optional parts of the daemon that plug into the supervision tree.
+
+Each entry names a module with `async def setup(daemon: Daemon, nursery: trio.Nursery)`,
+called once the pool has loaded and before the Unix listener accepts clients. A subsystem
+starts its own tasks in `nursery`, serves its requests by adding handlers to
+`daemon.extra_handlers` (keyed by request type), and registers cleanup in
+`daemon.on_shutdown` / reactions to reloads in `daemon.on_reload`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import trio
+
+    from .server import Daemon
+
+Setup = Callable[["Daemon", "trio.Nursery"], Awaitable[Any]]
+
+SUBSYSTEMS: list[str] = [
+]
+
+
+def load() -> list[Setup]:
+    setups: list[Setup] = []
+    for name in SUBSYSTEMS:
+        module = importlib.import_module(name)
+        setups.append(module.setup)
+    return setups

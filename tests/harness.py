@@ -1,0 +1,295 @@
+"""Test harness: the real daemon in a subprocess, with its own directories.
+
+`DaemonProcess` starts `python -m daemon.cli daemon` with a private socket, state dir and
+config, waits until the socket answers, and stops it with SIGTERM (or `kill -9` on request).
+Every process it spawns carries `STOKER_TEST_ID` in its environment, so teardown can prove
+that no agent process outlived the daemon (and clean up if one did).
+
+Clients are the real `daemon.client.Client` over the real socket; `turn()` drives one prompt
+and collects its deltas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import trio
+
+from daemon.client import Client
+from protocol import deltas as d
+from protocol import messages as m
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def short_tmpdir(prefix: str = "stk") -> Path:
+    """Unix socket paths are limited to ~108 bytes: keep them short."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def processes_with_marker(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("STOKER_TEST_ID") == marker:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
+
+
+@dataclass
+class TurnResult:
+    chat: str
+    turn: int
+    deltas: list[d.Delta] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(x.body.text for x in self.deltas if isinstance(x.body, d.Text))
+
+    @property
+    def ended(self) -> d.TurnEnded:
+        ends = [x.body for x in self.deltas if isinstance(x.body, d.TurnEnded)]
+        assert len(ends) == 1, f"expected exactly one turn_ended, got {len(ends)}"
+        return ends[0]
+
+    def kinds(self) -> list[str]:
+        return [str(type(x.body).__struct_config__.tag) for x in self.deltas]
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [x.body for x in self.deltas if isinstance(x.body, kind)]
+
+
+class DaemonProcess:
+    def __init__(self, base: Path | None = None, config: str = "",
+                 env: dict[str, str] | None = None) -> None:
+        self.base = base or short_tmpdir()
+        self.socket = self.base / "run" / "stoker.sock"
+        self.state_dir = self.base / "state"
+        self.config_path = self.base / "config.toml"
+        self.log_path = self.base / "daemon.log"
+        self.work = self.base / "work"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.marker = uuid.uuid4().hex
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.write_config(config)
+        self.allow_leftovers = False
+
+    # ------------------------------------------------------------------ config
+
+    def write_config(self, text: str) -> None:
+        self.config_path.write_text(text)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in list(env):
+            if name.startswith(("STOKER_", "NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")):
+                env.pop(name)
+        env.update(
+            STOKER_SOCKET=str(self.socket),
+            STOKER_STATE_DIR=str(self.state_dir),
+            STOKER_CONFIG=str(self.config_path),
+            XDG_STATE_HOME=str(self.base / "xdg-state"),
+            XDG_RUNTIME_DIR=str(self.base / "xdg-run"),
+            XDG_CONFIG_HOME=str(self.base / "xdg-config"),
+            STOKER_TEST_ID=self.marker,
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.extra_env)
+        return env
+
+    # ------------------------------------------------------------------ process
+
+    def start(self, *, log_level: str = "debug", timeout: float = 20.0,
+              extra_args: list[str] | None = None, pass_fds: tuple[int, ...] = (),
+              env: dict[str, str] | None = None, wait: bool = True) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "daemon already running"
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        full_env = self.env()
+        if env:
+            full_env.update(env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "daemon", "--log-level", log_level,
+             *(extra_args or [])],
+            env=full_env, stdout=log, stderr=log, cwd=str(self.work), pass_fds=pass_fds,
+        )
+        log.close()
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"daemon exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
+            if self.socket.exists():
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    probe.connect(str(self.socket))
+                    return
+                except OSError:
+                    pass
+                finally:
+                    probe.close()
+            time.sleep(0.02)
+        raise AssertionError(f"daemon not ready after {timeout}s:\n{self.log_text()[-4000:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"daemon did not stop within {timeout}s:\n"
+                                 f"{self.log_text()[-4000:]}") from None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def leftovers(self) -> list[psutil.Process]:
+        own = {self.proc.pid} if self.proc is not None else set()
+        return [p for p in processes_with_marker(self.marker) if p.pid not in own]
+
+    def cleanup(self) -> list[int]:
+        """Stop the daemon; kill and report any process of ours that outlived it."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.stop()
+            except AssertionError:
+                pass
+        left = self.leftovers()
+        pids = [p.pid for p in left]
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(left, timeout=5)
+        return pids
+
+    def remove(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    # ------------------------------------------------------------------ CLI
+
+    def cli(self, *args: str, input: str | None = None, timeout: float = 60.0,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "daemon.cli", *args], env=self.env(),
+            cwd=str(cwd or self.work), capture_output=True, text=True, input=input,
+            timeout=timeout)
+
+    # ------------------------------------------------------------------ clients
+
+    @contextlib.asynccontextmanager
+    async def client(self, name: str = "test") -> AsyncIterator[Client]:
+        async with Client.connect(self.socket, client=name) as client:
+            yield client
+
+
+async def open_chat(client: Client, chat: str | None = None, agent: str = "echo",
+                    cwd: Path | str | None = None, **kwargs: Any) -> m.ChatInfo:
+    info: m.ChatInfo = await client.request(m.OpenChat(
+        id=0, chat=chat, agent=agent, cwd=str(cwd) if cwd else None, **kwargs))
+    return info
+
+
+async def subscribe(client: Client, chat: str, since: int | None = None,
+                    epoch: str | None = None, live: bool = True) -> m.Subscribed:
+    cursor = None if since is None else m.Cursor(seq=since, epoch=epoch)
+    sub: m.Subscribed = await client.request(m.Subscribe(id=0, chat=chat, since=cursor,
+                                                         live=live))
+    return sub
+
+
+async def collect_turn(client: Client, chat: str, turn: int, timeout: float = 30.0
+                       ) -> TurnResult:
+    """Read events until `turn`'s turn_ended; returns the deltas of that turn (and the
+    turn-less ones in between, e.g. status)."""
+    result = TurnResult(chat=chat, turn=turn)
+    with trio.fail_after(timeout):
+        while True:
+            event = await client.next_event()
+            if isinstance(event, d.Delta) and event.chat == chat:
+                if event.turn in (turn, 0):
+                    result.deltas.append(event)
+                if isinstance(event.body, d.TurnEnded) and event.turn == turn:
+                    return result
+
+
+async def turn(client: Client, chat: str, text: str, *, agent: str | None = None,
+               timeout: float = 30.0, content: list[Any] | None = None) -> TurnResult:
+    """Subscribe (live) if needed, send a prompt, collect its turn."""
+    if chat not in getattr(client, "_test_subscribed", set()):
+        await subscribe(client, chat)
+        subscribed = getattr(client, "_test_subscribed", set())
+        subscribed.add(chat)
+        client._test_subscribed = subscribed  # type: ignore[attr-defined]
+    accepted: m.PromptAccepted = await client.request(m.Prompt(
+        id=0, chat=chat, text=text, agent=agent, content=content or []))
+    return await collect_turn(client, chat, accepted.turn, timeout)
+
+
+async def wait_for_delta(client: Client, predicate: Any, timeout: float = 30.0) -> d.Delta:
+    with trio.fail_after(timeout):
+        while True:
+            event = await client.next_event()
+            if isinstance(event, d.Delta) and predicate(event):
+                return event
+
+
+async def inspect(client: Client, chat: str) -> m.ChatDetail:
+    detail: m.ChatDetail = await client.request(m.Inspect(id=0, chat=chat))
+    return detail
+
+
+async def actor(client: Client, chat: str, agent: str = "echo") -> m.ActorDetail:
+    detail = await inspect(client, chat)
+    for a in detail.actors:
+        if a.agent == agent:
+            return a
+    raise AssertionError(f"no actor {agent} in chat {chat}")
+
+
+async def wait_state(client: Client, chat: str, state: str, timeout: float = 20.0,
+                     agent: str = "echo") -> m.ActorDetail:
+    """Poll inspect until the actor reaches `state` (a condition with a deadline)."""
+    with trio.fail_after(timeout):
+        while True:
+            a = await actor(client, chat, agent)
+            if a.state == state:
+                return a
+            await trio.sleep(0.05)

@@ -1,0 +1,188 @@
+"""Issue 2 (core): the real daemon, real echo agent processes, the real socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+import trio
+
+from protocol import deltas as d
+from protocol import messages as m
+from tests.harness import DaemonProcess, actor, open_chat, subscribe, turn
+
+
+async def test_two_turns_share_process_and_session(daemon: DaemonProcess) -> None:
+    async with daemon.client() as client:
+        info = await open_chat(client, "warm", cwd=daemon.work)
+        first = await turn(client, info.chat, "/pid")
+        second = await turn(client, info.chat, "/pid")
+        assert first.ended.stop_reason == "end_turn"
+        assert first.text == second.text
+        a = await actor(client, info.chat)
+        assert a.pid == int(first.text)
+        assert a.generation == 1
+        assert a.session_id
+        assert a.turns == 2
+
+
+async def test_plain_text_streams_one_chunk_per_word(daemon: DaemonProcess) -> None:
+    async with daemon.client() as client:
+        info = await open_chat(client, cwd=daemon.work)
+        result = await turn(client, info.chat, "hello there warm world")
+        texts = [b.text for b in result.of(d.Text)]
+        assert texts == ["hello", " there", " warm", " world"]
+        kinds = result.kinds()
+        assert kinds[0] == "turn_started"
+        assert kinds.count("turn_ended") == 1
+        seqs = [x.seq for x in result.deltas]
+        assert seqs == sorted(seqs)
+
+
+async def test_cancel_sleep_within_a_second_then_same_process(daemon: DaemonProcess) -> None:
+    async with daemon.client() as client:
+        info = await open_chat(client, "cancel", cwd=daemon.work)
+        pid = int((await turn(client, info.chat, "/pid")).text)
+        accepted = await client.request(m.Prompt(id=0, chat=info.chat, text="/sleep 10000"))
+        await _wait_busy(client, info.chat)
+        start = trio.current_time()
+        await client.request(m.Cancel(id=0, chat=info.chat))
+        ended = await _wait_turn_end(client, info.chat, accepted.turn)
+        assert trio.current_time() - start < 1.0
+        assert ended.stop_reason == "cancelled"
+        again = await turn(client, info.chat, "/pid")
+        assert int(again.text) == pid
+
+
+async def _wait_busy(client, chat: str) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(10):
+        while (await actor(client, chat)).state != "busy":
+            await trio.sleep(0.02)
+
+
+async def _wait_turn_end(client, chat: str, turn_id: int) -> d.TurnEnded:  # type: ignore[no-untyped-def]
+    with trio.fail_after(10):
+        while True:
+            event = await client.next_event()
+            if (isinstance(event, d.Delta) and event.chat == chat and event.turn == turn_id
+                    and isinstance(event.body, d.TurnEnded)):
+                return event.body
+
+
+async def test_kill_9_mid_turn_ends_turn_and_next_prompt_is_new_generation(
+        daemon: DaemonProcess) -> None:
+    async with daemon.client() as client:
+        info = await open_chat(client, "k9", cwd=daemon.work)
+        pid = int((await turn(client, info.chat, "/pid")).text)
+        accepted = await client.request(m.Prompt(id=0, chat=info.chat, text="/sleep 20000"))
+        await _wait_busy(client, info.chat)
+        os.kill(pid, signal.SIGKILL)
+        ended = await _wait_turn_end(client, info.chat, accepted.turn)
+        assert ended.error is not None
+        assert "SIGKILL" in ended.error
+        nxt = await turn(client, info.chat, "/pid")
+        assert nxt.ended.stop_reason == "end_turn"
+        assert int(nxt.text) != pid
+        assert (await actor(client, info.chat)).generation >= 2
+
+
+async def test_missing_binary_ends_turn_with_cause(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(config='[agents.ghost]\ncommand = ["/nonexistent/ghost-agent"]\n')
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "ghost", agent="ghost", cwd=daemon.work)
+        result = await turn(client, info.chat, "hello")
+        assert result.ended.error is not None
+        assert "ghost-agent" in result.ended.error
+        # The daemon is fine and serves another chat.
+        other = await open_chat(client, "fine", cwd=daemon.work)
+        assert (await turn(client, other.chat, "still here")).text == "still here"
+
+
+async def test_agent_exiting_during_initialize_ends_turn(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(config=(
+        '[agents.flaky]\ncommand = ["python3", "-m", "daemon.echo_agent", '
+        '"--fail-initialize"]\n'))
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "flaky", agent="flaky", cwd=daemon.work)
+        result = await turn(client, info.chat, "hello")
+        assert result.ended.error is not None
+        assert "status 4" in result.ended.error
+        status = await client.request(m.GetStatus(id=0))
+        assert status.pid == daemon.pid
+
+
+async def test_queue_is_ordered_and_bounded(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(config="[daemon]\nqueue_limit = 2\n")
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "q", cwd=daemon.work)
+        await subscribe(client, info.chat)
+        first = await client.request(m.Prompt(id=0, chat=info.chat, text="/sleep 500"))
+        await _wait_busy(client, info.chat)
+        second = await client.request(m.Prompt(id=0, chat=info.chat, text="two"))
+        third = await client.request(m.Prompt(id=0, chat=info.chat, text="three"))
+        assert (first.turn, second.turn, third.turn) == (1, 2, 3)
+        assert third.queued == 2
+        try:
+            await client.request(m.Prompt(id=0, chat=info.chat, text="four"))
+        except Exception as exc:
+            assert "queue_full" in str(exc)
+        else:
+            raise AssertionError("a fourth prompt should exceed the queue bound")
+        ended: list[int] = []
+        texts: dict[int, str] = {}
+        with trio.fail_after(20):
+            while len(ended) < 3:
+                event = await client.next_event()
+                if isinstance(event, d.Delta) and isinstance(event.body, d.Text):
+                    texts[event.turn] = texts.get(event.turn, "") + event.body.text
+                if isinstance(event, d.Delta) and isinstance(event.body, d.TurnEnded):
+                    ended.append(event.turn)
+        assert ended == [1, 2, 3]
+        assert texts[2] == "two"
+        assert texts[3] == "three"
+
+
+async def test_sigterm_ends_open_turns_stops_agents_exits_zero(daemon: DaemonProcess) -> None:
+    async with daemon.client() as client:
+        info = await open_chat(client, "shut", cwd=daemon.work)
+        pid = int((await turn(client, info.chat, "/pid")).text)
+        running = await client.request(m.Prompt(id=0, chat=info.chat, text="/sleep 30000"))
+        queued = await client.request(m.Prompt(id=0, chat=info.chat, text="later"))
+        await _wait_busy(client, info.chat)
+        daemon.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        ends: dict[int, d.TurnEnded] = {}
+        with trio.fail_after(20):
+            while len(ends) < 2:
+                event = await client.next_event()
+                if isinstance(event, d.Delta) and isinstance(event.body, d.TurnEnded):
+                    assert event.turn not in ends, "a turn ended twice"
+                    ends[event.turn] = event.body
+        assert ends[running.turn].error == "daemon shutting down"
+        assert ends[queued.turn].error == "daemon shutting down"
+    assert daemon.proc.wait(20) == 0  # type: ignore[union-attr]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert daemon.leftovers() == []
+
+
+async def test_fs_is_confined_to_the_chat_directory(daemon: DaemonProcess) -> None:
+    work = daemon.work / "proj"
+    work.mkdir()
+    outside = daemon.base / "secret.txt"
+    outside.write_text("secret")
+    (work / "link").symlink_to(daemon.base)
+    async with daemon.client() as client:
+        info = await open_chat(client, "fs", cwd=work)
+        assert (await turn(client, info.chat, "/write notes/a.txt hi there")).text.startswith(
+            "wrote")
+        assert (work / "notes" / "a.txt").read_text() == "hi there"
+        assert (await turn(client, info.chat, "/read notes/a.txt")).text == "hi there"
+        for attempt in (f"/read {outside}", "/read ../secret.txt", "/read link/secret.txt",
+                        "/write ../escape.txt x", "/write link/escape.txt x"):
+            result = await turn(client, info.chat, attempt)
+            assert "access denied" in result.text, (attempt, result.text)
+        assert not (daemon.base / "escape.txt").exists()
+        assert outside.read_text() == "secret"
