@@ -78,6 +78,7 @@ class Client:
         self._closed: str | None = None
         self._send_lock = trio.Lock()
         self.welcome: m.Welcome | None = None
+        self.socket_path: Path | None = None
 
     @classmethod
     @asynccontextmanager
@@ -94,6 +95,7 @@ class Client:
         except OSError as exc:
             raise DaemonNotRunning(path, exc.strerror or str(exc)) from None
         self = cls(stream, client)
+        self.socket_path = path
         body_error: BaseException | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_loop)

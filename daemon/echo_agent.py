@@ -110,6 +110,8 @@ stripped, and interpreted:
 ``/stderr N``          N lines ``echo stderr line I`` (I = 0..N-1) on stderr; chunk ``stderr N``
 ``/bigline KB``        one chunk of KB*1024 ``x``
 ``/error``             the prompt fails with JSON-RPC error -32603 "echo: requested failure"
+``/spawn SECONDS``     starts ``sleep SECONDS`` in a new session (it leaves the agent's process
+                       group, as tool processes of real agents do); chunk: its pid
 
 A command whose argument is missing or malformed replies ``error: USAGE`` and ends the turn.
 Every prompt's text and its reply (the concatenated chunks) are appended to the session
@@ -132,6 +134,9 @@ Knobs (a flag wins over its environment variable)
     On ``initialize``: one line on stderr, then exit status 4.
 ``--startup-delay MS`` (``STOKER_ECHO_STARTUP_DELAY_MS``)
     Sleep MS ms before reading stdin.
+``--linger`` (``STOKER_ECHO_LINGER=1``)
+    Ignore stdin EOF and keep running (until a signal), like agents that do not notice their
+    client went away: the tests of orphan reclaim and process-tree stop need one.
 """
 
 from __future__ import annotations
@@ -207,7 +212,9 @@ class Options:
         require_auth: bool = False,
         fail_initialize: bool = False,
         startup_delay_ms: int = 0,
+        linger: bool = False,
     ) -> None:
+        self.linger = linger
         self.state_dir = state_dir
         self.load = load
         self.resume = resume
@@ -444,6 +451,7 @@ class EchoAgent:
             "/stderr": self._cmd_stderr,
             "/bigline": self._cmd_bigline,
             "/error": self._cmd_error,
+            "/spawn": self._cmd_spawn,
         }
 
     # ------------------------------------------------------------------ output
@@ -541,6 +549,8 @@ class EchoAgent:
             threading.Event().wait()
 
     def _shutdown(self) -> int:
+        if self.options.linger:
+            self._hang_forever()
         with self._cond:
             self._eof = True
             for session in self._sessions.values():
@@ -1348,6 +1358,15 @@ class EchoAgent:
     def _cmd_error(self, turn: Turn, arg: str) -> None:
         raise RpcError(INTERNAL_ERROR, "echo: requested failure")
 
+    def _cmd_spawn(self, turn: Turn, arg: str) -> None:
+        import subprocess
+
+        seconds = self._int_arg(arg, "usage: /spawn SECONDS", low=1, high=86400)
+        child = subprocess.Popen(
+            ["sleep", str(seconds)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        self._chunk(turn, str(child.pid))
+
 
 # ------------------------------------------------------------------------- CLI
 
@@ -1387,6 +1406,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="exit 4 on initialize (env STOKER_ECHO_FAIL_INIT=1)",
     )
     parser.add_argument(
+        "--linger",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep running after stdin EOF (env STOKER_ECHO_LINGER=1)",
+    )
+    parser.add_argument(
         "--startup-delay",
         metavar="MS",
         type=int,
@@ -1418,6 +1443,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
             fail_initialize if fail_initialize is not None else _env_flag("STOKER_ECHO_FAIL_INIT")
         ),
         startup_delay_ms=delay,
+        linger=args.linger if args.linger is not None else _env_flag("STOKER_ECHO_LINGER"),
     )
 
 

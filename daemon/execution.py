@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -169,6 +170,27 @@ def _kill_processes(procs: list[psutil.Process]) -> int:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
     return killed
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Alive and not a zombie. Orphans are reaped by whatever PID 1 is; in containers that
+    may never happen, and a zombie holds no resources worth waiting for."""
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until none of `procs` runs; returns those still running at the deadline."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if _running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [p for p in alive if _running(p)]
+    return alive
 
 
 def tree_rss(pid: int) -> int | None:
@@ -326,7 +348,9 @@ def _has_marker(proc: psutil.Process, actor: str) -> bool:
         environ = proc.environ()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
         return False
-    return environ.get(ACTOR_VAR) == actor and INSTANCE_VAR in environ
+    # Terminals of an actor carry `<actor>/<terminal id>`: they are the actor's too.
+    marker = environ.get(ACTOR_VAR, "")
+    return INSTANCE_VAR in environ and (marker == actor or marker.startswith(actor + "/"))
 
 
 def reclaim_local(identity: ProcessIdentity) -> bool:
@@ -361,9 +385,9 @@ def reclaim_local(identity: ProcessIdentity) -> bool:
     for proc in targets:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             proc.terminate()
-    _gone, alive = psutil.wait_procs(targets, timeout=2.0)
+    alive = _wait_gone(targets, timeout=2.0)
     _kill_processes(alive)
-    psutil.wait_procs(alive, timeout=2.0)
+    _wait_gone(alive, timeout=2.0)
     Log("exec").info("reclaimed orphaned agent processes", pids=[p.pid for p in targets],
                      actor=identity.actor)
     return True

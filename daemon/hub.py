@@ -163,8 +163,8 @@ class Channel:
 class Subscription:
     """One connection's subscription to one chat."""
 
-    __slots__ = ("active", "announce", "channel", "cursor", "keep_live", "lag_from", "mode",
-                 "outbox")
+    __slots__ = ("_last_cursor", "active", "announce", "channel", "cursor", "keep_live",
+                 "lag_from", "mode", "outbox")
 
     def __init__(self, channel: Channel, outbox: Outbox, mode: Mode, cursor: int,
                  keep_live: bool) -> None:
@@ -177,6 +177,7 @@ class Subscription:
         self.active = True
         self.announce: Literal["replay", "lagged"] = "replay"
         self.lag_from = 0
+        self._last_cursor = -1
 
 
 def _inactive(sub: Subscription) -> bool:
@@ -313,11 +314,26 @@ class Hub:
                 chat=ch.chat, from_seq=sub.lag_from, head_seq=ch.head,
                 missed=ch.head - sub.lag_from + 1)))
             sub.announce = "replay"
+        stalled = 0
         while sub.active and outbox.has_room():
             source = next_source(cursor=sub.cursor, head=ch.head, ring_first=ch.ring_first,
                                  floor=ch.floor)
             if source is Source.LIVE:
                 break
+            before = sub.cursor
+            stalled = stalled + 1 if before == sub._last_cursor else 0
+            if stalled > 3:
+                # Never spin: a bug here must cost this subscriber a resync, not the
+                # whole daemon its event loop.
+                self._log.error("catch-up made no progress; resyncing subscriber",
+                                chat=ch.chat, cursor=sub.cursor, head=ch.head)
+                outbox.put(self._control(sub, ResyncRequired(
+                    chat=ch.chat, epoch=ch.epoch, seq=ch.head,
+                    reason="internal error during replay",
+                    snapshot=ch.view.snapshot(ch.chat))))
+                sub.cursor = ch.head
+                break
+            sub._last_cursor = before
             if source is Source.RING:
                 start = sub.cursor + 1 - ch.ring_first
                 for entry in islice(ch.ring, start, None):

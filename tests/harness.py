@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 import trio
 
@@ -118,15 +119,18 @@ class DaemonProcess:
 
     def start(self, *, log_level: str = "debug", timeout: float = 20.0,
               extra_args: list[str] | None = None, pass_fds: tuple[int, ...] = (),
-              env: dict[str, str] | None = None, wait: bool = True) -> None:
+              env: dict[str, str] | None = None, wait: bool = True,
+              launcher: list[str] | None = None) -> None:
+        """`launcher`: argv put before the daemon's own; it must exec the rest of its argv
+        (so the daemon keeps its pid, e.g. to set LISTEN_PID as systemd does)."""
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"
         log = open(self.log_path, "ab")  # noqa: SIM115
         full_env = self.env()
         if env:
             full_env.update(env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "daemon", "--log-level", log_level,
-             *(extra_args or [])],
+            [*(launcher or []), sys.executable, "-m", "daemon.cli", "daemon",
+             "--log-level", log_level, *(extra_args or [])],
             env=full_env, stdout=log, stderr=log, cwd=str(self.work), pass_fds=pass_fds,
         )
         log.close()
@@ -140,17 +144,30 @@ class DaemonProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(
                     f"daemon exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
-            if self.socket.exists():
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    probe.connect(str(self.socket))
-                    return
-                except OSError:
-                    pass
-                finally:
-                    probe.close()
+            if self.socket.exists() and self._handshake():
+                return
             time.sleep(0.02)
         raise AssertionError(f"daemon not ready after {timeout}s:\n{self.log_text()[-4000:]}")
+
+    def _handshake(self) -> bool:
+        """Ready means: answers `hello` with `welcome` (the socket accepts into its backlog
+        before the daemon has loaded its state, so a bare connect proves nothing)."""
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(0.5)
+        try:
+            probe.connect(str(self.socket))
+            payload = msgspec.msgpack.encode(m.Hello(client="harness"))
+            probe.sendall(len(payload).to_bytes(4, "big") + payload)
+            header = probe.recv(4, socket.MSG_WAITALL)
+            if len(header) < 4:
+                return False
+            body = probe.recv(int.from_bytes(header, "big"), socket.MSG_WAITALL)
+            return isinstance(msgspec.msgpack.decode(body, type=m.ClientSideServerMessage),
+                              m.Welcome)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        finally:
+            probe.close()
 
     @property
     def pid(self) -> int:
@@ -255,7 +272,7 @@ async def turn(client: Client, chat: str, text: str, *, agent: str | None = None
     """Subscribe (live) if needed, send a prompt, collect its turn."""
     if chat not in getattr(client, "_test_subscribed", set()):
         await subscribe(client, chat)
-        subscribed = getattr(client, "_test_subscribed", set())
+        subscribed: set[str] = getattr(client, "_test_subscribed", set())
         subscribed.add(chat)
         client._test_subscribed = subscribed  # type: ignore[attr-defined]
     accepted: m.PromptAccepted = await client.request(m.Prompt(

@@ -6,8 +6,10 @@ import os
 import signal
 
 import psutil
+import pytest
 import trio
 
+from daemon.client import RequestFailed
 from protocol import deltas as d
 from protocol import messages as m
 from tests.harness import DaemonProcess, actor, open_chat, subscribe, turn
@@ -126,12 +128,9 @@ async def test_queue_is_ordered_and_bounded(daemon_factory) -> None:  # type: ig
         third = await client.request(m.Prompt(id=0, chat=info.chat, text="three"))
         assert (first.turn, second.turn, third.turn) == (1, 2, 3)
         assert third.queued == 2
-        try:
+        with pytest.raises(RequestFailed) as refused:
             await client.request(m.Prompt(id=0, chat=info.chat, text="four"))
-        except Exception as exc:
-            assert "queue_full" in str(exc)
-        else:
-            raise AssertionError("a fourth prompt should exceed the queue bound")
+        assert refused.value.code == "queue_full"
         ended: list[int] = []
         texts: dict[int, str] = {}
         with trio.fail_after(20):

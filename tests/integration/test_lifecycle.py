@@ -1,0 +1,331 @@
+"""Issue 4 (lifecycle): hibernation, LRU cap, memory budget, crash restarts with backoff and
+an intensity limit, hung-vs-slow detection, orphan reclaim after a daemon `kill -9`, and
+exactly one `turn_ended` per turn on every path. Real daemon, real agents, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import psutil
+import trio
+
+from daemon.client import Client
+from protocol import deltas as d
+from protocol import messages as m
+from tests.harness import DaemonProcess, actor, open_chat, subscribe, turn, wait_state
+
+FAST = {"sweep_interval": "100ms", "restart_backoff": "100ms", "restart_backoff_max": "1s"}
+
+
+def lifecycle(**keys: Any) -> str:
+    """A config with a fast `[lifecycle]` (overridable) for tests."""
+    merged = {**FAST, **keys}
+    return "[lifecycle]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in merged.items())
+
+
+async def all_deltas(client: Client, chat: str) -> list[d.Delta]:
+    """Everything retained for `chat`, through a fresh replay (subscribe since 0) on a
+    second connection to the same daemon."""
+    assert client.socket_path is not None
+    async with Client.connect(client.socket_path, client="audit") as audit:
+        await audit.request(m.Subscribe(id=0, chat=chat, since=m.Cursor(seq=0), live=False))
+        out: list[d.Delta] = []
+        with trio.fail_after(20):
+            while True:
+                event = await audit.next_event()
+                if isinstance(event, m.ReplayComplete):
+                    return out
+                if isinstance(event, d.Delta):
+                    out.append(event)
+
+
+async def assert_every_turn_ended_once(client: Client, chat: str) -> list[d.Delta]:
+    deltas = await all_deltas(client, chat)
+    started = [x.turn for x in deltas if isinstance(x.body, d.TurnStarted)]
+    ended = [x.turn for x in deltas if isinstance(x.body, d.TurnEnded)]
+    assert sorted(started) == sorted(ended), (started, ended)
+    assert len(ended) == len(set(ended)), f"a turn ended twice: {ended}"
+    assert [x.seq for x in deltas] == list(range(deltas[0].seq, deltas[-1].seq + 1))
+    return deltas
+
+
+def alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def test_idle_ttl_hibernates_and_next_prompt_resumes(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(config=lifecycle(idle_ttl="1s"))
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "idle", cwd=daemon.work)
+        assert (await turn(client, info.chat, "/remember apple")).text == "remembered apple"
+        pid = int((await turn(client, info.chat, "/pid")).text)
+        hibernated = await wait_state(client, info.chat, "hibernated", timeout=10)
+        assert hibernated.pid is None
+        with trio.fail_after(5):
+            while alive(pid):
+                await trio.sleep(0.05)
+        recalled = await turn(client, info.chat, "/recall")
+        assert recalled.text == "apple"
+        assert int((await turn(client, info.chat, "/pid")).text) != pid
+        assert (await actor(client, info.chat)).generation == 2
+        deltas = await assert_every_turn_ended_once(client, info.chat)
+        states = [x.body.state for x in deltas if isinstance(x.body, d.Status)]
+        assert "hibernated" in states
+        reasons = [x.body.reason for x in deltas if isinstance(x.body, d.Status)
+                   and x.body.state == "hibernated"]
+        assert any("idle" in r for r in reasons)
+
+
+async def test_lru_cap_hibernates_least_recently_active_idle_never_busy(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(config=lifecycle(max_warm=2, idle_ttl="1h"))
+    daemon.start()
+    async with daemon.client() as client:
+        for chat in ("busy", "old", "new"):
+            await open_chat(client, chat, cwd=daemon.work)
+        await subscribe(client, "busy")
+        sleeping = await client.request(m.Prompt(id=0, chat="busy", text="/sleep 8000"))
+        await wait_state(client, "busy", "busy")
+        await turn(client, "old", "/pid")
+        await turn(client, "new", "/pid")
+        await wait_state(client, "old", "hibernated", timeout=10)
+        assert (await actor(client, "busy")).state == "busy"
+        assert (await actor(client, "new")).state == "ready"
+        await client.request(m.Cancel(id=0, chat="busy"))
+        with trio.fail_after(10):
+            while True:
+                event = await client.next_event()
+                if (isinstance(event, d.Delta) and event.turn == sleeping.turn
+                        and isinstance(event.body, d.TurnEnded)):
+                    assert event.body.stop_reason == "cancelled"
+                    break
+        assert (await actor(client, "busy")).state == "ready"
+        # Waking `old` makes three warm for a cap of two: `new` (idle the longest) goes.
+        await turn(client, "old", "/pid")
+        await wait_state(client, "new", "hibernated", timeout=10)
+        assert (await actor(client, "busy")).state == "ready"
+        assert (await actor(client, "old")).state == "ready"
+        for chat in ("busy", "old", "new"):
+            await assert_every_turn_ended_once(client, chat)
+
+
+async def test_memory_budget_evicts_idle_but_never_busy(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(config=lifecycle(memory_budget="1KiB", idle_ttl="1h"))
+    daemon.start()
+    async with daemon.client() as client:
+        await open_chat(client, "idle", cwd=daemon.work)
+        await open_chat(client, "working", cwd=daemon.work)
+        await subscribe(client, "working")
+        await client.request(m.Prompt(id=0, chat="working", text="/sleep 2500"))
+        await wait_state(client, "working", "busy")
+        await turn(client, "idle", "/pid")
+        await wait_state(client, "idle", "hibernated", timeout=10)
+        assert (await actor(client, "working")).state == "busy"
+        await wait_state(client, "working", "hibernated", timeout=15)
+        await assert_every_turn_ended_once(client, "working")
+
+
+async def test_crash_loop_backs_off_then_fails_and_prompt_retries(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(config=lifecycle(restart_max=3, restart_window="60s"))
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "crashy", cwd=daemon.work)
+        for _ in range(4):
+            result = await turn(client, info.chat, "/crash")
+            assert result.ended.error is not None
+            assert "status 3" in result.ended.error
+        failed = await wait_state(client, info.chat, "failed", timeout=15)
+        assert "limit 3" in failed.reason
+        deltas = await assert_every_turn_ended_once(client, info.chat)
+        restarting = [x.body.reason for x in deltas if isinstance(x.body, d.Status)
+                      and x.body.state == "restarting"]
+        assert restarting == ["restarting in 0.1s", "restarting in 0.2s",
+                              "restarting in 0.4s"]
+        status = await client.request(m.GetStatus(id=0))
+        assert status.restarts_last_hour >= 3
+        # The daemon is healthy and an explicit prompt retries the failed agent.
+        retried = await turn(client, info.chat, "back again")
+        assert retried.text == "back again"
+        assert (await actor(client, info.chat)).state == "ready"
+
+
+async def test_hung_agent_is_declared_unresponsive_and_restarted(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(config=lifecycle(probe_interval="300ms", stale_grace="1s"))
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "hang", cwd=daemon.work)
+        pid = int((await turn(client, info.chat, "/pid")).text)
+        start = time.monotonic()
+        hung = await turn(client, info.chat, "/hang", timeout=20)
+        elapsed = time.monotonic() - start
+        assert hung.ended.error is not None
+        assert "unresponsive" in hung.ended.error
+        assert elapsed < 1.0 + 0.3 + 2.0, elapsed
+        with trio.fail_after(5):
+            while alive(pid):
+                await trio.sleep(0.05)
+        after = await turn(client, info.chat, "/pid")
+        assert int(after.text) != pid
+        await assert_every_turn_ended_once(client, info.chat)
+
+
+async def test_slow_but_responsive_agent_is_not_restarted(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(config=lifecycle(probe_interval="300ms", stale_grace="1s"))
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "slow", cwd=daemon.work)
+        pid = int((await turn(client, info.chat, "/pid")).text)
+        slow = await turn(client, info.chat, "/slow 3000", timeout=20)
+        assert slow.ended.stop_reason == "end_turn"
+        assert slow.text == "slow 3000"
+        assert int((await turn(client, info.chat, "/pid")).text) == pid
+        deltas = await assert_every_turn_ended_once(client, info.chat)
+        assert not [x for x in deltas if isinstance(x.body, d.Status)
+                    and x.body.state in ("crashed", "restarting")]
+
+
+async def test_daemon_kill9_reclaims_orphans_and_chats_resume(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(config=(
+        '[agents.sticky]\ncommand = ["python3", "-m", "daemon.echo_agent", "--linger"]\n'))
+    daemon.start()
+    old: list[int] = []
+    async with daemon.client() as client:
+        for name in ("one", "two", "three"):
+            await open_chat(client, name, agent="sticky", cwd=daemon.work)
+            await turn(client, name, f"/remember {name}-word")
+            old.append(int((await turn(client, name, "/pid")).text))
+        old.append(int((await turn(client, "one", "/spawn 300")).text))
+    daemon.kill9()
+    # They really are orphans now: the stubborn agents ignore EOF, the grandchild sleeps.
+    assert all(alive(pid) for pid in old)
+    daemon.start()
+    # Reclaim runs before the daemon accepts clients.
+    assert not [pid for pid in old if alive(pid)]
+    assert "reclaimed" in daemon.log_text()
+    async with daemon.client() as client:
+        for name in ("one", "two", "three"):
+            detail = await actor(client, name, "sticky")
+            assert detail.state == "hibernated"
+            assert "reclaimed" in detail.reason
+            recalled = await turn(client, name, "/recall")
+            assert recalled.text == f"{name}-word"
+
+
+async def test_turn_running_when_daemon_was_killed_ends_once_after_restart(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory()
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "cut", cwd=daemon.work)
+        await subscribe(client, info.chat)
+        running = await client.request(m.Prompt(id=0, chat=info.chat, text="/sleep 30000"))
+        waiting = await client.request(m.Prompt(id=0, chat=info.chat, text="after restart"))
+        await wait_state(client, info.chat, "busy")
+    daemon.kill9()
+    daemon.start()
+    async with daemon.client() as client:
+        await subscribe(client, info.chat, since=0)
+        ends: dict[int, d.TurnEnded] = {}
+        texts: dict[int, str] = {}
+        with trio.fail_after(20):
+            while len(ends) < 2:
+                event = await client.next_event()
+                if isinstance(event, d.Delta) and isinstance(event.body, d.Text):
+                    texts[event.turn] = texts.get(event.turn, "") + event.body.text
+                if isinstance(event, d.Delta) and isinstance(event.body, d.TurnEnded):
+                    assert event.turn not in ends
+                    ends[event.turn] = event.body
+        interrupted = ends[running.turn].error
+        assert interrupted is not None
+        assert "interrupted" in interrupted
+        # The prompt that was still queued survived in the durable queue and ran.
+        assert ends[waiting.turn].stop_reason == "end_turn"
+        assert texts[waiting.turn] == "after restart"
+        await assert_every_turn_ended_once(client, info.chat)
+
+
+async def test_eviction_racing_prompts_loses_nothing(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(config=lifecycle(idle_ttl="200ms", sweep_interval="20ms"))
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "race", cwd=daemon.work)
+        await subscribe(client, info.chat)
+        accepted = []
+        for i in range(12):
+            # Arrive around the moment the sweep hibernates the idle agent.
+            await trio.sleep(0.15 + (i % 4) * 0.03)
+            accepted.append(await client.request(m.Prompt(id=0, chat=info.chat,
+                                                          text=f"word{i}")))
+        texts: dict[int, str] = {}
+        ended: dict[int, d.TurnEnded] = {}
+        with trio.fail_after(60):
+            while len(ended) < len(accepted):
+                event = await client.next_event()
+                if isinstance(event, d.Delta) and isinstance(event.body, d.Text):
+                    texts[event.turn] = texts.get(event.turn, "") + event.body.text
+                if isinstance(event, d.Delta) and isinstance(event.body, d.TurnEnded):
+                    ended[event.turn] = event.body
+        for i, acc in enumerate(accepted):
+            assert ended[acc.turn].stop_reason == "end_turn", ended[acc.turn]
+            assert texts[acc.turn] == f"word{i}"
+        deltas = await assert_every_turn_ended_once(client, info.chat)
+        assert [x for x in deltas if isinstance(x.body, d.Status)
+                and x.body.state == "hibernated"], "the race never happened"
+
+
+async def test_stop_kills_descendants_that_left_the_group(daemon: DaemonProcess) -> None:
+    async with daemon.client() as client:
+        info = await open_chat(client, "tree", cwd=daemon.work)
+        child = int((await turn(client, info.chat, "/spawn 300")).text)
+        assert alive(child)
+        assert os.getpgid(child) != os.getpgid(int((await turn(client, info.chat,
+                                                                "/pid")).text))
+        await client.request(m.CloseChat(id=0, chat=info.chat))
+        with trio.fail_after(10):
+            while alive(child):
+                await trio.sleep(0.05)
+
+
+async def test_ls_and_status_report_lifecycle_figures(daemon: DaemonProcess) -> None:
+    async with daemon.client() as client:
+        info = await open_chat(client, "figures", cwd=daemon.work)
+        await turn(client, info.chat, "/pid")
+    listing = daemon.cli("ls", "--json")
+    assert listing.returncode == 0, listing.stderr
+    chats = {c["chat"]: c for c in json.loads(listing.stdout)["chats"]}
+    row = chats["figures"]
+    assert row["state"] == "ready"
+    assert row["pid"]
+    assert row["generation"] == 1
+    assert row["rss"] > 0
+    assert row["idle"] is not None
+    status = json.loads(daemon.cli("status", "--json").stdout)
+    assert status["actors"]["warm"] == 1
+    assert status["memory_rss"] > 0
+    assert status["restarts_last_hour"] == 0
+    human = daemon.cli("ls")
+    assert "figures" in human.stdout
+    assert "ready" in human.stdout
+
+
+async def test_sigterm_with_stubborn_agent_kills_after_grace(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(config=(
+        '[daemon]\nstop_grace = "1s"\n'
+        '[agents.sticky]\ncommand = ["sh", "-c", "trap \\"\\" TERM; exec python3 -m '
+        'daemon.echo_agent --linger"]\n'))
+    daemon.start()
+    async with daemon.client() as client:
+        await open_chat(client, "stub", agent="sticky", cwd=daemon.work)
+        pid = int((await turn(client, "stub", "/pid")).text)
+    start = time.monotonic()
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0
+    assert time.monotonic() - start < 8
+    assert not alive(pid)

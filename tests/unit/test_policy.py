@@ -1,0 +1,196 @@
+"""Property tests of the pure lifecycle decisions (daemon/policy.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.policy import (
+    ActorFacts,
+    GiveUp,
+    Liveness,
+    RestartNow,
+    State,
+    choose_evictions,
+    liveness,
+    pick_option,
+    restart_decision,
+)
+
+states = st.sampled_from(list(State))
+
+
+@st.composite
+def actor_facts(draw: st.DrawFn, key: str) -> ActorFacts:
+    return ActorFacts(
+        key=key,
+        state=draw(states),
+        last_activity=draw(st.floats(min_value=0, max_value=1000, allow_nan=False)),
+        busy=draw(st.booleans()),
+        queued=draw(st.integers(0, 2)),
+        pending_permissions=draw(st.integers(0, 1)),
+        live_terminals=draw(st.integers(0, 1)),
+        rss=draw(st.one_of(st.none(), st.integers(0, 10_000))),
+    )
+
+
+@st.composite
+def fleets(draw: st.DrawFn) -> list[ActorFacts]:
+    n = draw(st.integers(0, 12))
+    return [draw(actor_facts(f"a{i}")) for i in range(n)]
+
+
+sweep_args = st.fixed_dictionaries({
+    "now": st.floats(min_value=0, max_value=2000, allow_nan=False),
+    "idle_ttl": st.floats(min_value=0.001, max_value=2000, allow_nan=False),
+    "max_warm": st.integers(1, 8),
+    "memory_budget": st.one_of(st.none(), st.integers(0, 40_000)),
+})
+
+
+def _blocked(a: ActorFacts) -> bool:
+    """Anything that must keep an actor warm."""
+    return a.busy or a.queued > 0 or a.pending_permissions > 0 or a.live_terminals > 0
+
+
+@given(fleets(), sweep_args)
+@settings(max_examples=400)
+def test_never_evicts_busy_or_engaged_actors(actors: list[ActorFacts],
+                                              kw: dict[str, Any]) -> None:
+    chosen = {e.key for e in choose_evictions(actors, **kw)}
+    for a in actors:
+        if _blocked(a) or a.state is not State.READY:
+            assert a.key not in chosen
+
+
+@given(fleets(), sweep_args)
+@settings(max_examples=400)
+def test_warm_count_within_cap_unless_every_remaining_warm_actor_is_engaged(
+        actors: list[ActorFacts], kw: dict[str, Any]) -> None:
+    chosen = {e.key for e in choose_evictions(actors, **kw)}
+    remaining = [a for a in actors if a.warm and a.key not in chosen]
+    if len(remaining) > kw["max_warm"]:
+        assert all(not a.evictable for a in remaining)
+
+
+@given(fleets(), sweep_args)
+@settings(max_examples=400)
+def test_memory_budget_respected_unless_only_engaged_actors_remain(
+        actors: list[ActorFacts], kw: dict[str, Any]) -> None:
+    budget = kw["memory_budget"]
+    chosen = {e.key for e in choose_evictions(actors, **kw)}
+    remaining = [a for a in actors if a.warm and a.key not in chosen]
+    if budget is not None and sum(a.rss or 0 for a in remaining) > budget:
+        assert all(not a.evictable or not a.rss for a in remaining)
+
+
+@given(fleets(), st.integers(1, 8), st.floats(min_value=0, max_value=2000, allow_nan=False))
+@settings(max_examples=400)
+def test_lru_picks_least_recently_active_idle_actors(actors: list[ActorFacts], cap: int,
+                                                     now: float) -> None:
+    # No TTL expiry (huge ttl), no budget: only the cap decides.
+    chosen = {e.key for e in choose_evictions(actors, now=now, idle_ttl=1e12, max_warm=cap)}
+    evictable = [a for a in actors if a.evictable]
+    kept = [a for a in evictable if a.key not in chosen]
+    for victim in (a for a in evictable if a.key in chosen):
+        for survivor in kept:
+            assert (victim.last_activity, victim.key) <= (survivor.last_activity, survivor.key)
+
+
+@given(fleets(), sweep_args)
+def test_idle_past_ttl_is_evicted_and_fresh_idle_is_not(actors: list[ActorFacts],
+                                                       kw: dict[str, Any]) -> None:
+    chosen = {e.key for e in choose_evictions(actors, now=kw["now"], idle_ttl=kw["idle_ttl"],
+                                              max_warm=100)}
+    for a in actors:
+        expired = a.evictable and kw["now"] - a.last_activity >= kw["idle_ttl"]
+        assert (a.key in chosen) == expired
+
+
+def test_example_cap_two_three_chats() -> None:
+    actors = [
+        ActorFacts("old", State.READY, last_activity=1.0),
+        ActorFacts("busy", State.BUSY, last_activity=0.5, busy=True),
+        ActorFacts("new", State.READY, last_activity=3.0),
+    ]
+    chosen = choose_evictions(actors, now=4.0, idle_ttl=100, max_warm=2)
+    assert [e.key for e in chosen] == ["old"]
+
+
+# --------------------------------------------------------------------------- restarts
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=50.0, allow_nan=False), min_size=1,
+                max_size=60),
+       st.integers(0, 6), st.floats(min_value=0.5, max_value=30.0, allow_nan=False))
+@settings(max_examples=300)
+def test_restarts_never_exceed_r_in_t(gaps: list[float], max_restarts: int,
+                                      window: float) -> None:
+    """Feed crashes at arbitrary times; restart whenever told to. Within any window of
+    length T there are never more than R restarts."""
+    history: list[float] = []
+    now = 0.0
+    for gap in gaps:
+        now += gap
+        decision = restart_decision(history, now=now, max_restarts=max_restarts,
+                                    window=window, backoff=0.5, backoff_max=30.0)
+        if isinstance(decision, RestartNow):
+            history.append(now)
+            assert 0 <= decision.delay <= 30.0
+        else:
+            assert isinstance(decision, GiveUp)
+            assert "limit" in decision.reason
+    for start in history:
+        inside = [t for t in history if start <= t < start + window]
+        assert len(inside) <= max_restarts
+
+
+def test_backoff_doubles_and_caps() -> None:
+    history: list[float] = []
+    delays = []
+    for i in range(8):
+        decision = restart_decision(history, now=float(i) * 0.001, max_restarts=100,
+                                    window=1000, backoff=0.5, backoff_max=4.0)
+        assert isinstance(decision, RestartNow)
+        delays.append(decision.delay)
+        history.append(float(i) * 0.001)
+    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+
+
+# --------------------------------------------------------------------------- liveness
+
+
+@given(st.booleans(), st.floats(0, 100), st.floats(0, 100), st.floats(0.01, 10),
+       st.floats(0.01, 60))
+def test_liveness(busy: bool, now: float, last: float, interval: float, grace: float) -> None:
+    verdict = liveness(busy=busy, now=now, last_heard=last, probe_interval=interval,
+                       stale_grace=grace)
+    if not busy:
+        assert verdict is Liveness.ALIVE
+    elif now - last >= grace:
+        assert verdict is Liveness.STALE
+    elif now - last >= interval:
+        assert verdict is Liveness.SUSPECT
+    else:
+        assert verdict is Liveness.ALIVE
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+kinds = st.sampled_from(["allow_once", "allow_always", "reject_once", "reject_always"])
+
+
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=3), kinds), max_size=6))
+def test_pick_option(options: list[tuple[str, str]]) -> None:
+    allow = pick_option(options, "allow")
+    deny = pick_option(options, "deny")
+    assert pick_option(options, "ask") is None
+    allow_once = [o for o, k in options if k == "allow_once"]
+    allow_always = [o for o, k in options if k == "allow_always"]
+    reject_once = [o for o, k in options if k == "reject_once"]
+    reject_always = [o for o, k in options if k == "reject_always"]
+    assert allow == next(iter(allow_once + allow_always), None)
+    assert deny == next(iter(reject_once + reject_always), None)
