@@ -110,6 +110,8 @@ stripped, and interpreted:
 ``/stderr N``          N lines ``echo stderr line I`` (I = 0..N-1) on stderr; chunk ``stderr N``
 ``/bigline KB``        one chunk of KB*1024 ``x``
 ``/error``             the prompt fails with JSON-RPC error -32603 "echo: requested failure"
+``/ask METHOD``        sends a request METHOD (params ``{sessionId}``) to the client; chunk
+                       ``error CODE: MESSAGE`` or ``result JSON``
 ``/spawn SECONDS``     starts ``sleep SECONDS`` in a new session (it leaves the agent's process
                        group, as tool processes of real agents do); chunk: its pid
 
@@ -134,6 +136,10 @@ Knobs (a flag wins over its environment variable)
     On ``initialize``: one line on stderr, then exit status 4.
 ``--startup-delay MS`` (``STOKER_ECHO_STARTUP_DELAY_MS``)
     Sleep MS ms before reading stdin.
+``--models-only``
+    No ``configOptions``; instead the unstable ``models`` state (``currentModelId``,
+    ``availableModels`` echo-1/echo-2) in session setup answers, and ``session/set_model``
+    {sessionId, modelId} (for testing clients' fallback to it).
 ``--linger`` (``STOKER_ECHO_LINGER=1``)
     Ignore stdin EOF and keep running (until a signal), like agents that do not notice their
     client went away: the tests of orphan reclaim and process-tree stop need one.
@@ -213,8 +219,10 @@ class Options:
         fail_initialize: bool = False,
         startup_delay_ms: int = 0,
         linger: bool = False,
+        models_only: bool = False,
     ) -> None:
         self.linger = linger
+        self.models_only = models_only
         self.state_dir = state_dir
         self.load = load
         self.resume = resume
@@ -424,6 +432,7 @@ class EchoAgent:
             "session/list": self._session_list,
             "session/set_mode": self._session_set_mode,
             "session/set_config_option": self._session_set_config_option,
+            "session/set_model": self._session_set_model,
             "session/prompt": self._session_prompt,
         }
         self._commands: dict[str, Command] = {
@@ -452,6 +461,7 @@ class EchoAgent:
             "/bigline": self._cmd_bigline,
             "/error": self._cmd_error,
             "/spawn": self._cmd_spawn,
+            "/ask": self._cmd_ask,
         }
 
     # ------------------------------------------------------------------ output
@@ -748,6 +758,12 @@ class EchoAgent:
         with self._cond:
             self._sessions[session.session_id] = session
             self._persist(session)
+        if self.options.models_only:
+            return {
+                "sessionId": session.session_id,
+                "modes": session.modes_json(),
+                "models": self._models_json(session),
+            }
         return {
             "sessionId": session.session_id,
             "modes": session.modes_json(),
@@ -820,13 +836,13 @@ class EchoAgent:
                     session.session_id,
                     {"sessionUpdate": kind, "content": {"type": "text", "text": entry["text"]}},
                 )
-        return {"modes": session.modes_json(), "configOptions": session.config_json()}
+        return self._setup_json(session)
 
     def _session_resume(self, _rid: Any, params: JsonObj) -> JsonObj:
         if not self.options.resume:
             raise RpcError(METHOD_NOT_FOUND, "Method not found", {"method": "session/resume"})
         session = self._reattach(params)
-        return {"modes": session.modes_json(), "configOptions": session.config_json()}
+        return self._setup_json(session)
 
     def _session(self, params: JsonObj) -> Session:
         """The active session named by ``params.sessionId``, else -32002."""
@@ -1358,6 +1374,43 @@ class EchoAgent:
     def _cmd_error(self, turn: Turn, arg: str) -> None:
         raise RpcError(INTERNAL_ERROR, "echo: requested failure")
 
+    def _cmd_ask(self, turn: Turn, arg: str) -> None:
+        if not arg:
+            raise _Usage("usage: /ask METHOD")
+        response = self._call(turn, arg.split()[0], {"sessionId": turn.session.session_id})
+        if response is None:
+            self._no_answer(turn, arg)
+            return
+        error = response.get("error")
+        if isinstance(error, dict):
+            self._chunk(turn, f"error {error.get('code')}: {error.get('message')}")
+        else:
+            self._chunk(turn, f"result {json.dumps(response.get('result'))}")
+
+    def _session_set_model(self, _rid: Any, params: JsonObj) -> JsonObj:
+        if not self.options.models_only:
+            raise RpcError(METHOD_NOT_FOUND, "Method not found: session/set_model")
+        session = self._session(params)
+        model = _param_str(params, "modelId")
+        if model not in {value for value, _ in MODEL_VALUES}:
+            raise RpcError(INVALID_PARAMS, f"unknown model {model!r}")
+        with self._cond:
+            session.config["model"] = model
+            self._persist(session)
+        return {}
+
+    def _setup_json(self, session: Session) -> JsonObj:
+        """Modes plus configOptions (or, with --models-only, the unstable models state)."""
+        if self.options.models_only:
+            return {"modes": session.modes_json(), "models": self._models_json(session)}
+        return {"modes": session.modes_json(), "configOptions": session.config_json()}
+
+    def _models_json(self, session: Session) -> JsonObj:
+        return {
+            "currentModelId": session.config.get("model", "echo-1"),
+            "availableModels": [{"modelId": v, "name": n} for v, n in MODEL_VALUES],
+        }
+
     def _cmd_spawn(self, turn: Turn, arg: str) -> None:
         import subprocess
 
@@ -1405,6 +1458,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
         default=None,
         help="exit 4 on initialize (env STOKER_ECHO_FAIL_INIT=1)",
     )
+    parser.add_argument("--models-only", action="store_true",
+                        help="models state + session/set_model instead of configOptions")
     parser.add_argument(
         "--linger",
         action=argparse.BooleanOptionalAction,
@@ -1444,6 +1499,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         ),
         startup_delay_ms=delay,
         linger=args.linger if args.linger is not None else _env_flag("STOKER_ECHO_LINGER"),
+        models_only=args.models_only,
     )
 
 
