@@ -403,7 +403,8 @@ class BackendActor:
         if job.started:
             self.turns += 1
         self._touch()
-        self._log.info("turn ended", turn=job.turn, stop_reason=stop_reason, error=error)
+        self._log.info("turn ended", gen=self.generation, turn=job.turn,
+                       stop_reason=stop_reason, error=error)
         if job.started and self._on_turn_end is not None:
             self._on_turn_end(self, job.turn, error)
 
@@ -1152,19 +1153,24 @@ class BackendActor:
         if job is None or job.cancel_requested or job.ended:
             return
         job.cancel_requested = True
-        self._resolve_turn_permissions(job, by=message.by or "cancel")
         rpc = self._rpc
         if rpc is not None and self._gen_nursery is not None:
-            self._gen_nursery.start_soon(self._send_cancel, rpc, job)
+            self._gen_nursery.start_soon(self._send_cancel, rpc, job, message.by or "cancel")
+        else:
+            self._resolve_turn_permissions(job, by=message.by or "cancel")
 
-    async def _send_cancel(self, rpc: JsonRpcConnection, job: mb.PromptJob) -> None:
-        """`session/cancel` (never a kill). An agent that ignores it for the cancel grace is
-        broken: its turn ends `cancelled` and it is restarted."""
-        self._log.info("cancelling turn", turn=job.turn)
+    async def _send_cancel(self, rpc: JsonRpcConnection, job: mb.PromptJob, by: str) -> None:
+        """`session/cancel` (never a kill), then `cancelled` for the turn's pending permission
+        requests, in that order: an agent that got its permission answer first could finish
+        the turn normally before it learns of the cancel. An agent that ignores the cancel for
+        the cancel grace is broken: its turn ends `cancelled` and it is restarted."""
+        self._log.info("cancelling turn", gen=self.generation, turn=job.turn)
         try:
             await rpc.notify("session/cancel", {"sessionId": self.session_id})
         except ConnectionLost:
             return
+        finally:
+            self._resolve_turn_permissions(job, by=by)
         grace = max(float(self._settings.config.lifecycle.stale_grace), 5.0)
         with trio.move_on_after(grace):
             while not job.ended:
@@ -1396,10 +1402,13 @@ async def probe_agent(executor: Executor, spec: AgentSpec, *, cwd: str, timeout:
                             on_notification=lambda method, params: None,
                             name=f"probe {spec.name}")
     info: dict[str, Any] = {}
+    failure: str | None = None
+    stderr_tail: collections.deque[str] = collections.deque(maxlen=3)
+    status: ExitStatus | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(rpc.serve)
-            nursery.start_soon(_discard, proc.stderr)
+            nursery.start_soon(_discard, proc.stderr, stderr_tail)
             try:
                 raw = await rpc.request("initialize", {
                     "protocolVersion": acp.PROTOCOL_VERSION,
@@ -1407,21 +1416,38 @@ async def probe_agent(executor: Executor, spec: AgentSpec, *, cwd: str, timeout:
                     "clientInfo": {"name": "stoker", "title": "Stoker", "version": VERSION},
                 }, timeout=timeout)
                 info = msgspec.json.decode(raw)
-            except (RpcError, ConnectionLost, trio.TooSlowError) as exc:
-                raise AgentUnavailable(
-                    f"agent {spec.name!r} did not answer initialize: {exc}") from None
+            except (RpcError, ConnectionLost) as exc:
+                failure = str(exc)
+            except trio.TooSlowError:
+                failure = f"no answer within {timeout:g}s"
             finally:
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(grace + 5):
-            await proc.stop(grace)
+            status = await proc.stop(grace)
+    if failure is not None:
+        # Raised here, not inside the nursery: strict exception groups would wrap it, and
+        # callers (describe_agent, doctor) catch AgentUnavailable itself.
+        why = f"; agent {status.describe()}" if status is not None else ""
+        tail = f"; stderr: {' | '.join(stderr_tail)}" if stderr_tail else ""
+        raise AgentUnavailable(
+            f"agent {spec.name!r} did not answer initialize: {failure}{why}{tail}")
     return info if isinstance(info, dict) else {}
 
 
-async def _discard(stream: trio.abc.ReceiveStream) -> None:
+async def _discard(stream: trio.abc.ReceiveStream,
+                   tail: collections.deque[str] | None = None) -> None:
+    """Drain a stream; keep its last lines in `tail` (they say why an agent gave up)."""
+    pending = b""
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        while await stream.receive_some(65536):
-            pass
+        while data := await stream.receive_some(65536):
+            if tail is None:
+                continue
+            *lines, pending = (pending + data).split(b"\n")
+            pending = pending[-4096:]
+            tail.extend(x.decode("utf-8", "replace").strip()[:300] for x in lines if x.strip())
+    if tail is not None and pending.strip():
+        tail.append(pending.decode("utf-8", "replace").strip()[:300])
 
 
 # ---------------------------------------------------------------------- helpers

@@ -20,6 +20,10 @@ from typing import Any
 
 COMMAND_MODULES = [
     "daemon.cli_chat",
+    "daemon.cli_ws",
+    "daemon.cli_acp",
+    "daemon.cli_workspace",
+    "daemon.cli_ops",
 ]
 
 
@@ -115,4 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m daemon.cli` this file runs as `__main__`, a second copy of the
+    # module: the command modules raise `daemon.cli.UsageError`/`Failure`, so the `main`
+    # that catches them must be the one of `daemon.cli`.
+    from daemon.cli import main as _module_main
+
+    sys.exit(_module_main())

@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="attach a link to a file (repeatable)")
     p.add_argument("--policy", choices=["ask", "allow", "deny"],
                    help="permission policy for a new chat")
+    p.add_argument("--project", metavar="PATH", help="run a new chat in a new workspace "
+                   "(a git worktree) of this project; see `stoker workspace`")
+    p.add_argument("--workspace", metavar="ID", help="run a new chat in this workspace")
     p.add_argument("text", nargs="*", help="the prompt (default: read stdin)")
 
     p = cmd("ls", cmd_ls, "list chats with their agent state")
@@ -190,7 +193,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         config = config_mod.load(paths.config, must_exist=paths.config_explicit)
     except ConfigError as exc:
         raise Failure(f"invalid config: {exc.message}") from None
-    log_setup.setup(args.log_level or config.daemon.log_level)
+    log_setup.setup(args.log_level or config.daemon.log_level,
+                    pinned=args.log_level is not None)
     try:
         return trio.run(serve, paths, config)
     except DaemonAlreadyRunning as exc:
@@ -289,19 +293,25 @@ def _prompt_content(args: argparse.Namespace) -> list[Any]:
 def cmd_send(args: argparse.Namespace) -> int:
     import trio
 
-    from .client import Client, ConnectionClosed
+    from .client import Client, ClientError, RequestFailed
 
     content = _prompt_content(args)
     paths = paths_from(args)
     cwd = os.path.abspath(args.cwd) if args.cwd else os.getcwd()
+    project = os.path.abspath(args.project) if args.project else None
+    if sum(x is not None for x in (args.cwd, project, args.workspace)) > 1:
+        raise UsageError("give at most one of --cwd, --project, --workspace")
 
     async def main() -> int:
         async with Client.connect(paths.socket, client="cli") as client:
             info: m.ChatInfo = await client.request(m.OpenChat(
                 id=0, chat=args.chat, agent=args.agent, cwd=cwd,
-                require_cwd=args.cwd is not None, policy=args.policy))
+                require_cwd=args.cwd is not None, policy=args.policy,
+                workspace=args.workspace, project=project))
             if info.created and args.chat is None:
                 eprint(f"chat: {info.chat}")
+            if info.created and project is not None:
+                eprint(f"workspace: {info.workspace} ({info.cwd})")
             await client.request(m.Subscribe(id=0, chat=info.chat, since=m.Cursor(
                 seq=info.head_seq, epoch=info.epoch)))
             accepted: m.PromptAccepted = await client.request(m.Prompt(
@@ -317,7 +327,10 @@ def cmd_send(args: argparse.Namespace) -> int:
             async def run() -> None:
                 try:
                     result.append(await main())
-                except ConnectionClosed as exc:
+                except RequestFailed as exc:
+                    eprint(f"stoker: {exc.message}")
+                    result.append(1)
+                except ClientError as exc:
                     eprint(f"stoker: {exc}")
                     result.append(1)
                 nursery.cancel_scope.cancel()

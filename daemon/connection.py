@@ -71,7 +71,9 @@ class Limits:
 
 
 SLOW_REQUESTS = (m.SetMode, m.SetConfig, m.Authenticate, m.CloseChat, m.Reload, m.Inspect,
-                 m.ListChats, m.GetStatus, m.Permit, m.Cancel)
+                 m.ListChats, m.GetStatus, m.Permit, m.Cancel, m.DescribeAgent, m.Warm,
+                 m.WorkspaceNew, m.CloseWorkspace, m.RestoreWorkspace, m.WorkspaceDiff,
+                 m.Reap)
 """Handled in their own task, so one slow answer never holds up the next request."""
 
 
@@ -96,6 +98,8 @@ class Connection:
         self._hello = False
         self._closing = False
         self._reader_scope: trio.CancelScope | None = None
+        self._in_flight = False
+        """The writer is inside `send_batch` (frames taken from the outbox, not yet sent)."""
         self.requests = 0
 
     # ------------------------------------------------------------------ encoding
@@ -135,7 +139,9 @@ class Connection:
                     self.outbox.closed = True
                     self.outbox.wake()
                     with trio.move_on_after(1):
-                        while self.outbox.frames:
+                        # A batch the writer took but has not finished sending counts too:
+                        # cancelling it now would lose the goodbye.
+                        while self.outbox.frames or self._in_flight:
                             await trio.sleep(0.01)
                     nursery.cancel_scope.cancel()
         except* OutboxOverflow as group:
@@ -180,10 +186,9 @@ class Connection:
         data = payload.encode() if isinstance(payload, str) else payload
         try:
             message = self._codec.decode(data, encoding)  # type: ignore[arg-type]
-        except msgspec.DecodeError as exc:
-            self.error(None, ErrorCode.BAD_FRAME, f"malformed {encoding}: {exc}")
-            return
         except msgspec.ValidationError as exc:
+            # Before DecodeError, of which ValidationError is a subclass: a well-formed frame
+            # of the wrong shape names its request (id, unknown type) in the error.
             head = self._codec.head(data, encoding)  # type: ignore[arg-type]
             request_id = head.id if head and isinstance(head.id, int) else None
             rtype = head.type if head else None
@@ -192,6 +197,9 @@ class Connection:
                            f"unknown request type {rtype!r}")
             else:
                 self.error(request_id, ErrorCode.BAD_REQUEST, f"invalid request: {exc}")
+            return
+        except msgspec.DecodeError as exc:
+            self.error(None, ErrorCode.BAD_FRAME, f"malformed {encoding}: {exc}")
             return
         if isinstance(message, m.Hello):
             self._on_hello(message)
@@ -217,6 +225,11 @@ class Connection:
             return
         self._hello = True
         self.client = hello.client or "client"
+        # Transports with a choice of encoding (WebSocket) switch to the client's now, so
+        # the welcome and everything after it use it; the Unix socket is always msgpack.
+        set_encoding = getattr(self._t, "set_encoding", None)
+        if set_encoding is not None:
+            set_encoding(hello.encoding)
         self.send(self._handlers.welcome(self._t.encoding))
 
     async def _handle(self, request: Any) -> Any:
@@ -274,9 +287,9 @@ class Connection:
             snapshot=snapshot)))
         if resync is not None:
             self.send(m.ResyncRequired(chat=req.chat, epoch=channel.epoch, seq=channel.head,
-                                       reason=resync, snapshot=snapshot))
+                                       reason=resync, snapshot=snapshot, request=req.id))
         self._subs[req.chat] = self._hub.subscribe(req.chat, self.outbox, self._t.mode, cursor,
-                                                   keep_live=req.live)
+                                                   keep_live=req.live, request=req.id)
 
     def _unsubscribe(self, req: m.Unsubscribe) -> m.Ok:
         sub = self._subs.pop(req.chat, None)
@@ -292,11 +305,14 @@ class Connection:
             await outbox.wait()
             if outbox.frames:
                 batch = outbox.take(SEND_BATCH_BYTES)
+                self._in_flight = True
                 try:
                     await self._t.send_batch(batch)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     self._closing = True
                     return
+                finally:
+                    self._in_flight = False
                 continue
             if outbox.lagging:
                 sub = outbox.lagging[0]

@@ -121,7 +121,10 @@ class Executor(Protocol):
     def files(self, root: str) -> Files: ...
 
     async def spawn(self, argv: list[str], *, env: Mapping[str, str], cwd: str,
-                    actor: str) -> AgentProcess: ...
+                    actor: str, merge_stderr: bool = False) -> AgentProcess:
+        """Start `argv`. With `merge_stderr`, stderr goes into stdout (one ordered stream,
+        as in a terminal) and `stderr` yields nothing."""
+        ...
 
     async def reclaim(self, identity: ProcessIdentity) -> bool:
         """Kill a leftover agent tree from a previous daemon life. True if anything was
@@ -207,6 +210,17 @@ def tree_rss(pid: int) -> int | None:
         return None
 
 
+class _EmptyStream(trio.abc.ReceiveStream):
+    """The stderr of a process whose stderr was merged into stdout: always at EOF."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return b""
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
 class LocalProcess:
     """An agent process on this host, leader of its own process group."""
 
@@ -216,10 +230,9 @@ class LocalProcess:
         self._status: ExitStatus | None = None
         assert proc.stdin is not None
         assert proc.stdout is not None
-        assert proc.stderr is not None
         self._stdin = proc.stdin
         self._stdout = proc.stdout
-        self._stderr = proc.stderr
+        self._stderr: trio.abc.ReceiveStream = proc.stderr or _EmptyStream()
 
     @property
     def stdin(self) -> trio.abc.SendStream:
@@ -294,14 +307,14 @@ class LocalExecutor:
         self._log = Log("exec")
 
     async def spawn(self, argv: list[str], *, env: Mapping[str, str], cwd: str,
-                    actor: str) -> LocalProcess:
+                    actor: str, merge_stderr: bool = False) -> LocalProcess:
         full_env = child_environment(env, {INSTANCE_VAR: self.instance, ACTOR_VAR: actor})
         try:
             proc = await trio.lowlevel.open_process(
                 argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
                 env=full_env,
                 cwd=cwd,
                 start_new_session=True,

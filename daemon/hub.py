@@ -164,10 +164,12 @@ class Subscription:
     """One connection's subscription to one chat."""
 
     __slots__ = ("_last_cursor", "active", "announce", "channel", "cursor", "keep_live",
-                 "lag_from", "mode", "outbox")
+                 "lag_from", "mode", "outbox", "request")
 
     def __init__(self, channel: Channel, outbox: Outbox, mode: Mode, cursor: int,
-                 keep_live: bool) -> None:
+                 keep_live: bool, request: int | None = None) -> None:
+        self.request = request
+        """The subscribe request's id, echoed in its replay_complete."""
         self.channel = channel
         self.outbox = outbox
         self.mode: Mode = mode
@@ -211,6 +213,17 @@ class Hub:
                          self._ring_size)
             self._channels[chat] = ch
         return ch
+
+    def seed_view(self, chat: str, *, agent: str, state: str, last_turn: int) -> None:
+        """What a restarted daemon knows of a chat before any new delta: the snapshot a
+        resyncing client gets must not be empty just because the ring is."""
+        ch = self._channels.get(chat)
+        if ch is None:
+            return
+        view = ch.view
+        view.agent = view.agent or agent
+        view.state = state
+        view.last_turn = max(view.last_turn, last_turn)
 
     def channel(self, chat: str) -> Channel | None:
         return self._channels.get(chat)
@@ -273,14 +286,14 @@ class Hub:
     # ------------------------------------------------------------------ subscribe
 
     def subscribe(self, chat: str, outbox: Outbox, mode: Mode, cursor: int,
-                  keep_live: bool = True) -> Subscription:
+                  keep_live: bool = True, request: int | None = None) -> Subscription:
         """Register a subscriber that has seen everything up to `cursor` (see
         `replay.start_cursor`). The connection's writer replays what follows through
         `catch_up`, which also sends `replay_complete` and joins the live set: even a
         subscriber already at the head goes through it once, so its `replay_complete` is
         queued after the subscribe reply."""
         ch = self._channels[chat]
-        sub = Subscription(ch, outbox, mode, min(max(cursor, 0), ch.head), keep_live)
+        sub = Subscription(ch, outbox, mode, min(max(cursor, 0), ch.head), keep_live, request)
         outbox.add_lagging(sub)
         return sub
 
@@ -314,6 +327,7 @@ class Hub:
                 chat=ch.chat, from_seq=sub.lag_from, head_seq=ch.head,
                 missed=ch.head - sub.lag_from + 1)))
             sub.announce = "replay"
+            sub.request = None
         stalled = 0
         while sub.active and outbox.has_room():
             source = next_source(cursor=sub.cursor, head=ch.head, ring_first=ch.ring_first,
@@ -373,7 +387,9 @@ class Hub:
                 outbox.lagging.remove(sub)
             except ValueError:
                 pass
-            outbox.put(self._control(sub, ReplayComplete(chat=ch.chat, head_seq=ch.head)))
+            outbox.put(self._control(sub, ReplayComplete(chat=ch.chat, head_seq=ch.head,
+                                                         request=sub.request)))
+            sub.request = None
             if sub.keep_live:
                 ch.live.append(sub)
             else:

@@ -86,8 +86,15 @@ class LogfmtFormatter(logging.Formatter):
         return line
 
 
-def setup(level: str = "info", stream: TextIO | None = None) -> None:
-    """Install the formatter on the `stoker` logger tree (idempotent)."""
+_pinned_level: str | None = None
+"""`stoker daemon --log-level`: beats the config's log_level, also after a reload."""
+
+
+def setup(level: str = "info", stream: TextIO | None = None, *, pinned: bool = False) -> None:
+    """Install the formatter on the `stoker` logger tree (idempotent). `pinned`: the level
+    came from the command line, so a config reload (`set_level`) must not change it."""
+    global _pinned_level
+    _pinned_level = level if pinned else None
     root = logging.getLogger("stoker")
     root.setLevel(LEVELS.get(level, logging.INFO))
     for handler in list(root.handlers):
@@ -99,7 +106,8 @@ def setup(level: str = "info", stream: TextIO | None = None) -> None:
 
 
 def set_level(level: str) -> None:
-    logging.getLogger("stoker").setLevel(LEVELS.get(level, logging.INFO))
+    """Apply the config's log_level (after a reload), unless the command line pinned one."""
+    logging.getLogger("stoker").setLevel(LEVELS.get(_pinned_level or level, logging.INFO))
 
 
 class Log:

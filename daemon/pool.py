@@ -113,6 +113,8 @@ class Pool:
         """Called (synchronously) after each turn that ran ends: (chat, agent, turn,
         error or None). Subsystems use it, e.g. to publish a diff of the workspace."""
         self._descriptions: dict[str, m.AgentDescription] = {}
+        self.unclean_start = False
+        """Set before `run` when the previous daemon did not exit cleanly."""
 
     # ================================================================== lifecycle
 
@@ -181,8 +183,16 @@ class Pool:
             " updated, closed, next_turn, head_seq FROM chats")
         heads = dict(await self._store.query("SELECT chat, MAX(seq) FROM deltas GROUP BY chat"))
         floors = dict(await self._store.query("SELECT chat, MIN(seq) FROM deltas GROUP BY chat"))
+        renewed = 0
         for (chat_id, agent, cwd, workspace, computer, policy, title, mcp, epoch, created,
              updated, closed, next_turn, head_seq) in rows:
+            if self.unclean_start:
+                # Live subscribers may have seen deltas of the last few milliseconds that
+                # never reached the log; their seq numbers would now be reused for other
+                # deltas. The history may be incomplete, so it is a new history.
+                epoch = new_epoch()
+                self._store.execute("UPDATE chats SET epoch=? WHERE id=?", (epoch, chat_id))
+                renewed += 1
             logged_head = int(heads.get(chat_id) or 0)
             head = max(int(head_seq or 0), logged_head)
             if int(head_seq or 0) > logged_head and logged_head == 0 and head_seq:
@@ -196,6 +206,9 @@ class Pool:
             self._chats[chat_id] = chat
             floor = int(floors[chat_id]) if chat_id in floors else head + 1
             self._hub.open_channel(chat_id, epoch, head=head, floor=floor)
+            self._hub.seed_view(chat_id, agent=agent,
+                                state="closed" if closed else State.HIBERNATED.value,
+                                last_turn=int(next_turn) - 1)
         actor_rows = await self._store.query(
             "SELECT chat, agent, state, reason, session_id, generation, pid, pgid, pid_start,"
             " computer, info, usage, turns, last_activity FROM actors")
@@ -229,6 +242,9 @@ class Pool:
             )
             if record.state == State.CLOSED.value:
                 continue
+            if agent == chat.agent:
+                self._hub.seed_view(chat.id, agent=agent, state=record.state,
+                                    last_turn=chat.next_turn - 1)
             actor = self._make_actor(chat, agent, record)
             if pid is not None:
                 actor.mark_reclaimed()
@@ -262,7 +278,8 @@ class Pool:
             self._deliver(actor, job)
             requeued += 1
         self._log.info("loaded", chats=len(self._chats), reclaimed=reclaimed,
-                       interrupted_turns=interrupted, requeued_prompts=requeued)
+                       interrupted_turns=interrupted, requeued_prompts=requeued,
+                       new_epochs=renewed)
 
     # ================================================================== actors
 

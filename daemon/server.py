@@ -32,7 +32,7 @@ from protocol.messages import TextBlock
 
 from . import config as config_mod
 from . import log as logging_setup
-from . import subsystems
+from . import sdnotify, subsystems
 from .agents import registry
 from .backend import VERSION, BackendActor, Settings
 from .config import Config
@@ -96,6 +96,8 @@ class Daemon:
         dismissed: subsystems close their listeners here."""
         self.executors: dict[str | None, Executor] = {}
         """Executors by computer name (None = local); the SSH subsystem adds its own."""
+        self.notifier: sdnotify.Notifier | None = None
+        """systemd's notification socket, when the daemon runs under a notify-aware manager."""
 
     def welcome(self, encoding: str) -> m.Welcome:
         return m.Welcome(protocol=m.PROTOCOL_VERSION, version=VERSION, pid=os.getpid(),
@@ -199,13 +201,28 @@ class Daemon:
             websocket=self.websocket_url)
 
     def reload(self) -> int:
-        """Re-read the config. An invalid file raises `ConfigError` and changes nothing.
-        Agents whose definition changed are recycled; the others keep their process."""
+        """Re-read the config (SIGHUP and `stoker reload` alike). An invalid file raises
+        `ConfigError` and changes nothing. Agents whose definition changed are recycled; the
+        others keep their process.
+
+        systemd hears RELOADING=1 before and READY=1 after, also when the file is rejected:
+        the old config is still in force, and the unit must leave `reloading` either way."""
+        notifier = self.notifier
+        if notifier is not None:
+            notifier.reloading()
+        try:
+            return self._reload_config()
+        finally:
+            if notifier is not None:
+                notifier.ready(status=_status_line(self.pool))
+
+    def _reload_config(self) -> int:
         try:
             config = config_mod.load(self.paths.config, must_exist=self.paths.config_explicit)
         except ConfigError as exc:
             self._log.error("reload rejected; keeping the running config", error=exc.message)
             raise
+        changed_keys = _changed_keys(self.settings.config, config)
         agents = registry(config)
         self.settings.config = config
         self.settings.agents = agents
@@ -219,7 +236,8 @@ class Daemon:
         for hook in self.on_reload:
             hook(config)
         self.reloads += 1
-        self._log.info("config reloaded", agents=len(agents), recycled=recycled)
+        self._log.info("config reloaded", agents=len(agents), recycled=recycled,
+                       changed=",".join(changed_keys) or "nothing")
         return recycled
 
     def chat_exists(self, chat: str) -> None:
@@ -278,16 +296,16 @@ async def serve(paths: Paths, config: Config, *,
 
 async def _serve_locked(paths: Paths, config: Config, log: Log,
                         ready: Callable[[Daemon], None] | None) -> int:
-    from . import sdnotify
-
     notifier = sdnotify.Notifier.from_env(os.environ)
     watchdog = sdnotify.watchdog_interval(os.environ, os.getpid())
-    # Our children must not inherit systemd's per-service variables.
-    for name in list(os.environ):
-        if name in ("NOTIFY_SOCKET",) or name.startswith(("WATCHDOG_", "LISTEN_")):
-            os.environ.pop(name, None)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        # Socket activation reads LISTEN_* from os.environ: take the socket before the
+        # scrub below removes them (scrubbing first silently ignored systemd's socket).
         sock, sock_path = _listening_socket(paths, log)
+        # Our children must not inherit systemd's per-service variables.
+        for name in list(os.environ):
+            if name in ("NOTIFY_SOCKET",) or name.startswith(("WATCHDOG_", "LISTEN_")):
+                os.environ.pop(name, None)
         async with Store.open(paths.database) as store:
             instance = await _instance_id(store)
             previous = await _clean_exit_marker(store, "0")
@@ -308,19 +326,25 @@ async def _serve_locked(paths: Paths, config: Config, log: Log,
             daemon = Daemon(paths=paths, settings=settings, store=store, hub=hub, pool=pool,
                             instance=instance)
             daemon.executors = executors
+            pool.unclean_start = previous == "0"
+            daemon.notifier = notifier
             listener = UnixListener(sock, daemon, daemon.limits(),
                                     max_connections=config.daemon.max_connections,
                                     path=sock_path)
             exit_code = 0
             async with trio.open_nursery() as root:
                 await root.start(pool.run)
+                retention = config.channels
+                await hub.prune(retain_deltas=retention.retain_deltas,
+                                retain_age=float(retention.retain_age))
                 for setup in subsystems.load():
                     await setup(daemon, root)
                 await root.start(listener.serve)
                 root.start_soon(_retention, hub, settings)
                 if notifier is not None and watchdog:
                     await root.start(sdnotify.run_watchdog, notifier, watchdog)
-                log.info("ready", socket=str(paths.socket), state_dir=str(paths.state_dir),
+                log.info("ready", socket=str(sock_path or sock.getsockname()),
+                         activated=sock_path is None, state_dir=str(paths.state_dir),
                          pid=os.getpid(), version=VERSION, agents=len(settings.agents))
                 if notifier is not None:
                     notifier.ready(status=_status_line(pool))
@@ -329,12 +353,8 @@ async def _serve_locked(paths: Paths, config: Config, log: Log,
                     ready(daemon)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        if notifier is not None:
-                            notifier.reloading()
                         with contextlib.suppress(ConfigError):
                             daemon.reload()
-                        if notifier is not None:
-                            notifier.ready(status=_status_line(pool))
                         continue
                     log.info("shutting down", signal=signal.Signals(signum).name)
                     break
@@ -357,16 +377,33 @@ async def _serve_locked(paths: Paths, config: Config, log: Log,
 
 
 async def _retention(hub: Hub, settings: Settings) -> None:
-    """Prune the delta log to the retention in the (live) config, at startup and then
-    every ten minutes."""
+    """Prune the delta log to the retention in the (live) config every ten minutes (the
+    first pass runs at startup, before clients are accepted)."""
     log = Log("hub")
     while True:
+        await trio.sleep(600)
         ch = settings.config.channels
         try:
             await hub.prune(retain_deltas=ch.retain_deltas, retain_age=float(ch.retain_age))
         except Exception:
             log.exception("retention pass failed")
-        await trio.sleep(600)
+
+
+def _changed_keys(old: Config, new: Config) -> list[str]:
+    """Dotted names of the settings a reload changes (`lifecycle.idle_ttl`, `agents.x`):
+    names only, never values, which may be secrets (agent env)."""
+    before, after = config_mod.dump(old), config_mod.dump(new)
+    keys: list[str] = []
+    for section in sorted(before.keys() | after.keys()):
+        a, b = before.get(section), after.get(section)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys.extend(f"{section}.{k}" for k in sorted(a.keys() | b.keys())
+                        if a.get(k) != b.get(k))
+        else:
+            keys.append(section)
+    return keys
 
 
 def _status_line(pool: Pool) -> str:

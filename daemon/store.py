@@ -96,6 +96,40 @@ CREATE TABLE IF NOT EXISTS transitions (
 );
 CREATE INDEX IF NOT EXISTS transitions_ts ON transitions (ts);
 CREATE INDEX IF NOT EXISTS transitions_chat ON transitions (chat, agent, ts);
+-- workspaces subsystem (daemon/workspaces.py): one git worktree per workspace, and a
+-- tombstone per soft delete (the reaper's journal: an interrupted delete is finished from it)
+CREATE TABLE IF NOT EXISTS workspaces (
+    id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    path TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    base TEXT NOT NULL,
+    computer TEXT,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    orphaned_at REAL,
+    reason TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '',
+    common_dir TEXT NOT NULL DEFAULT '',
+    diff_hash TEXT NOT NULL DEFAULT '',
+    tombstone TEXT
+);
+CREATE TABLE IF NOT EXISTS tombstones (
+    id TEXT PRIMARY KEY,
+    workspace TEXT,
+    path TEXT NOT NULL,
+    trash TEXT NOT NULL,
+    computer TEXT,
+    common_dir TEXT NOT NULL DEFAULT '',
+    branch TEXT NOT NULL DEFAULT '',
+    head TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    trashed_at REAL,
+    purged_at REAL
+);
 """
 
 

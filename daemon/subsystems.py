@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 Setup = Callable[["Daemon", "trio.Nursery"], Awaitable[Any]]
 
 SUBSYSTEMS: list[str] = [
+    "daemon.websocket",
+    "daemon.workspaces",
 ]
 
 

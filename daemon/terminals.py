@@ -149,7 +149,8 @@ class TerminalManager:
         argv = [command, *args]
         terminal_id = f"term-{next(self._ids)}"
         proc = await self._executor.spawn(
-            argv, env={**self._env, **env}, cwd=real_cwd, actor=f"{self._actor}/{terminal_id}")
+            argv, env={**self._env, **env}, cwd=real_cwd, actor=f"{self._actor}/{terminal_id}",
+            merge_stderr=True)
         limit = self._default_limit if output_byte_limit is None else max(0, output_byte_limit)
         term = Terminal(terminal_id, argv, proc, limit)
         self._terminals[terminal_id] = term

@@ -15,7 +15,8 @@ class ErrorCode(enum.StrEnum):
 
     # The request itself is wrong: fix the client.
     BAD_FRAME = "bad_frame"
-    """The frame could not be decoded (malformed msgpack/JSON, wrong shape)."""
+    """The frame could not be decoded (malformed msgpack/JSON). A well-formed message of
+    the wrong shape is `bad_request` (or `unknown_request`)."""
     FRAME_TOO_LARGE = "frame_too_large"
     """The frame exceeded the connection's maximum frame size; the connection closes."""
     UNKNOWN_REQUEST = "unknown_request"

@@ -74,7 +74,8 @@ class Hello(msgspec.Struct, tag="hello", tag_field="type", omit_defaults=True, k
     client: str = ""
     """A name for logs and for `by` fields (e.g. `cli`, `zed`, `web`)."""
     token: str | None = None
-    """WebSocket only, when the token cannot be sent as a header."""
+    """Reserved; ignored. The WebSocket token is checked in the HTTP handshake, before any
+    message (`Authorization: Bearer` or a `stoker.bearer.<token>` subprotocol)."""
 
 
 class Welcome(msgspec.Struct, tag="welcome", tag_field="type", kw_only=True):
@@ -230,6 +231,122 @@ class Warm(_Request, tag="warm"):
     chat: str
 
 
+# --------------------------------------------------------------------------- workspaces
+# Requests and results of the workspaces subsystem (daemon/workspaces.py, docs/WORKSPACES.md).
+# `OpenChat` with `workspace` or `project` is served by that subsystem as well.
+
+
+class WorkspaceNew(_Request, tag="workspace_new"):
+    """Create a workspace: a git worktree of `project` (an absolute path inside a git work
+    tree) on a new branch (default `stoker/<id>`) from the project's HEAD."""
+
+    project: str
+    branch: str | None = None
+    computer: str | None = None
+
+
+class ListWorkspaces(_Request, tag="workspace_ls"):
+    include_deleted: bool = False
+    """Also list purged, forgotten and failed workspaces."""
+
+
+class CloseWorkspace(_Request, tag="workspace_close"):
+    """Close the workspace's open chats and mark it orphaned: the reaper may remove its
+    worktree once the grace period passed, if nothing in it would be lost."""
+
+    workspace: str
+
+
+class RestoreWorkspace(_Request, tag="workspace_restore"):
+    """Move a soft-deleted worktree back from the trash (before it is purged) and make git
+    know it again. `workspace` is a workspace id or a tombstone id."""
+
+    workspace: str
+
+
+class WorkspaceDiff(_Request, tag="workspace_diff"):
+    """Changes since the workspace's base commit: commits, uncommitted edits, untracked
+    files."""
+
+    workspace: str
+    patch: bool = True
+    """Include the unified diff."""
+    stat: bool = False
+    """Include git's `--stat` text."""
+
+
+class Reap(_Request, tag="reap"):
+    """Run the reaper now. `dry_run`: only report what would go and what stays, and why."""
+
+    dry_run: bool = False
+
+
+class WorkspaceInfo(Struct):
+    workspace: str
+    project: str
+    path: str
+    branch: str
+    base: str
+    """The commit the worktree was created from; diffs are against it."""
+    state: str
+    """creating, active, orphaned, trashed, purged, gone (its directory had vanished),
+    failed (creation failed)."""
+    created_at: float
+    computer: str | None = None
+    orphaned_at: float | None = None
+    reason: str = ""
+    """Why the reaper last kept it (dirty, unpushed, grace, ...), or what went wrong."""
+    detail: str = ""
+    chats: list[str] = []
+    """Open chats working in it."""
+    tombstone: str | None = None
+    trashed_at: float | None = None
+    purge_after: float | None = None
+    """When trashed: the time after which the trash may be purged."""
+
+
+class WorkspaceList(Struct):
+    workspaces: list[WorkspaceInfo]
+
+
+class DiffFile(Struct):
+    path: str
+    insertions: int = 0
+    deletions: int = 0
+    binary: bool = False
+
+
+class DiffResult(Struct):
+    workspace: str
+    base: str
+    files: list[DiffFile] = []
+    insertions: int = 0
+    deletions: int = 0
+    summary: str = ""
+    """git's `--stat` summary line ("2 files changed, 3 insertions(+)")."""
+    stat: str = ""
+    patch: str = ""
+    truncated: bool = False
+    """The patch was cut to fit in one reply frame."""
+
+
+class ReapEntry(Struct):
+    path: str
+    action: Literal["keep", "delete", "forget", "purge"]
+    reason: str
+    detail: str = ""
+    workspace: str | None = None
+    """None for a directory under the root that the store does not know."""
+    tombstone: str | None = None
+    done: bool = False
+    """The action was carried out (always False in a dry run and for `keep`)."""
+
+
+class ReapResult(Struct):
+    dry_run: bool
+    entries: list[ReapEntry] = []
+
+
 Request = (
     Ping
     | GetStatus
@@ -250,6 +367,12 @@ Request = (
     | Reload
     | DescribeAgent
     | Warm
+    | WorkspaceNew
+    | ListWorkspaces
+    | CloseWorkspace
+    | RestoreWorkspace
+    | WorkspaceDiff
+    | Reap
 )
 
 ClientMessage = Hello | Request
@@ -454,6 +577,12 @@ RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     Reload: Ok,
     DescribeAgent: AgentDescription,
     Warm: ActorDetail,
+    WorkspaceNew: WorkspaceInfo,
+    ListWorkspaces: WorkspaceList,
+    CloseWorkspace: WorkspaceInfo,
+    RestoreWorkspace: WorkspaceInfo,
+    WorkspaceDiff: DiffResult,
+    Reap: ReapResult,
 }
 """The type of `Reply.result` for each request type."""
 
@@ -482,11 +611,15 @@ class ErrorReply(msgspec.Struct, tag="error", tag_field="type", omit_defaults=Tr
     detail: Any = None
 
 
-class ReplayComplete(msgspec.Struct, tag="replay_complete", tag_field="type", kw_only=True):
+class ReplayComplete(msgspec.Struct, tag="replay_complete", tag_field="type", kw_only=True,
+                     omit_defaults=True):
     """Replay of a subscription is done; what follows is live."""
 
     chat: str
     head_seq: int
+    request: int | None = None
+    """The id of the `subscribe` request this completes (None after a `lagged` replay), so a
+    client that re-subscribed can tell which subscription it belongs to."""
 
 
 class ResyncRequired(msgspec.Struct, tag="resync_required", tag_field="type", kw_only=True):
@@ -498,6 +631,9 @@ class ResyncRequired(msgspec.Struct, tag="resync_required", tag_field="type", kw
     seq: int
     reason: str
     snapshot: Snapshot
+    request: int | None = None
+    """The `subscribe` request whose cursor could not be served (None when it happened
+    later, during a replay)."""
 
 
 class Lagged(msgspec.Struct, tag="lagged", tag_field="type", kw_only=True):

@@ -68,9 +68,15 @@ def main(argv: list[str]) -> int:
         code = child.wait()
         outbound.join(5)
     if code < 0:
-        signal.signal(-code, signal.SIG_DFL)
+        # SIGKILL/SIGSTOP cannot have handlers (signal.signal raises); they need no reset.
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
-    return code
+    # Not a normal interpreter exit: the inbound pump may still be blocked reading our
+    # stdin (the daemon keeps it open), and finalization would then abort on stdin's
+    # buffer lock (SIGABRT) instead of exiting as the agent did. (The outbound pump flushed
+    # every line and closed our stdout.)
+    os._exit(code)
 
 
 # --------------------------------------------------------------------------- validation

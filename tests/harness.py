@@ -218,6 +218,10 @@ class DaemonProcess:
         return pids
 
     def remove(self) -> None:
+        """Delete the daemon's directories (kept when STOKER_KEEP_TEST_DIRS=1, to debug)."""
+        if os.environ.get("STOKER_KEEP_TEST_DIRS") == "1":
+            print(f"kept daemon directory: {self.base}")
+            return
         shutil.rmtree(self.base, ignore_errors=True)
 
     # ------------------------------------------------------------------ CLI

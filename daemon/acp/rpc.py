@@ -96,6 +96,24 @@ class _Slot:
         self.error: BaseException | None = None
 
 
+class FollowUp:
+    """A request handler's answer plus work that must run only once that answer is written.
+
+    Return it instead of a plain result (or instead of raising `error`). `then` runs right
+    after the response was written (or failed to be): `stoker acp` uses it so that no
+    `session/update` of a session reaches the editor before the `session/new` response that
+    names the session, and nothing of the next turn before the `session/prompt` answer.
+    """
+
+    __slots__ = ("error", "result", "then")
+
+    def __init__(self, result: Any = None, *, then: Callable[[], None],
+                 error: RpcError | None = None) -> None:
+        self.result = result
+        self.then = then
+        self.error = error
+
+
 RequestHandler = Callable[[str, msgspec.Raw | None], Awaitable[Any]]
 NotificationHandler = Callable[[str, msgspec.Raw | None], None]
 
@@ -194,20 +212,34 @@ class JsonRpcConnection:
                 raise ConnectionLost(f"{self._name}: cannot write: {exc}") from exc
         self.lines_out += 1
 
-    async def request(self, method: str, params: Any, *, timeout: float | None = None
-                      ) -> msgspec.Raw:
+    async def request(self, method: str, params: Any, *, timeout: float | None = None,
+                      cancel_notify: bool = False) -> msgspec.Raw:
         """Send a request and wait for its result (raw JSON). Raises `RpcError` when the peer
         answers with an error, `ConnectionLost` when it goes away, `trio.TooSlowError` after
-        `timeout`."""
+        `timeout`.
+
+        `cancel_notify`: if this call is cancelled (or times out) before the answer came,
+        tell the peer with ACP's `$/cancel_request` so it can withdraw the request (e.g. a
+        permission prompt that another client already answered)."""
         if self._closed is not None:
             raise ConnectionLost(f"{self._name}: connection closed") from self._closed
         request_id = next(self._ids)
         slot = _Slot()
         self._pending[request_id] = slot
+        sent = False
         try:
             await self._write(_OutRequest(id=request_id, method=method, params=params))
+            sent = True
             with trio.fail_after(math.inf if timeout is None else timeout):
                 await slot.event.wait()
+        except (trio.Cancelled, trio.TooSlowError):
+            if cancel_notify and sent and not slot.event.is_set() and self._closed is None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    try:
+                        await self.notify("$/cancel_request", {"requestId": request_id})
+                    except ConnectionLost:
+                        pass
+            raise
         finally:
             self._pending.pop(request_id, None)
         if slot.error is not None:
@@ -330,10 +362,25 @@ class JsonRpcConnection:
             await self._respond_quietly_error(
                 request_id, RpcError(INTERNAL_ERROR, f"internal error: {exc}"))
             return
+        if isinstance(result, FollowUp):
+            await self._answer_then(request_id, result)
+            return
         try:
             await self.respond(request_id, result)
         except ConnectionLost:
             pass
+
+    async def _answer_then(self, request_id: int | str | None, follow: FollowUp) -> None:
+        try:
+            if follow.error is not None:
+                await self._respond_quietly_error(request_id, follow.error)
+            else:
+                try:
+                    await self.respond(request_id, follow.result)
+                except ConnectionLost:
+                    pass
+        finally:
+            follow.then()
 
     async def _respond_quietly_error(self, request_id: int | str | None, exc: RpcError
                                      ) -> None:

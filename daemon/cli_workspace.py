@@ -1,0 +1,200 @@
+"""CLI commands for workspaces: `workspace new|ls|close|restore`, `diff`, `reap`.
+
+Human output goes to stdout as tables or git's own diff text; `--json` prints the daemon's
+typed result instead. `workspace new` prints just the id on stdout so that scripts can
+capture it (`ws=$(stoker workspace new --project .)`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from protocol import messages as m
+
+from .cli import add_common, eprint, paths_from, run_async
+
+_json = msgspec.json.Encoder()
+
+
+def _out_json(obj: Any) -> None:
+    sys.stdout.write(_json.encode(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ws = sub.add_parser("workspace", help="manage workspaces (git worktrees of a project)",
+                        description="Workspaces are git worktrees of a project in which "
+                        "chats run their agents; see docs/WORKSPACES.md.")
+    wsub = ws.add_subparsers(dest="workspace_command", metavar="ACTION")
+    wsub.required = True
+
+    def cmd(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+            handler: Callable[[argparse.Namespace], int], help_text: str
+            ) -> argparse.ArgumentParser:
+        parser = parent.add_parser(name, help=help_text, description=help_text)
+        add_common(parser)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    p = cmd(wsub, "new", cmd_new, "create a workspace: a worktree of PROJECT on a new "
+            "branch from its HEAD; prints the workspace id")
+    p.add_argument("--project", required=True, help="path inside the project's git "
+                   "work tree")
+    p.add_argument("--branch", help="name of the new branch (default stoker/<id>)")
+
+    p = cmd(wsub, "ls", cmd_ls, "list workspaces with their state and why the reaper "
+            "keeps them")
+    p.add_argument("--all", action="store_true",
+                   help="include purged, forgotten and failed workspaces")
+
+    p = cmd(wsub, "close", cmd_close, "close a workspace's chats and mark it orphaned "
+            "(the reaper removes it after the grace period if nothing would be lost)")
+    p.add_argument("workspace")
+
+    p = cmd(wsub, "restore", cmd_restore, "bring a reaped workspace back from the trash "
+            "(before it is purged)")
+    p.add_argument("workspace", help="workspace id or tombstone id")
+
+    p = cmd(sub, "diff", cmd_diff, "show a workspace's changes since its base commit, "
+            "committed or not, untracked files included")
+    p.add_argument("workspace")
+    p.add_argument("--stat", action="store_true", help="diffstat instead of the patch")
+
+    p = cmd(sub, "reap", cmd_reap, "run the orphan-worktree reaper now and show what went, "
+            "what stays, and why")
+    p.add_argument("--dry-run", action="store_true", help="change nothing; only report")
+
+
+async def _request(args: argparse.Namespace, request: Any) -> Any:
+    from .client import Client
+
+    paths = paths_from(args)
+    async with Client.connect(paths.socket, client="cli") as client:
+        return await client.request(request)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+                         .rstrip() + "\n")
+    sys.stdout.flush()
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    project = os.path.abspath(args.project)
+
+    async def main() -> int:
+        info: m.WorkspaceInfo = await _request(args, m.WorkspaceNew(
+            id=0, project=project, branch=args.branch))
+        if args.json:
+            _out_json(info)
+            return 0
+        print(info.workspace, flush=True)
+        eprint(f"worktree {info.path} on branch {info.branch} (base {info.base[:12]})")
+        return 0
+
+    return run_async(main)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        result: m.WorkspaceList = await _request(args, m.ListWorkspaces(
+            id=0, include_deleted=args.all))
+        if args.json:
+            _out_json(result)
+            return 0
+        rows = [["WORKSPACE", "STATE", "REASON", "BRANCH", "CHATS", "CREATED", "PATH"]]
+        for w in result.workspaces:
+            reason = w.reason + (f": {w.detail}" if w.detail and w.reason in (
+                "error", "timeout", "unknown") else "")
+            if w.state == "trashed" and w.purge_after is not None:
+                reason = f"purge after {_when(w.purge_after)}"
+            rows.append([w.workspace, w.state, reason or "-", w.branch, str(len(w.chats)),
+                         _when(w.created_at), w.path])
+        _table(rows)
+        return 0
+
+    return run_async(main)
+
+
+def cmd_close(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        info: m.WorkspaceInfo = await _request(args, m.CloseWorkspace(
+            id=0, workspace=args.workspace))
+        if args.json:
+            _out_json(info)
+            return 0
+        eprint(f"workspace {info.workspace} closed; its worktree stays until the reaper "
+               f"finds it safe to remove ({info.path})")
+        return 0
+
+    return run_async(main)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        info: m.WorkspaceInfo = await _request(args, m.RestoreWorkspace(
+            id=0, workspace=args.workspace))
+        if args.json:
+            _out_json(info)
+            return 0
+        eprint(f"workspace {info.workspace} restored at {info.path}")
+        if info.reason:
+            eprint(f"warning: {info.reason}: {info.detail}")
+        return 0
+
+    return run_async(main)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        result: m.DiffResult = await _request(args, m.WorkspaceDiff(
+            id=0, workspace=args.workspace, patch=not (args.json or args.stat),
+            stat=args.stat and not args.json))
+        if args.json:
+            _out_json(result)
+            return 0
+        text = result.stat if args.stat else result.patch
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if result.truncated:
+            eprint("stoker: the diff was truncated; run git diff in the worktree for all of "
+                   "it")
+        return 0
+
+    return run_async(main)
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        result: m.ReapResult = await _request(args, m.Reap(id=0, dry_run=args.dry_run))
+        if args.json:
+            _out_json(result)
+            return 0
+        if not result.entries:
+            print("nothing to reap")
+            return 0
+        rows = [["ACTION", "REASON", "WORKSPACE", "PATH", "DETAIL"]]
+        for e in result.entries:
+            action: str = e.action
+            if e.action != "keep":
+                action += "" if e.done else (" (would)" if result.dry_run else " (failed)")
+            rows.append([action, e.reason, e.workspace or "-", e.path, e.detail])
+        _table(rows)
+        return 0
+
+    return run_async(main)
