@@ -368,12 +368,13 @@ class BackendActor:
         self.last_activity_wall = _wall()
         self._store.execute(
             "INSERT INTO actors(chat, agent, state, reason, session_id, generation, pid, pgid,"
-            " pid_start, computer, info, usage, turns, last_activity, updated)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            " pid_start, computer, marker, info, usage, turns, last_activity, updated)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(chat, agent) DO UPDATE SET state=excluded.state,"
             " reason=excluded.reason, session_id=excluded.session_id,"
             " generation=excluded.generation, pid=excluded.pid, pgid=excluded.pgid,"
-            " pid_start=excluded.pid_start, computer=excluded.computer, info=excluded.info,"
+            " pid_start=excluded.pid_start, computer=excluded.computer,"
+            " marker=excluded.marker, info=excluded.info,"
             " usage=excluded.usage, turns=excluded.turns,"
             " last_activity=excluded.last_activity, updated=excluded.updated",
             (
@@ -381,6 +382,7 @@ class BackendActor:
                 self.generation,
                 ident.pid if ident else None, ident.pgid if ident else None,
                 ident.start_time if ident else None,
+                ident.computer if ident else None,
                 ident.actor if ident else None,
                 _msgpack.encode(self.info), _msgpack.encode(self.usage), self.turns,
                 self.last_activity_wall, _wall(),

@@ -211,20 +211,21 @@ class Pool:
                                 last_turn=int(next_turn) - 1)
         actor_rows = await self._store.query(
             "SELECT chat, agent, state, reason, session_id, generation, pid, pgid, pid_start,"
-            " computer, info, usage, turns, last_activity FROM actors")
+            " computer, marker, info, usage, turns, last_activity FROM actors")
         reclaimed = 0
         for (chat_id, agent, state, reason, session_id, generation, pid, pgid, pid_start,
-             marker, info, usage, turns, last_activity) in actor_rows:
+             computer, marker, info, usage, turns, last_activity) in actor_rows:
             owner = self._chats.get(chat_id)
             if owner is None:
                 continue
             chat = owner
             if pid is not None:
+                # Reclaim where the process ran, even if the config moved the agent since.
                 identity = ProcessIdentity(pid=int(pid), pgid=int(pgid or pid),
                                            start_time=float(pid_start or 0.0),
-                                           computer=chat.computer, actor=marker or "")
+                                           computer=computer, actor=marker or "")
                 try:
-                    if await self._executor_for(chat, agent).reclaim(identity):
+                    if await self._executors(computer).reclaim(identity):
                         reclaimed += 1
                 except Exception:
                     self._log.exception("orphan reclaim failed", chat=chat_id, agent=agent)

@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS actors (
     pgid INTEGER,
     pid_start REAL,
     computer TEXT,
+    marker TEXT,
     info BLOB,
     usage BLOB,
     turns INTEGER NOT NULL DEFAULT 0,
@@ -202,6 +203,7 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         writer = self._connect()
         writer.executescript(SCHEMA)
+        self._migrate(writer)
         row = writer.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             writer.execute(
@@ -219,6 +221,17 @@ class Store:
             pass
         self._writer = writer
         self._reader = self._connect()
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Columns added after a table first shipped (CREATE TABLE IF NOT EXISTS does not
+        add them to an existing database)."""
+        added = {"actors": [("marker", "TEXT")]}
+        for table, columns in added.items():
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def _close_sync(self) -> None:
         for conn in (self._writer, self._reader):
