@@ -311,10 +311,17 @@ class Bridge:
         if method == "session/cancel":
             ref = _decode(params, _SessionRef)
             session = self._sessions.get(ref.session_id)
+            own: list[int] = []
             if session is not None:
                 session.cancels += 1
+                # Turns whose `session/prompt` this editor is still waiting on.
+                own = sorted(session.turns)
+                if not own and session.prompting:
+                    # Its prompt is on the way to the daemon: the prompt handler cancels
+                    # that turn as soon as it knows its number (see `_prompt`).
+                    return
             assert self._nursery is not None
-            self._nursery.start_soon(self._cancel, ref.session_id)
+            self._nursery.start_soon(self._cancel, ref.session_id, own)
         else:
             self._log.debug("ignoring notification", method=method)
 
@@ -446,6 +453,10 @@ class Bridge:
             turn.claimed.set()
         finally:
             session.prompting -= 1
+        if session.cancels > cancels:
+            # Cancelled before the daemon told us the turn's number.
+            assert self._nursery is not None
+            self._nursery.start_soon(self._cancel, session.chat, [accepted.turn])
 
         def finish() -> None:
             turn.responded.set()
@@ -469,11 +480,17 @@ class Bridge:
         return FollowUp(error=turn_failed(session.chat, accepted.turn, ended.error or "unknown"),
                         then=finish)
 
-    async def _cancel(self, chat: str) -> None:
-        """`session/cancel` cancels the chat's running turn (whoever started it: the
-        editor shows every turn) without waiting; its `turn_ended` ends the prompt."""
+    async def _cancel(self, chat: str, own: list[int]) -> None:
+        """`session/cancel` cancels the editor's own prompts when it has some in flight
+        (running, or still queued behind another client's turn, which is left alone);
+        otherwise the chat's running turn, whoever started it (the editor shows every
+        turn). It does not wait: the turn's `turn_ended` ends the prompt."""
         try:
-            await self._request(m.Cancel(id=0, chat=chat))
+            if own:
+                for turn in own:
+                    await self._request(m.Cancel(id=0, chat=chat, turn=turn))
+            else:
+                await self._request(m.Cancel(id=0, chat=chat))
         except ClientError as exc:
             self._log.warning("cancel failed", chat=chat, error=str(exc))
 

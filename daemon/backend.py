@@ -1152,6 +1152,13 @@ class BackendActor:
         if message.queued:
             self._end_queued(None, cancelled=True)
         job = self.current
+        if message.turn is not None and (job is None or job.turn != message.turn):
+            # Not the running turn: drop it from the queue if it waits there.
+            for queued in list(self.queue):
+                if queued.turn == message.turn:
+                    self.queue.remove(queued)
+                    self._end_turn(queued, stop_reason="cancelled")
+            return
         if job is None or job.cancel_requested or job.ended:
             return
         job.cancel_requested = True

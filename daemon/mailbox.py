@@ -64,6 +64,8 @@ class PromptJob(msgspec.Struct, kw_only=True):
 class Cancel(msgspec.Struct, kw_only=True):
     queued: bool = False
     by: str = ""
+    turn: int | None = None
+    """Only this turn (running or queued); None: the running turn."""
 
 
 class Permit(msgspec.Struct, kw_only=True):

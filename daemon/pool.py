@@ -469,11 +469,12 @@ class Pool:
         await self._store.flush()
         return PromptAccepted(chat=chat.id, turn=turn, queued=queued)
 
-    async def cancel(self, chat_id: str, *, queued: bool, by: str) -> None:
+    async def cancel(self, chat_id: str, *, queued: bool, by: str,
+                     turn: int | None = None) -> None:
         self._chat(chat_id)
         for actor in self.actors_of(chat_id):
             if actor.running or actor.queued:
-                self._deliver(actor, mb.Cancel(queued=queued, by=by))
+                self._deliver(actor, mb.Cancel(queued=queued, by=by, turn=turn))
 
     async def close(self, chat_id: str, reason: str) -> None:
         chat = self._chat(chat_id)

@@ -126,7 +126,7 @@ class Daemon:
         if isinstance(req, m.ListAgents):
             return self.list_agents()
         if isinstance(req, m.Cancel):
-            await pool.cancel(req.chat, queued=req.queued, by=client)
+            await pool.cancel(req.chat, queued=req.queued, by=client, turn=req.turn)
             return m.Ok()
         if isinstance(req, m.CloseChat):
             await pool.close(req.chat, reason=f"closed by {client}")

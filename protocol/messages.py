@@ -153,9 +153,16 @@ class Prompt(_Request, tag="prompt"):
 
 
 class Cancel(_Request, tag="cancel"):
+    """Cancel the chat's running turn (the agent gets `session/cancel`; the turn ends with
+    stop reason `cancelled`)."""
+
     chat: str
     queued: bool = False
     """Also drop the queued turns (each ends with `cancelled`)."""
+    turn: int | None = None
+    """Cancel only this turn: running -> cancelled; still queued -> dropped (it ends
+    `cancelled` without reaching the agent); already ended -> nothing happens. Lets a client
+    cancel its own prompt without touching another client's running turn."""
 
 
 class CloseChat(_Request, tag="close"):

@@ -360,3 +360,31 @@ async def test_without_a_daemon_initialize_fails_clearly_then_spawn_daemon_start
     log = (absent.state_dir / "daemon.log").read_text()
     assert "ready" in log, log[-2000:]
 
+
+
+async def test_cancel_drops_the_editors_queued_prompt_not_another_clients_turn(
+        daemon: DaemonProcess) -> None:
+    async with open_editor(daemon) as editor:
+        await editor.call("initialize")
+        session = (await editor.call("new_session", cwd=str(daemon.work)))["sessionId"]
+        async with daemon.client("cli") as client:
+            await subscribe(client, session)
+            other = await client.request(m.Prompt(id=0, chat=session, text="/sleep 1500"))
+            await wait_state(client, session, "busy")
+            mine = await editor.send("prompt", sessionId=session, text="never runs")
+            # Wait until the editor's prompt is queued in the daemon behind the other turn.
+            with trio.fail_after(10):
+                while (await actor(client, session)).queued < 1:
+                    await trio.sleep(0.02)
+            await editor.call("cancel", sessionId=session)
+            assert await editor.reply(mine) == {"stopReason": "cancelled"}
+            ended = None
+            with trio.fail_after(10):
+                while ended is None:
+                    event = await client.next_event()
+                    if (isinstance(event, d.Delta) and event.turn == other.turn
+                            and isinstance(event.body, d.TurnEnded)):
+                        ended = event.body
+            assert ended.stop_reason == "end_turn"
+        assert "never runs" not in "".join(
+            u["content"]["text"] for u in editor.updates(session, kind="agent_message_chunk"))
