@@ -517,65 +517,102 @@ def cmd_reload(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- attach / log
 
 
-def render(event: Any, out: TextIO) -> None:
-    """Human-readable rendering of a delta (or control message) for attach and log."""
-    if isinstance(event, m.ResyncRequired):
-        out.write(f"\n[resync: {event.reason}; continuing from seq {event.seq}]\n")
-        snap = event.snapshot
-        if snap.turn is not None:
-            out.write(f">>> [turn {snap.turn}] {snap.turn_prompt or ''}\n{snap.turn_text}")
-        out.flush()
-        return
-    if isinstance(event, m.Lagged):
-        out.write(f"\n[lagged: replaying {event.missed} deltas]\n")
-        out.flush()
-        return
-    if not isinstance(event, d.Delta):
-        return
-    body = event.body
-    if isinstance(body, d.Text):
-        out.write(body.text)
-    elif isinstance(body, d.Reasoning):
-        out.write(f"\x1b[2m{body.text}\x1b[0m" if out.isatty() else body.text)
-    elif isinstance(body, d.TurnStarted):
-        out.write(f"\n>>> [turn {event.turn} · {body.agent}] {body.prompt}\n")
-    elif isinstance(body, d.TurnEnded):
-        outcome = body.stop_reason or f"error: {body.error}"
-        out.write(f"\n<<< [turn {event.turn}] {outcome}\n")
-    elif isinstance(body, d.Status):
-        reason = f" ({body.reason})" if body.reason else ""
-        out.write(f"\n[{body.agent} {body.state}{reason}]\n")
-    elif isinstance(body, d.PermissionRequest):
-        options = ", ".join(str(o.get("optionId")) for o in body.options)
-        out.write(f"\n[permission {body.request}: {body.tool_call.get('title', '?')} — "
-                  f"{options}]\n")
-    elif isinstance(body, d.PermissionResolved):
-        out.write(f"\n[permission {body.request}: {body.option or body.outcome} "
-                  f"by {body.by}]\n")
-    elif isinstance(body, d.ToolCall):
-        out.write(f"\n[tool {body.title} ({body.status})]\n")
-    elif isinstance(body, d.ToolUpdate):
-        if body.status:
-            out.write(f"\n[tool {body.tool_call_id} {body.status}]\n")
-    elif isinstance(body, d.Notice):
-        out.write(f"\n[{body.level}: {body.message}]\n")
-    elif isinstance(body, d.Terminal):
-        if body.event == "output":
-            out.write(body.data)
+class Renderer:
+    """Human-readable rendering of deltas (and control messages) for attach and log.
+
+    Streamed text is written as it comes; everything else is one bracketed line, started on
+    a fresh line (the renderer remembers whether the last write ended one)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.at_line_start = True
+
+    def _write(self, text: str) -> None:
+        if text:
+            self.out.write(text)
+            self.at_line_start = text.endswith("\n")
+
+    def line(self, text: str) -> None:
+        if not self.at_line_start:
+            self._write("\n")
+        self._write(text + "\n")
+
+    def finish(self) -> None:
+        if not self.at_line_start:
+            self._write("\n")
+        self.out.flush()
+
+    def render(self, event: Any) -> None:
+        self._render(event)
+        self.out.flush()
+
+    def _render(self, event: Any) -> None:
+        if isinstance(event, m.ResyncRequired):
+            self.line(f"[resync: {event.reason}; continuing from seq {event.seq}]")
+            snap = event.snapshot
+            if snap.turn is not None:
+                self.line(f">>> [turn {snap.turn}] {snap.turn_prompt or ''}")
+                self._write(snap.turn_text)
+            return
+        if isinstance(event, m.Lagged):
+            self.line(f"[lagged: replaying {event.missed} deltas]")
+            return
+        if not isinstance(event, d.Delta):
+            return
+        body = event.body
+        if isinstance(body, d.Text):
+            self._write(body.text)
+        elif isinstance(body, d.Reasoning):
+            self._write(f"\x1b[2m{body.text}\x1b[0m" if self.out.isatty() else body.text)
+        elif isinstance(body, d.TurnStarted):
+            self.line(f">>> [turn {event.turn} · {body.agent}] {body.prompt}")
+        elif isinstance(body, d.TurnEnded):
+            self.line(f"<<< [turn {event.turn}] {body.stop_reason or f'error: {body.error}'}")
+        elif isinstance(body, d.Status):
+            reason = f" ({body.reason})" if body.reason else ""
+            self.line(f"[{body.agent} {body.state}{reason}]")
+        elif isinstance(body, d.PermissionRequest):
+            options = ", ".join(str(o.get("optionId")) for o in body.options)
+            self.line(f"[permission {body.request}: {body.tool_call.get('title', '?')} — "
+                      f"{options}]")
+        elif isinstance(body, d.PermissionResolved):
+            self.line(f"[permission {body.request}: {body.option or body.outcome} "
+                      f"by {body.by}]")
+        elif isinstance(body, d.ToolCall):
+            self.line(f"[tool {body.title} ({body.status})]")
+        elif isinstance(body, d.ToolUpdate):
+            if body.status:
+                self.line(f"[tool {body.tool_call_id} {body.status}]")
+        elif isinstance(body, d.Notice):
+            self.line(f"[{body.level}: {body.message}]")
+        elif isinstance(body, d.Terminal):
+            if body.event == "output":
+                self._write(body.data)
+            else:
+                self.line(f"[terminal {body.terminal} {body.event}]")
+        elif isinstance(body, d.Usage):
+            if body.input_tokens is not None or body.output_tokens is not None:
+                self.line(f"[usage: {body.input_tokens or 0} in, {body.output_tokens or 0} out]")
+        elif isinstance(body, d.Diff):
+            self.line(f"[diff {body.workspace}: {body.stat or f'{body.files} files'}]")
+        elif isinstance(body, d.Mode):
+            self.line(f"[mode {body.mode}]")
         else:
-            out.write(f"\n[terminal {body.terminal} {body.event}]\n")
-    else:
-        kind = type(body).__struct_config__.tag
-        out.write(f"\n[{kind}]\n")
-    out.flush()
+            self.line(f"[{type(body).__struct_config__.tag}]")
+
+
+_renderer: Renderer | None = None
 
 
 def _emit(event: Any, as_json: bool) -> None:
+    global _renderer
     if as_json:
         if isinstance(event, d.Delta | m.ResyncRequired | m.Lagged):
             out_json(event)
     else:
-        render(event, sys.stdout)
+        if _renderer is None:
+            _renderer = Renderer(sys.stdout)
+        _renderer.render(event)
 
 
 def cmd_log(args: argparse.Namespace) -> int:
@@ -590,8 +627,8 @@ def cmd_log(args: argparse.Namespace) -> int:
                                              live=False))
             async for event in client.events():
                 if isinstance(event, m.ReplayComplete):
-                    if not args.json:
-                        sys.stdout.write("\n")
+                    if _renderer is not None:
+                        _renderer.finish()
                     return 0
                 _emit(event, args.json)
         return 1
