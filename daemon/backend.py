@@ -21,7 +21,6 @@ is idempotent per job; every exit path of the actor (including a bug) runs throu
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
 import os
@@ -597,7 +596,6 @@ class BackendActor:
                 except ConnectionLost:
                     await self._await_watcher()
                 self._gen_ready = True
-                self._restarts_note_success()
                 self._set_state(State.READY)
                 for warm in self._want_warm:
                     if warm.reply is not None:
@@ -626,9 +624,6 @@ class BackendActor:
             self._end_turn(self.current, error=error)
             self.current = None
         return ending
-
-    def _restarts_note_success(self) -> None:
-        """A generation reached ready: nothing to reset (restarts age out of the window)."""
 
     async def _finish_generation(self, proc: AgentProcess | None, log: Log) -> None:
         terminals = self._terminals
@@ -1505,11 +1500,3 @@ def _describe_start_error(exc: BaseException) -> str:
     if isinstance(exc, StokerError):
         return exc.message
     return str(exc)
-
-
-def decode_image_size(data: str) -> int:
-    """Bytes in a base64 payload (for summaries)."""
-    try:
-        return len(base64.b64decode(data, validate=False))
-    except ValueError:
-        return 0

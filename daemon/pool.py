@@ -19,7 +19,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -193,10 +193,7 @@ class Pool:
                 epoch = new_epoch()
                 self._store.execute("UPDATE chats SET epoch=? WHERE id=?", (epoch, chat_id))
                 renewed += 1
-            logged_head = int(heads.get(chat_id) or 0)
-            head = max(int(head_seq or 0), logged_head)
-            if int(head_seq or 0) > logged_head and logged_head == 0 and head_seq:
-                pass
+            head = max(int(head_seq or 0), int(heads.get(chat_id) or 0))
             chat = Chat(
                 id=chat_id, agent=agent, cwd=cwd, epoch=epoch, created=created,
                 updated=updated, workspace=workspace, computer=computer, policy=policy,
@@ -588,7 +585,6 @@ class Pool:
             lambda: [a.rss() if a is not None else None for a in actors])
         out = []
         for chat, actor, mem in zip(chats, actors, rss, strict=True):
-            snap = self._hub.snapshot(chat.id)
             out.append(ChatSummary(
                 chat=chat.id, agent=chat.agent,
                 state=actor.state.value if actor else (
@@ -600,7 +596,6 @@ class Pool:
                 title=chat.title or (actor.info.get("title") if actor else None),
                 workspace=chat.workspace, updated_at=chat.updated, closed=chat.closed,
             ))
-            del snap
         return out
 
     async def inspect(self, chat_id: str) -> ChatDetail:
@@ -682,7 +677,7 @@ class Pool:
         changed; others keep running. Returns how many were recycled."""
         recycled = 0
         self._descriptions.clear()
-        for (chat_id, agent), actor in list(self._actors.items()):
+        for (_chat, agent), actor in list(self._actors.items()):
             spec = self._settings.agents.get(agent)
             if spec is None:
                 continue
@@ -691,11 +686,5 @@ class Pool:
                 if actor.state in WARM_STATES:
                     self._deliver(actor, mb.Hibernate(reason="agent definition changed"))
                     recycled += 1
-            del chat_id
         self.request_sweep()
         return recycled
-
-
-async def wait_all(waits: Iterable[Awaitable[Any]]) -> None:
-    for w in waits:
-        await w

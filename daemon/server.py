@@ -37,7 +37,7 @@ from .agents import registry
 from .backend import VERSION, BackendActor, Settings
 from .config import Config
 from .connection import Limits
-from .errors import BadRequest, ConfigError, UnknownChat, UnknownComputer
+from .errors import BadRequest, ConfigError, UnknownComputer
 from .execution import Executor, LocalExecutor
 from .hub import Hub
 from .listener import DaemonAlreadyRunning, UnixListener, bind_unix_socket
@@ -239,10 +239,6 @@ class Daemon:
         self._log.info("config reloaded", agents=len(agents), recycled=recycled,
                        changed=",".join(changed_keys) or "nothing")
         return recycled
-
-    def chat_exists(self, chat: str) -> None:
-        if self.hub.channel(chat) is None:
-            raise UnknownChat(chat)
 
 
 async def _instance_id(store: Store) -> str:
