@@ -557,6 +557,11 @@ class BackendActor:
                         list(self.spec.command), env=self._agent_env(), cwd=self.cwd,
                         actor=marker)
                 except SpawnError as exc:
+                    if exc.transient:
+                        # e.g. its computer is unreachable: retry under the restart policy
+                        # (the failed start below ends the head turn with this reason).
+                        self._gen_end = _Ending("start_failed", str(exc), str(exc))
+                        return self._gen_end
                     self._gen_end = _Ending("spawn_failed", str(exc), str(exc))
                     self._fail_head_turn(f"agent {self.agent!r} cannot start: {exc}")
                     return self._gen_end
@@ -754,29 +759,22 @@ class BackendActor:
         old = self.session_id
         lost_reason = ""
         if old is not None:
+            methods = []
             if caps.session_capabilities.get("resume") is not None:
-                try:
-                    raw = await rpc.request("session/resume", {"sessionId": old, **setup_params},
-                                            timeout=timeout)
-                    self._apply_setup(msgspec.json.decode(raw, type=acp.SessionSetup))
-                    self._log.info("session resumed", session=old, method="session/resume")
-                    return
-                except RpcError as exc:
-                    self._raise_if_auth(exc)
-                    lost_reason = f"session/resume failed: {exc.message}"
+                methods.append("session/resume")
             if caps.load_session:
-                self._loading = True
+                methods.append("session/load")
+            for method in methods:
+                # History the agent replays during session/load is not news: not re-broadcast.
+                self._loading = method == "session/load"
                 try:
-                    raw = await rpc.request("session/load", {"sessionId": old, **setup_params},
-                                            timeout=timeout)
-                    self._apply_setup(msgspec.json.decode(raw, type=acp.SessionSetup))
-                    self._log.info("session resumed", session=old, method="session/load")
-                    return
-                except RpcError as exc:
-                    self._raise_if_auth(exc)
-                    lost_reason = f"session/load failed: {exc.message}"
+                    failure = await self._reattach(rpc, method, {"sessionId": old,
+                                                                 **setup_params}, timeout)
                 finally:
                     self._loading = False
+                if failure is None:
+                    return
+                lost_reason = failure
             if not lost_reason:
                 lost_reason = "the agent supports neither session/resume nor session/load"
         try:
@@ -797,6 +795,18 @@ class BackendActor:
                         "a new session was started",
             ))
             self._log.warning("session lost; started a new one", reason=lost_reason)
+
+    async def _reattach(self, rpc: JsonRpcConnection, method: str, params: dict[str, Any],
+                        timeout: float) -> str | None:
+        """Resume the recorded session with `method`; None on success, else why not."""
+        try:
+            raw = await rpc.request(method, params, timeout=timeout)
+        except RpcError as exc:
+            self._raise_if_auth(exc)
+            return f"{method} failed: {exc.message}"
+        self._apply_setup(msgspec.json.decode(raw, type=acp.SessionSetup))
+        self._log.info("session resumed", session=params["sessionId"], method=method)
+        return None
 
     def _raise_if_auth(self, exc: RpcError) -> None:
         if exc.code == AUTH_REQUIRED:

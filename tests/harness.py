@@ -284,6 +284,16 @@ async def turn(client: Client, chat: str, text: str, *, agent: str | None = None
     return await collect_turn(client, chat, accepted.turn, timeout)
 
 
+async def wait_turn_end(client: Client, chat: str, turn: int, timeout: float = 30.0
+                        ) -> d.TurnEnded:
+    """Read events until `turn`'s turn_ended (other events are dropped)."""
+    delta = await wait_for_delta(
+        client, lambda e: e.chat == chat and e.turn == turn and isinstance(e.body, d.TurnEnded),
+        timeout)
+    assert isinstance(delta.body, d.TurnEnded)
+    return delta.body
+
+
 async def wait_for_delta(client: Client, predicate: Any, timeout: float = 30.0) -> d.Delta:
     with trio.fail_after(timeout):
         while True:

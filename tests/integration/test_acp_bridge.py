@@ -19,7 +19,14 @@ from protocol import deltas as d
 from protocol import messages as m
 from tests.acp_bridge_helpers import Editor, EditorError, open_editor
 from tests.acp_peer import RpcError, open_agent
-from tests.harness import DaemonProcess, actor, subscribe, wait_for_delta, wait_state
+from tests.harness import (
+    DaemonProcess,
+    actor,
+    subscribe,
+    wait_for_delta,
+    wait_state,
+    wait_turn_end,
+)
 
 
 async def _start(editor: Editor, daemon: DaemonProcess) -> str:
@@ -378,13 +385,7 @@ async def test_cancel_drops_the_editors_queued_prompt_not_another_clients_turn(
                     await trio.sleep(0.02)
             await editor.call("cancel", sessionId=session)
             assert await editor.reply(mine) == {"stopReason": "cancelled"}
-            ended = None
-            with trio.fail_after(10):
-                while ended is None:
-                    event = await client.next_event()
-                    if (isinstance(event, d.Delta) and event.turn == other.turn
-                            and isinstance(event.body, d.TurnEnded)):
-                        ended = event.body
+            ended = await wait_turn_end(client, session, other.turn)
             assert ended.stop_reason == "end_turn"
         assert "never runs" not in "".join(
             u["content"]["text"] for u in editor.updates(session, kind="agent_message_chunk"))

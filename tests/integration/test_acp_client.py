@@ -22,7 +22,7 @@ from daemon.client import RequestFailed
 from protocol import deltas as d
 from protocol import messages as m
 from tests.acp_tee import ClientSchema, iter_updates, read_trace, tee_command, traces
-from tests.harness import DaemonProcess, actor, open_chat, subscribe, turn
+from tests.harness import DaemonProcess, actor, collect_turn, open_chat, subscribe, turn
 
 ECHO = [sys.executable, "-m", "daemon.echo_agent"]
 VARIANTS = {
@@ -149,20 +149,9 @@ async def test_permission_first_answer_wins(traced: Traced) -> None:
             await alice.request(m.Permit(id=0, chat=info.chat, request=request.request,
                                          option="reject"))
         assert second.value.code == "already_answered"
-        text = ""
-        resolved: list[d.PermissionResolved] = []
-        with trio.fail_after(10):
-            while True:
-                event = await alice.next_event()
-                if isinstance(event, d.Delta) and isinstance(event.body, d.PermissionResolved):
-                    resolved.append(event.body)
-                if isinstance(event, d.Delta) and isinstance(event.body, d.Text):
-                    text += event.body.text
-                if (isinstance(event, d.Delta) and event.turn == accepted.turn
-                        and isinstance(event.body, d.TurnEnded)):
-                    break
-        assert text == "permission: always"
-        assert [(r.option, r.by) for r in resolved] == [("always", "bob")]
+        result = await collect_turn(alice, info.chat, accepted.turn)
+        assert result.text == "permission: always"
+        assert [(r.option, r.by) for r in result.of(d.PermissionResolved)] == [("always", "bob")]
 
 
 async def test_permit_through_the_cli_and_unknown_request(traced: Traced) -> None:
@@ -186,16 +175,7 @@ async def test_permit_through_the_cli_and_unknown_request(traced: Traced) -> Non
         done = await trio.to_thread.run_sync(daemon.cli, "permit", info.chat, request_id,
                                              "allow")
         assert done.returncode == 0, done.stderr
-        text = ""
-        with trio.fail_after(10):
-            while True:
-                event = await client.next_event()
-                if isinstance(event, d.Delta) and isinstance(event.body, d.Text):
-                    text += event.body.text
-                if (isinstance(event, d.Delta) and event.turn == accepted.turn
-                        and isinstance(event.body, d.TurnEnded)):
-                    break
-        assert text == "permission: allow"
+        assert (await collect_turn(client, info.chat, accepted.turn)).text == "permission: allow"
         again = await trio.to_thread.run_sync(daemon.cli, "permit", info.chat, request_id,
                                               "allow")
         assert again.returncode == 1

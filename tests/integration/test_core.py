@@ -12,7 +12,7 @@ import trio
 from daemon.client import RequestFailed
 from protocol import deltas as d
 from protocol import messages as m
-from tests.harness import DaemonProcess, actor, open_chat, subscribe, turn
+from tests.harness import DaemonProcess, actor, open_chat, subscribe, turn, wait_turn_end
 
 
 async def test_two_turns_share_process_and_session(daemon: DaemonProcess) -> None:
@@ -50,7 +50,7 @@ async def test_cancel_sleep_within_a_second_then_same_process(daemon: DaemonProc
         await _wait_busy(client, info.chat)
         start = trio.current_time()
         await client.request(m.Cancel(id=0, chat=info.chat))
-        ended = await _wait_turn_end(client, info.chat, accepted.turn)
+        ended = await wait_turn_end(client, info.chat, accepted.turn)
         assert trio.current_time() - start < 1.0
         assert ended.stop_reason == "cancelled"
         again = await turn(client, info.chat, "/pid")
@@ -63,15 +63,6 @@ async def _wait_busy(client, chat: str) -> None:  # type: ignore[no-untyped-def]
             await trio.sleep(0.02)
 
 
-async def _wait_turn_end(client, chat: str, turn_id: int) -> d.TurnEnded:  # type: ignore[no-untyped-def]
-    with trio.fail_after(10):
-        while True:
-            event = await client.next_event()
-            if (isinstance(event, d.Delta) and event.chat == chat and event.turn == turn_id
-                    and isinstance(event.body, d.TurnEnded)):
-                return event.body
-
-
 async def test_kill_9_mid_turn_ends_turn_and_next_prompt_is_new_generation(
         daemon: DaemonProcess) -> None:
     async with daemon.client() as client:
@@ -80,7 +71,7 @@ async def test_kill_9_mid_turn_ends_turn_and_next_prompt_is_new_generation(
         accepted = await client.request(m.Prompt(id=0, chat=info.chat, text="/sleep 20000"))
         await _wait_busy(client, info.chat)
         os.kill(pid, signal.SIGKILL)
-        ended = await _wait_turn_end(client, info.chat, accepted.turn)
+        ended = await wait_turn_end(client, info.chat, accepted.turn)
         assert ended.error is not None
         assert "SIGKILL" in ended.error
         nxt = await turn(client, info.chat, "/pid")

@@ -16,7 +16,15 @@ import trio
 from daemon.client import Client
 from protocol import deltas as d
 from protocol import messages as m
-from tests.harness import DaemonProcess, actor, open_chat, subscribe, turn, wait_state
+from tests.harness import (
+    DaemonProcess,
+    actor,
+    open_chat,
+    subscribe,
+    turn,
+    wait_state,
+    wait_turn_end,
+)
 
 FAST = {"sweep_interval": "100ms", "restart_backoff": "100ms", "restart_backoff_max": "1s"}
 
@@ -99,13 +107,8 @@ async def test_lru_cap_hibernates_least_recently_active_idle_never_busy(daemon_f
         assert (await actor(client, "busy")).state == "busy"
         assert (await actor(client, "new")).state == "ready"
         await client.request(m.Cancel(id=0, chat="busy"))
-        with trio.fail_after(10):
-            while True:
-                event = await client.next_event()
-                if (isinstance(event, d.Delta) and event.turn == sleeping.turn
-                        and isinstance(event.body, d.TurnEnded)):
-                    assert event.body.stop_reason == "cancelled"
-                    break
+        ended = await wait_turn_end(client, "busy", sleeping.turn)
+        assert ended.stop_reason == "cancelled"
         assert (await actor(client, "busy")).state == "ready"
         # Waking `old` makes three warm for a cap of two: `new` (idle the longest) goes.
         await turn(client, "old", "/pid")

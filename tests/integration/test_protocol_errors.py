@@ -17,9 +17,8 @@ import pytest
 import trio
 
 from daemon.client import RequestFailed
-from protocol import deltas as d
 from protocol import messages as m
-from tests.harness import DaemonProcess, open_chat, turn
+from tests.harness import DaemonProcess, open_chat, turn, wait_turn_end
 
 T = TypeVar("T")
 _enc = msgspec.msgpack.Encoder()
@@ -136,13 +135,7 @@ async def test_bad_frames_get_errors_and_hurt_nobody(daemon: DaemonProcess) -> N
         assert await run(cut.closed)
         cut.close()
 
-        ended = None
-        with trio.fail_after(30):
-            while ended is None:
-                event = await bystander.next_event()
-                if (isinstance(event, d.Delta) and event.turn == streaming.turn
-                        and isinstance(event.body, d.TurnEnded)):
-                    ended = event.body
+        ended = await wait_turn_end(bystander, info.chat, streaming.turn)
         assert ended.stop_reason == "end_turn"
         assert (await turn(bystander, info.chat, "still fine")).text == "still fine"
 
