@@ -234,17 +234,18 @@ class Config(_Section):
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def _check_names(raw: dict[str, Any]) -> None:
+def _check_names(raw: dict[str, Any], source: str) -> None:
     for section in ("agents", "computers"):
         table = raw.get(section)
         if isinstance(table, dict):
             for name, body in table.items():
                 if not _NAME.match(name):
                     raise ConfigError(
-                        f"invalid {section[:-1]} name {name!r}: use letters, digits, '.', '_', '-'"
+                        f"{source}: invalid {section[:-1]} name {name!r}: use letters, digits,"
+                        " '.', '_', '-'"
                     )
                 if not isinstance(body, dict):
-                    raise ConfigError(f"[{section}.{name}] must be a table")
+                    raise ConfigError(f"{source}: [{section}.{name}] must be a table")
 
 
 def parse(data: bytes | str, *, source: str = "<config>") -> Config:
@@ -257,7 +258,7 @@ def parse(data: bytes | str, *, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a TOML document")
-    _check_names(raw)
+    _check_names(raw, source)
     # Decode agents and computers one by one so an error names the table, which msgspec's
     # path (`$.agents[...]`) cannot.
     for section in ("agents", "computers"):

@@ -1,0 +1,93 @@
+"""Config parsing (typed, strict, clear errors) and where the daemon's files live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from daemon.agents import ECHO, registry
+from daemon.config import format_duration, load, parse, parse_duration, parse_size
+from daemon.errors import ConfigError
+from daemon.paths import resolve
+
+
+def test_defaults_when_the_file_is_missing(tmp_path: Path) -> None:
+    config = load(tmp_path / "nope.toml")
+    assert float(config.lifecycle.idle_ttl) == 1800.0
+    assert config.lifecycle.max_warm == 16
+    assert config.lifecycle.memory_budget is None
+    assert config.permissions.policy == "ask"
+    assert config.websocket.enabled is False
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "nope.toml", must_exist=True)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[lifecycle]\nidle_tt = 1\n", "unknown key `idle_tt`"),
+    ("[lifecycl]\n", "unknown key `lifecycl`"),
+    ('[lifecycle]\nidle_ttl = "soon"\n', "invalid duration 'soon'"),
+    ('[lifecycle]\nmemory_budget = "lots"\n', "invalid size 'lots'"),
+    ("[agents.x]\ncommand = []\n", "[agents.x]"),
+    ('[agents.x]\ncommand = ["a"]\nbogus = 1\n', "unknown key `bogus`"),
+    ('[agents."bad name"]\ncommand = ["a"]\n', "invalid agent name"),
+    ('[agents.r]\ncommand = ["a"]\ncomputer = "nowhere"\n', "[computers.nowhere]"),
+    ("this is not toml", "not valid TOML"),
+    ('[permissions]\npolicy = "maybe"\n', "policy"),
+])
+def test_errors_name_the_problem(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse(text, source="cfg.toml")
+    assert message in error.value.message
+    assert error.value.message.startswith("cfg.toml")
+
+
+def test_agents_from_config_override_and_disable_builtins() -> None:
+    config = parse('[agents.qwen]\ncommand = ["my-qwen", "--acp"]\nenv = {A = "1"}\n'
+                   '[agents.goose]\ncommand = ["goose"]\nenabled = false\n'
+                   '[agents.mine]\ncommand = ["/bin/true"]\n')
+    agents = registry(config)
+    assert agents["qwen"].command == ("my-qwen", "--acp")
+    assert agents["qwen"].env == {"A": "1"}
+    assert agents["qwen"].source == "config"
+    assert "goose" not in agents
+    assert agents["mine"].available() == (True, "")
+    assert agents[ECHO].available() == (True, "")
+    assert agents["opencode"].available()[0] is False or agents["opencode"].command[0]
+
+
+@given(st.integers(0, 10**6), st.sampled_from(["ms", "s", "m", "h", "d"]))
+def test_durations_round_trip(value: int, unit: str) -> None:
+    seconds = parse_duration(f"{value}{unit}")
+    assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+
+
+def test_sizes() -> None:
+    assert parse_size("8GiB") == 8 * 1024**3
+    assert parse_size("512MB") == 512 * 1000**2
+    assert parse_size(4096) == 4096
+    with pytest.raises(ValueError, match="invalid size"):
+        parse_size("-1")
+
+
+def test_paths_flag_then_env_then_xdg(tmp_path: Path) -> None:
+    env = {"HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/7"}
+    default = resolve(env=env)
+    assert default.socket == Path("/run/user/7/stoker/stoker.sock")
+    assert default.state_dir == Path("/home/u/.local/state/stoker")
+    assert default.config == Path("/home/u/.config/stoker/config.toml")
+    assert default.database == Path("/home/u/.local/state/stoker/stoker.db")
+    assert default.config_explicit is False
+    no_runtime = resolve(env={"HOME": "/home/u"})
+    assert str(no_runtime.socket).startswith("/tmp/stoker-")
+    from_env = resolve(env={**env, "STOKER_SOCKET": "/s.sock", "STOKER_STATE_DIR": "/st",
+                            "STOKER_CONFIG": "/c.toml"})
+    assert (from_env.socket, from_env.state_dir, from_env.config) == (
+        Path("/s.sock"), Path("/st"), Path("/c.toml"))
+    assert from_env.config_explicit is True
+    flags = resolve(socket="/f.sock", state_dir="/fs", config="/fc.toml",
+                    env={**env, "STOKER_SOCKET": "/s.sock"})
+    assert (flags.socket, flags.state_dir, flags.config) == (
+        Path("/f.sock"), Path("/fs"), Path("/fc.toml"))
