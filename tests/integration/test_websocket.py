@@ -245,12 +245,14 @@ async def _check_replay(ws: WsDaemon, encoding: Encoding, info: m.ChatInfo, head
                         ) -> None:
     async with ws.connect(encoding) as client:
         # since {seq: 0}: everything retained, then replay_complete, in order.
-        sub = await client.request(m.Subscribe(id=0, chat=info.chat, since=m.Cursor(seq=0),
-                                               live=False))
+        request = m.Subscribe(id=0, chat=info.chat, since=m.Cursor(seq=0), live=False)
+        sub = await client.request(request)
         assert (sub.head_seq, sub.floor_seq) == (head, 1)
         replayed = [await client.next_event() for _ in range(head + 1)]
         assert [x.seq for x in replayed[:-1]] == list(range(1, head + 1))
-        assert replayed[-1] == m.ReplayComplete(chat=info.chat, head_seq=head)
+        # replay_complete names the subscribe request it completes.
+        assert replayed[-1] == m.ReplayComplete(chat=info.chat, head_seq=head,
+                                                request=request.id)
         # A cursor in the same epoch: only what follows it.
         await client.request(m.Subscribe(id=0, chat=info.chat,
                                          since=m.Cursor(seq=head - 2, epoch=info.epoch)))

@@ -1,0 +1,208 @@
+"""Real third-party agents for the e2e tests, installed from npm on demand.
+
+`ensure(QWEN)` returns the `qwen` binary of a pinned `@qwen-code/qwen-code`, installing it
+into a cache directory the first time (`<repo>/.cache/e2e-npm/`, ignored by git, kept between
+runs), or says why it cannot (no node/npm, node too old, npm failed: with npm's last lines).
+Tests turn that reason into a visible skip.
+
+Installs are idempotent and safe to race: one lock file per package version (`flock`, so
+two pytest processes wait for each other instead of installing twice into one directory), a
+stamp file written only after `npm install` succeeded, and a directory without its stamp is
+wiped and installed again. Nothing here touches the network except `npm install` itself.
+
+Environment knobs: `STOKER_E2E_NPM_CACHE` (another cache directory),
+`STOKER_E2E_QWEN_VERSION` (comma-separated releases to test instead of the pinned pair),
+`STOKER_E2E_OPENCODE_VERSION` (another opencode-ai release).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+CACHE_DIR = Path(os.environ.get("STOKER_E2E_NPM_CACHE") or ROOT / ".cache" / "e2e-npm")
+
+QWEN_VERSION = "0.24.4"
+"""The newest @qwen-code/qwen-code (measured 2026-11). Its `engines` asks for node 22, but
+every flow here passes on node 20.20. ACP: `--acp`, loadSession, sessionCapabilities
+list/resume, and session/resume really works. Its first `available_commands_update` is one
+~560 KB line."""
+QWEN_LOAD_VERSION = "0.15.10"
+"""The newest release whose `engines` admits node 20. It advertises
+sessionCapabilities.resume but answers session/resume with -32601, so it exercises the
+daemon's fall-back to session/load against a real agent."""
+QWEN_VERSIONS: tuple[str, ...] = tuple(
+    os.environ["STOKER_E2E_QWEN_VERSION"].split(",") if os.environ.get("STOKER_E2E_QWEN_VERSION")
+    else (QWEN_VERSION, QWEN_LOAD_VERSION))
+"""What the qwen tests run against (each test once per version)."""
+OPENCODE_VERSION = os.environ.get("STOKER_E2E_OPENCODE_VERSION") or "1.18.33"
+MIN_NODE = 20
+INSTALL_TIMEOUT = 900.0
+LOCK_TIMEOUT = INSTALL_TIMEOUT + 60.0
+STAMP = ".stoker-installed"
+
+
+@dataclass(frozen=True)
+class NpmTool:
+    """An npm package that provides an agent binary."""
+
+    package: str
+    version: str
+    binary: str
+
+    @property
+    def spec(self) -> str:
+        return f"{self.package}@{self.version}"
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9.+-]+", "_", self.spec.lstrip("@"))
+
+
+def qwen(version: str = QWEN_VERSION) -> NpmTool:
+    return NpmTool("@qwen-code/qwen-code", version, "qwen")
+
+
+QWEN = qwen()
+OPENCODE = NpmTool("opencode-ai", OPENCODE_VERSION, "opencode")
+
+
+@dataclass(frozen=True)
+class Installed:
+    """The outcome of `ensure`: a binary, or the reason there is none."""
+
+    tool: NpmTool
+    binary: Path | None
+    reason: str = ""
+    seconds: float = 0.0
+    """Wall time of `ensure` (install, waiting for another installer, or just the checks)."""
+    fresh: bool = False
+    """True when this call ran `npm install`."""
+
+    @property
+    def skip_reason(self) -> str:
+        return f"{self.tool.spec} unavailable: {self.reason}"
+
+
+def node_problem() -> str | None:
+    """Why node/npm cannot be used here, or None."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        missing = " and ".join(n for n, p in (("node", node), ("npm", npm)) if p is None)
+        return f"{missing} not found on PATH"
+    try:
+        out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`node --version` failed: {exc}"
+    found = re.match(r"v(\d+)\.", out.stdout.strip())
+    if found is None:
+        return f"cannot read the node version from {out.stdout.strip()!r}"
+    if int(found.group(1)) < MIN_NODE:
+        return f"node {out.stdout.strip()} is too old (need >= {MIN_NODE})"
+    return None
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+@contextlib.contextmanager
+def _locked(path: Path, timeout: float) -> Iterator[None]:
+    """An exclusive `flock` on `path`, waited for with a deadline."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{path} stayed locked for {timeout:g}s") from None
+                time.sleep(0.2)  # another process is installing; poll its lock
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _installed_binary(tool: NpmTool, prefix: Path) -> Path | None:
+    """The binary of a complete install of exactly `tool.version` in `prefix`, or None."""
+    binary = prefix / "node_modules" / ".bin" / tool.binary
+    manifest = prefix / "node_modules" / tool.package / "package.json"
+    stamp = prefix / STAMP
+    try:
+        if json.loads(stamp.read_text()).get("spec") != tool.spec:
+            return None
+        if json.loads(manifest.read_text()).get("version") != tool.version:
+            return None
+    except (OSError, ValueError):
+        return None
+    return binary if os.access(binary, os.X_OK) else None
+
+
+def _install(tool: NpmTool, prefix: Path) -> str | None:
+    """Run `npm install` into `prefix`; the failure's description, or None."""
+    shutil.rmtree(prefix, ignore_errors=True)
+    prefix.mkdir(parents=True)
+    command = ["npm", "install", "--no-audit", "--no-fund", "--no-update-notifier",
+               "--prefix", str(prefix), tool.spec]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
+                              cwd=prefix, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        shutil.rmtree(prefix, ignore_errors=True)
+        output = (exc.stderr or b"")
+        text = output.decode(errors="replace") if isinstance(output, bytes) else output
+        return f"`npm install` took longer than {INSTALL_TIMEOUT:g}s:\n{_tail(text)}"
+    except OSError as exc:
+        shutil.rmtree(prefix, ignore_errors=True)
+        return f"cannot run npm: {exc}"
+    if done.returncode != 0:
+        shutil.rmtree(prefix, ignore_errors=True)
+        return (f"`{' '.join(command)}` exited with {done.returncode}:\n"
+                f"{_tail(done.stderr + done.stdout)}")
+    (prefix / STAMP).write_text(json.dumps({"spec": tool.spec, "installed": time.time()}))
+    if _installed_binary(tool, prefix) is None:
+        return (f"npm installed {tool.spec} but node_modules/.bin/{tool.binary} is missing "
+                f"or not executable:\n{_tail(done.stderr + done.stdout)}")
+    return None
+
+
+@functools.cache
+def ensure(tool: NpmTool) -> Installed:
+    """The tool's binary, installed if needed (cached per process)."""
+    started = time.monotonic()
+    problem = node_problem()
+    if problem is not None:
+        return Installed(tool, None, problem)
+    prefix = CACHE_DIR / tool.slug
+    binary = _installed_binary(tool, prefix)
+    if binary is not None:
+        return Installed(tool, binary, seconds=time.monotonic() - started)
+    try:
+        with _locked(CACHE_DIR / f"{tool.slug}.lock", LOCK_TIMEOUT):
+            # Another process may have finished the install while we waited for the lock.
+            binary = _installed_binary(tool, prefix)
+            if binary is not None:
+                return Installed(tool, binary, seconds=time.monotonic() - started)
+            failure = _install(tool, prefix)
+    except (OSError, TimeoutError) as exc:
+        return Installed(tool, None, f"cannot install into {prefix}: {exc}",
+                         time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    if failure is not None:
+        return Installed(tool, None, failure, elapsed, fresh=True)
+    return Installed(tool, _installed_binary(tool, prefix), seconds=elapsed, fresh=True)

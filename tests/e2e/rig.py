@@ -1,0 +1,237 @@
+"""Shared pieces of the real-agent tests: a traced daemon, trace queries, small helpers.
+
+Every agent runs under tests/acp_tee.py, so each agent process leaves one pair of NDJSON
+files (what the daemon sent, what the agent answered). `TracedDaemon.validate()` checks every
+message the daemon sent against the official ACP schema (`ClientSchema`); the fixtures call it
+at teardown, so no test can skip it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import trio
+
+from daemon.client import Client
+from protocol import deltas as d
+from protocol import messages as m
+from tests.acp_tee import ClientSchema, read_trace, tee_command, traces
+from tests.harness import DaemonProcess, actor, subscribe
+
+Message = dict[str, Any]
+
+
+def toml_value(value: object) -> str:
+    """A TOML value for a str, a list of str or a str->str table (JSON strings are valid
+    TOML basic strings for what we write: paths, URLs, plain words)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+def agent_table(name: str, command: list[str], env: dict[str, str]) -> str:
+    return (f"[agents.{name}]\ncommand = {toml_value(command)}\n"
+            f"env = {toml_value(env)}\n")
+
+
+@dataclass
+class Generation:
+    """One recorded agent process: what the daemon sent and what the agent answered."""
+
+    stem: Path
+    sent: list[Message]
+    received: list[Message]
+
+    @property
+    def pid(self) -> int:
+        return int(self.stem.name.rsplit(".", 1)[1])
+
+    def methods(self) -> list[str]:
+        """Methods of the requests and notifications the daemon sent, in order."""
+        return [str(x["method"]) for x in self.sent if "method" in x]
+
+    def answer(self, method: str) -> Message | None:
+        """The agent's answer to the daemon's first `method` request."""
+        ask = next((x for x in self.sent if x.get("method") == method and "id" in x), None)
+        if ask is None:
+            return None
+        return next((x for x in self.received if x.get("id") == ask["id"]
+                     and "method" not in x), None)
+
+    def agent_requests(self, method: str) -> list[tuple[Message, Message | None]]:
+        """The agent's `method` requests, each with the daemon's answer."""
+        out = []
+        for ask in self.received:
+            if ask.get("method") == method and "id" in ask:
+                reply = next((x for x in self.sent if x.get("id") == ask["id"]
+                              and "method" not in x), None)
+                out.append((ask, reply))
+        return out
+
+    def updates(self, kind: str) -> list[Message]:
+        return [x["params"]["update"] for x in self.received
+                if x.get("method") == "session/update"
+                and x["params"]["update"].get("sessionUpdate") == kind]
+
+    def longest_line(self) -> int:
+        path = Path(f"{self.stem}.out.ndjson")
+        if not path.exists():
+            return 0
+        return max((len(line) for line in path.read_bytes().splitlines()), default=0)
+
+
+@dataclass
+class TracedDaemon:
+    daemon: DaemonProcess
+    trace_dir: Path
+    workspace: Path
+    checked: dict[str, int] = field(default_factory=dict)
+
+    def generations(self, agent: str) -> list[Generation]:
+        """Recorded processes of `agent`, oldest first (by the first line's mtime)."""
+        stems = [s for s in traces(self.trace_dir) if s.name.startswith(f"{agent}.")]
+        stems.sort(key=lambda s: Path(f"{s}.in.ndjson").stat().st_mtime_ns)
+        return [Generation(s, *read_trace(s)) for s in stems]
+
+    def validate(self) -> dict[str, int]:
+        """Schema-check every message the daemon sent to any agent; what was checked."""
+        schema = ClientSchema()
+        for stem in traces(self.trace_dir):
+            sent, received = read_trace(stem)
+            try:
+                schema.validate(sent, received)
+            except Exception as exc:
+                raise AssertionError(f"{stem}: the daemon sent an invalid message: "
+                                     f"{exc}") from exc
+        self.checked = schema.checked
+        return schema.checked
+
+
+def traced_command(trace_dir: Path, name: str, argv: list[str]) -> list[str]:
+    return tee_command(trace_dir / name, argv)
+
+
+# --------------------------------------------------------------------------- driving
+
+
+@dataclass
+class TurnLog:
+    """A turn seen live, with timing."""
+
+    turn: int
+    deltas: list[d.Delta] = field(default_factory=list)
+    sent_at: float = 0.0
+    first_text_at: float | None = None
+    ended_at: float = 0.0
+
+    @property
+    def text(self) -> str:
+        return "".join(x.body.text for x in self.deltas if isinstance(x.body, d.Text))
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [x.body for x in self.deltas if isinstance(x.body, kind)]
+
+    @property
+    def ended(self) -> d.TurnEnded:
+        ends = self.of(d.TurnEnded)
+        assert len(ends) == 1, f"expected exactly one turn_ended, got {len(ends)}"
+        ended: d.TurnEnded = ends[0]
+        return ended
+
+    @property
+    def first_chunk_latency(self) -> float | None:
+        return None if self.first_text_at is None else self.first_text_at - self.sent_at
+
+
+async def run_turn(client: Client, chat: str, text: str, *, timeout: float = 120.0,
+                   on_delta: Callable[[d.Delta], Any] | None = None) -> TurnLog:
+    """Prompt and follow the turn until its `turn_ended`. The caller must already be
+    subscribed to `chat`. `on_delta` may be async (e.g. to answer a permission request)."""
+    sent_at = trio.current_time()
+    accepted: m.PromptAccepted = await client.request(m.Prompt(id=0, chat=chat, text=text))
+    log = TurnLog(accepted.turn, sent_at=sent_at)
+    with trio.fail_after(timeout):
+        while True:
+            event = await client.next_event()
+            if not isinstance(event, d.Delta) or event.chat != chat:
+                continue
+            if event.turn not in (accepted.turn, 0):
+                continue
+            log.deltas.append(event)
+            if (log.first_text_at is None and isinstance(event.body, d.Text)
+                    and event.body.text):
+                log.first_text_at = trio.current_time()
+            if on_delta is not None:
+                result = on_delta(event)
+                if hasattr(result, "__await__"):
+                    await result
+            if isinstance(event.body, d.TurnEnded) and event.turn == accepted.turn:
+                log.ended_at = trio.current_time()
+                return log
+
+
+async def open_subscribed(client: Client, chat: str, agent: str, cwd: Path,
+                          **kwargs: Any) -> m.ChatInfo:
+    info: m.ChatInfo = await client.request(m.OpenChat(id=0, chat=chat, agent=agent,
+                                                       cwd=str(cwd), **kwargs))
+    await subscribe(client, info.chat)
+    return info
+
+
+async def wait_actor(client: Client, chat: str, agent: str,
+                     predicate: Callable[[m.ActorDetail], bool],
+                     timeout: float = 60.0) -> m.ActorDetail:
+    """Poll `inspect` until `predicate` holds for the actor (a condition with a deadline)."""
+    with trio.fail_after(timeout):
+        while True:
+            detail = await actor(client, chat, agent)
+            if predicate(detail):
+                return detail
+            await trio.sleep(0.05)
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll a cheap synchronous condition (e.g. on trace files) until it holds."""
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+        return
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def kill9_agent(wrapper_pid: int, argv_marker: str) -> int:
+    """SIGKILL the process that really speaks ACP; returns its pid.
+
+    The daemon's `pid` is the tee wrapper's, and node CLIs such as qwen re-launch themselves
+    as a child with the same argv and inherited stdio (killing the outer one leaves the inner
+    one serving the same pipes), and run helpers (workers, whose paths name the package too).
+    So the target is the deepest descendant whose argv contains `argv_marker` as a whole
+    argument (e.g. "--acp"); its parents exit after it."""
+    def argv(proc: psutil.Process) -> list[str]:
+        try:
+            return [str(part) for part in proc.cmdline()]
+        except psutil.Error:  # gone, or a zombie helper
+            return []
+
+    wrapper = psutil.Process(wrapper_pid)
+    named = [p for p in wrapper.children(recursive=True) if argv_marker in argv(p)]
+    assert named, f"no process with {argv_marker!r} in its argv under {wrapper_pid}"
+    leaves = [p for p in named if not any(c in named for c in _children(p))]
+    assert len(leaves) == 1, [p.cmdline() for p in leaves]
+    pid = int(leaves[0].pid)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return list(proc.children(recursive=True))
+    except psutil.Error:
+        return []

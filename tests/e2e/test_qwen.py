@@ -1,0 +1,370 @@
+"""The ACP-client flows against the real `qwen --acp`, driven by a scripted LLM on loopback.
+
+qwen-code is installed from npm into the e2e cache on first use (tests/e2e/agents.py); with
+no node/npm, or when the install fails, every test here is skipped with the reason. The model
+is `FakeLLM` (tests/e2e/fake_llm.py) on 127.0.0.1: qwen talks to it through its OpenAI auth
+type, so nothing leaves the machine.
+
+The daemon is the real one (a subprocess with private dirs); qwen runs under
+tests/acp_tee.py, and every message the daemon sent to qwen is validated against the
+official ACP schema when each test ends (`rig` fixture). Each test runs once per pinned qwen
+release (`QWEN_VERSIONS`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from daemon.client import Client
+from protocol import deltas as d
+from protocol import messages as m
+from tests.e2e.agents import QWEN_LOAD_VERSION, QWEN_VERSION, QWEN_VERSIONS, Installed, ensure, qwen
+from tests.e2e.fake_llm import JSON, Dynamic, FakeLLM, Text, ToolCall
+from tests.e2e.rig import (
+    TracedDaemon,
+    agent_table,
+    kill9_agent,
+    open_subscribed,
+    run_turn,
+    traced_command,
+    wait_actor,
+    wait_until,
+)
+from tests.harness import DaemonProcess
+
+pytestmark = pytest.mark.e2e
+
+AGENT = "qwen"
+SETTINGS: JSON = {
+    # Offline and quiet: no update check, no usage statistics or telemetry export.
+    "general": {"enableAutoUpdate": False, "checkpointing": {"enabled": False}},
+    "privacy": {"usageStatisticsEnabled": False},
+    "telemetry": {"enabled": False},
+    "ide": {"enabled": False},
+    # Side calls to the model would eat scripted replies (FakeLLM only scripts requests
+    # that offer tools, but memory agents offer tools too).
+    "memory": {"enableManagedAutoMemory": False, "enableManagedAutoDream": False,
+               "enableAutoSkill": False},
+    "ui": {"enableFollowupSuggestions": False},
+    "model": {"skipNextSpeakerCheck": True, "skipLoopDetection": True},
+    # "default" asks before edits (newer releases default to an LLM classifier, "auto").
+    "tools": {"approvalMode": "default"},
+}
+
+
+RESUMED_WITH = {QWEN_VERSION: "session/resume", QWEN_LOAD_VERSION: "session/load"}
+"""What each pinned release answers after a restart (measured; see tests/e2e/agents.py)."""
+
+
+@pytest.fixture(scope="session", params=QWEN_VERSIONS, ids=lambda v: f"qwen-{v}")
+def qwen_install(request: pytest.FixtureRequest) -> Installed:
+    installed = ensure(qwen(request.param))
+    if installed.binary is None:
+        pytest.skip(installed.skip_reason)
+    if installed.fresh:
+        print(f"\ninstalled {installed.tool.spec} in {installed.seconds:.1f}s")
+    return installed
+
+
+@pytest.fixture
+def llm() -> Iterator[FakeLLM]:
+    with FakeLLM(default="(unscripted reply)") as server:
+        yield server
+
+
+@dataclass(kw_only=True)
+class QwenRig(TracedDaemon):
+    llm: FakeLLM
+    home: Path
+    version: str
+
+
+@pytest.fixture
+def rig(daemon_factory: type[DaemonProcess], qwen_install: Installed,
+        llm: FakeLLM) -> Iterator[QwenRig]:
+    assert qwen_install.binary is not None
+    daemon = daemon_factory()
+    trace_dir = daemon.base / "trace"
+    home = daemon.base / "home"
+    workspace = daemon.base / "ws"  # under /tmp: no git repository around it
+    for directory in (trace_dir, home / ".qwen", workspace):
+        directory.mkdir(parents=True)
+    (home / ".qwen" / "settings.json").write_text(json.dumps(SETTINGS, indent=2))
+    env = {
+        "OPENAI_BASE_URL": llm.base_url,
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_MODEL": "fake-model",
+        "HOME": str(home),
+        "QWEN_TELEMETRY_ENABLED": "false",
+        "QWEN_USAGE_STATISTICS_ENABLED": "false",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        "NO_COLOR": "1",
+    }
+    command = traced_command(trace_dir, AGENT,
+                             [str(qwen_install.binary), "--acp", "--auth-type", "openai"])
+    daemon.write_config(agent_table(AGENT, command, env))
+    daemon.start()
+    made = QwenRig(daemon, trace_dir, workspace, llm=llm, home=home,
+                   version=qwen_install.tool.version)
+    yield made
+    # Shown by pytest only when the test failed: what the daemon and qwen said.
+    print(f"--- daemon log (tail) ---\n{daemon.log_text()[-6000:]}")
+    assert not llm.errors, llm.errors
+    checked = made.validate()
+    assert checked.get("initialize", 0) >= 1, checked
+
+
+@pytest.fixture
+async def client(rig: QwenRig) -> AsyncIterator[Client]:
+    async with rig.daemon.client("e2e") as connected:
+        yield connected
+
+
+def _user_texts(body: JSON) -> list[str]:
+    """The text of every user message in a chat-completions request."""
+    out: list[str] = []
+    for message in body.get("messages", []):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out.append("".join(str(p.get("text", "")) for p in content if isinstance(p, dict)))
+    return out
+
+
+def _recorded(home: Path, marker: str) -> bool:
+    """Whether qwen's chat records under `home` (`.qwen/**/*.jsonl`) mention `marker`."""
+    for record in (home / ".qwen").rglob("*.jsonl"):
+        try:
+            if marker in record.read_text(errors="replace"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def write_tool_call(path: Path, content: str, chosen: dict[str, Any]) -> Dynamic:
+    """Call whichever tool the agent offers for writing a whole file, with its own argument
+    names (read from the JSON schema of its parameters, not guessed)."""
+
+    def build(body: JSON) -> ToolCall:
+        for tool in body.get("tools", []):
+            function = tool.get("function") or {}
+            name = str(function.get("name", ""))
+            props = (function.get("parameters") or {}).get("properties") or {}
+            path_arg = next((p for p in props if "path" in p.lower()), None)
+            content_arg = next((p for p in props if p.lower() == "content"), None)
+            if "write" in name.lower() and path_arg and content_arg:
+                chosen.update(tool=name, path_arg=path_arg, content_arg=content_arg)
+                return ToolCall(name, {path_arg: str(path), content_arg: content})
+        names = [t.get("function", {}).get("name") for t in body.get("tools", [])]
+        raise AssertionError(f"no write-file tool among {names}")
+
+    return Dynamic(build)
+
+
+# --------------------------------------------------------------------------- (a) text
+
+
+async def test_text_turn_streams_and_ends(rig: QwenRig, client: Client,
+                                          record_property: Any) -> None:
+    llm = rig.llm
+    info = await open_subscribed(client, "text", AGENT, rig.workspace)
+    started = trio.current_time()
+    warm: m.ActorDetail = await client.request(m.Warm(id=0, chat=info.chat))
+    cold_start = trio.current_time() - started
+    assert warm.state == "ready"
+    assert warm.capabilities.get("loadSession") is True
+    assert warm.agent_info.get("name") == "qwen-code"
+
+    reply = "The quick brown fox jumps over the lazy dog."
+    llm.script(Text(reply, chunks=4))
+    first = await run_turn(client, info.chat, "Repeat the pangram, please.")
+    assert first.ended.stop_reason == "end_turn", first.ended
+    assert first.text == reply
+    assert len([t for t in first.of(d.Text) if t.text]) >= 2, "the reply was not streamed"
+    main = llm.main_requests()
+    assert len(main) == 1
+    assert main[0].body.get("stream") is True
+    assert main[0].body.get("model") == "fake-model"
+    assert _user_texts(main[0].body)[-1].endswith("Repeat the pangram, please.")
+
+    # A warm turn: the agent process and session are reused.
+    llm.script(Text("Second answer."))
+    second = await run_turn(client, info.chat, "And again?")
+    assert second.text == "Second answer."
+    assert second.ended.stop_reason == "end_turn"
+    detail = await wait_actor(client, info.chat, AGENT, lambda a: bool(a.commands))
+    assert detail.generation == 1
+    assert detail.turns == 2
+
+    # qwen's slash commands arrive as one long `available_commands_update` line.
+    [generation] = rig.generations(AGENT)
+    [commands] = generation.updates("available_commands_update")[-1:]
+    assert len(detail.commands) == len(commands["availableCommands"])
+    latency = second.first_chunk_latency
+    assert latency is not None
+    record_property("qwen_cold_start_to_ready_s", round(cold_start, 3))
+    record_property("qwen_warm_first_chunk_s", round(latency, 4))
+    record_property("qwen_longest_line_bytes", generation.longest_line())
+    print(f"\nqwen {rig.version}: cold start to ready session {cold_start:.2f}s, warm turn "
+          f"first chunk {latency * 1000:.0f}ms, longest agent line "
+          f"{generation.longest_line()} bytes")
+
+
+# --------------------------------------------------------------------------- (b) write
+
+
+async def test_write_file_asks_permission_and_writes_inside_workspace(
+        rig: QwenRig, client: Client) -> None:
+    llm = rig.llm
+    target = rig.workspace / "notes" / "hello.txt"
+    content = "written by qwen through stoker\nsecond line\n"
+    chosen: dict[str, Any] = {}
+    llm.script(write_tool_call(target, content, chosen), Text("Done: the file is written."))
+    info = await open_subscribed(client, "write", AGENT, rig.workspace, policy="ask")
+    requests: list[d.PermissionRequest] = []
+
+    async def grant(delta: d.Delta) -> None:
+        if isinstance(delta.body, d.PermissionRequest):
+            requests.append(delta.body)
+            option = next(o["optionId"] for o in delta.body.options
+                          if o.get("kind") == "allow_once")
+            await client.request(m.Permit(id=0, chat=info.chat, request=delta.body.request,
+                                          option=option))
+
+    turn = await run_turn(client, info.chat, "Create notes/hello.txt.", on_delta=grant)
+    assert turn.ended.stop_reason == "end_turn", turn.ended
+    assert turn.text == "Done: the file is written."
+    assert target.read_text() == content
+    assert target.resolve().is_relative_to(rig.workspace.resolve())
+
+    [asked] = requests
+    assert asked.policy == "ask"
+    assert asked.agent == AGENT
+    assert {o["kind"] for o in asked.options} >= {"allow_once", "reject_once"}
+    assert [loc.get("path") for loc in asked.tool_call.get("locations", [])] == [str(target)]
+    [resolved] = turn.of(d.PermissionResolved)
+    assert (resolved.request, resolved.outcome, resolved.by) == (asked.request, "selected",
+                                                                 "e2e")
+    assert asked.tool_call.get("rawInput") == {chosen["path_arg"]: str(target),
+                                               chosen["content_arg"]: content}
+
+    # The write went through the daemon's fs/write_text_file, not qwen's own disk access.
+    [generation] = rig.generations(AGENT)
+    [(write, answer)] = generation.agent_requests("fs/write_text_file")
+    assert write["params"]["path"] == str(target)
+    assert write["params"]["content"] == content
+    assert answer is not None
+    assert "error" not in answer, answer
+    [(permission, permission_answer)] = generation.agent_requests("session/request_permission")
+    assert permission["params"]["toolCall"] == asked.tool_call
+    assert permission_answer is not None
+    assert permission_answer["result"]["outcome"] == {"outcome": "selected",
+                                                      "optionId": resolved.option}
+    # The model got the tool's result back in the next request.
+    follow_up = llm.main_requests()[-1].body
+    tool_messages = [x for x in follow_up["messages"] if x.get("role") == "tool"]
+    assert tool_messages, "qwen did not send the tool result back to the model"
+    checked = rig.validate()
+    assert checked["response to session/request_permission"] == 1
+    assert checked["response to fs/write_text_file"] == 1
+
+
+# --------------------------------------------------------------------------- (c) resume
+
+
+async def test_resume_after_the_agent_is_killed(rig: QwenRig, client: Client) -> None:
+    llm = rig.llm
+    info = await open_subscribed(client, "resume", AGENT, rig.workspace)
+    llm.script(Text("Noted: the code word is PEAR-7."))
+    first = await run_turn(client, info.chat, "Remember the code word PEAR-7.")
+    assert first.ended.stop_reason == "end_turn"
+    before = await wait_actor(client, info.chat, AGENT, lambda a: a.state == "ready")
+    assert before.pid is not None
+    assert before.session_id
+
+    # A kill right after a turn may beat qwen's own (asynchronous) write of that turn to its
+    # chat record, and then no resume could bring it back: wait until it is on disk.
+    await wait_until(lambda: _recorded(rig.home, "PEAR-7"), "qwen to record the first turn")
+    kill9_agent(before.pid, "--acp")
+    after = await wait_actor(
+        client, info.chat, AGENT,
+        lambda a: a.generation > before.generation and a.state == "ready", timeout=60)
+    assert after.session_id == before.session_id
+
+    llm.script(Text("The code word was PEAR-7."))
+    second = await run_turn(client, info.chat, "What was the code word?")
+    assert second.ended.stop_reason == "end_turn", second.ended
+    assert second.text == "The code word was PEAR-7."
+    assert not second.of(d.UserText), "replayed history was re-broadcast"
+    assert not [n for n in second.of(d.Notice) if "lost its context" in n.message]
+
+    # The model saw the earlier conversation: the session really came back.
+    users = _user_texts(llm.main_requests()[-1].body)
+    assert any("Remember the code word PEAR-7." in u for u in users[:-1]), users
+    assert users[-1].endswith("What was the code word?")
+
+    old, new = rig.generations(AGENT)
+    assert "session/new" in old.methods()
+    assert "session/new" not in new.methods()
+    # qwen advertises both loadSession and sessionCapabilities.resume: the daemon tries
+    # session/resume first and falls back to session/load only if resume is refused.
+    assert new.methods()[:2] == ["initialize", "session/resume"]
+    resumed = new.answer("session/resume")
+    assert resumed is not None
+    if "error" in resumed:
+        loaded = new.answer("session/load")
+        assert loaded is not None
+        assert "result" in loaded, loaded
+        method = "session/load"
+    else:
+        assert "session/load" not in new.methods()
+        method = "session/resume"
+    expected = RESUMED_WITH.get(rig.version)
+    if expected is not None:
+        assert method == expected, f"qwen {rig.version} resumed with {method}, not {expected}"
+    print(f"\nqwen {rig.version} resumed with {method}"
+          + (f" (session/resume answered {resumed['error']})" if "error" in resumed else ""))
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+async def test_cancel_while_permission_is_pending(rig: QwenRig, client: Client) -> None:
+    llm = rig.llm
+    target = rig.workspace / "never.txt"
+    llm.script(write_tool_call(target, "no\n", {}))
+    info = await open_subscribed(client, "cancel", AGENT, rig.workspace, policy="ask")
+
+    async def cancel(delta: d.Delta) -> None:
+        if isinstance(delta.body, d.PermissionRequest):
+            await client.request(m.Cancel(id=0, chat=info.chat))
+
+    turn = await run_turn(client, info.chat, "Create never.txt.", on_delta=cancel)
+    assert turn.ended.stop_reason == "cancelled", turn.ended
+    assert [(r.outcome, r.option) for r in turn.of(d.PermissionResolved)] == [
+        ("cancelled", None)]
+    assert not target.exists()
+
+    # Cancelled with session/cancel, not by killing: the same process serves the next turn.
+    llm.script(Text("Still here."))
+    after = await run_turn(client, info.chat, "Are you there?")
+    assert after.text == "Still here."
+    assert after.ended.stop_reason == "end_turn"
+    [generation] = rig.generations(AGENT)
+    assert "session/cancel" in generation.methods()
+    [(_, answer)] = generation.agent_requests("session/request_permission")
+    assert answer is not None
+    assert answer["result"] == {"outcome": {"outcome": "cancelled"}}
+    assert rig.validate()["session/cancel"] == 1
