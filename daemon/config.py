@@ -71,12 +71,17 @@ def parse_size(value: object) -> ByteSize:
 
 
 def format_duration(seconds: float) -> str:
+    """The shortest spelling `parse_duration` reads back exactly (never an exponent)."""
     if seconds and seconds < 1:
-        return f"{round(seconds * 1000)}ms"
+        millis = seconds * 1000
+        if millis == int(millis):
+            return f"{int(millis)}ms"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds:.6f}".rstrip("0").rstrip(".") + "s"
 
 
 def _dec_hook(type_: type, obj: Any) -> Any:
