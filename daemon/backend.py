@@ -54,7 +54,7 @@ from .acp.rpc import (
     LineTooLong,
     RpcError,
 )
-from .acp.updates import decode_session_update
+from .acp.updates import decode_chunk_line, decode_session_update
 from .agents import AgentSpec
 from .config import Config
 from .errors import (
@@ -574,6 +574,7 @@ class BackendActor:
                     on_request=self._on_agent_request,
                     on_notification=self._on_agent_notification,
                     on_traffic=self._touch,
+                    on_line=self._on_agent_line,
                     max_line=int(self._settings.config.daemon.max_line),
                     log=log, name=f"agent {self.agent}",
                 )
@@ -1289,6 +1290,18 @@ class BackendActor:
 
     def _publish_current(self, body: d.DeltaBody) -> None:
         self._publish(body, self.current.turn if self.current else 0)
+
+    def _on_agent_line(self, line: bytes) -> bool:
+        """The hot path, tried on every line from the agent: a text chunk (agent, thought
+        or user) decoded from the whole line in one pass. Same outcome as
+        `_on_agent_notification` for these (published in the current turn, except history
+        replayed by session/load); False sends any other line the general way."""
+        body = decode_chunk_line(line)
+        if body is None:
+            return False
+        if not self._loading:
+            self._publish(body, self.current.turn if self.current else 0)
+        return True
 
     def _on_agent_notification(self, method: str, params: msgspec.Raw | None) -> None:
         if method != "session/update":

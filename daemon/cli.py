@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "daemon.cli_acp",
     "daemon.cli_workspace",
     "daemon.cli_ops",
+    "daemon.cli_computers",
 ]
 
 

@@ -60,6 +60,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--project", metavar="PATH", help="run a new chat in a new workspace "
                    "(a git worktree) of this project; see `stoker workspace`")
     p.add_argument("--workspace", metavar="ID", help="run a new chat in this workspace")
+    p.add_argument("--computer", metavar="NAME", help="run a new chat's agent on this "
+                   "[computers.NAME] over SSH (--cwd is a path there; default: its home)")
     p.add_argument("text", nargs="*", help="the prompt (default: read stdin)")
 
     p = cmd("ls", cmd_ls, "list chats with their agent state")
@@ -297,8 +299,12 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     content = _prompt_content(args)
     paths = paths_from(args)
-    cwd = os.path.abspath(args.cwd) if args.cwd else os.getcwd()
+    cwd: str | None = os.path.abspath(args.cwd) if args.cwd else os.getcwd()
     project = os.path.abspath(args.project) if args.project else None
+    if args.computer:
+        # Paths on another computer are taken as given (this machine cannot resolve them).
+        cwd = args.cwd
+        project = args.project
     if sum(x is not None for x in (args.cwd, project, args.workspace)) > 1:
         raise UsageError("give at most one of --cwd, --project, --workspace")
 
@@ -307,7 +313,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             info: m.ChatInfo = await client.request(m.OpenChat(
                 id=0, chat=args.chat, agent=args.agent, cwd=cwd,
                 require_cwd=args.cwd is not None, policy=args.policy,
-                workspace=args.workspace, project=project))
+                workspace=args.workspace, project=project, computer=args.computer))
             if info.created and args.chat is None:
                 eprint(f"chat: {info.chat}")
             if info.created and project is not None:

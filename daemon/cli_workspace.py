@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--project", required=True, help="path inside the project's git "
                    "work tree")
     p.add_argument("--branch", help="name of the new branch (default stoker/<id>)")
+    p.add_argument("--computer", metavar="NAME", help="create it on this [computers.NAME] "
+                   "over SSH (PROJECT is a path there)")
 
     p = cmd(wsub, "ls", cmd_ls, "list workspaces with their state and why the reaper "
             "keeps them")
@@ -95,11 +97,12 @@ def _table(rows: list[list[str]]) -> None:
 
 
 def cmd_new(args: argparse.Namespace) -> int:
-    project = os.path.abspath(args.project)
+    # A remote project path is taken as given: this machine cannot resolve it.
+    project = args.project if args.computer else os.path.abspath(args.project)
 
     async def main() -> int:
         info: m.WorkspaceInfo = await _request(args, m.WorkspaceNew(
-            id=0, project=project, branch=args.branch))
+            id=0, project=project, branch=args.branch, computer=args.computer))
         if args.json:
             _out_json(info)
             return 0

@@ -73,7 +73,7 @@ class Limits:
 SLOW_REQUESTS = (m.SetMode, m.SetConfig, m.Authenticate, m.CloseChat, m.Reload, m.Inspect,
                  m.ListChats, m.GetStatus, m.Permit, m.Cancel, m.DescribeAgent, m.Warm,
                  m.WorkspaceNew, m.CloseWorkspace, m.RestoreWorkspace, m.WorkspaceDiff,
-                 m.Reap)
+                 m.Reap, m.ListComputers)
 """Handled in their own task, so one slow answer never holds up the next request."""
 
 

@@ -434,6 +434,11 @@ async def run_checks(paths: Paths, *, timeout: float = 15.0, probe_agents: bool 
         checks.append(Check("other agents", "ok",
                             f"built-in, not installed (optional): {', '.join(missing)}"))
 
+    if config.computers:
+        from .ssh.doctor import computer_checks
+
+        checks.extend(await computer_checks(config, timeout=timeout))
+
     needing_node = node_agents(chosen)
     if needing_node:
         who = ", ".join(needing_node)

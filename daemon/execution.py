@@ -28,7 +28,7 @@ import msgspec
 import psutil
 import trio
 
-from .fs import LocalFiles
+from .fs import AccessDenied, LocalFiles, confine
 from .log import Log
 
 INSTANCE_VAR = "STOKER_INSTANCE"
@@ -64,8 +64,13 @@ class ProcessIdentity(msgspec.Struct, frozen=True):
 class ExitStatus:
     code: int | None
     signal: int | None
+    detail: str = ""
+    """Why the process is gone when there is no status to tell: a remote agent whose SSH
+    connection was lost ("was cut off: the connection to computer 'x' (...) was lost")."""
 
     def describe(self) -> str:
+        if self.detail:
+            return self.detail
         if self.signal is not None:
             try:
                 name = signal.Signals(self.signal).name
@@ -77,6 +82,11 @@ class ExitStatus:
 
 class SpawnError(Exception):
     """The agent could not be started at all (missing binary, bad cwd, permissions)."""
+
+    transient = False
+    """True when trying again later may work (a remote computer that cannot be reached right
+    now): the backend then counts it as a failed start under the restart policy instead of
+    giving up at once."""
 
 
 class AgentProcess(Protocol):
@@ -112,6 +122,12 @@ class Files(Protocol):
     async def read_text(self, path: str, line: int | None, limit: int | None) -> str: ...
 
     async def write_text(self, path: str, content: str) -> None: ...
+
+    async def directory(self, path: str | None) -> str:
+        """The real path of the directory `path` (relative to the root, or absolute; the
+        root itself when None). `AccessDenied` when it is outside the root or not a
+        directory."""
+        ...
 
 
 class Executor(Protocol):
@@ -292,7 +308,11 @@ class LocalProcess:
                 await stream.aclose()
 
     def rss(self) -> int | None:
-        if self._proc.returncode is not None:
+        # Called from a worker thread: trio.Process.returncode may reap the child and close
+        # its pidfd, which only the trio thread may do (RuntimeError "must be called from
+        # async context" when `inspect` races an agent's death). `_status` is set by wait()
+        # on the trio thread; an exited, unreaped child is a zombie, which holds no memory.
+        if self._status is not None:
             return None
         return tree_rss(self._proc.pid)
 
@@ -354,6 +374,17 @@ class LocalAsyncFiles:
 
     async def write_text(self, path: str, content: str) -> None:
         await trio.to_thread.run_sync(self._files.write_text, path, content)
+
+    async def directory(self, path: str | None) -> str:
+        root = self._files.root
+
+        def resolve() -> str:
+            real = confine(root, path) if path else os.path.realpath(root)
+            if not os.path.isdir(real):
+                raise AccessDenied(f"{path or root} is not a directory")
+            return real
+
+        return await trio.to_thread.run_sync(resolve)
 
 
 def _has_marker(proc: psutil.Process, actor: str) -> bool:

@@ -329,6 +329,8 @@ async def _serve_locked(paths: Paths, config: Config, log: Log,
                                     path=sock_path)
             exit_code = 0
             async with trio.open_nursery() as root:
+                for prepare in subsystems.load_prepare():
+                    await prepare(daemon, root)
                 await root.start(pool.run)
                 retention = config.channels
                 await hub.prune(retain_deltas=retention.retain_deltas,

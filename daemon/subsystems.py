@@ -5,6 +5,11 @@ called once the pool has loaded and before the Unix listener accepts clients. A 
 starts its own tasks in `nursery`, serves its requests by adding handlers to
 `daemon.extra_handlers` (keyed by request type), and registers cleanup in
 `daemon.on_shutdown` / reactions to reloads in `daemon.on_reload`.
+
+A subsystem may also define `async def prepare(daemon, nursery)`, called earlier: before the
+pool loads its chats. That is where executors of remote computers are registered
+(`daemon.executors[name]`), because loading rebuilds actors on them and reclaims their
+orphaned agents.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ Setup = Callable[["Daemon", "trio.Nursery"], Awaitable[Any]]
 SUBSYSTEMS: list[str] = [
     "daemon.websocket",
     "daemon.workspaces",
+    "daemon.ssh",
 ]
 
 
@@ -32,3 +38,13 @@ def load() -> list[Setup]:
         module = importlib.import_module(name)
         setups.append(module.setup)
     return setups
+
+
+def load_prepare() -> list[Setup]:
+    """The `prepare` hooks of the subsystems that have one, in `SUBSYSTEMS` order."""
+    hooks: list[Setup] = []
+    for name in SUBSYSTEMS:
+        hook = getattr(importlib.import_module(name), "prepare", None)
+        if hook is not None:
+            hooks.append(hook)
+    return hooks

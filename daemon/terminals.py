@@ -12,7 +12,6 @@ killed when it ends or the chat closes, and a live terminal keeps the actor from
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,7 +20,6 @@ import trio
 from protocol import deltas as d
 
 from .execution import AgentProcess, Executor, ExitStatus
-from .fs import AccessDenied, confine
 from .log import Log
 
 
@@ -143,9 +141,8 @@ class TerminalManager:
         if len(self._terminals) >= self._max_count:
             raise TerminalLimit(
                 f"at most {self._max_count} terminals per chat; release one first")
-        real_cwd = confine(self._root, cwd) if cwd else os.path.realpath(self._root)
-        if not os.path.isdir(real_cwd) and self._executor.name == "local":
-            raise AccessDenied(f"{cwd} is not a directory")
+        # Resolved where the terminal runs (over SFTP for a remote computer).
+        real_cwd = await self._executor.files(self._root).directory(cwd)
         argv = [command, *args]
         terminal_id = f"term-{next(self._ids)}"
         proc = await self._executor.spawn(

@@ -50,6 +50,7 @@ from .config import WebSocketConfig
 from .connection import Connection, Handlers
 from .hub import Hub, Mode
 from .log import Log
+from .ws_frames import BatchSender
 from .ws_token import TokenFileError, ensure_token
 
 if TYPE_CHECKING:
@@ -178,6 +179,8 @@ class WebSocketTransport:
         self._chosen = False
         self.close_code = 1000
         self.close_reason = ""
+        self._batch = BatchSender.attach(ws)
+        """Whole batches in one write (see `ws_frames`); None: message by message."""
 
     def set_encoding(self, encoding: str) -> None:
         """The client's `hello.encoding`: every later daemon message uses it."""
@@ -205,6 +208,9 @@ class WebSocketTransport:
         every protocol message is a struct, so a JSON frame starts with `{` and a msgpack one
         with a map marker (0x80-0x8f, 0xde, 0xdf), never 0x7b. That keeps frames queued just
         before `hello` switched the encoding in the type they were encoded in."""
+        if self._batch is not None:
+            await self._batch.send(frames)
+            return
         ws = self._ws
         try:
             for frame in frames:

@@ -354,6 +354,42 @@ class ReapResult(Struct):
     entries: list[ReapEntry] = []
 
 
+# --------------------------------------------------------------------------- computers
+# Requests and results of the SSH subsystem (daemon/ssh/, docs/REMOTE.md).
+
+
+class ListComputers(_Request, tag="computers"):
+    """The configured remote computers and their SSH connections. It never connects: a
+    computer nobody used yet stays `idle`."""
+
+    probe: bool = True
+    """Measure the latency now (one SFTP round trip on each live connection)."""
+
+
+class ComputerInfo(Struct):
+    name: str
+    host: str
+    port: int
+    state: str
+    """idle (not connected yet), connecting, connected, disconnected (lost; reconnecting),
+    unreachable (the last attempt failed; retried with backoff), refused (host key or
+    authentication: fix the config), removed (gone from the config)."""
+    user: str | None = None
+    latency_ms: float | None = None
+    """Last measured SFTP round trip."""
+    last_error: str = ""
+    connected_since: float | None = None
+    processes: int = 0
+    """Agent and terminal processes running there now."""
+    connects: int = 0
+    losses: int = 0
+    """Connections lost (not closed by us) since the daemon started."""
+
+
+class ComputerList(Struct):
+    computers: list[ComputerInfo] = []
+
+
 Request = (
     Ping
     | GetStatus
@@ -380,6 +416,7 @@ Request = (
     | RestoreWorkspace
     | WorkspaceDiff
     | Reap
+    | ListComputers
 )
 
 ClientMessage = Hello | Request
@@ -590,6 +627,7 @@ RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     RestoreWorkspace: WorkspaceInfo,
     WorkspaceDiff: DiffResult,
     Reap: ReapResult,
+    ListComputers: ComputerList,
 }
 """The type of `Reply.result` for each request type."""
 

@@ -7,7 +7,7 @@ match their declared shape, become `raw` deltas carrying the agent's JSON: kept,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -21,10 +21,100 @@ _update = msgspec.json.Decoder(t.SessionUpdate)
 _any = msgspec.json.Decoder()
 
 
+class _TypedNotification(t._Lenient):
+    """`session/update` params with the update decoded in the same pass (the fast path)."""
+
+    session_id: str
+    update: t.SessionUpdate
+
+
+_typed = msgspec.json.Decoder(_TypedNotification)
+_NO_RAW = msgspec.Raw(b"null")
+_CHUNKS: dict[type, type[d.Text] | type[d.Reasoning] | type[d.UserText]] = {
+    t.AgentMessageChunk: d.Text,
+    t.AgentThoughtChunk: d.Reasoning,
+    t.UserMessageChunk: d.UserText,
+}
+
+
+class _ChunkText(msgspec.Struct):
+    """A text content block, validated as `ContentBlock`'s text member is (tag required)."""
+
+    type: Literal["text"]
+    text: str
+
+
+class _ChunkUpdate(msgspec.Struct, rename="camel"):
+    session_update: Literal["agent_message_chunk", "agent_thought_chunk",
+                            "user_message_chunk"]
+    content: _ChunkText
+
+
+class _ChunkParams(msgspec.Struct, rename="camel"):
+    session_id: str
+    update: _ChunkUpdate
+
+
+class _ChunkLine(msgspec.Struct):
+    """A whole JSON-RPC line that is a `session/update` notification of a text chunk."""
+
+    method: Literal["session/update"]
+    params: _ChunkParams
+    id: msgspec.UnsetType = msgspec.UNSET
+    """Must be absent: a line with an id (even null) is a request, not a notification."""
+
+
+_chunk_line = msgspec.json.Decoder(_ChunkLine)
+_CHUNK_BODIES: dict[str, type[d.Text] | type[d.Reasoning] | type[d.UserText]] = {
+    "agent_message_chunk": d.Text,
+    "agent_thought_chunk": d.Reasoning,
+    "user_message_chunk": d.UserText,
+}
+
+
+def decode_chunk_line(line: bytes) -> d.Text | d.Reasoning | d.UserText | None:
+    """The delta body of a raw JSON-RPC line when it is a `session/update` notification of
+    an agent, thought or user chunk with text content; None for any other line.
+
+    The hot path of a streaming turn, in one typed decode of the line (the general path
+    decodes the envelope, then the params: see `JsonRpcConnection`'s `on_line`). What it
+    accepts decodes to the same body `decode_session_update` makes; a line it declines
+    (another kind, another content, a shape it does not match) costs a decode that stops
+    at the first mismatch, and goes the general way."""
+    try:
+        msg = _chunk_line.decode(line)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    update = msg.params.update
+    return _CHUNK_BODIES[update.session_update](text=update.content.text)
+
+
 def decode_session_update(params: msgspec.Raw | None) -> tuple[str | None, d.DeltaBody]:
-    """Decode `session/update` params into (sessionId, delta body)."""
+    """Decode `session/update` params into (sessionId, delta body).
+
+    One typed decode of the params serves every known kind (text chunks, one per streamed
+    token, are the hot path: this was three decodes per chunk). Tool calls, which keep the
+    update's own JSON (`acp`), and anything that does not match its declared shape take the
+    general path below: params, then the update, each decoded on its own, so a malformed
+    update still yields its session id and a `raw` delta."""
     if params is None:
         return None, d.Raw(method="session/update", acp=None)
+    try:
+        typed = _typed.decode(params)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        pass
+    else:
+        update = typed.update
+        kind = type(update)
+        make = _CHUNKS.get(kind)
+        if make is not None:
+            content = update.content  # type: ignore[union-attr]
+            if type(content) is TextBlock:
+                return typed.session_id, make(text=content.text)
+        if kind is not t.ToolCallUpdate and kind is not t.ToolCallProgress:
+            # Only tool calls keep the update's own JSON (`acp`): everything else maps
+            # from the typed update alone.
+            return typed.session_id, map_update(update, _NO_RAW)
     try:
         note = _notification.decode(params)
     except (msgspec.ValidationError, msgspec.DecodeError):

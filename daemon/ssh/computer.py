@@ -1,0 +1,561 @@
+"""One remote computer (`[computers.NAME]`) and its single SSH connection.
+
+Every agent, terminal, git command and SFTP request for a computer shares one asyncssh
+connection: channels are cheap, handshakes are not (a key exchange plus authentication is
+tens of milliseconds on loopback, far more across a WAN), and one connection is one thing to
+watch, to keep alive and to report on.
+
+Connection lifecycle:
+
+- **Lazy.** Nothing connects until something needs the computer (a spawn, a file, git, or
+  the reclaim of orphans from a previous daemon life).
+- **Verified.** The host key must be in `known_hosts` (on by default; `known_hosts = ""`
+  turns verification off, explicitly). An unknown or changed key is a `HostKeyError` naming
+  the computer, the file and the offered key's fingerprint. It is not retried by the restart
+  policy: a changed key is a configuration (or security) problem, not bad luck.
+- **Watched.** `keepalive` makes asyncssh notice a dead peer; when the connection goes,
+  every process on it ends with a status that names the computer (see `process.py`), and
+  their identities are kept as *orphans*.
+- **Reconnected with backoff.** Failed attempts back off exponentially (0.5 s doubling to
+  30 s); within the backoff window callers fail at once with the last error instead of
+  piling up attempts. While orphans are pending a background task keeps reconnecting.
+- **Orphans first.** Right after a connection is made, and before anyone else may use it,
+  the orphans are reclaimed (group and marker sweep, as `reclaim_local` does): an agent cut
+  off with its connection, or left by a crashed daemon, never runs next to its successor.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..config import ComputerConfig
+from ..execution import ProcessIdentity, SpawnError
+from ..log import Log
+from . import scripts
+from .bridge import Bridge, BridgeClosed
+
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 30.0
+RECLAIM_TIMEOUT = 15.0
+RSS_INTERVAL = 10.0
+CLOSE_TIMEOUT = 3.0
+
+
+class ComputerError(SpawnError):
+    """A remote computer could not be used; the message names it. Transient (the network,
+    the host being down) unless a subclass says otherwise."""
+
+    transient = True
+
+
+class HostKeyError(ComputerError):
+    """The host key is unknown or changed: refused, never retried on its own."""
+
+    transient = False
+
+
+class LoginRefused(ComputerError):
+    """Authentication failed, or the configured keys or known_hosts cannot be read."""
+
+    transient = False
+
+
+class ComputerRemoved(ComputerError):
+    transient = False
+
+
+@dataclass(slots=True)
+class Completed:
+    """A short remote command's outcome."""
+
+    code: int | None
+    signal: str | None
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+
+@dataclass(slots=True, eq=False)
+class _Link:
+    """One live asyncssh connection with what we learnt on it."""
+
+    conn: Any
+    client: Any
+    lost: list[BaseException | None] = field(default_factory=list)
+    """What asyncssh told the client when the connection ended."""
+    sftp: Any = None
+    home: str = ""
+    closing: bool = False
+    members: set[Any] = field(default_factory=set)
+    """Processes started on this connection that have not ended yet."""
+
+
+def describe_error(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    text = str(reason or exc).strip()
+    if not text:
+        text = type(exc).__name__
+    return text
+
+
+class Computer:
+    """A remote host, its connection and the processes on it. Owned by the SSH subsystem;
+    its background tasks (connection watchers, reconnects, kills) run in `nursery`."""
+
+    def __init__(self, name: str, config: ComputerConfig, *, bridge: Bridge,
+                 nursery: trio.Nursery) -> None:
+        self.name = name
+        self.config = config
+        self.bridge = bridge
+        self.nursery = nursery
+        self.log = Log("ssh", computer=name)
+        self.state = "idle"
+        self.last_error = ""
+        self.latency: float | None = None
+        self.connected_since: float | None = None
+        self.connects = 0
+        self.losses = 0
+        self.removed = False
+        self.rss_by_group: dict[int, int] = {}
+        self._link: _Link | None = None
+        self._links: set[_Link] = set()
+        """Every open connection: the current one and retiring ones (after a reload)."""
+        self._attempt: trio.Event | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._failure: ComputerError | None = None
+        self._orphans: list[ProcessIdentity] = []
+        self._reconnecting = False
+        self._sampling = False
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def address(self) -> str:
+        cfg = self.config
+        user = f"{cfg.user}@" if cfg.user else ""
+        return f"{user}{cfg.host}:{cfg.port}"
+
+    @property
+    def label(self) -> str:
+        """How errors name it: `computer 'build1' (dev@build1.example:22)`."""
+        return f"computer {self.name!r} ({self.address})"
+
+    @property
+    def processes(self) -> int:
+        return len(self._link.members) if self._link else 0
+
+    @property
+    def home(self) -> str:
+        return self._link.home if self._link else ""
+
+    def expand(self, path: str) -> str:
+        """`~` and `~/x` against the remote login directory (known once connected)."""
+        home = self.home
+        if home and (path == "~" or path.startswith("~/")):
+            return home + path[1:]
+        return path
+
+    # ------------------------------------------------------------------ connecting
+
+    async def connection(self) -> Any:
+        """The live asyncssh connection, connecting first if needed. Raises
+        `ComputerError` (naming this computer) when there is none to be had."""
+        return (await self._live()).conn
+
+    async def _live(self) -> _Link:
+        retried = False
+        while True:
+            if self.removed:
+                raise ComputerRemoved(f"{self.label} is no longer in the config")
+            link = self._link
+            if link is not None:
+                return link
+            attempt = self._attempt
+            if attempt is None:
+                if self._failure is not None and trio.current_time() < self._retry_at:
+                    wait = self._retry_at - trio.current_time()
+                    raise type(self._failure)(
+                        f"{self._failure} (next attempt in {wait:.1f}s)")
+                attempt = self._begin_attempt()
+            await attempt.wait()
+            if self._link is None and self._attempt is None:
+                if self._failure is not None:
+                    raise type(self._failure)(str(self._failure))
+                if retried:  # cancelled (shutdown), or superseded twice by reloads
+                    raise ComputerError(f"connecting to {self.label} was interrupted")
+                retried = True
+
+    def _begin_attempt(self) -> trio.Event:
+        """Connect in the subsystem's nursery: a caller that gives up (a cancelled turn)
+        does not abort the attempt the others are waiting for."""
+        done = trio.Event()
+        self._attempt = done
+        self.state = "connecting"
+        self.nursery.start_soon(self._connect, done)
+        return done
+
+    async def _connect(self, done: trio.Event) -> None:
+        cfg = self.config
+        try:
+            link = await self._open(cfg)
+            if self.config is not cfg or self.removed:  # a reload changed it meanwhile
+                self.nursery.start_soon(self._close_link, link)
+                self.state = "removed" if self.removed else "idle"
+                return
+            await self._reclaim_orphans(link)
+        except ComputerError as exc:
+            self._failures += 1
+            delay = min(BACKOFF_BASE * 2 ** (self._failures - 1), BACKOFF_MAX)
+            self._retry_at = trio.current_time() + delay
+            self._failure = exc
+            self.state = "unreachable" if exc.transient else "refused"
+            self.last_error = str(exc)
+            self.log.warning("cannot connect", error=str(exc), retry_in=delay)
+        else:
+            self._link = link
+            self._links.add(link)
+            self._failures = 0
+            self._failure = None
+            self.state = "connected"
+            self.last_error = ""
+            self.connected_since = time.time()
+            self.connects += 1
+            self.log.info("connected", address=self.address, home=link.home,
+                          latency_ms=_ms(self.latency))
+            self.nursery.start_soon(self._watch, link)
+        finally:
+            self._attempt = None
+            if self.state == "connecting":  # cancelled (shutdown)
+                self.state = "idle"
+            done.set()
+
+    async def _open(self, cfg: ComputerConfig) -> _Link:
+        import asyncssh
+
+        known = known_hosts_path(cfg.known_hosts)
+        if known is not None and not os.path.exists(known):
+            raise HostKeyError(
+                f"cannot verify the host key of {self.label}: known_hosts file {known} does "
+                f"not exist (add the host with `ssh-keyscan -p {cfg.port} {cfg.host} >> "
+                f"{known}` after checking the fingerprint)")
+        for path in cfg.identity_files:
+            if not os.path.exists(os.path.expanduser(path)):
+                raise LoginRefused(f"identity file {path} of {self.label} does not exist")
+        offered: list[Any] = []
+        lost: list[BaseException | None] = []
+
+        class Client(asyncssh.SSHClient):
+            def validate_host_public_key(self, host: str, addr: str, port: int,
+                                         key: Any) -> bool:
+                offered.append(key)
+                return False
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                lost.append(exc)
+
+        options: dict[str, Any] = {
+            "port": cfg.port, "known_hosts": known, "config": None,
+            "keepalive_interval": float(cfg.keepalive), "keepalive_count_max": 3,
+            "connect_timeout": float(cfg.connect_timeout),
+            "password_auth": False, "kbdint_auth": False, "gss_auth": False,
+        }
+        if cfg.user:
+            options["username"] = cfg.user
+        if cfg.identity_files:
+            options["client_keys"] = [os.path.expanduser(p) for p in cfg.identity_files]
+        if not cfg.use_agent:
+            options["agent_path"] = None
+        started = time.monotonic()
+        try:
+            with trio.fail_after(float(cfg.connect_timeout) + 5):
+                conn, client = await self.bridge.call(asyncssh.create_connection, Client,
+                                                      cfg.host, **options)
+        except asyncssh.HostKeyNotVerifiable:
+            raise HostKeyError(self._host_key_problem(known, offered)) from None
+        except asyncssh.PermissionDenied as exc:
+            who = cfg.user or "(the local user name)"
+            raise LoginRefused(f"{self.label} refused the login of {who}: "
+                               f"{describe_error(exc)}; check identity_files / use_agent"
+                               ) from None
+        except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+            raise LoginRefused(f"cannot use the identity files of {self.label}: "
+                               f"{describe_error(exc)}") from None
+        except trio.TooSlowError:
+            raise ComputerError(f"cannot connect to {self.label}: no answer within "
+                                f"{float(cfg.connect_timeout):g}s") from None
+        except (OSError, asyncssh.Error, TimeoutError, BridgeClosed) as exc:
+            raise ComputerError(f"cannot connect to {self.label}: "
+                                f"{describe_error(exc)}") from None
+        link = _Link(conn=conn, client=client, lost=lost)
+        try:
+            link.sftp = await self.bridge.call(conn.start_sftp_client)
+            link.home = str(await self.bridge.call(link.sftp.realpath, "."))
+        except (OSError, asyncssh.Error, BridgeClosed) as exc:
+            conn.close()
+            raise ComputerError(f"{self.label} offers no SFTP service: "
+                                f"{describe_error(exc)}") from None
+        self.latency = time.monotonic() - started
+        return link
+
+    def _host_key_problem(self, known: str | None, offered: list[Any]) -> str:
+        import asyncssh
+
+        cfg = self.config
+        key = offered[-1] if offered else None
+        shown = (f"{key.get_algorithm()} key {key.get_fingerprint('sha256')}"
+                 if key is not None else "a key")
+        trusted: list[Any] = []
+        if known is not None:
+            try:
+                trusted = list(asyncssh.match_known_hosts(known, cfg.host, "", cfg.port)[0])
+            except (OSError, ValueError, asyncssh.Error):
+                trusted = []
+        if trusted:
+            return (f"host key of {self.label} CHANGED: it offered {shown}, which does not "
+                    f"match its entry in {known}. This may be an attack (someone in the "
+                    "middle); if the host really was reinstalled, replace its line there")
+        return (f"host key of {self.label} is unknown: {known} has no entry for it; it "
+                f"offered {shown}. Verify that fingerprint, then add the host (e.g. "
+                f"`ssh-keyscan -p {cfg.port} {cfg.host} >> {known}`)")
+
+    async def _watch(self, link: _Link) -> None:
+        """Wait for the connection to end; unless we closed it, that is a loss."""
+        try:
+            await self.bridge.call(link.conn.wait_closed)
+        except BridgeClosed:
+            return
+        except Exception:  # any way it ends, it ended
+            pass
+        if link.closing:
+            return
+        reasons = link.lost
+        reason = describe_error(reasons[-1]) if reasons and reasons[-1] else "closed by the peer"
+        self._lost(link, reason)
+
+    def _lost(self, link: _Link, reason: str) -> None:
+        self._links.discard(link)
+        if self._link is link:
+            self._link = None
+            self.state = "disconnected"
+            self.connected_since = None
+            self._retry_at = 0.0
+            self._failures = 0
+            self._failure = None
+        self.losses += 1
+        self.last_error = f"connection lost: {reason}"
+        members = list(link.members)
+        link.members.clear()
+        for proc in members:
+            self._orphans.append(proc.identity)
+        self.log.warning("connection lost", reason=reason, processes=len(members))
+        if self._orphans:
+            self._start_reconnecting()
+
+    def is_live(self, conn: Any) -> bool:
+        """Is `conn` (current or retiring) still open?"""
+        return any(link.conn is conn and not link.closing and not conn.is_closed()
+                   for link in self._links)
+
+    # ------------------------------------------------------------------ processes
+
+    def adopt(self, proc: Any, conn: Any) -> bool:
+        """Count `proc` as running on `conn` (current or retiring). False when that
+        connection is already gone: then the process is an orphan, reclaimed on the next
+        connection."""
+        link = next((x for x in self._links if x.conn is conn and not x.closing), None)
+        if link is None:
+            self._orphans.append(proc.identity)
+            self._start_reconnecting()
+            return False
+        link.members.add(proc)
+        self._ensure_sampling()
+        return True
+
+    def release(self, proc: Any) -> None:
+        """`proc` ended with a real exit status: nothing of it is left to reclaim."""
+        for link in self._links:
+            link.members.discard(proc)
+
+    def add_orphan(self, identity: ProcessIdentity) -> None:
+        """Reclaim this process tree as soon as there is a connection (before any spawn)."""
+        self._orphans.append(identity)
+        self._start_reconnecting()
+
+    def _start_reconnecting(self) -> None:
+        if self._reconnecting or self.removed:
+            return
+        self._reconnecting = True
+        self.nursery.start_soon(self._reconnect)
+
+    async def _reconnect(self) -> None:
+        try:
+            while self._orphans and not self.removed:
+                if self._link is not None and self._attempt is None:
+                    link = self._link
+                    await self._reclaim_orphans(link)
+                    if not self._orphans:
+                        return
+                try:
+                    await self._live()
+                except ComputerError:
+                    pass
+                if self._orphans:
+                    await trio.sleep(max(0.5, self._retry_at - trio.current_time()))
+        finally:
+            self._reconnecting = False
+
+    async def _reclaim_orphans(self, link: _Link) -> None:
+        while self._orphans:
+            identity = self._orphans[0]
+            command = scripts.tree_kill_command(
+                pgid=identity.pgid, ticks=40, actor=identity.actor,
+                leader=(identity.pid, identity.start_time))
+            try:
+                done = await self._run_on(link, command, timeout=RECLAIM_TIMEOUT)
+            except ComputerError as exc:
+                self.log.warning("orphan reclaim failed; will retry", pid=identity.pid,
+                                 error=str(exc))
+                return
+            self._orphans.pop(0)
+            if b"found=1" in done.stdout:
+                self.log.info("reclaimed orphaned remote agent processes", pid=identity.pid,
+                              actor=identity.actor)
+
+    @property
+    def pending_orphans(self) -> int:
+        return len(self._orphans)
+
+    # ------------------------------------------------------------------ commands
+
+    async def run(self, command: str, *, timeout: float, stdin: bytes = b"") -> Completed:
+        """Run a short command line over the connection (no process group of its own: use
+        the executor for anything that may need killing)."""
+        link = await self._live()
+        return await self._run_on(link, command, timeout=timeout, stdin=stdin)
+
+    async def _run_on(self, link: _Link, command: str, *, timeout: float,
+                      stdin: bytes = b"") -> Completed:
+        import asyncssh
+
+        try:
+            with trio.fail_after(timeout):
+                result = await self.bridge.call(link.conn.run, command, input=stdin or None,
+                                                encoding=None, check=False)
+        except trio.TooSlowError:
+            raise ComputerError(f"{self.label} did not answer within {timeout:g}s") from None
+        except (OSError, asyncssh.Error, BridgeClosed) as exc:
+            raise ComputerError(f"{self.label}: {describe_error(exc)}") from None
+        signal = result.exit_signal[0] if result.exit_signal else None
+        return Completed(code=result.exit_status, signal=signal,
+                         stdout=bytes(result.stdout or b""), stderr=bytes(result.stderr or b""))
+
+    async def sftp(self) -> Any:
+        return (await self._live()).sftp
+
+    def spawn_task(self, fn: Any, *args: Any) -> None:
+        """Run `fn(*args)` in the subsystem's nursery (for `kill()`, which cannot wait)."""
+        self.nursery.start_soon(fn, *args)
+
+    async def probe(self, timeout: float = 3.0) -> float | None:
+        """Latency of one SFTP round trip on the live connection (never connects)."""
+        link = self._link
+        if link is None or link.sftp is None:
+            return None
+        started = time.monotonic()
+        with trio.move_on_after(timeout):
+            try:
+                await self.bridge.call(link.sftp.realpath, ".")
+            except Exception:  # a failed probe is no latency
+                return None
+            self.latency = time.monotonic() - started
+            return self.latency
+        return None
+
+    def _ensure_sampling(self) -> None:
+        if not self._sampling:
+            self._sampling = True
+            self.nursery.start_soon(self._sample_rss)
+
+    async def _sample_rss(self) -> None:
+        """RSS of the agents' process groups, for the pool's memory budget and `ls`: one
+        `ps` per computer every few seconds, never a round trip per question."""
+        try:
+            while (link := self._link) is not None and link.members:
+                try:  # on this connection only: sampling must never make one
+                    done = await self._run_on(link, scripts.RSS, timeout=10)
+                    if done.ok:
+                        self.rss_by_group = scripts.parse_rss(done.stdout)
+                except ComputerError:
+                    pass
+                await trio.sleep(RSS_INTERVAL)
+        finally:
+            self._sampling = False
+
+    # ------------------------------------------------------------------ config changes
+
+    def reconfigure(self, config: ComputerConfig) -> None:
+        """A reload changed the section: new work uses a new connection with the new
+        settings; the current one is retired (closed once its processes ended)."""
+        self.config = config
+        self.removed = False
+        link = self._link
+        self._link = None
+        self._failure = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self.state = "idle"
+        self.connected_since = None
+        if link is not None:
+            self.nursery.start_soon(self._retire, link)
+
+    def remove(self) -> None:
+        """Gone from the config: refuse new work, retire the connection."""
+        self.removed = True
+        self.state = "removed"
+        link = self._link
+        self._link = None
+        if link is not None:
+            self.nursery.start_soon(self._retire, link)
+
+    async def _retire(self, link: _Link, timeout: float = 120.0) -> None:
+        with trio.move_on_after(timeout):
+            while link.members:
+                await trio.sleep(0.2)
+        await self._close_link(link)
+
+    async def close(self) -> None:
+        """Daemon shutdown: close the connections (their agents were stopped already)."""
+        self._link = None
+        self.state = "idle"
+        for link in list(self._links):
+            await self._close_link(link)
+
+    async def _close_link(self, link: _Link) -> None:
+        link.closing = True
+        self._links.discard(link)
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await self.bridge.call_sync(link.conn.close)
+                await self.bridge.call(link.conn.wait_closed)
+            except Exception:  # closing what may already be gone
+                pass
+
+
+def known_hosts_path(value: str | None) -> str | None:
+    """The file to verify host keys against; None only when explicitly disabled."""
+    if value is None or value == "":
+        return None
+    return os.path.expanduser(value)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)

@@ -1,0 +1,122 @@
+"""An agent's `fs/*` requests on a remote computer: SFTP, confined like `daemon/fs.py`.
+
+The rules are the local ones, evaluated on the remote host: every path is resolved there
+(SFTP `realpath` of the deepest existing ancestor, the missing rest re-attached) and refused
+unless it lies inside the real root; a write creates its parent directories, re-checks them,
+and refuses to write through a final symlink. SFTP has no `O_NOFOLLOW`, so a symlink swapped
+in between the check and the open is the one race the local implementation closes and this
+one cannot (docs/REMOTE.md).
+
+A computer that cannot be reached is a `FileProblem` for reads and writes (the agent gets an
+error naming it) and a `ComputerError` for `directory` (whose callers treat it as a failed
+start or a refused request).
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from ..fs import AccessDenied, FileProblem, is_within
+from .computer import Computer, ComputerError
+from .sftp import RemoteFs, kind_of
+
+
+class SftpFiles:
+    """`Files` for one working directory on a remote computer."""
+
+    max_read = 64 * 1024 * 1024
+
+    def __init__(self, computer: Computer, root: str) -> None:
+        self.computer = computer
+        self.root = root
+        self._fs = RemoteFs(computer)
+        self._real_root: str | None = None
+
+    async def _root(self) -> str:
+        if self._real_root is None:
+            await self._fs.ready()
+            self._real_root = await self._fs.realpath(self.root)
+        return self._real_root
+
+    async def confine(self, path: str) -> str:
+        """The real remote path `path` refers to, if it is inside the real root."""
+        if not path:
+            raise AccessDenied("empty path")
+        if "\x00" in path:
+            raise AccessDenied("path contains a NUL byte")
+        root = await self._root()
+        candidate = posixpath.normpath(
+            path if posixpath.isabs(path) else posixpath.join(root, path))
+        head, tail = candidate, ""
+        while await self._fs.lstat(head) is None:
+            parent, name = posixpath.split(head)
+            if parent == head:
+                break
+            tail = posixpath.join(name, tail) if tail else name
+            head = parent
+        resolved = await self._fs.realpath(head)
+        if tail:
+            resolved = posixpath.join(resolved, tail)
+        resolved = posixpath.normpath(resolved)
+        if not is_within(root, resolved):
+            raise AccessDenied(f"{path} is outside the workspace {self.root}")
+        return resolved
+
+    async def read_text(self, path: str, line: int | None, limit: int | None) -> str:
+        try:
+            real = await self.confine(path)
+            attrs = await self._fs.stat(real)
+            kind = kind_of(attrs)
+            if kind == "missing":
+                raise FileProblem(f"{path}: no such file")
+            if kind == "dir":
+                raise FileProblem(f"{path}: is a directory")
+            if attrs is not None and (attrs.size or 0) > self.max_read:
+                raise FileProblem(f"{path}: larger than {self.max_read} bytes")
+            data = await self._fs.read(real)
+        except ComputerError as exc:
+            raise FileProblem(str(exc)) from None
+        except FileNotFoundError:
+            raise FileProblem(f"{path}: no such file") from None
+        except OSError as exc:
+            raise FileProblem(f"{path}: {exc.strerror or exc}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FileProblem(f"{path}: not UTF-8 text") from None
+        if line is None and limit is None:
+            return text
+        lines = text.splitlines(keepends=True)
+        start = max((line or 1) - 1, 0)
+        end = len(lines) if limit is None else start + max(limit, 0)
+        return "".join(lines[start:end])
+
+    async def write_text(self, path: str, content: str) -> None:
+        try:
+            real = await self.confine(path)
+            parent = posixpath.dirname(real)
+            await self._fs.makedirs(parent, mode=0o755)
+            # Re-check after creating directories: a racing symlink must not redirect us.
+            if not is_within(await self._root(), await self._fs.realpath(parent)):
+                raise AccessDenied(f"{path} is outside the workspace {self.root}")
+            kind = kind_of(await self._fs.lstat(real))
+            if kind == "symlink":
+                raise AccessDenied(f"{path} is a symlink; refusing to follow it")
+            if kind == "dir":
+                raise FileProblem(f"{path}: is a directory")
+            await self._fs.write(real, content.encode("utf-8"))
+        except ComputerError as exc:
+            raise FileProblem(str(exc)) from None
+        except OSError as exc:
+            raise FileProblem(f"{path}: {exc.strerror or exc}") from None
+
+    async def directory(self, path: str | None) -> str:
+        try:
+            real = await self.confine(path) if path else await self._root()
+            kind = kind_of(await self._fs.stat(real))
+        except OSError as exc:
+            raise AccessDenied(f"{path or self.root}: {exc.strerror or exc}") from None
+        if kind != "dir":
+            raise AccessDenied(f"{path or self.root} is not a directory on computer "
+                               f"{self.computer.name!r}")
+        return real

@@ -1,0 +1,169 @@
+"""The SSH subsystem: its actor, its wiring into the daemon, and config reloads.
+
+`prepare` (before the pool loads chats) creates one `Computer` and one `SshExecutor` per
+`[computers.NAME]` and registers the executors in `daemon.executors`, so that the pool can
+rebuild actors of remote chats and queue the reclaim of their orphaned agents. `setup`
+(after the workspaces subsystem) registers a `SshWorktreeHost` per computer with the
+workspace service, so remote worktrees are created, diffed and reaped like local ones.
+
+The subsystem owns the one trio-asyncio loop (`Bridge`), opened the first time a computer is
+configured; nothing of asyncssh is imported before that. Reloads apply at once: a new
+computer is usable, a changed one gets a new connection for new work while agents on the old
+one are recycled (hibernated: they come back on the new connection with their next prompt),
+and a removed one refuses new work.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from protocol import messages as m
+
+from ..config import ComputerConfig, Config
+from ..errors import UnknownChat
+from ..log import Log
+from .bridge import Bridge
+
+if TYPE_CHECKING:
+    from ..server import Daemon
+    from ..workspaces import WorkspaceService
+    from .computer import Computer
+    from .executor import SshExecutor
+
+_services: weakref.WeakKeyDictionary[Daemon, SshService] = weakref.WeakKeyDictionary()
+
+
+def service_for(daemon: Daemon) -> SshService:
+    return _services[daemon]
+
+
+class SshService:
+    def __init__(self, daemon: Daemon, nursery: trio.Nursery) -> None:
+        self.daemon = daemon
+        self.nursery = nursery
+        self.bridge = Bridge()
+        self.computers: dict[str, Computer] = {}
+        self.executors: dict[str, SshExecutor] = {}
+        self.workspaces: WorkspaceService | None = None
+        self.log = Log("ssh")
+
+    # ------------------------------------------------------------------ config
+
+    def apply(self, wanted: Mapping[str, ComputerConfig]) -> set[str]:
+        """Make the computers match the config. Returns the names whose connection
+        changed (reconfigured or removed)."""
+        from .computer import Computer
+        from .executor import SshExecutor
+
+        if wanted:
+            self.bridge.start(self.nursery)
+        changed: set[str] = set()
+        for name, config in wanted.items():
+            computer = self.computers.get(name)
+            if computer is None:
+                computer = Computer(name, config, bridge=self.bridge, nursery=self.nursery)
+                self.computers[name] = computer
+                self.executors[name] = SshExecutor(computer, self.daemon.instance)
+            elif computer.removed or computer.config != config:
+                computer.reconfigure(config)
+                changed.add(name)
+            self._register(name)
+        for name, computer in self.computers.items():
+            if name not in wanted and not computer.removed:
+                computer.remove()
+                changed.add(name)
+                self.daemon.executors.pop(name, None)
+                if self.workspaces is not None:
+                    self.workspaces.hosts.pop(name, None)
+        return changed
+
+    def _register(self, name: str) -> None:
+        executor = self.executors[name]
+        self.daemon.executors[name] = executor
+        if self.workspaces is not None:
+            from .worktree import SshWorktreeHost
+
+            self.workspaces.hosts[name] = SshWorktreeHost(executor)
+
+    def attach_workspaces(self, workspaces: WorkspaceService) -> None:
+        self.workspaces = workspaces
+        for name, computer in self.computers.items():
+            if not computer.removed:
+                self._register(name)
+
+    def reload(self, config: Config) -> None:
+        changed = self.apply(config.computers)
+        if not changed:
+            return
+        pool = self.daemon.pool
+        agents = self.daemon.settings.agents
+
+        def on_changed(actor: Any) -> bool:
+            try:
+                chat = pool.get_chat(actor.chat)
+            except UnknownChat:
+                return False
+            spec = agents.get(actor.agent)
+            where = chat.computer or (spec.computer if spec else None)
+            return where in changed
+
+        recycled = pool.apply_settings(on_changed)
+        self.log.info("computers changed", computers=",".join(sorted(changed)),
+                      recycled=recycled)
+
+    # ------------------------------------------------------------------ requests
+
+    async def list(self, probe: bool) -> m.ComputerList:
+        computers = list(self.computers.values())
+        if probe:
+            async with trio.open_nursery() as nursery:
+                for computer in computers:
+                    nursery.start_soon(computer.probe)
+        out = []
+        for c in computers:
+            cfg = c.config
+            out.append(m.ComputerInfo(
+                name=c.name, host=cfg.host, port=cfg.port, user=cfg.user, state=c.state,
+                latency_ms=None if c.latency is None else round(c.latency * 1000, 2),
+                last_error=c.last_error, connected_since=c.connected_since,
+                processes=c.processes, connects=c.connects, losses=c.losses))
+        return m.ComputerList(computers=out)
+
+    async def close(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for computer in self.computers.values():
+                nursery.start_soon(computer.close)
+
+
+async def prepare(daemon: Daemon, nursery: trio.Nursery) -> None:
+    """Before the pool loads: executors for every configured computer."""
+    service = SshService(daemon, nursery)
+    _services[daemon] = service
+    service.apply(daemon.settings.config.computers)
+
+    async def list_request(req: m.ListComputers, client: str) -> m.ComputerList:
+        return await service.list(req.probe)
+
+    daemon.extra_handlers[m.ListComputers] = list_request
+    daemon.on_reload.append(service.reload)
+    daemon.on_shutdown.append(service.close)
+
+
+async def setup(daemon: Daemon, nursery: trio.Nursery) -> None:
+    """After the workspaces subsystem: worktree hosts for the computers."""
+    service = _services.get(daemon)
+    if service is None:  # prepare did not run (a test wiring subsystems by hand)
+        await prepare(daemon, nursery)
+        service = _services[daemon]
+    try:
+        from ..workspaces import service_for as workspace_service
+    except ImportError:  # pragma: no cover - the module ships with the daemon
+        return
+    try:
+        service.attach_workspaces(workspace_service(daemon))
+    except KeyError:
+        return  # no workspaces subsystem

@@ -1,0 +1,167 @@
+"""Scenario 6, restart: `kill -9` of the daemon with a warm `echo` chat, to ready again.
+
+Per run: kill -9 the daemon (its agent is orphaned), start a new one, and time
+* kill -> ready: the new daemon answers `hello` (interpreter, imports, SQLite, state load,
+  orphan reclaim);
+* kill -> chat warm again: a `warm` request sent at ready returns (respawn, initialize,
+  session/resume);
+* kill -> first chunk of a prompt sent once warm.
+The agent's own cold start (spawn, initialize, session/new, first chunk), measured directly
+over stdio in the same run, is subtracted: what is left is what the restart adds. The
+interpreter's start and the daemon's imports are timed separately, as components.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import trio
+
+from protocol import deltas as d
+from protocol import messages as m
+from tests.harness import subscribe
+
+from .bench_replay import fill_chat
+from .common import ECHO_ARGV, BenchDaemon, Context, Result, bench_config, median, ms
+from .direct import direct_agent
+from .wire import timed_client
+
+
+def _wait_ready(daemon: BenchDaemon, timeout: float = 30.0) -> float:
+    """Poll every millisecond until the daemon answers `hello`; perf_counter then."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        assert daemon.proc is not None
+        if daemon.proc.poll() is not None:
+            raise RuntimeError(f"daemon exited:\n{daemon.log_text()[-3000:]}")
+        if daemon.socket.exists() and daemon._handshake():
+            return time.perf_counter()
+        time.sleep(0.001)
+    raise RuntimeError(f"daemon not ready after {timeout}s")
+
+
+async def _with_big_log(ctx: Context, daemon: BenchDaemon) -> dict[str, float] | None:
+    """kill -9 -> ready again with a large delta log (10 chats x 100k deltas, the default
+    retention per chat): what the startup work that scales with the log costs. Full runs
+    only (filling takes a while)."""
+    if ctx.quick:
+        return None
+    chats, per_chat = 10, 100_000
+    for _ in range(chats):
+        await fill_chat(daemon, per_chat)
+    times: list[float] = []
+    for index in range(4):
+        await trio.sleep(0.5)
+        killed = time.perf_counter()
+        daemon.kill9()
+        daemon.start(log_level="info", wait=False)
+        ready = _wait_ready(daemon)
+        if index:
+            times.append(ms(ready - killed))
+    ctx.say(f"  with {chats * per_chat} deltas logged: kill->ready {median(times):.0f} ms")
+    return {"deltas": chats * per_chat, "kill_to_ready": median(times)}
+
+
+EVERY_IMPORT = ("import daemon.cli, daemon.cli_chat, daemon.server, daemon.subsystems as s, "
+                "importlib; [importlib.import_module(n) for n in s.SUBSYSTEMS]; "
+                "daemon.cli.build_parser()")
+"""What `stoker daemon` imports before it can start: the CLI (all its subcommands), the
+server, and every subsystem (each imported at startup, enabled or not)."""
+
+
+def _process_seconds(code: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return time.perf_counter() - started
+
+
+async def _first_chunk(daemon: BenchDaemon, chat: str) -> tuple[float, float]:
+    """(chat warm again, first chunk of a prompt) as perf_counter times."""
+    async with timed_client(daemon.socket) as client:
+        await subscribe(client, chat)
+        await client.request(m.Warm(id=0, chat=chat))
+        warm = time.perf_counter()
+        accepted: m.PromptAccepted = await client.request(m.Prompt(id=0, chat=chat,
+                                                                   text="hello again"))
+        while True:
+            event = await client.next_event(timeout=30)
+            if (isinstance(event, d.Delta) and event.turn == accepted.turn
+                    and isinstance(event.body, d.TurnEnded)):
+                break
+        first = next(t for t, x in client.stamps
+                     if x.turn == accepted.turn and isinstance(x.body, d.Text))
+        return warm, first
+
+
+async def run(ctx: Context) -> Result:
+    result = Result("restart", "Restart (kill -9 -> ready again)")
+    runs = 3 if ctx.quick else 7
+    rows: list[dict[str, float]] = []
+    daemon = BenchDaemon(config=bench_config())
+    try:
+        daemon.start_bench()
+        async with daemon.client("bench-control") as client:
+            info: m.ChatInfo = await client.request(m.OpenChat(id=0, agent="echo",
+                                                               cwd=str(daemon.work)))
+            await client.request(m.Prompt(id=0, chat=info.chat, text="first turn"))
+            await client.request(m.Warm(id=0, chat=info.chat))
+        for index in range(runs + 1):
+            await trio.sleep(0.3)  # the last turn's commits are in; the agent is warm
+            killed = time.perf_counter()
+            daemon.kill9()
+            daemon.start(log_level="info", wait=False)
+            ready = _wait_ready(daemon)
+            warm, first = await _first_chunk(daemon, info.chat)
+            async with direct_agent(ECHO_ARGV, cwd=str(daemon.work)) as agent:
+                await agent.open_session(str(daemon.work))
+                turn = await agent.prompt("hello again")
+                assert turn.first_chunk is not None
+            if index == 0:
+                continue  # warm-up: page cache, the first reclaim
+            rows.append({
+                "kill_to_ready": ms(ready - killed),
+                "kill_to_warm": ms(warm - killed),
+                "kill_to_first_chunk": ms(first - killed),
+                "agent_cold_session": ms(agent.session_at - agent.spawned),
+                "agent_cold_first_chunk": ms(turn.first_chunk - agent.spawned),
+            })
+            ctx.say(f"  run {index}: kill->ready {rows[-1]['kill_to_ready']:.0f} ms, "
+                    f"kill->warm {rows[-1]['kill_to_warm']:.0f} ms, agent cold "
+                    f"{rows[-1]['agent_cold_session']:.0f} ms")
+        big = await _with_big_log(ctx, daemon)
+    finally:
+        daemon.close()
+    python = median([_process_seconds("pass") for _ in range(5)])
+    imports = median([_process_seconds("import daemon.server") for _ in range(5)])
+    everything = median([_process_seconds(EVERY_IMPORT) for _ in range(5)])
+
+    def med(key: str) -> float:
+        return median([r[key] for r in rows])
+
+    added = median([r["kill_to_warm"] - r["agent_cold_session"] for r in rows])
+    result.add("kill -9 -> daemon ready", med("kill_to_ready"), "ms")
+    result.add("kill -9 -> chat warm again", med("kill_to_warm"), "ms")
+    result.add("agent's own cold start (spawn, initialize, session/new)",
+               med("agent_cold_session"), "ms")
+    result.add("restart adds (chat warm again - agent cold start)", added, "ms",
+               target="<= 20 ms", check=lambda v: v <= 20)
+    result.add("kill -9 -> first chunk", med("kill_to_first_chunk"), "ms")
+    result.add("agent's own cold first chunk", med("agent_cold_first_chunk"), "ms")
+    result.add("restart adds (first chunk)",
+               median([r["kill_to_first_chunk"] - r["agent_cold_first_chunk"] for r in rows]),
+               "ms")
+    if big is not None:
+        result.add(f"kill -9 -> daemon ready, {big['deltas'] / 1e6:g}M deltas logged",
+                   big["kill_to_ready"], "ms")
+    result.add("component: interpreter start (python -c pass)", ms(python), "ms")
+    result.add("component: interpreter + import daemon.server", ms(imports), "ms")
+    result.add("component: interpreter + every module the daemon loads", ms(everything),
+               "ms")
+    result.add("component: the rest (state, reclaim, listeners; kill -> ready - imports)",
+               med("kill_to_ready") - ms(everything), "ms")
+    result.detail = {"runs": rows, "python_start_ms": ms(python), "import_ms": ms(imports),
+                     "every_import_ms": ms(everything),
+                     "big_log": big}
+    return result

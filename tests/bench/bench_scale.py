@@ -1,0 +1,173 @@
+"""Scenario 5, scale: N warm `echo` actors (N = 200; 50 with --quick).
+
+* daemon RSS per warm actor: (RSS with N warm actors that each served a turn - RSS of the
+  same daemon before any chat) / N. The daemon process only: agents are other processes.
+* daemon RSS per hibernated record: (RSS of a fresh daemon that loaded the N hibernated
+  records at startup - RSS of a fresh empty daemon) / N. A fresh process, because CPython
+  rarely gives memory back, so a daemon that had them warm would overstate it.
+* eviction sweep: the span of one sweep's `hibernating` log lines (all N chosen at once
+  after a reload sets `idle_ttl = 0`), and the pure decision (`choose_evictions` over the
+  N actors' facts) timed in this process.
+* hibernate rate: N / (reload -> no warm actor left); wake rate: N / (N concurrent `warm`
+  requests -> all ready again: respawn + initialize + session/resume).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+
+import trio
+
+from daemon.client import RequestFailed
+from daemon.policy import ActorFacts, State, choose_evictions
+from protocol import messages as m
+
+from .common import BenchDaemon, Context, Result, bench_config, median
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}) .*event=hibernating")
+
+
+def _config(count: int, idle_ttl: str) -> str:
+    return bench_config(max_warm=count + 16, idle_ttl=idle_ttl, sweep_interval="1h")
+
+
+async def _status(client: object) -> m.StatusResult:
+    status: m.StatusResult = await client.request(m.GetStatus(id=0))  # type: ignore[attr-defined]
+    return status
+
+
+STATUS_ERRORS: list[str] = []
+"""`status` answers that failed while agents were stopping (see `_wait_counts`)."""
+
+
+async def _wait_counts(client: object, predicate: object, timeout: float = 120.0) -> float:
+    """Poll status every 10 ms until `predicate(counts)`; the perf_counter time it held.
+
+    A `status` that races an agent's exit can fail with an internal error (the RSS reading
+    asks a trio `Process` for its return code from a worker thread): recorded, retried."""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                status = await _status(client)
+            except RequestFailed as exc:
+                STATUS_ERRORS.append(exc.message)
+                await trio.sleep(0.01)
+                continue
+            if predicate(status.actors):  # type: ignore[operator]
+                return time.perf_counter()
+            await trio.sleep(0.01)
+
+
+async def _fresh_rss(daemon: BenchDaemon) -> int:
+    async with daemon.client("bench-rss") as client:
+        await _status(client)
+        await trio.sleep(1.0)
+        return daemon.rss()
+
+
+def _sweep_span(log: str) -> float | None:
+    stamps = [datetime.strptime(mt.group(1), "%Y-%m-%dT%H:%M:%S.%f").timestamp()
+              for mt in map(_STAMP.match, log.splitlines()) if mt]
+    return (max(stamps) - min(stamps)) if stamps else None
+
+
+def _decision_seconds(count: int) -> float:
+    facts = [ActorFacts(key=f"c{i}\x00echo", state=State.READY, last_activity=float(i))
+             for i in range(count)]
+    facts += [ActorFacts(key=f"h{i}\x00echo", state=State.HIBERNATED, last_activity=0.0)
+              for i in range(count)]
+    times: list[float] = []
+    for _ in range(50):
+        started = time.perf_counter()
+        chosen = choose_evictions(facts, now=1e6, idle_ttl=0.0, max_warm=count + 16)
+        times.append(time.perf_counter() - started)
+        assert len(chosen) == count
+    return median(times)
+
+
+async def run(ctx: Context) -> Result:
+    count = 50 if ctx.quick else 200
+    result = Result("scale", f"Scale ({count} warm echo actors)")
+    detail: dict[str, float] = {}
+    empty = BenchDaemon(config=_config(count, "30m"))
+    try:
+        empty.start_bench()
+        detail["rss_empty_fresh"] = await _fresh_rss(empty)
+    finally:
+        empty.close()
+    daemon = BenchDaemon(config=_config(count, "30m"))
+    try:
+        daemon.start_bench()
+        async with daemon.client("bench-scale") as client:
+            await _status(client)
+            await trio.sleep(0.5)
+            detail["rss_before"] = daemon.rss()
+            chats: list[str] = []
+            for _ in range(count):
+                info: m.ChatInfo = await client.request(m.OpenChat(id=0, agent="echo",
+                                                                   cwd=str(daemon.work)))
+                chats.append(info.chat)
+            limiter = trio.CapacityLimiter(8)
+
+            async def warm(chat: str) -> None:
+                async with limiter:
+                    await client.request(m.Warm(id=0, chat=chat))
+
+            started = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for chat in chats:
+                    nursery.start_soon(warm, chat)
+            detail["first_start_seconds"] = time.perf_counter() - started
+            for chat in chats:
+                await client.request(m.Prompt(id=0, chat=chat, text="hello warm actor"))
+            await _wait_counts(client, lambda c: c.busy == 0 and c.warm == count)
+            await trio.sleep(1.0)
+            detail["rss_warm"] = daemon.rss()
+            ctx.say(f"  {count} warm: daemon RSS {detail['rss_warm'] / 2**20:.1f} MiB "
+                    f"(before {detail['rss_before'] / 2**20:.1f} MiB)")
+
+            daemon.write_config(_config(count, "0s"))
+            log_mark = len(daemon.log_text())
+            started = time.perf_counter()
+            await client.request(m.Reload(id=0))
+            done = await _wait_counts(client, lambda c: c.warm == 0)
+            detail["hibernate_seconds"] = done - started
+            span = _sweep_span(daemon.log_text()[log_mark:])
+            daemon.write_config(_config(count, "30m"))
+            await client.request(m.Reload(id=0))
+
+            started = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for chat in chats:
+                    nursery.start_soon(client.request, m.Warm(id=0, chat=chat))
+            detail["wake_seconds"] = time.perf_counter() - started
+            ctx.say(f"  hibernate {detail['hibernate_seconds']:.2f}s, "
+                    f"wake {detail['wake_seconds']:.2f}s")
+        daemon.stop()
+        daemon.start_bench()
+        detail["rss_hibernated_fresh"] = await _fresh_rss(daemon)
+    finally:
+        daemon.close()
+    per_warm = (detail["rss_warm"] - detail["rss_before"]) / count
+    per_hibernated = (detail["rss_hibernated_fresh"] - detail["rss_empty_fresh"]) / count
+    result.add("daemon RSS per warm actor", per_warm / 1024, "KiB", target="<= 1 MB",
+               check=lambda v: v * 1024 <= 1_000_000)
+    result.add("daemon RSS per hibernated record", per_hibernated / 1024, "KiB",
+               target="<= 200 KB", check=lambda v: v * 1024 <= 200_000)
+    result.add("eviction sweep (log span of one sweep)",
+               None if span is None else span * 1000, "ms",
+               note="1 ms log resolution")
+    result.add("eviction decision (choose_evictions, in process)",
+               _decision_seconds(count) * 1000, "ms")
+    result.add("hibernate rate", count / detail["hibernate_seconds"], "actors/s")
+    result.add("wake rate (respawn + session/resume)", count / detail["wake_seconds"],
+               "actors/s")
+    result.add("first start rate (8 at a time)", count / detail["first_start_seconds"],
+               "actors/s")
+    result.detail = {"actors": count, **detail, "status_errors": len(STATUS_ERRORS)}
+    if STATUS_ERRORS:
+        result.skipped.append(f"{len(STATUS_ERRORS)} status requests failed while agents "
+                              f"stopped (daemon bug, retried): {STATUS_ERRORS[0]}")
+    return result
