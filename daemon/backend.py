@@ -307,6 +307,7 @@ class BackendActor:
             auth_methods=self.info.get("authMethods", []),
             modes=self.info.get("modes"),
             config_options=self.info.get("configOptions") or [],
+            models=self.info.get("models"),
             commands=self.info.get("commands") or [],
             usage=self.usage,
             pending_permissions=list(self._permissions),

@@ -466,6 +466,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                       + ")")
             for option in a.config_options:
                 print(f"  config:      {option.get('id')} = {option.get('currentValue')}")
+            if a.models:
+                available = ", ".join(str(x.get("modelId"))
+                                      for x in a.models.get("availableModels", []))
+                print(f"  model:       {a.models.get('currentModelId')} (available: "
+                      f"{available})")
             u = a.usage
             if u.total_tokens or u.input_tokens or u.context_used is not None or u.cost:
                 print(f"  usage:       in {u.input_tokens}, out {u.output_tokens}, cached "

@@ -551,6 +551,9 @@ class ActorDetail(Struct):
     auth_methods: list[dict[str, Any]] = []
     modes: dict[str, Any] | None = None
     config_options: list[dict[str, Any]] = []
+    models: dict[str, Any] | None = None
+    """The agent's (unstable ACP) model state, when it reports one instead of a `model`
+    config option: `currentModelId`, `availableModels`."""
     commands: list[dict[str, Any]] = []
     usage: UsageTotals = msgspec.field(default_factory=UsageTotals)
     pending_permissions: list[str] = []

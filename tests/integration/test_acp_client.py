@@ -328,6 +328,10 @@ async def test_model_falls_back_to_set_model(traced: Traced) -> None:
         await client.request(m.SetConfig(id=0, chat=info.chat, option="model", value="echo-2"))
         detail = await actor(client, info.chat, "models")
         assert detail.config_options == []
+        assert detail.models is not None
+        assert detail.models["currentModelId"] == "echo-2"
+    shown = await trio.to_thread.run_sync(daemon.cli, "inspect", "mod")
+    assert "model:       echo-2 (available: echo-1, echo-2)" in shown.stdout
     assert "session/set_model" in traced.methods("models")
     assert "session/set_config_option" not in traced.methods("models")
 

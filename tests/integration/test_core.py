@@ -176,3 +176,19 @@ async def test_fs_is_confined_to_the_chat_directory(daemon: DaemonProcess) -> No
             assert "access denied" in result.text, (attempt, result.text)
         assert not (daemon.base / "escape.txt").exists()
         assert outside.read_text() == "secret"
+
+
+async def test_agent_stderr_goes_to_the_daemon_log_tagged(daemon: DaemonProcess) -> None:
+    async with daemon.client() as client:
+        info = await open_chat(client, "noisy", cwd=daemon.work)
+        assert (await turn(client, info.chat, "/stderr 3")).text == "stderr 3"
+    with trio.fail_after(10):
+        while "echo stderr line 2" not in daemon.log_text():
+            await trio.sleep(0.05)
+    lines = [line for line in daemon.log_text().splitlines() if "echo stderr line" in line]
+    assert len(lines) == 3
+    for line in lines:
+        assert 'event="agent stderr"' in line
+        assert "chat=noisy" in line
+        assert "agent=echo" in line
+        assert "gen=1" in line
