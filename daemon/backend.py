@@ -54,7 +54,7 @@ from .acp.rpc import (
     LineTooLong,
     RpcError,
 )
-from .acp.updates import decode_chunk_line, decode_session_update
+from .acp.updates import decode_chunk_line, decode_session_update, usage_body
 from .agents import AgentSpec
 from .config import Config
 from .errors import (
@@ -956,16 +956,17 @@ class BackendActor:
 
     def _account(self, result: acp.PromptResult, job: mb.PromptJob) -> None:
         usage = result.usage
-        if usage is None:
+        if usage is None or job.streamed_usage:
             return
+        self._add_tokens(usage_body(usage))
+        self._publish(usage_body(usage), turn=job.turn)
+
+    def _add_tokens(self, body: d.Usage) -> None:
         totals = self.usage
-        totals.input_tokens += usage.input_tokens
-        totals.output_tokens += usage.output_tokens
-        totals.total_tokens += usage.total_tokens
-        totals.cached_tokens += usage.cached_read_tokens or 0
-        self._publish(d.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                              cached_tokens=usage.cached_read_tokens,
-                              total_tokens=usage.total_tokens), turn=job.turn)
+        totals.input_tokens += body.input_tokens or 0
+        totals.output_tokens += body.output_tokens or 0
+        totals.total_tokens += body.total_tokens or 0
+        totals.cached_tokens += body.cached_tokens or 0
 
     async def _probe_loop(self, rpc: JsonRpcConnection, job: mb.PromptJob,
                           done: trio.Event) -> None:
@@ -1323,6 +1324,13 @@ class BackendActor:
             self.info["configOptions"] = body.options
         elif isinstance(body, d.Commands):
             self.info["commands"] = body.commands
+        elif isinstance(body, d.Usage) and body.input_tokens is not None:
+            # Token counts of one call, streamed (qwen's `_meta.usage`).
+            if self._loading:
+                return
+            self._add_tokens(body)
+            if self.current is not None:
+                self.current.streamed_usage = True
         elif isinstance(body, d.Usage):
             self.usage.context_used = body.used
             self.usage.context_size = body.size

@@ -110,6 +110,9 @@ stripped, and interpreted:
 ``/stderr N``          N lines ``echo stderr line I`` (I = 0..N-1) on stderr; chunk ``stderr N``
 ``/bigline KB``        one chunk of KB*1024 ``x``
 ``/error``             the prompt fails with JSON-RPC error -32603 "echo: requested failure"
+``/meta-usage``        an empty ``agent_message_chunk`` whose ``_meta.usage`` reports one call's
+                       tokens (inputTokens 100, outputTokens 7, totalTokens 107,
+                       cachedReadTokens 3), as qwen does; chunk ``metered``
 ``/ask METHOD``        sends a request METHOD (params ``{sessionId}``) to the client; chunk
                        ``error CODE: MESSAGE`` or ``result JSON``
 ``/spawn SECONDS``     starts ``sleep SECONDS`` in a new session (it leaves the agent's process
@@ -462,6 +465,7 @@ class EchoAgent:
             "/error": self._cmd_error,
             "/spawn": self._cmd_spawn,
             "/ask": self._cmd_ask,
+            "/meta-usage": self._cmd_meta_usage,
         }
 
     # ------------------------------------------------------------------ output
@@ -1373,6 +1377,14 @@ class EchoAgent:
 
     def _cmd_error(self, turn: Turn, arg: str) -> None:
         raise RpcError(INTERNAL_ERROR, "echo: requested failure")
+
+    def _cmd_meta_usage(self, turn: Turn, arg: str) -> None:
+        usage = {"inputTokens": 100, "outputTokens": 7, "totalTokens": 107,
+                 "thoughtTokens": 0, "cachedReadTokens": 3}
+        self._update(turn.session.session_id, {
+            "sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": ""},
+            "_meta": {"usage": usage, "durationMs": 5}})
+        self._chunk(turn, "metered")
 
     def _cmd_ask(self, turn: Turn, arg: str) -> None:
         if not arg:

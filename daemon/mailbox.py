@@ -59,6 +59,9 @@ class PromptJob(msgspec.Struct, kw_only=True):
     started: bool = False
     cancel_requested: bool = False
     ended: bool = False
+    streamed_usage: bool = False
+    """The agent reported this turn's token usage while streaming (`_meta.usage`): the
+    prompt response's own usage, if any, would count it twice."""
 
 
 class Cancel(msgspec.Struct, kw_only=True):

@@ -59,6 +59,16 @@ class PromptUsage(_Lenient):
     cached_write_tokens: int | None = None
 
 
+def usage_from_meta(meta: Any) -> PromptUsage | None:
+    """Token usage an agent put in an update's `_meta.usage`, if it has the known shape."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("usage"), dict):
+        return None
+    try:
+        return msgspec.convert(meta["usage"], PromptUsage)
+    except msgspec.ValidationError:
+        return None
+
+
 class PromptResult(_Lenient):
     stop_reason: str = "end_turn"
     usage: PromptUsage | None = None
@@ -77,6 +87,10 @@ class _Update(msgspec.Struct, tag_field="sessionUpdate", rename="camel", kw_only
 
 class AgentMessageChunk(_Update, tag="agent_message_chunk"):
     content: ContentBlock
+    meta: Any = msgspec.field(default=None, name="_meta")
+    """Extension data. qwen reports each LLM call's token usage here (`_meta.usage`, the
+    shape of ACP's unstable `Usage`) on an empty chunk. `Any`, so that an odd `_meta`
+    never costs the chunk its text."""
 
 
 class AgentThoughtChunk(_Update, tag="agent_thought_chunk"):

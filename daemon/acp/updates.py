@@ -72,6 +72,12 @@ _CHUNK_BODIES: dict[str, type[d.Text] | type[d.Reasoning] | type[d.UserText]] = 
 }
 
 
+def usage_body(usage: t.PromptUsage) -> d.Usage:
+    """Token counts of one agent call or turn, as a delta."""
+    return d.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                   cached_tokens=usage.cached_read_tokens, total_tokens=usage.total_tokens)
+
+
 def decode_chunk_line(line: bytes) -> d.Text | d.Reasoning | d.UserText | None:
     """The delta body of a raw JSON-RPC line when it is a `session/update` notification of
     an agent, thought or user chunk with text content; None for any other line.
@@ -86,6 +92,10 @@ def decode_chunk_line(line: bytes) -> d.Text | d.Reasoning | d.UserText | None:
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
     update = msg.params.update
+    if not update.content.text:
+        # Empty chunks may carry `_meta` (qwen's per-call token usage): the general path
+        # reads it. They are rare, so the fast path loses nothing by declining them.
+        return None
     return _CHUNK_BODIES[update.session_update](text=update.content.text)
 
 
@@ -110,6 +120,10 @@ def decode_session_update(params: msgspec.Raw | None) -> tuple[str | None, d.Del
         if make is not None:
             content = update.content  # type: ignore[union-attr]
             if type(content) is TextBlock:
+                if not content.text and kind is t.AgentMessageChunk:
+                    usage = t.usage_from_meta(update.meta)  # type: ignore[union-attr]
+                    if usage is not None:
+                        return typed.session_id, usage_body(usage)
                 return typed.session_id, make(text=content.text)
         if kind is not t.ToolCallUpdate and kind is not t.ToolCallProgress:
             # Only tool calls keep the update's own JSON (`acp`): everything else maps

@@ -207,6 +207,9 @@ async def test_text_turn_streams_and_ends(rig: QwenRig, client: Client,
     detail = await wait_actor(client, info.chat, AGENT, lambda a: bool(a.commands))
     assert detail.generation == 1
     assert detail.turns == 2
+    # qwen reports each LLM call's tokens in `_meta.usage` of an empty chunk.
+    assert detail.usage.input_tokens > 0
+    assert detail.usage.output_tokens > 0
 
     # qwen's slash commands arrive as one long `available_commands_update` line.
     [generation] = rig.generations(AGENT)

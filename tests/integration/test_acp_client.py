@@ -476,3 +476,19 @@ async def test_unknown_agent_request_gets_method_not_found(traced: Traced) -> No
         assert result.text.startswith("error -32601:")
         # Unknown update kinds and notifications are kept as raw deltas, not dropped.
         assert len((await turn(client, info.chat, "/unknown")).of(d.Raw)) == 2
+
+
+async def test_usage_streamed_in_meta_is_counted_once(traced: Traced) -> None:
+    daemon = traced.daemon
+    async with daemon.client() as client:
+        info = await open_chat(client, "meta", cwd=daemon.work)
+        metered = await turn(client, info.chat, "/meta-usage")
+        assert metered.text == "metered"
+        assert [(u.input_tokens, u.output_tokens) for u in metered.of(d.Usage)] == [(100, 7)]
+        usage = (await actor(client, info.chat)).usage
+        # The prompt response's own usage (1 word in, 1 chunk out) is not added on top.
+        assert (usage.input_tokens, usage.output_tokens, usage.cached_tokens,
+                usage.total_tokens) == (100, 7, 3, 107)
+        await turn(client, info.chat, "plain words")
+        usage = (await actor(client, info.chat)).usage
+        assert (usage.input_tokens, usage.output_tokens) == (102, 9)
