@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), metavar="NAME",
                         help=f"run only these scenarios ({', '.join(SCENARIOS)})")
     parser.add_argument("--runs", type=int, default=None,
-                        help="repetitions per measurement (default 3, or 2 with --quick)")
+                        help="repetitions per measurement (default 5, or 2 with --quick)")
     args = parser.parse_args(argv)
     names = args.only or list(SCENARIOS)
-    runs = args.runs or (2 if args.quick else 3)
+    runs = args.runs or (2 if args.quick else 5)
     out = sys.stderr if args.json else sys.stdout
 
     def progress(text: str) -> None:

@@ -79,6 +79,7 @@ async def _once(daemon: BenchDaemon, control: Any, chat: str, transport: Transpo
     produced = delivered / count
     return {"subscribers": count, "delivered": delivered, "seconds": wall,
             "rate": delivered / wall, "lagged": sum(t.lagged for t in tallies),
+            "resyncs": sum(t.resynced for t in tallies),
             "cpu": cpu, "cpu_per_100k_produced": cpu / (produced / 1e5),
             "cpu_per_100k_delivered": cpu / (delivered / 1e5)}
 
@@ -168,6 +169,10 @@ async def run(ctx: Context) -> Result:
             result.add(f"{label}, {count} subscribers: daemon CPU per 100k delivered",
                        med(key, "cpu_per_100k_delivered"), "s")
             result.add(f"{label}, {count} subscribers: lag events", med(key, "lagged"), "")
+            resyncs = sum(r["resyncs"] for r in rows[key])
+            if resyncs:
+                result.skipped.append(f"{label}, {count} subscribers: {resyncs} subscribers "
+                                      "were resynced (history lost): rates not comparable")
     for count in SIZES:
         key = f"pump-{count}"
         result.add(f"raw pump (floor), {count} subscribers: delivered/s", med(key, "rate"),

@@ -77,7 +77,8 @@ async def run(ctx: Context) -> Result:
                 await _replay(daemon, chat, head - size)  # warm-up (page cache, imports)
                 for _ in range(ctx.runs):
                     row = await _replay(daemon, chat, head - size)
-                    assert row["deltas"] == size, row
+                    if row["deltas"] != size:
+                        raise RuntimeError(f"replayed {row['deltas']} of {size} deltas")
                     rows.setdefault(key, []).append(row)
                 ctx.say(f"  {key}: {median([r['rate'] for r in rows[key]]) / 1e3:.0f}k "
                         "deltas/s")

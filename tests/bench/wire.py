@@ -79,6 +79,8 @@ class Tally:
     deltas: int = 0
     control: int = 0
     lagged: int = 0
+    resynced: bool = False
+    """A `resync_required` came instead: history was lost (counting stopped there)."""
     bytes: int = 0
     ended_at: float = 0.0
 
@@ -224,9 +226,14 @@ class RawSubscriber:
                 pass
         return sub
 
-    async def count_until(self, marker: bytes) -> Tally:
+    async def count_until(self, marker: bytes, timeout: float = 300.0) -> Tally:
         """Count delta frames until the frame that contains `marker` (e.g. b"turn_ended",
-        b"replay_complete") has been read. Control frames are decoded (lags counted)."""
+        b"replay_complete") has been read, or a `resync_required` (which means the marker
+        may never come). Control frames are decoded (lags counted)."""
+        with trio.fail_after(timeout):
+            return await self._count(marker)
+
+    async def _count(self, marker: bytes) -> Tally:
         tally = Tally()
         buf = self._buf
         prefix = DELTA_PREFIX
@@ -264,6 +271,9 @@ class RawSubscriber:
                     message = self._codec.decode(bytes(buf[start:end]))
                     if isinstance(message, m.Lagged):
                         tally.lagged += 1
+                    elif isinstance(message, m.ResyncRequired):
+                        tally.resynced = True
+                        stop_at = start
                 pos = end
                 if 0 <= stop_at < end:
                     tally.ended_at = time.perf_counter()

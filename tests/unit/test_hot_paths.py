@@ -97,7 +97,9 @@ async def test_a_line_split_across_reads_is_joined_and_capped() -> None:
 
 
 def _two_step(params: msgspec.Raw) -> tuple[str | None, d.DeltaBody]:
-    """The general path alone: params, then the update, each decoded on its own."""
+    """The general path alone: params, then the update, each decoded on its own. (The one
+    deliberate difference, an empty agent chunk whose `_meta.usage` becomes a usage delta,
+    is tested in test_updates.py.)"""
     try:
         note = updates._notification.decode(params)
     except (msgspec.ValidationError, msgspec.DecodeError):
