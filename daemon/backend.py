@@ -82,6 +82,8 @@ CLIENT_CAPABILITIES = {
     "terminal": True,
 }
 STDERR_TAIL = 20
+STDERR_EOF_WAIT = 0.5
+"""How long a crashed agent's exit report waits for the end of its stderr."""
 _msgpack = msgspec.msgpack.Encoder()
 
 
@@ -589,8 +591,9 @@ class BackendActor:
                     actor=marker, log=log)
                 terminals.attach(gen)
                 self._terminals = terminals
-                gen.start_soon(self._drain_stderr, proc.stderr, log)
-                gen.start_soon(self._watch, proc, rpc)
+                stderr_done = trio.Event()
+                gen.start_soon(self._drain_stderr, proc.stderr, log, stderr_done)
+                gen.start_soon(self._watch, proc, rpc, stderr_done)
                 try:
                     await self._handshake(rpc)
                 except AuthRequired as exc:
@@ -678,7 +681,8 @@ class BackendActor:
             self._proc.kill()
         await trio.sleep_forever()
 
-    async def _watch(self, proc: AgentProcess, rpc: JsonRpcConnection) -> None:
+    async def _watch(self, proc: AgentProcess, rpc: JsonRpcConnection,
+                     stderr_done: trio.Event) -> None:
         """Reads the agent until its output ends, then reports how the process ended."""
         try:
             await rpc.serve()
@@ -697,17 +701,27 @@ class BackendActor:
             proc.kill()
             exit_status = await proc.wait()
         status = exit_status
-        # Let the stderr drain catch the last lines (the crash message is usually there).
-        await trio.sleep(0.05)
+        # The crash message is usually in the last stderr lines: wait for the drain to reach
+        # the end of stderr, which is at once when the agent died alone, but not for long if
+        # something it left behind still holds the pipe open.
+        with trio.move_on_after(STDERR_EOF_WAIT):
+            await stderr_done.wait()
         tail = " | ".join(list(self._stderr_tail)[-5:])
         reason = f"agent {status.describe()}"
         if tail:
             reason = f"{reason}; stderr: {tail}"
         self._end_generation(_Ending("crash", reason, f"agent crashed: {reason}"))
 
-    async def _drain_stderr(self, stream: trio.abc.ReceiveStream, log: Log) -> None:
+    async def _drain_stderr(self, stream: trio.abc.ReceiveStream, log: Log,
+                            done: trio.Event) -> None:
         """Agent stderr goes to our log, line by line. Draining it concurrently matters: a
-        chatty agent blocked on a full stderr pipe looks hung."""
+        chatty agent blocked on a full stderr pipe looks hung. `done` is set at its end."""
+        try:
+            await self._drain_stderr_lines(stream, log)
+        finally:
+            done.set()
+
+    async def _drain_stderr_lines(self, stream: trio.abc.ReceiveStream, log: Log) -> None:
         pending = b""
         try:
             while True:

@@ -75,7 +75,8 @@ stripped, and interpreted:
 ``/slow MS``           silent for MS ms (requests are still answered), then ``slow MS``;
                        cancellable
 ``/hang``              stops reading stdin and answering anything, until killed
-``/crash``             chunk ``crashing``, then exits with status 3 at once
+``/crash``             chunk ``crashing``, stderr ``stoker-echo: crashing on request``,
+                       then exits with status 3 at once
 ``/exit CODE``         exits with status CODE without replying
 ``/pid``               chunk: the process id
 ``/tool``              ``tool_call`` (id ``tool-N``, title "echo tool", kind other, pending),
@@ -1073,6 +1074,7 @@ class EchoAgent:
 
     def _cmd_crash(self, turn: Turn, arg: str) -> None:
         self._chunk(turn, "crashing")
+        self._log("crashing on request")
         self._exit_now(3)
 
     def _cmd_exit(self, turn: Turn, arg: str) -> None:

@@ -28,6 +28,7 @@ SCENARIOS: dict[str, str] = {
     "replay": "tests.bench.bench_replay",
     "scale": "tests.bench.bench_scale",
     "restart": "tests.bench.bench_restart",
+    "stall": "tests.bench.bench_stall",
 }
 
 

@@ -1,6 +1,14 @@
-"""Scenario 6, restart: `kill -9` of the daemon with a warm `echo` chat, to ready again.
+"""Scenario 6, restart: `kill -9` of an agent, and of the daemon, to ready again.
 
-Per run: kill -9 the daemon (its agent is orphaned), start a new one, and time
+The agent (what the lifecycle supervisor does, and what the target is about): `kill -9` of
+a warm, idle `echo` agent, to the actor's `status: ready` delta for the new generation
+(crash noticed, process tree reaped, respawn, initialize, session/resume). The restart
+backoff is set to 0 for this measurement: its first step (0.5 s by default) is a deliberate
+policy delay, not overhead (and the intensity limit is raised so that the runs are not
+stopped by it). The agent's own cold start (spawn, initialize, session/new),
+measured directly over stdio in the same run, is subtracted.
+
+The daemon, per run: kill -9 the daemon (its agent is orphaned), start a new one, and time
 * kill -> ready: the new daemon answers `hello` (interpreter, imports, SQLite, state load,
   orphan reclaim);
 * kill -> chat warm again: a `warm` request sent at ready returns (respawn, initialize,
@@ -13,6 +21,8 @@ interpreter's start and the daemon's imports are timed separately, as components
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,12 +31,12 @@ import trio
 
 from protocol import deltas as d
 from protocol import messages as m
-from tests.harness import subscribe
+from tests.harness import actor, subscribe
 
 from .bench_replay import fill_chat
 from .common import ECHO_ARGV, BenchDaemon, Context, Result, bench_config, median, ms
 from .direct import direct_agent
-from .wire import timed_client
+from .wire import TimedClient, timed_client
 
 
 def _wait_ready(daemon: BenchDaemon, timeout: float = 30.0) -> float:
@@ -95,8 +105,71 @@ async def _first_chunk(daemon: BenchDaemon, chat: str) -> tuple[float, float]:
         return warm, first
 
 
+async def _wait_status(client: TimedClient, chat: str, state: str, generation: int,
+                       timeout: float = 30.0) -> float:
+    """The arrival time of the actor's `status` delta with `state` in a generation after
+    `generation`."""
+    with trio.fail_after(timeout):
+        while True:
+            for stamp, delta in client.stamps:
+                body = delta.body
+                if (delta.chat == chat and isinstance(body, d.Status) and body.state == state
+                        and body.generation > generation):
+                    return stamp
+            await client.next_event()
+
+
+async def _agent_restarts(ctx: Context, runs: int) -> list[dict[str, float]]:
+    """kill -9 of the agent -> the actor ready again, per run, with the agent's own cold
+    start measured directly right after."""
+    rows: list[dict[str, float]] = []
+    daemon = BenchDaemon(config=bench_config(restart_backoff="0s", restart_max=1000))
+    try:
+        daemon.start_bench()
+        async with timed_client(daemon.socket) as client:
+            info: m.ChatInfo = await client.request(m.OpenChat(id=0, agent="echo",
+                                                               cwd=str(daemon.work)))
+            await subscribe(client, info.chat)
+            await client.request(m.Warm(id=0, chat=info.chat))
+            for index in range(runs + 1):
+                await trio.sleep(0.3)  # nothing in flight; the last restart settled
+                detail = await actor(client, info.chat)
+                if detail.pid is None or detail.state != "ready":
+                    raise RuntimeError(f"the actor is not ready: {detail}")
+                client.stamps.clear()
+                killed = time.perf_counter()
+                os.kill(detail.pid, signal.SIGKILL)
+                crashed = await _wait_status(client, info.chat, "crashed",
+                                             detail.generation - 1)
+                ready = await _wait_status(client, info.chat, "ready", detail.generation)
+                async with direct_agent(ECHO_ARGV, cwd=str(daemon.work)) as agent:
+                    await agent.open_session(str(daemon.work))
+                if index == 0:
+                    continue  # warm-up
+                rows.append({"kill_to_crashed": ms(crashed - killed),
+                             "kill_to_ready": ms(ready - killed),
+                             "agent_cold_session": ms(agent.session_at - agent.spawned)})
+                ctx.say(f"  agent run {index}: kill->ready {rows[-1]['kill_to_ready']:.1f} "
+                        f"ms, agent cold {rows[-1]['agent_cold_session']:.1f} ms")
+    finally:
+        daemon.close()
+    return rows
+
+
 async def run(ctx: Context) -> Result:
     result = Result("restart", "Restart (kill -9 -> ready again)")
+    agent_rows = await _agent_restarts(ctx, 5 if ctx.quick else 15)
+
+    def amed(key: str) -> float:
+        return median([r[key] for r in agent_rows])
+
+    result.add("agent kill -9 -> crash noticed (status crashed)", amed("kill_to_crashed"), "ms")
+    result.add("agent kill -9 -> actor ready again (backoff 0)", amed("kill_to_ready"), "ms")
+    result.add("agent's own cold start (spawn, initialize, session/new)",
+               amed("agent_cold_session"), "ms")
+    result.add("agent restart adds (ready again - agent cold start)",
+               median([r["kill_to_ready"] - r["agent_cold_session"] for r in agent_rows]),
+               "ms", target="<= 20 ms", check=lambda v: v <= 20)
     runs = 3 if ctx.quick else 7
     rows: list[dict[str, float]] = []
     daemon = BenchDaemon(config=bench_config())
@@ -141,19 +214,17 @@ async def run(ctx: Context) -> Result:
         return median([r[key] for r in rows])
 
     added = median([r["kill_to_warm"] - r["agent_cold_session"] for r in rows])
-    result.add("kill -9 -> daemon ready", med("kill_to_ready"), "ms")
-    result.add("kill -9 -> chat warm again", med("kill_to_warm"), "ms")
-    result.add("agent's own cold start (spawn, initialize, session/new)",
-               med("agent_cold_session"), "ms")
-    result.add("restart adds (chat warm again - agent cold start)", added, "ms",
-               target="<= 20 ms", check=lambda v: v <= 20)
-    result.add("kill -9 -> first chunk", med("kill_to_first_chunk"), "ms")
+    result.add("daemon kill -9 -> daemon ready", med("kill_to_ready"), "ms")
+    result.add("daemon kill -9 -> chat warm again", med("kill_to_warm"), "ms")
+    result.add("agent's own cold start, same runs", med("agent_cold_session"), "ms")
+    result.add("daemon restart adds (chat warm again - agent cold start)", added, "ms")
+    result.add("daemon kill -9 -> first chunk", med("kill_to_first_chunk"), "ms")
     result.add("agent's own cold first chunk", med("agent_cold_first_chunk"), "ms")
-    result.add("restart adds (first chunk)",
+    result.add("daemon restart adds (first chunk)",
                median([r["kill_to_first_chunk"] - r["agent_cold_first_chunk"] for r in rows]),
                "ms")
     if big is not None:
-        result.add(f"kill -9 -> daemon ready, {big['deltas'] / 1e6:g}M deltas logged",
+        result.add(f"daemon kill -9 -> daemon ready, {big['deltas'] / 1e6:g}M deltas logged",
                    big["kill_to_ready"], "ms")
     result.add("component: interpreter start (python -c pass)", ms(python), "ms")
     result.add("component: interpreter + import daemon.server", ms(imports), "ms")
@@ -161,7 +232,8 @@ async def run(ctx: Context) -> Result:
                "ms")
     result.add("component: the rest (state, reclaim, listeners; kill -> ready - imports)",
                med("kill_to_ready") - ms(everything), "ms")
-    result.detail = {"runs": rows, "python_start_ms": ms(python), "import_ms": ms(imports),
+    result.detail = {"runs": rows, "agent_runs": agent_rows,
+                     "python_start_ms": ms(python), "import_ms": ms(imports),
                      "every_import_ms": ms(everything),
                      "big_log": big}
     return result
