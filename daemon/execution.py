@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -237,18 +237,17 @@ class _EmptyStream(trio.abc.ReceiveStream):
         await trio.lowlevel.checkpoint()
 
 
-class LocalProcess:
-    """An agent process on this host, leader of its own process group."""
+class ProcessStreams:
+    """The half of an `AgentProcess` that does not depend on where the process runs: its
+    three streams, its identity, the ACP goodbye and closing the streams. `LocalProcess` and
+    the SSH one (`daemon/ssh/process.py`) build on it, so both say goodbye the same way."""
 
-    def __init__(self, proc: trio.Process, identity: ProcessIdentity) -> None:
-        self._proc = proc
+    def __init__(self, stdin: trio.abc.SendStream, stdout: trio.abc.ReceiveStream,
+                 stderr: trio.abc.ReceiveStream, identity: ProcessIdentity) -> None:
+        self._stdin = stdin
+        self._stdout = stdout
+        self._stderr = stderr
         self._identity = identity
-        self._status: ExitStatus | None = None
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        self._stdin = proc.stdin
-        self._stdout = proc.stdout
-        self._stderr: trio.abc.ReceiveStream = proc.stderr or _EmptyStream()
 
     @property
     def stdin(self) -> trio.abc.SendStream:
@@ -266,6 +265,31 @@ class LocalProcess:
     def identity(self) -> ProcessIdentity:
         return self._identity
 
+    async def _say_goodbye(self, grace: float, ended: Callable[[], Awaitable[object]]) -> None:
+        """Close stdin and wait up to half a second (at most `grace`) for `ended`: EOF on
+        stdin is how an ACP client says goodbye, and most agents exit at once, before any
+        signal is needed."""
+        with contextlib.suppress(Exception):
+            await self._stdin.aclose()
+        with trio.move_on_after(min(0.5, grace)):
+            await ended()
+
+    async def _close_streams(self) -> None:
+        for stream in (self._stdin, self._stdout, self._stderr):
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+
+class LocalProcess(ProcessStreams):
+    """An agent process on this host, leader of its own process group."""
+
+    def __init__(self, proc: trio.Process, identity: ProcessIdentity) -> None:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        super().__init__(proc.stdin, proc.stdout, proc.stderr or _EmptyStream(), identity)
+        self._proc = proc
+        self._status: ExitStatus | None = None
+
     @property
     def returncode(self) -> int | None:
         return self._proc.returncode
@@ -280,11 +304,7 @@ class LocalProcess:
         pgid = self._identity.pgid
         escaped = await trio.to_thread.run_sync(_descendants, self._proc.pid)
         if self._proc.returncode is None:
-            # EOF on stdin is how an ACP client says goodbye; most agents exit at once.
-            with contextlib.suppress(Exception):
-                await self._stdin.aclose()
-            with trio.move_on_after(min(0.5, grace)):
-                await self.wait()
+            await self._say_goodbye(grace, self.wait)
         _signal_group(pgid, signal.SIGTERM)
         with trio.move_on_after(grace):
             await self.wait()
@@ -301,11 +321,6 @@ class LocalProcess:
         _signal_group(self._identity.pgid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             self._proc.kill()
-
-    async def _close_streams(self) -> None:
-        for stream in (self._stdin, self._stdout, self._stderr):
-            with contextlib.suppress(Exception):
-                await stream.aclose()
 
     def rss(self) -> int | None:
         # Called from a worker thread: trio.Process.returncode may reap the child and close

@@ -16,7 +16,16 @@ from __future__ import annotations
 
 import posixpath
 
-from ..fs import AccessDenied, FileProblem, is_within
+from ..fs import (
+    MAX_READ,
+    AccessDenied,
+    FileProblem,
+    ancestry,
+    check_path,
+    reattach,
+    require_within,
+    text_slice,
+)
 from .computer import Computer, ComputerError
 from .sftp import RemoteFs, kind_of
 
@@ -24,7 +33,7 @@ from .sftp import RemoteFs, kind_of
 class SftpFiles:
     """`Files` for one working directory on a remote computer."""
 
-    max_read = 64 * 1024 * 1024
+    max_read = MAX_READ
 
     def __init__(self, computer: Computer, root: str) -> None:
         self.computer = computer
@@ -39,28 +48,14 @@ class SftpFiles:
         return self._real_root
 
     async def confine(self, path: str) -> str:
-        """The real remote path `path` refers to, if it is inside the real root."""
-        if not path:
-            raise AccessDenied("empty path")
-        if "\x00" in path:
-            raise AccessDenied("path contains a NUL byte")
+        """The real remote path `path` refers to, if it is inside the real root: the walk of
+        `daemon/fs.py`'s `confine`, with SFTP `lstat` and `realpath` run on the remote host."""
+        check_path(path)
         root = await self._root()
-        candidate = posixpath.normpath(
-            path if posixpath.isabs(path) else posixpath.join(root, path))
-        head, tail = candidate, ""
-        while await self._fs.lstat(head) is None:
-            parent, name = posixpath.split(head)
-            if parent == head:
+        for split in ancestry(root, path):
+            if await self._fs.lstat(split.head) is not None:
                 break
-            tail = posixpath.join(name, tail) if tail else name
-            head = parent
-        resolved = await self._fs.realpath(head)
-        if tail:
-            resolved = posixpath.join(resolved, tail)
-        resolved = posixpath.normpath(resolved)
-        if not is_within(root, resolved):
-            raise AccessDenied(f"{path} is outside the workspace {self.root}")
-        return resolved
+        return reattach(root, await self._fs.realpath(split.head), split.tail, path, self.root)
 
     async def read_text(self, path: str, line: int | None, limit: int | None) -> str:
         try:
@@ -80,16 +75,7 @@ class SftpFiles:
             raise FileProblem(f"{path}: no such file") from None
         except OSError as exc:
             raise FileProblem(f"{path}: {exc.strerror or exc}") from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise FileProblem(f"{path}: not UTF-8 text") from None
-        if line is None and limit is None:
-            return text
-        lines = text.splitlines(keepends=True)
-        start = max((line or 1) - 1, 0)
-        end = len(lines) if limit is None else start + max(limit, 0)
-        return "".join(lines[start:end])
+        return text_slice(path, data, line, limit)
 
     async def write_text(self, path: str, content: str) -> None:
         try:
@@ -97,8 +83,8 @@ class SftpFiles:
             parent = posixpath.dirname(real)
             await self._fs.makedirs(parent, mode=0o755)
             # Re-check after creating directories: a racing symlink must not redirect us.
-            if not is_within(await self._root(), await self._fs.realpath(parent)):
-                raise AccessDenied(f"{path} is outside the workspace {self.root}")
+            require_within(await self._root(), await self._fs.realpath(parent), path,
+                           self.root)
             kind = kind_of(await self._fs.lstat(real))
             if kind == "symlink":
                 raise AccessDenied(f"{path} is a symlink; refusing to follow it")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..execution import ExitStatus, ProcessIdentity
+from ..execution import ExitStatus, ProcessIdentity, ProcessStreams
 from . import scripts
 from .bridge import Bridge, BridgeClosed
 from .streams import ChannelReceiveStream, ChannelSendStream
@@ -34,17 +34,16 @@ TICK = 0.05
 """`TREE_KILL` waits in ticks of this many seconds."""
 
 
-class SshProcess:
+class SshProcess(ProcessStreams):
     def __init__(self, computer: Computer, conn: Any, channel: Any,
                  identity: ProcessIdentity, stdout: ChannelReceiveStream) -> None:
+        bridge: Bridge = computer.bridge
+        super().__init__(ChannelSendStream(bridge, channel.stdin), stdout,
+                         ChannelReceiveStream(bridge, channel.stderr), identity)
         self._computer = computer
-        self._bridge: Bridge = computer.bridge
+        self._bridge = bridge
         self._conn = conn
         self._channel = channel
-        self._identity = identity
-        self._stdin = ChannelSendStream(self._bridge, channel.stdin)
-        self._stdout = stdout
-        self._stderr = ChannelReceiveStream(self._bridge, channel.stderr)
         self._status: ExitStatus | None = None
         self._closed = trio.Event()
         self._killed = False
@@ -56,22 +55,7 @@ class SshProcess:
         self._computer.spawn_task(self._watch)
 
     # ------------------------------------------------------------------ AgentProcess
-
-    @property
-    def stdin(self) -> trio.abc.SendStream:
-        return self._stdin
-
-    @property
-    def stdout(self) -> trio.abc.ReceiveStream:
-        return self._stdout
-
-    @property
-    def stderr(self) -> trio.abc.ReceiveStream:
-        return self._stderr
-
-    @property
-    def identity(self) -> ProcessIdentity:
-        return self._identity
+    # stdin, stdout, stderr and identity come from `ProcessStreams`.
 
     @property
     def returncode(self) -> int | None:
@@ -89,11 +73,7 @@ class SshProcess:
 
     async def stop(self, grace: float) -> ExitStatus:
         if not self._closed.is_set():
-            # EOF on stdin is how an ACP client says goodbye; most agents exit at once.
-            with contextlib.suppress(Exception):
-                await self._stdin.aclose()
-            with trio.move_on_after(min(0.5, grace)):
-                await self._closed.wait()
+            await self._say_goodbye(grace, self._closed.wait)
         # Even after a clean exit: sweep descendants that left the group.
         await self._kill_tree(ticks=int(grace / TICK))
         with trio.move_on_after(2):
@@ -158,11 +138,6 @@ class SshProcess:
     async def _close_channel(self) -> None:
         with contextlib.suppress(Exception):
             await self._bridge.call_sync(self._channel.close)
-
-    async def _close_streams(self) -> None:
-        for stream in (self._stdin, self._stdout, self._stderr):
-            with contextlib.suppress(Exception):
-                await stream.aclose()
 
     async def _watch(self) -> None:
         try:
