@@ -355,17 +355,23 @@ def _structs_reachable(roots: Iterable[type]) -> list[type]:
     return list(seen)
 
 
+def _entry(heading: list[str], cls: type, tag: str | None = None,
+           skip: Iterable[str] = ()) -> list[str]:
+    """`heading`, then the class's summary (if it has one), then its field table."""
+    out = list(heading)
+    summary = _class_doc(cls, tag)
+    if summary:
+        out += [summary, ""]
+    return out + _table(field_rows(cls, _link, skip=skip))
+
+
 def section_requests() -> list[str]:
     out: list[str] = []
     for cls in typing.get_args(m.Request):
         tag = _tag(cls)
         result = m.RESULT_TYPES.get(cls)
         answer = _link(result) if result is not None else "—"
-        out += [f"### `{tag}`", "", f"Result: {answer}", ""]
-        summary = _class_doc(cls, tag)
-        if summary:
-            out += [summary, ""]
-        out += _table(field_rows(cls, _link, skip=("id",)))
+        out += _entry([f"### `{tag}`", "", f"Result: {answer}", ""], cls, tag, skip=("id",))
     return out
 
 
@@ -380,47 +386,28 @@ def section_types() -> list[str]:
         tag = cls.__struct_config__.tag  # type: ignore[attr-defined]
         if tag is not None:
             title += f" (`{cls.__struct_config__.tag_field}: \"{tag}\"`)"  # type: ignore[attr-defined]
-        out += [f'<a id="{_anchor(cls)}"></a>', f"#### {title}", ""]
-        summary = _class_doc(cls)
-        if summary:
-            out += [summary, ""]
-        out += _table(field_rows(cls, _link))
+        out += _entry([f'<a id="{_anchor(cls)}"></a>', f"#### {title}", ""], cls)
+    return out
+
+
+def _messages(classes: Iterable[type]) -> list[str]:
+    """One entry per message type, headed by its wire tag."""
+    out: list[str] = []
+    for cls in classes:
+        out += _entry([f"### `{_tag(cls)}`", ""], cls)
     return out
 
 
 def section_handshake() -> list[str]:
-    out: list[str] = []
-    for cls in (m.Hello, m.Welcome):
-        out += [f"### `{_tag(cls)}`", ""]
-        summary = _class_doc(cls)
-        if summary:
-            out += [summary, ""]
-        out += _table(field_rows(cls, _link))
-    return out
+    return _messages((m.Hello, m.Welcome))
 
 
 def section_server() -> list[str]:
-    out: list[str] = []
-    for cls in typing.get_args(m.ServerMessage):
-        if cls is m.Welcome:
-            continue
-        out += [f"### `{_tag(cls)}`", ""]
-        summary = _class_doc(cls)
-        if summary:
-            out += [summary, ""]
-        out += _table(field_rows(cls, _link))
-    return out
+    return _messages(cls for cls in typing.get_args(m.ServerMessage) if cls is not m.Welcome)
 
 
 def section_deltas() -> list[str]:
-    out: list[str] = []
-    for cls in typing.get_args(d.DeltaBody):
-        out += [f"### `{_tag(cls)}`", ""]
-        summary = _class_doc(cls)
-        if summary:
-            out += [summary, ""]
-        out += _table(field_rows(cls, _link))
-    return out
+    return _messages(typing.get_args(d.DeltaBody))
 
 
 def section_errors() -> list[str]:
