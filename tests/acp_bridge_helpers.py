@@ -26,7 +26,7 @@ from typing import Any
 import jsonschema
 import trio
 
-from tests.acp_peer import AcpSchema
+from tests.acp_peer import AcpSchema, Inbox, reap
 from tests.harness import ROOT, DaemonProcess
 
 JsonObj = dict[str, Any]
@@ -103,17 +103,15 @@ class EditorError(Exception):
         self.data: Any = error.get("data")
 
 
-class Editor:
+class Editor(Inbox):
     """One SDK editor process and the `stoker acp` it runs."""
 
     def __init__(self, process: trio.Process, out_trace: Path, in_trace: Path) -> None:
+        super().__init__()
         self.process = process
         self.out_trace = out_trace
         self.in_trace = in_trace
-        self.messages: list[JsonObj] = []
         self.agent_pid = 0
-        self.closed = False
-        self._changed = trio.Event()
         self._ids = itertools.count(1)
 
     # -------------------------------------------------------------- commands
@@ -142,18 +140,13 @@ class Editor:
 
     # -------------------------------------------------------------- output
 
+    def _gone(self) -> Exception:
+        return AssertionError("the editor exited before the awaited message")
+
     async def wait_for(self, predicate: Callable[[JsonObj], bool], start: int = 0,
                        timeout: float | None = None) -> int:
         with trio.fail_after(timeout) if timeout is not None else trio.CancelScope():
-            i = start
-            while True:
-                while i < len(self.messages):
-                    if predicate(self.messages[i]):
-                        return i
-                    i += 1
-                if self.closed:
-                    raise AssertionError("the editor exited before the awaited message")
-                await self._changed.wait()
+            return await super().wait_for(predicate, start=start)
         raise AssertionError("unreachable")
 
     async def wait_event(self, kind: str, start: int = 0, timeout: float = 20.0) -> JsonObj:
@@ -181,11 +174,10 @@ class Editor:
                 for line in lines:
                     if line.strip():
                         self.messages.append(json.loads(line))
-                self._changed.set()
-                self._changed = trio.Event()
+                self._wake()
         finally:
             self.closed = True
-            self._changed.set()
+            self._wake()
 
     # -------------------------------------------------------------- ending
 
@@ -239,9 +231,6 @@ async def open_editor(daemon: DaemonProcess, *acp_args: str, agent: str = "echo"
                 await process.wait()
             nursery.cancel_scope.cancel()
     finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+        await reap(process)
     if ok and check:
         editor.check_trace()

@@ -253,24 +253,54 @@ class Call:
         return message["result"]
 
 
-class AcpPeer:
+class Inbox:
+    """The messages a process wrote, in order, as they arrive; and waiting for one of them.
+
+    The reader appends to ``messages`` and calls :meth:`_wake`; it sets ``closed`` (and
+    wakes) when the process's output ends."""
+
+    def __init__(self) -> None:
+        self.messages: list[JsonObj] = []
+        self.closed = False  # the process's output reached EOF
+        self._changed = trio.Event()
+
+    def _gone(self) -> Exception:
+        """What :meth:`wait_for` raises when the output ends before the message came."""
+        return AgentGone("the agent exited before the awaited message")
+
+    async def wait_for(self, predicate: Callable[[JsonObj], bool], *, start: int = 0) -> int:
+        """Wait for a message (from index ``start`` on) matching ``predicate``; its index."""
+        i = start
+        while True:
+            while i < len(self.messages):
+                if predicate(self.messages[i]):
+                    return i
+                i += 1
+            if self.closed:
+                raise self._gone()
+            await self._changed.wait()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+class AcpPeer(Inbox):
     """The client side of one agent process.  Create it with :func:`open_agent`."""
 
     def __init__(
         self, process: trio.Process, nursery: trio.Nursery, schema: AcpSchema | None
     ) -> None:
+        super().__init__()
         self.process = process
         self.nursery = nursery
         self.schema = schema
-        self.messages: list[JsonObj] = []
         self.handlers: dict[str, Handler] = {}
         self.stderr = bytearray()
-        self.closed = False  # the agent's stdout reached EOF
         self._stderr_done = False
         self._calls: dict[int, Call] = {}
         self._next_id = 1
         self._send_lock = trio.Lock()
-        self._changed = trio.Event()
 
     # -------------------------------------------------------------- sending
 
@@ -312,18 +342,6 @@ class AcpPeer:
                 await self.process.stdin.aclose()
 
     # ------------------------------------------------------------ receiving
-
-    async def wait_for(self, predicate: Callable[[JsonObj], bool], *, start: int = 0) -> int:
-        """Wait for a message (from index ``start`` on) matching ``predicate``; its index."""
-        i = start
-        while True:
-            while i < len(self.messages):
-                if predicate(self.messages[i]):
-                    return i
-                i += 1
-            if self.closed:
-                raise AgentGone("the agent exited before the awaited message")
-            await self._changed.wait()
 
     async def wait_update(
         self, session_id: str, kind: str, *, start: int = 0
@@ -421,10 +439,6 @@ class AcpPeer:
         await self.notify("session/cancel", {"sessionId": session_id})
 
     # ------------------------------------------------------------- internals
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
 
     async def _read_stdout(self) -> None:
         assert self.process.stdout is not None
@@ -549,15 +563,18 @@ async def open_agent(
                         pass
                     with trio.move_on_after(exit_timeout):
                         await process.wait()
-                    if process.returncode is None:
-                        process.kill()
-                        await process.wait()
+                    await reap(process)
                 nursery.cancel_scope.cancel()
     finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+        await reap(process)
+
+
+async def reap(process: trio.Process) -> None:
+    """SIGKILL `process` if it still runs, and wait for it (shielded from cancellation)."""
+    if process.returncode is None:
+        process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
 
 
 # ----------------------------------------------------------- client handlers
