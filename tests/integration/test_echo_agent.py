@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -331,48 +331,50 @@ async def test_hang_stops_answering(tmp_path: Path) -> None:
             assert await peer.wait_exit() == -signal.SIGKILL
 
 
-async def test_crash_exits_3(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("prompt", "status", "chunks"), [
+    pytest.param("/crash", 3, ["crashing"], id="crash-exits-3"),
+    pytest.param("/exit 7", 7, [], id="exit-code-without-reply"),
+])
+async def test_exit_mid_prompt_without_reply(
+    tmp_path: Path, prompt: str, status: int, chunks: list[str]
+) -> None:
+    """The agent exits with `status` and never answers the prompt; the only updates it sent
+    are agent_message_chunks with these texts."""
     async with echo(tmp_path) as peer:
         with trio.fail_after(5):
             sid = await session(peer, tmp_path)
-            call = await peer.start_prompt(sid, "/crash")
-            assert await peer.wait_exit() == 3
+            call = await peer.start_prompt(sid, prompt)
+            assert await peer.wait_exit() == status
             with pytest.raises(AgentGone):
                 await call.result()
-            assert peer.agent_text(sid) == "crashing"
+            assert [(u["sessionUpdate"], u["content"]["text"]) for u in peer.updates(sid)] == [
+                ("agent_message_chunk", text) for text in chunks
+            ]
 
 
-async def test_exit_code_without_reply(tmp_path: Path) -> None:
+async def _close_stdin(peer: AcpPeer) -> None:
+    await peer.close_stdin()
+
+
+async def _sigterm(peer: AcpPeer) -> None:
+    peer.process.send_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize(("prompt", "stop", "status"), [
+    pytest.param("/sleep 60000", _close_stdin, 0, id="stdin-eof-exits-0"),
+    pytest.param("/slow 60000", _sigterm, -signal.SIGTERM, id="sigterm"),
+])
+async def test_stops_promptly_even_mid_prompt(
+    tmp_path: Path, prompt: str, stop: Callable[[AcpPeer], Awaitable[None]], status: int
+) -> None:
     async with echo(tmp_path) as peer:
         with trio.fail_after(5):
             sid = await session(peer, tmp_path)
-            call = await peer.start_prompt(sid, "/exit 7")
-            assert await peer.wait_exit() == 7
-            with pytest.raises(AgentGone):
-                await call.result()
-            assert peer.updates(sid) == []
-
-
-async def test_stdin_eof_exits_0_even_mid_prompt(tmp_path: Path) -> None:
-    async with echo(tmp_path) as peer:
-        with trio.fail_after(5):
-            sid = await session(peer, tmp_path)
-            await peer.start_prompt(sid, "/sleep 60000")
+            await peer.start_prompt(sid, prompt)
             await peer.request("session/list", {})
-            await peer.close_stdin()
+            await stop(peer)
             with trio.fail_after(2):
-                assert await peer.wait_exit() == 0
-
-
-async def test_sigterm_exits_promptly(tmp_path: Path) -> None:
-    async with echo(tmp_path) as peer:
-        with trio.fail_after(5):
-            sid = await session(peer, tmp_path)
-            await peer.start_prompt(sid, "/slow 60000")
-            await peer.request("session/list", {})
-            peer.process.send_signal(signal.SIGTERM)
-            with trio.fail_after(2):
-                assert await peer.wait_exit() == -signal.SIGTERM
+                assert await peer.wait_exit() == status
 
 
 async def test_fail_initialize(tmp_path: Path) -> None:

@@ -201,27 +201,24 @@ def test_without_names_every_socket_is_unknown(
         finish(proc)
 
 
-def test_other_listen_pid_is_ignored_and_unset(
-    tmp_path: Path, listeners: tuple[Path, socket.socket, Path, socket.socket]
+@pytest.mark.parametrize(("listen_pid", "names"), [
+    pytest.param("1", {"LISTEN_FDNAMES": "stoker"}, id="other-listen-pid"),
+    pytest.param(None, {}, id="missing-listen-pid"),
+])
+def test_sockets_not_ours_are_ignored_and_unset(
+    tmp_path: Path,
+    listeners: tuple[Path, socket.socket, Path, socket.socket],
+    listen_pid: str | None,
+    names: dict[str, str],
 ) -> None:
     _, _, _, stoker = listeners
-    proc, report = run_child(
-        tmp_path, [stoker], {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "stoker"}, listen_pid="1"
-    )
+    proc, report = run_child(tmp_path, [stoker], {"LISTEN_FDS": "1", **names},
+                             listen_pid=listen_pid)
     finish(proc)
     assert report["sockets"] == []
     assert report["picked"] is None
     # Unset even when not ours, so that our children never see them either.
     assert report["env"] == {"LISTEN_PID": None, "LISTEN_FDS": None, "LISTEN_FDNAMES": None}
-
-
-def test_missing_listen_pid_is_ignored(
-    tmp_path: Path, listeners: tuple[Path, socket.socket, Path, socket.socket]
-) -> None:
-    _, _, _, stoker = listeners
-    proc, report = run_child(tmp_path, [stoker], {"LISTEN_FDS": "1"}, listen_pid=None)
-    finish(proc)
-    assert report["sockets"] == []
 
 
 def test_unset_false_keeps_the_environment(
