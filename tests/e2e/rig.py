@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import trio
 
 from daemon.client import Client
 from protocol import deltas as d
 from protocol import messages as m
 from tests.acp_tee import ClientSchema, read_trace, tee_command, traces
+from tests.e2e.agents import Installed, NpmTool, ensure
 from tests.harness import DaemonProcess, actor, subscribe
 
 Message = dict[str, Any]
@@ -116,6 +118,46 @@ class TracedDaemon:
 
 def traced_command(trace_dir: Path, name: str, argv: list[str]) -> list[str]:
     return tee_command(trace_dir / name, argv)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def installed_or_skip(tool: NpmTool) -> Installed:
+    """`ensure(tool)`, skipping the test (with the reason) when there is no binary."""
+    installed = ensure(tool)
+    if installed.binary is None:
+        pytest.skip(installed.skip_reason)
+    if installed.fresh:
+        print(f"\ninstalled {installed.tool.spec} in {installed.seconds:.1f}s")
+    return installed
+
+
+def rig_dirs(daemon: DaemonProcess) -> tuple[Path, Path, Path]:
+    """The trace dir, the agent's HOME and its workspace (under /tmp: no git repository
+    around it), made under the daemon's base."""
+    dirs = daemon.base / "trace", daemon.base / "home", daemon.base / "ws"
+    for directory in dirs:
+        directory.mkdir(parents=True)
+    return dirs
+
+
+def start_traced(daemon: DaemonProcess, trace_dir: Path, agent: str, argv: list[str],
+                 env: dict[str, str]) -> None:
+    """Configure `agent` (run as `argv` under the tee, recording into `trace_dir`, with
+    `env` on top of the daemon's environment) and start the daemon."""
+    daemon.write_config(agent_table(agent, traced_command(trace_dir, agent, argv), env))
+    daemon.start()
+
+
+def finish_rig(rig: TracedDaemon, errors: list[Any] | None = None) -> None:
+    """Fixture teardown: print the daemon log's tail (pytest shows it only when the test
+    failed), fail on `errors` (what a helper such as the fake LLM found wrong), and
+    schema-check every message the daemon sent (at least an `initialize`)."""
+    print(f"--- daemon log (tail) ---\n{rig.daemon.log_text()[-6000:]}")
+    assert not errors, errors
+    checked = rig.validate()
+    assert checked.get("initialize", 0) >= 1, checked
 
 
 # --------------------------------------------------------------------------- driving

@@ -21,8 +21,15 @@ import trio
 
 from daemon.client import Client, RequestFailed
 from protocol import messages as m
-from tests.e2e.agents import OPENCODE, Installed, ensure
-from tests.e2e.rig import TracedDaemon, agent_table, traced_command, wait_until
+from tests.e2e.agents import OPENCODE, Installed
+from tests.e2e.rig import (
+    TracedDaemon,
+    finish_rig,
+    installed_or_skip,
+    rig_dirs,
+    start_traced,
+    wait_until,
+)
 from tests.harness import DaemonProcess, actor
 
 pytestmark = pytest.mark.e2e
@@ -34,12 +41,7 @@ NETWORK_WORDS = ("ENOTFOUND", "ECONNREFUSED", "EAI_AGAIN", "fetch failed", "netw
 
 @pytest.fixture(scope="session")
 def opencode_install() -> Installed:
-    installed = ensure(OPENCODE)
-    if installed.binary is None:
-        pytest.skip(installed.skip_reason)
-    if installed.fresh:
-        print(f"\ninstalled {installed.tool.spec} in {installed.seconds:.1f}s")
-    return installed
+    return installed_or_skip(OPENCODE)
 
 
 @pytest.fixture
@@ -47,11 +49,7 @@ def rig(daemon_factory: type[DaemonProcess], opencode_install: Installed
         ) -> Iterator[TracedDaemon]:
     assert opencode_install.binary is not None
     daemon = daemon_factory()
-    trace_dir = daemon.base / "trace"
-    home = daemon.base / "home"
-    workspace = daemon.base / "ws"
-    for directory in (trace_dir, home, workspace):
-        directory.mkdir(parents=True)
+    trace_dir, home, workspace = rig_dirs(daemon)
     env = {
         "HOME": str(home),
         "XDG_CONFIG_HOME": str(home / ".config"),
@@ -69,14 +67,10 @@ def rig(daemon_factory: type[DaemonProcess], opencode_install: Installed
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
     }
-    command = traced_command(trace_dir, AGENT, [str(opencode_install.binary), "acp"])
-    daemon.write_config(agent_table(AGENT, command, env))
-    daemon.start()
+    start_traced(daemon, trace_dir, AGENT, [str(opencode_install.binary), "acp"], env)
     made = TracedDaemon(daemon, trace_dir, workspace)
     yield made
-    print(f"--- daemon log (tail) ---\n{daemon.log_text()[-6000:]}")
-    checked = made.validate()
-    assert checked.get("initialize", 0) >= 1, checked
+    finish_rig(made)
 
 
 @pytest.fixture

@@ -25,15 +25,17 @@ import trio
 from daemon.client import Client
 from protocol import deltas as d
 from protocol import messages as m
-from tests.e2e.agents import QWEN_LOAD_VERSION, QWEN_VERSION, QWEN_VERSIONS, Installed, ensure, qwen
+from tests.e2e.agents import QWEN_LOAD_VERSION, QWEN_VERSION, QWEN_VERSIONS, Installed, qwen
 from tests.e2e.fake_llm import JSON, Dynamic, FakeLLM, Text, ToolCall
 from tests.e2e.rig import (
     TracedDaemon,
-    agent_table,
+    finish_rig,
+    installed_or_skip,
     kill9_agent,
     open_subscribed,
+    rig_dirs,
     run_turn,
-    traced_command,
+    start_traced,
     wait_actor,
     wait_until,
 )
@@ -65,12 +67,7 @@ RESUMED_WITH = {QWEN_VERSION: "session/resume", QWEN_LOAD_VERSION: "session/load
 
 @pytest.fixture(scope="session", params=QWEN_VERSIONS, ids=lambda v: f"qwen-{v}")
 def qwen_install(request: pytest.FixtureRequest) -> Installed:
-    installed = ensure(qwen(request.param))
-    if installed.binary is None:
-        pytest.skip(installed.skip_reason)
-    if installed.fresh:
-        print(f"\ninstalled {installed.tool.spec} in {installed.seconds:.1f}s")
-    return installed
+    return installed_or_skip(qwen(request.param))
 
 
 @pytest.fixture
@@ -91,11 +88,8 @@ def rig(daemon_factory: type[DaemonProcess], qwen_install: Installed,
         llm: FakeLLM) -> Iterator[QwenRig]:
     assert qwen_install.binary is not None
     daemon = daemon_factory()
-    trace_dir = daemon.base / "trace"
-    home = daemon.base / "home"
-    workspace = daemon.base / "ws"  # under /tmp: no git repository around it
-    for directory in (trace_dir, home / ".qwen", workspace):
-        directory.mkdir(parents=True)
+    trace_dir, home, workspace = rig_dirs(daemon)
+    (home / ".qwen").mkdir()
     (home / ".qwen" / "settings.json").write_text(json.dumps(SETTINGS, indent=2))
     env = {
         "OPENAI_BASE_URL": llm.base_url,
@@ -108,18 +102,12 @@ def rig(daemon_factory: type[DaemonProcess], qwen_install: Installed,
         "no_proxy": "127.0.0.1,localhost",
         "NO_COLOR": "1",
     }
-    command = traced_command(trace_dir, AGENT,
-                             [str(qwen_install.binary), "--acp", "--auth-type", "openai"])
-    daemon.write_config(agent_table(AGENT, command, env))
-    daemon.start()
+    start_traced(daemon, trace_dir, AGENT,
+                 [str(qwen_install.binary), "--acp", "--auth-type", "openai"], env)
     made = QwenRig(daemon, trace_dir, workspace, llm=llm, home=home,
                    version=qwen_install.tool.version)
     yield made
-    # Shown by pytest only when the test failed: what the daemon and qwen said.
-    print(f"--- daemon log (tail) ---\n{daemon.log_text()[-6000:]}")
-    assert not llm.errors, llm.errors
-    checked = made.validate()
-    assert checked.get("initialize", 0) >= 1, checked
+    finish_rig(made, llm.errors)
 
 
 @pytest.fixture
