@@ -20,7 +20,6 @@ import pytest
 import trio
 
 from daemon.client import Client, RequestFailed
-from protocol import deltas as d
 from protocol import messages as m
 from tests.harness import (
     DaemonProcess,
@@ -30,6 +29,7 @@ from tests.harness import (
     subscribe,
     turn,
     wait_state,
+    wait_turn_end,
 )
 from tests.integration.test_workspaces import make_project
 from tests.remote_rig import SshServer, start_remote
@@ -73,18 +73,21 @@ async def wait_computer(client: Client, state: str, timeout: float = 20.0) -> m.
             await trio.sleep(0.05)
 
 
-async def wait_turn_end(client: Client, chat: str, turn_id: int,
-                        timeout: float = 20.0) -> d.TurnEnded:
-    with trio.fail_after(timeout):
-        while True:
-            event = await client.next_event()
-            if (isinstance(event, d.Delta) and event.chat == chat and event.turn == turn_id
-                    and isinstance(event.body, d.TurnEnded)):
-                return event.body
-
-
 async def wait_busy(client: Client, chat: str) -> None:
     await wait_state(client, chat, "busy", agent="recho", timeout=10)
+
+
+async def agent_pid(client: Client, chat: str) -> int:
+    """The pid the chat's agent reports (`/pid`, a turn: it starts the agent if needed)."""
+    return int((await turn(client, chat, "/pid")).text)
+
+
+async def open_remote(client: Client, sshd: SshServer, chat: str
+                      ) -> tuple[m.ChatInfo, int]:
+    """Open `chat` with the remote echo agent in the server's work dir and start it; the
+    chat and the agent's pid."""
+    info = await open_chat(client, chat, agent="recho", cwd=sshd.work)
+    return info, await agent_pid(client, info.chat)
 
 
 async def test_remote_agent_behaves_as_locally(sshd: SshServer,
@@ -125,7 +128,7 @@ async def test_remote_agent_behaves_as_locally(sshd: SshServer,
         ended = await wait_turn_end(client, info.chat, accepted.turn)
         assert ended.stop_reason == "cancelled"
         assert trio.current_time() - start < 1.0
-        assert int((await turn(client, info.chat, "/pid")).text) == pid
+        assert await agent_pid(client, info.chat) == pid
 
         # fs/* over SFTP, confined to the remote cwd.
         wrote = await turn(client, info.chat, "/write notes/a.txt hi there")
@@ -184,12 +187,11 @@ async def test_crash_restarts_and_memory_survives_kill9(
         sshd: SshServer, daemon_factory: type[DaemonProcess]) -> None:
     daemon = start_remote(sshd, daemon_factory)
     async with daemon.client() as client:
-        info = await open_chat(client, "r2", agent="recho", cwd=sshd.work)
-        pid = int((await turn(client, info.chat, "/pid")).text)
+        info, pid = await open_remote(client, sshd, "r2")
         crashed = await turn(client, info.chat, "/crash")
         assert crashed.ended.error is not None
         assert "status 3" in crashed.ended.error
-        after = int((await turn(client, info.chat, "/pid")).text)
+        after = await agent_pid(client, info.chat)
         assert after != pid
         assert not alive(pid)
         assert (await actor(client, info.chat, "recho")).generation == 2
@@ -213,8 +215,7 @@ async def test_host_vanishing_mid_turn_then_returning(
         sshd: SshServer, daemon_factory: type[DaemonProcess]) -> None:
     daemon = start_remote(sshd, daemon_factory)
     async with daemon.client() as client:
-        info = await open_chat(client, "r3", agent="recho", cwd=sshd.work)
-        pid = int((await turn(client, info.chat, "/pid")).text)
+        info, pid = await open_remote(client, sshd, "r3")
         accepted = await client.request(m.Prompt(id=0, chat=info.chat, text="/sleep 20000"))
         await wait_busy(client, info.chat)
         sshd.kill()
@@ -301,7 +302,7 @@ async def test_orphan_reclaim_after_daemon_kill9(
     async with daemon.client() as client:
         info = await open_chat(client, "r6", agent="sticky", cwd=sshd.work)
         assert (await turn(client, info.chat, "/remember fig")).text == "remembered fig"
-        old = int((await turn(client, info.chat, "/pid")).text)
+        old = await agent_pid(client, info.chat)
         escaped = int((await turn(client, info.chat, "/spawn 300")).text)
         # Flushes the store: the finished turns are durably off the queue before the kill.
         await client.request(m.SetPolicy(id=0, chat=info.chat, policy="ask"))
@@ -362,14 +363,13 @@ async def test_reload_replaces_a_changed_computer(
         sshd: SshServer, daemon_factory: type[DaemonProcess]) -> None:
     daemon = start_remote(sshd, daemon_factory)
     async with daemon.client() as client:
-        info = await open_chat(client, "r8", agent="recho", cwd=sshd.work)
-        pid = int((await turn(client, info.chat, "/pid")).text)
+        info, pid = await open_remote(client, sshd, "r8")
         text = daemon.config_path.read_text().replace('keepalive = "2s"', 'keepalive = "3s"')
         daemon.config_path.write_text(text + sshd.computer_config("loop2"))
         daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
         await wait_state(client, info.chat, "hibernated", agent="recho")
         await wait_gone([pid])
-        again = int((await turn(client, info.chat, "/pid")).text)
+        again = await agent_pid(client, info.chat)
         assert again != pid
         listed = await computers(client)
         assert listed["loop"].connects == 2
