@@ -21,10 +21,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import psutil
@@ -35,6 +35,8 @@ from protocol import deltas as d
 from protocol import messages as m
 
 ROOT = Path(__file__).resolve().parent.parent
+
+Body = TypeVar("Body")
 
 
 def short_tmpdir(prefix: str = "stk") -> Path:
@@ -324,3 +326,69 @@ async def wait_state(client: Client, chat: str, state: str, timeout: float = 20.
             if a.state == state:
                 return a
             await trio.sleep(0.05)
+
+
+async def wait_for_body(client: Client, kind: type[Body],
+                        predicate: Callable[[Body], bool] | None = None,
+                        timeout: float = 30.0) -> Body:
+    """The body of the next delta (of any chat) that is a `kind` for which `predicate`
+    holds; the events before it are dropped."""
+    delta = await wait_for_delta(
+        client, lambda e: isinstance(e.body, kind) and (predicate is None or predicate(e.body)),
+        timeout)
+    assert isinstance(delta.body, kind)
+    return delta.body
+
+
+async def replay(client: Client, chat: str, timeout: float = 20.0) -> list[d.Delta]:
+    """Every delta retained for `chat`: subscribe since 0, not live, and read until the
+    replay is complete."""
+    await subscribe(client, chat, since=0, live=False)
+    out: list[d.Delta] = []
+    with trio.fail_after(timeout):
+        while True:
+            event = await client.next_event()
+            if isinstance(event, m.ReplayComplete):
+                return out
+            if isinstance(event, d.Delta):
+                out.append(event)
+
+
+async def wait_turns_ended(client: Client, count: int, timeout: float = 20.0
+                           ) -> tuple[dict[int, d.TurnEnded], dict[int, str]]:
+    """Read deltas until `count` turns have ended. Returns each turn's turn_ended, in the
+    order they came (a turn that ends twice fails), and the text each turn streamed."""
+    ends: dict[int, d.TurnEnded] = {}
+    texts: dict[int, str] = {}
+    with trio.fail_after(timeout):
+        while len(ends) < count:
+            event = await client.next_event()
+            if not isinstance(event, d.Delta):
+                continue
+            if isinstance(event.body, d.Text):
+                texts[event.turn] = texts.get(event.turn, "") + event.body.text
+            if isinstance(event.body, d.TurnEnded):
+                assert event.turn not in ends, f"turn {event.turn} ended twice"
+                ends[event.turn] = event.body
+    return ends, texts
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def wait_gone(pids: Iterable[int], timeout: float = 10.0) -> None:
+    """Wait until none of `pids` is alive."""
+    pids = list(pids)
+    with trio.fail_after(timeout):
+        while [p for p in pids if alive(p)]:
+            await trio.sleep(0.05)
+
+
+async def agent_pid(client: Client, chat: str, agent: str | None = None) -> int:
+    """The pid the chat's echo agent reports: a `/pid` turn (which starts it if needed)."""
+    return int((await turn(client, chat, "/pid", agent=agent)).text)

@@ -24,6 +24,7 @@ from tests.harness import (
     actor,
     subscribe,
     wait_for_delta,
+    wait_gone,
     wait_state,
     wait_turn_end,
 )
@@ -39,12 +40,6 @@ async def _start(editor: Editor, daemon: DaemonProcess) -> str:
 def _editor_name(editor: Editor) -> str:
     """The `by` of this editor's turns: `stoker acp` says hello as acp:EDITOR:PID."""
     return f"acp:sdk-editor:{editor.agent_pid}"
-
-
-async def _wait_gone(pid: int, timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-            await trio.sleep(0.02)
 
 
 async def test_editor_initializes_prompts_cancels_and_lists(daemon: DaemonProcess) -> None:
@@ -303,7 +298,7 @@ async def test_editor_killed_mid_turn_turn_completes_and_load_shows_it(
             await first.process.wait()
             bridge = first.agent_pid
         # `stoker acp` sees EOF on stdin and leaves; the turn goes on in the daemon.
-        await _wait_gone(bridge)
+        await wait_gone([bridge])
         ended = await wait_for_delta(client, lambda x: isinstance(x.body, d.TurnEnded))
         assert ended.turn == started.turn
         assert isinstance(ended.body, d.TurnEnded)

@@ -22,7 +22,17 @@ from daemon.client import RequestFailed
 from protocol import deltas as d
 from protocol import messages as m
 from tests.acp_tee import ClientSchema, iter_updates, read_trace, tee_command, traces
-from tests.harness import DaemonProcess, actor, collect_turn, open_chat, subscribe, turn
+from tests.harness import (
+    DaemonProcess,
+    actor,
+    agent_pid,
+    collect_turn,
+    open_chat,
+    replay,
+    subscribe,
+    turn,
+    wait_for_body,
+)
 
 ECHO = [sys.executable, "-m", "daemon.echo_agent"]
 VARIANTS = {
@@ -135,12 +145,7 @@ async def test_permission_first_answer_wins(traced: Traced) -> None:
         await subscribe(bob, info.chat)
         await subscribe(alice, info.chat)
         accepted = await alice.request(m.Prompt(id=0, chat=info.chat, text="/permission"))
-        with trio.fail_after(10):
-            while True:
-                event = await bob.next_event()
-                if isinstance(event, d.Delta) and isinstance(event.body, d.PermissionRequest):
-                    request = event.body
-                    break
+        request = await wait_for_body(bob, d.PermissionRequest, timeout=10)
         assert request.policy == "ask"
         assert [o["optionId"] for o in request.options] == ["allow", "always", "reject"]
         await bob.request(m.Permit(id=0, chat=info.chat, request=request.request,
@@ -160,12 +165,7 @@ async def test_permit_through_the_cli_and_unknown_request(traced: Traced) -> Non
         info = await open_chat(client, "cli-perm", cwd=daemon.work)
         await subscribe(client, info.chat)
         accepted = await client.request(m.Prompt(id=0, chat=info.chat, text="/permission"))
-        with trio.fail_after(10):
-            while True:
-                event = await client.next_event()
-                if isinstance(event, d.Delta) and isinstance(event.body, d.PermissionRequest):
-                    request_id = event.body.request
-                    break
+        request_id = (await wait_for_body(client, d.PermissionRequest, timeout=10)).request
         bad = await trio.to_thread.run_sync(daemon.cli, "permit", info.chat, "nope", "allow")
         assert bad.returncode == 1
         assert "no permission request" in bad.stderr
@@ -209,25 +209,12 @@ async def test_cancel_answers_pending_permission_cancelled(traced: Traced) -> No
         info = await open_chat(client, "pc", cwd=daemon.work)
         await subscribe(client, info.chat)
         accepted = await client.request(m.Prompt(id=0, chat=info.chat, text="/permission"))
-        with trio.fail_after(10):
-            while True:
-                event = await client.next_event()
-                if isinstance(event, d.Delta) and isinstance(event.body, d.PermissionRequest):
-                    break
+        await wait_for_body(client, d.PermissionRequest, timeout=10)
         await client.request(m.Cancel(id=0, chat=info.chat))
-        kinds: list[d.DeltaBody] = []
-        with trio.fail_after(10):
-            while True:
-                event = await client.next_event()
-                if isinstance(event, d.Delta) and event.turn == accepted.turn:
-                    kinds.append(event.body)
-                    if isinstance(event.body, d.TurnEnded):
-                        break
-        resolved = [b for b in kinds if isinstance(b, d.PermissionResolved)]
+        cancelled = await collect_turn(client, info.chat, accepted.turn, timeout=10)
+        resolved = cancelled.of(d.PermissionResolved)
         assert [(r.outcome, r.option) for r in resolved] == [("cancelled", None)]
-        ended = kinds[-1]
-        assert isinstance(ended, d.TurnEnded)
-        assert ended.stop_reason == "cancelled"
+        assert cancelled.ended.stop_reason == "cancelled"
     answers = [msg for msg in traced.sent("echo")
                if "result" in msg and isinstance(msg["result"], dict)
                and "outcome" in msg["result"]]
@@ -274,12 +261,7 @@ async def test_terminals_die_with_their_chat(traced: Traced) -> None:
         info = await open_chat(client, "tdie", cwd=daemon.work)
         await subscribe(client, info.chat)
         await client.request(m.Prompt(id=0, chat=info.chat, text="/terminal sleep 61.5"))
-        with trio.fail_after(10):
-            while True:
-                event = await client.next_event()
-                if (isinstance(event, d.Delta) and isinstance(event.body, d.Terminal)
-                        and event.body.event == "created"):
-                    break
+        await wait_for_body(client, d.Terminal, lambda t: t.event == "created", timeout=10)
         sleepers = [p for p in psutil.process_iter(["cmdline"])
                     if p.info["cmdline"] == ["sleep", "61.5"]]
         assert len(sleepers) == 1
@@ -386,7 +368,7 @@ async def test_usage_accounting_is_summed_and_persisted(traced: Traced) -> None:
 async def _kill_agent(client, chat: str, agent: str) -> None:  # type: ignore[no-untyped-def]
     """kill -9 the agent and wait until its *next* generation is ready."""
     generation = (await actor(client, chat, agent)).generation
-    pid = int((await turn(client, chat, "/pid", agent=agent)).text)
+    pid = await agent_pid(client, chat, agent)
     os.kill(pid, 9)
     with trio.fail_after(15):
         while True:
@@ -439,15 +421,8 @@ async def test_resume_impossible_starts_fresh_with_notice(traced: Traced) -> Non
         detail = await actor(client, info.chat, "fresh")
         assert detail.session_id != old_session
     async with daemon.client() as client:
-        await subscribe(client, "fresh", since=0, live=False)
-        notices = []
-        with trio.fail_after(10):
-            while True:
-                event = await client.next_event()
-                if isinstance(event, m.ReplayComplete):
-                    break
-                if isinstance(event, d.Delta) and isinstance(event.body, d.Notice):
-                    notices.append(event.body.message)
+        notices = [x.body.message for x in await replay(client, "fresh", timeout=10)
+                   if isinstance(x.body, d.Notice)]
         assert any("lost its context" in n for n in notices)
 
 

@@ -12,7 +12,17 @@ import trio
 from daemon.client import RequestFailed
 from protocol import deltas as d
 from protocol import messages as m
-from tests.harness import DaemonProcess, actor, open_chat, subscribe, turn, wait_turn_end
+from tests.harness import (
+    DaemonProcess,
+    actor,
+    agent_pid,
+    open_chat,
+    subscribe,
+    turn,
+    wait_state,
+    wait_turn_end,
+    wait_turns_ended,
+)
 
 
 async def test_two_turns_share_process_and_session(daemon: DaemonProcess) -> None:
@@ -45,9 +55,9 @@ async def test_plain_text_streams_one_chunk_per_word(daemon: DaemonProcess) -> N
 async def test_cancel_sleep_within_a_second_then_same_process(daemon: DaemonProcess) -> None:
     async with daemon.client() as client:
         info = await open_chat(client, "cancel", cwd=daemon.work)
-        pid = int((await turn(client, info.chat, "/pid")).text)
+        pid = await agent_pid(client, info.chat)
         accepted = await client.request(m.Prompt(id=0, chat=info.chat, text="/sleep 10000"))
-        await _wait_busy(client, info.chat)
+        await wait_state(client, info.chat, "busy", timeout=10)
         start = trio.current_time()
         await client.request(m.Cancel(id=0, chat=info.chat))
         ended = await wait_turn_end(client, info.chat, accepted.turn)
@@ -57,19 +67,13 @@ async def test_cancel_sleep_within_a_second_then_same_process(daemon: DaemonProc
         assert int(again.text) == pid
 
 
-async def _wait_busy(client, chat: str) -> None:  # type: ignore[no-untyped-def]
-    with trio.fail_after(10):
-        while (await actor(client, chat)).state != "busy":
-            await trio.sleep(0.02)
-
-
 async def test_kill_9_mid_turn_ends_turn_and_next_prompt_is_new_generation(
         daemon: DaemonProcess) -> None:
     async with daemon.client() as client:
         info = await open_chat(client, "k9", cwd=daemon.work)
-        pid = int((await turn(client, info.chat, "/pid")).text)
+        pid = await agent_pid(client, info.chat)
         accepted = await client.request(m.Prompt(id=0, chat=info.chat, text="/sleep 20000"))
-        await _wait_busy(client, info.chat)
+        await wait_state(client, info.chat, "busy", timeout=10)
         os.kill(pid, signal.SIGKILL)
         ended = await wait_turn_end(client, info.chat, accepted.turn)
         assert ended.error is not None
@@ -114,7 +118,7 @@ async def test_queue_is_ordered_and_bounded(daemon_factory) -> None:  # type: ig
         info = await open_chat(client, "q", cwd=daemon.work)
         await subscribe(client, info.chat)
         first = await client.request(m.Prompt(id=0, chat=info.chat, text="/sleep 500"))
-        await _wait_busy(client, info.chat)
+        await wait_state(client, info.chat, "busy", timeout=10)
         second = await client.request(m.Prompt(id=0, chat=info.chat, text="two"))
         third = await client.request(m.Prompt(id=0, chat=info.chat, text="three"))
         assert (first.turn, second.turn, third.turn) == (1, 2, 3)
@@ -122,16 +126,8 @@ async def test_queue_is_ordered_and_bounded(daemon_factory) -> None:  # type: ig
         with pytest.raises(RequestFailed) as refused:
             await client.request(m.Prompt(id=0, chat=info.chat, text="four"))
         assert refused.value.code == "queue_full"
-        ended: list[int] = []
-        texts: dict[int, str] = {}
-        with trio.fail_after(20):
-            while len(ended) < 3:
-                event = await client.next_event()
-                if isinstance(event, d.Delta) and isinstance(event.body, d.Text):
-                    texts[event.turn] = texts.get(event.turn, "") + event.body.text
-                if isinstance(event, d.Delta) and isinstance(event.body, d.TurnEnded):
-                    ended.append(event.turn)
-        assert ended == [1, 2, 3]
+        ended, texts = await wait_turns_ended(client, 3)
+        assert list(ended) == [1, 2, 3]
         assert texts[2] == "two"
         assert texts[3] == "three"
 
@@ -139,18 +135,12 @@ async def test_queue_is_ordered_and_bounded(daemon_factory) -> None:  # type: ig
 async def test_sigterm_ends_open_turns_stops_agents_exits_zero(daemon: DaemonProcess) -> None:
     async with daemon.client() as client:
         info = await open_chat(client, "shut", cwd=daemon.work)
-        pid = int((await turn(client, info.chat, "/pid")).text)
+        pid = await agent_pid(client, info.chat)
         running = await client.request(m.Prompt(id=0, chat=info.chat, text="/sleep 30000"))
         queued = await client.request(m.Prompt(id=0, chat=info.chat, text="later"))
-        await _wait_busy(client, info.chat)
+        await wait_state(client, info.chat, "busy", timeout=10)
         daemon.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        ends: dict[int, d.TurnEnded] = {}
-        with trio.fail_after(20):
-            while len(ends) < 2:
-                event = await client.next_event()
-                if isinstance(event, d.Delta) and isinstance(event.body, d.TurnEnded):
-                    assert event.turn not in ends, "a turn ended twice"
-                    ends[event.turn] = event.body
+        ends, _texts = await wait_turns_ended(client, 2)
         assert ends[running.turn].error == "daemon shutting down"
         assert ends[queued.turn].error == "daemon shutting down"
     assert daemon.proc.wait(20) == 0  # type: ignore[union-attr]

@@ -10,7 +10,6 @@ import signal
 import time
 from typing import Any
 
-import psutil
 import trio
 
 from daemon.client import Client
@@ -19,11 +18,16 @@ from protocol import messages as m
 from tests.harness import (
     DaemonProcess,
     actor,
+    agent_pid,
+    alive,
     open_chat,
+    replay,
     subscribe,
     turn,
+    wait_gone,
     wait_state,
     wait_turn_end,
+    wait_turns_ended,
 )
 
 FAST = {"sweep_interval": "100ms", "restart_backoff": "100ms", "restart_backoff_max": "1s"}
@@ -40,15 +44,7 @@ async def all_deltas(client: Client, chat: str) -> list[d.Delta]:
     second connection to the same daemon."""
     assert client.socket_path is not None
     async with Client.connect(client.socket_path, client="audit") as audit:
-        await audit.request(m.Subscribe(id=0, chat=chat, since=m.Cursor(seq=0), live=False))
-        out: list[d.Delta] = []
-        with trio.fail_after(20):
-            while True:
-                event = await audit.next_event()
-                if isinstance(event, m.ReplayComplete):
-                    return out
-                if isinstance(event, d.Delta):
-                    out.append(event)
+        return await replay(audit, chat)
 
 
 async def assert_every_turn_ended_once(client: Client, chat: str) -> list[d.Delta]:
@@ -61,28 +57,19 @@ async def assert_every_turn_ended_once(client: Client, chat: str) -> list[d.Delt
     return deltas
 
 
-def alive(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
 async def test_idle_ttl_hibernates_and_next_prompt_resumes(daemon_factory) -> None:  # type: ignore[no-untyped-def]
     daemon = daemon_factory(config=lifecycle(idle_ttl="1s"))
     daemon.start()
     async with daemon.client() as client:
         info = await open_chat(client, "idle", cwd=daemon.work)
         assert (await turn(client, info.chat, "/remember apple")).text == "remembered apple"
-        pid = int((await turn(client, info.chat, "/pid")).text)
+        pid = await agent_pid(client, info.chat)
         hibernated = await wait_state(client, info.chat, "hibernated", timeout=10)
         assert hibernated.pid is None
-        with trio.fail_after(5):
-            while alive(pid):
-                await trio.sleep(0.05)
+        await wait_gone([pid], timeout=5)
         recalled = await turn(client, info.chat, "/recall")
         assert recalled.text == "apple"
-        assert int((await turn(client, info.chat, "/pid")).text) != pid
+        assert await agent_pid(client, info.chat) != pid
         assert (await actor(client, info.chat)).generation == 2
         deltas = await assert_every_turn_ended_once(client, info.chat)
         states = [x.body.state for x in deltas if isinstance(x.body, d.Status)]
@@ -167,16 +154,14 @@ async def test_hung_agent_is_declared_unresponsive_and_restarted(daemon_factory)
     daemon.start()
     async with daemon.client() as client:
         info = await open_chat(client, "hang", cwd=daemon.work)
-        pid = int((await turn(client, info.chat, "/pid")).text)
+        pid = await agent_pid(client, info.chat)
         start = time.monotonic()
         hung = await turn(client, info.chat, "/hang", timeout=20)
         elapsed = time.monotonic() - start
         assert hung.ended.error is not None
         assert "unresponsive" in hung.ended.error
         assert elapsed < 1.0 + 0.3 + 2.0, elapsed
-        with trio.fail_after(5):
-            while alive(pid):
-                await trio.sleep(0.05)
+        await wait_gone([pid], timeout=5)
         after = await turn(client, info.chat, "/pid")
         assert int(after.text) != pid
         await assert_every_turn_ended_once(client, info.chat)
@@ -187,11 +172,11 @@ async def test_slow_but_responsive_agent_is_not_restarted(daemon_factory) -> Non
     daemon.start()
     async with daemon.client() as client:
         info = await open_chat(client, "slow", cwd=daemon.work)
-        pid = int((await turn(client, info.chat, "/pid")).text)
+        pid = await agent_pid(client, info.chat)
         slow = await turn(client, info.chat, "/slow 3000", timeout=20)
         assert slow.ended.stop_reason == "end_turn"
         assert slow.text == "slow 3000"
-        assert int((await turn(client, info.chat, "/pid")).text) == pid
+        assert await agent_pid(client, info.chat) == pid
         deltas = await assert_every_turn_ended_once(client, info.chat)
         assert not [x for x in deltas if isinstance(x.body, d.Status)
                     and x.body.state in ("crashed", "restarting")]
@@ -206,7 +191,7 @@ async def test_daemon_kill9_reclaims_orphans_and_chats_resume(daemon_factory) ->
         for name in ("one", "two", "three"):
             await open_chat(client, name, agent="sticky", cwd=daemon.work)
             await turn(client, name, f"/remember {name}-word")
-            old.append(int((await turn(client, name, "/pid")).text))
+            old.append(await agent_pid(client, name))
         old.append(int((await turn(client, "one", "/spawn 300")).text))
     daemon.kill9()
     # They really are orphans now: the stubborn agents ignore EOF, the grandchild sleeps.
@@ -237,16 +222,7 @@ async def test_turn_running_when_daemon_was_killed_ends_once_after_restart(daemo
     daemon.start()
     async with daemon.client() as client:
         await subscribe(client, info.chat, since=0)
-        ends: dict[int, d.TurnEnded] = {}
-        texts: dict[int, str] = {}
-        with trio.fail_after(20):
-            while len(ends) < 2:
-                event = await client.next_event()
-                if isinstance(event, d.Delta) and isinstance(event.body, d.Text):
-                    texts[event.turn] = texts.get(event.turn, "") + event.body.text
-                if isinstance(event, d.Delta) and isinstance(event.body, d.TurnEnded):
-                    assert event.turn not in ends
-                    ends[event.turn] = event.body
+        ends, texts = await wait_turns_ended(client, 2)
         interrupted = ends[running.turn].error
         assert interrupted is not None
         assert "interrupted" in interrupted
@@ -268,15 +244,7 @@ async def test_eviction_racing_prompts_loses_nothing(daemon_factory) -> None:  #
             await trio.sleep(0.15 + (i % 4) * 0.03)
             accepted.append(await client.request(m.Prompt(id=0, chat=info.chat,
                                                           text=f"word{i}")))
-        texts: dict[int, str] = {}
-        ended: dict[int, d.TurnEnded] = {}
-        with trio.fail_after(60):
-            while len(ended) < len(accepted):
-                event = await client.next_event()
-                if isinstance(event, d.Delta) and isinstance(event.body, d.Text):
-                    texts[event.turn] = texts.get(event.turn, "") + event.body.text
-                if isinstance(event, d.Delta) and isinstance(event.body, d.TurnEnded):
-                    ended[event.turn] = event.body
+        ended, texts = await wait_turns_ended(client, len(accepted), timeout=60)
         for i, acc in enumerate(accepted):
             assert ended[acc.turn].stop_reason == "end_turn", ended[acc.turn]
             assert texts[acc.turn] == f"word{i}"
@@ -290,12 +258,9 @@ async def test_stop_kills_descendants_that_left_the_group(daemon: DaemonProcess)
         info = await open_chat(client, "tree", cwd=daemon.work)
         child = int((await turn(client, info.chat, "/spawn 300")).text)
         assert alive(child)
-        assert os.getpgid(child) != os.getpgid(int((await turn(client, info.chat,
-                                                                "/pid")).text))
+        assert os.getpgid(child) != os.getpgid(await agent_pid(client, info.chat))
         await client.request(m.CloseChat(id=0, chat=info.chat))
-        with trio.fail_after(10):
-            while alive(child):
-                await trio.sleep(0.05)
+        await wait_gone([child])
 
 
 async def test_ls_and_status_report_lifecycle_figures(daemon: DaemonProcess) -> None:
@@ -328,7 +293,7 @@ async def test_sigterm_with_stubborn_agent_kills_after_grace(daemon_factory) -> 
     daemon.start()
     async with daemon.client() as client:
         await open_chat(client, "stub", agent="sticky", cwd=daemon.work)
-        pid = int((await turn(client, "stub", "/pid")).text)
+        pid = await agent_pid(client, "stub")
     start = time.monotonic()
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGTERM)

@@ -34,7 +34,15 @@ import trio.lowlevel
 
 from daemon.client import Client
 from protocol import messages as m
-from tests.harness import DaemonProcess, actor, open_chat, subscribe, turn, wait_state
+from tests.harness import (
+    DaemonProcess,
+    actor,
+    agent_pid,
+    open_chat,
+    subscribe,
+    turn,
+    wait_state,
+)
 
 P = ParamSpec("P")
 
@@ -307,8 +315,8 @@ async def test_reload_applies_changes_keeps_unchanged_agents_rejects_bad_config(
     async with daemon.client() as client:
         a = await open_chat(client, "a", cwd=daemon.work)
         b = await open_chat(client, "b", agent="x", cwd=daemon.work)
-        pid_a = int((await turn(client, a.chat, "/pid")).text)
-        pid_b = int((await turn(client, b.chat, "/pid", agent="x")).text)
+        pid_a = await agent_pid(client, a.chat)
+        pid_b = await agent_pid(client, b.chat, "x")
 
         # 1. SIGHUP: agent x changed, agent y is new; the echo agent is untouched.
         daemon.write_config(_config(idle_ttl="1h", x_env='env = {ECHO_GEN = "2"}', y=True))
@@ -328,8 +336,8 @@ async def test_reload_applies_changes_keeps_unchanged_agents_rejects_bad_config(
         await wait_state(client, b.chat, "hibernated", agent="x")
         same = await actor(client, a.chat)
         assert (same.state, same.pid) == ("ready", pid_a)
-        assert int((await turn(client, a.chat, "/pid")).text) == pid_a
-        assert int((await turn(client, b.chat, "/pid", agent="x")).text) != pid_b
+        assert await agent_pid(client, a.chat) == pid_a
+        assert await agent_pid(client, b.chat, "x") != pid_b
         recycled = await turn(client, b.chat, "/terminal printenv ECHO_GEN", agent="x")
         assert recycled.text.startswith("2\n"), recycled.text
         c = await open_chat(client, "c", agent="y", cwd=daemon.work)

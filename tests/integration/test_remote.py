@@ -24,10 +24,13 @@ from protocol import messages as m
 from tests.harness import (
     DaemonProcess,
     actor,
+    agent_pid,
+    alive,
     inspect,
     open_chat,
     subscribe,
     turn,
+    wait_gone,
     wait_state,
     wait_turn_end,
 )
@@ -46,19 +49,6 @@ def sshd() -> Iterator[SshServer]:
         subprocess.run(["rm", "-rf", str(server.base)], check=False)
 
 
-def alive(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
-async def wait_gone(pids: list[int], timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while [p for p in pids if alive(p)]:
-            await trio.sleep(0.05)
-
-
 async def computers(client: Client, probe: bool = True) -> dict[str, m.ComputerInfo]:
     result: m.ComputerList = await client.request(m.ListComputers(id=0, probe=probe))
     return {c.name: c for c in result.computers}
@@ -75,11 +65,6 @@ async def wait_computer(client: Client, state: str, timeout: float = 20.0) -> m.
 
 async def wait_busy(client: Client, chat: str) -> None:
     await wait_state(client, chat, "busy", agent="recho", timeout=10)
-
-
-async def agent_pid(client: Client, chat: str) -> int:
-    """The pid the chat's agent reports (`/pid`, a turn: it starts the agent if needed)."""
-    return int((await turn(client, chat, "/pid")).text)
 
 
 async def open_remote(client: Client, sshd: SshServer, chat: str

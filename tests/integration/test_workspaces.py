@@ -15,7 +15,7 @@ import trio
 
 from protocol import deltas as d
 from protocol import messages as m
-from tests.harness import DaemonProcess, open_chat, turn, wait_for_delta
+from tests.harness import DaemonProcess, open_chat, replay, turn, wait_for_delta
 
 IDENTITY = {"GIT_AUTHOR_NAME": "Stoker Tests", "GIT_AUTHOR_EMAIL": "tests@stoker.invalid",
             "GIT_COMMITTER_NAME": "Stoker Tests", "GIT_COMMITTER_EMAIL": "tests@stoker.invalid"}
@@ -222,16 +222,9 @@ async def test_diff_cli_and_the_diff_delta(daemon: DaemonProcess) -> None:
         assert delta.turn == third.turn
         assert isinstance(delta.body, d.Diff)
         assert (delta.body.files, delta.body.insertions, delta.body.deletions) == (2, 2, 2)
-    async with daemon.client() as replay:
-        await replay.request(m.Subscribe(id=0, chat="d", since=m.Cursor(seq=0), live=False))
-        diffs = []
-        with trio.fail_after(10):
-            while True:
-                event = await replay.next_event()
-                if isinstance(event, m.ReplayComplete):
-                    break
-                if isinstance(event, d.Delta) and isinstance(event.body, d.Diff):
-                    diffs.append(event.turn)
+    async with daemon.client() as again:
+        diffs = [x.turn for x in await replay(again, "d", timeout=10)
+                 if isinstance(x.body, d.Diff)]
     assert diffs == [first.turn, third.turn]
     assert quiet.turn not in diffs
     # Committed, uncommitted and untracked changes all count.
