@@ -38,6 +38,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 Body = TypeVar("Body")
 
+#: Python source for a child process that was given descriptors as systemd gives them:
+#: moves `spec["fds"]` to 3, 4, ... (inheritable, as systemd passes them), first out of the
+#: way (>= 100), so that a source which already is some target fd is not clobbered. The
+#: script it goes into imports `fcntl` and `os` and reads `spec` first.
+MOVE_FDS_TO_3 = r"""
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in spec["fds"]]
+for fd in spec["fds"]:
+    os.close(fd)
+for i, fd in enumerate(high):
+    os.dup2(fd, 3 + i, inheritable=True)
+    os.close(fd)
+"""
+
 
 def short_tmpdir(prefix: str = "stk") -> Path:
     """Unix socket paths are limited to ~108 bytes: keep them short."""
@@ -392,3 +405,24 @@ async def wait_gone(pids: Iterable[int], timeout: float = 10.0) -> None:
 async def agent_pid(client: Client, chat: str, agent: str | None = None) -> int:
     """The pid the chat's echo agent reports: a `/pid` turn (which starts it if needed)."""
     return int((await turn(client, chat, "/pid", agent=agent)).text)
+
+
+async def assert_fs_confined(client: Client, chat: str, cwd: Path, outside: Path) -> None:
+    """The echo agent of `chat`, in `cwd`, writes and reads files there through the
+    client's fs/* and nowhere else: `outside` (a file in the directory that `cwd/link`
+    points to) stays out of reach by absolute path, by `..` and through the link, and
+    nothing is written next to it or beside `cwd`."""
+    secret = outside.read_text()
+    wrote = await turn(client, chat, "/write notes/a.txt hi there")
+    assert wrote.text == f"wrote {cwd}/notes/a.txt", wrote.text
+    assert (cwd / "notes" / "a.txt").read_text() == "hi there"
+    assert (await turn(client, chat, "/read notes/a.txt")).text == "hi there"
+    for attempt in (f"/read {outside}", f"/read ../{outside.name}", f"/read link/{outside.name}",
+                    "/write ../escape.txt x", "/write link/escape.txt x"):
+        result = await turn(client, chat, attempt)
+        assert "access denied" in result.text, (attempt, result.text)
+    assert not (outside.parent / "escape.txt").exists()
+    assert not (cwd.parent / "escape.txt").exists()
+    assert outside.read_text() == secret
+    missing = await turn(client, chat, "/read nope.txt")
+    assert missing.text.startswith("error:"), missing.text

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import trio
 
-from daemon.client import RequestFailed
+from daemon.client import Client, RequestFailed
 from protocol import deltas as d
 from protocol import messages as m
 from tests.acp_tee import ClientSchema, iter_updates, read_trace, tee_command, traces
@@ -138,14 +138,22 @@ async def test_every_update_kind_becomes_a_delta_and_state(traced: Traced) -> No
     assert caps == {"fs": {"readTextFile": True, "writeTextFile": True}, "terminal": True}
 
 
+async def ask_permission(client: Client, chat: str, watcher: Client | None = None
+                         ) -> tuple[m.PromptAccepted, d.PermissionRequest]:
+    """`client` subscribes to `chat` and prompts `/permission`; returns that turn and the
+    permission request the echo agent asks, as `watcher` (by default `client`) sees it."""
+    await subscribe(client, chat)
+    accepted: m.PromptAccepted = await client.request(
+        m.Prompt(id=0, chat=chat, text="/permission"))
+    return accepted, await wait_for_body(watcher or client, d.PermissionRequest, timeout=10)
+
+
 async def test_permission_first_answer_wins(traced: Traced) -> None:
     daemon = traced.daemon
     async with daemon.client("alice") as alice, daemon.client("bob") as bob:
         info = await open_chat(alice, "perm", cwd=daemon.work)
         await subscribe(bob, info.chat)
-        await subscribe(alice, info.chat)
-        accepted = await alice.request(m.Prompt(id=0, chat=info.chat, text="/permission"))
-        request = await wait_for_body(bob, d.PermissionRequest, timeout=10)
+        accepted, request = await ask_permission(alice, info.chat, watcher=bob)
         assert request.policy == "ask"
         assert [o["optionId"] for o in request.options] == ["allow", "always", "reject"]
         await bob.request(m.Permit(id=0, chat=info.chat, request=request.request,
@@ -163,9 +171,8 @@ async def test_permit_through_the_cli_and_unknown_request(traced: Traced) -> Non
     daemon = traced.daemon
     async with daemon.client() as client:
         info = await open_chat(client, "cli-perm", cwd=daemon.work)
-        await subscribe(client, info.chat)
-        accepted = await client.request(m.Prompt(id=0, chat=info.chat, text="/permission"))
-        request_id = (await wait_for_body(client, d.PermissionRequest, timeout=10)).request
+        accepted, request = await ask_permission(client, info.chat)
+        request_id = request.request
         bad = await trio.to_thread.run_sync(daemon.cli, "permit", info.chat, "nope", "allow")
         assert bad.returncode == 1
         assert "no permission request" in bad.stderr
@@ -207,9 +214,7 @@ async def test_cancel_answers_pending_permission_cancelled(traced: Traced) -> No
     daemon = traced.daemon
     async with daemon.client() as client:
         info = await open_chat(client, "pc", cwd=daemon.work)
-        await subscribe(client, info.chat)
-        accepted = await client.request(m.Prompt(id=0, chat=info.chat, text="/permission"))
-        await wait_for_body(client, d.PermissionRequest, timeout=10)
+        accepted, _request = await ask_permission(client, info.chat)
         await client.request(m.Cancel(id=0, chat=info.chat))
         cancelled = await collect_turn(client, info.chat, accepted.turn, timeout=10)
         resolved = cancelled.of(d.PermissionResolved)

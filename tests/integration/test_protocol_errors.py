@@ -50,6 +50,12 @@ class Raw:
         payload, self.buf = self.buf[4:4 + size], self.buf[4 + size:]
         return _dec.decode(payload)
 
+    def error(self) -> m.ErrorReply:
+        """The next message, which must be an error reply."""
+        message = self.recv()
+        assert isinstance(message, m.ErrorReply), message
+        return message
+
     def closed(self) -> bool:
         try:
             while True:
@@ -81,39 +87,32 @@ async def test_bad_frames_get_errors_and_hurt_nobody(daemon: DaemonProcess) -> N
         raw = Raw(str(daemon.socket))
         # A request before hello.
         raw.send(m.Ping(id=7))
-        error = await run(raw.recv)
-        assert isinstance(error, m.ErrorReply)
+        error = await run(raw.error)
         assert (error.id, error.code) == (7, "hello_required")
         # A wrong protocol version, then the right hello.
         raw.send(m.Hello(protocol=99))
-        error = await run(raw.recv)
-        assert isinstance(error, m.ErrorReply)
+        error = await run(raw.error)
         assert error.code == "protocol_version"
         await run(hello, raw)
         # Not msgpack at all.
         raw.frame(b"\xc1\xc1 not msgpack")
-        error = await run(raw.recv)
-        assert isinstance(error, m.ErrorReply)
+        error = await run(raw.error)
         assert (error.id, error.code) == (None, "bad_frame")
         # Valid msgpack, unknown request type: the error names the id.
         raw.frame(_enc.encode({"type": "make_coffee", "id": 12}))
-        error = await run(raw.recv)
-        assert isinstance(error, m.ErrorReply)
+        error = await run(raw.error)
         assert (error.id, error.code) == (12, "unknown_request")
         # Known type, wrong field types.
         raw.frame(_enc.encode({"type": "prompt", "id": 13, "chat": 42}))
-        error = await run(raw.recv)
-        assert isinstance(error, m.ErrorReply)
+        error = await run(raw.error)
         assert (error.id, error.code) == (13, "bad_request")
         assert "chat" in error.message
         # Unknown chat and agent.
         raw.send(m.Prompt(id=14, chat="no-such-chat", text="hi"))
-        error = await run(raw.recv)
-        assert isinstance(error, m.ErrorReply)
+        error = await run(raw.error)
         assert (error.id, error.code) == (14, "unknown_chat")
         raw.send(m.OpenChat(id=15, agent="no-such-agent", cwd=str(daemon.work)))
-        error = await run(raw.recv)
-        assert isinstance(error, m.ErrorReply)
+        error = await run(raw.error)
         assert (error.id, error.code) == (15, "unknown_agent")
         # Still a working connection.
         raw.send(m.Ping(id=16))
@@ -122,8 +121,7 @@ async def test_bad_frames_get_errors_and_hurt_nobody(daemon: DaemonProcess) -> N
         assert pong.id == 16
         # An oversized frame: error, then that connection (only) closes.
         raw.sock.sendall((1 << 30).to_bytes(4, "big") + b"x" * 16)
-        error = await run(raw.recv)
-        assert isinstance(error, m.ErrorReply)
+        error = await run(raw.error)
         assert error.code == "frame_too_large"
         assert await run(raw.closed)
         raw.close()

@@ -26,6 +26,7 @@ from tests.harness import (
     actor,
     agent_pid,
     alive,
+    assert_fs_confined,
     inspect,
     open_chat,
     subscribe,
@@ -116,17 +117,7 @@ async def test_remote_agent_behaves_as_locally(sshd: SshServer,
         assert await agent_pid(client, info.chat) == pid
 
         # fs/* over SFTP, confined to the remote cwd.
-        wrote = await turn(client, info.chat, "/write notes/a.txt hi there")
-        assert wrote.text == f"wrote {cwd}/notes/a.txt", wrote.text
-        assert (cwd / "notes" / "a.txt").read_text() == "hi there"
-        assert (await turn(client, info.chat, "/read notes/a.txt")).text == "hi there"
-        for attempt in (f"/read {secret}", "/read ../secret.txt", "/read link/secret.txt",
-                        "/write ../escape.txt x", "/write link/escape.txt x"):
-            result = await turn(client, info.chat, attempt)
-            assert "access denied" in result.text, (attempt, result.text)
-        assert not (sshd.work / "escape.txt").exists()
-        missing = await turn(client, info.chat, "/read nope.txt")
-        assert missing.text.startswith("error:"), missing.text
+        await assert_fs_confined(client, info.chat, cwd, secret)
 
         # terminal/* runs there too: stdout and stderr merged, exit status, cwd.
         term = await turn(client, info.chat, "/terminal sh -c 'echo hi; echo there >&2; exit 7'")
