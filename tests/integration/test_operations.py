@@ -35,6 +35,7 @@ import trio.lowlevel
 from daemon.client import Client
 from protocol import messages as m
 from tests.harness import (
+    MOVE_FDS_TO_3,
     DaemonProcess,
     actor,
     agent_pid,
@@ -70,12 +71,7 @@ ECHO = [sys.executable, "-m", "daemon.echo_agent"]
 _LAUNCHER = r"""
 import fcntl, json, os, sys
 spec = json.loads(sys.argv[1])
-high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in spec["fds"]]
-for fd in spec["fds"]:
-    os.close(fd)
-for i, fd in enumerate(high):
-    os.dup2(fd, 3 + i, inheritable=True)
-    os.close(fd)
+""" + MOVE_FDS_TO_3 + r"""
 for name in spec["pid_vars"]:
     os.environ[name] = str(os.getpid())
 os.execv(sys.argv[2], sys.argv[2:])

@@ -28,6 +28,7 @@ from daemon.activation import (
     inherited_sockets,
     pick_unix_listener,
 )
+from tests.harness import MOVE_FDS_TO_3
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 20.0
@@ -38,14 +39,7 @@ CHILD = r"""
 import fcntl, json, os, socket, sys
 
 spec = json.loads(sys.argv[1])
-# Move the inherited sockets to 3, 4, ...: first out of the way (>= 100), then into place,
-# so a source that is already some target fd is not clobbered.
-high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in spec["fds"]]
-for fd in spec["fds"]:
-    os.close(fd)
-for i, fd in enumerate(high):
-    os.dup2(fd, 3 + i, inheritable=True)  # inheritable, as systemd passes them
-    os.close(fd)
+""" + MOVE_FDS_TO_3 + r"""
 for key, value in spec["env"].items():
     os.environ[key] = value
 if spec["listen_pid"] == "self":
