@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CACHE_DIR = Path(os.environ.get("STOKER_E2E_NPM_CACHE") or ROOT / ".cache" / "e2e-npm")
@@ -47,6 +48,39 @@ QWEN_VERSIONS: tuple[str, ...] = tuple(
     else (QWEN_VERSION, QWEN_LOAD_VERSION))
 """What the qwen tests run against (each test once per version)."""
 OPENCODE_VERSION = os.environ.get("STOKER_E2E_OPENCODE_VERSION") or "1.18.33"
+
+QWEN_SETTINGS: dict[str, Any] = {
+    # Offline and quiet: no update check, no usage statistics or telemetry export.
+    "general": {"enableAutoUpdate": False, "checkpointing": {"enabled": False}},
+    "privacy": {"usageStatisticsEnabled": False},
+    "telemetry": {"enabled": False},
+    "ide": {"enabled": False},
+    # Side calls to the model would eat scripted replies (FakeLLM only scripts requests
+    # that offer tools, but memory agents offer tools too).
+    "memory": {"enableManagedAutoMemory": False, "enableManagedAutoDream": False,
+               "enableAutoSkill": False},
+    "ui": {"enableFollowupSuggestions": False},
+    "model": {"skipNextSpeakerCheck": True, "skipLoopDetection": True},
+}
+"""qwen's `~/.qwen/settings.json` for runs against the scripted loopback model."""
+QWEN_ARGS = ("--acp", "--auth-type", "openai")
+"""qwen's arguments: speak ACP, use the OpenAI-compatible endpoint of `qwen_env`."""
+
+
+def qwen_env(base_url: str, home: Path, api_key: str = "test-key") -> dict[str, str]:
+    """qwen's environment: the model at `base_url` (a loopback one), `home` as HOME, no
+    telemetry, no proxy for loopback, no colour."""
+    return {
+        "OPENAI_BASE_URL": base_url,
+        "OPENAI_API_KEY": api_key,
+        "OPENAI_MODEL": "fake-model",
+        "HOME": str(home),
+        "QWEN_TELEMETRY_ENABLED": "false",
+        "QWEN_USAGE_STATISTICS_ENABLED": "false",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        "NO_COLOR": "1",
+    }
 MIN_NODE = 20
 INSTALL_TIMEOUT = 900.0
 LOCK_TIMEOUT = INSTALL_TIMEOUT + 60.0

@@ -25,7 +25,16 @@ import trio
 from daemon.client import Client
 from protocol import deltas as d
 from protocol import messages as m
-from tests.e2e.agents import QWEN_LOAD_VERSION, QWEN_VERSION, QWEN_VERSIONS, Installed, qwen
+from tests.e2e.agents import (
+    QWEN_ARGS,
+    QWEN_LOAD_VERSION,
+    QWEN_SETTINGS,
+    QWEN_VERSION,
+    QWEN_VERSIONS,
+    Installed,
+    qwen,
+    qwen_env,
+)
 from tests.e2e.fake_llm import JSON, Dynamic, FakeLLM, Text, ToolCall
 from tests.e2e.rig import (
     TracedDaemon,
@@ -45,17 +54,7 @@ pytestmark = pytest.mark.e2e
 
 AGENT = "qwen"
 SETTINGS: JSON = {
-    # Offline and quiet: no update check, no usage statistics or telemetry export.
-    "general": {"enableAutoUpdate": False, "checkpointing": {"enabled": False}},
-    "privacy": {"usageStatisticsEnabled": False},
-    "telemetry": {"enabled": False},
-    "ide": {"enabled": False},
-    # Side calls to the model would eat scripted replies (FakeLLM only scripts requests
-    # that offer tools, but memory agents offer tools too).
-    "memory": {"enableManagedAutoMemory": False, "enableManagedAutoDream": False,
-               "enableAutoSkill": False},
-    "ui": {"enableFollowupSuggestions": False},
-    "model": {"skipNextSpeakerCheck": True, "skipLoopDetection": True},
+    **QWEN_SETTINGS,
     # "default" asks before edits (newer releases default to an LLM classifier, "auto").
     "tools": {"approvalMode": "default"},
 }
@@ -91,19 +90,8 @@ def rig(daemon_factory: type[DaemonProcess], qwen_install: Installed,
     trace_dir, home, workspace = rig_dirs(daemon)
     (home / ".qwen").mkdir()
     (home / ".qwen" / "settings.json").write_text(json.dumps(SETTINGS, indent=2))
-    env = {
-        "OPENAI_BASE_URL": llm.base_url,
-        "OPENAI_API_KEY": "test-key",
-        "OPENAI_MODEL": "fake-model",
-        "HOME": str(home),
-        "QWEN_TELEMETRY_ENABLED": "false",
-        "QWEN_USAGE_STATISTICS_ENABLED": "false",
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
-        "NO_COLOR": "1",
-    }
-    start_traced(daemon, trace_dir, AGENT,
-                 [str(qwen_install.binary), "--acp", "--auth-type", "openai"], env)
+    start_traced(daemon, trace_dir, AGENT, [str(qwen_install.binary), *QWEN_ARGS],
+                 qwen_env(llm.base_url, home))
     made = QwenRig(daemon, trace_dir, workspace, llm=llm, home=home,
                    version=qwen_install.tool.version)
     yield made
