@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from protocol import deltas as d
 from protocol import messages as m
@@ -113,23 +112,10 @@ async def run(ctx: Context) -> Result:
     return result
 
 
-QWEN_SETTINGS: dict[str, Any] = {
-    "general": {"enableAutoUpdate": False, "checkpointing": {"enabled": False}},
-    "privacy": {"usageStatisticsEnabled": False},
-    "telemetry": {"enabled": False},
-    "ide": {"enabled": False},
-    "memory": {"enableManagedAutoMemory": False, "enableManagedAutoDream": False,
-               "enableAutoSkill": False},
-    "ui": {"enableFollowupSuggestions": False},
-    "model": {"skipNextSpeakerCheck": True, "skipLoopDetection": True},
-}
-"""As in tests/e2e/test_qwen.py: offline, quiet, no side calls to the model."""
-
-
 async def _qwen(ctx: Context, result: Result) -> str | None:
     """Measure qwen, or return why it cannot be."""
     try:
-        from tests.e2e.agents import QWEN, ensure
+        from tests.e2e.agents import QWEN, QWEN_ARGS, QWEN_SETTINGS, ensure, qwen_env
         from tests.e2e.fake_llm import FakeLLM
         from tests.e2e.rig import agent_table
     except ImportError as exc:
@@ -146,14 +132,8 @@ async def _qwen(ctx: Context, result: Result) -> str | None:
             for directory in (home / ".qwen", workspace):
                 directory.mkdir(parents=True)
             (home / ".qwen" / "settings.json").write_text(json.dumps(QWEN_SETTINGS))
-            env = {
-                "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "bench-key",
-                "OPENAI_MODEL": "fake-model", "HOME": str(home),
-                "QWEN_TELEMETRY_ENABLED": "false", "QWEN_USAGE_STATISTICS_ENABLED": "false",
-                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
-                "NO_COLOR": "1",
-            }
-            argv = [str(installed.binary), "--acp", "--auth-type", "openai"]
+            env = qwen_env(llm.base_url, home, api_key="bench-key")
+            argv = [str(installed.binary), *QWEN_ARGS]
             daemon.write_config(bench_config() + agent_table("qwen", argv, env))
             daemon.start_bench()
             via = await _via_daemon(daemon, "qwen", str(workspace), runs, "say hello", 120)
