@@ -15,6 +15,18 @@ from typing import Any
 
 from .common import Figure
 
+RENAMED: dict[str, str] = {
+    "daemon kill -9 -> daemon ready": "kill -9 -> daemon ready",
+    "daemon kill -9 -> chat warm again": "kill -9 -> chat warm again",
+    "agent's own cold start, same runs": "agent's own cold start (spawn, initialize, session/new)",
+    "daemon restart adds (chat warm again - agent cold start)":
+        "restart adds (chat warm again - agent cold start)",
+    "daemon kill -9 -> first chunk": "kill -9 -> first chunk",
+    "daemon restart adds (first chunk)": "restart adds (first chunk)",
+    "daemon kill -9 -> daemon ready, 1M deltas logged": "kill -9 -> daemon ready, 1M deltas logged",
+}
+"""Figures renamed since an older document (new name -> old), so that "before" finds them."""
+
 
 def _figures(document: dict[str, Any], scenario: str) -> dict[str, Figure]:
     found = document.get("scenarios", {}).get(scenario, {})
@@ -44,7 +56,7 @@ def render(after: dict[str, Any], before: dict[str, Any] | None = None) -> str:
             holds = "" if fig.holds is None else ("yes" if fig.holds else "**no**")
             cells = [fig.name]
             if before:
-                prior = old.get(fig.name)
+                prior = old.get(fig.name) or old.get(RENAMED.get(fig.name, ""))
                 cells.append(prior.shown() if prior is not None else "")
             cells += [fig.shown(), fig.target or "", holds]
             lines.append("| " + " | ".join(cells) + " |")
