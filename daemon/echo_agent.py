@@ -1125,6 +1125,20 @@ class EchoAgent:
         if not turn.cancel.is_set():
             self._chunk(turn, f"error: no answer from the client to {what}")
 
+    def _ask_client(self, turn: Turn, method: str, params: JsonObj, *,
+                    stop_on_cancel: bool = False) -> tuple[bool, Any]:
+        """(True, the result) of a request to the client; (False, None) once its failure (no
+        answer, or an error answer) has been told to the turn as an ``error: ...`` chunk."""
+        response = self._call(turn, method, params, stop_on_cancel=stop_on_cancel)
+        if response is None:
+            self._no_answer(turn, method)
+            return False, None
+        error = self._error_text(response)
+        if error is not None:
+            self._chunk(turn, f"error: {error}")
+            return False, None
+        return True, response.get("result")
+
     def _cmd_write(self, turn: Turn, arg: str) -> None:
         if not self._can_write:
             self._chunk(turn, "error: the client did not advertise fs.writeTextFile")
@@ -1133,20 +1147,13 @@ class EchoAgent:
         if not parts:
             raise _Usage("usage: /write PATH TEXT")
         path = self._abs_path(turn, parts[0])
-        response = self._call(
-            turn,
-            "fs/write_text_file",
-            {
-                "sessionId": turn.session.session_id,
-                "path": path,
-                "content": parts[1] if len(parts) > 1 else "",
-            },
-        )
-        if response is None:
-            self._no_answer(turn, "fs/write_text_file")
-            return
-        error = self._error_text(response)
-        self._chunk(turn, f"error: {error}" if error is not None else f"wrote {path}")
+        ok, _ = self._ask_client(turn, "fs/write_text_file", {
+            "sessionId": turn.session.session_id,
+            "path": path,
+            "content": parts[1] if len(parts) > 1 else "",
+        })
+        if ok:
+            self._chunk(turn, f"wrote {path}")
 
     def _cmd_read(self, turn: Turn, arg: str) -> None:
         if not self._can_read:
@@ -1154,19 +1161,11 @@ class EchoAgent:
             return
         if not arg:
             raise _Usage("usage: /read PATH")
-        response = self._call(
-            turn,
-            "fs/read_text_file",
-            {"sessionId": turn.session.session_id, "path": self._abs_path(turn, arg)},
-        )
-        if response is None:
-            self._no_answer(turn, "fs/read_text_file")
+        ok, result = self._ask_client(
+            turn, "fs/read_text_file",
+            {"sessionId": turn.session.session_id, "path": self._abs_path(turn, arg)})
+        if not ok:
             return
-        error = self._error_text(response)
-        if error is not None:
-            self._chunk(turn, f"error: {error}")
-            return
-        result = response.get("result")
         content = result.get("content") if isinstance(result, dict) else None
         if not isinstance(content, str):
             self._chunk(turn, "error: fs/read_text_file answered without content")
@@ -1227,47 +1226,29 @@ class EchoAgent:
         if not argv:
             raise _Usage("usage: /terminal CMD ARGS...")
         sid = turn.session.session_id
-        created = self._call(
-            turn,
-            "terminal/create",
-            {
-                "sessionId": sid,
-                "command": argv[0],
-                "args": argv[1:],
-                "cwd": turn.session.cwd,
-                "outputByteLimit": OUTPUT_BYTE_LIMIT,
-            },
-        )
-        if created is None:
-            self._no_answer(turn, "terminal/create")
+        ok, result = self._ask_client(turn, "terminal/create", {
+            "sessionId": sid,
+            "command": argv[0],
+            "args": argv[1:],
+            "cwd": turn.session.cwd,
+            "outputByteLimit": OUTPUT_BYTE_LIMIT,
+        })
+        if not ok:
             return
-        error = self._error_text(created)
-        result = created.get("result")
         terminal_id = result.get("terminalId") if isinstance(result, dict) else None
-        if error is not None or not isinstance(terminal_id, str):
-            self._chunk(turn, f"error: {error or 'terminal/create answered without terminalId'}")
+        if not isinstance(terminal_id, str):
+            self._chunk(turn, "error: terminal/create answered without terminalId")
             return
         ids = {"sessionId": sid, "terminalId": terminal_id}
         try:
-            waited = self._call(turn, "terminal/wait_for_exit", ids, stop_on_cancel=True)
-            if waited is None:
-                self._no_answer(turn, "terminal/wait_for_exit")
+            ok, exit_status = self._ask_client(turn, "terminal/wait_for_exit", ids,
+                                               stop_on_cancel=True)
+            if not ok:
                 return
-            error = self._error_text(waited)
-            if error is not None:
-                self._chunk(turn, f"error: {error}")
+            ok, out_result = self._ask_client(turn, "terminal/output", ids)
+            if not ok:
                 return
-            output = self._call(turn, "terminal/output", ids)
-            if output is None:
-                self._no_answer(turn, "terminal/output")
-                return
-            error = self._error_text(output)
-            if error is not None:
-                self._chunk(turn, f"error: {error}")
-                return
-            out_result = output.get("result")
             text = out_result.get("output") if isinstance(out_result, dict) else None
-            exit_status = waited.get("result")
             exit_status = exit_status if isinstance(exit_status, dict) else {}
             if isinstance(exit_status.get("exitCode"), int):
                 status = f"[exit {exit_status['exitCode']}]"
