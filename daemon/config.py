@@ -85,21 +85,24 @@ def format_duration(seconds: float) -> str:
 
 
 def _dec_hook(type_: type, obj: Any) -> Any:
+    """msgspec's hook for our own value types. A TypeError here becomes msgspec's
+    ValidationError naming the field, as any other bad value does."""
     if type_ is Duration:
         return parse_duration(obj)
     if type_ is ByteSize:
         return parse_size(obj)
-    raise NotImplementedError(f"no decoder for {type_}")
+    raise TypeError(f"no decoder for {type_}")
 
 
 def _enc_hook(obj: Any) -> Any:
+    """The inverse of `_dec_hook`, for `dump` (which settings a reload changes)."""
     if isinstance(obj, Duration):
         return format_duration(float(obj))
     if isinstance(obj, ByteSize):
         return int(obj)
     if isinstance(obj, Path):
         return str(obj)
-    raise NotImplementedError(f"cannot encode {type(obj)}")
+    raise TypeError(f"cannot encode {type(obj)}")
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=False):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import socket
@@ -104,6 +105,8 @@ class DaemonProcess:
         self.marker = uuid.uuid4().hex
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
+        self._notify: socket.socket | None = None
+        """Our end of the daemon's `$NOTIFY_SOCKET`, until it said READY=1."""
         self.write_config(config)
         self.allow_leftovers = False
 
@@ -143,6 +146,15 @@ class DaemonProcess:
         full_env = self.env()
         if env:
             full_env.update(env)
+        self._close_notify()
+        if "NOTIFY_SOCKET" not in full_env:
+            # Play systemd's part for readiness: the daemon sends READY=1 once its store is
+            # open, its state loaded and its listeners serve, so waiting for that datagram
+            # is waiting for the event itself (a test that owns NOTIFY_SOCKET gets polling).
+            self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            name = f"stoker-harness-{self.marker}-{time.monotonic_ns()}"
+            self._notify.bind("\0" + name)  # abstract: no path to clean up or to outgrow
+            full_env["NOTIFY_SOCKET"] = "@" + name
         self.proc = subprocess.Popen(
             [*(launcher or []), sys.executable, "-m", "daemon.cli", "daemon",
              "--log-level", log_level, *(extra_args or [])],
@@ -152,7 +164,10 @@ class DaemonProcess:
         if wait:
             self.wait_ready(timeout)
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, timeout: float = 20.0) -> float:
+        """Wait until the daemon is ready; returns `time.perf_counter()` at that moment."""
+        if self._notify is not None:
+            return self._wait_notified_ready(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
@@ -160,9 +175,38 @@ class DaemonProcess:
                 raise AssertionError(
                     f"daemon exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
             if self.socket.exists() and self._handshake():
-                return
-            time.sleep(0.02)
+                return time.perf_counter()
+            time.sleep(0.02)  # a condition polled under a deadline: no event to wait on here
         raise AssertionError(f"daemon not ready after {timeout}s:\n{self.log_text()[-4000:]}")
+
+    def _wait_notified_ready(self, timeout: float) -> float:
+        """Block on the notify socket and on the process (a pidfd) until READY=1 arrives or
+        the daemon exits, under a deadline."""
+        notify, proc = self._notify, self.proc
+        assert notify is not None
+        assert proc is not None
+        pidfd = os.pidfd_open(proc.pid)
+        try:
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                readable, _, _ = select.select([notify.fileno(), pidfd], [], [], left)
+                if notify.fileno() in readable:
+                    at = time.perf_counter()
+                    if b"READY=1" in notify.recv(65536).split(b"\n"):
+                        self._close_notify()  # later datagrams (STATUS=...) go nowhere
+                        return at
+                elif readable:
+                    proc.wait()
+                    raise AssertionError(f"daemon exited with {proc.returncode}:\n"
+                                         f"{self.log_text()[-4000:]}")
+        finally:
+            os.close(pidfd)
+        raise AssertionError(f"daemon not ready after {timeout}s:\n{self.log_text()[-4000:]}")
+
+    def _close_notify(self) -> None:
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
 
     def _handshake(self) -> bool:
         """Ready means: answers `hello` with `welcome` (the socket accepts into its backlog
@@ -219,6 +263,7 @@ class DaemonProcess:
 
     def cleanup(self) -> list[int]:
         """Stop the daemon; kill and report any process of ours that outlived it."""
+        self._close_notify()
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.stop()

@@ -9,7 +9,8 @@ stopped by it). The agent's own cold start (spawn, initialize, session/new),
 measured directly over stdio in the same run, is subtracted.
 
 The daemon, per run: kill -9 the daemon (its agent is orphaned), start a new one, and time
-* kill -> ready: the new daemon answers `hello` (interpreter, imports, SQLite, state load,
+* kill -> ready: the new daemon says READY=1 on its `$NOTIFY_SOCKET`, as it does to systemd
+  once its listener serves (interpreter, imports, SQLite, state load,
   orphan reclaim);
 * kill -> chat warm again: a `warm` request sent at ready returns (respawn, initialize,
   session/resume);
@@ -39,19 +40,6 @@ from .direct import direct_agent
 from .wire import TimedClient, timed_client
 
 
-def _wait_ready(daemon: BenchDaemon, timeout: float = 30.0) -> float:
-    """Poll every millisecond until the daemon answers `hello`; perf_counter then."""
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        assert daemon.proc is not None
-        if daemon.proc.poll() is not None:
-            raise RuntimeError(f"daemon exited:\n{daemon.log_text()[-3000:]}")
-        if daemon.socket.exists() and daemon._handshake():
-            return time.perf_counter()
-        time.sleep(0.001)
-    raise RuntimeError(f"daemon not ready after {timeout}s")
-
-
 async def _with_big_log(ctx: Context, daemon: BenchDaemon) -> dict[str, float] | None:
     """kill -9 -> ready again with a large delta log (10 chats x 100k deltas, the default
     retention per chat): what the startup work that scales with the log costs. Full runs
@@ -67,7 +55,7 @@ async def _with_big_log(ctx: Context, daemon: BenchDaemon) -> dict[str, float] |
         killed = time.perf_counter()
         daemon.kill9()
         daemon.start(log_level="info", wait=False)
-        ready = _wait_ready(daemon)
+        ready = daemon.wait_ready(30)
         if index:
             times.append(ms(ready - killed))
     ctx.say(f"  with {chats * per_chat} deltas logged: kill->ready {median(times):.0f} ms")
@@ -185,7 +173,7 @@ async def run(ctx: Context) -> Result:
             killed = time.perf_counter()
             daemon.kill9()
             daemon.start(log_level="info", wait=False)
-            ready = _wait_ready(daemon)
+            ready = daemon.wait_ready(30)
             warm, first = await _first_chunk(daemon, info.chat)
             async with direct_agent(ECHO_ARGV, cwd=str(daemon.work)) as agent:
                 await agent.open_session(str(daemon.work))

@@ -211,20 +211,6 @@ class BenchDaemon(DaemonProcess):
         self.remove()
 
 
-def wait_socket_ready(daemon: DaemonProcess, timeout: float = 30.0, poll: float = 0.002
-                      ) -> float:
-    """Poll (every `poll` s) until the daemon answers `hello`; the monotonic time it did."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert daemon.proc is not None
-        if daemon.proc.poll() is not None:
-            raise RuntimeError(f"daemon exited:\n{daemon.log_text()[-3000:]}")
-        if daemon.socket.exists() and daemon._handshake():
-            return time.monotonic()
-        time.sleep(poll)
-    raise RuntimeError(f"daemon not ready after {timeout}s")
-
-
 # ----------------------------------------------------------------------------- context
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
+import select
 import shutil
 import signal
 import subprocess
@@ -105,6 +107,25 @@ def summarize(path: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+def _wait_sampling(recorder: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Wait until py-spy says it is sampling (its first line, on stdout), so that the workload
+    starts under the profiler, not before it attached."""
+    assert recorder.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([recorder.stdout], [], [], left)
+        if not readable:
+            break
+        chunk = os.read(recorder.stdout.fileno(), 4096)
+        if not chunk:
+            raise RuntimeError(f"py-spy exited: {seen.decode(errors='replace')}")
+        seen += chunk
+        if b"Sampling" in seen:
+            return
+    raise RuntimeError(f"py-spy did not start sampling in {timeout:g}s: {seen!r}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.profile")
     parser.add_argument("workload", choices=WORKLOADS)
@@ -121,8 +142,8 @@ def main() -> int:
         recorder = subprocess.Popen(
             [spy, "record", "--pid", str(daemon.pid), "--rate", str(args.rate), "--format",
              "raw", "--output", str(target), "--nonblocking", "--threads"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(1.0)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        _wait_sampling(recorder)
         trio.run(_workload, args.workload, daemon)
         recorder.send_signal(signal.SIGINT)
         recorder.wait(60)

@@ -154,7 +154,10 @@ def _tail(text: str, lines: int = 15) -> str:
 
 @contextlib.contextmanager
 def _locked(path: Path, timeout: float) -> Iterator[None]:
-    """An exclusive `flock` on `path`, waited for with a deadline."""
+    """An exclusive `flock` on `path`, waited for with a deadline. flock(2) has no timed wait
+    and no notification of its release (a blocking call in a thread could not be abandoned
+    at the deadline without taking the lock later), so the lock is polled: a condition
+    checked under a deadline, held by another process installing the same package."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         deadline = time.monotonic() + timeout

@@ -79,12 +79,10 @@ class FakeLLM:
     """The server. Use as a context manager or call `start()`/`close()`."""
 
     def __init__(self, *, default: str = "OK.", model: str = "fake-model",
-                 is_main: Callable[[JSON], bool] = default_is_main,
-                 chunk_delay: float = 0.0) -> None:
+                 is_main: Callable[[JSON], bool] = default_is_main) -> None:
         self.default = default
         self.model = model
         self.is_main = is_main
-        self.chunk_delay = chunk_delay
         self.requests: list[Request] = []
         self.errors: list[str] = []
         self._script: list[Reply] = []
@@ -347,8 +345,6 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             for event in stream_events(body, reply, self.llm.model):
                 self._chunk(f"data: {json.dumps(event)}\n\n".encode())
-                if self.llm.chunk_delay:
-                    time.sleep(self.llm.chunk_delay)
             self._chunk(b"data: [DONE]\n\n")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
