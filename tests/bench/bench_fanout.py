@@ -29,18 +29,6 @@ from .wire import RawSubscriber, Tally, Transport, open_subscribers
 SIZES = (1, 8, 64)
 
 
-async def _settled_cpu(daemon: BenchDaemon, quiet: float = 0.002) -> float:
-    """The daemon's CPU seconds once it stopped working (two reads 100 ms apart)."""
-    last = daemon.cpu_seconds()
-    for _ in range(50):
-        await trio.sleep(0.1)
-        now = daemon.cpu_seconds()
-        if now - last < quiet:
-            return now
-        last = now
-    return last
-
-
 async def _count_all(subs: list[RawSubscriber], marker: bytes) -> list[Tally]:
     tallies: list[Tally] = [Tally() for _ in subs]
 
@@ -71,7 +59,7 @@ async def _once(daemon: BenchDaemon, control: Any, chat: str, transport: Transpo
             sent = time.perf_counter()
             await control.request(m.Prompt(id=0, chat=chat, text=f"/chunks {chunks}"))
         wall = max(t.ended_at for t in tallies) - sent
-        cpu = await _settled_cpu(daemon) - cpu0
+        cpu = await daemon.settled_cpu() - cpu0
     finally:
         for sub in subs:
             await sub.aclose()

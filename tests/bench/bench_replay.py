@@ -47,7 +47,7 @@ async def fill_chat(daemon: BenchDaemon, chunks: int) -> tuple[str, int]:
         finally:
             await sub.aclose()
         # The turn's trailing status delta and the log's last commit.
-        await trio.sleep(0.5)
+        await daemon.settled_cpu()
         detail: m.ChatDetail = await control.request(m.Inspect(id=0, chat=info.chat))
         return info.chat, detail.chat.head_seq
 

@@ -51,7 +51,7 @@ async def _with_big_log(ctx: Context, daemon: BenchDaemon) -> dict[str, float] |
         await fill_chat(daemon, per_chat)
     times: list[float] = []
     for index in range(4):
-        await trio.sleep(0.5)
+        await daemon.settled_cpu()  # idle: the last run's work is done
         killed = time.perf_counter()
         daemon.kill9()
         daemon.start(log_level="info", wait=False)
@@ -81,16 +81,7 @@ async def _first_chunk(daemon: BenchDaemon, chat: str) -> tuple[float, float]:
         await subscribe(client, chat)
         await client.request(m.Warm(id=0, chat=chat))
         warm = time.perf_counter()
-        accepted: m.PromptAccepted = await client.request(m.Prompt(id=0, chat=chat,
-                                                                   text="hello again"))
-        while True:
-            event = await client.next_event(timeout=30)
-            if (isinstance(event, d.Delta) and event.turn == accepted.turn
-                    and isinstance(event.body, d.TurnEnded)):
-                break
-        first = next(t for t, x in client.stamps
-                     if x.turn == accepted.turn and isinstance(x.body, d.Text))
-        return warm, first
+        return warm, (await client.timed_turn(chat, "hello again")).first_chunk
 
 
 async def _wait_status(client: TimedClient, chat: str, state: str, generation: int,
@@ -120,7 +111,7 @@ async def _agent_restarts(ctx: Context, runs: int) -> list[dict[str, float]]:
             await subscribe(client, info.chat)
             await client.request(m.Warm(id=0, chat=info.chat))
             for index in range(runs + 1):
-                await trio.sleep(0.3)  # nothing in flight; the last restart settled
+                await daemon.settled_cpu()  # idle: the last run's work is done
                 detail = await actor(client, info.chat)
                 if detail.pid is None or detail.state != "ready":
                     raise RuntimeError(f"the actor is not ready: {detail}")
@@ -169,7 +160,7 @@ async def run(ctx: Context) -> Result:
             await client.request(m.Prompt(id=0, chat=info.chat, text="first turn"))
             await client.request(m.Warm(id=0, chat=info.chat))
         for index in range(runs + 1):
-            await trio.sleep(0.3)  # the last turn's commits are in; the agent is warm
+            await daemon.settled_cpu()  # idle: the last run's work is done
             killed = time.perf_counter()
             daemon.kill9()
             daemon.start(log_level="info", wait=False)

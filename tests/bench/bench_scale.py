@@ -45,8 +45,9 @@ STATUS_ERRORS: list[str] = []
 async def _wait_counts(client: object, predicate: object, timeout: float = 120.0) -> float:
     """Poll status every 10 ms until `predicate(counts)`; the perf_counter time it held.
 
-    A `status` that races an agent's exit can fail with an internal error (the RSS reading
-    asks a trio `Process` for its return code from a worker thread): recorded, retried."""
+    A `status` that raced an agent's exit used to fail with an internal error (the RSS
+    reading asked a trio `Process` for its return code from a worker thread; fixed in
+    `LocalProcess.rss`): should it come back, it is recorded, reported and retried."""
     with trio.fail_after(timeout):
         while True:
             try:
@@ -63,7 +64,7 @@ async def _wait_counts(client: object, predicate: object, timeout: float = 120.0
 async def _fresh_rss(daemon: BenchDaemon) -> int:
     async with daemon.client("bench-rss") as client:
         await _status(client)
-        await trio.sleep(1.0)
+        await daemon.settled_cpu()
         return daemon.rss()
 
 
@@ -102,7 +103,7 @@ async def run(ctx: Context) -> Result:
         daemon.start_bench()
         async with daemon.client("bench-scale") as client:
             await _status(client)
-            await trio.sleep(0.5)
+            await daemon.settled_cpu()
             detail["rss_before"] = daemon.rss()
             chats: list[str] = []
             for _ in range(count):
@@ -123,7 +124,7 @@ async def run(ctx: Context) -> Result:
             for chat in chats:
                 await client.request(m.Prompt(id=0, chat=chat, text="hello warm actor"))
             await _wait_counts(client, lambda c: c.busy == 0 and c.warm == count)
-            await trio.sleep(1.0)
+            await daemon.settled_cpu()
             detail["rss_warm"] = daemon.rss()
             ctx.say(f"  {count} warm: daemon RSS {detail['rss_warm'] / 2**20:.1f} MiB "
                     f"(before {detail['rss_before'] / 2**20:.1f} MiB)")

@@ -10,11 +10,9 @@ Overhead = daemon - direct for each percentile of each run; the medians over run
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from protocol import deltas as d
 from protocol import messages as m
 from tests.harness import subscribe
 
@@ -33,19 +31,9 @@ the daemon answers after the store committed the prompt)."""
 
 async def _daemon_turn(client: TimedClient, chat: str) -> tuple[float, float]:
     client.stamps.clear()
-    sent = time.perf_counter()
-    accepted: m.PromptAccepted = await client.request(m.Prompt(id=0, chat=chat, text=PROMPT))
-    ACKS.append(time.perf_counter() - sent)
-    while True:
-        event = await client.next_event(timeout=30)
-        if (isinstance(event, d.Delta) and event.turn == accepted.turn
-                and isinstance(event.body, d.TurnEnded)):
-            break
-    first = next(t for t, x in client.stamps
-                 if x.turn == accepted.turn and isinstance(x.body, d.Text))
-    ended = next(t for t, x in client.stamps
-                 if x.turn == accepted.turn and isinstance(x.body, d.TurnEnded))
-    return first - sent, ended - sent
+    times = await client.timed_turn(chat, PROMPT)
+    ACKS.append(times.acked - times.sent)
+    return times.first_chunk - times.sent, times.ended - times.sent
 
 
 async def _direct_turn(agent: DirectAgent) -> tuple[float, float]:

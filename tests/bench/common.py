@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psutil
+import trio
 
 from tests.harness import ROOT, DaemonProcess
 
@@ -195,6 +196,21 @@ class BenchDaemon(DaemonProcess):
         """User + system CPU of the daemon process itself (agents excluded)."""
         times = self.process().cpu_times()
         return float(times.user + times.system)
+
+    async def settled_cpu(self, quiet: float = 0.002, interval: float = 0.1,
+                          timeout: float = 5.0) -> float:
+        """The daemon's CPU seconds once it has stopped working: the condition is "less than
+        `quiet` s of CPU in the last `interval`" (its batched commits, a restart's
+        aftermath are done), checked until `timeout`."""
+        last = self.cpu_seconds()
+        with trio.move_on_after(timeout):
+            while True:
+                await trio.sleep(interval)
+                now = self.cpu_seconds()
+                if now - last < quiet:
+                    return now
+                last = now
+        return last
 
     def rss(self) -> int:
         """Resident memory of the daemon process itself (agents excluded)."""

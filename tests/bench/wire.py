@@ -64,6 +64,32 @@ class TimedClient(Client):
             self.stamps.append((time.perf_counter(), message))
         super()._on_message(message)
 
+    async def timed_turn(self, chat: str, text: str, timeout: float = 30.0) -> TurnTimes:
+        """Prompt `chat` (subscribed) and read until the turn's `turn_ended`."""
+        sent = time.perf_counter()
+        accepted: m.PromptAccepted = await self.request(m.Prompt(id=0, chat=chat, text=text))
+        acked = time.perf_counter()
+        while True:
+            event = await self.next_event(timeout=timeout)
+            if (isinstance(event, d.Delta) and event.turn == accepted.turn
+                    and isinstance(event.body, d.TurnEnded)):
+                break
+        mine = [(t, x.body) for t, x in self.stamps if x.turn == accepted.turn]
+        first = next(t for t, body in mine if isinstance(body, d.Text))
+        ended = next(t for t, body in mine if isinstance(body, d.TurnEnded))
+        return TurnTimes(sent=sent, acked=acked, first_chunk=first, ended=ended)
+
+
+@dataclass
+class TurnTimes:
+    """`time.perf_counter()` moments of one turn, as its client saw them."""
+
+    sent: float
+    acked: float
+    """`PromptAccepted` read: the prompt is durably queued."""
+    first_chunk: float
+    ended: float
+
 
 @asynccontextmanager
 async def timed_client(path: Path, name: str = "bench") -> AsyncIterator[TimedClient]:
