@@ -270,8 +270,11 @@ def parse(data: bytes | str, *, source: str = "<config>") -> Config:
     # Decode agents and computers one by one so an error names the table, which msgspec's
     # path (`$.agents[...]`) cannot.
     for section in ("agents", "computers"):
+        table = raw.get(section)
+        if not isinstance(table, dict):
+            continue  # not a table (`agents = 5`): the whole decode below names it
         item_type = AgentConfig if section == "agents" else ComputerConfig
-        for name, body in (raw.get(section) or {}).items():
+        for name, body in table.items():
             try:
                 msgspec.convert(body, type=item_type, dec_hook=_dec_hook)
             except msgspec.ValidationError as exc:
