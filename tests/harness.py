@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import shutil
 import signal
@@ -375,14 +376,34 @@ async def actor(client: Client, chat: str, agent: str = "echo") -> m.ActorDetail
     raise AssertionError(f"no actor {agent} in chat {chat}")
 
 
+async def wait_actor(client: Client, chat: str, predicate: Callable[[m.ActorDetail], bool],
+                     *, agent: str = "echo", timeout: float = 20.0) -> m.ActorDetail:
+    """Poll inspect until `predicate` holds for the actor (a condition with a deadline)."""
+    with trio.fail_after(timeout):
+        while True:
+            detail = await actor(client, chat, agent)
+            if predicate(detail):
+                return detail
+            await trio.sleep(0.05)
+
+
 async def wait_state(client: Client, chat: str, state: str, timeout: float = 20.0,
                      agent: str = "echo") -> m.ActorDetail:
     """Poll inspect until the actor reaches `state` (a condition with a deadline)."""
+    return await wait_actor(client, chat, lambda a: a.state == state, agent=agent,
+                            timeout=timeout)
+
+
+async def wait_log(daemon: DaemonProcess, pattern: str, *, after: int = 0,
+                   timeout: float = 20.0) -> re.Match[str]:
+    """The first match of `pattern` (a regular expression) in the daemon's log past offset
+    `after`, polled under a deadline."""
+    compiled = re.compile(pattern)
     with trio.fail_after(timeout):
         while True:
-            a = await actor(client, chat, agent)
-            if a.state == state:
-                return a
+            found = compiled.search(daemon.log_text(), after)
+            if found:
+                return found
             await trio.sleep(0.05)
 
 

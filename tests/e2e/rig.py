@@ -25,7 +25,7 @@ from protocol import deltas as d
 from protocol import messages as m
 from tests.acp_tee import ClientSchema, read_trace, tee_command, traces
 from tests.e2e.agents import Installed, NpmTool, ensure
-from tests.harness import DaemonProcess, actor, subscribe
+from tests.harness import DaemonProcess, subscribe
 
 Message = dict[str, Any]
 
@@ -225,18 +225,6 @@ async def open_subscribed(client: Client, chat: str, agent: str, cwd: Path,
                                                        cwd=str(cwd), **kwargs))
     await subscribe(client, info.chat)
     return info
-
-
-async def wait_actor(client: Client, chat: str, agent: str,
-                     predicate: Callable[[m.ActorDetail], bool],
-                     timeout: float = 60.0) -> m.ActorDetail:
-    """Poll `inspect` until `predicate` holds for the actor (a condition with a deadline)."""
-    with trio.fail_after(timeout):
-        while True:
-            detail = await actor(client, chat, agent)
-            if predicate(detail):
-                return detail
-            await trio.sleep(0.05)
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

@@ -45,10 +45,9 @@ from tests.e2e.rig import (
     rig_dirs,
     run_turn,
     start_traced,
-    wait_actor,
     wait_until,
 )
-from tests.harness import DaemonProcess
+from tests.harness import DaemonProcess, wait_actor
 
 pytestmark = pytest.mark.e2e
 
@@ -180,7 +179,8 @@ async def test_text_turn_streams_and_ends(rig: QwenRig, client: Client,
     second = await run_turn(client, info.chat, "And again?")
     assert second.text == "Second answer."
     assert second.ended.stop_reason == "end_turn"
-    detail = await wait_actor(client, info.chat, AGENT, lambda a: bool(a.commands))
+    detail = await wait_actor(client, info.chat, lambda a: bool(a.commands), agent=AGENT,
+                              timeout=60)
     assert detail.generation == 1
     assert detail.turns == 2
     # qwen reports each LLM call's tokens in `_meta.usage` of an empty chunk.
@@ -269,7 +269,8 @@ async def test_resume_after_the_agent_is_killed(rig: QwenRig, client: Client) ->
     llm.script(Text("Noted: the code word is PEAR-7."))
     first = await run_turn(client, info.chat, "Remember the code word PEAR-7.")
     assert first.ended.stop_reason == "end_turn"
-    before = await wait_actor(client, info.chat, AGENT, lambda a: a.state == "ready")
+    before = await wait_actor(client, info.chat, lambda a: a.state == "ready", agent=AGENT,
+                              timeout=60)
     assert before.pid is not None
     assert before.session_id
 
@@ -278,8 +279,8 @@ async def test_resume_after_the_agent_is_killed(rig: QwenRig, client: Client) ->
     await wait_until(lambda: _recorded(rig.home, "PEAR-7"), "qwen to record the first turn")
     kill9_agent(before.pid, "--acp")
     after = await wait_actor(
-        client, info.chat, AGENT,
-        lambda a: a.generation > before.generation and a.state == "ready", timeout=60)
+        client, info.chat, lambda a: a.generation > before.generation and a.state == "ready",
+        agent=AGENT, timeout=60)
     assert after.session_id == before.session_id
 
     llm.script(Text("The code word was PEAR-7."))

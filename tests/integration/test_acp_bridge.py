@@ -23,6 +23,7 @@ from tests.harness import (
     DaemonProcess,
     actor,
     subscribe,
+    wait_actor,
     wait_for_delta,
     wait_gone,
     wait_state,
@@ -375,9 +376,7 @@ async def test_cancel_drops_the_editors_queued_prompt_not_another_clients_turn(
             await wait_state(client, session, "busy")
             mine = await editor.send("prompt", sessionId=session, text="never runs")
             # Wait until the editor's prompt is queued in the daemon behind the other turn.
-            with trio.fail_after(10):
-                while (await actor(client, session)).queued < 1:
-                    await trio.sleep(0.02)
+            await wait_actor(client, session, lambda a: a.queued >= 1, timeout=10)
             await editor.call("cancel", sessionId=session)
             assert await editor.reply(mine) == {"stopReason": "cancelled"}
             ended = await wait_turn_end(client, session, other.turn)

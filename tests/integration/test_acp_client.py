@@ -31,6 +31,7 @@ from tests.harness import (
     replay,
     subscribe,
     turn,
+    wait_actor,
     wait_for_body,
 )
 
@@ -375,12 +376,8 @@ async def _kill_agent(client, chat: str, agent: str) -> None:  # type: ignore[no
     generation = (await actor(client, chat, agent)).generation
     pid = await agent_pid(client, chat, agent)
     os.kill(pid, 9)
-    with trio.fail_after(15):
-        while True:
-            detail = await actor(client, chat, agent)
-            if detail.generation > generation and detail.state == "ready":
-                return
-            await trio.sleep(0.05)
+    await wait_actor(client, chat, lambda a: a.generation > generation and a.state == "ready",
+                     agent=agent, timeout=15)
 
 
 async def test_resume_prefers_session_resume(traced: Traced) -> None:

@@ -21,6 +21,7 @@ from tests.harness import (
     open_chat,
     subscribe,
     turn,
+    wait_log,
     wait_state,
     wait_turn_end,
     wait_turns_ended,
@@ -159,9 +160,7 @@ async def test_agent_stderr_goes_to_the_daemon_log_tagged(daemon: DaemonProcess)
     async with daemon.client() as client:
         info = await open_chat(client, "noisy", cwd=daemon.work)
         assert (await turn(client, info.chat, "/stderr 3")).text == "stderr 3"
-    with trio.fail_after(10):
-        while "echo stderr line 2" not in daemon.log_text():
-            await trio.sleep(0.05)
+    await wait_log(daemon, "echo stderr line 2", timeout=10)
     lines = [line for line in daemon.log_text().splitlines() if "echo stderr line" in line]
     assert len(lines) == 3
     for line in lines:

@@ -42,6 +42,7 @@ from tests.harness import (
     open_chat,
     subscribe,
     turn,
+    wait_log,
     wait_state,
 )
 
@@ -145,18 +146,6 @@ def is_watchdog(fields: dict[str, str]) -> bool:
 def agent_env(pid: int) -> str:
     """The environment an agent process started with, one VAR=value per line."""
     return Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b"\n").decode()
-
-
-async def wait_log(daemon: DaemonProcess, pattern: str, *, after: int = 0,
-                   timeout: float = 20.0) -> re.Match[str]:
-    """The first match of *pattern* in the daemon's log past offset *after*."""
-    compiled = re.compile(pattern)
-    with trio.fail_after(timeout):
-        while True:
-            found = compiled.search(daemon.log_text(), after)
-            if found:
-                return found
-            await trio.sleep(0.05)
 
 
 async def wait_exit(daemon: DaemonProcess, timeout: float = 30.0) -> int:

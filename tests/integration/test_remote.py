@@ -31,7 +31,9 @@ from tests.harness import (
     open_chat,
     subscribe,
     turn,
+    wait_actor,
     wait_gone,
+    wait_log,
     wait_state,
     wait_turn_end,
 )
@@ -175,10 +177,9 @@ async def test_crash_restarts_and_memory_survives_kill9(
         assert (await turn(client, info.chat, "/remember kiwi")).text == "remembered kiwi"
         os.kill(after, signal.SIGKILL)
         await wait_gone([after])
-        with trio.fail_after(10):  # the crash is noticed, and the agent restarted
-            while (detail := await actor(client, info.chat, "recho")).generation < 3 \
-                    or detail.state != "ready":
-                await trio.sleep(0.05)
+        # The crash is noticed, and the agent restarted.
+        await wait_actor(client, info.chat, lambda a: a.generation >= 3 and a.state == "ready",
+                         agent="recho", timeout=10)
         recalled = await turn(client, info.chat, "/recall")
         assert recalled.ended.stop_reason == "end_turn", recalled.ended
         assert recalled.text == "kiwi"
@@ -207,9 +208,8 @@ async def test_host_vanishing_mid_turn_then_returning(
 
         sshd.start()
         await wait_computer(client, "connected")
-        with trio.fail_after(20):
-            while (await actor(client, info.chat, "recho")).state not in ("ready", "failed"):
-                await trio.sleep(0.05)
+        await wait_actor(client, info.chat, lambda a: a.state in ("ready", "failed"),
+                         agent="recho")
         again = await turn(client, info.chat, "/pid")
         assert again.ended.stop_reason == "end_turn", again.ended
         assert int(again.text) != pid
@@ -289,9 +289,8 @@ async def test_orphan_reclaim_after_daemon_kill9(
     assert alive(escaped)
     daemon.start()
     await wait_gone([old, escaped])
-    with trio.fail_after(10):  # logged once the remote kill script has reported
-        while "reclaimed orphaned remote agent processes" not in daemon.log_text():
-            await trio.sleep(0.05)
+    # Logged once the remote kill script has reported.
+    await wait_log(daemon, "reclaimed orphaned remote agent processes", timeout=10)
     async with daemon.client() as client:
         detail = await actor(client, "r6", "sticky")
         assert "reclaimed" in detail.reason
