@@ -25,6 +25,7 @@ import collections
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +73,16 @@ from .execution import AgentProcess, Executor, ExitStatus, ProcessIdentity, Spaw
 from .fs import AccessDenied, FileProblem
 from .hub import Hub
 from .log import Log
-from .policy import ActorFacts, GiveUp, Liveness, State, liveness, pick_option, restart_decision
+from .policy import (
+    ActorFacts,
+    GiveUp,
+    Liveness,
+    State,
+    liveness,
+    pick_option,
+    recent_restarts,
+    restart_decision,
+)
 from .store import Store
 from .terminals import TerminalLimit, TerminalManager, UnknownTerminal
 
@@ -81,6 +91,12 @@ CLIENT_CAPABILITIES = {
     "fs": {"readTextFile": True, "writeTextFile": True},
     "terminal": True,
 }
+INITIALIZE_PARAMS: dict[str, Any] = {
+    "protocolVersion": acp.PROTOCOL_VERSION,
+    "clientCapabilities": CLIENT_CAPABILITIES,
+    "clientInfo": {"name": "stoker", "title": "Stoker", "version": VERSION},
+}
+"""What we tell an agent at `initialize`, the same for a generation and a probe."""
 STDERR_TAIL = 20
 STDERR_EOF_WAIT = 0.5
 """How long a crashed agent's exit report waits for the end of its stderr."""
@@ -468,6 +484,12 @@ class BackendActor:
             self._end_turn(self.current, error=reason)
             self.current = None
         self._end_queued(reason)
+        self._fail_requests(reason)
+
+    def _fail_requests(self, reason: str) -> None:
+        """Answer every waiting control (set_mode, authenticate...) and warm-up with
+        `AgentUnavailable`: no agent will serve them (it failed to start, or the actor
+        stops)."""
         for control in self._controls:
             control.reply.fail(AgentUnavailable(reason))
         self._controls.clear()
@@ -524,7 +546,7 @@ class BackendActor:
                 self._restarts.clear()
                 continue
             self._restarts.append(now)
-            self._restarts = [t for t in self._restarts if now - t < lc.restart_window]
+            self._restarts = recent_restarts(self._restarts, now=now, window=lc.restart_window)
             self._set_state(State.RESTARTING, f"restarting in {decision.delay:g}s")
             with trio.move_on_after(decision.delay):
                 while not self._stopping():
@@ -552,12 +574,13 @@ class BackendActor:
         log = self._log.bind(gen=self.generation)
         marker = f"{self._instance}:{self.chat}:{self.agent}:{secrets.token_hex(4)}"
         proc: AgentProcess | None = None
+        env = agent_env(self.spec)
         try:
             async with trio.open_nursery() as gen:
                 self._gen_nursery = gen
                 try:
                     proc = await self._executor.spawn(
-                        list(self.spec.command), env=self._agent_env(), cwd=self.cwd,
+                        list(self.spec.command), env=env, cwd=self.cwd,
                         actor=marker)
                 except SpawnError as exc:
                     if exc.transient:
@@ -584,7 +607,7 @@ class BackendActor:
                 rpc.sent = self.sent_lines
                 self._rpc = rpc
                 terminals = TerminalManager(
-                    executor=self._executor, root=self.cwd, env=self._agent_env(),
+                    executor=self._executor, root=self.cwd, env=env,
                     publish=self._publish_current, on_activity=self._touch,
                     default_limit=int(self._settings.config.terminals.output_limit),
                     max_count=self._settings.config.terminals.max_per_chat,
@@ -622,13 +645,7 @@ class BackendActor:
         if not self._gen_ready:
             if ending.kind in ("crash", "stale", "start_failed"):
                 self._fail_head_turn(f"agent {self.agent!r} failed to start: {ending.reason}")
-            for control in self._controls:
-                control.reply.fail(AgentUnavailable(f"agent failed to start: {ending.reason}"))
-            self._controls.clear()
-            for warm in self._want_warm:
-                if warm.reply is not None:
-                    warm.reply.fail(AgentUnavailable(f"agent failed to start: {ending.reason}"))
-            self._want_warm.clear()
+            self._fail_requests(f"agent failed to start: {ending.reason}")
         if self.current is not None:
             error = ending.turn_error or ending.reason
             self._end_turn(self.current, error=error)
@@ -654,11 +671,6 @@ class BackendActor:
                 log.info("agent stopped", status=status.describe())
         self._proc = None
         self._persist()
-
-    def _agent_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(self.spec.env)
-        return env
 
     def _fail_head_turn(self, error: str) -> None:
         if self.queue:
@@ -749,11 +761,7 @@ class BackendActor:
 
     async def _handshake(self, rpc: JsonRpcConnection) -> None:
         timeout = float(self._settings.config.daemon.request_timeout)
-        raw = await rpc.request("initialize", {
-            "protocolVersion": acp.PROTOCOL_VERSION,
-            "clientCapabilities": CLIENT_CAPABILITIES,
-            "clientInfo": {"name": "stoker", "title": "Stoker", "version": VERSION},
-        }, timeout=timeout)
+        raw = await rpc.request("initialize", INITIALIZE_PARAMS, timeout=timeout)
         init = msgspec.json.decode(raw, type=acp.InitializeResult)
         full = msgspec.json.decode(raw)
         if init.protocol_version != acp.PROTOCOL_VERSION:
@@ -764,7 +772,6 @@ class BackendActor:
         self.info["authMethods"] = full.get("authMethods") or []
         self.info["agentInfo"] = full.get("agentInfo") or {}
         self.info["protocolVersion"] = init.protocol_version
-        self._caps = init.agent_capabilities
         await self._establish_session(rpc, init)
 
     async def _establish_session(self, rpc: JsonRpcConnection,
@@ -1434,11 +1441,18 @@ class BackendActor:
 # ---------------------------------------------------------------------- probe
 
 
+def agent_env(spec: AgentSpec) -> dict[str, str]:
+    """The daemon's environment with the agent's own variables on top: the same for its
+    generations, their terminals and a probe."""
+    env = dict(os.environ)
+    env.update(spec.env)
+    return env
+
+
 async def probe_agent(executor: Executor, spec: AgentSpec, *, cwd: str, timeout: float,
                       grace: float, instance: str) -> dict[str, Any]:
     """Start the agent, ask `initialize`, stop it: what it says about itself."""
-    env = dict(os.environ)
-    env.update(spec.env)
+    env = agent_env(spec)
     marker = f"{instance}:probe:{spec.name}:{secrets.token_hex(4)}"
     try:
         proc = await executor.spawn(list(spec.command), env=env, cwd=cwd, actor=marker)
@@ -1460,11 +1474,7 @@ async def probe_agent(executor: Executor, spec: AgentSpec, *, cwd: str, timeout:
             nursery.start_soon(rpc.serve)
             nursery.start_soon(_discard, proc.stderr, stderr_tail)
             try:
-                raw = await rpc.request("initialize", {
-                    "protocolVersion": acp.PROTOCOL_VERSION,
-                    "clientCapabilities": CLIENT_CAPABILITIES,
-                    "clientInfo": {"name": "stoker", "title": "Stoker", "version": VERSION},
-                }, timeout=timeout)
+                raw = await rpc.request("initialize", INITIALIZE_PARAMS, timeout=timeout)
                 info = msgspec.json.decode(raw)
             except (RpcError, ConnectionLost) as exc:
                 failure = str(exc)
@@ -1504,8 +1514,6 @@ async def _discard(stream: trio.abc.ReceiveStream,
 
 
 def _wall() -> float:
-    import time
-
     return time.time()
 
 

@@ -154,10 +154,6 @@ class Client:
                 return
             if isinstance(message, m.ErrorReply):
                 self._orphan_errors.append(message)
-        if isinstance(message, m.Goodbye):
-            self._events.append(message)
-            self._events_changed.set()
-            return
         self._events.append(message)
         self._events_changed.set()
 

@@ -27,7 +27,7 @@ from protocol.errors import ErrorCode
 from protocol.framing import FrameTooLarge
 
 from .errors import BadRequest, LimitReached, StokerError, UnknownChat
-from .hub import Hub, Mode, Subscription
+from .hub import Hub, Mode, Subscription, encode_message
 from .log import Log
 from .outbox import Outbox, OutboxOverflow
 from .replay import start_cursor
@@ -86,8 +86,6 @@ class Connection:
         self._limits = limits
         self._log = log
         self._codec = ServerCodec()
-        self._framed_encoder = msgspec.msgpack.Encoder()
-        self._json_encoder = msgspec.json.Encoder()
         self.outbox = Outbox(
             max_frames=limits.subscriber_queue,
             max_bytes=limits.subscriber_bytes,
@@ -105,13 +103,8 @@ class Connection:
     # ------------------------------------------------------------------ encoding
 
     def encode(self, message: Any) -> bytes:
-        mode = self._t.mode
-        if mode == "json":
-            return self._json_encoder.encode(message)
-        payload = self._framed_encoder.encode(message)
-        if mode == "msgpack":
-            return payload
-        return len(payload).to_bytes(4, "big") + payload
+        """`message` as this transport sends it (the mode may change at hello)."""
+        return encode_message(message, self._t.mode)
 
     def send(self, message: Any) -> None:
         """Queue a control message (reply, error, goodbye). Never blocks."""

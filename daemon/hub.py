@@ -25,7 +25,7 @@ from typing import Literal
 import msgspec
 
 from protocol import deltas as d
-from protocol.framing import HEADER_SIZE, FrameEncoder, FrameTooLarge
+from protocol.framing import HEADER_SIZE, FrameTooLarge
 from protocol.messages import (
     Lagged,
     PendingPermission,
@@ -44,9 +44,22 @@ Mode = Literal["framed", "msgpack", "json"]
 JSON (WebSocket messages)."""
 
 _json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
 _frame_header = struct.Struct(">I").pack
 """The Unix socket's 4-byte big-endian length prefix (`protocol.framing.HEADER_SIZE`)."""
 _delta_decoder = msgspec.msgpack.Decoder(d.Delta)
+
+
+def encode_message(message: object, mode: Mode) -> bytes:
+    """A server message (reply, `lagged`, `replay_complete`...) as a subscriber in `mode`
+    takes it. One place for the hub's control frames and a connection's replies, so both
+    always frame the same way."""
+    if mode == "json":
+        return _json_encoder.encode(message)
+    payload = _msgpack_encoder.encode(message)
+    if mode == "msgpack":
+        return payload
+    return _frame_header(len(payload)) + payload
 
 
 def new_epoch() -> str:
@@ -77,7 +90,7 @@ class Entry:
 def render_logged(data: bytes, mode: Mode) -> bytes:
     """Encode a logged delta (its msgpack payload) for a subscriber."""
     if mode == "framed":
-        return len(data).to_bytes(HEADER_SIZE, "big") + data
+        return _frame_header(len(data)) + data
     if mode == "msgpack":
         return data
     return _json_encoder.encode(_delta_decoder.decode(data))
@@ -193,15 +206,12 @@ def _inactive(sub: Subscription) -> bool:
 class Hub:
     """Owns the channels. Publishing is for backend actors; subscribing for connections."""
 
-    def __init__(self, store: Store, *, ring_size: int, encoder: FrameEncoder | None = None,
+    def __init__(self, store: Store, *, ring_size: int, max_frame: int = 1 << 31,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._ring_size = ring_size
-        self._enc = encoder or FrameEncoder(max_frame=1 << 31)
-        self._pack = msgspec.msgpack.Encoder().encode
-        self._max_frame = self._enc.max_frame
-        self._ctl_enc = msgspec.msgpack.Encoder()
-        self._json_enc = msgspec.json.Encoder()
+        self._pack = _msgpack_encoder.encode
+        self._max_frame = max_frame
         self._clock = clock
         self._channels: dict[str, Channel] = {}
         self._log = Log("hub")
@@ -232,14 +242,6 @@ class Hub:
 
     def channel(self, chat: str) -> Channel | None:
         return self._channels.get(chat)
-
-    def drop_channel(self, chat: str) -> None:
-        """Forget a channel's in-memory state (its log stays until retention)."""
-        ch = self._channels.pop(chat, None)
-        if ch is not None:
-            for sub in ch.live:
-                sub.active = False
-            ch.live.clear()
 
     def head(self, chat: str) -> int:
         ch = self._channels.get(chat)
@@ -322,12 +324,7 @@ class Hub:
             pass
 
     def _control(self, sub: Subscription, message: object) -> bytes:
-        if sub.mode == "json":
-            return self._json_enc.encode(message)
-        payload = self._ctl_enc.encode(message)
-        if sub.mode == "msgpack":
-            return payload
-        return len(payload).to_bytes(HEADER_SIZE, "big") + payload
+        return encode_message(message, sub.mode)
 
     async def catch_up(self, sub: Subscription) -> None:
         """Queue what `sub` is missing, as far as its outbox has room. Called by the

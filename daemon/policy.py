@@ -113,10 +113,6 @@ def choose_evictions(
                                                             key=lambda kv: order[kv[0]])]
 
 
-def is_idle(facts: ActorFacts, *, now: float, idle_ttl: float) -> bool:
-    return facts.evictable and now - facts.last_activity >= idle_ttl
-
-
 # --------------------------------------------------------------------------- staleness
 
 

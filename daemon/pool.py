@@ -75,6 +75,16 @@ def new_chat_id() -> str:
     return secrets.token_hex(5)
 
 
+def _description(agent: str, info: dict[str, Any]) -> m.AgentDescription:
+    """`describe_agent`'s answer from an `initialize` result: a running actor's recorded
+    one and a probe's raw one have the same keys."""
+    return m.AgentDescription(
+        agent=agent, capabilities=info.get("agentCapabilities") or {},
+        agent_info=info.get("agentInfo") or {},
+        auth_methods=info.get("authMethods") or [],
+        protocol_version=int(info.get("protocolVersion", 1)))
+
+
 @dataclass(slots=True)
 class Chat:
     id: str
@@ -576,11 +586,7 @@ class Pool:
             raise UnknownAgent(agent, list(self._settings.agents))
         for actor in self._actors.values():
             if actor.agent == agent and actor.info.get("agentCapabilities") is not None:
-                return m.AgentDescription(
-                    agent=agent, capabilities=actor.info["agentCapabilities"],
-                    agent_info=actor.info.get("agentInfo") or {},
-                    auth_methods=actor.info.get("authMethods") or [],
-                    protocol_version=int(actor.info.get("protocolVersion", 1)))
+                return _description(agent, actor.info)
         cached = self._descriptions.get(agent)
         if cached is not None:
             return cached
@@ -591,11 +597,7 @@ class Pool:
                                  timeout=float(self._settings.config.daemon.request_timeout),
                                  grace=float(self._settings.config.daemon.stop_grace),
                                  instance=self._instance)
-        description = m.AgentDescription(
-            agent=agent, capabilities=info.get("agentCapabilities") or {},
-            agent_info=info.get("agentInfo") or {},
-            auth_methods=info.get("authMethods") or [],
-            protocol_version=int(info.get("protocolVersion", 1)))
+        description = _description(agent, info)
         self._descriptions[agent] = description
         return description
 
