@@ -16,7 +16,7 @@ import importlib
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 COMMAND_MODULES = [
     "daemon.cli_chat",
@@ -76,6 +76,51 @@ def run_async(fn: Callable[[], Awaitable[int]]) -> int:
 
 def eprint(*parts: object) -> None:
     print(*parts, file=sys.stderr, flush=True)
+
+
+def out_json(obj: Any) -> None:
+    """What `--json` prints: one JSON document per line, flushed (a reader of `attach
+    --json` sees each delta as it comes). msgspec is imported here, not at the top: `stoker
+    echo-agent` goes through this module and must start fast."""
+    import msgspec
+
+    sys.stdout.write(msgspec.json.encode(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+def print_table(rows: list[list[str]], out: TextIO | None = None) -> None:
+    """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
+    out = out or sys.stdout
+    if not rows:
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
+        out.write("  ".join(cells).rstrip() + "\n")
+    out.flush()
+
+
+async def ask(args: argparse.Namespace, request: Any, *, client: str = "cli") -> Any:
+    """One request to the daemon on a connection of its own; its typed result."""
+    from .client import Client
+
+    async with Client.connect(paths_from(args).socket, client=client) as conn:
+        return await conn.request(request)
+
+
+def show(args: argparse.Namespace, request: Any, render: Callable[[Any], None]) -> int:
+    """The shape of most client commands: ask, then print the result as JSON under
+    `--json`, else `render` it for people. Exit 0."""
+
+    async def main() -> int:
+        result = await ask(args, request)
+        if args.json:
+            out_json(result)
+        else:
+            render(result)
+        return 0
+
+    return run_async(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

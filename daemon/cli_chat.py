@@ -19,14 +19,18 @@ import msgspec
 from protocol import deltas as d
 from protocol import messages as m
 
-from .cli import Failure, UsageError, add_common, eprint, paths_from, run_async
-
-_json = msgspec.json.Encoder()
-
-
-def out_json(obj: Any) -> None:
-    sys.stdout.write(_json.encode(obj).decode() + "\n")
-    sys.stdout.flush()
+from .cli import (
+    Failure,
+    UsageError,
+    add_common,
+    ask,
+    eprint,
+    out_json,
+    paths_from,
+    print_table,
+    run_async,
+    show,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -120,21 +124,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 # ---------------------------------------------------------------------- helpers
 
 
-async def _with_client(args: argparse.Namespace, body: Callable[[Any], Any],
-                       client_name: str = "cli") -> Any:
-    from .client import Client
-
-    paths = paths_from(args)
-    async with Client.connect(paths.socket, client=client_name) as client:
-        return await body(client)
-
-
 def _simple(args: argparse.Namespace, request: Any, done: str | None = None) -> int:
-    async def body(client: Any) -> Any:
-        return await client.request(request)
-
     async def main() -> int:
-        result = await _with_client(args, body)
+        result = await ask(args, request)
         if getattr(args, "json", False):
             out_json(result)
         elif done:
@@ -167,17 +159,6 @@ def _size(n: int | None) -> str:
     return f"{n}B"
 
 
-def _table(rows: list[list[str]], out: TextIO | None = None) -> None:
-    out = out or sys.stdout
-    if not rows:
-        return
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
-        out.write("  ".join(cells).rstrip() + "\n")
-    out.flush()
-
-
 # ---------------------------------------------------------------------- commands
 
 
@@ -206,12 +187,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    async def main() -> int:
-        result: m.StatusResult = await _with_client(
-            args, lambda c: c.request(m.GetStatus(id=0)))
-        if args.json:
-            out_json(result)
-            return 0
+    def render(result: m.StatusResult) -> None:
         counts = result.actors
         states = ", ".join(f"{k} {v}" for k, v in sorted(counts.by_state.items())) or "none"
         lines = [
@@ -230,27 +206,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             lines.append(("websocket", result.websocket))
         for key, value in lines:
             print(f"{key + ':':15} {value}")
-        return 0
 
-    return run_async(main)
+    return show(args, m.GetStatus(id=0), render)
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
-    async def main() -> int:
-        result: m.AgentsResult = await _with_client(
-            args, lambda c: c.request(m.ListAgents(id=0)))
-        if args.json:
-            out_json(result)
-            return 0
+    def render(result: m.AgentsResult) -> None:
         rows = [["NAME", "AVAILABLE", "SOURCE", "COMMAND"]]
         for a in result.agents:
             mark = "yes" if a.available else f"no ({a.reason})"
             name = f"{a.name}*" if a.name == result.default else a.name
             rows.append([name, mark, a.source, " ".join(a.command)])
-        _table(rows)
-        return 0
+        print_table(rows)
 
-    return run_async(main)
+    return show(args, m.ListAgents(id=0), render)
 
 
 def _prompt_content(args: argparse.Namespace) -> list[Any]:
@@ -414,29 +383,18 @@ async def _follow_turn(client: Any, chat: str, turn: int, as_json: bool) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    async def main() -> int:
-        result: m.ChatList = await _with_client(
-            args, lambda c: c.request(m.ListChats(id=0, include_closed=args.all)))
-        if args.json:
-            out_json(result)
-            return 0
+    def render(result: m.ChatList) -> None:
         rows = [["CHAT", "AGENT", "STATE", "PID", "GEN", "RSS", "IDLE", "TURNS", "CWD"]]
         for c in result.chats:
             rows.append([c.chat, c.agent, c.state, str(c.pid or "-"), str(c.generation),
                          _size(c.rss), _age(c.idle), str(c.turns), c.cwd])
-        _table(rows)
-        return 0
+        print_table(rows)
 
-    return run_async(main)
+    return show(args, m.ListChats(id=0, include_closed=args.all), render)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    async def main() -> int:
-        result: m.ChatDetail = await _with_client(
-            args, lambda c: c.request(m.Inspect(id=0, chat=args.chat)))
-        if args.json:
-            out_json(result)
-            return 0
+    def render(result: m.ChatDetail) -> None:
         chat = result.chat
         print(f"chat:        {chat.chat}")
         print(f"agent:       {chat.agent}")
@@ -459,7 +417,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 print(f"  agent:       {info.get('name', '?')} {info.get('version', '')}")
             caps = a.capabilities
             if caps:
-                print(f"  capabilities: {_json.encode(caps).decode()}")
+                print(f"  capabilities: {msgspec.json.encode(caps).decode()}")
             if a.modes:
                 print(f"  mode:        {a.modes.get('currentModeId')} (available: "
                       + ", ".join(str(x.get('id')) for x in a.modes.get('availableModes', []))
@@ -481,9 +439,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 print(f"  permissions: {', '.join(a.pending_permissions)}")
             if a.terminals:
                 print(f"  terminals:   {', '.join(a.terminals)}")
-        return 0
 
-    return run_async(main)
+    return show(args, m.Inspect(id=0, chat=args.chat), render)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -9,16 +9,11 @@ tests the connection itself.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-
-import msgspec
 
 from protocol import messages as m
 
-from .cli import add_common, paths_from, run_async
-
-_json = msgspec.json.Encoder()
+from .cli import add_common, print_table, show
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,22 +45,10 @@ def _age(seconds: float) -> str:
 
 
 def cmd_computers(args: argparse.Namespace) -> int:
-    from .client import Client
-
-    async def main() -> int:
-        async with Client.connect(paths_from(args).socket, client="cli") as client:
-            result: m.ComputerList = await client.request(
-                m.ListComputers(id=0, probe=not args.no_probe))
-        if args.json:
-            sys.stdout.write(_json.encode(result).decode() + "\n")
-            return 0
+    def render(result: m.ComputerList) -> None:
         if not result.computers:
             print("no computers configured (see docs/REMOTE.md)")
-            return 0
-        table = rows(result, time.time())
-        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-        for row in table:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        return 0
+            return
+        print_table(rows(result, time.time()))
 
-    return run_async(main)
+    return show(args, m.ListComputers(id=0, probe=not args.no_probe), render)

@@ -7,12 +7,9 @@ is what one runs exactly when nothing answers.
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any, TextIO
+from typing import Any
 
-import msgspec
-
-from .cli import add_common, eprint, paths_from, run_async
+from .cli import add_common, eprint, out_json, paths_from, print_table, run_async
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,22 +39,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 "checks": [{"check": c.name, "status": c.status, "detail": c.detail}
                            for c in checks],
             }
-            sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
-            sys.stdout.flush()
+            out_json(report)
         else:
-            _print_table([["CHECK", "STATUS", "DETAIL"],
-                          *([c.name, c.status, c.detail] for c in checks)])
+            print_table([["CHECK", "STATUS", "DETAIL"],
+                         *([c.name, c.status, c.detail] for c in checks)])
             eprint(doctor.summary(checks))
         return status
 
     return run_async(main)
-
-
-def _print_table(rows: list[list[str]], out: TextIO | None = None) -> None:
-    """Columns padded to their widest cell; the last column (detail) is left ragged."""
-    out = out or sys.stdout
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[-1]]
-        out.write("  ".join(cells).rstrip() + "\n")
-    out.flush()

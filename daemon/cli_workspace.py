@@ -12,20 +12,10 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
-
-import msgspec
 
 from protocol import messages as m
 
-from .cli import add_common, eprint, paths_from, run_async
-
-_json = msgspec.json.Encoder()
-
-
-def _out_json(obj: Any) -> None:
-    sys.stdout.write(_json.encode(obj).decode() + "\n")
-    sys.stdout.flush()
+from .cli import add_common, eprint, print_table, show
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,52 +64,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dry-run", action="store_true", help="change nothing; only report")
 
 
-async def _request(args: argparse.Namespace, request: Any) -> Any:
-    from .client import Client
-
-    paths = paths_from(args)
-    async with Client.connect(paths.socket, client="cli") as client:
-        return await client.request(request)
-
-
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
-def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
-                         .rstrip() + "\n")
-    sys.stdout.flush()
-
-
 def cmd_new(args: argparse.Namespace) -> int:
     # A remote project path is taken as given: this machine cannot resolve it.
     project = args.project if args.computer else os.path.abspath(args.project)
 
-    async def main() -> int:
-        info: m.WorkspaceInfo = await _request(args, m.WorkspaceNew(
-            id=0, project=project, branch=args.branch, computer=args.computer))
-        if args.json:
-            _out_json(info)
-            return 0
+    def render(info: m.WorkspaceInfo) -> None:
         print(info.workspace, flush=True)
         eprint(f"worktree {info.path} on branch {info.branch} (base {info.base[:12]})")
-        return 0
 
-    return run_async(main)
+    return show(args, m.WorkspaceNew(id=0, project=project, branch=args.branch,
+                                     computer=args.computer), render)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    async def main() -> int:
-        result: m.WorkspaceList = await _request(args, m.ListWorkspaces(
-            id=0, include_deleted=args.all))
-        if args.json:
-            _out_json(result)
-            return 0
+    def render(result: m.WorkspaceList) -> None:
         rows = [["WORKSPACE", "STATE", "REASON", "BRANCH", "CHATS", "CREATED", "PATH"]]
         for w in result.workspaces:
             reason = w.reason + (f": {w.detail}" if w.detail and w.reason in (
@@ -128,76 +92,53 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 reason = f"purge after {_when(w.purge_after)}"
             rows.append([w.workspace, w.state, reason or "-", w.branch, str(len(w.chats)),
                          _when(w.created_at), w.path])
-        _table(rows)
-        return 0
+        print_table(rows)
 
-    return run_async(main)
+    return show(args, m.ListWorkspaces(id=0, include_deleted=args.all), render)
 
 
 def cmd_close(args: argparse.Namespace) -> int:
-    async def main() -> int:
-        info: m.WorkspaceInfo = await _request(args, m.CloseWorkspace(
-            id=0, workspace=args.workspace))
-        if args.json:
-            _out_json(info)
-            return 0
+    def render(info: m.WorkspaceInfo) -> None:
         eprint(f"workspace {info.workspace} closed; its worktree stays until the reaper "
                f"finds it safe to remove ({info.path})")
-        return 0
 
-    return run_async(main)
+    return show(args, m.CloseWorkspace(id=0, workspace=args.workspace), render)
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    async def main() -> int:
-        info: m.WorkspaceInfo = await _request(args, m.RestoreWorkspace(
-            id=0, workspace=args.workspace))
-        if args.json:
-            _out_json(info)
-            return 0
+    def render(info: m.WorkspaceInfo) -> None:
         eprint(f"workspace {info.workspace} restored at {info.path}")
         if info.reason:
             eprint(f"warning: {info.reason}: {info.detail}")
-        return 0
 
-    return run_async(main)
+    return show(args, m.RestoreWorkspace(id=0, workspace=args.workspace), render)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    async def main() -> int:
-        result: m.DiffResult = await _request(args, m.WorkspaceDiff(
-            id=0, workspace=args.workspace, patch=not (args.json or args.stat),
-            stat=args.stat and not args.json))
-        if args.json:
-            _out_json(result)
-            return 0
+    def render(result: m.DiffResult) -> None:
         text = result.stat if args.stat else result.patch
         sys.stdout.write(text)
         sys.stdout.flush()
         if result.truncated:
             eprint("stoker: the diff was truncated; run git diff in the worktree for all of "
                    "it")
-        return 0
 
-    return run_async(main)
+    return show(args, m.WorkspaceDiff(id=0, workspace=args.workspace,
+                                      patch=not (args.json or args.stat),
+                                      stat=args.stat and not args.json), render)
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    async def main() -> int:
-        result: m.ReapResult = await _request(args, m.Reap(id=0, dry_run=args.dry_run))
-        if args.json:
-            _out_json(result)
-            return 0
+    def render(result: m.ReapResult) -> None:
         if not result.entries:
             print("nothing to reap")
-            return 0
+            return
         rows = [["ACTION", "REASON", "WORKSPACE", "PATH", "DETAIL"]]
         for e in result.entries:
             action: str = e.action
             if e.action != "keep":
                 action += "" if e.done else (" (would)" if result.dry_run else " (failed)")
             rows.append([action, e.reason, e.workspace or "-", e.path, e.detail])
-        _table(rows)
-        return 0
+        print_table(rows)
 
-    return run_async(main)
+    return show(args, m.Reap(id=0, dry_run=args.dry_run), render)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import Failure, add_common, paths_from
+from .cli import Failure, add_common, out_json, paths_from
 from .ws_token import TokenFileError, ensure_token, rotate_token
 
 
@@ -31,8 +31,6 @@ def cmd_token(args: argparse.Namespace) -> int:
     except (TokenFileError, OSError) as exc:
         raise Failure(str(exc)) from None
     if args.json:
-        from .cli_chat import out_json
-
         out_json({"token": token, "file": str(path)})
     else:
         print(token)
