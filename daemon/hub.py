@@ -381,7 +381,12 @@ class Hub:
                         # A hole in the log (should not happen): treat as lost history.
                         ch.floor = max(ch.floor, seq)
                         break
-                    outbox.put(render_logged(data, sub.mode))
+                    # Bounded like the ring's: `put` ignored the byte bound, so a batch of
+                    # large logged deltas passed the hard limit and closed the connection of
+                    # a client that was reading ("client not reading"). The first offer
+                    # always fits (the loop checked for room), so each pass progresses.
+                    if not outbox.offer(render_logged(data, sub.mode)):
+                        break
                     sub.cursor = seq
                 continue
             # Source.GONE: what it needs is no longer retained.
