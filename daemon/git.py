@@ -86,6 +86,17 @@ def describe(argv: Sequence[str]) -> str:
     return " ".join(["git", *cut])
 
 
+def checked(argv: Sequence[str], result: GitResult) -> GitResult:
+    """`result` when git exited 0, else `GitFailed` naming the subcommand and git's last
+    line on stderr: one message for a failure here and on a remote computer."""
+    if result.returncode != 0:
+        stderr = result.stderr
+        first = stderr.splitlines()[-1] if stderr else f"exit status {result.returncode}"
+        raise GitFailed(f"{describe(argv)} failed: {first}", argv=argv,
+                        returncode=result.returncode, stderr=stderr)
+    return result
+
+
 async def run_git(args: Sequence[str], *, cwd: str | None, timeout: float,
                   env: Mapping[str, str] | None = None, check: bool = True,
                   stdin: bytes | None = None) -> GitResult:
@@ -119,11 +130,7 @@ async def run_git(args: Sequence[str], *, cwd: str | None, timeout: float,
                          + (f" in {cwd}" if cwd else "") + "; it was stopped")
     stderr = result.stderr.decode("utf-8", errors="replace").strip()
     outcome = GitResult(result.returncode, result.stdout, stderr)
-    if check and result.returncode != 0:
-        first = stderr.splitlines()[-1] if stderr else f"exit status {result.returncode}"
-        raise GitFailed(f"{describe(argv)} failed: {first}", argv=argv,
-                        returncode=result.returncode, stderr=stderr)
-    return outcome
+    return checked(argv, outcome) if check else outcome
 
 
 # ---------------------------------------------------------------------- pure parsers

@@ -45,7 +45,14 @@ from .git import summary_line
 from .log import Log
 from .reaping import within
 from .worktree_host import LocalHost, WorktreeHost
-from .worktrees import EMPTY_FINGERPRINT, add_worktree, check_branch, check_project, diff
+from .worktrees import (
+    EMPTY_FINGERPRINT,
+    DiffData,
+    add_worktree,
+    check_branch,
+    check_project,
+    diff,
+)
 
 if TYPE_CHECKING:
     from .server import Daemon
@@ -299,14 +306,21 @@ class WorkspaceService:
 
     # ------------------------------------------------------------------ diff
 
+    async def _changes(self, ws: rec.Workspace, *, want_patch: bool,
+                       want_stat: bool = False) -> DiffData:
+        """The worktree's change set since its base: what `workspace diff` shows and what
+        the per-turn check fingerprints, computed the same way (scratch index in the root's
+        scratch dir, the configured git timeout)."""
+        host = self.host(ws.computer)
+        root = await self.root(host)
+        return await diff(host, ws.path, ws.base, scratch_dir=os.path.join(root, SCRATCH_DIR),
+                          timeout=self.git_timeout, want_patch=want_patch, want_stat=want_stat)
+
     async def diff(self, req: m.WorkspaceDiff) -> m.DiffResult:
         ws = self.get(req.workspace)
         if ws.state not in rec.LIVE_STATES:
             raise InvalidState(f"workspace {ws.id} is {ws.state}: no worktree to diff")
-        host = self.host(ws.computer)
-        root = await self.root(host)
-        data = await diff(host, ws.path, ws.base, scratch_dir=os.path.join(root, SCRATCH_DIR),
-                          timeout=self.git_timeout, want_patch=req.patch, want_stat=req.stat)
+        data = await self._changes(ws, want_patch=req.patch, want_stat=req.stat)
         limit = max(int(self.daemon.settings.config.daemon.max_frame) // 2, 4096)
         patch = data.patch[:limit]
         return m.DiffResult(
@@ -352,10 +366,7 @@ class WorkspaceService:
         ws = self.workspaces.get(workspace)
         if ws is None or ws.state not in rec.LIVE_STATES:
             return
-        host = self.host(ws.computer)
-        root = await self.root(host)
-        data = await diff(host, ws.path, ws.base, scratch_dir=os.path.join(root, SCRATCH_DIR),
-                          timeout=self.git_timeout, want_patch=False)
+        data = await self._changes(ws, want_patch=False)
         self.diff_checks += 1
         if data.fingerprint == ws.diff_hash:
             return

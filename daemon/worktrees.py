@@ -71,9 +71,8 @@ async def check_project(host: WorktreeHost, path: str, *, timeout: float) -> Pro
                        "first (a workspace starts from HEAD and would not include them)")
     if staged.returncode != 0:
         raise GitError(f"cannot check the index of {toplevel}: {staged.stderr}")
-    common = await host.git(["rev-parse", "--path-format=absolute", "--git-common-dir"],
-                            cwd=toplevel, timeout=timeout)
-    return Project(toplevel=toplevel, head=head.text.strip(), common_dir=common.text.strip())
+    common = await common_dir_of(host, toplevel, timeout=timeout)
+    return Project(toplevel=toplevel, head=head.text.strip(), common_dir=common)
 
 
 async def check_branch(host: WorktreeHost, project: Project, branch: str, *,

@@ -22,7 +22,7 @@ import trio
 
 from ..errors import GitError
 from ..execution import ACTOR_VAR, INSTANCE_VAR, SpawnError
-from ..git import _REDIRECTING, DEFAULT_CONFIG, FIXED_ENV, GitFailed, GitResult, GitTimeout
+from ..git import _REDIRECTING, DEFAULT_CONFIG, FIXED_ENV, GitResult, GitTimeout, checked
 from ..git import describe as describe_git
 from ..reaping import within
 from ..worktree_host import PathInfo, UnsafePath
@@ -98,12 +98,7 @@ class SshWorktreeHost:
         argv = ["git", *DEFAULT_CONFIG, *args]
         result = await self._run(argv, cwd=cwd or "/", timeout=timeout,
                                  env={**FIXED_ENV, **(env or {})}, unset=_REDIRECTING)
-        if check and result.returncode != 0:
-            stderr = result.stderr
-            first = stderr.splitlines()[-1] if stderr else f"exit status {result.returncode}"
-            raise GitFailed(f"{describe_git(argv)} failed: {first}", argv=argv,
-                            returncode=result.returncode, stderr=stderr)
-        return result
+        return checked(argv, result) if check else result
 
     async def _tool(self, argv: Sequence[str]) -> None:
         result = await self._run(argv, cwd="/", timeout=FILE_OP_TIMEOUT, env={"LC_ALL": "C"})
