@@ -55,6 +55,7 @@ from .acp.rpc import (
     LineTooLong,
     RpcError,
 )
+from .acp.types import PROTOCOL_VERSION
 from .acp_link import DaemonLink
 from .acp_mapping import (
     PromptHold,
@@ -74,7 +75,6 @@ from .client import Client, ClientError, RequestFailed
 from .log import Log
 from .paths import Paths
 
-PROTOCOL_VERSION = 1
 CLAIM_GRACE = 10.0
 """How long the forwarder holds a chat's stream at the end of one of the editor's turns,
 waiting for the prompt handler to take the result, when that handler has not yet seen the

@@ -29,12 +29,15 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..sdnotify import SYSTEMD_ENV_VARS
+
 IDENTITY_PREFIX = b"stoker-launch "
 ERROR_PREFIX = b"stoker-launch-error "
 
-SCRUB = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
-         "WATCHDOG_PID")
-"""Never passed to a remote process (systemd's per-service variables), as locally."""
+SCRUB = tuple(sorted(SYSTEMD_ENV_VARS))
+"""Never passed to a remote process (systemd's per-service variables), as locally: the
+list `sdnotify` keeps, so the two cannot drift apart. Sorted, so that the launch command
+is the same from one daemon run to the next."""
 
 _STAGE1 = (
     'p=$(sed "s/.*) //" /proc/$$/stat 2>/dev/null | cut -d" " -f3)\n'
