@@ -9,14 +9,11 @@ at teardown, so no test can skip it.
 from __future__ import annotations
 
 import json
-import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import trio
 
@@ -236,32 +233,3 @@ async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
-def kill9_agent(wrapper_pid: int, argv_marker: str) -> int:
-    """SIGKILL the process that really speaks ACP; returns its pid.
-
-    The daemon's `pid` is the tee wrapper's, and node CLIs such as qwen re-launch themselves
-    as a child with the same argv and inherited stdio (killing the outer one leaves the inner
-    one serving the same pipes), and run helpers (workers, whose paths name the package too).
-    So the target is the deepest descendant whose argv contains `argv_marker` as a whole
-    argument (e.g. "--acp"); its parents exit after it."""
-    def argv(proc: psutil.Process) -> list[str]:
-        try:
-            return [str(part) for part in proc.cmdline()]
-        except psutil.Error:  # gone, or a zombie helper
-            return []
-
-    wrapper = psutil.Process(wrapper_pid)
-    named = [p for p in wrapper.children(recursive=True) if argv_marker in argv(p)]
-    assert named, f"no process with {argv_marker!r} in its argv under {wrapper_pid}"
-    leaves = [p for p in named if not any(c in named for c in _children(p))]
-    assert len(leaves) == 1, [p.cmdline() for p in leaves]
-    pid = int(leaves[0].pid)
-    os.kill(pid, signal.SIGKILL)
-    return pid
-
-
-def _children(proc: psutil.Process) -> list[psutil.Process]:
-    try:
-        return list(proc.children(recursive=True))
-    except psutil.Error:
-        return []
