@@ -6,7 +6,7 @@ msgspec decoders are typed: a frame that is not a valid message fails with a pre
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import msgspec
 
@@ -14,12 +14,12 @@ from .messages import (
     RESULT_TYPES,
     ClientMessage,
     ClientSideServerMessage,
+    Encoding,
     RawReply,
     RequestHead,
 )
 
-Encoding = Literal["msgpack", "json"]
-T = TypeVar("T")
+__all__ = ["ClientCodec", "Encoding", "ServerCodec"]
 
 
 class ServerCodec:

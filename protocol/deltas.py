@@ -16,6 +16,8 @@ from typing import Any, Literal
 import msgspec
 
 TurnStop = Literal["end_turn", "max_tokens", "max_turn_requests", "refusal", "cancelled"]
+Policy = Literal["ask", "allow", "deny"]
+"""A chat's permission policy: `ask` a client, or `allow`/`deny` at once."""
 
 
 class _Body(msgspec.Struct, tag_field="kind", omit_defaults=True):
@@ -121,7 +123,7 @@ class PermissionRequest(_Body, tag="permission_request"):
     agent: str
     tool_call: dict[str, Any]
     options: list[dict[str, Any]]
-    policy: Literal["ask", "allow", "deny"] = "ask"
+    policy: Policy = "ask"
     """How it will be decided: `ask` waits for a client's answer; `allow`/`deny` are
     answered at once by the chat's policy (a `permission_resolved` follows)."""
     expires_at: float | None = None

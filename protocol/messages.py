@@ -6,7 +6,7 @@ client sends requests (each with an `id` it chooses) and the daemon sends `Reply
 `ReplayComplete`, `ResyncRequired`, `Lagged`, `Heartbeat`, `Goodbye`.
 
 Every message is a msgspec Struct in a union tagged on `type`. `Reply.result` is typed per
-request (see `RESULT_TYPES`); clients decode it with `decode_result`.
+request (see `RESULT_TYPES`); clients decode it with `ClientCodec.result` (protocol/codec.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from typing import Any, Literal
 
 import msgspec
 
-from .deltas import Delta
+from .deltas import Delta, Policy
 from .errors import ErrorCode
 
 PROTOCOL_VERSION = 1
+
+Encoding = Literal["msgpack", "json"]
 
 
 class Struct(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False, kw_only=True):
@@ -69,7 +71,7 @@ ContentBlock = TextBlock | ImageBlock | AudioBlock | ResourceLinkBlock | Resourc
 
 class Hello(msgspec.Struct, tag="hello", tag_field="type", omit_defaults=True, kw_only=True):
     protocol: int = PROTOCOL_VERSION
-    encoding: Literal["msgpack", "json"] = "msgpack"
+    encoding: Encoding = "msgpack"
     """WebSocket only: the encoding of every later message. The Unix socket is msgpack."""
     client: str = ""
     """A name for logs and for `by` fields (e.g. `cli`, `zed`, `web`)."""
@@ -132,7 +134,7 @@ class OpenChat(_Request, tag="open_chat"):
     workspace: str | None = None
     project: str | None = None
     computer: str | None = None
-    policy: Literal["ask", "allow", "deny"] | None = None
+    policy: Policy | None = None
     title: str | None = None
     mcp_servers: list[dict[str, Any]] | None = None
     """ACP `McpServer` objects passed to the agent's session/new (and load/resume)."""
@@ -201,7 +203,7 @@ class Permit(_Request, tag="permit"):
 
 class SetPolicy(_Request, tag="policy"):
     chat: str
-    policy: Literal["ask", "allow", "deny"]
+    policy: Policy
 
 
 class SetMode(_Request, tag="mode"):
