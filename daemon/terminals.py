@@ -11,6 +11,7 @@ killed when it ends or the chat closes, and a live terminal keeps the actor from
 
 from __future__ import annotations
 
+import codecs
 import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -160,15 +161,24 @@ class TerminalManager:
 
     async def _run(self, term: Terminal) -> None:
         async def pump(stream: trio.abc.ReceiveStream) -> None:
+            # Incremental: a character split between two reads is published whole with the
+            # second, not as two U+FFFD (the buffer itself is decoded whole, in `output`).
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
             try:
                 while True:
                     data = await stream.receive_some(65536)
                     if not data:
+                        text = decoder.decode(b"", final=True)
+                        if text:
+                            self._publish(d.Terminal(terminal=term.id, event="output",
+                                                     data=text))
                         return
                     term.append(data)
                     self._on_activity()
-                    self._publish(d.Terminal(terminal=term.id, event="output",
-                                             data=data.decode("utf-8", "replace")))
+                    text = decoder.decode(data)
+                    if text:
+                        self._publish(d.Terminal(terminal=term.id, event="output",
+                                                 data=text))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
