@@ -30,22 +30,16 @@ import trio
 
 from .fs import AccessDenied, LocalFiles, confine
 from .log import Log
+from .sdnotify import scrub_systemd_env
 
 INSTANCE_VAR = "STOKER_INSTANCE"
 ACTOR_VAR = "STOKER_ACTOR"
-_SCRUB_PREFIXES = ("LISTEN_", "WATCHDOG_")
-_SCRUB_NAMES = frozenset({"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
-                          "WATCHDOG_USEC", "WATCHDOG_PID"})
 
 
 def child_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
     """The environment for a child process: `base` without systemd's per-service variables
     (a child must not ping our watchdog or claim our sockets), plus `extra`."""
-    env = {
-        k: v
-        for k, v in base.items()
-        if k not in _SCRUB_NAMES and not k.startswith(_SCRUB_PREFIXES)
-    }
+    env = scrub_systemd_env(base)
     env.update(extra)
     return env
 

@@ -604,10 +604,11 @@ class Pool:
     # ================================================================== views
 
     def chats(self, include_closed: bool = False, cwd: str | None = None) -> Iterable[Chat]:
+        real_cwd = None if cwd is None else os.path.realpath(cwd)
         for chat in self._chats.values():
             if chat.closed and not include_closed:
                 continue
-            if cwd is not None and chat.cwd != os.path.realpath(cwd):
+            if real_cwd is not None and chat.cwd != real_cwd:
                 continue
             yield chat
 

@@ -299,9 +299,8 @@ async def _serve_locked(paths: Paths, config: Config, log: Log,
         # scrub below removes them (scrubbing first silently ignored systemd's socket).
         sock, sock_path = _listening_socket(paths, log)
         # Our children must not inherit systemd's per-service variables.
-        for name in list(os.environ):
-            if name in ("NOTIFY_SOCKET",) or name.startswith(("WATCHDOG_", "LISTEN_")):
-                os.environ.pop(name, None)
+        for name in os.environ.keys() - sdnotify.scrub_systemd_env(os.environ).keys():
+            del os.environ[name]
         async with Store.open(paths.database) as store:
             instance = await _instance_id(store)
             previous = await _clean_exit_marker(store, "0")
