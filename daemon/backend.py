@@ -264,10 +264,6 @@ class BackendActor:
         self._inbox_send.send_nowait(message)
 
     @property
-    def alive(self) -> bool:
-        return not self.finished.is_set()
-
-    @property
     def queued(self) -> int:
         return len(self.queue)
 

@@ -44,15 +44,12 @@ class UnixTransport:
         self._reader = FrameReader(max_frame)
         self._ready: collections.deque[bytes] = collections.deque()
         self.peer = peer
-        self.truncated = False
 
     async def receive(self) -> bytes | None:
         while not self._ready:
             data = await self._stream.receive_some(262144)
             if not data:
-                if self._reader.pending:
-                    self.truncated = True
-                return None
+                return None  # EOF; a partial frame left in the reader is dropped with it
             self._ready.extend(self._reader.feed(data))
         return self._ready.popleft()
 
