@@ -1,5 +1,6 @@
 """Shared fixtures. `daemon` is a real daemon subprocess with private directories; teardown
-fails the test if any agent process it started outlived it."""
+fails the test if the daemon did not stop on SIGTERM or any agent process it started
+outlived it."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ def daemon_factory() -> Iterator[type[DaemonProcess]]:
     yield Tracked
     problems = []
     for daemon in made:
+        try:
+            daemon.stop()  # a no-op if the test stopped (or killed) it already
+        except AssertionError as exc:  # it was killed; the leftovers check still runs
+            problems.append(str(exc))
         leaked = daemon.cleanup()
-        if leaked and not daemon.allow_leftovers:
+        if leaked:
             problems.append(f"agent processes outlived the daemon: {leaked}\n"
                             f"{daemon.log_text()[-3000:]}")
         daemon.remove()

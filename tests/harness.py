@@ -1,7 +1,8 @@
 """Test harness: the real daemon in a subprocess, with its own directories.
 
 `DaemonProcess` starts `python -m daemon.cli daemon` with a private socket, state dir and
-config, waits until the socket answers, and stops it with SIGTERM (or `kill -9` on request).
+config, waits until it is ready (its READY=1 on a notify socket, as systemd would), and stops
+it with SIGTERM (or `kill -9` on request).
 Every process it spawns carries `STOKER_TEST_ID` in its environment, so teardown can prove
 that no agent process outlived the daemon (and clean up if one did).
 
@@ -109,7 +110,6 @@ class DaemonProcess:
         self._notify: socket.socket | None = None
         """Our end of the daemon's `$NOTIFY_SOCKET`, until it said READY=1."""
         self.write_config(config)
-        self.allow_leftovers = False
 
     # ------------------------------------------------------------------ config
 
