@@ -19,6 +19,7 @@ import select
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -405,6 +406,18 @@ async def wait_log(daemon: DaemonProcess, pattern: str, *, after: int = 0,
             if found:
                 return found
             await trio.sleep(0.05)
+
+
+async def wait_committed(daemon: DaemonProcess, sql: str, params: tuple[Any, ...] = (),
+                         *, timeout: float = 20.0) -> None:
+    """Wait until `sql` returns a row in the daemon's database, as committed (a reader of
+    the WAL sees only committed transactions): what a `kill -9` cannot take back."""
+    with trio.fail_after(timeout):
+        while True:
+            with contextlib.closing(sqlite3.connect(daemon.state_dir / "stoker.db")) as conn:
+                if conn.execute(sql, params).fetchone() is not None:
+                    return
+            await trio.sleep(0.02)
 
 
 async def wait_for_body(client: Client, kind: type[Body],

@@ -154,9 +154,12 @@ async def test_client_that_never_reads_lags_without_stalling_others(daemon_facto
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.connect(str(daemon.socket))
     enc = msgspec.msgpack.Encoder()
-    for message in (m.Hello(client="stuck"),
-                    m.Subscribe(id=1, chat=info.chat, since=m.Cursor(seq=info.head_seq))):
-        payload = enc.encode(message)
+    requests: tuple[m.Hello, m.Subscribe] = (
+        m.Hello(client="stuck"),
+        m.Subscribe(id=1, chat=info.chat, since=m.Cursor(seq=info.head_seq)),
+    )
+    for request in requests:
+        payload = enc.encode(request)
         stuck.sendall(len(payload).to_bytes(4, "big") + payload)
     try:
         async with daemon.client("fast") as fast:

@@ -24,6 +24,7 @@ from tests.harness import (
     replay,
     subscribe,
     turn,
+    wait_committed,
     wait_gone,
     wait_state,
     wait_turn_end,
@@ -218,6 +219,10 @@ async def test_turn_running_when_daemon_was_killed_ends_once_after_restart(daemo
         running = await client.request(m.Prompt(id=0, chat=info.chat, text="/sleep 30000"))
         waiting = await client.request(m.Prompt(id=0, chat=info.chat, text="after restart"))
         await wait_state(client, info.chat, "busy")
+    # Killed once the store knows the turn runs (before, a restart rightly runs it again).
+    await wait_committed(
+        daemon, "SELECT 1 FROM prompts WHERE chat=? AND turn=? AND state='running'",
+        (info.chat, running.turn))
     daemon.kill9()
     daemon.start()
     async with daemon.client() as client:
