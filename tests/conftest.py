@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import DaemonProcess
+from tests.support.harness import DaemonProcess
 
 
 @pytest.fixture

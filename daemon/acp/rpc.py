@@ -17,7 +17,7 @@ from typing import Any, cast
 import msgspec
 import trio
 
-from ..log import Log
+from daemon.log import Log
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600

@@ -11,10 +11,9 @@ from typing import Any, Literal
 
 import msgspec
 
+from daemon.acp import types as t
 from protocol import deltas as d
 from protocol.messages import TextBlock
-
-from . import types as t
 
 _notification = msgspec.json.Decoder(t.SessionNotification)
 _update = msgspec.json.Decoder(t.SessionUpdate)

@@ -20,6 +20,6 @@ See docs/REMOTE.md for setup, configuration, the security model and the limitati
 
 from __future__ import annotations
 
-from .service import prepare, setup
+from daemon.ssh.service import prepare, setup
 
 __all__ = ["prepare", "setup"]

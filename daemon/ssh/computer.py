@@ -33,11 +33,11 @@ from typing import Any
 
 import trio
 
-from ..config import ComputerConfig
-from ..execution import ProcessIdentity, SpawnError
-from ..log import Log
-from . import scripts
-from .bridge import Bridge, BridgeClosed
+from daemon.config.file import ComputerConfig
+from daemon.execution.local import ProcessIdentity, SpawnError
+from daemon.log import Log
+from daemon.ssh import scripts
+from daemon.ssh.bridge import Bridge, BridgeClosed
 
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0

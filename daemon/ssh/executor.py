@@ -23,13 +23,13 @@ from typing import Any
 
 import trio
 
-from ..execution import ACTOR_VAR, INSTANCE_VAR, ProcessIdentity, SpawnError
-from . import scripts
-from .bridge import BridgeClosed
-from .computer import Computer, ComputerError, describe_error
-from .files import SftpFiles
-from .process import SshProcess
-from .streams import ChannelReceiveStream
+from daemon.execution.local import ACTOR_VAR, INSTANCE_VAR, ProcessIdentity, SpawnError
+from daemon.ssh import scripts
+from daemon.ssh.bridge import BridgeClosed
+from daemon.ssh.computer import Computer, ComputerError, describe_error
+from daemon.ssh.files import SftpFiles
+from daemon.ssh.process import SshProcess
+from daemon.ssh.streams import ChannelReceiveStream
 
 MAX_PREAMBLE = 65536
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import posixpath
 
-from ..fs import (
+from daemon.execution.fs import (
     MAX_READ,
     AccessDenied,
     FileProblem,
@@ -26,8 +26,8 @@ from ..fs import (
     require_within,
     text_slice,
 )
-from .computer import Computer, ComputerError
-from .sftp import RemoteFs, kind_of
+from daemon.ssh.computer import Computer, ComputerError
+from daemon.ssh.sftp import RemoteFs, kind_of
 
 
 class SftpFiles:

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..execution import ExitStatus, ProcessIdentity, ProcessStreams
-from . import scripts
-from .bridge import Bridge, BridgeClosed
-from .streams import ChannelReceiveStream, ChannelSendStream
+from daemon.execution.local import ExitStatus, ProcessIdentity, ProcessStreams
+from daemon.ssh import scripts
+from daemon.ssh.bridge import Bridge, BridgeClosed
+from daemon.ssh.streams import ChannelReceiveStream, ChannelSendStream
 
 if TYPE_CHECKING:
-    from .computer import Computer
+    from daemon.ssh.computer import Computer
 
 TICK = 0.05
 """`TREE_KILL` waits in ticks of this many seconds."""
@@ -109,7 +109,7 @@ class SshProcess(ProcessStreams):
         """TERM, wait, KILL the group and the marked processes, over this process's own
         connection. If that connection is gone, the computer reclaims the tree when it
         reconnects (it was listed as an orphan when the connection was lost)."""
-        from .computer import ComputerError
+        from daemon.ssh.computer import ComputerError
 
         if not self._computer.is_live(self._conn):
             return
@@ -124,7 +124,7 @@ class SshProcess(ProcessStreams):
     async def _run_here(self, command: str, *, timeout: float) -> None:
         import asyncssh
 
-        from .computer import ComputerError
+        from daemon.ssh.computer import ComputerError
 
         try:
             with trio.fail_after(timeout):

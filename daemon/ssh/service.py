@@ -21,18 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from daemon.config.file import ComputerConfig, Config
+from daemon.errors import UnknownChat
+from daemon.log import Log
+from daemon.ssh.bridge import Bridge
 from protocol import messages as m
 
-from ..config import ComputerConfig, Config
-from ..errors import UnknownChat
-from ..log import Log
-from .bridge import Bridge
-
 if TYPE_CHECKING:
-    from ..server import Daemon
-    from ..workspaces import WorkspaceService
-    from .computer import Computer
-    from .executor import SshExecutor
+    from daemon.service.root import Daemon
+    from daemon.ssh.computer import Computer
+    from daemon.ssh.executor import SshExecutor
+    from daemon.workspaces.service import WorkspaceService
 
 _services: weakref.WeakKeyDictionary[Daemon, SshService] = weakref.WeakKeyDictionary()
 
@@ -56,8 +55,8 @@ class SshService:
     def apply(self, wanted: Mapping[str, ComputerConfig]) -> set[str]:
         """Make the computers match the config. Returns the names whose connection
         changed (reconfigured or removed)."""
-        from .computer import Computer
-        from .executor import SshExecutor
+        from daemon.ssh.computer import Computer
+        from daemon.ssh.executor import SshExecutor
 
         if wanted:
             self.bridge.start(self.nursery)
@@ -85,7 +84,7 @@ class SshService:
         executor = self.executors[name]
         self.daemon.executors[name] = executor
         if self.workspaces is not None:
-            from .worktree import SshWorktreeHost
+            from daemon.ssh.worktree import SshWorktreeHost
 
             self.workspaces.hosts[name] = SshWorktreeHost(executor)
 
@@ -160,7 +159,7 @@ async def setup(daemon: Daemon, nursery: trio.Nursery) -> None:
         await prepare(daemon, nursery)
         service = _services[daemon]
     try:
-        from ..workspaces import service_for as workspace_service
+        from daemon.workspaces.service import service_for as workspace_service
     except ImportError:  # pragma: no cover - the module ships with the daemon
         return
     try:

@@ -14,9 +14,9 @@ import stat
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ..reaping import PathKind
-from .bridge import BridgeClosed
-from .computer import Computer, ComputerError, describe_error
+from daemon.ssh.bridge import BridgeClosed
+from daemon.ssh.computer import Computer, ComputerError, describe_error
+from daemon.workspaces.reaping import PathKind
 
 T = TypeVar("T")
 

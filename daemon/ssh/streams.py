@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from .bridge import Bridge, BridgeClosed
+from daemon.ssh.bridge import Bridge, BridgeClosed
 
 DEFAULT_READ = 65536
 

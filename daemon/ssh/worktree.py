@@ -20,15 +20,22 @@ from collections.abc import Mapping, Sequence
 
 import trio
 
-from ..errors import GitError
-from ..execution import ACTOR_VAR, INSTANCE_VAR, SpawnError
-from ..git import _REDIRECTING, DEFAULT_CONFIG, FIXED_ENV, GitResult, GitTimeout, checked
-from ..git import describe as describe_git
-from ..reaping import within
-from ..worktree_host import PathInfo, UnsafePath
-from .computer import Computer, ComputerError
-from .executor import SshExecutor
-from .sftp import RemoteFs, kind_of
+from daemon.errors import GitError
+from daemon.execution.local import ACTOR_VAR, INSTANCE_VAR, SpawnError
+from daemon.ssh.computer import Computer, ComputerError
+from daemon.ssh.executor import SshExecutor
+from daemon.ssh.sftp import RemoteFs, kind_of
+from daemon.workspaces.git import (
+    _REDIRECTING,
+    DEFAULT_CONFIG,
+    FIXED_ENV,
+    GitResult,
+    GitTimeout,
+    checked,
+)
+from daemon.workspaces.git import describe as describe_git
+from daemon.workspaces.hosts import PathInfo, UnsafePath
+from daemon.workspaces.reaping import within
 
 FILE_OP_TIMEOUT = 300.0
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from protocol import deltas as d
 from protocol import messages as m
-from tests.harness import subscribe
+from tests.support.harness import subscribe
 
 from .common import ECHO_ARGV, BenchDaemon, Context, Result, bench_config, median, ms
 from .direct import direct_agent

@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from protocol import messages as m
-from tests.harness import short_tmpdir
+from tests.support.harness import short_tmpdir
 
 from .common import BenchDaemon, Context, Result, bench_config, median
 from .wire import RawSubscriber, Tally, Transport, open_subscribers

@@ -32,7 +32,7 @@ import trio
 
 from protocol import deltas as d
 from protocol import messages as m
-from tests.harness import actor, subscribe
+from tests.support.harness import actor, subscribe
 
 from .bench_replay import fill_chat
 from .common import ECHO_ARGV, BenchDaemon, Context, Result, bench_config, median, ms
@@ -62,9 +62,10 @@ async def _with_big_log(ctx: Context, daemon: BenchDaemon) -> dict[str, float] |
     return {"deltas": chats * per_chat, "kill_to_ready": median(times)}
 
 
-EVERY_IMPORT = ("import daemon.cli, daemon.cli_chat, daemon.server, daemon.subsystems as s, "
+EVERY_IMPORT = ("import daemon.cli.main, daemon.cli.chat, daemon.service.root, "
+                "daemon.service.subsystems as s, "
                 "importlib; [importlib.import_module(n) for n in s.SUBSYSTEMS]; "
-                "daemon.cli.build_parser()")
+                "daemon.cli.main.build_parser()")
 """What `stoker daemon` imports before it can start: the CLI (all its subcommands), the
 server, and every subsystem (each imported at startup, enabled or not)."""
 
@@ -186,7 +187,7 @@ async def run(ctx: Context) -> Result:
     finally:
         daemon.close()
     python = median([_process_seconds("pass") for _ in range(5)])
-    imports = median([_process_seconds("import daemon.server") for _ in range(5)])
+    imports = median([_process_seconds("import daemon.service.root") for _ in range(5)])
     everything = median([_process_seconds(EVERY_IMPORT) for _ in range(5)])
 
     def med(key: str) -> float:
@@ -206,7 +207,7 @@ async def run(ctx: Context) -> Result:
         result.add(f"daemon kill -9 -> daemon ready, {big['deltas'] / 1e6:g}M deltas logged",
                    big["kill_to_ready"], "ms")
     result.add("component: interpreter start (python -c pass)", ms(python), "ms")
-    result.add("component: interpreter + import daemon.server", ms(imports), "ms")
+    result.add("component: interpreter + import daemon.service.root", ms(imports), "ms")
     result.add("component: interpreter + every module the daemon loads", ms(everything),
                "ms")
     result.add("component: the rest (state, reclaim, listeners; kill -> ready - imports)",

@@ -20,8 +20,8 @@ from datetime import datetime
 
 import trio
 
+from daemon.actors.lifecycle import ActorFacts, State, choose_evictions
 from daemon.client import RequestFailed
-from daemon.policy import ActorFacts, State, choose_evictions
 from protocol import messages as m
 
 from .common import BenchDaemon, Context, Result, bench_config, median

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from protocol import messages as m
-from tests.harness import subscribe
+from tests.support.harness import subscribe
 
 from .common import ECHO_ARGV, BenchDaemon, Context, Result, bench_config, median, ms, percentile
 from .direct import DirectAgent, direct_agent

@@ -1,5 +1,5 @@
 """What every scenario shares: figures and their targets, statistics, the machine's
-description, and a benchmark daemon (the real one, via `tests.harness.DaemonProcess`).
+description, and a benchmark daemon (the real one, via `tests.support.harness.DaemonProcess`).
 
 Measurements of the daemon's own cost read its process with psutil: CPU is
 `cpu_times().user + .system` of the daemon pid alone (children, i.e. agents, are excluded by
@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import trio
 
-from tests.harness import ROOT, DaemonProcess
+from tests.support.harness import ROOT, DaemonProcess
 
 # ----------------------------------------------------------------------------- figures
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import trio
 
 from protocol import messages as m
-from tests.harness import subscribe
+from tests.support.harness import subscribe
 
 from . import bench_fanout, bench_turn
 from .common import BenchDaemon, bench_config

@@ -1,6 +1,6 @@
 """Shared pieces of the real-agent tests: a traced daemon, trace queries, small helpers.
 
-Every agent runs under tests/acp_tee.py, so each agent process leaves one pair of NDJSON
+Every agent runs under tests/support/acp_tee.py, so each agent process leaves one pair of NDJSON
 files (what the daemon sent, what the agent answered). `TracedDaemon.validate()` checks every
 message the daemon sent against the official ACP schema (`ClientSchema`); the fixtures call it
 at teardown, so no test can skip it.
@@ -20,9 +20,9 @@ import trio
 from daemon.client import Client
 from protocol import deltas as d
 from protocol import messages as m
-from tests.acp_tee import ClientSchema, read_trace, tee_command, traces
 from tests.e2e.agents import Installed, NpmTool, ensure
-from tests.harness import DaemonProcess, subscribe
+from tests.support.acp_tee import ClientSchema, read_trace, tee_command, traces
+from tests.support.harness import DaemonProcess, subscribe
 
 Message = dict[str, Any]
 

@@ -30,7 +30,7 @@ from tests.e2e.rig import (
     start_traced,
     wait_until,
 )
-from tests.harness import DaemonProcess, actor
+from tests.support.harness import DaemonProcess, actor
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ is `FakeLLM` (tests/e2e/fake_llm.py) on 127.0.0.1: qwen talks to it through its 
 type, so nothing leaves the machine.
 
 The daemon is the real one (a subprocess with private dirs); qwen runs under
-tests/acp_tee.py, and every message the daemon sent to qwen is validated against the
+tests/support/acp_tee.py, and every message the daemon sent to qwen is validated against the
 official ACP schema when each test ends (`rig` fixture). Each test runs once per pinned qwen
 release (`QWEN_VERSIONS`).
 """
@@ -48,7 +48,7 @@ from tests.e2e.rig import (
     start_traced,
     wait_until,
 )
-from tests.harness import DaemonProcess, wait_actor
+from tests.support.harness import DaemonProcess, wait_actor
 
 pytestmark = pytest.mark.e2e
 

@@ -1,6 +1,6 @@
 """`stoker acp`: the official Python ACP SDK as the editor, in its own process, against the
 real daemon and the real echo agent. Every line `stoker acp` writes is validated against the
-official schema when each editor closes (see tests/acp_bridge_helpers.py)."""
+official schema when each editor closes (see tests/support/acp_bridge_helpers.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import trio
 from daemon.client import Client
 from protocol import deltas as d
 from protocol import messages as m
-from tests.acp_bridge_helpers import Editor, EditorError, open_editor
-from tests.acp_peer import RpcError, open_agent
-from tests.harness import (
+from tests.support.acp_bridge_helpers import Editor, EditorError, open_editor
+from tests.support.acp_peer import RpcError, open_agent
+from tests.support.harness import (
     DaemonProcess,
     actor,
     subscribe,

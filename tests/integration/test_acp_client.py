@@ -1,6 +1,6 @@
 """Issue 3: the daemon as a complete ACP client, end to end with real echo agents.
 
-Every agent here runs under tests/acp_tee.py, which records both directions; the fixture
+Every agent here runs under tests/support/acp_tee.py, which records both directions; the fixture
 validates every message the daemon sent to any agent against the official ACP schema when
 the test ends (that is where the "schema validation of every message" requirement lives).
 """
@@ -21,8 +21,8 @@ import trio
 from daemon.client import Client, RequestFailed
 from protocol import deltas as d
 from protocol import messages as m
-from tests.acp_tee import ClientSchema, iter_updates, read_trace, tee_command, traces
-from tests.harness import (
+from tests.support.acp_tee import ClientSchema, iter_updates, read_trace, tee_command, traces
+from tests.support.harness import (
     DaemonProcess,
     actor,
     agent_pid,

@@ -14,7 +14,7 @@ import trio
 from daemon.client import Client
 from protocol import deltas as d
 from protocol import messages as m
-from tests.harness import DaemonProcess, collect_turn, open_chat, subscribe, turn
+from tests.support.harness import DaemonProcess, collect_turn, open_chat, subscribe, turn
 
 CHUNKS = 5000
 

@@ -13,7 +13,7 @@ import trio
 from daemon.client import RequestFailed
 from protocol import deltas as d
 from protocol import messages as m
-from tests.harness import (
+from tests.support.harness import (
     DaemonProcess,
     actor,
     agent_pid,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import DaemonProcess
+from tests.support.harness import DaemonProcess
 
 ECHO = ["python3", "-m", "daemon.echo_agent"]
 

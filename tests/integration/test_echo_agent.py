@@ -1,7 +1,7 @@
 """The built-in echo agent (daemon/echo_agent.py), driven as a real subprocess over ACP.
 
 Every message the agent writes is validated against tests/data/acp/schema.json by the peer
-(tests/acp_peer.py); the PromptResponse ``usage`` field and the ``x_echo_future`` update are
+(tests/support/acp_peer.py); the PromptResponse ``usage`` field and the ``x_echo_future`` update are
 the deliberate exceptions.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.acp_peer import (
+from tests.support.acp_peer import (
     AcpPeer,
     AcpSchema,
     AgentGone,
@@ -939,7 +939,7 @@ def test_schema_checker_has_teeth() -> None:
 
 
 def test_main_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
-    from daemon.echo_agent import main, parse_options
+    from daemon.echo_agent.agent import main, parse_options
 
     with pytest.raises(SystemExit) as exited:
         main(["--startup-delay", "soon"])

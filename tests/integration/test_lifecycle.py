@@ -15,7 +15,7 @@ import trio
 from daemon.client import Client
 from protocol import deltas as d
 from protocol import messages as m
-from tests.harness import (
+from tests.support.harness import (
     DaemonProcess,
     actor,
     agent_pid,

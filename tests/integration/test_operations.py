@@ -34,7 +34,7 @@ import trio.lowlevel
 
 from daemon.client import Client
 from protocol import messages as m
-from tests.harness import (
+from tests.support.harness import (
     MOVE_FDS_TO_3,
     DaemonProcess,
     actor,

@@ -18,7 +18,7 @@ import trio
 
 from daemon.client import RequestFailed
 from protocol import messages as m
-from tests.harness import DaemonProcess, open_chat, turn, wait_turn_end
+from tests.support.harness import DaemonProcess, open_chat, turn, wait_turn_end
 
 T = TypeVar("T")
 _enc = msgspec.msgpack.Encoder()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.harness import ROOT, DaemonProcess
+from tests.support.harness import ROOT, DaemonProcess
 
 
 def test_protocol_example_streams_a_reply(daemon: DaemonProcess) -> None:

@@ -1,4 +1,4 @@
-"""Remote agents over SSH, against a real SSH server on loopback (tests/sshd.py, asyncssh's
+"""Remote agents over SSH, against a real SSH server on loopback (tests/support/sshd.py, asyncssh's
 server in its own process): key authentication, a verified host key, and agents, files,
 terminals, restarts, resume, a vanishing host, orphan reclaim and remote workspaces. The
 "remote" host is this machine, so the tests can look at the remote processes with psutil;
@@ -21,7 +21,8 @@ import trio
 
 from daemon.client import Client, RequestFailed
 from protocol import messages as m
-from tests.harness import (
+from tests.integration.test_workspaces import make_project
+from tests.support.harness import (
     DaemonProcess,
     actor,
     agent_pid,
@@ -37,8 +38,7 @@ from tests.harness import (
     wait_state,
     wait_turn_end,
 )
-from tests.integration.test_workspaces import make_project
-from tests.remote_rig import SshServer, start_remote
+from tests.support.remote_rig import SshServer, start_remote
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ from protocol import deltas as d
 from protocol import messages as m
 from protocol.codec import Encoding
 from protocol.errors import ErrorCode
-from tests.harness import DaemonProcess, open_chat, turn
-from tests.ws_client import WsClient, auth_headers
+from tests.support.harness import DaemonProcess, open_chat, turn
+from tests.support.ws_client import WsClient, auth_headers
 
 ALLOWED = "https://allowed.example"
 CONFIG = f"""

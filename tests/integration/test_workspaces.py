@@ -15,7 +15,7 @@ import trio
 
 from protocol import deltas as d
 from protocol import messages as m
-from tests.harness import DaemonProcess, open_chat, replay, turn, wait_for_delta
+from tests.support.harness import DaemonProcess, open_chat, replay, turn, wait_for_delta
 
 IDENTITY = {"GIT_AUTHOR_NAME": "Stoker Tests", "GIT_AUTHOR_EMAIL": "tests@stoker.invalid",
             "GIT_COMMITTER_NAME": "Stoker Tests", "GIT_COMMITTER_EMAIL": "tests@stoker.invalid"}

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import trio
 
-from daemon.worktree_host import LocalHost
-from daemon.worktrees import diff
+from daemon.workspaces.hosts import LocalHost
+from daemon.workspaces.worktrees import diff
 
 IDENTITY = ["-c", "user.name=Test", "-c", "user.email=test@example.invalid"]
 

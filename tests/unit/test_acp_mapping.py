@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from daemon.acp.rpc import AUTH_REQUIRED, INTERNAL_ERROR, INVALID_PARAMS, RESOURCE_NOT_FOUND
-from daemon.acp_mapping import (
+from daemon.editor.mapping import (
     PromptHold,
     agent_capabilities,
     daemon_error,
@@ -22,7 +22,7 @@ from daemon.acp_mapping import (
 )
 from protocol import deltas as d
 from protocol import messages as m
-from tests.acp_bridge_helpers import BridgeSchema
+from tests.support.acp_bridge_helpers import BridgeSchema
 
 TOOL = {"sessionUpdate": "tool_call", "toolCallId": "t1", "title": "read", "kind": "read",
         "status": "pending"}

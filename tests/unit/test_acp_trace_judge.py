@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.acp_bridge_helpers import check_trace
+from tests.support.acp_bridge_helpers import check_trace
 
 NEW = {"jsonrpc": "2.0", "id": 1, "method": "session/new",
        "params": {"cwd": "/w", "mcpServers": []}}

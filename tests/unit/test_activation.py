@@ -1,4 +1,4 @@
-"""daemon.activation: the sd_listen_fds protocol, with real inherited descriptors.
+"""daemon.service.systemd.activation: the sd_listen_fds protocol, with real inherited descriptors.
 
 The interesting cases need descriptors at 3, 4, ... in a process whose pid is
 ``$LISTEN_PID``, so they run a small child Python: it moves the sockets it was given
@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 
-from daemon.activation import (
+from daemon.service.systemd.activation import (
     SD_LISTEN_FDS_START,
     InheritedSocket,
     inherited_sockets,
     pick_unix_listener,
 )
-from tests.harness import MOVE_FDS_TO_3
+from tests.support.harness import MOVE_FDS_TO_3
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 20.0
@@ -47,7 +47,7 @@ if spec["listen_pid"] == "self":
 elif spec["listen_pid"] is not None:
     os.environ["LISTEN_PID"] = spec["listen_pid"]
 
-from daemon.activation import inherited_sockets, pick_unix_listener
+from daemon.service.systemd.activation import inherited_sockets, pick_unix_listener
 
 try:
     found = inherited_sockets(os.environ, unset=spec["unset"])

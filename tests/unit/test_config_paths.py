@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.agents import ECHO, registry
-from daemon.config import format_duration, load, parse, parse_duration, parse_size
+from daemon.config.agents import ECHO, registry
+from daemon.config.file import format_duration, load, parse, parse_duration, parse_size
+from daemon.config.paths import resolve
 from daemon.errors import ConfigError
-from daemon.paths import resolve
 
 
 def test_defaults_when_the_file_is_missing(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.agents import AgentSpec
-from daemon.doctor import (
+from daemon.config.agents import AgentSpec
+from daemon.doctor.checks import (
     Check,
     DaemonAnswer,
     PathFacts,

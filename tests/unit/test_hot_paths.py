@@ -18,7 +18,7 @@ from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
 from daemon.acp import updates
 from daemon.acp.rpc import LineTooLong, read_line_batches, read_lines
-from daemon.ws_frames import encode_messages
+from daemon.listeners.websocket.frames import encode_messages
 from protocol import deltas as d
 
 # ------------------------------------------------------------------------- NDJSON reader

@@ -19,8 +19,8 @@ from typing import Any
 
 import msgspec
 
-from daemon import config as config_mod
-from daemon.config import ByteSize, Config, Duration
+from daemon.config import file as config_mod
+from daemon.config.file import ByteSize, Config, Duration
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
 # | `section.key` | default | example | meaning |

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.policy import (
+from daemon.actors.lifecycle import (
     ActorFacts,
     GiveUp,
     Liveness,

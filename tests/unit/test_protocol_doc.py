@@ -1,5 +1,5 @@
 """docs/PROTOCOL.md describes the wire format the code speaks: its tables are generated from
-the msgspec structs (tests/protocol_doc.py) and its example is examples/protocol_client.py,
+the msgspec structs (tests/support/protocol_doc.py) and its example is examples/protocol_client.py,
 byte for byte."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import typing
 from protocol import deltas as d
 from protocol import messages as m
 from protocol.errors import ErrorCode
-from tests import protocol_doc
+from tests.support import protocol_doc
 
 
 def test_generated_tables_match_the_types() -> None:
@@ -21,7 +21,7 @@ def test_generated_tables_match_the_types() -> None:
             text.splitlines(keepends=True), fresh.splitlines(keepends=True),
             "docs/PROTOCOL.md", "rendered from protocol/"))[:60])
         raise AssertionError("docs/PROTOCOL.md is out of date; run "
-                             f"`python -m tests.protocol_doc --write`:\n{diff}")
+                             f"`python -m tests.support.protocol_doc --write`:\n{diff}")
 
 
 def test_every_message_kind_and_code_has_its_section() -> None:

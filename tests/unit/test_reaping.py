@@ -11,8 +11,8 @@ from dataclasses import replace
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from daemon.git import parse_cherry, parse_numstat, status_is_dirty, summary_line
-from daemon.reaping import (
+from daemon.workspaces.git import parse_cherry, parse_numstat, status_is_dirty, summary_line
+from daemon.workspaces.reaping import (
     Action,
     Candidate,
     Location,

@@ -15,10 +15,10 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.hub import Hub, Subscription, new_epoch
-from daemon.outbox import Outbox
-from daemon.replay import Source, next_source, start_cursor
-from daemon.store import Store
+from daemon.channels.hub import Hub, Subscription, new_epoch
+from daemon.channels.outbox import Outbox
+from daemon.channels.replay import Source, next_source, start_cursor
+from daemon.store.sqlite import Store
 from protocol import deltas as d
 from protocol import messages as m
 from protocol.framing import HEADER_SIZE

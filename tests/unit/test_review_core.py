@@ -6,9 +6,9 @@ from pathlib import Path
 
 import msgspec
 
-from daemon.hub import Hub, new_epoch
-from daemon.outbox import Outbox
-from daemon.store import Store
+from daemon.channels.hub import Hub, new_epoch
+from daemon.channels.outbox import Outbox
+from daemon.store.sqlite import Store
 from protocol import deltas as d
 from protocol import messages as m
 from protocol.framing import HEADER_SIZE

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon.config import parse
+from daemon.config.file import parse
 from daemon.errors import ConfigError
-from daemon.execution import LocalExecutor
+from daemon.execution.local import LocalExecutor
+from daemon.execution.terminals import TerminalManager
 from daemon.log import Log
-from daemon.terminals import TerminalManager
 from protocol import deltas as d
 
 

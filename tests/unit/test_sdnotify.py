@@ -1,4 +1,4 @@
-"""daemon.sdnotify against a real AF_UNIX datagram socket the test owns.
+"""daemon.service.systemd.notify against a real AF_UNIX datagram socket the test owns.
 
 The receiving end stands in for systemd: whatever arrives there is exactly what the
 manager would parse, so every assertion is on the raw datagram bytes.
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon.sdnotify import (
+from daemon.service.systemd.notify import (
     SYSTEMD_ENV_VARS,
     Notifier,
     run_watchdog,

@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from daemon.doctor import Check
+from daemon.doctor.checks import Check
+from daemon.doctor.ssh import ComputerFacts, computer_verdict
 from daemon.ssh import scripts
-from daemon.ssh.doctor import ComputerFacts, computer_verdict
 from daemon.ssh.executor import forwarded
 
 

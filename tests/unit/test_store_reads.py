@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from daemon.store import Store
+from daemon.store.sqlite import Store
 
 
 async def test_read_deltas_waits_for_the_batch_in_flight(tmp_path: Path) -> None:

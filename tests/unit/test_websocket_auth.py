@@ -13,8 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.websocket import check_handshake, is_loopback, presented_tokens, websocket_url
-from daemon.ws_token import TokenFileError, ensure_token, read_token, rotate_token
+from daemon.listeners.websocket.auth import (
+    check_handshake,
+    is_loopback,
+    presented_tokens,
+    websocket_url,
+)
+from daemon.listeners.websocket.token import TokenFileError, ensure_token, read_token, rotate_token
 
 TOKEN = "s3cret-token_value"
 ORIGIN = "https://ok.example"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.worktree_host import LocalHost, UnsafePath
+from daemon.workspaces.hosts import LocalHost, UnsafePath
 
 
 @pytest.fixture

@@ -1,0 +1,314 @@
+"""The config file: typed structs decoded by msgspec from TOML.
+
+Every section is a Struct with `forbid_unknown_fields`, so a typo is an error naming the key
+and its path (``unknown field `idle_tt` - at `$.lifecycle` ``), never a silently ignored
+setting. Durations are strings such as "500ms", "10s", "30m", "7d"; sizes are "8GiB", "512KB"
+or plain byte counts. A missing file means the defaults.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from daemon.errors import ConfigError
+
+
+class Duration(float):
+    """Seconds, written in the file as "500ms", "10s", "5m", "2h", "7d" or a number."""
+
+    def __repr__(self) -> str:
+        return f"Duration({float(self)!r})"
+
+
+class ByteSize(int):
+    """Bytes, written as "8GiB", "512MB", "64KiB" or a number."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "B": 1,
+    "K": 1000, "KB": 1000, "KIB": 1024, "KI": 1024,
+    "M": 1000**2, "MB": 1000**2, "MIB": 1024**2, "MI": 1024**2,
+    "G": 1000**3, "GB": 1000**3, "GIB": 1024**3, "GI": 1024**3,
+    "T": 1000**4, "TB": 1000**4, "TIB": 1024**4, "TI": 1024**4,
+}
+
+
+def parse_duration(value: object) -> Duration:
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"invalid duration {value!r}: must not be negative")
+        return Duration(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return Duration(float(m.group(1)) * _DURATION_UNITS[m.group(2)])
+    raise ValueError(f'invalid duration {value!r}: use e.g. "500ms", "10s", "30m", "2h", "7d"')
+
+
+def parse_size(value: object) -> ByteSize:
+    if isinstance(value, bool):
+        raise ValueError(f"invalid size {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"invalid size {value!r}: must not be negative")
+        return ByteSize(value)
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            unit = (m.group(2) or "").upper()
+            if unit in _SIZE_UNITS:
+                return ByteSize(int(float(m.group(1)) * _SIZE_UNITS[unit]))
+    raise ValueError(f'invalid size {value!r}: use e.g. "8GiB", "512MB", "64KiB" or bytes')
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest spelling `parse_duration` reads back exactly (never an exponent)."""
+    if seconds and seconds < 1:
+        millis = seconds * 1000
+        if millis == int(millis):
+            return f"{int(millis)}ms"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds:.6f}".rstrip("0").rstrip(".") + "s"
+
+
+def _dec_hook(type_: type, obj: Any) -> Any:
+    """msgspec's hook for our own value types. A TypeError here becomes msgspec's
+    ValidationError naming the field, as any other bad value does."""
+    if type_ is Duration:
+        return parse_duration(obj)
+    if type_ is ByteSize:
+        return parse_size(obj)
+    raise TypeError(f"no decoder for {type_}")
+
+
+def _enc_hook(obj: Any) -> Any:
+    """The inverse of `_dec_hook`, for `dump` (which settings a reload changes)."""
+    if isinstance(obj, Duration):
+        return format_duration(float(obj))
+    if isinstance(obj, ByteSize):
+        return int(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot encode {type(obj)}")
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=False):
+    pass
+
+
+class DaemonConfig(_Section):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    default_agent: str = "echo"
+    max_frame: ByteSize = ByteSize(16 * 1024 * 1024)
+    max_connections: int = 256
+    queue_limit: int = 64
+    """Prompts waiting per chat (beyond the running one); more -> `queue_full`."""
+    stop_grace: Duration = Duration(5.0)
+    """SIGTERM to an agent's process group, then SIGKILL after this."""
+    max_line: ByteSize = ByteSize(64 * 1024 * 1024)
+    """Longest JSON-RPC line accepted from an agent (qwen's first update is ~100 KB)."""
+    request_timeout: Duration = Duration(60.0)
+    """initialize / session/new / set_mode... answered within this, or the agent is broken."""
+
+    def __post_init__(self) -> None:
+        if self.queue_limit < 1:
+            raise ValueError("queue_limit must be at least 1")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+
+
+class AgentConfig(_Section):
+    command: list[str]
+    env: dict[str, str] = {}
+    computer: str | None = None
+    description: str = ""
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.command or not self.command[0]:
+            raise ValueError("command must be a non-empty list, e.g. [\"qwen\", \"--acp\"]")
+
+
+class LifecycleConfig(_Section):
+    idle_ttl: Duration = Duration(30 * 60.0)
+    max_warm: int = 16
+    memory_budget: ByteSize | None = None
+    probe_interval: Duration = Duration(10.0)
+    stale_grace: Duration = Duration(60.0)
+    restart_max: int = 5
+    restart_window: Duration = Duration(60.0)
+    restart_backoff: Duration = Duration(0.5)
+    restart_backoff_max: Duration = Duration(30.0)
+    sweep_interval: Duration = Duration(5.0)
+    """How often the eviction sweep runs (it also runs when an agent becomes warm)."""
+
+    def __post_init__(self) -> None:
+        if self.max_warm < 1:
+            raise ValueError("max_warm must be at least 1")
+        if self.restart_max < 0:
+            raise ValueError("restart_max must not be negative")
+
+
+class PermissionsConfig(_Section):
+    policy: Literal["ask", "allow", "deny"] = "ask"
+    timeout: Duration = Duration(600.0)
+
+
+class ChannelsConfig(_Section):
+    ring_size: int = 8192
+    retain_deltas: int = 100_000
+    retain_age: Duration = Duration(30 * 86400.0)
+    subscriber_queue: int = 1024
+    subscriber_bytes: ByteSize = ByteSize(8 * 1024 * 1024)
+    heartbeat: Duration = Duration(15.0)
+
+    def __post_init__(self) -> None:
+        if self.ring_size < 16:
+            raise ValueError("ring_size must be at least 16")
+        if self.subscriber_queue < 16:
+            raise ValueError("subscriber_queue must be at least 16")
+
+
+class WebSocketConfig(_Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 7717
+    allowed_origins: list[str] = []
+    max_connections: int = 64
+    max_message: ByteSize = ByteSize(16 * 1024 * 1024)
+
+
+class WorktreesConfig(_Section):
+    root: str = ""
+    reap_interval: Duration = Duration(600.0)
+    reap_grace: Duration = Duration(3600.0)
+    trash_retention: Duration = Duration(7 * 86400.0)
+    git_timeout: Duration = Duration(60.0)
+
+
+class TerminalsConfig(_Section):
+    output_limit: ByteSize = ByteSize(1024 * 1024)
+    """Default cap on a terminal's retained output when the agent gives no outputByteLimit."""
+    max_per_chat: int = 16
+
+
+class ComputerConfig(_Section):
+    host: str
+    port: int = 22
+    user: str | None = None
+    identity_files: list[str] = []
+    use_agent: bool = True
+    known_hosts: str | None = "~/.ssh/known_hosts"
+    """None or "" disables host key verification (never do this outside tests)."""
+    keepalive: Duration = Duration(15.0)
+    connect_timeout: Duration = Duration(15.0)
+    workdir: str = "~/.local/state/stoker-remote"
+    """Remote base for worktrees and agent state."""
+
+
+class Config(_Section):
+    daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+    agents: dict[str, AgentConfig] = {}
+    lifecycle: LifecycleConfig = msgspec.field(default_factory=LifecycleConfig)
+    permissions: PermissionsConfig = msgspec.field(default_factory=PermissionsConfig)
+    channels: ChannelsConfig = msgspec.field(default_factory=ChannelsConfig)
+    websocket: WebSocketConfig = msgspec.field(default_factory=WebSocketConfig)
+    worktrees: WorktreesConfig = msgspec.field(default_factory=WorktreesConfig)
+    terminals: TerminalsConfig = msgspec.field(default_factory=TerminalsConfig)
+    computers: dict[str, ComputerConfig] = {}
+
+    def __post_init__(self) -> None:
+        for name, agent in self.agents.items():
+            if agent.computer is not None and agent.computer not in self.computers:
+                raise ValueError(
+                    f"agent {name!r} names computer {agent.computer!r}, "
+                    f"which has no [computers.{agent.computer}] section"
+                )
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _check_names(raw: dict[str, Any], source: str) -> None:
+    for section in ("agents", "computers"):
+        table = raw.get(section)
+        if isinstance(table, dict):
+            for name, body in table.items():
+                if not _NAME.match(name):
+                    raise ConfigError(
+                        f"{source}: invalid {section[:-1]} name {name!r}: use letters, digits,"
+                        " '.', '_', '-'"
+                    )
+                if not isinstance(body, dict):
+                    raise ConfigError(f"{source}: [{section}.{name}] must be a table")
+
+
+def parse(data: bytes | str, *, source: str = "<config>") -> Config:
+    """Decode TOML text into a `Config`, raising `ConfigError` naming the problem."""
+    if isinstance(data, str):
+        data = data.encode()
+    try:
+        raw = msgspec.toml.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a TOML document")
+    _check_names(raw, source)
+    # Decode agents and computers one by one so an error names the table, which msgspec's
+    # path (`$.agents[...]`) cannot.
+    for section in ("agents", "computers"):
+        table = raw.get(section)
+        if not isinstance(table, dict):
+            continue  # not a table (`agents = 5`): the whole decode below names it
+        item_type = AgentConfig if section == "agents" else ComputerConfig
+        for name, body in table.items():
+            try:
+                msgspec.convert(body, type=item_type, dec_hook=_dec_hook)
+            except msgspec.ValidationError as exc:
+                raise ConfigError(
+                    f"{source}: [{section}.{name}]: {_relative(str(exc))}"
+                ) from None
+    try:
+        return msgspec.convert(raw, type=Config, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_friendly(str(exc))}") from None
+
+
+def _friendly(message: str) -> str:
+    return message.replace("Object contains unknown field", "unknown key")
+
+
+def _relative(message: str) -> str:
+    return _friendly(message).replace(" - at `$`", "").replace("`$.", "`")
+
+
+def load(path: Path, *, must_exist: bool = False) -> Config:
+    """Read the config file; a missing file is the defaults unless `must_exist`."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if must_exist:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return Config()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    return parse(data, source=str(path))
+
+
+def dump(config: Config) -> dict[str, Any]:
+    """The effective config as plain data (durations formatted back to strings)."""
+    result: dict[str, Any] = msgspec.to_builtins(config, enc_hook=_enc_hook)
+    return result
