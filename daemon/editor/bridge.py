@@ -53,7 +53,6 @@ from daemon.acp.rpc import (
     RpcError,
 )
 from daemon.acp.types import PROTOCOL_VERSION
-from daemon.actors.backend.actor import VERSION
 from daemon.client import Client, ClientError, RequestFailed
 from daemon.config.paths import Paths
 from daemon.editor.link import DaemonLink
@@ -71,6 +70,7 @@ from daemon.editor.mapping import (
     turn_failed,
 )
 from daemon.log import Log
+from daemon.version import VERSION
 from protocol import deltas as d
 from protocol import messages as m
 

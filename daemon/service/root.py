@@ -28,7 +28,7 @@ from typing import Any
 import trio
 
 from daemon import log as logging_setup
-from daemon.actors.backend.actor import VERSION, BackendActor, Settings
+from daemon.actors.backend.actor import BackendActor, Settings
 from daemon.actors.pool import Pool
 from daemon.channels.hub import Hub
 from daemon.config import file as config_mod
@@ -43,6 +43,7 @@ from daemon.log import Log
 from daemon.service import subsystems
 from daemon.service.systemd import notify as sdnotify
 from daemon.store.sqlite import Store
+from daemon.version import VERSION
 from protocol import messages as m
 from protocol.messages import TextBlock
 

@@ -75,6 +75,7 @@ from daemon.execution.local import AgentProcess, Executor, ExitStatus, ProcessId
 from daemon.execution.terminals import TerminalLimit, TerminalManager, UnknownTerminal
 from daemon.log import Log
 from daemon.store.sqlite import Store
+from daemon.version import VERSION
 from protocol import deltas as d
 from protocol.messages import (
     ActorDetail,
@@ -85,7 +86,6 @@ from protocol.messages import (
     UsageTotals,
 )
 
-VERSION = "0.1.0"
 CLIENT_CAPABILITIES = {
     "fs": {"readTextFile": True, "writeTextFile": True},
     "terminal": True,

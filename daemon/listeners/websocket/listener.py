@@ -1,9 +1,9 @@
 """The WebSocket listener's I/O: a `Transport` over one trio-websocket connection, and the
 listener that accepts clients and runs one `Connection` per client.
 
-Apart from `daemon.listeners.websocket.auth` (the policy and the subsystem's entry) so that trio-websocket
-and wsproto, ~25 ms of imports, load only when `[websocket] enabled`: the daemon's start is
-on the restart path of every client.
+Apart from `auth` (the policy and the subsystem's entry) so that trio-websocket and wsproto,
+~25 ms of imports, load only when `[websocket] enabled`: the daemon's start is on the
+restart path of every client.
 """
 
 from __future__ import annotations
