@@ -3,12 +3,16 @@ type of each reply's result is in `protocol.results.RESULT_TYPES`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from .content import ContentBlock
 from .deltas import Policy
+
+FsPath = Annotated[str, msgspec.Meta(pattern="^[^\\x00]*$")]
+"""A file-system path: any string without a NUL byte, which no path can hold. Refused when
+the request is decoded (`bad_request` naming the field), before any code uses it."""
 
 # --------------------------------------------------------------------------- requests
 
@@ -49,12 +53,12 @@ class OpenChat(_Request, tag="open_chat"):
 
     chat: str | None = None
     agent: str | None = None
-    cwd: str | None = None
+    cwd: FsPath | None = None
     """Working directory of a new chat. For an existing chat it is checked only when
     `require_cwd` is set."""
     require_cwd: bool = False
     workspace: str | None = None
-    project: str | None = None
+    project: FsPath | None = None
     computer: str | None = None
     policy: Policy | None = None
     title: str | None = None
@@ -109,7 +113,7 @@ class Unsubscribe(_Request, tag="unsubscribe"):
 
 class ListChats(_Request, tag="ls"):
     include_closed: bool = False
-    cwd: str | None = None
+    cwd: FsPath | None = None
 
 
 class Inspect(_Request, tag="inspect"):
@@ -171,7 +175,7 @@ class WorkspaceNew(_Request, tag="workspace_new"):
     """Create a workspace: a git worktree of `project` (an absolute path inside a git work
     tree) on a new branch (default `stoker/<id>`) from the project's HEAD."""
 
-    project: str
+    project: FsPath
     branch: str | None = None
     computer: str | None = None
 
