@@ -67,6 +67,7 @@ class Session:
         self.turn: Turn | None = None
 
     def to_json(self) -> JsonObj:
+        """The session file's content (everything but the running turn)."""
         return {
             "sessionId": self.session_id,
             "cwd": self.cwd,
@@ -80,6 +81,9 @@ class Session:
 
     @classmethod
     def from_json(cls, data: Any) -> Session:
+        """A session from its file, leniently: a file edited by hand or by an older agent
+        loses the entries it cannot use rather than the whole session (ValueError only
+        when it has no id or cwd)."""
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         sid, cwd = data.get("sessionId"), data.get("cwd")
@@ -115,12 +119,14 @@ class Session:
         )
 
     def modes_json(self) -> JsonObj:
+        """ACP's ``modes`` state of this session."""
         return {
             "currentModeId": self.mode,
             "availableModes": [{"id": mid, "name": name} for mid, name in MODES],
         }
 
     def config_json(self) -> list[JsonObj]:
+        """ACP's ``configOptions`` of this session (the model select, the verbose flag)."""
         return [
             {
                 "id": "model",
@@ -165,6 +171,7 @@ class SessionFiles:
         self.state_dir = state_dir
 
     def path(self, session_id: str) -> str:
+        """Where that session's file lives (callers check the id with session_id_ok)."""
         return os.path.join(self.state_dir, session_id + ".json")
 
     def persist(self, session: Session) -> None:

@@ -46,6 +46,7 @@ class Wire:
                 self._broken = True  # the client went away; stdin EOF follows
 
     def send(self, message: JsonObj) -> None:
+        """One JSON-RPC message as one line."""
         self.write(json_bytes(message) + b"\n")
 
     def respond(self, request_id: Any, result: JsonObj) -> None:
@@ -62,6 +63,8 @@ class Wire:
         self.notify("session/update", {"sessionId": session_id, "update": update})
 
     def _chunk_line(self, turn: Turn, text: str) -> bytes:
+        """The chunk's line, built on the turn's constant head (the hot path of /chunks);
+        it counts towards the turn's reply and usage."""
         turn.reply.append(text)
         turn.chunks += 1
         return turn.chunk_head + json_bytes(text) + b"}}}}\n"

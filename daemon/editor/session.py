@@ -75,6 +75,8 @@ class Session:
         self.pending: list[m.PendingPermission] = []
 
     def turn(self, number: int) -> Turn:
+        """That turn's rendezvous, made by whichever of the prompt handler and the
+        forwarder gets there first."""
         found = self.turns.get(number)
         if found is None:
             found = self.turns[number] = Turn()
@@ -87,6 +89,8 @@ class Session:
             self.settled.popitem(last=False)
 
     def fail_turns(self, why: str) -> None:
+        """End every turn the editor waits on with ``why`` (the daemon connection was lost,
+        or the session detached): its `session/prompt` answers an error, never hangs."""
         for turn in self.turns.values():
             if not turn.ended.is_set():
                 turn.lost = why
@@ -94,6 +98,7 @@ class Session:
         self.own_turns.clear()
 
     def close(self, why: str) -> None:
+        """Detach: fail the waiting turns and stop forwarding."""
         self.fail_turns(why)
         self.scope.cancel()
         self.inbox_send.close()
