@@ -123,3 +123,18 @@ def test_paths_flag_then_env_then_xdg(tmp_path: Path) -> None:
                     env={**env, "STOKER_SOCKET": "/s.sock"})
     assert (flags.socket, flags.state_dir, flags.config) == (
         Path("/f.sock"), Path("/fs"), Path("/fc.toml"))
+
+
+@pytest.mark.parametrize("text", [
+    "agents = 5\n",
+    'agents = "qwen"\n',
+    "agents = [1]\n",
+    'computers = "build1"\n',
+])
+def test_a_section_that_is_not_a_table_is_a_config_error(text: str) -> None:
+    """`agents`/`computers` given as a value instead of a table is the user's mistake: a
+    `ConfigError` naming the key, not an `AttributeError` out of the parser (the daemon,
+    `stoker doctor` and a reload all parse the file)."""
+    section = text.split(" ", 1)[0]
+    with pytest.raises(ConfigError, match=rf"Expected `object`, got .* at `\$\.{section}`"):
+        parse(text)
