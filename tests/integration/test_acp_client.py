@@ -23,6 +23,7 @@ from protocol import deltas as d
 from protocol import messages as m
 from tests.support.acp_tee import ClientSchema, iter_updates, read_trace, tee_command, traces
 from tests.support.harness import (
+    DaemonFactory,
     DaemonProcess,
     actor,
     agent_pid,
@@ -71,7 +72,7 @@ class Traced:
 
 
 @pytest.fixture
-def traced_factory(daemon_factory: type[DaemonProcess]) -> Iterator[
+def traced_factory(daemon_factory: DaemonFactory) -> Iterator[
         type[Traced] | object]:
     made: list[Traced] = []
 

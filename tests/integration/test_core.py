@@ -94,7 +94,7 @@ async def test_kill_9_mid_turn_ends_turn_and_next_prompt_is_new_generation(
                  id="exits-during-initialize"),
 ])
 async def test_broken_agent_ends_turn_with_cause(
-        daemon_factory: type[DaemonProcess], command: list[str], cause: str) -> None:
+        daemon_factory: DaemonFactory, command: list[str], cause: str) -> None:
     daemon = daemon_factory(config=f"[agents.broken]\ncommand = {json.dumps(command)}\n")
     daemon.start()
     async with daemon.client() as client:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import asyncssh
 
-from tests.support.harness import ROOT, DaemonProcess, short_tmpdir
+from tests.support.harness import ROOT, DaemonFactory, DaemonProcess, short_tmpdir
 
 ECHO = [sys.executable, "-m", "daemon.echo_agent"]
 
@@ -117,7 +117,7 @@ def remote_config(server: SshServer, *, state: Path, extra: str = "",
     )
 
 
-def start_remote(server: SshServer, factory: type[DaemonProcess], *, extra: str = "",
+def start_remote(server: SshServer, factory: DaemonFactory, *, extra: str = "",
                  lifecycle: str = "") -> DaemonProcess:
     """A daemon using `server`; the server is (re)started so that the commands it runs carry
     that daemon's leftover marker."""
