@@ -21,8 +21,9 @@ from typing import Any, Protocol
 import msgspec
 import trio
 
-from daemon.channels.hub import Hub, Mode, Subscription, encode_message
-from daemon.channels.outbox import Outbox, OutboxOverflow
+from daemon.channels.channel import Outbox, OutboxOverflow, Subscription
+from daemon.channels.frames import Mode, encode_message
+from daemon.channels.hub import Hub
 from daemon.channels.replay import start_cursor
 from daemon.errors import BadRequest, LimitReached, StokerError, UnknownChat
 from daemon.log import Log

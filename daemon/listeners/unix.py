@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from daemon.channels.hub import Mode
+from daemon.channels.frames import Mode
 from daemon.config.paths import ensure_private_dir
 from daemon.listeners.connection import Connection, Handlers, Limits
 from daemon.log import Log

@@ -19,7 +19,8 @@ from trio_websocket import (
     WebSocketServer,
 )
 
-from daemon.channels.hub import Hub, Mode
+from daemon.channels.frames import Mode
+from daemon.channels.hub import Hub
 from daemon.config.file import WebSocketConfig
 from daemon.listeners.connection import Connection, Handlers
 from daemon.listeners.websocket.auth import (
