@@ -16,6 +16,7 @@ import os
 import socket as stdsocket
 import struct
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -137,6 +138,11 @@ class UnixListener:
                     nursery.start_soon(self._client, stream)
             with contextlib.suppress(Exception):
                 await listener.aclose()
+
+    @property
+    def address(self) -> Any:
+        """The bound address, as the socket reports it (an inherited socket has no path)."""
+        return self._sock.getsockname()
 
     def stop_accepting(self) -> None:
         if self._scope is not None:
