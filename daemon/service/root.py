@@ -124,7 +124,6 @@ class Parts:
     pool: Pool
     notifier: sdnotify.Notifier | None
     watchdog: float | None
-    reloader: Reloader
     ssh: SshService
     workspaces: Workspaces
     websocket: WebSocketService
@@ -171,14 +170,17 @@ def children(p: Parts) -> list[ChildSpec]:
             p.notifier.stopping()
 
     return [
+        # Started first so that they stop last: goodbye once every turn has ended.
         ChildSpec("unix-clients", start=nothing, stop=unix_goodbye),
         ChildSpec("websocket-clients", start=nothing, stop=p.websocket.close_connections),
+        # Executors of remote computers exist before the pool rebuilds actors on them.
         ChildSpec("ssh", start=p.ssh.start, stop=p.ssh.close, reload=p.ssh.reload),
         ChildSpec("pool", start=start_pool, stop=stop_pool, routes=core.ROUTES.bind(p.core)),
         ChildSpec("retention", start=start_retention),
         ChildSpec("workspaces", start=p.workspaces.start,
                   routes=workspaces.ROUTES.bind(p.workspaces)),
         ChildSpec("computers", start=attach_computers, routes=ssh.ROUTES.bind(p.ssh)),
+        # The doors open once everything behind them is up, and close first.
         ChildSpec("websocket", start=p.websocket.start, stop=p.websocket.stop_accepting),
         ChildSpec("unix", start=start_unix, stop=stop_unix),
         ChildSpec("systemd", start=announce, stop=stopping),
@@ -319,7 +321,7 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
                         max_connections=config.daemon.max_connections, path=sock_path)
     parts = Parts(
         paths=paths, settings=settings, hub=hub, pool=pool, notifier=notifier,
-        watchdog=watchdog, reloader=reloader,
+        watchdog=watchdog,
         ssh=SshService(executors=executors, instance=instance, pool=pool, settings=settings),
         workspaces=Workspaces(workspace_service), websocket=websocket, unix=unix,
         core=the_core)

@@ -13,7 +13,7 @@ import pytest
 from daemon.config.file import Config
 from daemon.config.paths import Paths
 from daemon.errors import BadRequest
-from daemon.service.root import SLOW_REQUESTS, build
+from daemon.service.root import REQUEST_TABLES, SLOW_REQUESTS, build
 from daemon.service.router import CONNECTION_REQUESTS, Route, RouteConflict, Router, Routes
 from daemon.store.sqlite import Store
 from protocol import messages as m
@@ -102,6 +102,8 @@ def test_every_request_type_has_exactly_one_handler(tmp_path: Path) -> None:
     every = set(typing.get_args(m.Request))
     assert set(routed) | set(CONNECTION_REQUESTS) == every
     assert not set(routed) & set(CONNECTION_REQUESTS)
+    # The tables the protocol document reads are the ones the children registered.
+    assert routed == [declared.request for table in REQUEST_TABLES for declared in table]
 
 
 def test_slow_flags_are_as_before(tmp_path: Path) -> None:
