@@ -119,7 +119,7 @@ class Router:
     lookup per request)."""
 
     def __init__(self) -> None:
-        self._routes: dict[type[m.RequestBase], Route] = {}
+        self._routes: dict[type[Any], Route] = {}
 
     def register(self, route: Route) -> None:
         """Add one route. Raises `RouteConflict` if its request type already has one."""
@@ -136,12 +136,9 @@ class Router:
         for route in routes:
             self.register(route)
 
-    def route(self, request_type: type[m.RequestBase]) -> Route | None:
-        return self._routes.get(request_type)
-
     def is_slow(self, request: object) -> bool:
         """Whether the connection answers `request` in its own task."""
-        route = self._routes.get(type(request))  # type: ignore[arg-type]
+        route = self._routes.get(type(request))
         return route is not None and route.slow
 
     async def handle(self, request: Any, client: str) -> Any:
