@@ -420,7 +420,7 @@ def section_errors() -> list[str]:
 
 
 def section_slow() -> list[str]:
-    from daemon.listeners.connection import SLOW_REQUESTS
+    from daemon.service.root import SLOW_REQUESTS
 
     return [", ".join(f"`{_tag(cls)}`" for cls in SLOW_REQUESTS)]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import msgspec
 
+from daemon.channels.channel import Outbox
 from daemon.channels.hub import Hub, new_epoch
-from daemon.channels.outbox import Outbox
 from daemon.store.sqlite import Store
 from protocol import deltas as d
 from protocol import messages as m
