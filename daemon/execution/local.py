@@ -28,9 +28,9 @@ import msgspec
 import psutil
 import trio
 
+from daemon.execution.environment import scrub_systemd_env
 from daemon.execution.fs import AccessDenied, LocalFiles, confine
 from daemon.log import Log
-from daemon.service.systemd.notify import scrub_systemd_env
 
 INSTANCE_VAR = "STOKER_INSTANCE"
 ACTOR_VAR = "STOKER_ACTOR"

@@ -17,7 +17,7 @@ from daemon.actors.backend.actor import Settings
 from daemon.actors.pool import Pool
 from daemon.config.paths import Paths
 from daemon.listeners.connection import Limits
-from daemon.service.router import Routes
+from daemon.router import Routes
 from daemon.version import VERSION
 from daemon.workspaces.service import WorkspaceService
 from protocol import messages as m

@@ -45,10 +45,10 @@ from daemon.execution.local import Executor, LocalExecutor
 from daemon.listeners.unix import DaemonAlreadyRunning, UnixListener, bind_unix_socket
 from daemon.listeners.websocket.service import WebSocketService
 from daemon.log import Log
+from daemon.router import Router, Routes, slow_requests
 from daemon.service import core
 from daemon.service.core import Core
 from daemon.service.reload import Reloader, status_line
-from daemon.service.router import Router, Routes, slow_requests
 from daemon.service.systemd import notify as sdnotify
 from daemon.service.tree import ChildSpec, Tree
 from daemon.ssh import service as ssh

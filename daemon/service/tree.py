@@ -25,7 +25,7 @@ import trio
 
 from daemon.config.file import Config
 from daemon.log import Log
-from daemon.service.router import Route, Router
+from daemon.router import Route, Router
 
 Start = Callable[[trio.Nursery], Awaitable[None]]
 Stop = Callable[[], Awaitable[None]]

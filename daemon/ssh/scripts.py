@@ -29,7 +29,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from daemon.service.systemd.notify import SYSTEMD_ENV_VARS
+from daemon.execution.environment import SYSTEMD_ENV_VARS
 
 IDENTITY_PREFIX = b"stoker-launch "
 ERROR_PREFIX = b"stoker-launch-error "

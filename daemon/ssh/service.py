@@ -25,7 +25,7 @@ import trio
 from daemon.config.file import ComputerConfig, Config
 from daemon.errors import UnknownChat
 from daemon.log import Log
-from daemon.service.router import Routes
+from daemon.router import Routes
 from daemon.ssh.bridge import Bridge
 from protocol import messages as m
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import trio
 
-from daemon.service.router import Routes
+from daemon.router import Routes
 from daemon.workspaces import records as rec
 from daemon.workspaces.reaper import Reaper
 from daemon.workspaces.service import WorkspaceService

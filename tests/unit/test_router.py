@@ -13,8 +13,8 @@ import pytest
 from daemon.config.file import Config
 from daemon.config.paths import Paths
 from daemon.errors import BadRequest
+from daemon.router import CONNECTION_REQUESTS, Route, RouteConflict, Router, Routes
 from daemon.service.root import REQUEST_TABLES, SLOW_REQUESTS, build
-from daemon.service.router import CONNECTION_REQUESTS, Route, RouteConflict, Router, Routes
 from daemon.store.sqlite import Store
 from protocol import messages as m
 

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from daemon.config.file import Config
-from daemon.service.router import Route, RouteConflict, Router
+from daemon.router import Route, RouteConflict, Router
 from daemon.service.tree import ChildSpec, Tree
 from protocol import messages as m
 

@@ -12,8 +12,9 @@ would leave the answer to whichever registered last. `subscribe` and `unsubscrib
 routed: they change the connection's own subscriptions, so the connection answers them
 itself (`CONNECTION_REQUESTS`).
 
-A leaf module: imports only the protocol and the daemon's errors, so any subsystem may
-declare routes without an import cycle.
+A leaf module at the bottom of the daemon's layers (next to `errors` and `log`): it imports
+only the protocol and the daemon's errors, so a subsystem at any layer (workspaces, ssh)
+declares its routes here without importing the service above it.
 """
 
 from __future__ import annotations
