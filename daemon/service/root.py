@@ -53,6 +53,7 @@ from daemon.service.systemd import notify as sdnotify
 from daemon.service.tree import ChildSpec, Tree
 from daemon.ssh import service as ssh
 from daemon.ssh.service import SshService
+from daemon.store import meta
 from daemon.store.sqlite import Store
 from daemon.version import VERSION
 from daemon.workspaces import subsystem as workspaces
@@ -202,25 +203,6 @@ async def _announce(p: Parts, nursery: trio.Nursery) -> None:
         nursery.start_soon(_status_updates, notifier, p.pool)
 
 
-async def _instance_id(store: Store) -> str:
-    rows = await store.query("SELECT value FROM meta WHERE key='instance'")
-    if rows:
-        return str(rows[0][0])
-    import secrets
-
-    instance = secrets.token_hex(6)
-    store.execute("INSERT INTO meta(key, value) VALUES ('instance', ?)", (instance,))
-    await store.flush()
-    return instance
-
-
-async def _clean_exit_marker(store: Store, value: str) -> str | None:
-    rows = await store.query("SELECT value FROM meta WHERE key='clean_exit'")
-    store.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean_exit', ?)", (value,))
-    await store.flush()
-    return str(rows[0][0]) if rows else None
-
-
 def _listening_socket(paths: Paths, log: Log) -> tuple[stdsocket.socket, Path | None]:
     """The inherited socket (systemd socket activation) or a freshly bound one."""
     try:
@@ -263,8 +245,8 @@ async def _serve_locked(paths: Paths, config: Config, log: Log,
         for name in os.environ.keys() - sdnotify.scrub_systemd_env(os.environ).keys():
             del os.environ[name]
         async with Store.open(paths.database) as store:
-            instance = await _instance_id(store)
-            previous = await _clean_exit_marker(store, "0")
+            instance = await meta.instance_id(store)
+            previous = await meta.swap_clean_exit(store, "0")
             if previous == "0":
                 log.warning("the previous daemon did not exit cleanly; reclaiming its agents")
             service, tree, unix = build(paths, config, store, instance, sock, sock_path,
@@ -284,7 +266,7 @@ async def _serve_locked(paths: Paths, config: Config, log: Log,
                     break
                 await tree.stop()
                 root.cancel_scope.cancel()
-            await _clean_exit_marker(store, "1")
+            await meta.swap_clean_exit(store, "1")
         unix.unlink()
     log.info("stopped")
     return 0
