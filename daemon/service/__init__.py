@@ -1,6 +1,6 @@
 """The daemon as a whole: the supervision tree's root (`root`: the children, `serve`), the
-child-spec runner (`tree`), the one request router (`router`), the core requests (`core`),
-config reloads (`reload`) and systemd integration (`systemd`). The top layer: may import
-every other package of the service, and nothing imports it but the CLI, except `router`: a
-leaf (protocol and errors only) through which the subsystems declare their requests.
+child-spec runner (`tree`), the core requests (`core`), config reloads (`reload`) and systemd
+integration (`systemd`). The top layer of the service: may import every package below it,
+and nothing imports it but the CLI. The one request router is `daemon.router`, a leaf below
+every subsystem, so that each declares its requests without importing this package.
 """
