@@ -155,6 +155,10 @@ class Store:
         self._work = trio.Event()
         self._committed_changed = trio.Event()
         self._read_lock = trio.Lock()
+        self._threads = trio.CapacityLimiter(2)
+        """The store's own worker threads (the writer's and the reader's, each used by one
+        task at a time), apart from trio's default limiter: threads that other parts hold
+        for long (an agent's file request on a slow disk) must never delay a commit."""
         self._closed = False
         self.commits = 0
         self.rows_written = 0
@@ -168,7 +172,7 @@ class Store:
         cls, path: Path, *, commit_interval: float = 0.005, batch_max: int = 20000
     ) -> AsyncIterator[Store]:
         store = cls(path, commit_interval=commit_interval, batch_max=batch_max)
-        await trio.to_thread.run_sync(store._open_sync)
+        await trio.to_thread.run_sync(store._open_sync, limiter=store._threads)
         body_error: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -186,7 +190,7 @@ class Store:
         finally:
             store._closed = True
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(store._close_sync)
+                await trio.to_thread.run_sync(store._close_sync, limiter=store._threads)
         if body_error is not None:
             raise body_error
 
@@ -293,7 +297,8 @@ class Store:
                 # Not cancellable: a half-applied batch must still be committed or rolled back
                 # in its thread; shutdown flushes before cancelling this task anyway.
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self._commit_sync, ops, deltas)
+                    await trio.to_thread.run_sync(self._commit_sync, ops, deltas,
+                                                  limiter=self._threads)
             self._committed = target
             event, self._committed_changed = self._committed_changed, trio.Event()
             event.set()
@@ -343,7 +348,8 @@ class Store:
         """Run a read on the reader connection. Sees what is committed (call `flush` first
         to see your own recent writes)."""
         async with self._read_lock:
-            return await trio.to_thread.run_sync(self._query_sync, sql, params)
+            return await trio.to_thread.run_sync(self._query_sync, sql, params,
+                                                 limiter=self._threads)
 
     def _query_sync(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         conn = self._reader
@@ -357,7 +363,8 @@ class Store:
         lookup per chat costs a few index probes each, where one GROUP BY over the table
         reads every row of it."""
         async with self._read_lock:
-            return await trio.to_thread.run_sync(self._query_each_sync, sql, params)
+            return await trio.to_thread.run_sync(self._query_each_sync, sql, params,
+                                                 limiter=self._threads)
 
     def _query_each_sync(self, sql: str, params: Sequence[Sequence[Any]]
                          ) -> list[list[tuple[Any, ...]]]:
