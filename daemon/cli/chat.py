@@ -169,6 +169,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from daemon.errors import ConfigError
     from daemon.listeners.unix import DaemonAlreadyRunning
     from daemon.service.root import serve
+    from daemon.store.sqlite import DatabaseUnusable
 
     paths = paths_from(args)
     try:
@@ -183,6 +184,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         raise Failure(str(exc)) from None
     except PermissionError as exc:
         raise Failure(f"{exc}") from None
+    except DatabaseUnusable as exc:
+        raise Failure(str(exc)) from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
