@@ -167,6 +167,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from daemon.errors import ConfigError
     from daemon.listeners.unix import DaemonAlreadyRunning
     from daemon.service.root import serve
+    from daemon.store.sqlite import DatabaseUnusable
 
     paths = paths_from(args)
     try:
@@ -181,6 +182,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         raise Failure(str(exc)) from None
     except PermissionError as exc:
         raise Failure(f"{exc}") from None
+    except DatabaseUnusable as exc:
+        raise Failure(str(exc)) from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:

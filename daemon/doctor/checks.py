@@ -108,10 +108,8 @@ async def run_checks(paths: Paths, *, timeout: float = 15.0, probe_agents: bool 
     checks.append(daemon_verdict(paths.socket, await ask_daemon(paths.socket)))
 
     checks.append(state_dir_verdict(paths.state_dir, path_facts(paths.state_dir), uid))
-    db_exists, db_result, db_size = await trio.to_thread.run_sync(database_check,
-                                                                  paths.database)
-    checks.append(database_verdict(paths.database, exists=db_exists, result=db_result,
-                                   size=db_size))
+    from daemon.doctor.database import database_checkup  # imports Check from here
+    checks.append(await database_checkup(paths.database))
 
     git = await trio.to_thread.run_sync(tool_version, "git")
     checks.append(tool_verdict("git", git, needed_by="worktrees"))
