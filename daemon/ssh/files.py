@@ -26,7 +26,8 @@ from daemon.execution.fs import (
     require_within,
     text_slice,
 )
-from daemon.ssh.computer import Computer, ComputerError
+from daemon.ssh.computer import Computer
+from daemon.ssh.login import ComputerError
 from daemon.ssh.sftp import RemoteFs, kind_of
 
 
