@@ -72,7 +72,7 @@ class SftpFiles:
             if kind == "other":
                 # A FIFO would block the remote SFTP server (and with it every request on
                 # this computer's connection) as it blocks a local thread.
-                refuse_irregular(path, attrs.permissions or 0)
+                refuse_irregular(path, (attrs.permissions or 0) if attrs is not None else 0)
             if attrs is not None and (attrs.size or 0) > self.max_read:
                 raise FileProblem(f"{path}: larger than {self.max_read} bytes")
             data = await self._fs.read(real)
@@ -99,7 +99,7 @@ class SftpFiles:
             if kind == "dir":
                 raise FileProblem(f"{path}: is a directory")
             if kind == "other":
-                refuse_irregular(path, attrs.permissions or 0)
+                refuse_irregular(path, (attrs.permissions or 0) if attrs is not None else 0)
             await self._fs.write(real, content.encode("utf-8"))
         except ComputerError as exc:
             raise FileProblem(str(exc)) from None
