@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import resource
 import signal
 import socket as stdsocket
 from collections.abc import Callable
@@ -222,10 +223,28 @@ def _listening_socket(paths: Paths, log: Log) -> tuple[stdsocket.socket, Path | 
     return bind_unix_socket(paths.socket), paths.socket
 
 
+def raise_open_file_limit(log: Log) -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard one. systemd starts services at 1024 soft
+    (524288 hard) and expects a program that needs more to raise it: every agent costs the
+    daemon three pipes, every client a socket, and 1024 would let a few hundred of them
+    starve the store and new agents of descriptors (EMFILE)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit", soft=soft, hard=hard, error=str(exc))
+        return
+    log.info("raised the open-file limit", soft=target, was=soft)
+
+
 async def serve(paths: Paths, config: Config, *,
                 ready: Callable[[Service], None] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT. Returns the exit status."""
     log = Log("daemon")
+    raise_open_file_limit(log)
     lock_fd = lock_state_dir(paths.lock_file)
     try:
         return await _serve_locked(paths, config, log, ready)

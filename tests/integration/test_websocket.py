@@ -16,11 +16,13 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import msgspec
+import psutil
 import pytest
 import trio
 from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from daemon.client import RequestFailed
+from daemon.listeners.websocket.listener import PENDING_HANDSHAKES
 from protocol import deltas as d
 from protocol import messages as m
 from protocol.codec import Encoding
@@ -336,6 +338,46 @@ async def _try_connect(ws: WsDaemon, token: str) -> int:
     except ConnectionRejected as exc:
         return exc.status_code
     return 101
+
+
+FLOOD = 400
+"""Silent TCP connections opened at once: more than the descriptor table the test leaves
+the daemon (FD_LIMIT), so before the gate each one cost the daemon a descriptor."""
+FD_LIMIT = 200
+
+
+async def test_a_flood_of_silent_tcp_connections_exhausts_no_descriptors(
+        ws: WsDaemon) -> None:
+    daemon = psutil.Process(ws.proc.pid)
+    # At start the daemon raised its soft open-file limit to the hard one...
+    soft, hard = daemon.rlimit(psutil.RLIMIT_NOFILE)
+    assert soft == hard
+    # ...which here is made small, as systemd's soft 1024 once was, to flood it for real.
+    daemon.rlimit(psutil.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+    before = daemon.num_fds()
+    host, port = ws.url.removeprefix("ws://").rstrip("/").rsplit(":", 1)
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(FLOOD):
+            flood.append(socket.create_connection((host, int(port)), timeout=10))
+        # The daemon takes up to max_connections + PENDING_HANDSHAKES of them (a condition,
+        # not a sleep); the rest wait in the kernel's backlog, costing it nothing.
+        with trio.fail_after(30):
+            while daemon.num_fds() < before + 3 + PENDING_HANDSHAKES:
+                await trio.sleep(0.02)
+        # Unix-socket clients are served and new agents start (pipes, a process).
+        async with ws.proc.client() as client:
+            info = await open_chat(client, "flooded", cwd=ws.proc.work)
+            assert (await turn(client, info.chat, "still served")).text == "still served"
+        assert daemon.num_fds() < FD_LIMIT - 32
+    finally:
+        for sock in flood:
+            sock.close()
+    # Once the flood is gone, WebSocket clients get in again.
+    token = ws.token
+    with trio.fail_after(30):
+        while await _try_connect(ws, token) != 101:
+            await trio.sleep(0.05)
 
 
 async def test_shutdown_says_goodbye_and_closes_going_away(ws: WsDaemon) -> None:

@@ -8,6 +8,7 @@ the restart path of every client.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
     WebSocketRequest,
-    WebSocketServer,
+    wrap_server_stream,
 )
 
 from daemon.channels.frames import Mode
@@ -141,6 +142,51 @@ class _Handlers:
 # ------------------------------------------------------------------------- listener
 
 
+PENDING_HANDSHAKES = 16
+"""TCP connections beyond `max_connections` that may be open at once (handshakes under
+way). Past that, new connections wait in the kernel's listen backlog: they cost the daemon
+no file descriptor, so unauthenticated clients cannot use up the daemon's descriptors."""
+
+
+class StreamGate:
+    """Counts the TCP streams the listener holds, and makes `accept` wait while there are
+    as many as the live capacity allows."""
+
+    def __init__(self, capacity: Callable[[], int]) -> None:
+        self._capacity = capacity
+        self.open = 0
+        self._freed = trio.Event()
+
+    async def enter(self) -> None:
+        while self.open >= self._capacity():
+            await self._freed.wait()
+        self.open += 1
+
+    def leave(self) -> None:
+        self.open -= 1
+        self._freed.set()
+        self._freed = trio.Event()
+
+
+class _GatedListener(trio.abc.Listener[trio.SocketStream]):
+    """A TCP listener that accepts only while the gate has room."""
+
+    def __init__(self, inner: trio.SocketListener, gate: StreamGate) -> None:
+        self._inner = inner
+        self._gate = gate
+
+    async def accept(self) -> trio.SocketStream:
+        await self._gate.enter()
+        try:
+            return await self._inner.accept()
+        except BaseException:
+            self._gate.leave()
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class WebSocketListener:
     """Accepts WebSocket clients and runs one `Connection` per client.
 
@@ -167,6 +213,9 @@ class WebSocketListener:
         self.url: str | None = None
         self.accepted = 0
         self.refused = 0
+        self.timed_out = 0
+        """Connections that sent no WebSocket handshake within HANDSHAKE_TIMEOUT."""
+        self.gate = StreamGate(lambda: self._config.max_connections + PENDING_HANDSHAKES)
 
     @property
     def _config(self) -> WebSocketConfig:
@@ -184,18 +233,37 @@ class WebSocketListener:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         """Serve until `stop_accepting`, then wait for the open connections to end."""
+        listeners = [_GatedListener(listener, self.gate) for listener in self._listeners]
         async with trio.open_nursery() as connections:
-            server = WebSocketServer(
-                self._handle, self._listeners, handler_nursery=connections,
-                message_queue_size=MESSAGE_QUEUE, max_message_size=self._max_message,
-                connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=CLOSE_TIMEOUT)
-            await connections.start(self._accept_loop, server)
+            await connections.start(self._accept_loop, listeners, connections)
             task_status.started()
 
-    async def _accept_loop(self, server: WebSocketServer, *,
-                           task_status: trio.TaskStatus[WebSocketServer]) -> None:
+    async def _accept_loop(self, listeners: list[_GatedListener], connections: trio.Nursery,
+                           *, task_status: trio.TaskStatus[list[_GatedListener]]) -> None:
         with self._scope:
-            await server.run(task_status=task_status)
+            await trio.serve_listeners(self._serve_stream, listeners,
+                                       handler_nursery=connections, task_status=task_status)
+
+    async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        """One TCP connection: its WebSocket handshake within HANDSHAKE_TIMEOUT, then
+        `_handle`; its gate place is given back however it ends."""
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.move_on_after(HANDSHAKE_TIMEOUT) as handshake:
+                    if not await _sent_something(stream):
+                        return  # closed before a request: its place goes at once
+                    request = await wrap_server_stream(
+                        nursery, stream, message_queue_size=MESSAGE_QUEUE,
+                        max_message_size=self._max_message)
+                if handshake.cancelled_caught:
+                    self.timed_out += 1
+                else:
+                    await self._handle(request)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.gate.leave()
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await stream.aclose()
 
     def stop_accepting(self) -> None:
         self._scope.cancel()
@@ -274,7 +342,18 @@ class WebSocketListener:
 
     def statistics(self) -> dict[str, int]:
         return {"connections": len(self.connections), "accepted": self.accepted,
-                "refused": self.refused}
+                "refused": self.refused, "handshake_timeouts": self.timed_out,
+                "tcp_streams": self.gate.open}
+
+
+async def _sent_something(stream: trio.SocketStream) -> bool:
+    """Wait until the peer sent its first bytes (left in the socket for the handshake to
+    read) or closed. trio-websocket waits out its whole timeout for a request from a peer
+    that already hung up; a backlog of such connections would hold the gate that long."""
+    try:
+        return bool(await stream.socket.recv(1, socket.MSG_PEEK))
+    except OSError:
+        return False
 
 
 def _peer(request: WebSocketRequest) -> str:
