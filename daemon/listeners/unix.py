@@ -3,8 +3,10 @@ client.
 
 The socket lives in a 0700 directory and is itself 0600 (bound under a restrictive umask, so
 there is no window in which it is more open). Each accepted peer's uid is read with
-SO_PEERCRED and must be ours (or root's); anyone else gets an `unauthorized` error and the
-connection closes.
+SO_PEERCRED and must be ours (or root's), or the peer must be in the socket file's group
+while that file grants its group read and write (the system service's 0660 socket, group
+`stoker`: docs/OPERATIONS.md); anyone else gets an `unauthorized` error and the connection
+closes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import errno
 import os
 import socket as stdsocket
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,32 @@ def peer_credentials(sock: stdsocket.socket | trio.socket.SocketType) -> tuple[i
     raw = sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
     return pid, uid, gid
+
+
+def peer_groups(pid: int, gid: int) -> frozenset[int]:
+    """The peer process's primary and supplementary groups (from /proc: SO_PEERCRED gives
+    only the primary one). Empty extras when the process is already gone."""
+    groups = {gid}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    groups.update(int(g) for g in line.split()[1:])
+                    break
+    except OSError:
+        pass
+    return frozenset(groups)
+
+
+def peer_allowed(*, owner: int, uid: int, groups: frozenset[int],
+                 socket_mode: int | None, socket_gid: int | None) -> bool:
+    """Whether a peer may use the daemon: our own uid, root, or a member of the socket
+    file's group when the file grants that group read and write."""
+    if uid in (owner, 0):
+        return True
+    if socket_mode is None or socket_gid is None:
+        return False
+    return socket_mode & 0o060 == 0o060 and socket_gid in groups
 
 
 def _socket_in_use(path: Path) -> bool:
@@ -150,13 +179,13 @@ class UnixListener:
 
     async def _client(self, stream: trio.SocketStream) -> None:
         try:
-            pid, uid, _gid = peer_credentials(stream.socket)
+            pid, uid, gid = peer_credentials(stream.socket)
         except OSError:
-            pid, uid = -1, -1
+            pid, uid, gid = -1, -1, -1
         log = self._log.bind(peer_pid=pid, peer_uid=uid)
         transport = UnixTransport(stream, self._limits.max_frame, peer=f"pid {pid}")
         conn = Connection(transport, self._handlers, self._limits, log.bind(actor="client"))
-        if uid not in (self._uid, 0):
+        if not self._allowed(pid, uid, gid):
             self.refused += 1
             log.warning("refused connection from another user")
             await self._refuse(conn, stream, ErrorCode.UNAUTHORIZED,
@@ -178,6 +207,21 @@ class UnixListener:
         finally:
             self.connections.discard(conn)
             log.debug("client disconnected", requests=conn.requests)
+
+    def _allowed(self, pid: int, uid: int, gid: int) -> bool:
+        if uid in (self._uid, 0):
+            return True
+        mode: int | None
+        socket_gid: int | None
+        try:
+            # The file as it is now (an operator may chgrp/chmod it), found by the bound
+            # address: an inherited socket has no path of our own.
+            found = os.stat(self.path or self.address)
+            mode, socket_gid = stat.S_IMODE(found.st_mode), found.st_gid
+        except (OSError, TypeError, ValueError):
+            mode = socket_gid = None
+        return peer_allowed(owner=self._uid, uid=uid, groups=peer_groups(pid, gid),
+                            socket_mode=mode, socket_gid=socket_gid)
 
     async def _refuse(self, conn: Connection, stream: trio.SocketStream, code: ErrorCode,
                       message: str) -> None:

@@ -215,6 +215,57 @@ def test_other_users_are_refused_by_peer_uid(daemon: DaemonProcess) -> None:
     assert "65534" in daemon.log_text()
 
 
+def test_members_of_the_sockets_group_may_connect(daemon: DaemonProcess) -> None:
+    """The system service's 0660 socket, group `stoker`: a member of the socket's group is a
+    client (through a supplementary group, as a login gives it); the same user without the
+    group, or with the group but the file not granting it, is refused."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to connect as another user")
+    group = 4242
+    os.chmod(daemon.base, 0o755)
+    os.chmod(daemon.socket.parent, 0o755)
+    os.chown(daemon.socket, -1, group)
+    script = (
+        "import os, socket, sys\n"
+        "os.setgroups([int(g) for g in sys.argv[2].split(',') if g])\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.settimeout(5)\n"
+        "s.connect(sys.argv[1])\n"
+        f"hello = {_enc.encode(m.Hello(client='member'))!r}\n"
+        "try:\n"
+        "    s.sendall(len(hello).to_bytes(4, 'big') + hello)\n"
+        "except (BrokenPipeError, ConnectionResetError):\n"
+        "    pass  # refused before the hello: the error is already in the buffer\n"
+        "data = b''\n"
+        "while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], 'big'):\n"
+        "    chunk = s.recv(65536)\n"
+        "    if not chunk: break\n"
+        "    data += chunk\n"
+        "sys.stdout.buffer.write(data)\n"
+    )
+
+    def first_reply(groups: str) -> object:
+        result = subprocess.run([sys.executable, "-c", script, str(daemon.socket), groups],
+                                capture_output=True, timeout=20)
+        assert result.returncode == 0, result.stderr
+        data = result.stdout
+        return _dec.decode(data[4:4 + int.from_bytes(data[:4], "big")])
+
+    os.chmod(daemon.socket, 0o660)
+    assert isinstance(first_reply(str(group)), m.Welcome)
+    # Below, the file lets the connect through (the kernel's check) so that the daemon's
+    # own check decides. Not in the group:
+    os.chmod(daemon.socket, 0o666)
+    refused = first_reply("")
+    assert isinstance(refused, m.ErrorReply)
+    assert refused.code == "unauthorized"
+    # In the group, but the file grants the group write only, not read and write:
+    os.chmod(daemon.socket, 0o620)
+    still = first_reply(str(group))
+    assert isinstance(still, m.ErrorReply)
+    assert still.code == "unauthorized"
+
+
 def test_client_verbs_without_a_daemon_say_so(tmp_path: object) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOKER_")}
     env["STOKER_SOCKET"] = "/tmp/stoker-no-daemon-here.sock"
