@@ -113,7 +113,20 @@ class Shutdown(msgspec.Struct, kw_only=True):
     reason: str
 
 
+class SetPolicy(msgspec.Struct, kw_only=True):
+    """The chat's permission policy changed: requests from now on follow it."""
+
+    policy: str
+
+
+class UseSpec(msgspec.Struct, kw_only=True):
+    """A reload changed this agent's definition: the next generation uses it."""
+
+    spec: Any
+    """AgentSpec"""
+
+
 ActorMessage = (
     PromptJob | Cancel | Permit | SetMode | SetConfig | Authenticate | Warm | Hibernate | Close
-    | Shutdown
+    | Shutdown | SetPolicy | UseSpec
 )

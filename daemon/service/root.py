@@ -28,8 +28,9 @@ from typing import Any
 import trio
 
 from daemon import log as logging_setup
-from daemon.actors.backend.actor import BackendActor, Settings
 from daemon.actors.pool import Pool
+from daemon.actors.ref import ActorRef
+from daemon.actors.settings import Settings
 from daemon.channels.hub import Hub
 from daemon.config import file as config_mod
 from daemon.config.agents import registry
@@ -228,7 +229,7 @@ class Daemon:
         self.settings.config = config
         self.settings.agents = agents
 
-        def changed(actor: BackendActor) -> bool:
+        def changed(actor: ActorRef) -> bool:
             spec = agents.get(actor.agent)
             return spec is not None and spec.fingerprint() != actor.spec.fingerprint()
 
