@@ -1,23 +1,17 @@
 """The pool: the registry of chats and the supervisor of their backend actors.
 
-It routes client requests to actors (as mailbox messages), assigns turn numbers, keeps the
-durable prompt queue, and runs the eviction sweep (idle TTL, LRU cap, memory budget) using
-`policy.choose_evictions`.
+It routes client requests to actors (as mailbox messages, through each actor's `ActorRef`),
+assigns turn numbers, keeps the durable prompt queue, and runs the eviction sweep (idle TTL,
+LRU cap, memory budget; `eviction.choose_victims`). Start-up is `restore.restore`.
 
 Actors are started on demand and go dormant when hibernated with nothing to do (their task
 ends, their record stays in memory and in the store), so thousands of hibernated chats cost a
 few kilobytes each. A message for a dormant actor starts its task again.
-
-At startup it loads chats and actor records, reclaims agent processes left behind by a
-crashed daemon (`Executor.reclaim`), ends the turns that crash interrupted, and re-delivers
-prompts that were still queued.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,14 +22,16 @@ import trio
 from daemon.actors import mailbox as mb
 from daemon.actors import records
 from daemon.actors.backend.actor import BackendActor
-from daemon.actors.backend.probe import probe_agent
+from daemon.actors.backend.probe import description_of, probe_agent, probe_directory
 from daemon.actors.backend.turns import content_problem, summarize
-from daemon.actors.lifecycle import WARM_STATES, State, choose_evictions
+from daemon.actors.chats import ChatBook, check_chat_id, summary
+from daemon.actors.eviction import choose_victims
+from daemon.actors.lifecycle import WARM_STATES, State
 from daemon.actors.records import ActorRecord, Chat
 from daemon.actors.ref import ActorRef
 from daemon.actors.restore import restore
 from daemon.actors.settings import Settings
-from daemon.channels.hub import Hub, new_epoch
+from daemon.channels.hub import Hub
 from daemon.errors import (
     BadRequest,
     InvalidState,
@@ -45,8 +41,7 @@ from daemon.errors import (
     UnknownAgent,
     UnknownChat,
 )
-from daemon.execution.fs import AccessDenied, FileProblem
-from daemon.execution.local import Executor, SpawnError
+from daemon.execution.local import Executor
 from daemon.log import Log
 from daemon.store.sqlite import Store
 from protocol import deltas as d
@@ -61,23 +56,7 @@ from protocol.messages import (
     TextBlock,
 )
 
-__all__ = ["Chat", "ExecutorFactory", "Pool", "new_chat_id"]
-
-_CHAT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def new_chat_id() -> str:
-    return secrets.token_hex(5)
-
-
-def _description(agent: str, info: dict[str, Any]) -> m.AgentDescription:
-    """`describe_agent`'s answer from an `initialize` result: a running actor's recorded
-    one and a probe's raw one have the same keys."""
-    return m.AgentDescription(
-        agent=agent, capabilities=info.get("agentCapabilities") or {},
-        agent_info=info.get("agentInfo") or {},
-        auth_methods=info.get("authMethods") or [],
-        protocol_version=int(info.get("protocolVersion", 1)))
+__all__ = ["Chat", "ExecutorFactory", "Pool"]
 
 
 @dataclass(slots=True, eq=False)
@@ -103,7 +82,8 @@ class Pool:
         self._executors = executors
         self._instance = instance
         self._log = Log("pool")
-        self._chats: dict[str, Chat] = {}
+        self._book = ChatBook(store=store, hub=hub, settings=settings, executors=executors)
+        self._chats = self._book.chats
         self._actors: dict[tuple[str, str], _Child] = {}
         self._nursery: trio.Nursery | None = None
         self._sweep_needed = trio.Event()
@@ -238,26 +218,13 @@ class Pool:
     # ================================================================== chats
 
     def _chat(self, chat_id: str) -> Chat:
-        chat = self._chats.get(chat_id)
-        if chat is None:
-            raise UnknownChat(chat_id)
-        return chat
+        return self._book.get(chat_id)
 
     def chat_info(self, chat: Chat, created: bool = False) -> ChatInfo:
-        return ChatInfo(
-            chat=chat.id, agent=chat.agent, cwd=chat.cwd, epoch=chat.epoch,
-            head_seq=self._hub.head(chat.id), created=created, workspace=chat.workspace,
-            computer=chat.computer,
-            policy=chat.policy or self._settings.config.permissions.policy,
-            title=chat.title, closed=chat.closed)
-
-    def _check_agent(self, agent: str) -> None:
-        if agent not in self._settings.agents:
-            raise UnknownAgent(agent, list(self._settings.agents))
+        return self._book.info(chat, created)
 
     def _persist_chat(self, chat: Chat) -> None:
-        chat.updated = time.time()
-        records.save_chat(self._store, chat, self._hub.head(chat.id))
+        self._book.persist(chat)
 
     async def open_chat(
         self, *, chat_id: str | None, agent: str | None, cwd: str | None,
@@ -267,12 +234,11 @@ class Pool:
     ) -> ChatInfo:
         if self._shutting_down:
             raise ShuttingDown("the daemon is shutting down")
-        if chat_id is not None and not _CHAT_ID.match(chat_id):
-            raise BadRequest(f"invalid chat id {chat_id!r}: use 1-64 letters, digits, '.', "
-                             "'_', '-', starting with a letter or digit")
+        if chat_id is not None:
+            check_chat_id(chat_id)
         if agent is not None:
-            self._check_agent(agent)
-        existing = self._chats.get(chat_id) if chat_id else None
+            self._book.check_agent(agent)
+        existing = self._book.find(chat_id)
         if existing is not None:
             if require_cwd and cwd is not None and os.path.realpath(cwd) != existing.cwd:
                 raise BadRequest(f"chat {existing.id!r} works in {existing.cwd}, not {cwd}")
@@ -298,46 +264,12 @@ class Pool:
             return self.chat_info(existing)
         if not create:
             raise UnknownChat(chat_id or "")
-        agent = agent or self._settings.config.daemon.default_agent
-        self._check_agent(agent)
-        spec = self._settings.agents.get(agent)
-        where = computer or (spec.computer if spec else None)
-        if where is not None:
-            real = await self._remote_directory(where, cwd)
-        else:
-            directory = cwd or os.path.expanduser("~")
-            if not os.path.isabs(directory):
-                raise BadRequest(f"cwd must be an absolute path, not {directory!r}")
-            if not os.path.isdir(directory):
-                raise BadRequest(f"cwd {directory} is not a directory")
-            real = os.path.realpath(directory)
-        now = time.time()
-        chat = Chat(id=chat_id or self._fresh_id(), agent=agent, cwd=real, epoch=new_epoch(),
-                    created=now, updated=now, workspace=workspace, computer=computer,
-                    policy=policy, title=title, mcp=mcp or [])
-        self._chats[chat.id] = chat
-        self._hub.open_channel(chat.id, chat.epoch)
-        self._persist_chat(chat)
+        chat = await self._book.create(chat_id=chat_id, agent=agent, cwd=cwd, policy=policy,
+                                       title=title, workspace=workspace, computer=computer,
+                                       mcp=mcp)
         await self._store.flush()
-        self._log.info("chat created", chat=chat.id, agent=agent, cwd=real)
+        self._log.info("chat created", chat=chat.id, agent=chat.agent, cwd=chat.cwd)
         return self.chat_info(chat, created=True)
-
-    async def _remote_directory(self, computer: str, cwd: str | None) -> str:
-        """The real path of a new chat's cwd on `computer` (its login directory when None),
-        checked there: this machine's file system says nothing about another's."""
-        if cwd is not None and not (os.path.isabs(cwd) or cwd.startswith("~")):
-            raise BadRequest(f"cwd must be an absolute path, not {cwd!r}")
-        executor = self._executors(computer)
-        try:
-            return await executor.files(cwd or "~").directory(None)
-        except (AccessDenied, FileProblem, SpawnError) as exc:
-            raise BadRequest(f"cwd {cwd or '~'} on computer {computer!r}: {exc}") from None
-
-    def _fresh_id(self) -> str:
-        while True:
-            chat_id = new_chat_id()
-            if chat_id not in self._chats:
-                return chat_id
 
     def _apply_policy(self, chat: Chat, policy: str) -> None:
         chat.policy = policy
@@ -354,7 +286,7 @@ class Pool:
         if not content or all(isinstance(b, TextBlock) and not b.text.strip() for b in content):
             raise BadRequest("empty prompt")
         if agent is not None and agent != chat.agent:
-            self._check_agent(agent)
+            self._book.check_agent(agent)
             chat.agent = agent
         ref = self._actor_for(chat, chat.agent).ref
         limit = self._settings.config.daemon.queue_limit
@@ -456,34 +388,21 @@ class Pool:
         if spec is None:
             raise UnknownAgent(agent, list(self._settings.agents))
         for child in self._actors.values():
-            if child.ref.agent == agent:
-                initialize = child.ref.snapshot().initialize
-                if initialize is not None:
-                    return _description(agent, initialize)
-        cached = self._descriptions.get(agent)
-        if cached is not None:
-            return cached
-        executor = self._executors(spec.computer)
-        # "~" is the login directory of the remote computer (its executor expands it).
-        home = os.path.expanduser("~") if spec.computer is None else "~"
-        info = await probe_agent(executor, spec, cwd=home,
-                                 timeout=float(self._settings.config.daemon.request_timeout),
-                                 grace=float(self._settings.config.daemon.stop_grace),
-                                 instance=self._instance)
-        description = _description(agent, info)
-        self._descriptions[agent] = description
-        return description
+            initialize = child.ref.snapshot().initialize if child.ref.agent == agent else None
+            if initialize is not None:
+                return description_of(agent, initialize)
+        if agent not in self._descriptions:
+            daemon = self._settings.config.daemon
+            self._descriptions[agent] = description_of(agent, await probe_agent(
+                self._executors(spec.computer), spec, cwd=probe_directory(spec),
+                timeout=float(daemon.request_timeout), grace=float(daemon.stop_grace),
+                instance=self._instance))
+        return self._descriptions[agent]
 
     # ================================================================== views
 
     def chats(self, include_closed: bool = False, cwd: str | None = None) -> Iterable[Chat]:
-        real_cwd = None if cwd is None else os.path.realpath(cwd)
-        for chat in self._chats.values():
-            if chat.closed and not include_closed:
-                continue
-            if real_cwd is not None and chat.cwd != real_cwd:
-                continue
-            yield chat
+        return self._book.select(include_closed, cwd)
 
     def get_chat(self, chat_id: str) -> Chat:
         return self._chat(chat_id)
@@ -495,21 +414,8 @@ class Pool:
         refs = [child.ref if child is not None else None for child in children]
         rss = await trio.to_thread.run_sync(
             lambda: [ref.rss() if ref is not None else None for ref in refs])
-        out = []
-        for chat, ref, mem in zip(chats, refs, rss, strict=True):
-            actor = ref.snapshot() if ref is not None else None
-            out.append(ChatSummary(
-                chat=chat.id, agent=chat.agent,
-                state=actor.state.value if actor else (
-                    "closed" if chat.closed else State.HIBERNATED.value),
-                cwd=chat.cwd, pid=actor.pid if actor else None,
-                generation=actor.generation if actor else 0, rss=mem,
-                idle=actor.idle if actor else None,
-                turns=actor.turns if actor else 0, queued=actor.queued if actor else 0,
-                title=chat.title or (actor.title if actor else None),
-                workspace=chat.workspace, updated_at=chat.updated, closed=chat.closed,
-            ))
-        return out
+        return [summary(chat, ref.snapshot() if ref is not None else None, mem)
+                for chat, ref, mem in zip(chats, refs, rss, strict=True)]
 
     async def inspect(self, chat_id: str) -> ChatDetail:
         chat = self._chat(chat_id)
@@ -541,7 +447,7 @@ class Pool:
 
     @property
     def chat_count(self) -> int:
-        return sum(1 for c in self._chats.values() if not c.closed)
+        return self._book.open_count
 
     # ================================================================== eviction
 
@@ -560,25 +466,14 @@ class Pool:
         """Hibernate what the policy says should go. Returns the evicted keys."""
         if self._shutting_down:
             return []
-        lc = self._settings.config.lifecycle
-        refs = [child.ref for child in self._actors.values()]
-        budget = int(lc.memory_budget) if lc.memory_budget is not None else None
-        rss: list[int | None] = [None] * len(refs)
-        if budget is not None:
-            rss = await trio.to_thread.run_sync(
-                lambda: [r.rss() if r.state in WARM_STATES else None for r in refs])
-        facts = [r.facts(m) for r, m in zip(refs, rss, strict=True)]
-        by_key = {r.key: r for r in refs}
-        evictions = choose_evictions(facts, now=trio.current_time(),
-                                     idle_ttl=float(lc.idle_ttl), max_warm=lc.max_warm,
-                                     memory_budget=budget)
-        for eviction in evictions:
-            ref = by_key[eviction.key]
+        chosen = await choose_victims([child.ref for child in self._actors.values()],
+                                      self._settings.config.lifecycle)
+        for ref, eviction in chosen:
             self._log.info("hibernating", chat=ref.chat, agent=ref.agent,
                            reason=eviction.reason)
             self.evictions += 1
             ref.send(mb.Hibernate(reason=eviction.reason))
-        return [e.key for e in evictions]
+        return [eviction.key for _, eviction in chosen]
 
     def request_sweep(self) -> None:
         self._sweep_needed.set()

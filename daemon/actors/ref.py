@@ -94,7 +94,12 @@ class ActorRef:
         return self._actor.core.state
 
     def facts(self, rss: int | None = None) -> ActorFacts:
-        return self._actor.facts(rss)
+        """What the eviction sweep weighs (`rss` measured by the caller, in a thread)."""
+        core = self._actor.core
+        return ActorFacts(key=core.key, state=core.state, last_activity=core.last_activity,
+                          busy=core.current is not None, queued=len(core.queue),
+                          pending_permissions=len(core.permissions),
+                          live_terminals=core.live_terminals, rss=rss)
 
     def snapshot(self) -> ActorSnapshot:
         core = self._actor.core
@@ -111,7 +116,24 @@ class ActorRef:
                 key: info[key] for key in INITIALIZE_KEYS if key in info})
 
     def detail(self, rss: int | None = None) -> ActorDetail:
-        return self._actor.detail(rss)
+        """Everything `inspect` shows of the actor."""
+        core = self._actor.core
+        info = core.info
+        process = core.process
+        gen = core.gen
+        return ActorDetail(
+            agent=core.agent, state=core.state.value, reason=core.reason,
+            pid=process.pid if process else None, pgid=process.pgid if process else None,
+            generation=core.generation, session_id=core.session_id,
+            last_activity=core.last_activity_wall, turns=core.turns, queued=len(core.queue),
+            current_turn=core.current.turn if core.current else None,
+            restarts=len(core.restarts), rss=rss,
+            capabilities=info.get("agentCapabilities", {}),
+            agent_info=info.get("agentInfo") or {}, auth_methods=info.get("authMethods", []),
+            modes=info.get("modes"), config_options=info.get("configOptions") or [],
+            models=info.get("models"), commands=info.get("commands") or [],
+            usage=core.usage, pending_permissions=core.permissions.ids(),
+            terminals=gen.terminals.ids() if gen is not None and gen.terminals else [])
 
     def prompt_capabilities(self) -> acp.PromptCapabilities | None:
         """What content the agent accepts (None until it has answered `initialize`)."""

@@ -1,12 +1,9 @@
 """The backend actor: one warm ACP agent process and session for one (chat, agent).
 
-Lifecycle (the legal transitions are the table in `daemon.actors.lifecycle`):
-
-    hibernated --prompt--> starting -> ready <-> busy
-    ready --evicted--> hibernated        (process stopped; session id, queue, record kept)
-    any --process exit / protocol error / stale--> crashed -> restarting -> starting
-    crashed --too many restarts--> failed  (a later explicit prompt retries)
-    any --close--> closed
+States: hibernated --prompt--> starting -> ready <-> busy; ready --evicted--> hibernated;
+any --exit / protocol error / stale--> crashed -> restarting -> starting; crashed --too many
+restarts--> failed (a later explicit prompt retries); any --close--> closed. The legal
+transitions are the table in `daemon.actors.lifecycle`.
 
 One loop takes every event from the mailbox in order, the pool's messages and the actor's
 own reports alike (a generation is ready, needs authentication, has ended; a turn is done; a
@@ -22,24 +19,21 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import trio
 
-from daemon.acp import types as acp
 from daemon.acp.rpc import JsonRpcConnection
 from daemon.actors import mailbox as mb
 from daemon.actors import records
+from daemon.actors.backend import events as ev
 from daemon.actors.backend.agent_services import AgentServices
 from daemon.actors.backend.core import Core, StateListener, TurnListener
 from daemon.actors.backend.generation import Ending, EndKind, Generation
 from daemon.actors.backend.permissions import Permissions
 from daemon.actors.backend.session import Control, Session
-from daemon.actors.backend.turns import Turns, content_problem
+from daemon.actors.backend.turns import Turns
 from daemon.actors.lifecycle import (
-    ActorFacts,
     GiveUp,
     State,
     recent_restarts,
@@ -51,43 +45,9 @@ from daemon.config.agents import AgentSpec
 from daemon.errors import AgentUnavailable, AuthRequired, InvalidState
 from daemon.execution.local import Executor
 from daemon.store.sqlite import Store
-from protocol.messages import ActorDetail
 
 MAILBOX_SIZE = 1024
 RECLAIMED = "daemon restarted; the agent's old process was reclaimed"
-
-
-@dataclass(frozen=True, slots=True)
-class _Ready:
-    gen: Generation
-
-
-@dataclass(frozen=True, slots=True)
-class _AuthNeeded:
-    gen: Generation
-    error: str
-    """Fail the waiting prompts and warm-ups with this ("": nothing new to fail)."""
-    first: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Ended:
-    gen: Generation
-    ending: Ending
-
-
-@dataclass(frozen=True, slots=True)
-class _WorkDone:
-    gen: Generation
-    job: mb.PromptJob | None
-
-
-@dataclass(frozen=True, slots=True)
-class _RestartDue:
-    pass
-
-
-_Event = mb.ActorMessage | _Ready | _AuthNeeded | _Ended | _WorkDone | _RestartDue
 
 
 class BackendActor:
@@ -108,11 +68,10 @@ class BackendActor:
         self._session = Session(core)
         self._turns = Turns(core, self._session)
         self._services = AgentServices(core)
-        self._inbox_send, self._inbox = trio.open_memory_channel[_Event](MAILBOX_SIZE)
+        self._inbox_send, self._inbox = trio.open_memory_channel[ev.Event](MAILBOX_SIZE)
         self._controls: collections.deque[Control] = collections.deque()
         """Commands waiting for a ready session."""
         self._want_warm: list[mb.Warm] = []
-        self._restarts: list[float] = []
         self._hibernate: str | None = None
         self._closing: str | None = None
         self._shutdown: str | None = None
@@ -133,32 +92,6 @@ class BackendActor:
 
     def has_mail(self) -> bool:
         return self._inbox.statistics().current_buffer_used > 0
-
-    def facts(self, rss: int | None = None) -> ActorFacts:
-        core = self._core
-        return ActorFacts(key=core.key, state=core.state, last_activity=core.last_activity,
-                          busy=core.current is not None, queued=len(core.queue),
-                          pending_permissions=len(core.permissions),
-                          live_terminals=core.live_terminals, rss=rss)
-
-    def detail(self, rss: int | None = None) -> ActorDetail:
-        core = self._core
-        info = core.info
-        process = core.process
-        gen = core.gen
-        return ActorDetail(
-            agent=core.agent, state=core.state.value, reason=core.reason,
-            pid=process.pid if process else None, pgid=process.pgid if process else None,
-            generation=core.generation, session_id=core.session_id,
-            last_activity=core.last_activity_wall, turns=core.turns, queued=len(core.queue),
-            current_turn=core.current.turn if core.current else None,
-            restarts=len(self._restarts), rss=rss,
-            capabilities=info.get("agentCapabilities", {}),
-            agent_info=info.get("agentInfo") or {}, auth_methods=info.get("authMethods", []),
-            modes=info.get("modes"), config_options=info.get("configOptions") or [],
-            models=info.get("models"), commands=info.get("commands") or [],
-            usage=core.usage, pending_permissions=core.permissions.ids(),
-            terminals=gen.terminals.ids() if gen is not None and gen.terminals else [])
 
     # ================================================================== the loop
 
@@ -199,7 +132,7 @@ class BackendActor:
             if not self.has_mail():
                 self._advance()
 
-    async def _post(self, event: _Event) -> None:
+    async def _post(self, event: ev.Event) -> None:
         await self._inbox_send.send(event)
 
     def _stopping(self) -> bool:
@@ -212,7 +145,7 @@ class BackendActor:
         return (self._core.gen is None and self._core.state in (State.HIBERNATED, State.FAILED)
                 and not self._has_work() and not self._stopping())
 
-    def _handle(self, event: _Event) -> None:
+    def _handle(self, event: ev.Event) -> None:
         core = self._core
         gen = core.gen
         match event:
@@ -224,7 +157,7 @@ class BackendActor:
                 core.queue.append(event)
                 core.touch()
             case mb.Cancel():
-                self._cancel(event)
+                self._turns.request_cancel(event)
             case mb.Permit():
                 core.permissions.permit(event)
             case mb.SetMode() | mb.SetConfig() | mb.Authenticate():
@@ -257,7 +190,7 @@ class BackendActor:
                 core.policy = event.policy
             case mb.UseSpec():
                 core.spec = event.spec
-            case _Ready() if event.gen is gen and event.gen.ending is None:
+            case ev.Ready() if event.gen is gen and event.gen.ending is None:
                 event.gen.ready = True
                 event.gen.awaiting_auth = False
                 core.set_state(State.READY)
@@ -265,29 +198,30 @@ class BackendActor:
                     if warm.reply is not None:
                         warm.reply.set(None)
                 self._want_warm.clear()
-            case _AuthNeeded() if event.gen is gen and event.gen.ending is None:
+            case ev.AuthNeeded() if event.gen is gen and event.gen.ending is None:
                 event.gen.awaiting_auth = True
                 event.gen.auth_attempting = False
-                if event.error:
-                    self._fail_all_waiting(event.error)
+                if event.error:  # the prompts and warm-ups waiting for a session
+                    core.end_queued(event.error)
+                    self._fail_warm_ups(AuthRequired(event.error))
                 if event.first:
                     core.set_state(State.READY, "authentication required")
-            case _WorkDone() if event.gen is gen:
+            case ev.WorkDone() if event.gen is gen:
                 event.gen.working = False
                 if event.job is not None and core.current is event.job:
                     core.current = None
                     if not self._stopping():
                         core.set_state(State.READY)
-            case _Ended():
+            case ev.Ended():
                 self._ended(event.gen, event.ending)
-            case _RestartDue():
+            case ev.RestartDue():
                 if gen is None and core.state is State.RESTARTING and not self._stopping():
                     self._start_generation()
 
     def _retry_if_failed(self) -> None:
         """An explicit request to a failed actor tries again with a fresh restart budget."""
         if self._core.state is State.FAILED:
-            self._restarts.clear()
+            self._core.restarts.clear()
 
     # ================================================================== what next
 
@@ -309,17 +243,17 @@ class BackendActor:
         if not gen.ready or gen.working or rpc is None or self._shutdown is not None:
             return
         if self._closing is not None:
-            self._start_work(gen, self._end_with_session(gen, rpc, EndKind.CLOSE,
-                                                         self._closing))
+            self._start_work(gen, self._session.close(rpc, gen, Ending(EndKind.CLOSE,
+                                                                       self._closing)))
         elif self._controls:
             self._start_work(gen, self._run_controls(rpc))
-        elif core.queue:
-            self._start_next_turn(gen, rpc)
+        elif (job := self._turns.take_next()) is not None:
+            self._start_work(gen, self._turns.run(gen, rpc, job), job)
         elif self._hibernate is not None:
             reason, self._hibernate = self._hibernate, None
             if self._idle_for_eviction():
-                self._start_work(gen, self._end_with_session(gen, rpc, EndKind.HIBERNATE,
-                                                             reason))
+                self._start_work(gen, self._session.close(rpc, gen, Ending(EndKind.HIBERNATE,
+                                                                           reason)))
 
     def _advance_auth(self, gen: Generation) -> None:
         """The agent wants authentication before a session: it stays up (ready, the reason
@@ -347,42 +281,19 @@ class BackendActor:
 
     def _start_work(self, gen: Generation, work: Awaitable[None],
                     job: mb.PromptJob | None = None) -> None:
-        """Run the generation's one piece of sequential work; it reports `_WorkDone`."""
+        """Run the generation's one piece of sequential work; it reports `ev.WorkDone`."""
         gen.working = True
 
         async def run() -> None:
             await work
-            await self._post(_WorkDone(gen, job))
+            await self._post(ev.WorkDone(gen, job))
 
         assert gen.nursery is not None
         gen.nursery.start_soon(run)
 
-    def _start_next_turn(self, gen: Generation, rpc: JsonRpcConnection) -> None:
-        core = self._core
-        while core.queue:
-            job = core.queue.popleft()
-            if job.ended:
-                continue
-            caps = core.prompt_capabilities or acp.PromptCapabilities()
-            problem = content_problem(job.content, caps, core.agent)
-            if problem is not None:
-                core.end_turn(job, error=problem)
-                continue
-            core.current = job
-            job.started = True
-            records.mark_prompt_running(core.store, core.chat, job.turn)
-            core.set_state(State.BUSY, f"turn {job.turn}")
-            self._start_work(gen, self._turns.run(gen, rpc, job), job)
-            return
-
     async def _run_controls(self, rpc: JsonRpcConnection) -> None:
         while self._controls:
             await self._session.run_control(rpc, self._controls.popleft())
-
-    async def _end_with_session(self, gen: Generation, rpc: JsonRpcConnection,
-                                kind: EndKind, reason: str) -> None:
-        await self._session.close(rpc)
-        gen.end(Ending(kind, reason))
 
     # ================================================================== generations
 
@@ -391,7 +302,7 @@ class BackendActor:
         core.generation += 1
         core.loading = False
         core.set_state(State.STARTING, f"generation {core.generation}")
-        gen = Generation(core, on_request=self._on_agent_request,
+        gen = Generation(core, on_request=self._services.serve,
                          on_notification=self._session.on_notification,
                          on_line=self._session.on_line)
         core.gen = gen
@@ -399,39 +310,9 @@ class BackendActor:
         self._nursery.start_soon(self._run_generation, gen)
 
     async def _run_generation(self, gen: Generation) -> None:
-        ending = await gen.run(self._setup)
-        await self._post(_Ended(gen, ending))
-
-    async def _setup(self, gen: Generation, rpc: JsonRpcConnection) -> None:
-        """The session handshake, then (if the agent wants it) authentication attempts as
-        the loop sends them; reports `_Ready` once a session is set up."""
-        try:
-            await self._session.handshake(rpc)
-        except AuthRequired as exc:
-            await self._post(_AuthNeeded(gen, exc.message, first=True))
-            while True:
-                auth = await gen.attempts.receive()
-                if auth is not None:
-                    await self._session.authenticate(rpc, auth)
-                if auth is not None or self._core.queue or self._want_warm:
-                    try:
-                        await self._session.retry_establish(rpc)
-                        break
-                    except AuthRequired as again:
-                        await self._post(_AuthNeeded(gen, again.message, first=False))
-                        continue
-                await self._post(_AuthNeeded(gen, "", first=False))
-        gen.set_up = True
-        await self._post(_Ready(gen))
-
-    async def _on_agent_request(self, method: str, params: msgspec.Raw | None) -> Any:
-        core = self._core
-        core.touch()
-        if method == "session/request_permission":
-            return await core.permissions.request(params)
-        gen = core.gen
-        return await self._services.serve(method, params,
-                                          gen.terminals if gen is not None else None)
+        ending = await gen.run(lambda gen, rpc: self._session.setup(
+            gen, rpc, post=self._post, waiting=lambda: bool(self._core.queue or self._want_warm)))
+        await self._post(ev.Ended(gen, ending))
 
     def _ended(self, gen: Generation, ending: Ending) -> None:
         """A generation is over (its process stopped): end what it leaves open, then apply
@@ -462,23 +343,23 @@ class BackendActor:
         lc = core.settings.config.lifecycle
         now = trio.current_time()
         decision = restart_decision(
-            self._restarts, now=now, max_restarts=lc.restart_max, window=lc.restart_window,
+            core.restarts, now=now, max_restarts=lc.restart_max, window=lc.restart_window,
             backoff=lc.restart_backoff, backoff_max=lc.restart_backoff_max)
         if isinstance(decision, GiveUp):
             reason = f"{decision.reason}; last failure: {ending.reason}"
             core.set_state(State.FAILED, reason)
             core.end_queued(f"agent {agent!r} failed: {reason}")
-            self._restarts.clear()
+            core.restarts.clear()
             return
-        self._restarts.append(now)
-        self._restarts = recent_restarts(self._restarts, now=now, window=lc.restart_window)
+        core.restarts.append(now)
+        core.restarts = recent_restarts(core.restarts, now=now, window=lc.restart_window)
         core.set_state(State.RESTARTING, f"restarting in {decision.delay:g}s")
         assert self._nursery is not None
         self._nursery.start_soon(self._restart_after, decision.delay)
 
     async def _restart_after(self, delay: float) -> None:
         await trio.sleep(delay)
-        await self._post(_RestartDue())
+        await self._post(ev.RestartDue())
 
     def _finish_stopping(self) -> None:
         core = self._core
@@ -491,27 +372,6 @@ class BackendActor:
         self._done = True
 
     # ================================================================== ending things
-
-    def _cancel(self, message: mb.Cancel) -> None:
-        core = self._core
-        if message.queued:
-            core.end_queued(None, cancelled=True)
-        job = core.current
-        if message.turn is not None and (job is None or job.turn != message.turn):
-            # Not the running turn: drop it from the queue if it waits there.
-            for queued in list(core.queue):
-                if queued.turn == message.turn:
-                    core.queue.remove(queued)
-                    core.end_turn(queued, stop_reason="cancelled")
-            return
-        if job is None or job.cancel_requested or job.ended:
-            return
-        job.cancel_requested = True
-        gen = core.gen
-        if gen is not None and gen.rpc is not None and gen.nursery is not None:
-            gen.nursery.start_soon(self._turns.cancel, gen, gen.rpc, job, message.by or "cancel")
-        else:
-            core.permissions.resolve_turn(job, by=message.by or "cancel")
 
     def _cleanup_turns(self, reason: str) -> None:
         core = self._core
@@ -527,14 +387,10 @@ class BackendActor:
         for control in self._controls:
             control.reply.fail(AgentUnavailable(reason))
         self._controls.clear()
-        for warm in self._want_warm:
-            if warm.reply is not None:
-                warm.reply.fail(AgentUnavailable(reason))
-        self._want_warm.clear()
+        self._fail_warm_ups(AgentUnavailable(reason))
 
-    def _fail_all_waiting(self, error: str) -> None:
-        self._core.end_queued(error)
+    def _fail_warm_ups(self, error: Exception) -> None:
         for warm in self._want_warm:
             if warm.reply is not None:
-                warm.reply.fail(AuthRequired(error))
+                warm.reply.fail(error)
         self._want_warm.clear()

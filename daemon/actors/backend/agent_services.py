@@ -1,5 +1,6 @@
 """The client side of ACP that the agent calls: `fs/*` (confined to the chat's directory)
-and `terminal/*` (real processes), answered for the current session only.
+and `terminal/*` (real processes), answered for the current session only; permission
+requests go on to `permissions`.
 
 The executor's exceptions become JSON-RPC errors in one place (`agent_errors`), so every
 service answers the same problem with the same code.
@@ -45,9 +46,13 @@ class AgentServices:
         if expected is not None and session_id != expected:
             raise RpcError(INVALID_PARAMS, f"unknown session {session_id!r}")
 
-    async def serve(self, method: str, params: msgspec.Raw | None,
-                    terminals: TerminalManager | None) -> Any:
-        """The answer to `method` (an `fs/` or `terminal/` request); `RpcError` if none."""
+    async def serve(self, method: str, params: msgspec.Raw | None) -> Any:
+        """The answer to a request from the agent; `RpcError` if there is none."""
+        core = self._core
+        core.touch()
+        if method == "session/request_permission":
+            return await core.permissions.request(params)
+        terminals = core.gen.terminals if core.gen is not None else None
         with agent_errors():
             if method == "fs/read_text_file":
                 read = msgspec.json.decode(params or b"{}", type=acp.ReadTextFile)

@@ -87,6 +87,8 @@ class Core:
         self.gen: Generation | None = None
         """The running generation (process life), if any."""
         self.permissions: Permissions
+        self.restarts: list[float] = []
+        """When the recent restarts happened (the restart policy's history)."""
 
     # ------------------------------------------------------------------ reads
 

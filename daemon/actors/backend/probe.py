@@ -19,6 +19,7 @@ from daemon.config.agents import AgentSpec
 from daemon.errors import AgentUnavailable
 from daemon.execution.local import Executor, ExitStatus, SpawnError
 from daemon.version import VERSION
+from protocol import messages as m
 
 CLIENT_CAPABILITIES = {
     "fs": {"readTextFile": True, "writeTextFile": True},
@@ -30,6 +31,22 @@ INITIALIZE_PARAMS: dict[str, Any] = {
     "clientInfo": {"name": "stoker", "title": "Stoker", "version": VERSION},
 }
 """What we tell an agent at `initialize`, the same for a generation and a probe."""
+
+
+def description_of(agent: str, info: dict[str, Any]) -> m.AgentDescription:
+    """`describe_agent`'s answer from an `initialize` result: a running actor's recorded
+    one and a probe's raw one have the same keys."""
+    return m.AgentDescription(
+        agent=agent, capabilities=info.get("agentCapabilities") or {},
+        agent_info=info.get("agentInfo") or {},
+        auth_methods=info.get("authMethods") or [],
+        protocol_version=int(info.get("protocolVersion", 1)))
+
+
+def probe_directory(spec: AgentSpec) -> str:
+    """Where a probe runs: the home directory ("~" on a remote computer is its login
+    directory, which its executor expands)."""
+    return os.path.expanduser("~") if spec.computer is None else "~"
 
 
 def agent_env(spec: AgentSpec) -> dict[str, str]:

@@ -9,7 +9,8 @@ a fresh session and a visible `notice` that the agent lost its context.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -18,6 +19,7 @@ from daemon.acp import types as acp
 from daemon.acp.rpc import AUTH_REQUIRED, ConnectionLost, JsonRpcConnection, RpcError
 from daemon.acp.updates import decode_chunk_line, decode_session_update
 from daemon.actors import mailbox as mb
+from daemon.actors.backend import events as ev
 from daemon.actors.backend.core import Core
 from daemon.actors.backend.probe import INITIALIZE_PARAMS
 from daemon.errors import (
@@ -29,6 +31,9 @@ from daemon.errors import (
     Unsupported,
 )
 from protocol import deltas as d
+
+if TYPE_CHECKING:
+    from daemon.actors.backend.generation import Ending, Generation
 
 Control = mb.SetMode | mb.SetConfig | mb.Authenticate
 """A command about the session, answered through its reply."""
@@ -44,6 +49,31 @@ class Session:
         return float(self._core.settings.config.daemon.request_timeout)
 
     # ------------------------------------------------------------------ handshake
+
+    async def setup(self, gen: Generation, rpc: JsonRpcConnection, *,
+                    post: Callable[[ev.Event], Awaitable[None]],
+                    waiting: Callable[[], bool]) -> None:
+        """The handshake, then (if the agent wants it) authentication attempts as the
+        actor's loop sends them (an `authenticate` command, or None when prompts or warm-ups
+        wait: `waiting`); reports `Ready` once a session is set up."""
+        try:
+            await self.handshake(rpc)
+        except AuthRequired as exc:
+            await post(ev.AuthNeeded(gen, exc.message, first=True))
+            while True:
+                auth = await gen.attempts.receive()
+                if auth is not None:
+                    await self.authenticate(rpc, auth)
+                if auth is not None or waiting():
+                    try:
+                        await self.retry_establish(rpc)
+                        break
+                    except AuthRequired as again:
+                        await post(ev.AuthNeeded(gen, again.message, first=False))
+                        continue
+                await post(ev.AuthNeeded(gen, "", first=False))
+        gen.set_up = True
+        await post(ev.Ready(gen))
 
     async def handshake(self, rpc: JsonRpcConnection) -> None:
         core = self._core
@@ -143,8 +173,9 @@ class Session:
         if setup.models is not None:
             info["models"] = setup.models
 
-    async def close(self, rpc: JsonRpcConnection) -> None:
-        """`session/close` when the agent supports it (before hibernating or closing)."""
+    async def close(self, rpc: JsonRpcConnection, gen: Generation, ending: Ending) -> None:
+        """End the generation with `ending` (hibernate or close) after `session/close`, when
+        the agent supports it."""
         core = self._core
         caps = core.info.get("agentCapabilities") or {}
         if core.session_id and (caps.get("sessionCapabilities") or {}).get("close") is not None:
@@ -153,6 +184,7 @@ class Session:
                     await rpc.request("session/close", {"sessionId": core.session_id})
                 except (RpcError, ConnectionLost) as exc:
                     core.log.info("session/close failed", error=str(exc))
+        gen.end(ending)
 
     # ------------------------------------------------------------------ controls
 

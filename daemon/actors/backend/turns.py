@@ -16,10 +16,11 @@ from daemon.acp import types as acp
 from daemon.acp.rpc import AUTH_REQUIRED, ConnectionLost, JsonRpcConnection, RpcError
 from daemon.acp.updates import usage_body
 from daemon.actors import mailbox as mb
+from daemon.actors import records
 from daemon.actors.backend.core import Core
 from daemon.actors.backend.generation import Ending, EndKind, Generation
 from daemon.actors.backend.session import Session, add_tokens
-from daemon.actors.lifecycle import Liveness, liveness
+from daemon.actors.lifecycle import Liveness, State, liveness
 from daemon.errors import AuthRequired
 from protocol import deltas as d
 from protocol.messages import AudioBlock, ContentBlock, ImageBlock, ResourceBlock
@@ -71,8 +72,28 @@ class Turns:
         self._core = core
         self._session = session
 
+    def take_next(self) -> mb.PromptJob | None:
+        """The next queued turn that can run, made current (state busy); turns the agent
+        cannot take (content it does not accept) end on the way."""
+        core = self._core
+        while core.queue:
+            job = core.queue.popleft()
+            if job.ended:
+                continue
+            caps = core.prompt_capabilities or acp.PromptCapabilities()
+            problem = content_problem(job.content, caps, core.agent)
+            if problem is not None:
+                core.end_turn(job, error=problem)
+                continue
+            core.current = job
+            job.started = True
+            records.mark_prompt_running(core.store, core.chat, job.turn)
+            core.set_state(State.BUSY, f"turn {job.turn}")
+            return job
+        return None
+
     async def run(self, gen: Generation, rpc: JsonRpcConnection, job: mb.PromptJob) -> None:
-        """Run `job` to its end. The actor has made it current and the state busy."""
+        """Run `job` to its end. `take_next` has made it current and the state busy."""
         core = self._core
         if job.cancel_requested:
             core.end_turn(job, stop_reason="cancelled")
@@ -146,6 +167,29 @@ class Turns:
                     gen.end(Ending(EndKind.STALE, reason, reason))
                     gen.kill()
                     return
+
+    def request_cancel(self, message: mb.Cancel) -> None:
+        """A client's cancel: queued turns end `cancelled` at once; the running one is
+        asked to stop (`cancel`)."""
+        core = self._core
+        if message.queued:
+            core.end_queued(None, cancelled=True)
+        job = core.current
+        if message.turn is not None and (job is None or job.turn != message.turn):
+            # Not the running turn: drop it from the queue if it waits there.
+            for queued in list(core.queue):
+                if queued.turn == message.turn:
+                    core.queue.remove(queued)
+                    core.end_turn(queued, stop_reason="cancelled")
+            return
+        if job is None or job.cancel_requested or job.ended:
+            return
+        job.cancel_requested = True
+        gen = core.gen
+        if gen is not None and gen.rpc is not None and gen.nursery is not None:
+            gen.nursery.start_soon(self.cancel, gen, gen.rpc, job, message.by or "cancel")
+        else:
+            core.permissions.resolve_turn(job, by=message.by or "cancel")
 
     async def cancel(self, gen: Generation, rpc: JsonRpcConnection, job: mb.PromptJob,
                      by: str) -> None:
