@@ -16,6 +16,7 @@ the clock jumps to the next deadline whenever every task waits.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import signal
@@ -41,6 +42,7 @@ from daemon.config.file import parse
 from daemon.execution.local import ExitStatus, ProcessIdentity, SpawnError
 from daemon.store.sqlite import SCHEMA, Store
 from protocol import deltas as d
+from protocol.messages import TextBlock
 
 FAKE = "fake"
 """The name of the fake agent in `Rig` settings."""
@@ -137,7 +139,8 @@ class RecordingHub(Hub):
 
 @dataclass
 class Knobs:
-    """How the next fake agent processes behave (read when each request arrives)."""
+    """How fake agent processes behave: each process takes a copy when it is spawned, so a
+    test changes what the next generation does without touching the running one."""
 
     reply: str = "ok"
     prompt_delay: float = 0.0
@@ -224,9 +227,10 @@ class FakeProcess:
 class FakeAgent:
     """The agent side of one `FakeProcess`: ACP over JSON lines."""
 
-    def __init__(self, proc: FakeProcess, executor: FakeExecutor) -> None:
+    def __init__(self, proc: FakeProcess, executor: FakeExecutor, knobs: Knobs) -> None:
         self._proc = proc
         self._executor = executor
+        self._knobs = knobs
         self._write_lock = trio.Lock()
         self._hung = False
         self._cancelled: dict[str, trio.Event] = {}
@@ -234,7 +238,7 @@ class FakeAgent:
     async def serve(self) -> None:
         with self._proc.scope:
             async with trio.open_nursery() as nursery:
-                if self._executor.knobs.crash_on_start:
+                if self._knobs.crash_on_start:
                     self._proc.die(ExitStatus(code=1, signal=None))
                     return
                 pending = b""
@@ -281,7 +285,7 @@ class FakeAgent:
         await self._send({"id": request_id, "result": result})
 
     async def _result(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        knobs = self._executor.knobs
+        knobs = self._knobs
         sessions = self._executor.sessions
         if method == "initialize":
             await trio.sleep(knobs.start_delay)
@@ -308,7 +312,7 @@ class FakeAgent:
         raise _AgentError(-32601, f"method not found: {method}")
 
     async def _prompt(self, session: str) -> dict[str, Any]:
-        knobs = self._executor.knobs
+        knobs = self._knobs
         if knobs.crash_on_prompt:
             self._proc.die(ExitStatus(code=1, signal=None))
             await trio.sleep_forever()
@@ -374,7 +378,7 @@ class FakeExecutor:
         proc = FakeProcess(next(self._pids), actor)
         self.spawned.append(proc)
         self.spawn_times.append(trio.current_time())
-        self._nursery.start_soon(FakeAgent(proc, self).serve)
+        self._nursery.start_soon(FakeAgent(proc, self, dataclasses.replace(self.knobs)).serve)
         return proc
 
     async def reclaim(self, identity: ProcessIdentity) -> bool:
@@ -466,6 +470,4 @@ async def rig(tmp_path: Path, knobs: Knobs | None = None, **lifecycle: Any
 
 def prompt(turn: int, text: str = "hi") -> mb.PromptJob:
     """A prompt job as the pool would send it (its durable row is the pool's business)."""
-    from protocol.messages import TextBlock
-
     return mb.PromptJob(turn=turn, content=[TextBlock(text=text)], summary=text)
