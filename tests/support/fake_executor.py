@@ -46,6 +46,8 @@ from protocol.messages import TextBlock
 
 FAKE = "fake"
 """The name of the fake agent in `Rig` settings."""
+DEADLINE = 24 * 3600.0
+"""Virtual seconds after which a waiting test fails instead of hanging."""
 
 
 # --------------------------------------------------------------------------- store, hub
@@ -155,6 +157,8 @@ class Knobs:
     """Advertise `sessionCapabilities.resume` (sessions outlive a process)."""
     spawn_error: str | None = None
     """`spawn` raises `SpawnError` with this message (not transient)."""
+    ignore_cancel: bool = False
+    """Take no notice of `session/cancel`."""
     start_delay: float = 0.0
     """Virtual seconds before `initialize` is answered."""
     close_delay: float | None = None
@@ -264,7 +268,7 @@ class FakeAgent:
             return
         params = message.get("params") or {}
         if "id" not in message:
-            if method == "session/cancel":
+            if method == "session/cancel" and not self._knobs.ignore_cancel:
                 self._cancelled.setdefault(str(params.get("sessionId")), trio.Event()).set()
             return
         nursery.start_soon(self._answer, message["id"], str(method), params)
@@ -456,14 +460,17 @@ def fake_settings(**lifecycle: Any) -> Settings:
 @contextlib.asynccontextmanager
 async def rig(tmp_path: Path, knobs: Knobs | None = None, **lifecycle: Any
               ) -> AsyncIterator[Rig]:
-    """Everything a test needs; cancelled (agents, actors, pool) on exit."""
+    """Everything a test needs; cancelled (agents, actors, pool) on exit. A test still
+    waiting after `DEADLINE` virtual seconds fails (under autojump that is at once)."""
     store = InlineStore(tmp_path / "state.db")
     try:
-        async with trio.open_nursery() as nursery:
-            made = Rig(store=store, hub=RecordingHub(store), settings=fake_settings(**lifecycle),
-                       executor=FakeExecutor(nursery, knobs), nursery=nursery)
-            yield made
-            nursery.cancel_scope.cancel()
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+                made = Rig(store=store, hub=RecordingHub(store),
+                           settings=fake_settings(**lifecycle),
+                           executor=FakeExecutor(nursery, knobs), nursery=nursery)
+                yield made
+                nursery.cancel_scope.cancel()
     finally:
         store.close()
 

@@ -171,6 +171,24 @@ async def test_cancel_a_running_turn_and_a_queued_one(
         assert_each_turn_ended_once(r.hub.turn_ends(CHAT), 2)
 
 
+async def test_agent_ignoring_cancel_is_restarted_after_the_cancel_grace(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    knobs = Knobs(prompt_delay=1000.0, ignore_cancel=True)
+    async with rig(tmp_path, knobs, probe_interval=10.0, stale_grace=60.0) as r:
+        ref = r.actor(CHAT)
+        ref.send(prompt(1))
+        await r.hub.wait_state(CHAT, State.BUSY)
+        start = trio.current_time()
+        ref.send(mb.Cancel(by="test"))
+        assert (await r.hub.wait_turn_end(CHAT, 1)).stop_reason == "cancelled"
+        assert trio.current_time() - start == pytest.approx(60.0, abs=0.5)
+        await r.hub.wait_state(CHAT, State.CRASHED)
+        crashed = [s.reason for s in r.hub.bodies(CHAT, d.Status) if s.state == "crashed"]
+        assert crashed == ["agent ignored session/cancel for 60s"]
+        await r.hub.wait_state(CHAT, State.READY, count=2)
+        assert len(r.executor.spawned) == 2
+
+
 async def test_shutdown_during_a_turn_ends_it_and_leaves_the_actor_hibernated(
         tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     async with rig(tmp_path, Knobs(prompt_delay=100.0)) as r:

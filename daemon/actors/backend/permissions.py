@@ -10,6 +10,7 @@ too late instead of "not found".
 from __future__ import annotations
 
 import collections
+import enum
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,13 @@ ANSWERED_MEMORY = 256
 """How many answered request ids are remembered for `AlreadyAnswered`."""
 
 
+class Outcome(enum.Enum):
+    """How a permission request ended (ACP's `RequestPermissionOutcome`)."""
+
+    SELECTED = "selected"
+    CANCELLED = "cancelled"
+
+
 @dataclass(slots=True)
 class Pending:
     """One request waiting for its answer."""
@@ -36,7 +44,7 @@ class Pending:
     job: mb.PromptJob | None
     options: list[tuple[str, str]]
     event: trio.Event
-    outcome: str = ""
+    outcome: Outcome = Outcome.CANCELLED
     option: str | None = None
     by: str = ""
 
@@ -59,7 +67,7 @@ class Permissions:
         return request in self._pending or request in self._answered
 
     def resolve(self, pending: Pending, option: str | None, *, by: str,
-                outcome: str = "selected") -> None:
+                outcome: Outcome = Outcome.SELECTED) -> None:
         if pending.event.is_set():
             return
         pending.outcome = outcome
@@ -72,20 +80,19 @@ class Permissions:
             self._answered.popitem(last=False)
         turn = pending.job.turn if pending.job else 0
         self._core.publish(d.PermissionResolved(
-            request=pending.request, outcome="selected" if outcome == "selected" else "cancelled",
-            option=option, by=by), turn=turn)
+            request=pending.request, outcome=outcome.value, option=option, by=by), turn=turn)
         self._core.touch()
 
     def resolve_turn(self, job: mb.PromptJob, by: str) -> None:
         """Cancel the requests of a turn that ended or is being cancelled."""
         for pending in list(self._pending.values()):
             if pending.job is job:
-                self.resolve(pending, None, by=by, outcome="cancelled")
+                self.resolve(pending, None, by=by, outcome=Outcome.CANCELLED)
 
     def cancel_all(self, by: str) -> None:
         """Cancel every open request: the agent that asked is gone."""
         for pending in list(self._pending.values()):
-            self.resolve(pending, None, by=by, outcome="cancelled")
+            self.resolve(pending, None, by=by, outcome=Outcome.CANCELLED)
 
     def permit(self, message: mb.Permit) -> None:
         """A client's answer (`option` None: cancel the request)."""
@@ -101,7 +108,7 @@ class Permissions:
                     f"{self._core.agent!r}"))
             return
         if message.option is None:
-            self.resolve(pending, None, by=message.by, outcome="cancelled")
+            self.resolve(pending, None, by=message.by, outcome=Outcome.CANCELLED)
         else:
             ids = [option_id for option_id, _ in pending.options]
             if message.option not in ids:
@@ -137,17 +144,17 @@ class Permissions:
             if policy in ("allow", "deny"):
                 choice = pick_option(options, policy)
                 self.resolve(pending, choice, by=f"policy:{policy}",
-                             outcome="selected" if choice else "cancelled")
+                             outcome=Outcome.SELECTED if choice else Outcome.CANCELLED)
             else:
                 with trio.move_on_after(timeout):
                     await pending.event.wait()
                 if not pending.event.is_set():
                     choice = pick_option(options, "deny")
                     self.resolve(pending, choice, by="timeout",
-                                 outcome="selected" if choice else "cancelled")
+                                 outcome=Outcome.SELECTED if choice else Outcome.CANCELLED)
         finally:
             if not pending.event.is_set():
-                self.resolve(pending, None, by="agent stopped", outcome="cancelled")
-        if pending.outcome == "selected" and pending.option is not None:
+                self.resolve(pending, None, by="agent stopped", outcome=Outcome.CANCELLED)
+        if pending.outcome is Outcome.SELECTED and pending.option is not None:
             return {"outcome": {"outcome": "selected", "optionId": pending.option}}
         return {"outcome": {"outcome": "cancelled"}}

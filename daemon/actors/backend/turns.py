@@ -94,12 +94,18 @@ class Turns:
 
     async def run(self, gen: Generation, rpc: JsonRpcConnection, job: mb.PromptJob) -> None:
         """Run `job` to its end. `take_next` has made it current and the state busy."""
+        try:
+            await self._run(gen, rpc, job, job.answered)
+        finally:
+            job.answered.set()
+
+    async def _run(self, gen: Generation, rpc: JsonRpcConnection, job: mb.PromptJob,
+                   done: trio.Event) -> None:
         core = self._core
         if job.cancel_requested:
             core.end_turn(job, stop_reason="cancelled")
             return
         blocks = [msgspec.to_builtins(b) for b in job.content]
-        done = trio.Event()
         lost = False
         async with trio.open_nursery() as turn_nursery:
             turn_nursery.start_soon(self._probe_loop, gen, rpc, job, done)
@@ -207,8 +213,7 @@ class Turns:
             core.permissions.resolve_turn(job, by=by)
         grace = max(float(core.settings.config.lifecycle.stale_grace), CANCEL_GRACE_MIN)
         with trio.move_on_after(grace):
-            while not job.ended:
-                await trio.sleep(0.05)
+            await job.answered.wait()
             return
         if not job.ended and core.current is job:
             core.end_turn(job, stop_reason="cancelled")
