@@ -133,7 +133,7 @@ def renew_epoch(store: Store, chat: str, epoch: str) -> None:
 class ActorRecord(msgspec.Struct, kw_only=True):
     """What the store keeps of an actor between lives."""
 
-    state: str = State.HIBERNATED.value
+    state: State = State.HIBERNATED
     reason: str = ""
     session_id: str | None = None
     generation: int = 0
@@ -164,13 +164,22 @@ async def load_actors(store: Store) -> list[ActorRow]:
             pid=int(pid), pgid=int(pgid or pid), start_time=float(pid_start or 0.0),
             computer=computer, actor=marker or "")
         record = ActorRecord(
-            state=state, reason=reason, session_id=session_id,
+            state=_state(state), reason=reason, session_id=session_id,
             generation=int(generation or 0), turns=int(turns or 0),
             info=msgspec.msgpack.decode(info) if info else {},
             usage=_usage_decoder.decode(usage) if usage else UsageTotals(),
             last_activity=last_activity)
         out.append(ActorRow(chat=chat, agent=agent, record=record, process=process))
     return out
+
+
+def _state(value: str) -> State:
+    """A stored state; one this daemon does not know (a newer daemon wrote it) reads as
+    hibernated, the state that assumes nothing about a process."""
+    try:
+        return State(value)
+    except ValueError:
+        return State.HIBERNATED
 
 
 def save_actor(store: Store, chat: str, agent: str, record: ActorRecord,
@@ -187,7 +196,8 @@ def save_actor(store: Store, chat: str, agent: str, record: ActorRecord,
         " usage=excluded.usage, turns=excluded.turns,"
         " last_activity=excluded.last_activity, updated=excluded.updated",
         (
-            chat, agent, record.state, record.reason, record.session_id, record.generation,
+            chat, agent, record.state.value, record.reason, record.session_id,
+            record.generation,
             process.pid if process else None, process.pgid if process else None,
             process.start_time if process else None,
             process.computer if process else None,

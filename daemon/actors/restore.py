@@ -96,16 +96,16 @@ async def _restore_actors(store: Store, hub: Hub, chats: dict[str, Chat],
         if chat.closed:
             continue
         stored = row.record
-        kept = stored.state in (State.FAILED.value, State.CLOSED.value)
+        kept = stored.state in (State.FAILED, State.CLOSED)
         record = ActorRecord(
-            state=stored.state if kept else State.HIBERNATED.value,
+            state=stored.state if kept else State.HIBERNATED,
             reason="daemon restarted" if row.process is not None else stored.reason,
             session_id=stored.session_id, generation=stored.generation, turns=stored.turns,
             info=stored.info, usage=stored.usage, last_activity=stored.last_activity)
-        if record.state == State.CLOSED.value:
+        if record.state is State.CLOSED:
             continue
         if row.agent == chat.agent:
-            hub.seed_view(chat.id, agent=row.agent, state=record.state,
+            hub.seed_view(chat.id, agent=row.agent, state=record.state.value,
                           last_turn=chat.next_turn - 1)
         try:
             make_actor(chat, row.agent, record, row.process is not None)

@@ -67,10 +67,8 @@ class Core:
         self._on_turn_end = on_turn_end
 
         # A live state in the record is a process of a previous daemon life: gone now.
-        state = State(record.state) if record.state in State.__members__.values() \
-            else State.HIBERNATED
-        self.state = State.HIBERNATED if state in WARM_STATES | {
-            State.CRASHED, State.RESTARTING} else state
+        self.state = State.HIBERNATED if record.state in WARM_STATES | {
+            State.CRASHED, State.RESTARTING} else record.state
         self.reason = record.reason
         self.session_id = record.session_id
         self.generation = record.generation
@@ -143,7 +141,7 @@ class Core:
     def persist(self) -> None:
         self.last_activity_wall = wall()
         record = records.ActorRecord(
-            state=self.state.value, reason=self.reason, session_id=self.session_id,
+            state=self.state, reason=self.reason, session_id=self.session_id,
             generation=self.generation, turns=self.turns, info=self.info, usage=self.usage,
             last_activity=self.last_activity_wall)
         records.save_actor(self.store, self.chat, self.agent, record, self.process)
