@@ -120,7 +120,6 @@ class ActorRef:
         core = self._actor.core
         info = core.info
         process = core.process
-        gen = core.gen
         return ActorDetail(
             agent=core.agent, state=core.state.value, reason=core.reason,
             pid=process.pid if process else None, pgid=process.pgid if process else None,
@@ -133,7 +132,7 @@ class ActorRef:
             modes=info.get("modes"), config_options=info.get("configOptions") or [],
             models=info.get("models"), commands=info.get("commands") or [],
             usage=core.usage, pending_permissions=core.permissions.ids(),
-            terminals=gen.terminals.ids() if gen is not None and gen.terminals else [])
+            terminals=core.terminals.ids() if core.terminals is not None else [])
 
     def prompt_capabilities(self) -> acp.PromptCapabilities | None:
         """What content the agent accepts (None until it has answered `initialize`)."""
@@ -145,6 +144,5 @@ class ActorRef:
 
     def rss(self) -> int | None:
         """RSS of the agent's process tree (blocking; call from a thread)."""
-        gen = self._actor.core.gen
-        process = gen.process if gen is not None else None
+        process = self._actor.core.agent_process
         return process.rss() if process is not None else None

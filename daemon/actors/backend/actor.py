@@ -30,7 +30,6 @@ from daemon.actors.backend import events as ev
 from daemon.actors.backend.agent_services import AgentServices
 from daemon.actors.backend.core import Core, StateListener, TurnListener
 from daemon.actors.backend.generation import Ending, EndKind, Generation
-from daemon.actors.backend.permissions import Permissions
 from daemon.actors.backend.session import Control, Session
 from daemon.actors.backend.turns import Turns
 from daemon.actors.lifecycle import (
@@ -63,7 +62,6 @@ class BackendActor:
                     record=record, hub=hub, store=store, executor=executor,
                     settings=settings, instance=instance, on_state=on_state,
                     on_turn_end=on_turn_end)
-        core.permissions = Permissions(core)
         self._core = core
         self._session = Session(core)
         self._turns = Turns(core, self._session)
@@ -76,6 +74,8 @@ class BackendActor:
         self._closing: str | None = None
         self._shutdown: str | None = None
         self._nursery: trio.Nursery | None = None
+        self._gen: Generation | None = None
+        """The running generation (process life), if any."""
         self._done = False
         if reclaimed:
             core.set_state(State.HIBERNATED, RECLAIMED)
@@ -142,12 +142,12 @@ class BackendActor:
         return bool(self._core.queue or self._controls or self._want_warm)
 
     def _dormant(self) -> bool:
-        return (self._core.gen is None and self._core.state in (State.HIBERNATED, State.FAILED)
+        return (self._gen is None and self._core.state in (State.HIBERNATED, State.FAILED)
                 and not self._has_work() and not self._stopping())
 
     def _handle(self, event: ev.Event) -> None:
         core = self._core
-        gen = core.gen
+        gen = self._gen
         match event:
             case mb.PromptJob():
                 if self._stopping():
@@ -157,7 +157,7 @@ class BackendActor:
                 core.queue.append(event)
                 core.touch()
             case mb.Cancel():
-                self._turns.request_cancel(event)
+                self._turns.request_cancel(event, gen)
             case mb.Permit():
                 core.permissions.permit(event)
             case mb.SetMode() | mb.SetConfig() | mb.Authenticate():
@@ -227,7 +227,7 @@ class BackendActor:
 
     def _advance(self) -> None:
         core = self._core
-        gen = core.gen
+        gen = self._gen
         if gen is None:
             if self._stopping():
                 self._finish_stopping()
@@ -305,7 +305,7 @@ class BackendActor:
         gen = Generation(core, on_request=self._services.serve,
                          on_notification=self._session.on_notification,
                          on_line=self._session.on_line)
-        core.gen = gen
+        self._gen = gen
         assert self._nursery is not None
         self._nursery.start_soon(self._run_generation, gen)
 
@@ -318,7 +318,7 @@ class BackendActor:
         """A generation is over (its process stopped): end what it leaves open, then apply
         the restart policy."""
         core = self._core
-        core.gen = None
+        self._gen = None
         agent = core.agent
         if ending.kind is EndKind.SPAWN_FAILED:
             core.fail_head_turn(f"agent {agent!r} cannot start: {ending.reason}")

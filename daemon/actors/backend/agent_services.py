@@ -52,7 +52,7 @@ class AgentServices:
         core.touch()
         if method == "session/request_permission":
             return await core.permissions.request(params)
-        terminals = core.gen.terminals if core.gen is not None else None
+        terminals = core.terminals
         with agent_errors():
             if method == "fs/read_text_file":
                 read = msgspec.json.decode(params or b"{}", type=acp.ReadTextFile)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import trio
@@ -21,18 +21,16 @@ import trio
 from daemon.acp import types as acp
 from daemon.actors import mailbox as mb
 from daemon.actors import records
+from daemon.actors.backend.permissions import Permissions
 from daemon.actors.lifecycle import WARM_STATES, State, check_transition
 from daemon.actors.settings import Settings
 from daemon.channels.hub import Hub
 from daemon.config.agents import AgentSpec
-from daemon.execution.local import Executor, ProcessIdentity
+from daemon.execution.local import AgentProcess, Executor, ProcessIdentity
+from daemon.execution.terminals import TerminalManager
 from daemon.log import Log
 from daemon.store.sqlite import Store
 from protocol import deltas as d
-
-if TYPE_CHECKING:
-    from daemon.actors.backend.generation import Generation
-    from daemon.actors.backend.permissions import Permissions
 
 StateListener = Callable[[State], None]
 TurnListener = Callable[[int, str | None], None]
@@ -82,9 +80,11 @@ class Core:
         self.current: mb.PromptJob | None = None
         self.loading = False
         """The agent is replaying history for `session/load`: not news, not re-published."""
-        self.gen: Generation | None = None
-        """The running generation (process life), if any."""
-        self.permissions: Permissions
+        self.agent_process: AgentProcess | None = None
+        """The running generation's agent process (from its spawn to its stop)."""
+        self.terminals: TerminalManager | None = None
+        """The running generation's terminals."""
+        self.permissions = Permissions(self)
         self.restarts: list[float] = []
         """When the recent restarts happened (the restart policy's history)."""
 
@@ -92,8 +92,8 @@ class Core:
 
     @property
     def process(self) -> ProcessIdentity | None:
-        gen = self.gen
-        return gen.process.identity if gen is not None and gen.process is not None else None
+        proc = self.agent_process
+        return proc.identity if proc is not None else None
 
     @property
     def pid(self) -> int | None:
@@ -109,8 +109,7 @@ class Core:
 
     @property
     def live_terminals(self) -> int:
-        gen = self.gen
-        return gen.terminals.live if gen is not None and gen.terminals is not None else 0
+        return self.terminals.live if self.terminals is not None else 0
 
     # ------------------------------------------------------------------ saying things
 

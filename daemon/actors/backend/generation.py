@@ -129,7 +129,7 @@ class Generation:
                     kind = EndKind.START_FAILED if exc.transient else EndKind.SPAWN_FAILED
                     self.ending = Ending(kind, str(exc), str(exc))
                     return self.ending
-                self.process = proc
+                self.process = core.agent_process = proc
                 core.persist()
                 self.log.info("agent started", pid=proc.identity.pid,
                               command=" ".join(core.spec.command))
@@ -141,7 +141,7 @@ class Generation:
                     log=self.log, name=f"agent {core.agent}")
                 self.rpc = rpc
                 terminals_config = core.settings.config.terminals
-                self.terminals = TerminalManager(
+                self.terminals = core.terminals = TerminalManager(
                     executor=core.executor, root=core.cwd, env=env,
                     publish=core.publish_current, on_activity=core.touch,
                     default_limit=int(terminals_config.output_limit),
@@ -165,6 +165,7 @@ class Generation:
 
     async def _finish(self) -> None:
         terminals, self.terminals = self.terminals, None
+        self._core.terminals = None
         if terminals is not None:
             await terminals.close_all()
         if self.rpc is not None:
@@ -174,6 +175,7 @@ class Generation:
         # Every permission still waiting belonged to this generation's agent.
         self._core.permissions.cancel_all(by="agent stopped")
         proc, self.process = self.process, None
+        self._core.agent_process = None
         if proc is not None:
             grace = float(self._core.settings.config.daemon.stop_grace)
             with trio.move_on_after(grace + 5):

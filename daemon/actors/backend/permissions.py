@@ -12,16 +12,17 @@ from __future__ import annotations
 import collections
 import enum
 import secrets
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import trio
 
 from daemon.acp import types as acp
 from daemon.actors import mailbox as mb
-from daemon.actors.backend.core import Core, wall
 from daemon.actors.lifecycle import pick_option
+from daemon.actors.settings import Settings
 from daemon.errors import AlreadyAnswered, BadRequest, NotFound
 from protocol import deltas as d
 
@@ -49,10 +50,23 @@ class Pending:
     by: str = ""
 
 
+class Host(Protocol):
+    """What permissions need of their actor (its `Core`)."""
+
+    agent: str
+    policy: str
+    current: mb.PromptJob | None
+    settings: Settings
+
+    def publish(self, body: d.DeltaBody, turn: int = 0) -> int: ...
+
+    def touch(self) -> None: ...
+
+
 class Permissions:
     """The actor's open and recently answered permission requests."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Host) -> None:
         self._core = core
         self._pending: dict[str, Pending] = {}
         self._answered: collections.OrderedDict[str, str] = collections.OrderedDict()
@@ -139,7 +153,7 @@ class Permissions:
         core.publish(d.PermissionRequest(
             request=request_id, agent=core.agent, tool_call=req.tool_call, options=raw_options,
             policy=policy if policy in ("allow", "deny") else "ask",  # type: ignore[arg-type]
-            expires_at=None if policy != "ask" else wall() + timeout), turn=turn)
+            expires_at=None if policy != "ask" else time.time() + timeout), turn=turn)
         try:
             if policy in ("allow", "deny"):
                 choice = pick_option(options, policy)

@@ -174,7 +174,7 @@ class Turns:
                     gen.kill()
                     return
 
-    def request_cancel(self, message: mb.Cancel) -> None:
+    def request_cancel(self, message: mb.Cancel, gen: Generation | None) -> None:
         """A client's cancel: queued turns end `cancelled` at once; the running one is
         asked to stop (`cancel`)."""
         core = self._core
@@ -191,7 +191,6 @@ class Turns:
         if job is None or job.cancel_requested or job.ended:
             return
         job.cancel_requested = True
-        gen = core.gen
         if gen is not None and gen.rpc is not None and gen.nursery is not None:
             gen.nursery.start_soon(self.cancel, gen, gen.rpc, job, message.by or "cancel")
         else:
