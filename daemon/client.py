@@ -33,10 +33,13 @@ T = TypeVar("T")
 
 
 class ClientError(Exception):
-    pass
+    """Talking to the daemon failed: the CLI prints it as one line and exits 1."""
 
 
 class DaemonNotRunning(ClientError):
+    """Nothing answers on the socket; the message says how to start the daemon, and the
+    editor bridge catches it to start one itself."""
+
     def __init__(self, path: Path, why: str) -> None:
         super().__init__(f"the daemon is not running (no answer on {path}: {why}); "
                          "start it with `stoker daemon` (or scripts/run)")
@@ -48,6 +51,8 @@ class ConnectionClosed(ClientError):
 
 
 class RequestFailed(ClientError):
+    """The daemon answered a request with an error: its code, message and detail."""
+
     def __init__(self, code: ErrorCode | str, message: str, detail: Any = None) -> None:
         super().__init__(f"{message} [{code}]")
         self.code = code

@@ -94,7 +94,9 @@ if [ "$have" != "$(stamp_of "$GROUPS_WANTED" "$PY")" ] &&
     started=$SECONDS
     echo "stoker: setting up $VENV from uv.lock ($GROUPS_WANTED, $("$PY" -V 2>&1))" >&2
     UV="$(find_uv)"
-    flags=(--frozen --python "$PY")
+    # --locked: install exactly uv.lock, and refuse a lock that no longer matches
+    # pyproject.toml ("run uv lock") instead of installing a stale one.
+    flags=(--locked --python "$PY")
     if [ "$GROUPS_WANTED" = runtime ]; then
         # --inexact: dev tools already in .venv stay (scripts/test would only put them back).
         flags+=(--no-dev --inexact)

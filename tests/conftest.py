@@ -5,20 +5,22 @@ outlived it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.support.harness import DaemonProcess
+from tests.support.harness import DaemonFactory, DaemonProcess
 
 
 @pytest.fixture
-def daemon_factory() -> Iterator[type[DaemonProcess]]:
+def daemon_factory() -> Iterator[DaemonFactory]:
     """Make extra daemons (or daemons with a config) whose cleanup is guaranteed."""
     made: list[DaemonProcess] = []
 
     class Tracked(DaemonProcess):
-        def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-            super().__init__(*args, **kwargs)
+        def __init__(self, base: Path | None = None, config: str = "",
+                     env: dict[str, str] | None = None) -> None:
+            super().__init__(base, config, env)
             made.append(self)
 
     yield Tracked
@@ -38,7 +40,7 @@ def daemon_factory() -> Iterator[type[DaemonProcess]]:
 
 
 @pytest.fixture
-def daemon(daemon_factory: type[DaemonProcess]) -> DaemonProcess:
+def daemon(daemon_factory: DaemonFactory) -> DaemonProcess:
     """A running daemon with the default config."""
     proc = daemon_factory()
     proc.start()

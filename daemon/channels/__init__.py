@@ -1,4 +1,5 @@
-"""Channels: one seq-numbered stream of deltas per chat, kept in a ring and in the store's log,
-fanned out to subscribers through bounded outboxes (`hub`, `outbox`), and the pure replay
+"""Channels: one seq-numbered stream of deltas per chat (`hub`), each channel with its
+subscriptions and their connections' bounded outboxes (`channel`), the frames subscribers
+receive (`frames`), the snapshot a chat's deltas add up to (`view`), and the pure replay
 window arithmetic (`replay`). May import `store`, never an actor or a listener.
 """

@@ -15,186 +15,34 @@ property tests exercise.
 from __future__ import annotations
 
 import secrets
-import struct
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import islice
-from typing import Literal
 
-import msgspec
-
-from daemon.channels.outbox import Outbox
+from daemon.channels.channel import Channel, Outbox, Subscription
+from daemon.channels.frames import (
+    Entry,
+    Mode,
+    encode_message,
+    frame_header,
+    msgpack_encoder,
+    render_logged,
+)
 from daemon.channels.replay import Source, next_source
 from daemon.log import Log
 from daemon.store.sqlite import Store
 from protocol import deltas as d
-from protocol.framing import HEADER_SIZE, FrameTooLarge
+from protocol.framing import FrameTooLarge
 from protocol.messages import (
     Lagged,
-    PendingPermission,
     ReplayComplete,
     ResyncRequired,
     Snapshot,
 )
 
-Mode = Literal["framed", "msgpack", "json"]
-"""How a subscriber wants frames: length-prefixed msgpack (Unix socket), bare msgpack or
-JSON (WebSocket messages)."""
-
-_json_encoder = msgspec.json.Encoder()
-_msgpack_encoder = msgspec.msgpack.Encoder()
-_frame_header = struct.Struct(">I").pack
-"""The Unix socket's 4-byte big-endian length prefix (`protocol.framing.HEADER_SIZE`)."""
-_delta_decoder = msgspec.msgpack.Decoder(d.Delta)
-
-
-def encode_message(message: object, mode: Mode) -> bytes:
-    """A server message (reply, `lagged`, `replay_complete`...) as a subscriber in `mode`
-    takes it. One place for the hub's control frames and a connection's replies, so both
-    always frame the same way."""
-    if mode == "json":
-        return _json_encoder.encode(message)
-    payload = _msgpack_encoder.encode(message)
-    if mode == "msgpack":
-        return payload
-    return _frame_header(len(payload)) + payload
-
 
 def new_epoch() -> str:
     return secrets.token_hex(8)
-
-
-class Entry:
-    """One delta in the ring, with its encodings (JSON made on first use)."""
-
-    __slots__ = ("_json", "delta", "frame", "seq")
-
-    def __init__(self, seq: int, delta: d.Delta, frame: bytes) -> None:
-        self.seq = seq
-        self.delta = delta
-        self.frame = frame
-        self._json: bytes | None = None
-
-    def render(self, mode: Mode) -> bytes:
-        if mode == "framed":
-            return self.frame
-        if mode == "msgpack":
-            return self.frame[HEADER_SIZE:]
-        if self._json is None:
-            self._json = _json_encoder.encode(self.delta)
-        return self._json
-
-
-def render_logged(data: bytes, mode: Mode) -> bytes:
-    """Encode a logged delta (its msgpack payload) for a subscriber."""
-    if mode == "framed":
-        return _frame_header(len(data)) + data
-    if mode == "msgpack":
-        return data
-    return _json_encoder.encode(_delta_decoder.decode(data))
-
-
-class ChatView:
-    """What the hub knows of a chat from its own deltas: enough for a `Snapshot`."""
-
-    __slots__ = ("agent", "last_turn", "permissions", "state", "turns")
-
-    def __init__(self) -> None:
-        self.agent = ""
-        self.state = ""
-        self.last_turn = 0
-        self.turns: dict[int, tuple[str, list[str]]] = {}
-        self.permissions: dict[str, PendingPermission] = {}
-
-    def apply(self, seq: int, turn: int, body: d.DeltaBody) -> None:
-        kind = type(body)
-        if kind is d.Text:
-            open_turn = self.turns.get(turn)
-            if open_turn is not None:
-                parts = open_turn[1]
-                parts.append(body.text)  # type: ignore[union-attr]
-                if len(parts) > 512:
-                    parts[:] = ["".join(parts)]
-        elif kind is d.TurnStarted:
-            assert isinstance(body, d.TurnStarted)
-            self.turns[turn] = (body.prompt, [])
-            self.last_turn = max(self.last_turn, turn)
-            self.agent = body.agent
-        elif kind is d.TurnEnded:
-            self.turns.pop(turn, None)
-        elif kind is d.Status:
-            assert isinstance(body, d.Status)
-            if not self.agent or body.agent == self.agent:
-                self.agent = body.agent
-                self.state = body.state
-        elif kind is d.PermissionRequest:
-            assert isinstance(body, d.PermissionRequest)
-            self.permissions[body.request] = PendingPermission(
-                request=body.request, agent=body.agent, tool_call=body.tool_call,
-                options=body.options, seq=seq,
-            )
-        elif kind is d.PermissionResolved:
-            assert isinstance(body, d.PermissionResolved)
-            self.permissions.pop(body.request, None)
-
-    def snapshot(self, chat: str) -> Snapshot:
-        turn = min(self.turns) if self.turns else None
-        prompt: str | None = None
-        text = ""
-        if turn is not None:
-            prompt, parts = self.turns[turn]
-            text = "".join(parts)
-        return Snapshot(
-            chat=chat,
-            agent=self.agent,
-            state=self.state,
-            turn=turn,
-            turn_prompt=prompt,
-            turn_text=text,
-            pending_permissions=list(self.permissions.values()),
-            last_turn=self.last_turn,
-        )
-
-
-class Channel:
-    __slots__ = ("chat", "epoch", "floor", "head", "live", "ring", "view")
-
-    def __init__(self, chat: str, epoch: str, head: int, floor: int, ring_size: int) -> None:
-        self.chat = chat
-        self.epoch = epoch
-        self.head = head
-        self.floor = floor
-        """Lowest seq retained anywhere (log or ring). head+1 when nothing is retained."""
-        self.ring: deque[Entry] = deque(maxlen=ring_size)
-        self.live: list[Subscription] = []
-        self.view = ChatView()
-
-    @property
-    def ring_first(self) -> int:
-        return self.ring[0].seq if self.ring else self.head + 1
-
-
-class Subscription:
-    """One connection's subscription to one chat."""
-
-    __slots__ = ("_last_cursor", "active", "announce", "channel", "cursor", "keep_live",
-                 "lag_from", "mode", "outbox", "request")
-
-    def __init__(self, channel: Channel, outbox: Outbox, mode: Mode, cursor: int,
-                 keep_live: bool, request: int | None = None) -> None:
-        self.request = request
-        """The subscribe request's id, echoed in its replay_complete."""
-        self.channel = channel
-        self.outbox = outbox
-        self.mode: Mode = mode
-        self.cursor = cursor
-        """Seq of the last delta queued to this subscriber."""
-        self.keep_live = keep_live
-        self.active = True
-        self.announce: Literal["replay", "lagged"] = "replay"
-        self.lag_from = 0
-        self._last_cursor = -1
 
 
 def _inactive(sub: Subscription) -> bool:
@@ -209,7 +57,7 @@ class Hub:
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._ring_size = ring_size
-        self._pack = _msgpack_encoder.encode
+        self._pack = msgpack_encoder.encode
         self._max_frame = max_frame
         self._clock = clock
         self._channels: dict[str, Channel] = {}
@@ -269,7 +117,7 @@ class Hub:
         size = len(payload)
         if size > self._max_frame:
             raise FrameTooLarge(size, self._max_frame)
-        frame = _frame_header(size) + payload
+        frame = frame_header(size) + payload
         entry = Entry(seq, delta, frame)
         ch.ring.append(entry)
         ch.view.apply(seq, turn, body)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from daemon.cli.main import add_common, paths_from
+from daemon.cli.common import add_common, paths_from
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

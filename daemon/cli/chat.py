@@ -1,22 +1,19 @@
 """CLI commands for the daemon and its chats: daemon, status, agents, send, ls, inspect,
-cancel, close, permit, policy, mode, config, auth, attach, log, reload, echo-agent."""
+cancel, close, permit, policy, mode, config, auth, attach, log, reload, echo-agent.
+
+`send` (in `send`) and `attach`/`log` (in `follow`) are larger, so they live apart; this
+module registers them with the rest so that `stoker --help` keeps one order."""
 
 from __future__ import annotations
 
 import argparse
-import base64
-import mimetypes
-import os
-import signal
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import msgspec
 
-from daemon.cli.main import (
+from daemon.cli.common import (
     Failure,
     UsageError,
     add_common,
@@ -28,7 +25,8 @@ from daemon.cli.main import (
     run_async,
     show,
 )
-from protocol import deltas as d
+from daemon.cli.follow import cmd_attach, cmd_log
+from daemon.cli.send import cmd_send
 from protocol import messages as m
 
 
@@ -169,6 +167,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from daemon.errors import ConfigError
     from daemon.listeners.unix import DaemonAlreadyRunning
     from daemon.service.root import serve
+    from daemon.store.sqlite import DatabaseUnusable
 
     paths = paths_from(args)
     try:
@@ -183,6 +182,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         raise Failure(str(exc)) from None
     except PermissionError as exc:
         raise Failure(f"{exc}") from None
+    except DatabaseUnusable as exc:
+        raise Failure(str(exc)) from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -219,166 +220,6 @@ def cmd_agents(args: argparse.Namespace) -> int:
         print_table(rows)
 
     return show(args, m.ListAgents(id=0), render)
-
-
-def _prompt_content(args: argparse.Namespace) -> list[Any]:
-    text = " ".join(args.text)
-    if not text and not sys.stdin.isatty() and not (args.image or args.file or args.link):
-        text = sys.stdin.read()
-    content: list[Any] = []
-    for image in args.image:
-        path = Path(image)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise Failure(f"cannot read image {image}: {exc.strerror}") from None
-        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        if not mime.startswith("image/"):
-            raise UsageError(f"{image} does not look like an image ({mime})")
-        content.append(m.ImageBlock(data=base64.b64encode(data).decode(), mime_type=mime))
-    for name in args.file:
-        path = Path(name).resolve()
-        try:
-            body = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise Failure(f"{name} is not UTF-8 text; attach it with --link") from None
-        except OSError as exc:
-            raise Failure(f"cannot read {name}: {exc.strerror}") from None
-        resource: dict[str, str] = {"uri": path.as_uri(), "text": body}
-        file_mime = mimetypes.guess_type(path.name)[0]
-        if file_mime:
-            resource["mimeType"] = file_mime
-        content.append(m.ResourceBlock(resource=resource))
-    for name in args.link:
-        path = Path(name).resolve()
-        content.append(m.ResourceLinkBlock(uri=path.as_uri(), name=path.name,
-                                           mime_type=mimetypes.guess_type(path.name)[0]))
-    if text.strip():
-        content.insert(0, m.TextBlock(text=text))
-    if not content:
-        raise UsageError("nothing to send: give the prompt as arguments or on stdin")
-    return content
-
-
-def cmd_send(args: argparse.Namespace) -> int:
-    import trio
-
-    from daemon.client import Client, ClientError, RequestFailed
-
-    content = _prompt_content(args)
-    paths = paths_from(args)
-    cwd: str | None = os.path.abspath(args.cwd) if args.cwd else os.getcwd()
-    project = os.path.abspath(args.project) if args.project else None
-    if args.computer:
-        # Paths on another computer are taken as given (this machine cannot resolve them).
-        cwd = args.cwd
-        project = args.project
-    if sum(x is not None for x in (args.cwd, project, args.workspace)) > 1:
-        raise UsageError("give at most one of --cwd, --project, --workspace")
-
-    async def main() -> int:
-        async with Client.connect(paths.socket, client="cli") as client:
-            info: m.ChatInfo = await client.request(m.OpenChat(
-                id=0, chat=args.chat, agent=args.agent, cwd=cwd,
-                require_cwd=args.cwd is not None, policy=args.policy,
-                workspace=args.workspace, project=project, computer=args.computer))
-            if info.created and args.chat is None:
-                eprint(f"chat: {info.chat}")
-            if info.created and project is not None:
-                eprint(f"workspace: {info.workspace} ({info.cwd})")
-            await client.request(m.Subscribe(id=0, chat=info.chat, since=m.Cursor(
-                seq=info.head_seq, epoch=info.epoch)))
-            accepted: m.PromptAccepted = await client.request(m.Prompt(
-                id=0, chat=info.chat, content=content, agent=args.agent))
-            if accepted.queued and not args.json:
-                eprint(f"queued behind {accepted.queued} turn(s)")
-            return await _follow_turn(client, info.chat, accepted.turn, args.json)
-
-    async def guarded() -> int:
-        async with trio.open_nursery() as nursery:
-            result: list[int] = []
-
-            async def run() -> None:
-                try:
-                    result.append(await main())
-                except RequestFailed as exc:
-                    eprint(f"stoker: {exc.message}")
-                    result.append(1)
-                except ClientError as exc:
-                    eprint(f"stoker: {exc}")
-                    result.append(1)
-                nursery.cancel_scope.cancel()
-
-            async def interrupts() -> None:
-                with trio.open_signal_receiver(signal.SIGINT) as signals:
-                    count = 0
-                    async for _ in signals:
-                        count += 1
-                        if count == 1:
-                            eprint("stoker: cancelling the turn (Ctrl-C again to leave it "
-                                   "running)")
-                            nursery.start_soon(_cancel_chat, args, paths)
-                        else:
-                            result.append(130)
-                            nursery.cancel_scope.cancel()
-
-            nursery.start_soon(run)
-            nursery.start_soon(interrupts)
-        return result[0] if result else 1
-
-    return trio.run(guarded)
-
-
-async def _cancel_chat(args: argparse.Namespace, paths: Any) -> None:
-    from daemon.client import Client
-
-    if args.chat is None:
-        return
-    async with Client.connect(paths.socket, client="cli") as client:
-        await client.request(m.Cancel(id=0, chat=args.chat))
-
-
-async def _follow_turn(client: Any, chat: str, turn: int, as_json: bool) -> int:
-    """Stream one turn's reply until its turn_ended. Exit 0 on end_turn, 1 otherwise."""
-    wrote_text = False
-    async for event in client.events():
-        if isinstance(event, m.Goodbye):
-            eprint(f"stoker: the daemon closed the connection ({event.reason})")
-            return 1
-        if not isinstance(event, d.Delta) or event.chat != chat:
-            continue
-        body = event.body
-        if as_json:
-            out_json(event)
-        if event.turn != turn and event.turn != 0:
-            continue
-        if isinstance(body, d.Text) and not as_json:
-            sys.stdout.write(body.text)
-            sys.stdout.flush()
-            wrote_text = True
-        elif isinstance(body, d.PermissionRequest) and not as_json and body.policy == "ask":
-            options = ", ".join(f"{o.get('optionId')} ({o.get('kind')})" for o in body.options)
-            eprint(f"\npermission requested [{body.request}]: "
-                   f"{body.tool_call.get('title', 'tool call')}\n"
-                   f"  answer with: stoker permit {chat} {body.request} OPTION   "
-                   f"options: {options}")
-        elif isinstance(body, d.Notice) and not as_json:
-            eprint(f"[{body.level}] {body.message}")
-        elif isinstance(body, d.TurnEnded) and event.turn == turn:
-            if wrote_text and not as_json:
-                sys.stdout.write("\n")
-                sys.stdout.flush()
-            if body.error is not None:
-                if not as_json:
-                    eprint(f"stoker: turn {turn} failed: {body.error}")
-                return 1
-            if body.stop_reason != "end_turn":
-                if not as_json:
-                    eprint(f"stoker: turn {turn} ended: {body.stop_reason}")
-                return 1
-            return 0
-    eprint("stoker: the connection to the daemon was lost before the turn ended")
-    return 1
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -479,179 +320,3 @@ def cmd_auth(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     return _simple(args, m.Reload(id=0), done="config reloaded")
-
-
-# ---------------------------------------------------------------------- attach / log
-
-
-class Renderer:
-    """Human-readable rendering of deltas (and control messages) for attach and log.
-
-    Streamed text is written as it comes; everything else is one bracketed line, started on
-    a fresh line (the renderer remembers whether the last write ended one)."""
-
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.at_line_start = True
-
-    def _write(self, text: str) -> None:
-        if text:
-            self.out.write(text)
-            self.at_line_start = text.endswith("\n")
-
-    def line(self, text: str) -> None:
-        if not self.at_line_start:
-            self._write("\n")
-        self._write(text + "\n")
-
-    def finish(self) -> None:
-        if not self.at_line_start:
-            self._write("\n")
-        self.out.flush()
-
-    def render(self, event: Any) -> None:
-        self._render(event)
-        self.out.flush()
-
-    def _render(self, event: Any) -> None:
-        if isinstance(event, m.ResyncRequired):
-            self.line(f"[resync: {event.reason}; continuing from seq {event.seq}]")
-            snap = event.snapshot
-            if snap.turn is not None:
-                self.line(f">>> [turn {snap.turn}] {snap.turn_prompt or ''}")
-                self._write(snap.turn_text)
-            return
-        if isinstance(event, m.Lagged):
-            self.line(f"[lagged: replaying {event.missed} deltas]")
-            return
-        if not isinstance(event, d.Delta):
-            return
-        body = event.body
-        if isinstance(body, d.Text):
-            self._write(body.text)
-        elif isinstance(body, d.Reasoning):
-            self._write(f"\x1b[2m{body.text}\x1b[0m" if self.out.isatty() else body.text)
-        elif isinstance(body, d.TurnStarted):
-            self.line(f">>> [turn {event.turn} · {body.agent}] {body.prompt}")
-        elif isinstance(body, d.TurnEnded):
-            self.line(f"<<< [turn {event.turn}] {body.stop_reason or f'error: {body.error}'}")
-        elif isinstance(body, d.Status):
-            reason = f" ({body.reason})" if body.reason else ""
-            self.line(f"[{body.agent} {body.state}{reason}]")
-        elif isinstance(body, d.PermissionRequest):
-            options = ", ".join(str(o.get("optionId")) for o in body.options)
-            self.line(f"[permission {body.request}: {body.tool_call.get('title', '?')} — "
-                      f"{options}]")
-        elif isinstance(body, d.PermissionResolved):
-            self.line(f"[permission {body.request}: {body.option or body.outcome} "
-                      f"by {body.by}]")
-        elif isinstance(body, d.ToolCall):
-            self.line(f"[tool {body.title} ({body.status})]")
-        elif isinstance(body, d.ToolUpdate):
-            if body.status:
-                self.line(f"[tool {body.tool_call_id} {body.status}]")
-        elif isinstance(body, d.Notice):
-            self.line(f"[{body.level}: {body.message}]")
-        elif isinstance(body, d.Terminal):
-            if body.event == "output":
-                self._write(body.data)
-            else:
-                self.line(f"[terminal {body.terminal} {body.event}]")
-        elif isinstance(body, d.Usage):
-            if body.input_tokens is not None or body.output_tokens is not None:
-                self.line(f"[usage: {body.input_tokens or 0} in, {body.output_tokens or 0} out]")
-        elif isinstance(body, d.Diff):
-            self.line(f"[diff {body.workspace}: {body.stat or f'{body.files} files'}]")
-        elif isinstance(body, d.Mode):
-            self.line(f"[mode {body.mode}]")
-        else:
-            self.line(f"[{type(body).__struct_config__.tag}]")
-
-
-_renderer: Renderer | None = None
-
-
-def _emit(event: Any, as_json: bool) -> None:
-    global _renderer
-    if as_json:
-        if isinstance(event, d.Delta | m.ResyncRequired | m.Lagged):
-            out_json(event)
-    else:
-        if _renderer is None:
-            _renderer = Renderer(sys.stdout)
-        _renderer.render(event)
-
-
-def cmd_log(args: argparse.Namespace) -> int:
-    from daemon.client import Client
-
-    paths = paths_from(args)
-
-    async def main() -> int:
-        async with Client.connect(paths.socket, client="cli-log") as client:
-            await client.request(m.Subscribe(id=0, chat=args.chat,
-                                             since=m.Cursor(seq=max(args.since, 0)),
-                                             live=False))
-            async for event in client.events():
-                if isinstance(event, m.ReplayComplete):
-                    if _renderer is not None:
-                        _renderer.finish()
-                    return 0
-                _emit(event, args.json)
-        return 1
-
-    return run_async(main)
-
-
-def cmd_attach(args: argparse.Namespace) -> int:
-    import trio
-
-    from daemon.client import Client, ClientError, RequestFailed
-
-    paths = paths_from(args)
-
-    async def main() -> int:
-        last: int | None = args.since
-        epoch: str | None = None
-        backoff = 0.2
-        announced = False
-        while True:
-            try:
-                async with Client.connect(paths.socket, client="cli-attach") as client:
-                    since = None if last is None else m.Cursor(seq=last, epoch=epoch)
-                    sub: m.Subscribed = await client.request(
-                        m.Subscribe(id=0, chat=args.chat, since=since))
-                    if announced:
-                        eprint("stoker: reconnected")
-                        announced = False
-                    backoff = 0.2
-                    if last is None:
-                        last = sub.head_seq
-                        snap = sub.snapshot
-                        if snap.turn is not None and not args.json:
-                            sys.stdout.write(f">>> [turn {snap.turn}] {snap.turn_prompt}\n"
-                                             f"{snap.turn_text}")
-                            sys.stdout.flush()
-                    epoch = sub.epoch
-                    async for event in client.events():
-                        if isinstance(event, m.Goodbye):
-                            break
-                        if isinstance(event, d.Delta):
-                            if event.chat != args.chat or (last is not None
-                                                           and event.seq <= last):
-                                continue
-                            last = event.seq
-                        elif isinstance(event, m.ResyncRequired):
-                            last = event.seq
-                            epoch = event.epoch
-                        _emit(event, args.json)
-            except RequestFailed as exc:
-                raise Failure(exc.message) from None
-            except ClientError as exc:
-                if not announced:
-                    eprint(f"stoker: {exc}; reconnecting")
-                    announced = True
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-
-    return run_async(main)

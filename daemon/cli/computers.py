@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from daemon.cli.main import add_common, print_table, show
+from daemon.cli.common import add_common, print_table, show
 from protocol import messages as m
 
 

@@ -5,8 +5,10 @@ that prints something takes `--json` for machine output. Client commands find th
 socket the way the daemon chose it (flag, then STOKER_SOCKET, then the XDG default) and say
 so in one line when no daemon answers.
 
-Commands live in small modules (`cli_chat`, ...); each exposes `register(subparsers)` and is
-listed in `COMMAND_MODULES`.
+Commands live in small modules; each one listed in `COMMAND_MODULES` exposes
+`register(subparsers)` (`chat` also registers the commands of `send` and `follow`, in the
+order `stoker --help` shows them). The helpers they share are in `common`, which imports
+none of them: `main` imports the command modules, never the other way round.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TextIO
+from collections.abc import Callable, Sequence
+
+from daemon.cli.common import Failure, UsageError, eprint
 
 COMMAND_MODULES = [
     "daemon.cli.chat",
@@ -28,27 +31,8 @@ COMMAND_MODULES = [
 ]
 
 
-class UsageError(Exception):
-    """Wrong arguments detected after parsing: exit status 2."""
-
-
-class Failure(Exception):
-    """The command failed: message on stderr, exit status 1."""
-
-
-def add_common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
-    group = parser.add_argument_group("daemon location")
-    group.add_argument("--socket", help="daemon socket (default: $STOKER_SOCKET or "
-                       "$XDG_RUNTIME_DIR/stoker/stoker.sock)")
-    group.add_argument("--state-dir", help="state directory (default: $STOKER_STATE_DIR or "
-                       "$XDG_STATE_HOME/stoker)")
-    group.add_argument("--config", help="config file (default: $STOKER_CONFIG or "
-                       "$XDG_CONFIG_HOME/stoker/config.toml)")
-    if json_flag:
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The whole `stoker` parser: every command module registers its subcommands."""
     parser = argparse.ArgumentParser(
         prog="stoker",
         description="Stoker keeps ACP coding agents warm, supervised and safe.",
@@ -60,70 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def paths_from(args: argparse.Namespace) -> Any:
-    from daemon.config.paths import resolve
-
-    return resolve(socket=getattr(args, "socket", None),
-                   state_dir=getattr(args, "state_dir", None),
-                   config=getattr(args, "config", None))
-
-
-def run_async(fn: Callable[[], Awaitable[int]]) -> int:
-    import trio
-
-    return trio.run(fn)
-
-
-def eprint(*parts: object) -> None:
-    print(*parts, file=sys.stderr, flush=True)
-
-
-def out_json(obj: Any) -> None:
-    """What `--json` prints: one JSON document per line, flushed (a reader of `attach
-    --json` sees each delta as it comes). msgspec is imported here, not at the top: `stoker
-    echo-agent` goes through this module and must start fast."""
-    import msgspec
-
-    sys.stdout.write(msgspec.json.encode(obj).decode() + "\n")
-    sys.stdout.flush()
-
-
-def print_table(rows: list[list[str]], out: TextIO | None = None) -> None:
-    """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
-    out = out or sys.stdout
-    if not rows:
-        return
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
-        out.write("  ".join(cells).rstrip() + "\n")
-    out.flush()
-
-
-async def ask(args: argparse.Namespace, request: Any, *, client: str = "cli") -> Any:
-    """One request to the daemon on a connection of its own; its typed result."""
-    from daemon.client import Client
-
-    async with Client.connect(paths_from(args).socket, client=client) as conn:
-        return await conn.request(request)
-
-
-def show(args: argparse.Namespace, request: Any, render: Callable[[Any], None]) -> int:
-    """The shape of most client commands: ask, then print the result as JSON under
-    `--json`, else `render` it for people. Exit 0."""
-
-    async def main() -> int:
-        result = await ask(args, request)
-        if args.json:
-            out_json(result)
-        else:
-            render(result)
-        return 0
-
-    return run_async(main)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """`stoker`'s entry point: run the command, map its errors to the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # The echo agent must start fast and speak only ACP on stdout: no argparse, no trio.
     if argv[:1] == ["echo-agent"]:

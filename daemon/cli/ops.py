@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from daemon.cli.main import add_common, eprint, out_json, paths_from, print_table, run_async
+from daemon.cli.common import add_common, eprint, out_json, paths_from, print_table, run_async
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from daemon.cli.main import Failure, add_common, out_json, paths_from
+from daemon.cli.common import Failure, add_common, out_json, paths_from
 from daemon.listeners.websocket.token import TokenFileError, ensure_token, rotate_token
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from daemon.cli.main import add_common, eprint, print_table, show
+from daemon.cli.common import add_common, eprint, print_table, show
 from protocol import messages as m
 
 

@@ -8,7 +8,9 @@ or plain byte counts. A missing file means the defaults.
 
 from __future__ import annotations
 
+import difflib
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -256,6 +258,25 @@ def _check_names(raw: dict[str, Any], source: str) -> None:
                     raise ConfigError(f"{source}: [{section}.{name}] must be a table")
 
 
+def _split_commands(raw: dict[str, Any], source: str) -> None:
+    """`command = "qwen --acp"` means what a shell would split it into: accepted, split
+    with shlex, or refused with the exact list to write instead."""
+    table = raw.get("agents")
+    if not isinstance(table, dict):
+        return
+    for name, body in table.items():
+        command = body.get("command") if isinstance(body, dict) else None
+        if not isinstance(command, str):
+            continue
+        try:
+            body["command"] = shlex.split(command)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{source}: [agents.{name}]: command {command!r} cannot be split ({exc});"
+                ' write it as a list, e.g. command = ["qwen", "--acp"]'
+            ) from None
+
+
 def parse(data: bytes | str, *, source: str = "<config>") -> Config:
     """Decode TOML text into a `Config`, raising `ConfigError` naming the problem."""
     if isinstance(data, str):
@@ -267,6 +288,7 @@ def parse(data: bytes | str, *, source: str = "<config>") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a TOML document")
     _check_names(raw, source)
+    _split_commands(raw, source)
     # Decode agents and computers one by one so an error names the table, which msgspec's
     # path (`$.agents[...]`) cannot.
     for section in ("agents", "computers"):
@@ -279,20 +301,53 @@ def parse(data: bytes | str, *, source: str = "<config>") -> Config:
                 msgspec.convert(body, type=item_type, dec_hook=_dec_hook)
             except msgspec.ValidationError as exc:
                 raise ConfigError(
-                    f"{source}: [{section}.{name}]: {_relative(str(exc))}"
+                    f"{source}: [{section}.{name}]: {_relative(str(exc), item_type)}"
                 ) from None
     try:
         return msgspec.convert(raw, type=Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_friendly(str(exc))}") from None
+        raise ConfigError(f"{source}: {_friendly(str(exc), Config)}") from None
 
 
-def _friendly(message: str) -> str:
-    return message.replace("Object contains unknown field", "unknown key")
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]*)`(?: - at `\$((?:\.\w+)*)`)?$")
 
 
-def _relative(message: str) -> str:
-    return _friendly(message).replace(" - at `$`", "").replace("`$.", "`")
+def _friendly(message: str, root: type[msgspec.Struct]) -> str:
+    """msgspec's message in the file's words, with the closest known key for a typo."""
+    found = _UNKNOWN.match(message)
+    if found is None:
+        return message
+    key, path = found.group(1), found.group(2) or ""
+    hint = _did_you_mean(key, _section_at(root, path))
+    return message.replace("Object contains unknown field", "unknown key") + hint
+
+
+def _section_at(root: type[msgspec.Struct], path: str) -> type[msgspec.Struct] | None:
+    """The section struct at a msgspec path such as `.lifecycle` (None past a table of
+    names, such as `.agents`, whose keys are the user's own)."""
+    section: type[msgspec.Struct] | None = root
+    for part in filter(None, path.split(".")):
+        if section is None:
+            return None
+        info = msgspec.inspect.type_info(section)
+        assert isinstance(info, msgspec.inspect.StructType)
+        field = next((f for f in info.fields if f.encode_name == part), None)
+        kind = field.type if field is not None else None
+        section = kind.cls if isinstance(kind, msgspec.inspect.StructType) else None
+    return section
+
+
+def _did_you_mean(key: str, section: type[msgspec.Struct] | None) -> str:
+    if section is None:
+        return ""
+    info = msgspec.inspect.type_info(section)
+    assert isinstance(info, msgspec.inspect.StructType)
+    close = difflib.get_close_matches(key, [f.encode_name for f in info.fields], n=1)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def _relative(message: str, root: type[msgspec.Struct]) -> str:
+    return _friendly(message, root).replace(" - at `$`", "").replace("`$.", "`")
 
 
 def load(path: Path, *, must_exist: bool = False) -> Config:

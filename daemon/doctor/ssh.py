@@ -15,7 +15,7 @@ from typing import Literal
 import trio
 
 from daemon.config.file import ComputerConfig, Config
-from daemon.doctor.checks import Check
+from daemon.doctor.report import Check
 
 REMOTE_CHECK = (
     'echo "stoker-ok $(uname -srm)"; '

@@ -30,9 +30,7 @@ Mapping (see docs/EDITORS.md for the user's view):
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import math
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -46,7 +44,6 @@ from daemon.acp.rpc import (
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
     RESOURCE_NOT_FOUND,
-    ConnectionLost,
     FollowUp,
     JsonRpcConnection,
     LineTooLong,
@@ -55,33 +52,38 @@ from daemon.acp.rpc import (
 from daemon.acp.types import PROTOCOL_VERSION
 from daemon.client import Client, ClientError, RequestFailed
 from daemon.config.paths import Paths
+from daemon.editor.forward import Forwarder
 from daemon.editor.link import DaemonLink
 from daemon.editor.mapping import (
-    PromptHold,
     agent_capabilities,
     current_actor,
     daemon_error,
-    delta_update,
-    history_update,
-    permission_outcome,
-    permission_params,
     session_info,
     session_setup,
     turn_failed,
 )
+from daemon.editor.params import (
+    AuthenticateParams,
+    InitializeParams,
+    ListSessionsParams,
+    LoadSessionParams,
+    NewSessionParams,
+    PromptParams,
+    SessionRef,
+    SetConfigParams,
+    SetModeParams,
+    decode,
+)
+from daemon.editor.session import Lost, Session
 from daemon.log import Log
 from daemon.version import VERSION
-from protocol import deltas as d
 from protocol import messages as m
-
-CLAIM_GRACE = 10.0
-"""How long the forwarder holds a chat's stream at the end of one of the editor's turns,
-waiting for the prompt handler to take the result, when that handler has not yet seen the
-daemon's reply to its `prompt` (a race of a few microseconds in practice)."""
 
 
 @dataclass(frozen=True, slots=True)
 class BridgeOptions:
+    """`stoker acp`'s flags: where new sessions run, and whether to start the daemon."""
+
     agent: str | None = None
     workspace: str | None = None
     project: str | None = None
@@ -89,157 +91,14 @@ class BridgeOptions:
     spawn_daemon: bool = False
 
 
-# ------------------------------------------------------------------------- params
-
-
-class _Params(msgspec.Struct, rename="camel", kw_only=True):
-    """Lenient decoding of what editors send: unknown fields (`_meta`, newer ones) ignored."""
-
-
-class _Initialize(_Params):
-    protocol_version: int = PROTOCOL_VERSION
-    client_capabilities: dict[str, Any] = {}
-    client_info: dict[str, Any] | None = None
-
-
-class _NewSession(_Params):
-    cwd: str
-    mcp_servers: list[dict[str, Any]] = []
-
-
-class _LoadSession(_Params):
-    session_id: str
-    cwd: str = ""
-    mcp_servers: list[dict[str, Any]] = []
-
-
-class _ListSessions(_Params):
-    cwd: str | None = None
-    cursor: str | None = None
-
-
-class _SessionRef(_Params):
-    session_id: str
-
-
-class _Prompt(_Params):
-    session_id: str
-    prompt: list[m.ContentBlock]
-
-
-class _SetMode(_Params):
-    session_id: str
-    mode_id: str
-
-
-class _SetConfig(_Params):
-    session_id: str
-    config_id: str
-    value: str | bool
-
-
-class _Authenticate(_Params):
-    method_id: str
-
-
-def _decode(params: msgspec.Raw | None, kind: type[Any]) -> Any:
-    return msgspec.json.decode(params or b"{}", type=kind)
-
-
-# ------------------------------------------------------------------------- sessions
-
-
-class _Turn:
-    """One of the editor's own turns: the prompt handler waits for its end, the forwarder
-    waits for the handler's answer before streaming anything that came after the turn."""
-
-    __slots__ = ("claimed", "ended", "lost", "responded", "result")
-
-    def __init__(self) -> None:
-        self.claimed = trio.Event()
-        self.ended = trio.Event()
-        self.responded = trio.Event()
-        self.result: d.TurnEnded | None = None
-        self.lost: str | None = None
-
-
-class _Lost:
-    """Put in every session's inbox when the daemon connection drops: behind whatever
-    arrived before the loss, so a turn that ended just before it still ends normally."""
-
-    __slots__ = ("why",)
-
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-
-class _Ask:
-    """A permission request put to the editor."""
-
-    __slots__ = ("answered", "scope")
-
-    def __init__(self) -> None:
-        self.scope = trio.CancelScope()
-        self.answered = False
-
-
-class Session:
-    """An attached chat: its delta stream (routed from the shared daemon connection), the
-    cursor that makes that stream gapless and duplicate-free across resubscriptions, and
-    the editor's turns and permission prompts in flight."""
-
-    def __init__(self, chat: str, cursor: int, epoch: str | None) -> None:
-        self.chat = chat
-        self.cursor = cursor
-        self.epoch = epoch
-        self.inbox_send, self.inbox = trio.open_memory_channel[Any](math.inf)
-        self.live = trio.Event()
-        """Set once the response that attached the session was written: nothing is
-        forwarded before it."""
-        self.scope = trio.CancelScope()
-        self.nursery: trio.Nursery | None = None
-        self.turns: dict[int, _Turn] = {}
-        self.own_turns: set[int] = set()
-        self.prompting = 0
-        """`prompt` requests of the editor whose reply (the turn number) is not yet in."""
-        self.cancels = 0
-        self.hold = PromptHold()
-        self.asks: dict[str, _Ask] = {}
-        self.settled: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self.pending: list[m.PendingPermission] = []
-
-    def turn(self, number: int) -> _Turn:
-        found = self.turns.get(number)
-        if found is None:
-            found = self.turns[number] = _Turn()
-        return found
-
-    def settle(self, request: str) -> None:
-        """Remember that a permission request is over, so it is never asked again."""
-        self.settled[request] = None
-        while len(self.settled) > 512:
-            self.settled.popitem(last=False)
-
-    def fail_turns(self, why: str) -> None:
-        for turn in self.turns.values():
-            if not turn.ended.is_set():
-                turn.lost = why
-                turn.ended.set()
-        self.own_turns.clear()
-
-    def close(self, why: str) -> None:
-        self.fail_turns(why)
-        self.scope.cancel()
-        self.inbox_send.close()
-
-
-# ------------------------------------------------------------------------- bridge
-
-
 Handler = Callable[[msgspec.Raw | None], Awaitable[Any]]
 
 
 class Bridge:
+    """The editor-to-daemon half: it answers the editor's requests, owns the attached
+    sessions and the daemon connection (`link`), and leaves streaming each session back to
+    the editor to its :class:`Forwarder`."""
+
     def __init__(self, options: BridgeOptions, paths: Paths, *, log: Log | None = None
                  ) -> None:
         self._options = options
@@ -249,8 +108,10 @@ class Bridge:
                                 on_event=self._route, on_connected=self._resubscribe,
                                 on_lost=self._lost, log=self._log)
         self._sessions: dict[str, Session] = {}
+        self._forwarder = Forwarder(rpc=lambda: self.rpc, client_name=lambda: self.client_name,
+                                    request=self._request, editor_gone=self._editor_gone,
+                                    log=self._log)
         self._agent: str | None = options.agent
-        self._notices = False
         self._auth_chat: str | None = None
         self._nursery: trio.Nursery | None = None
         self._rpc: JsonRpcConnection | None = None
@@ -308,7 +169,7 @@ class Bridge:
 
     def _on_notification(self, method: str, params: msgspec.Raw | None) -> None:
         if method == "session/cancel":
-            ref = _decode(params, _SessionRef)
+            ref = decode(params, SessionRef)
             session = self._sessions.get(ref.session_id)
             own: list[int] = []
             if session is not None:
@@ -350,13 +211,13 @@ class Bridge:
     # ------------------------------------------------------------------ lifecycle
 
     async def _initialize(self, params: msgspec.Raw | None) -> Any:
-        p: _Initialize = _decode(params, _Initialize)
+        p: InitializeParams = decode(params, InitializeParams)
         editor = (p.client_info or {}).get("name")
         if isinstance(editor, str) and editor and not self._link.connected:
             self._link.name = f"acp:{editor}:{os.getpid()}"
         session_caps = p.client_capabilities.get("session")
-        self._notices = (isinstance(session_caps, dict)
-                         and isinstance(session_caps.get("notices"), dict))
+        self._forwarder.notices = (isinstance(session_caps, dict)
+                                   and isinstance(session_caps.get("notices"), dict))
         agent = await self._agent_name()
         described: m.AgentDescription = await self._request(m.DescribeAgent(id=0, agent=agent))
         return {
@@ -369,7 +230,7 @@ class Bridge:
     async def _authenticate(self, params: msgspec.Raw | None) -> Any:
         """Authentication belongs to the agent of a chat; the chat is the one whose
         `session/new` answered auth_required."""
-        p: _Authenticate = _decode(params, _Authenticate)
+        p: AuthenticateParams = decode(params, AuthenticateParams)
         if self._auth_chat is None:
             raise RpcError(INVALID_PARAMS, "nothing to authenticate: the agent has not asked "
                            "for it (session/new answers auth_required when it does)")
@@ -377,7 +238,7 @@ class Bridge:
         return {}
 
     async def _new_session(self, params: msgspec.Raw | None) -> Any:
-        p: _NewSession = _decode(params, _NewSession)
+        p: NewSessionParams = decode(params, NewSessionParams)
         agent = await self._agent_name()
         placed = self._options.workspace is not None or self._options.project is not None
         info: m.ChatInfo = await self._request(m.OpenChat(
@@ -400,11 +261,11 @@ class Bridge:
         return FollowUp(result, then=session.live.set)
 
     async def _load_session(self, params: msgspec.Raw | None) -> Any:
-        p: _LoadSession = _decode(params, _LoadSession)
+        p: LoadSessionParams = decode(params, LoadSessionParams)
         chat = p.session_id
         await self._request(m.OpenChat(id=0, chat=chat, create=False,
                                        mcp_servers=p.mcp_servers or None))
-        head, epoch = await self._replay(chat)
+        head, epoch = await self._forwarder.replay(self._paths.socket, chat)
         session = self._attach(chat, cursor=head, epoch=epoch)
         with self._detach_on_error(session):
             await self._subscribe(session, m.Cursor(seq=head, epoch=epoch))
@@ -412,7 +273,7 @@ class Bridge:
         return FollowUp(session_setup(detail), then=session.live.set)
 
     async def _resume_session(self, params: msgspec.Raw | None) -> Any:
-        p: _LoadSession = _decode(params, _LoadSession)
+        p: LoadSessionParams = decode(params, LoadSessionParams)
         chat = p.session_id
         await self._request(m.OpenChat(id=0, chat=chat, create=False,
                                        mcp_servers=p.mcp_servers or None))
@@ -423,7 +284,7 @@ class Bridge:
         return FollowUp(session_setup(detail), then=session.live.set)
 
     async def _list_sessions(self, params: msgspec.Raw | None) -> Any:
-        p: _ListSessions = _decode(params, _ListSessions)
+        p: ListSessionsParams = decode(params, ListSessionsParams)
         agent = await self._agent_name()
         listed: m.ChatList = await self._request(m.ListChats(id=0, cwd=p.cwd))
         chats = sorted((c for c in listed.chats if c.agent == agent),
@@ -431,7 +292,7 @@ class Bridge:
         return {"sessions": [session_info(c) for c in chats]}
 
     async def _close_session(self, params: msgspec.Raw | None) -> Any:
-        p: _SessionRef = _decode(params, _SessionRef)
+        p: SessionRef = decode(params, SessionRef)
         await self._request(m.CloseChat(id=0, chat=p.session_id))
         self._detach(p.session_id, "the session was closed")
         return {}
@@ -439,7 +300,7 @@ class Bridge:
     # ------------------------------------------------------------------ turns
 
     async def _prompt(self, params: msgspec.Raw | None) -> Any:
-        p: _Prompt = _decode(params, _Prompt)
+        p: PromptParams = decode(params, PromptParams)
         session = self._session(p.session_id)
         if not p.prompt:
             raise RpcError(INVALID_PARAMS, "empty prompt")
@@ -494,12 +355,12 @@ class Bridge:
             self._log.warning("cancel failed", chat=chat, error=str(exc))
 
     async def _set_mode(self, params: msgspec.Raw | None) -> Any:
-        p: _SetMode = _decode(params, _SetMode)
+        p: SetModeParams = decode(params, SetModeParams)
         await self._request(m.SetMode(id=0, chat=p.session_id, mode=p.mode_id))
         return {}
 
     async def _set_config_option(self, params: msgspec.Raw | None) -> Any:
-        p: _SetConfig = _decode(params, _SetConfig)
+        p: SetConfigParams = decode(params, SetConfigParams)
         await self._request(m.SetConfig(id=0, chat=p.session_id, option=p.config_id,
                                         value=p.value))
         detail: m.ChatDetail = await self._request(m.Inspect(id=0, chat=p.session_id))
@@ -512,7 +373,7 @@ class Bridge:
         self._detach(chat, "the session was attached again")
         session = self._sessions[chat] = Session(chat, cursor, epoch)
         assert self._nursery is not None
-        self._nursery.start_soon(self._forward, session)
+        self._nursery.start_soon(self._forwarder.forward, session)
         return session
 
     def _detach(self, chat: str, why: str) -> None:
@@ -538,40 +399,6 @@ class Bridge:
         if since is None:
             session.cursor = sub.head_seq
         session.pending = list(sub.snapshot.pending_permissions)
-
-    async def _replay(self, chat: str) -> tuple[int, str]:
-        """Write the chat's retained conversation to the editor as `session/update`s.
-
-        A connection of its own (`live=False`) gives exactly the history up to some head H,
-        then the session subscribes live from H on the shared connection: no gap, no
-        duplicate, and no stale live delta of an earlier attachment mixed into the replay.
-        """
-        head = 0
-        async with Client.connect(self._paths.socket, client=f"{self.client_name}/load"
-                                  ) as history:
-            sub: m.Subscribed = await history.request(m.Subscribe(
-                id=0, chat=chat, since=m.Cursor(seq=0), live=False))
-            epoch = sub.epoch
-            commands: dict[str, Any] | None = None
-            hold = PromptHold()
-            async for event in history.events():
-                if isinstance(event, d.Delta) and event.chat == chat and event.seq > head:
-                    head = event.seq
-                    if isinstance(event.body, d.Commands):
-                        commands = delta_update(event.body, own_client=None)
-                    for update in hold.feed(event.turn, event.body,
-                                            history_update(event.body)):
-                        await self._notify(chat, update)
-                elif isinstance(event, m.ResyncRequired) and event.chat == chat:
-                    head = max(head, event.seq)
-                elif isinstance(event, m.ReplayComplete) and event.chat == chat:
-                    head = max(head, event.head_seq)
-                    break
-            for update in hold.flush():
-                await self._notify(chat, update)
-            if commands is not None:
-                await self._notify(chat, commands)
-        return head, epoch
 
     async def _warm_or_inspect(self, chat: str) -> m.ActorDetail | None:
         """The agent's modes/config for a load/resume answer. Warming is what an editor
@@ -616,10 +443,10 @@ class Bridge:
                 self._detach(session.chat, exc.message)
                 continue
             if session.live.is_set():
-                self._ask_pending(session, sub.snapshot.pending_permissions)
+                self._forwarder.ask_pending(session, sub.snapshot.pending_permissions)
 
     def _lost(self, why: str) -> None:
-        lost = _Lost(f"lost the connection to the daemon ({why}); the turn may still be "
+        lost = Lost(f"lost the connection to the daemon ({why}); the turn may still be "
                      "running: session/load shows it")
         for session in self._sessions.values():
             try:
@@ -628,110 +455,3 @@ class Bridge:
                 pass
         if self._sessions and self._nursery is not None:
             self._nursery.start_soon(self._link.reconnect, lambda: bool(self._sessions))
-
-    # ------------------------------------------------------------------ forwarding
-
-    async def _notify(self, chat: str, update: dict[str, Any]) -> None:
-        await self.rpc.notify("session/update", {"sessionId": chat, "update": update})
-
-    async def _forward(self, session: Session) -> None:
-        """Stream one session's deltas to the editor, in order, until it is detached."""
-        try:
-            with session.scope:
-                async with trio.open_nursery() as nursery:
-                    session.nursery = nursery
-                    await session.live.wait()
-                    self._ask_pending(session, session.pending)
-                    async for event in session.inbox:
-                        if isinstance(event, d.Delta):
-                            if event.seq <= session.cursor:
-                                continue
-                            session.cursor = event.seq
-                            await self._on_delta(session, event)
-                        elif isinstance(event, m.ResyncRequired):
-                            session.cursor = event.seq
-                            session.epoch = event.epoch
-                        elif isinstance(event, _Lost):
-                            session.fail_turns(event.why)
-                    nursery.cancel_scope.cancel()
-        except* ConnectionLost as group:
-            self._editor_gone(str(group.exceptions[0]))
-
-    async def _on_delta(self, session: Session, delta: d.Delta) -> None:
-        body = delta.body
-        if isinstance(body, d.TurnStarted) and body.by == self.client_name:
-            session.own_turns.add(delta.turn)
-        update = delta_update(body, own_client=self.client_name, notices=self._notices)
-        for item in session.hold.feed(delta.turn, body, update):
-            await self._notify(session.chat, item)
-        if isinstance(body, d.PermissionRequest):
-            if body.policy == "ask":
-                self._ask(session, body.request, body.tool_call, body.options)
-        elif isinstance(body, d.PermissionResolved):
-            self._withdraw(session, body.request)
-        elif isinstance(body, d.TurnEnded) and delta.turn in session.own_turns:
-            await self._own_turn_ended(session, delta.turn, body)
-
-    async def _own_turn_ended(self, session: Session, number: int, body: d.TurnEnded) -> None:
-        """Hand the result to the prompt handler and hold the stream until its answer is
-        written, so the editor never sees the next turn's output inside this one."""
-        session.own_turns.discard(number)
-        turn = session.turn(number)
-        turn.result = body
-        turn.ended.set()
-        if not turn.claimed.is_set() and session.prompting:
-            with trio.move_on_after(CLAIM_GRACE):
-                await turn.claimed.wait()
-        if turn.claimed.is_set():
-            await turn.responded.wait()
-
-    # ------------------------------------------------------------------ permissions
-
-    def _ask_pending(self, session: Session, pending: list[m.PendingPermission]) -> None:
-        for item in pending:
-            self._ask(session, item.request, item.tool_call, item.options)
-
-    def _ask(self, session: Session, request: str, tool_call: dict[str, Any],
-             options: list[dict[str, Any]]) -> None:
-        if request in session.asks or request in session.settled or session.nursery is None:
-            return
-        ask = session.asks[request] = _Ask()
-        params = permission_params(session.chat, request, tool_call, options)
-        session.nursery.start_soon(self._run_ask, session, request, ask, params)
-
-    def _withdraw(self, session: Session, request: str) -> None:
-        """The request was decided (by another client, the policy, a timeout or the end of
-        the turn): the editor's prompt for it is withdrawn (`$/cancel_request`)."""
-        session.settle(request)
-        ask = session.asks.get(request)
-        if ask is not None and not ask.answered:
-            ask.scope.cancel()
-
-    async def _run_ask(self, session: Session, request: str, ask: _Ask,
-                       params: dict[str, Any]) -> None:
-        try:
-            with ask.scope:
-                raw = await self.rpc.request("session/request_permission", params,
-                                             cancel_notify=True)
-                ask.answered = True
-            if not ask.answered:
-                return
-            option = permission_outcome(raw)
-            try:
-                await self._request(m.Permit(id=0, chat=session.chat, request=request,
-                                             option=option))
-            except RequestFailed as exc:
-                # Another client (or the policy) was first: that is the rule, not a fault.
-                self._log.info("permission answer not used", request=request,
-                               error=exc.message)
-        except RpcError as exc:
-            self._log.info("the editor declined to answer a permission request",
-                           request=request, error=exc.message)
-        except ConnectionLost:
-            pass
-        except ClientError as exc:
-            self._log.warning("could not pass on a permission answer", request=request,
-                              error=str(exc))
-        finally:
-            session.asks.pop(request, None)
-            session.settle(request)

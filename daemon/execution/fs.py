@@ -6,12 +6,20 @@ real location is outside the real root: traversal (`/ws/../etc/passwd`), absolut
 (`/etc/passwd`) and symlinks pointing out (`/ws/link -> /`) all fail the same check. The final
 open uses `O_NOFOLLOW`, so a symlink swapped in after the check is refused rather than
 followed.
+
+Only regular files are read or written. A FIFO, a socket or a device inside the workspace is
+the agent's to create, but opening one can block forever (a FIFO with no writer) in the worker
+thread serving the request, and that thread is never given back: the turn never ends and the
+daemon cannot stop. So every open is non-blocking and the type is checked on the opened
+descriptor (`fstat`, no race with a swap after the check) before a byte moves.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -115,6 +123,69 @@ def confine(root: str, path: str) -> str:
     return reattach(real_root, os.path.realpath(split.head), split.tail, path, root)
 
 
+def describe_kind(mode: int) -> str:
+    """What a non-regular file is, in words an agent (and its user) can act on."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    return "not a regular file"
+
+
+def refuse_irregular(path: str, mode: int) -> None:
+    """FileProblem unless `mode` is a regular file's."""
+    if not stat.S_ISREG(mode):
+        raise FileProblem(f"{path}: is {describe_kind(mode)}; only regular files can be "
+                          "read or written")
+
+
+def open_regular(path: str, real: str, flags: int, mode: int = 0o644) -> int:
+    """Open `real` (the confined location of the agent's `path`) with `flags` plus
+    `O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC`, and return the descriptor only if it is a regular
+    file, with `O_NONBLOCK` cleared again; else FileProblem (AccessDenied for a symlink).
+
+    `O_NONBLOCK` makes opening a FIFO return at once (or fail with ENXIO for a writer with no
+    reader) instead of waiting for the other end; the `fstat` of the descriptor then says
+    what was really opened.
+    """
+    try:
+        st = os.lstat(real)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise FileProblem(f"{path}: {exc.strerror}") from None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        raise AccessDenied(f"{path} is a symlink; refusing to follow it")
+    if st is not None:
+        # Not even opened: opening some devices has effects of its own (a tape rewinds).
+        refuse_irregular(path, st.st_mode)
+    try:
+        fd = os.open(real, flags | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except FileNotFoundError:
+        raise FileProblem(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise FileProblem(f"{path}: is a directory") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the final component is a symlink (swapped in)
+            raise AccessDenied(f"{path} is a symlink; refusing to follow it") from None
+        if exc.errno == errno.ENXIO:  # a FIFO (or socket) with no reader, swapped in
+            raise FileProblem(f"{path}: is not a regular file") from None
+        raise FileProblem(f"{path}: {exc.strerror}") from None
+    try:
+        refuse_irregular(path, os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @dataclass(frozen=True, slots=True)
 class LocalFiles:
     """File services for one working directory on this host (blocking; run in a thread)."""
@@ -124,14 +195,7 @@ class LocalFiles:
 
     def read_text(self, path: str, line: int | None = None, limit: int | None = None) -> str:
         real = confine(self.root, path)
-        try:
-            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise FileProblem(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise FileProblem(f"{path}: is a directory") from None
-        except OSError as exc:
-            raise FileProblem(f"{path}: {exc.strerror}") from None
+        fd = open_regular(path, real, os.O_RDONLY)
         with os.fdopen(fd, "rb") as fh:
             if os.fstat(fh.fileno()).st_size > self.max_read:
                 raise FileProblem(f"{path}: larger than {self.max_read} bytes")
@@ -144,14 +208,8 @@ class LocalFiles:
         os.makedirs(parent, exist_ok=True)
         # Re-check after creating directories: a racing symlink must not redirect us.
         require_within(os.path.realpath(self.root), os.path.realpath(parent), path, self.root)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(real, flags, 0o644)
-        except IsADirectoryError:
-            raise FileProblem(f"{path}: is a directory") from None
-        except OSError as exc:
-            if exc.errno == 40:  # ELOOP: the final component is a symlink
-                raise AccessDenied(f"{path} is a symlink; refusing to follow it") from None
-            raise FileProblem(f"{path}: {exc.strerror}") from None
+        # No O_TRUNC: the file is emptied only once it is known to be a regular one.
+        fd = open_regular(path, real, os.O_WRONLY | os.O_CREAT)
         with os.fdopen(fd, "wb") as fh:
+            fh.truncate(0)
             fh.write(content.encode("utf-8"))

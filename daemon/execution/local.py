@@ -28,9 +28,9 @@ import msgspec
 import psutil
 import trio
 
+from daemon.execution.environment import scrub_systemd_env
 from daemon.execution.fs import AccessDenied, LocalFiles, confine
 from daemon.log import Log
-from daemon.service.systemd.notify import scrub_systemd_env
 
 INSTANCE_VAR = "STOKER_INSTANCE"
 ACTOR_VAR = "STOKER_ACTOR"
@@ -334,6 +334,7 @@ class LocalExecutor:
     def __init__(self, instance: str) -> None:
         self.instance = instance
         self._log = Log("exec")
+        self._file_threads = trio.CapacityLimiter(FILE_THREADS)
 
     async def spawn(self, argv: list[str], *, env: Mapping[str, str], cwd: str,
                     actor: str, merge_stderr: bool = False) -> LocalProcess:
@@ -369,20 +370,36 @@ class LocalExecutor:
         return await trio.to_thread.run_sync(reclaim_local, identity)
 
     def files(self, root: str) -> LocalAsyncFiles:
-        return LocalAsyncFiles(LocalFiles(root))
+        return LocalAsyncFiles(LocalFiles(root), self._file_threads)
+
+
+FILE_THREADS = 8
+"""Worker threads all agents' file requests may hold at once. They have their own
+`CapacityLimiter`, not trio's default one (40 threads, shared with the store's writer and
+reader): a file system that stops answering (a hung network mount) then queues only other
+agents' file requests, never a commit."""
 
 
 class LocalAsyncFiles:
-    """`LocalFiles` run in worker threads, so a slow disk never blocks the event loop."""
+    """`LocalFiles` run in worker threads, so a slow disk never blocks the event loop.
 
-    def __init__(self, files: LocalFiles) -> None:
+    The threads come from `limiter` (the executor's, see `FILE_THREADS`). A request whose
+    turn is cancelled, or whose daemon stops, does not wait for its thread
+    (`abandon_on_cancel`): a read stuck in the kernel must not hold up a cancel or a
+    SIGTERM; the thread's answer is dropped and its limiter token returns when it ends.
+    """
+
+    def __init__(self, files: LocalFiles, limiter: trio.CapacityLimiter) -> None:
         self._files = files
+        self._limiter = limiter
 
     async def read_text(self, path: str, line: int | None, limit: int | None) -> str:
-        return await trio.to_thread.run_sync(self._files.read_text, path, line, limit)
+        return await trio.to_thread.run_sync(self._files.read_text, path, line, limit,
+                                             limiter=self._limiter, abandon_on_cancel=True)
 
     async def write_text(self, path: str, content: str) -> None:
-        await trio.to_thread.run_sync(self._files.write_text, path, content)
+        await trio.to_thread.run_sync(self._files.write_text, path, content,
+                                      limiter=self._limiter, abandon_on_cancel=True)
 
     async def directory(self, path: str | None) -> str:
         root = self._files.root
@@ -393,7 +410,8 @@ class LocalAsyncFiles:
                 raise AccessDenied(f"{path or root} is not a directory")
             return real
 
-        return await trio.to_thread.run_sync(resolve)
+        return await trio.to_thread.run_sync(resolve, limiter=self._limiter,
+                                             abandon_on_cancel=True)
 
 
 def _has_marker(proc: psutil.Process, actor: str) -> bool:

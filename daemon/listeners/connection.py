@@ -21,8 +21,9 @@ from typing import Any, Protocol
 import msgspec
 import trio
 
-from daemon.channels.hub import Hub, Mode, Subscription, encode_message
-from daemon.channels.outbox import Outbox, OutboxOverflow
+from daemon.channels.channel import Outbox, OutboxOverflow, Subscription
+from daemon.channels.frames import Mode, encode_message
+from daemon.channels.hub import Hub
 from daemon.channels.replay import start_cursor
 from daemon.errors import BadRequest, LimitReached, StokerError, UnknownChat
 from daemon.log import Log
@@ -52,11 +53,16 @@ class Transport(Protocol):
 
 
 class Handlers(Protocol):
-    """What a connection needs from the rest of the daemon (implemented in server.py)."""
+    """What a connection needs from the rest of the daemon (`daemon.service.root.Service`,
+    which asks its router)."""
 
     hub: Hub
 
     async def handle(self, request: Any, client: str) -> Any: ...
+
+    def is_slow(self, request: object) -> bool:
+        """Whether `request` is answered in its own task (its reply may overtake others)."""
+        ...
 
     def welcome(self, encoding: str) -> m.Welcome: ...
 
@@ -67,13 +73,6 @@ class Limits:
     subscriber_bytes: int
     heartbeat: float
     max_frame: int
-
-
-SLOW_REQUESTS = (m.SetMode, m.SetConfig, m.Authenticate, m.CloseChat, m.Reload, m.Inspect,
-                 m.ListChats, m.GetStatus, m.Permit, m.Cancel, m.DescribeAgent, m.Warm,
-                 m.WorkspaceNew, m.CloseWorkspace, m.RestoreWorkspace, m.WorkspaceDiff,
-                 m.Reap, m.ListComputers)
-"""Handled in their own task, so one slow answer never holds up the next request."""
 
 
 class Connection:
@@ -173,7 +172,10 @@ class Connection:
 
     async def _dispatch(self, payload: bytes | str, nursery: trio.Nursery) -> None:
         """Requests are answered in the order they arrive (a client may pipeline
-        open_chat, subscribe, prompt), except `SLOW_REQUESTS`, which run in their own task."""
+        open_chat, subscribe, prompt), except the slow ones (the router says which), which run
+        in their own task so that one slow answer never holds up the next request.
+        `subscribe` and `unsubscribe` act on this connection's subscriptions: it answers them
+        itself, in order."""
         encoding = "json" if self._t.encoding == "json" else "msgpack"
         data = payload.encode() if isinstance(payload, str) else payload
         try:
@@ -204,7 +206,7 @@ class Connection:
             self._run_request(message, self._subscribe)
         elif isinstance(message, m.Unsubscribe):
             self._run_request(message, self._unsubscribe)
-        elif isinstance(message, SLOW_REQUESTS):
+        elif self._handlers.is_slow(message):
             nursery.start_soon(self._answer, message, self._handle)
         else:
             await self._answer(message, self._handle)

@@ -16,10 +16,11 @@ import os
 import socket as stdsocket
 import struct
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from daemon.channels.hub import Mode
+from daemon.channels.frames import Mode
 from daemon.config.paths import ensure_private_dir
 from daemon.listeners.connection import Connection, Handlers, Limits
 from daemon.log import Log
@@ -137,6 +138,11 @@ class UnixListener:
                     nursery.start_soon(self._client, stream)
             with contextlib.suppress(Exception):
                 await listener.aclose()
+
+    @property
+    def address(self) -> Any:
+        """The bound address, as the socket reports it (an inherited socket has no path)."""
+        return self._sock.getsockname()
 
     def stop_accepting(self) -> None:
         if self._scope is not None:

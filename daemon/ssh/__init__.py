@@ -12,14 +12,10 @@ The backend actor only sees an `Executor`; this package provides the remote one.
     executor.py  `SshExecutor` (spawn, files, reclaim)
     sftp.py      SFTP with Python's errors; files.py: an agent's confined `fs/*`
     worktree.py  `SshWorktreeHost`: git worktrees over there, for workspaces and the reaper
-    service.py   the subsystem: `prepare`, `setup`, reloads, `stoker computers`
-    doctor.py    `stoker doctor`'s check per computer
+    service.py   the subsystem: its two children's start/stop, reloads, `stoker computers`
+    (`stoker doctor`'s check per computer is `daemon.doctor.ssh`)
 
 See docs/REMOTE.md for setup, configuration, the security model and the limitations.
+
+The package imports none of its modules: asyncssh loads only when a computer is configured.
 """
-
-from __future__ import annotations
-
-from daemon.ssh.service import prepare, setup
-
-__all__ = ["prepare", "setup"]

@@ -10,13 +10,15 @@ this daemon's own environment: the agent's `[agents.X] env`, a terminal's variab
 markers `STOKER_INSTANCE` / `STOKER_ACTOR` that reclaim and the stop sweep look for. The
 daemon's own variables (its PATH, its XDG dirs, its secrets) never cross to another host. A
 variable whose value is identical here and in `env` is therefore not sent: set it in the
-remote environment instead (see docs/REMOTE.md). Everything goes as launcher arguments
-(`export NAME=VALUE` there), not as SSH `env` requests, which servers drop unless
-`AcceptEnv` lists them.
+remote environment instead (see docs/REMOTE.md). Everything goes to the launcher on the
+channel's stdin, before the agent's own input (`scripts.launch_command`): never as launcher
+arguments, which any user of the remote host can read in /proc/PID/cmdline while it starts,
+and not as SSH `env` requests, which servers drop unless `AcceptEnv` lists them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,7 +31,7 @@ from daemon.ssh.bridge import BridgeClosed
 from daemon.ssh.computer import Computer, ComputerError, describe_error
 from daemon.ssh.files import SftpFiles
 from daemon.ssh.process import SshProcess
-from daemon.ssh.streams import ChannelReceiveStream
+from daemon.ssh.streams import ChannelReceiveStream, ChannelSendStream
 
 MAX_PREAMBLE = 65536
 
@@ -61,13 +63,18 @@ class SshExecutor:
 
         computer = self.computer
         conn = await computer.connection()
-        command = scripts.launch_command(argv, cwd=cwd, env=env, unset=unset,
-                                         merge_stderr=merge_stderr)
+        launch = scripts.launch_command(argv, cwd=cwd, env=env, unset=unset,
+                                        merge_stderr=merge_stderr)
         try:
-            channel = await computer.bridge.call(conn.create_process, command, encoding=None)
+            channel = await computer.bridge.call(conn.create_process, launch.command,
+                                                 encoding=None)
         except (OSError, asyncssh.Error, BridgeClosed) as exc:
             raise ComputerError(f"cannot start {argv[0]!r} on {computer.label}: "
                                 f"{describe_error(exc)}") from None
+        # Queued on the channel before the launcher runs; if it cannot be written, the
+        # launcher says so ("env") or the channel's end explains, below.
+        with contextlib.suppress(trio.BrokenResourceError):
+            await ChannelSendStream(computer.bridge, channel.stdin).send_all(launch.stdin)
         stdout = ChannelReceiveStream(computer.bridge, channel.stdout)
         try:
             line, rest = await _first_line(stdout, float(computer.config.connect_timeout))
@@ -77,8 +84,11 @@ class SshExecutor:
             if exc.reason == "cwd":
                 raise SpawnError(f"working directory {cwd!r} does not exist on computer "
                                  f"{computer.name!r}") from None
-            raise SpawnError(f"command not found on computer {computer.name!r}: "
-                             f"{argv[0]!r}") from None
+            if exc.reason == "notfound":
+                raise SpawnError(f"command not found on computer {computer.name!r}: "
+                                 f"{argv[0]!r}") from None
+            raise ComputerError(f"cannot start {argv[0]!r} on {computer.label}: the "
+                                f"launcher did not receive its environment") from None
         except (ValueError, trio.TooSlowError) as exc:
             said = await _stderr_of(computer, channel)
             await _abandon(computer, channel)

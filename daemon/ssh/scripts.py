@@ -4,6 +4,14 @@ Everything that crosses to the remote shell is argv: a fixed script (single-quot
 `shlex.quote`) plus positional arguments, each quoted. No path, branch, environment value or
 command word is ever spliced into script text, so `$(rm -rf ~)` is just an odd file name.
 
+Environment values are the exception: they are not argv at all. The command line of every
+process is world-readable on the remote host (/proc/PID/cmdline, `ps`), and an agent's
+environment holds its API keys. The launcher reads them from its stdin instead, one
+variable a line, before it execs the command (whose stdin is the same channel, so the agent
+reads its own input right after them). Each value travels as ASCII with every other byte
+(and backslash) as a `\\0ooo` escape that the shell's `printf %b` undoes; `read` takes a pipe
+byte by byte, so it never swallows what follows the block.
+
 The launcher starts a process in a process group of its own and reports who it is before it
 becomes the agent: the first line on stdout is `stoker-launch PID PGID STARTTIME` (STARTTIME
 from /proc/PID/stat, in clock ticks since boot: with the pid it identifies the process even
@@ -29,7 +37,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from daemon.service.systemd.notify import SYSTEMD_ENV_VARS
+from daemon.execution.environment import SYSTEMD_ENV_VARS
 
 IDENTITY_PREFIX = b"stoker-launch "
 ERROR_PREFIX = b"stoker-launch-error "
@@ -47,12 +55,16 @@ _STAGE1 = (
 
 _STAGE2 = (
     'd=$1; m=$2; n=$3; shift 3\n'
+    'while [ "$n" -gt 0 ]; do\n'
+    '  IFS= read -r e || { echo "stoker-launch-error env"; exit 126; }\n'
+    '  case $e in\n'
+    '    -*) unset "${e#-}";;\n'
+    '    *) v=$(printf "%bx" "${e#*=}"); export "${e%%=*}=${v%x}";;\n'
+    '  esac\n'
+    '  n=$((n - 1))\n'
+    'done\n'
     'case $d in "~") d=$HOME;; "~/"*) d=$HOME/${d#"~/"};; esac\n'
     'cd "$d" 2>/dev/null || { echo "stoker-launch-error cwd"; exit 126; }\n'
-    'while [ "$n" -gt 0 ]; do\n'
-    '  case $1 in -*) unset "${1#-}";; *) export "$1";; esac\n'
-    '  shift; n=$((n - 1))\n'
-    'done\n'
     'command -v "$1" >/dev/null 2>&1 || { echo "stoker-launch-error notfound"; exit 127; }\n'
     'i=$(sed "s/.*) //" /proc/$$/stat | cut -d" " -f3,20) || exit 126\n'
     'echo "stoker-launch $$ $i"\n'
@@ -101,18 +113,43 @@ def sh(script: str, *args: str) -> str:
                      *(shlex.quote(a) for a in args)])
 
 
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """How to start a remote process: the exec request, and the bytes to write on its stdin
+    first."""
+
+    command: str
+    """The exec request. Holds no environment value (see the module doc)."""
+    stdin: bytes
+    """The environment block the launcher reads before it starts the command."""
+
+
+_PLAIN = frozenset(range(0x20, 0x7F)) - {ord("\\")}
+
+
+def escape_value(value: str) -> str:
+    """`value` as one line of printable ASCII that `printf %b` turns back into its bytes:
+    every byte but printable ASCII (and backslash itself) as `\\0ooo`. The trailing `x` the
+    launcher adds and strips keeps trailing newlines, which `$(...)` would drop."""
+    data = value.encode("utf-8", "surrogateescape")
+    return "".join(chr(b) if b in _PLAIN else f"\\0{b:03o}" for b in data)
+
+
 def launch_command(argv: Sequence[str], *, cwd: str, env: Mapping[str, str],
-                   unset: Sequence[str] = (), merge_stderr: bool = False) -> str:
-    """The exec request that starts `argv` in `cwd` (may be `~` or `~/...`) with `env`
-    added to the login environment and `unset` (plus `SCRUB`) removed."""
+                   unset: Sequence[str] = (), merge_stderr: bool = False) -> Launch:
+    """Start `argv` in `cwd` (may be `~` or `~/...`) with `env` added to the login
+    environment and `unset` (plus `SCRUB`) removed: the exec request carries `argv` and
+    `cwd`, the environment goes on stdin."""
     if not argv:
         raise ValueError("empty command")
     changes = [f"-{name}" for name in (*SCRUB, *unset) if _ENV_NAME.match(name)]
-    changes += [f"{k}={v}" for k, v in env.items() if _ENV_NAME.match(k) and k not in SCRUB]
-    stage2_args = [cwd, "1" if merge_stderr else "0", str(len(changes)), *changes, *argv]
-    return " ".join(["exec", "/bin/sh", "-c", shlex.quote(_STAGE1), "stoker-launch",
-                     shlex.quote(_STAGE2), "stoker-agent",
-                     *(shlex.quote(a) for a in stage2_args)])
+    changes += [f"{k}={escape_value(v)}" for k, v in env.items()
+                if _ENV_NAME.match(k) and k not in SCRUB]
+    stage2_args = [cwd, "1" if merge_stderr else "0", str(len(changes)), *argv]
+    command = " ".join(["exec", "/bin/sh", "-c", shlex.quote(_STAGE1), "stoker-launch",
+                        shlex.quote(_STAGE2), "stoker-agent",
+                        *(shlex.quote(a) for a in stage2_args)])
+    return Launch(command=command, stdin="".join(f"{c}\n" for c in changes).encode("ascii"))
 
 
 def tree_kill_command(*, pgid: int | None, ticks: int, actor: str,
@@ -143,7 +180,8 @@ class Launched:
 
 
 class LaunchFailed(Exception):
-    """The launcher refused: `reason` is `cwd` or `notfound`."""
+    """The launcher refused: `reason` is `cwd`, `notfound` or `env` (its stdin ended
+    before the environment did)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -1,10 +1,12 @@
 """The SSH subsystem: its actor, its wiring into the daemon, and config reloads.
 
-`prepare` (before the pool loads chats) creates one `Computer` and one `SshExecutor` per
-`[computers.NAME]` and registers the executors in `daemon.executors`, so that the pool can
-rebuild actors of remote chats and queue the reclaim of their orphaned agents. `setup`
-(after the workspaces subsystem) registers a `SshWorktreeHost` per computer with the
-workspace service, so remote worktrees are created, diffed and reaped like local ones.
+Two children of the supervision tree. `start` (child `ssh`, before the pool loads chats)
+creates one `Computer` and one `SshExecutor` per `[computers.NAME]` and adds the executors
+to the daemon's executor map, so that the pool can rebuild actors of remote chats and queue
+the reclaim of their orphaned agents; its stop closes the connections. `attach_workspaces`
+(child `computers`, after the workspaces child) registers a `SshWorktreeHost` per computer
+with the workspace service, so remote worktrees are created, diffed and reaped like local
+ones; that child also answers `computers` (`ROUTES`).
 
 The subsystem owns the one trio-asyncio loop (`Bridge`), opened the first time a computer is
 configured; nothing of asyncssh is imported before that. Reloads apply at once: a new
@@ -15,8 +17,7 @@ and a removed one refuses new work.
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -24,31 +25,42 @@ import trio
 from daemon.config.file import ComputerConfig, Config
 from daemon.errors import UnknownChat
 from daemon.log import Log
+from daemon.router import Routes
 from daemon.ssh.bridge import Bridge
 from protocol import messages as m
 
 if TYPE_CHECKING:
-    from daemon.service.root import Daemon
+    from daemon.actors.pool import Pool
+    from daemon.actors.settings import Settings
+    from daemon.execution.local import Executor
     from daemon.ssh.computer import Computer
     from daemon.ssh.executor import SshExecutor
     from daemon.workspaces.service import WorkspaceService
 
-_services: weakref.WeakKeyDictionary[Daemon, SshService] = weakref.WeakKeyDictionary()
-
-
-def service_for(daemon: Daemon) -> SshService:
-    return _services[daemon]
-
 
 class SshService:
-    def __init__(self, daemon: Daemon, nursery: trio.Nursery) -> None:
-        self.daemon = daemon
-        self.nursery = nursery
+    """The computers, their executors and (once attached) their worktree hosts.
+
+    Given what it changes rather than the daemon: the daemon's executor map (by computer
+    name), the pool (to recycle agents of a reconfigured computer) and the live settings."""
+
+    def __init__(self, *, executors: MutableMapping[str | None, Executor], instance: str,
+                 pool: Pool, settings: Settings) -> None:
+        self.daemon_executors = executors
+        self.instance = instance
+        self.pool = pool
+        self.settings = settings
+        self.nursery: trio.Nursery | None = None
         self.bridge = Bridge()
         self.computers: dict[str, Computer] = {}
         self.executors: dict[str, SshExecutor] = {}
         self.workspaces: WorkspaceService | None = None
         self.log = Log("ssh")
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Before the pool loads: executors for every configured computer."""
+        self.nursery = nursery
+        self.apply(self.settings.config.computers)
 
     # ------------------------------------------------------------------ config
 
@@ -58,15 +70,17 @@ class SshService:
         from daemon.ssh.computer import Computer
         from daemon.ssh.executor import SshExecutor
 
+        nursery = self.nursery
+        assert nursery is not None, "apply before start"
         if wanted:
-            self.bridge.start(self.nursery)
+            self.bridge.start(nursery)
         changed: set[str] = set()
         for name, config in wanted.items():
             computer = self.computers.get(name)
             if computer is None:
-                computer = Computer(name, config, bridge=self.bridge, nursery=self.nursery)
+                computer = Computer(name, config, bridge=self.bridge, nursery=nursery)
                 self.computers[name] = computer
-                self.executors[name] = SshExecutor(computer, self.daemon.instance)
+                self.executors[name] = SshExecutor(computer, self.instance)
             elif computer.removed or computer.config != config:
                 computer.reconfigure(config)
                 changed.add(name)
@@ -75,20 +89,21 @@ class SshService:
             if name not in wanted and not computer.removed:
                 computer.remove()
                 changed.add(name)
-                self.daemon.executors.pop(name, None)
+                self.daemon_executors.pop(name, None)
                 if self.workspaces is not None:
                     self.workspaces.hosts.pop(name, None)
         return changed
 
     def _register(self, name: str) -> None:
         executor = self.executors[name]
-        self.daemon.executors[name] = executor
+        self.daemon_executors[name] = executor
         if self.workspaces is not None:
             from daemon.ssh.worktree import SshWorktreeHost
 
             self.workspaces.hosts[name] = SshWorktreeHost(executor)
 
     def attach_workspaces(self, workspaces: WorkspaceService) -> None:
+        """After the workspaces child started: remote worktrees on every computer."""
         self.workspaces = workspaces
         for name, computer in self.computers.items():
             if not computer.removed:
@@ -98,8 +113,8 @@ class SshService:
         changed = self.apply(config.computers)
         if not changed:
             return
-        pool = self.daemon.pool
-        agents = self.daemon.settings.agents
+        pool = self.pool
+        agents = self.settings.agents
 
         def on_changed(actor: Any) -> bool:
             try:
@@ -138,31 +153,10 @@ class SshService:
                 nursery.start_soon(computer.close)
 
 
-async def prepare(daemon: Daemon, nursery: trio.Nursery) -> None:
-    """Before the pool loads: executors for every configured computer."""
-    service = SshService(daemon, nursery)
-    _services[daemon] = service
-    service.apply(daemon.settings.config.computers)
-
-    async def list_request(req: m.ListComputers, client: str) -> m.ComputerList:
-        return await service.list(req.probe)
-
-    daemon.extra_handlers[m.ListComputers] = list_request
-    daemon.on_reload.append(service.reload)
-    daemon.on_shutdown.append(service.close)
+ROUTES: Routes[SshService] = Routes("computers")
 
 
-async def setup(daemon: Daemon, nursery: trio.Nursery) -> None:
-    """After the workspaces subsystem: worktree hosts for the computers."""
-    service = _services.get(daemon)
-    if service is None:  # prepare did not run (a test wiring subsystems by hand)
-        await prepare(daemon, nursery)
-        service = _services[daemon]
-    try:
-        from daemon.workspaces.service import service_for as workspace_service
-    except ImportError:  # pragma: no cover - the module ships with the daemon
-        return
-    try:
-        service.attach_workspaces(workspace_service(daemon))
-    except KeyError:
-        return  # no workspaces subsystem
+@ROUTES.handles(m.ListComputers, slow=True)
+async def list_computers(ssh: SshService, req: m.ListComputers, client: str
+                         ) -> m.ComputerList:
+    return await ssh.list(req.probe)

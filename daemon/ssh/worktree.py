@@ -1,8 +1,8 @@
 """`SshWorktreeHost`: worktrees on a remote computer, for the workspace service and reaper.
 
-Registered as `workspaces.service_for(daemon).hosts[NAME]`, it lets the unchanged worktree
-code create, diff, judge and soft-delete worktrees over SSH. The worktree root is
-`<workdir>/worktrees` on that computer.
+Registered in the workspace service's `hosts[NAME]` (by `SshService.attach_workspaces`), it
+lets the unchanged worktree code create, diff, judge and soft-delete worktrees over SSH. The
+worktree root is `<workdir>/worktrees` on that computer.
 
 git runs through the executor's launcher (argv only, in a process group of its own, killed
 whole on timeout) with the same fixed environment as locally (`GIT_TERMINAL_PROMPT=0`,

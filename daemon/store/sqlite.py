@@ -13,13 +13,23 @@ answer (a prompt is acknowledged only once it is in the durable queue).
 Reads go through a second connection (WAL lets it read while the writer writes), also in a
 worker thread. `synchronous=NORMAL` in WAL mode survives a crash of the daemon process (what
 orphan reclaim and the durable queue need) though not a power loss of the last few commits.
+
+A damaged file is never worked around. At start-up the daemon refuses an empty (0-byte) file
+and runs `PRAGMA quick_check` (a full read, a fraction of a second per hundred MB); while it
+runs, a commit or read that meets damage (or any error the writer cannot retry) fails the
+store: every `flush` waiter gets `DatabaseUnusable`, the store cancels what runs inside
+`Store.open` (the whole daemon, whose actors stop their agents on the way out) and `Store.open`
+raises `DatabaseUnusable`. Its message names the file, the fault and what to do, and the CLI
+prints it and exits 1. Before this, a dead writer left `Store.open` waiting, shielded, on a
+commit that never came: start-up hung and SIGTERM was ignored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -138,6 +148,69 @@ class StoreClosed(RuntimeError):
     """A write was attempted after the store closed (a shutdown-ordering bug)."""
 
 
+DAMAGE_ADVICE = ("restore it from a backup, or move it aside (with its -wal and -shm files) "
+                 "to start with an empty database; see \"Backup and restore\" in "
+                 "docs/OPERATIONS.md")
+"""What an operator can do about a damaged database file."""
+
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
+
+
+class DatabaseUnusable(Exception):
+    """The database file cannot be used: damaged, not a database, or not openable.
+
+    The message is for the operator and is complete on its own: the file, the fault, and
+    what to do (`advice`; `DAMAGE_ADVICE` unless said otherwise).
+    """
+
+    def __init__(self, path: Path, fault: str, advice: str = DAMAGE_ADVICE) -> None:
+        super().__init__(f"the database {path} cannot be used: {fault}. To fix it: {advice}")
+        self.path = path
+        self.fault = fault
+        self.advice = advice
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether `exc` says the file itself is bad (SQLITE_CORRUPT, SQLITE_NOTADB, with any
+    extended code), which no retry can fix."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
+
+
+def unusable(path: Path, exc: BaseException) -> DatabaseUnusable:
+    """The `DatabaseUnusable` that `exc`, met on the database `path`, amounts to."""
+    if is_damage(exc):
+        return DatabaseUnusable(path, f"it is damaged ({exc})")
+    if isinstance(exc, sqlite3.Error):
+        return DatabaseUnusable(path, f"SQLite failed ({exc})",
+                                "check the file, its directory (owner, mode) and free space; "
+                                "if it is damaged, " + DAMAGE_ADVICE)
+    return DatabaseUnusable(path, f"the store failed ({type(exc).__name__}: {exc})",
+                            "this is a bug in Stoker; please report it with the log")
+
+
+def quick_check(conn: sqlite3.Connection) -> str | None:
+    """None when `PRAGMA quick_check` finds the database sound, else its first findings.
+    Damage bad enough to stop the check raises, as any other statement would."""
+    rows = conn.execute("PRAGMA quick_check").fetchall()
+    if rows == [("ok",)]:
+        return None
+    return "; ".join(str(row[0]) for row in rows[:3])
+
+
+def empty_file(path: Path) -> bool:
+    """Whether `path` exists with 0 bytes: what SQLite would take for a new, empty database,
+    but which an existing state dir only holds after its contents were lost."""
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return False
+
+
+EMPTY_FAULT = "the file is empty (0 bytes), so whatever it held is gone"
+
+
 class Store:
     """Owns the database. Create with `Store.open(path)`."""
 
@@ -155,10 +228,20 @@ class Store:
         self._work = trio.Event()
         self._committed_changed = trio.Event()
         self._read_lock = trio.Lock()
+        self._threads = trio.CapacityLimiter(2)
+        """The store's own worker threads (the writer's and the reader's, each used by one
+        task at a time), apart from trio's default limiter: threads that other parts hold
+        for long (an agent's file request on a slow disk) must never delay a commit."""
         self._closed = False
+        self._failure: DatabaseUnusable | None = None
+        """Set once the database has failed for good; see the module docstring."""
+        self._scope: trio.CancelScope | None = None
+        """The scope of everything inside `Store.open`, cancelled when the store fails."""
         self.commits = 0
         self.rows_written = 0
         self.write_errors = 0
+        self.dropped = 0
+        """Writes enqueued after the store failed, which can never be committed."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -168,10 +251,11 @@ class Store:
         cls, path: Path, *, commit_interval: float = 0.005, batch_max: int = 20000
     ) -> AsyncIterator[Store]:
         store = cls(path, commit_interval=commit_interval, batch_max=batch_max)
-        await trio.to_thread.run_sync(store._open_sync)
+        await trio.to_thread.run_sync(store._open_sync, limiter=store._threads)
         body_error: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
+                store._scope = nursery.cancel_scope
                 nursery.start_soon(store._writer_loop)
                 try:
                     yield store
@@ -180,13 +264,17 @@ class Store:
                     # exception rather than an ExceptionGroup wrapping it.
                     body_error = exc
                 finally:
-                    with trio.CancelScope(shield=True):
+                    with trio.CancelScope(shield=True), contextlib.suppress(DatabaseUnusable):
                         await store.flush()
                     nursery.cancel_scope.cancel()
         finally:
             store._closed = True
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(store._close_sync)
+                await trio.to_thread.run_sync(store._close_sync, limiter=store._threads)
+        if store._failure is not None:
+            # The cause of whatever the body ended with (often the Cancelled of our own
+            # cancel, which must not escape its scope): the one thing to report.
+            raise store._failure from None
         if body_error is not None:
             raise body_error
 
@@ -200,27 +288,38 @@ class Store:
         return conn
 
     def _open_sync(self) -> None:
+        """Open both connections on a sound database, or raise `DatabaseUnusable` (and
+        leave nothing open): a damaged file is refused before anything is written to it."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        writer = self._connect()
-        writer.executescript(SCHEMA)
-        self._migrate(writer)
-        row = writer.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            writer.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        elif int(row[0]) > SCHEMA_VERSION:
-            writer.close()
-            raise RuntimeError(
-                f"{self.path} has schema version {row[0]}, newer than this daemon's "
-                f"{SCHEMA_VERSION}: upgrade stoker or use another state dir"
-            )
+        if empty_file(self.path):
+            raise DatabaseUnusable(self.path, EMPTY_FAULT)
+        existed = self.path.exists()
+        writer: sqlite3.Connection | None = None
         try:
-            self.path.chmod(0o600)
-        except OSError:
-            pass
+            writer = self._connect()
+            found = quick_check(writer) if existed else None
+            if found is not None:
+                raise DatabaseUnusable(self.path, f"PRAGMA quick_check found damage: {found}")
+            writer.executescript(SCHEMA)
+            self._migrate(writer)
+            row = writer.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                writer.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)",
+                               (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise DatabaseUnusable(
+                    self.path, f"its schema version {row[0]} is newer than this daemon's "
+                    f"{SCHEMA_VERSION}", "upgrade stoker, or use another state dir")
+            with contextlib.suppress(OSError):
+                self.path.chmod(0o600)
+            self._reader = self._connect()
+        except BaseException as exc:
+            if writer is not None:
+                writer.close()
+            if isinstance(exc, sqlite3.Error):
+                raise unusable(self.path, exc) from None
+            raise
         self._writer = writer
-        self._reader = self._connect()
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -245,7 +344,9 @@ class Store:
     # ------------------------------------------------------------------ writes
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        """Enqueue one statement. Never blocks; committed within `commit_interval`."""
+        """Enqueue one statement. Never blocks; committed within `commit_interval`.
+        After the store failed, dropped (counted in `dropped`): the failure was reported
+        once, and cleanup that records a last state must not fail on it."""
         self._enqueue(sql, params, False)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
@@ -254,6 +355,9 @@ class Store:
     def _enqueue(self, sql: str, params: Any, many: bool) -> None:
         if self._closed:
             raise StoreClosed("the store is closed")
+        if self._failure is not None:
+            self.dropped += 1
+            return
         self._ops.append((sql, params, many))
         self._submitted += 1
         self._work.set()
@@ -262,24 +366,59 @@ class Store:
         """Enqueue a delta for the log. Deltas are inserted with one executemany per batch."""
         if self._closed:
             raise StoreClosed("the store is closed")
+        if self._failure is not None:
+            self.dropped += 1
+            return
         self._deltas.append((chat, seq, ts, data))
         self._submitted += 1
         self._work.set()
 
     async def flush(self) -> None:
-        """Wait until everything enqueued before this call is committed."""
+        """Wait until everything enqueued before this call is committed; `DatabaseUnusable`
+        if the store has failed (now or while waiting), since that never happens then."""
         target = self._submitted
         while self._committed < target:
+            if self._failure is not None:
+                raise self._failure
             if self._writer is None:
                 return
             self._work.set()
             await self._committed_changed.wait()
 
     @property
+    def failure(self) -> DatabaseUnusable | None:
+        """Why the store failed, once it has."""
+        return self._failure
+
+    def _fail(self, exc: BaseException) -> DatabaseUnusable:
+        """Fail the store for good because of `exc`: report it once, wake every `flush`
+        waiter (each raises) and cancel everything inside `Store.open`, which then raises
+        the returned `DatabaseUnusable`."""
+        if self._failure is None:
+            self._failure = exc if isinstance(exc, DatabaseUnusable) else unusable(self.path, exc)
+            self._log.error("database failed; stopping", file=str(self.path),
+                            error=str(self._failure))
+            self._ops.clear()
+            self._deltas.clear()
+            event, self._committed_changed = self._committed_changed, trio.Event()
+            event.set()
+            if self._scope is not None:
+                self._scope.cancel()
+        return self._failure
+
+    @property
     def pending(self) -> int:
         return self._submitted - self._committed
 
     async def _writer_loop(self) -> None:
+        try:
+            await self._write_batches()
+        except Exception as exc:
+            # Whatever stopped the writer (damage, or a bug), no commit comes any more:
+            # the store fails rather than leave `flush` waiters hanging.
+            self._fail(exc)
+
+    async def _write_batches(self) -> None:
         while True:
             await self._work.wait()
             self._work = trio.Event()
@@ -293,7 +432,8 @@ class Store:
                 # Not cancellable: a half-applied batch must still be committed or rolled back
                 # in its thread; shutdown flushes before cancelling this task anyway.
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self._commit_sync, ops, deltas)
+                    await trio.to_thread.run_sync(self._commit_sync, ops, deltas,
+                                                  limiter=self._threads)
             self._committed = target
             event, self._committed_changed = self._committed_changed, trio.Event()
             event.set()
@@ -326,12 +466,13 @@ class Store:
                 self.commits += 1
                 self.rows_written += len(deltas) + len(ops)
                 return
-            except sqlite3.OperationalError as exc:
-                # Disk full, I/O error, locked by an outside process: keep the batch and retry.
-                try:
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+                if is_damage(exc) or not isinstance(exc, sqlite3.OperationalError):
+                    # Damage (or worse): no retry can commit this batch.
+                    raise
+                # Disk full, I/O error, locked by an outside process: keep the batch and retry.
                 attempt += 1
                 self.write_errors += 1
                 self._log.error("commit failed; retrying", error=str(exc), attempt=attempt)
@@ -343,7 +484,20 @@ class Store:
         """Run a read on the reader connection. Sees what is committed (call `flush` first
         to see your own recent writes)."""
         async with self._read_lock:
-            return await trio.to_thread.run_sync(self._query_sync, sql, params)
+            with self._reading():
+                return await trio.to_thread.run_sync(self._query_sync, sql, params,
+                                                     limiter=self._threads)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A read that meets damage fails the store (and raises `DatabaseUnusable`): the
+        daemon would otherwise go on serving with part of its state unreadable."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if is_damage(exc):
+                raise self._fail(exc) from None
+            raise
 
     def _query_sync(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         conn = self._reader
@@ -357,7 +511,9 @@ class Store:
         lookup per chat costs a few index probes each, where one GROUP BY over the table
         reads every row of it."""
         async with self._read_lock:
-            return await trio.to_thread.run_sync(self._query_each_sync, sql, params)
+            with self._reading():
+                return await trio.to_thread.run_sync(self._query_each_sync, sql, params,
+                                                     limiter=self._threads)
 
     def _query_each_sync(self, sql: str, params: Sequence[Sequence[Any]]
                          ) -> list[list[tuple[Any, ...]]]:
@@ -386,4 +542,5 @@ class Store:
             "commits": self.commits,
             "rows_written": self.rows_written,
             "write_errors": self.write_errors,
+            "dropped": self.dropped,
         }

@@ -3,7 +3,7 @@ filesystem operations the reaper needs.
 
 The workspace service never calls `os` or `subprocess` for worktrees directly; it asks a
 `WorktreeHost`. `LocalHost` is this machine. An SSH subsystem can register a remote host
-(`workspaces.service_for(daemon).hosts[computer] = ...`) so that a remote computer's
+(`WorkspaceService.hosts[computer] = ...`) so that a remote computer's
 worktrees are created, diffed and reaped by exactly the same code.
 
 The destructive operations (`move`, `remove_tree`) take the worktree root and re-check

@@ -27,7 +27,7 @@ from typing import Literal
 
 import trio
 
-from daemon.errors import GitError, InvalidState, StokerError, UnknownComputer, UnknownWorkspace
+from daemon.errors import GitError, InvalidState, StokerError, UnknownComputer
 from daemon.log import Log
 from daemon.workspaces import records as rec
 from daemon.workspaces.hosts import WorktreeHost
@@ -42,8 +42,9 @@ from daemon.workspaces.reaping import (
     screen,
     within,
 )
+from daemon.workspaces.restore import finish_restore, restore
 from daemon.workspaces.service import TRASH_DIR, WorkspaceService
-from daemon.workspaces.worktrees import PreflightResult, preflight, prune, reregister
+from daemon.workspaces.worktrees import PreflightResult, preflight, prune
 from protocol import messages as m
 
 ActionName = Literal["keep", "delete", "forget", "purge"]
@@ -332,99 +333,9 @@ class Reaper:
 
     # ------------------------------------------------------------------ restore
 
-    def _find(self, ident: str) -> tuple[rec.Tombstone, rec.Workspace | None]:
-        svc = self.service
-        ws = svc.workspaces.get(ident)
-        if ws is not None:
-            tomb = svc.tombstones.get(ws.tombstone) if ws.tombstone else None
-            if tomb is None:
-                raise InvalidState(f"workspace {ws.id} is {ws.state}, not in the trash")
-            return tomb, ws
-        tomb = svc.tombstones.get(ident)
-        if tomb is None:
-            raise UnknownWorkspace(f"unknown workspace or tombstone {ident!r}")
-        return tomb, svc.workspaces.get(tomb.workspace) if tomb.workspace else None
-
     async def restore(self, ident: str) -> rec.Workspace:
-        """Move a trashed worktree back and make git know it again."""
-        svc = self.service
-        tomb, _ = self._find(ident)
-        host = svc.host(tomb.computer)
-        root = await svc.root(host)
-        async with svc.lock:
-            if tomb.state != rec.TRASHED_T:
-                raise InvalidState(f"cannot restore {ident}: it is {tomb.state}"
-                                   + (" (the trash was emptied)" if tomb.state in (
-                                       rec.PURGED_T, rec.PURGING) else ""))
-            if (await host.info(tomb.path)).kind != "missing":
-                raise InvalidState(f"cannot restore {ident}: {tomb.path} exists")
-            if (await host.info(tomb.trash)).kind != "dir":
-                raise InvalidState(f"cannot restore {ident}: its trash copy {tomb.trash} "
-                                   "is missing")
-            tomb.state = rec.RESTORING
-            rec.save_tombstone(svc.store, tomb)
-            await svc.store.flush()
-            await host.make_dirs(os.path.dirname(tomb.path))
-            await host.move(tomb.trash, tomb.path, root=root)
-        return await self._finish_restore(host, root, tomb)
-
-    async def _finish_restore(self, host: WorktreeHost, root: str,
-                              tomb: rec.Tombstone) -> rec.Workspace:
-        svc = self.service
-        here = await host.info(tomb.path)
-        if here.kind == "missing":
-            if (await host.info(tomb.trash)).kind == "dir":
-                await host.make_dirs(os.path.dirname(tomb.path))
-                await host.move(tomb.trash, tomb.path, root=root)
-            else:
-                tomb.state = rec.LOST
-                rec.save_tombstone(svc.store, tomb)
-                raise InvalidState(f"tombstone {tomb.id}: the worktree is neither at "
-                                   f"{tomb.path} nor in the trash")
-        tomb_dir = os.path.dirname(tomb.trash)
-        problem = ""
-        try:
-            await reregister(host, tomb.path, common_dir=tomb.common_dir, branch=tomb.branch,
-                             head=tomb.head, scratch_dir=os.path.join(tomb_dir, "readd"),
-                             root=root, timeout=svc.git_timeout)
-        except (GitError, OSError) as exc:
-            problem = getattr(exc, "message", None) or str(exc)
-            self.log.warning("restored worktree not re-registered with git",
-                             path=tomb.path, error=problem)
-        async with svc.lock:
-            tomb.state = rec.RESTORED
-            tomb.reason = problem
-            rec.save_tombstone(svc.store, tomb)
-            ws = svc.workspaces.get(tomb.workspace) if tomb.workspace else None
-            if ws is None:
-                ws = self._adopt(tomb)
-            ws.state = rec.ACTIVE
-            ws.orphaned_at = None
-            ws.tombstone = None
-            ws.reason = "restored; git could not re-register it" if problem else ""
-            ws.detail = problem
-            svc.save(ws)
-        await svc.store.flush()
-        for leftover in (os.path.join(tomb_dir, "readd"), tomb_dir):
-            try:
-                await host.remove_empty_dir(leftover, root=root)
-            except (OSError, StokerError):
-                pass
-        self.log.info("worktree restored", path=tomb.path, workspace=ws.id)
-        return ws
-
-    def _adopt(self, tomb: rec.Tombstone) -> rec.Workspace:
-        """A restored stray worktree becomes a workspace, so it is not reaped again as
-        unknown and can be closed like any other."""
-        common = tomb.common_dir
-        project = os.path.dirname(common) if os.path.basename(common) == ".git" else common
-        now = time.time()
-        ws = rec.Workspace(id=tomb.id, project=project, path=tomb.path, branch=tomb.branch,
-                           base=tomb.head, state=rec.ACTIVE, created=now, updated=now,
-                           computer=tomb.computer, common_dir=common)
-        self.service.workspaces[ws.id] = ws
-        tomb.workspace = ws.id
-        return ws
+        """Move a trashed worktree back (see `restore.py`)."""
+        return await restore(self.service, ident)
 
     # ------------------------------------------------------------------ recovery
 
@@ -449,7 +360,7 @@ class Reaper:
                 elif tomb.state == rec.PURGING:
                     await self._purge(host, root, tomb)
                 else:
-                    await self._finish_restore(host, root, tomb)
+                    await finish_restore(self.service, host, root, tomb)
             except UnknownComputer:
                 continue
             except (OSError, StokerError) as exc:

@@ -23,7 +23,7 @@ import hashlib
 import os
 import secrets
 import time
-import weakref
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -54,20 +54,16 @@ from protocol import deltas as d
 from protocol import messages as m
 
 if TYPE_CHECKING:
-    from daemon.service.root import Daemon
+    from daemon.actors.pool import Pool
+    from daemon.actors.settings import Settings
+    from daemon.channels.hub import Hub
+    from daemon.store.sqlite import Store
 
 DIFF_DEBOUNCE = 0.2
 """Seconds between a turn's end and the diff check: a burst of turns costs one git run."""
 
 TRASH_DIR = ".trash"
 SCRATCH_DIR = ".tmp"
-
-_services: weakref.WeakKeyDictionary[Daemon, WorkspaceService] = weakref.WeakKeyDictionary()
-
-
-def service_for(daemon: Daemon) -> WorkspaceService:
-    """The running service (e.g. for a remote-computer subsystem to add its host)."""
-    return _services[daemon]
 
 
 def project_key(toplevel: str) -> str:
@@ -76,11 +72,18 @@ def project_key(toplevel: str) -> str:
 
 
 class WorkspaceService:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.store = daemon.store
-        self.pool = daemon.pool
-        self.hub = daemon.hub
+    """The workspaces' records and every change of their state (the reaper's moves aside).
+
+    Holds what it works with, not the daemon: the store, the pool (to open and close the
+    chats of a workspace), the hub (for `diff` deltas) and the live settings."""
+
+    def __init__(self, *, store: Store, pool: Pool, hub: Hub, settings: Settings,
+                 state_dir: Path) -> None:
+        self.settings = settings
+        self.state_dir = state_dir
+        self.store = store
+        self.pool = pool
+        self.hub = hub
         self.hosts: dict[str | None, WorktreeHost] = {None: LocalHost()}
         """Where worktrees live, by computer (None = this machine)."""
         self.workspaces: dict[str, rec.Workspace] = {}
@@ -89,7 +92,8 @@ class WorkspaceService:
         """Held for every change of a workspace's state, so the reaper's final re-check and
         its move cannot interleave with a close, a reopen or a restore."""
         self.log = Log("workspaces")
-        self._nursery: trio.Nursery | None = None
+        self.nursery: trio.Nursery | None = None
+        """Where diff checks run; set when the workspaces child starts."""
         self._diff_pending: dict[str, dict[str, int]] = {}
         self._diff_running: set[str] = set()
         self.diff_checks = 0
@@ -98,7 +102,7 @@ class WorkspaceService:
 
     @property
     def config(self) -> Any:
-        return self.daemon.settings.config.worktrees
+        return self.settings.config.worktrees
 
     @property
     def git_timeout(self) -> float:
@@ -128,7 +132,7 @@ class WorkspaceService:
             if not os.path.isabs(path):
                 raise BadRequest(f"[worktrees] root must be an absolute path, not {raw!r}")
             return path
-        return str(self.daemon.paths.state_dir / "worktrees")
+        return str(self.state_dir / "worktrees")
 
     async def root(self, host: WorktreeHost) -> str:
         """The real path of the worktree root (created 0700 if needed)."""
@@ -244,7 +248,7 @@ class WorkspaceService:
         raise InvalidState(f"workspace {ws.id} is {ws.state}")
 
     async def open_chat(self, req: m.OpenChat, client: str) -> m.ChatInfo:
-        """`OpenChat` with `workspace` or `project` (delegated by `Daemon.open_chat`)."""
+        """`OpenChat` with `workspace` or `project` (delegated by the core `open_chat`)."""
         del client
         if req.workspace is not None and req.project is not None:
             raise BadRequest("give a workspace or a project, not both")
@@ -266,7 +270,7 @@ class WorkspaceService:
                 title=req.title, mcp=req.mcp_servers)
         if not req.create:
             raise UnknownChat(req.chat or "")
-        agents = self.daemon.settings.agents
+        agents = self.settings.agents
         if req.agent is not None and req.agent not in agents:
             raise UnknownAgent(req.agent, list(agents))
         created = req.workspace is None
@@ -320,7 +324,7 @@ class WorkspaceService:
         if ws.state not in rec.LIVE_STATES:
             raise InvalidState(f"workspace {ws.id} is {ws.state}: no worktree to diff")
         data = await self._changes(ws, want_patch=req.patch, want_stat=req.stat)
-        limit = max(int(self.daemon.settings.config.daemon.max_frame) // 2, 4096)
+        limit = max(int(self.settings.config.daemon.max_frame) // 2, 4096)
         patch = data.patch[:limit]
         return m.DiffResult(
             workspace=ws.id, base=ws.base,
@@ -339,12 +343,12 @@ class WorkspaceService:
             workspace = self.pool.get_chat(chat).workspace
         except UnknownChat:
             return
-        if workspace is None or self._nursery is None:
+        if workspace is None or self.nursery is None:
             return
         self._diff_pending.setdefault(workspace, {})[chat] = turn
         if workspace not in self._diff_running:
             self._diff_running.add(workspace)
-            self._nursery.start_soon(self._diff_worker, workspace)
+            self.nursery.start_soon(self._diff_worker, workspace)
 
     async def _diff_worker(self, workspace: str) -> None:
         try:
@@ -385,47 +389,3 @@ class WorkspaceService:
         items = sorted(self.workspaces.values(), key=lambda w: w.created)
         return m.WorkspaceList(workspaces=[
             self.info(ws) for ws in items if include_deleted or ws.state in rec.LISTED_STATES])
-
-
-async def setup(daemon: Daemon, nursery: trio.Nursery) -> None:
-    """Load the records, finish interrupted deletes, serve the requests, start the reaper."""
-    from daemon.workspaces.reaper import Reaper
-
-    service = WorkspaceService(daemon)
-    service._nursery = nursery
-    _services[daemon] = service
-    service.workspaces, service.tombstones = await rec.load(daemon.store)
-    reaper = Reaper(service)
-    try:
-        await reaper.recover()
-    except Exception:
-        # A bug here must not keep the daemon (and every chat) down; the tombstones stay
-        # and the next start tries again.
-        service.log.exception("finishing interrupted worktree operations failed")
-
-    async def new(req: m.WorkspaceNew, client: str) -> m.WorkspaceInfo:
-        return service.info(await service.create(req.project, req.branch, req.computer))
-
-    async def ls(req: m.ListWorkspaces, client: str) -> m.WorkspaceList:
-        return service.list(req.include_deleted)
-
-    async def close(req: m.CloseWorkspace, client: str) -> m.WorkspaceInfo:
-        return service.info(await service.close(req.workspace, reason=f"closed by {client}"))
-
-    async def restore(req: m.RestoreWorkspace, client: str) -> m.WorkspaceInfo:
-        return service.info(await reaper.restore(req.workspace))
-
-    async def diff_request(req: m.WorkspaceDiff, client: str) -> m.DiffResult:
-        return await service.diff(req)
-
-    async def reap(req: m.Reap, client: str) -> m.ReapResult:
-        return m.ReapResult(dry_run=req.dry_run, entries=await reaper.run(dry_run=req.dry_run))
-
-    handlers: dict[type, Any] = {
-        m.OpenChat: service.open_chat, m.WorkspaceNew: new, m.ListWorkspaces: ls,
-        m.CloseWorkspace: close, m.RestoreWorkspace: restore, m.WorkspaceDiff: diff_request,
-        m.Reap: reap,
-    }
-    daemon.extra_handlers.update(handlers)
-    daemon.pool.turn_listeners.append(service.on_turn_end)
-    nursery.start_soon(reaper.loop)

@@ -30,7 +30,7 @@ from tests.e2e.rig import (
     start_traced,
     wait_until,
 )
-from tests.support.harness import DaemonProcess, actor
+from tests.support.harness import DaemonFactory, actor
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +45,7 @@ def opencode_install() -> Installed:
 
 
 @pytest.fixture
-def rig(daemon_factory: type[DaemonProcess], opencode_install: Installed
+def rig(daemon_factory: DaemonFactory, opencode_install: Installed
         ) -> Iterator[TracedDaemon]:
     assert opencode_install.binary is not None
     daemon = daemon_factory()

@@ -48,7 +48,7 @@ from tests.e2e.rig import (
     start_traced,
     wait_until,
 )
-from tests.support.harness import DaemonProcess, wait_actor
+from tests.support.harness import DaemonFactory, wait_actor
 
 pytestmark = pytest.mark.e2e
 
@@ -83,7 +83,7 @@ class QwenRig(TracedDaemon):
 
 
 @pytest.fixture
-def rig(daemon_factory: type[DaemonProcess], qwen_install: Installed,
+def rig(daemon_factory: DaemonFactory, qwen_install: Installed,
         llm: FakeLLM) -> Iterator[QwenRig]:
     assert qwen_install.binary is not None
     daemon = daemon_factory()

@@ -20,6 +20,7 @@ from protocol import messages as m
 from tests.support.acp_bridge_helpers import Editor, EditorError, open_editor
 from tests.support.acp_peer import RpcError, open_agent
 from tests.support.harness import (
+    DaemonFactory,
     DaemonProcess,
     actor,
     subscribe,
@@ -341,7 +342,7 @@ async def test_failed_turn_is_an_error_and_the_bridge_survives_a_daemon_restart(
 
 
 async def test_without_a_daemon_initialize_fails_clearly_then_spawn_daemon_starts_one(
-        daemon_factory: type[DaemonProcess]) -> None:
+        daemon_factory: DaemonFactory) -> None:
     absent = daemon_factory()
     argv = [sys.executable, "-m", "daemon.cli", "acp", "--agent", "echo"]
     async with open_agent(argv, env=absent.env()) as peer:

@@ -11,7 +11,7 @@ import base64
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -23,6 +23,7 @@ from protocol import deltas as d
 from protocol import messages as m
 from tests.support.acp_tee import ClientSchema, iter_updates, read_trace, tee_command, traces
 from tests.support.harness import (
+    DaemonFactory,
     DaemonProcess,
     actor,
     agent_pid,
@@ -71,7 +72,7 @@ class Traced:
 
 
 @pytest.fixture
-def traced_factory(daemon_factory: type[DaemonProcess]) -> Iterator[
+def traced_factory(daemon_factory: DaemonFactory) -> Iterator[
         type[Traced] | object]:
     made: list[Traced] = []
 
@@ -96,7 +97,7 @@ def traced_factory(daemon_factory: type[DaemonProcess]) -> Iterator[
 
 
 @pytest.fixture
-def traced(traced_factory) -> Traced:  # type: ignore[no-untyped-def]
+def traced(traced_factory: Callable[..., Traced]) -> Traced:
     result: Traced = traced_factory()
     return result
 
@@ -190,7 +191,7 @@ async def test_permit_through_the_cli_and_unknown_request(traced: Traced) -> Non
         assert "already answered" in again.stderr
 
 
-async def test_permission_policies_and_timeout(traced_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_permission_policies_and_timeout(traced_factory: Callable[..., Traced]) -> None:
     traced: Traced = traced_factory('[permissions]\npolicy = "deny"\ntimeout = "300ms"\n')
     daemon = traced.daemon
     async with daemon.client() as client:
@@ -371,7 +372,7 @@ async def test_usage_accounting_is_summed_and_persisted(traced: Traced) -> None:
     assert "usage:       in 5, out 5" in cli.stdout
 
 
-async def _kill_agent(client, chat: str, agent: str) -> None:  # type: ignore[no-untyped-def]
+async def _kill_agent(client: Client, chat: str, agent: str) -> None:
     """kill -9 the agent and wait until its *next* generation is ready."""
     generation = (await actor(client, chat, agent)).generation
     pid = await agent_pid(client, chat, agent)

@@ -14,7 +14,14 @@ import trio
 from daemon.client import Client
 from protocol import deltas as d
 from protocol import messages as m
-from tests.support.harness import DaemonProcess, collect_turn, open_chat, subscribe, turn
+from tests.support.harness import (
+    DaemonFactory,
+    DaemonProcess,
+    collect_turn,
+    open_chat,
+    subscribe,
+    turn,
+)
 
 CHUNKS = 5000
 
@@ -110,7 +117,7 @@ async def test_unclean_restart_changes_epoch_and_resyncs(daemon: DaemonProcess) 
         assert event.seq == sub.head_seq
 
 
-async def test_live_only_all_retained_and_resync_below_floor(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_live_only_all_retained_and_resync_below_floor(daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config="[channels]\nring_size = 16\nretain_deltas = 50\n")
     daemon.start()
     async with daemon.client() as client:
@@ -144,7 +151,8 @@ async def test_live_only_all_retained_and_resync_below_floor(daemon_factory) -> 
         assert event.snapshot.last_turn == 1
 
 
-async def test_client_that_never_reads_lags_without_stalling_others(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_client_that_never_reads_lags_without_stalling_others(
+        daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config="[channels]\nsubscriber_queue = 64\n")
     daemon.start()
     async with daemon.client() as client:
@@ -193,7 +201,7 @@ async def test_client_that_never_reads_lags_without_stalling_others(daemon_facto
         stuck.close()
 
 
-async def test_heartbeats_carry_head_seq(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_heartbeats_carry_head_seq(daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config='[channels]\nheartbeat = "200ms"\n')
     daemon.start()
     async with daemon.client() as client:

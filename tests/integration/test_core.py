@@ -14,6 +14,7 @@ from daemon.client import RequestFailed
 from protocol import deltas as d
 from protocol import messages as m
 from tests.support.harness import (
+    DaemonFactory,
     DaemonProcess,
     actor,
     agent_pid,
@@ -93,7 +94,7 @@ async def test_kill_9_mid_turn_ends_turn_and_next_prompt_is_new_generation(
                  id="exits-during-initialize"),
 ])
 async def test_broken_agent_ends_turn_with_cause(
-        daemon_factory: type[DaemonProcess], command: list[str], cause: str) -> None:
+        daemon_factory: DaemonFactory, command: list[str], cause: str) -> None:
     daemon = daemon_factory(config=f"[agents.broken]\ncommand = {json.dumps(command)}\n")
     daemon.start()
     async with daemon.client() as client:
@@ -108,7 +109,7 @@ async def test_broken_agent_ends_turn_with_cause(
         assert (await turn(client, other.chat, "still here")).text == "still here"
 
 
-async def test_queue_is_ordered_and_bounded(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_queue_is_ordered_and_bounded(daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config="[daemon]\nqueue_limit = 2\n")
     daemon.start()
     async with daemon.client() as client:

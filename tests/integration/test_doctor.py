@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.harness import DaemonProcess
+from tests.support.harness import DaemonFactory, DaemonProcess
 
 ECHO = ["python3", "-m", "daemon.echo_agent"]
 
@@ -48,7 +48,7 @@ def doctor(daemon: DaemonProcess, path: str, *args: str) -> tuple[int, dict[str,
     return done.returncode, rows
 
 
-def test_good_setup_with_the_daemon_running(daemon_factory: type[DaemonProcess],
+def test_good_setup_with_the_daemon_running(daemon_factory: DaemonFactory,
                                             hermetic_path: str) -> None:
     daemon = daemon_factory(config=f"[agents.good]\ncommand = {json.dumps(ECHO)}\n",
                             env={"PATH": hermetic_path})
@@ -83,7 +83,7 @@ def test_good_setup_with_the_daemon_running(daemon_factory: type[DaemonProcess],
 
 
 def test_broken_config_fails_and_a_stopped_daemon_is_only_a_warning(
-        daemon_factory: type[DaemonProcess], hermetic_path: str) -> None:
+        daemon_factory: DaemonFactory, hermetic_path: str) -> None:
     daemon = daemon_factory(config='[lifecycle]\nidle_tt = "1s"\n')
     status, rows = doctor(daemon, hermetic_path)
     assert status == 1
@@ -95,7 +95,7 @@ def test_broken_config_fails_and_a_stopped_daemon_is_only_a_warning(
     assert rows["state dir"][0] == "ok"  # creatable
 
 
-def test_stale_socket_is_a_warning(daemon_factory: type[DaemonProcess],
+def test_stale_socket_is_a_warning(daemon_factory: DaemonFactory,
                                    hermetic_path: str) -> None:
     daemon = daemon_factory()
     daemon.socket.parent.mkdir(mode=0o700)
@@ -110,7 +110,7 @@ def test_stale_socket_is_a_warning(daemon_factory: type[DaemonProcess],
     assert "stale socket" in rows["daemon"][1]
 
 
-def test_missing_agent_binary_fails(daemon_factory: type[DaemonProcess],
+def test_missing_agent_binary_fails(daemon_factory: DaemonFactory,
                                     hermetic_path: str) -> None:
     daemon = daemon_factory(config='[agents.ghost]\ncommand = ["ghost-agent-nowhere"]\n')
     status, rows = doctor(daemon, hermetic_path)
@@ -119,7 +119,7 @@ def test_missing_agent_binary_fails(daemon_factory: type[DaemonProcess],
     assert rows["agent echo"][0] == "ok"
 
 
-def test_agent_exiting_during_initialize_fails(daemon_factory: type[DaemonProcess],
+def test_agent_exiting_during_initialize_fails(daemon_factory: DaemonFactory,
                                                hermetic_path: str) -> None:
     daemon = daemon_factory(config=(
         f'[agents.bad]\ncommand = {json.dumps([*ECHO, "--fail-initialize"])}\n'))
@@ -132,7 +132,7 @@ def test_agent_exiting_during_initialize_fails(daemon_factory: type[DaemonProces
     assert "--fail-initialize" in detail  # its last stderr line says why
 
 
-def test_node_agent_without_node_fails(daemon_factory: type[DaemonProcess],
+def test_node_agent_without_node_fails(daemon_factory: DaemonFactory,
                                        hermetic_path: str) -> None:
     script = Path(hermetic_path) / "some-node-agent"
     script.write_text("#!/usr/bin/env node\nconsole.log('never runs here')\n")

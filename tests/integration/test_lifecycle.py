@@ -16,6 +16,7 @@ from daemon.client import Client
 from protocol import deltas as d
 from protocol import messages as m
 from tests.support.harness import (
+    DaemonFactory,
     DaemonProcess,
     actor,
     agent_pid,
@@ -58,7 +59,7 @@ async def assert_every_turn_ended_once(client: Client, chat: str) -> list[d.Delt
     return deltas
 
 
-async def test_idle_ttl_hibernates_and_next_prompt_resumes(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_idle_ttl_hibernates_and_next_prompt_resumes(daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=lifecycle(idle_ttl="1s"))
     daemon.start()
     async with daemon.client() as client:
@@ -80,7 +81,8 @@ async def test_idle_ttl_hibernates_and_next_prompt_resumes(daemon_factory) -> No
         assert any("idle" in r for r in reasons)
 
 
-async def test_lru_cap_hibernates_least_recently_active_idle_never_busy(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_lru_cap_hibernates_least_recently_active_idle_never_busy(
+        daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=lifecycle(max_warm=2, idle_ttl="1h"))
     daemon.start()
     async with daemon.client() as client:
@@ -107,7 +109,7 @@ async def test_lru_cap_hibernates_least_recently_active_idle_never_busy(daemon_f
             await assert_every_turn_ended_once(client, chat)
 
 
-async def test_memory_budget_evicts_idle_but_never_busy(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_memory_budget_evicts_idle_but_never_busy(daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=lifecycle(memory_budget="1KiB", idle_ttl="1h"))
     daemon.start()
     async with daemon.client() as client:
@@ -123,7 +125,8 @@ async def test_memory_budget_evicts_idle_but_never_busy(daemon_factory) -> None:
         await assert_every_turn_ended_once(client, "working")
 
 
-async def test_crash_loop_backs_off_then_fails_and_prompt_retries(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_crash_loop_backs_off_then_fails_and_prompt_retries(
+        daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=lifecycle(restart_max=3, restart_window="60s"))
     daemon.start()
     async with daemon.client() as client:
@@ -150,7 +153,8 @@ async def test_crash_loop_backs_off_then_fails_and_prompt_retries(daemon_factory
         assert (await actor(client, info.chat)).state == "ready"
 
 
-async def test_hung_agent_is_declared_unresponsive_and_restarted(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_hung_agent_is_declared_unresponsive_and_restarted(
+        daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=lifecycle(probe_interval="300ms", stale_grace="1s"))
     daemon.start()
     async with daemon.client() as client:
@@ -168,7 +172,7 @@ async def test_hung_agent_is_declared_unresponsive_and_restarted(daemon_factory)
         await assert_every_turn_ended_once(client, info.chat)
 
 
-async def test_slow_but_responsive_agent_is_not_restarted(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_slow_but_responsive_agent_is_not_restarted(daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=lifecycle(probe_interval="300ms", stale_grace="1s"))
     daemon.start()
     async with daemon.client() as client:
@@ -183,7 +187,8 @@ async def test_slow_but_responsive_agent_is_not_restarted(daemon_factory) -> Non
                     and x.body.state in ("crashed", "restarting")]
 
 
-async def test_daemon_kill9_reclaims_orphans_and_chats_resume(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_daemon_kill9_reclaims_orphans_and_chats_resume(
+        daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=(
         '[agents.sticky]\ncommand = ["python3", "-m", "daemon.echo_agent", "--linger"]\n'))
     daemon.start()
@@ -210,7 +215,8 @@ async def test_daemon_kill9_reclaims_orphans_and_chats_resume(daemon_factory) ->
             assert recalled.text == f"{name}-word"
 
 
-async def test_turn_running_when_daemon_was_killed_ends_once_after_restart(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_turn_running_when_daemon_was_killed_ends_once_after_restart(
+        daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory()
     daemon.start()
     async with daemon.client() as client:
@@ -237,7 +243,7 @@ async def test_turn_running_when_daemon_was_killed_ends_once_after_restart(daemo
         await assert_every_turn_ended_once(client, info.chat)
 
 
-async def test_eviction_racing_prompts_loses_nothing(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_eviction_racing_prompts_loses_nothing(daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=lifecycle(idle_ttl="200ms", sweep_interval="20ms"))
     daemon.start()
     async with daemon.client() as client:
@@ -290,7 +296,7 @@ async def test_ls_and_status_report_lifecycle_figures(daemon: DaemonProcess) -> 
     assert "ready" in human.stdout
 
 
-async def test_sigterm_with_stubborn_agent_kills_after_grace(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_sigterm_with_stubborn_agent_kills_after_grace(daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=(
         '[daemon]\nstop_grace = "1s"\n'
         '[agents.sticky]\ncommand = ["sh", "-c", "trap \\"\\" TERM; exec python3 -m '

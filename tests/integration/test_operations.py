@@ -36,6 +36,7 @@ from daemon.client import Client
 from protocol import messages as m
 from tests.support.harness import (
     MOVE_FDS_TO_3,
+    DaemonFactory,
     DaemonProcess,
     actor,
     agent_pid,
@@ -159,7 +160,7 @@ async def wait_exit(daemon: DaemonProcess, timeout: float = 30.0) -> int:
 
 @deadline(90)
 async def test_ready_watchdog_status_then_stopping_and_clean_exit(
-        daemon_factory: type[DaemonProcess],
+        daemon_factory: DaemonFactory,
         notify_factory: Callable[[Path], NotifySocket]) -> None:
     daemon = daemon_factory(config='[daemon]\nlog_level = "info"\n')
     notify = notify_factory(daemon.base / "notify")
@@ -219,7 +220,7 @@ async def test_ready_watchdog_status_then_stopping_and_clean_exit(
 
 @deadline(90)
 async def test_socket_activation_serves_the_inherited_socket(
-        daemon_factory: type[DaemonProcess],
+        daemon_factory: DaemonFactory,
         notify_factory: Callable[[Path], NotifySocket]) -> None:
     daemon = daemon_factory()
     notify = notify_factory(daemon.base / "notify")
@@ -290,7 +291,7 @@ def _config(*, idle_ttl: str, x_env: str = "", y: bool = False) -> str:
 
 @deadline(90)
 async def test_reload_applies_changes_keeps_unchanged_agents_rejects_bad_config(
-        daemon_factory: type[DaemonProcess],
+        daemon_factory: DaemonFactory,
         notify_factory: Callable[[Path], NotifySocket]) -> None:
     daemon = daemon_factory(config=_config(idle_ttl="1h"))
     notify = notify_factory(daemon.base / "notify")
@@ -369,7 +370,7 @@ PROMPT = "deploy with password hunter2-PROMPTWORD-91b and token ghp_PROMPTSECRET
 
 @deadline(90)
 async def test_logs_are_structured_and_keep_prompts_and_secrets_out(
-        daemon_factory: type[DaemonProcess]) -> None:
+        daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=(
         f"[agents.sec]\ncommand = {json.dumps(ECHO)}\n"
         f'env = {{API_KEY = "{SECRET_ENV}", OPENAI_API_KEY = "{SECRET_ENV}"}}\n'))

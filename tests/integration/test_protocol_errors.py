@@ -138,6 +138,28 @@ async def test_bad_frames_get_errors_and_hurt_nobody(daemon: DaemonProcess) -> N
         assert (await turn(bystander, info.chat, "still fine")).text == "still fine"
 
 
+async def test_nul_bytes_in_paths_are_bad_requests_that_change_nothing(
+        daemon: DaemonProcess) -> None:
+    raw = Raw(str(daemon.socket))
+    await run(hello, raw)
+    nul = f"{daemon.work}\x00/etc"
+    for request, field in ((m.ListChats(id=21, cwd=nul), "cwd"),
+                           (m.OpenChat(id=22, chat="nul", cwd=nul), "cwd"),
+                           (m.OpenChat(id=23, chat="nul", project=nul), "project"),
+                           (m.WorkspaceNew(id=24, project=nul), "project")):
+        raw.send(request)
+        error = await run(raw.error)
+        assert (error.id, error.code) == (request.id, "bad_request")
+        assert f"$.{field}" in error.message
+    # Nothing was created, and the connection still serves.
+    raw.send(m.ListChats(id=25, include_closed=True))
+    listing = await run(raw.recv)
+    assert isinstance(listing, m.RawReply)
+    assert listing.id == 25
+    assert msgspec.msgpack.decode(listing.result, type=m.ChatList).chats == []
+    raw.close()
+
+
 async def test_invalid_arguments_are_clear_errors(daemon: DaemonProcess) -> None:
     async with daemon.client() as client:
         with pytest.raises(RequestFailed) as bad_id:

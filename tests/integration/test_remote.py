@@ -23,7 +23,7 @@ from daemon.client import Client, RequestFailed
 from protocol import messages as m
 from tests.integration.test_workspaces import make_project
 from tests.support.harness import (
-    DaemonProcess,
+    DaemonFactory,
     actor,
     agent_pid,
     alive,
@@ -79,7 +79,7 @@ async def open_remote(client: Client, sshd: SshServer, chat: str
 
 
 async def test_remote_agent_behaves_as_locally(sshd: SshServer,
-                                               daemon_factory: type[DaemonProcess]) -> None:
+                                               daemon_factory: DaemonFactory) -> None:
     """Warm reuse, cancel, files confined to the remote cwd, a terminal, `computers`, and
     close stopping the whole remote tree (an escaped descendant included)."""
     daemon = start_remote(sshd, daemon_factory)
@@ -162,7 +162,7 @@ async def test_remote_agent_behaves_as_locally(sshd: SshServer,
 
 
 async def test_crash_restarts_and_memory_survives_kill9(
-        sshd: SshServer, daemon_factory: type[DaemonProcess]) -> None:
+        sshd: SshServer, daemon_factory: DaemonFactory) -> None:
     daemon = start_remote(sshd, daemon_factory)
     async with daemon.client() as client:
         info, pid = await open_remote(client, sshd, "r2")
@@ -189,7 +189,7 @@ async def test_crash_restarts_and_memory_survives_kill9(
 
 
 async def test_host_vanishing_mid_turn_then_returning(
-        sshd: SshServer, daemon_factory: type[DaemonProcess]) -> None:
+        sshd: SshServer, daemon_factory: DaemonFactory) -> None:
     daemon = start_remote(sshd, daemon_factory)
     async with daemon.client() as client:
         info, pid = await open_remote(client, sshd, "r3")
@@ -217,7 +217,7 @@ async def test_host_vanishing_mid_turn_then_returning(
 
 
 async def test_wrong_host_key_is_refused(sshd: SshServer,
-                                         daemon_factory: type[DaemonProcess]) -> None:
+                                         daemon_factory: DaemonFactory) -> None:
     daemon = start_remote(sshd, daemon_factory)
     import asyncssh
 
@@ -254,7 +254,7 @@ async def test_wrong_host_key_is_refused(sshd: SshServer,
 
 
 async def test_doctor_checks_the_computer(sshd: SshServer,
-                                          daemon_factory: type[DaemonProcess]) -> None:
+                                          daemon_factory: DaemonFactory) -> None:
     daemon = start_remote(sshd, daemon_factory)
     async with daemon.client() as client:
         # Probed over there (started in the remote home, asked `initialize`, stopped).
@@ -271,7 +271,7 @@ async def test_doctor_checks_the_computer(sshd: SshServer,
 
 
 async def test_orphan_reclaim_after_daemon_kill9(
-        sshd: SshServer, daemon_factory: type[DaemonProcess]) -> None:
+        sshd: SshServer, daemon_factory: DaemonFactory) -> None:
     command = json.dumps([sys.executable, "-m", "daemon.echo_agent", "--linger"])
     linger = f'[agents.sticky]\ncommand = {command}\ncomputer = "loop"\n'
     daemon = start_remote(sshd, daemon_factory, extra=linger)
@@ -299,7 +299,7 @@ async def test_orphan_reclaim_after_daemon_kill9(
 
 
 async def test_remote_workspace_created_diffed_and_reaped(
-        sshd: SshServer, daemon_factory: type[DaemonProcess]) -> None:
+        sshd: SshServer, daemon_factory: DaemonFactory) -> None:
     project = make_project(sshd.work)
     daemon = start_remote(sshd, daemon_factory,
                           extra='[worktrees]\nreap_interval = "0"\nreap_grace = "0s"\n')
@@ -335,7 +335,7 @@ async def test_remote_workspace_created_diffed_and_reaped(
 
 
 async def test_reload_replaces_a_changed_computer(
-        sshd: SshServer, daemon_factory: type[DaemonProcess]) -> None:
+        sshd: SshServer, daemon_factory: DaemonFactory) -> None:
     daemon = start_remote(sshd, daemon_factory)
     async with daemon.client() as client:
         info, pid = await open_remote(client, sshd, "r8")

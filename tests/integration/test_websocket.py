@@ -25,7 +25,7 @@ from protocol import deltas as d
 from protocol import messages as m
 from protocol.codec import Encoding
 from protocol.errors import ErrorCode
-from tests.support.harness import DaemonProcess, open_chat, turn
+from tests.support.harness import DaemonFactory, DaemonProcess, open_chat, turn
 from tests.support.ws_client import WsClient, auth_headers
 
 ALLOWED = "https://allowed.example"
@@ -60,7 +60,7 @@ class WsDaemon:
 
 
 @pytest.fixture
-async def ws(daemon_factory: type[DaemonProcess]) -> WsDaemon:
+async def ws(daemon_factory: DaemonFactory) -> WsDaemon:
     proc = daemon_factory(config=CONFIG)
     proc.start()
     async with proc.client() as client:
@@ -145,7 +145,7 @@ async def test_rotated_token_applies_to_the_next_handshake(ws: WsDaemon) -> None
         await kept.request(m.Ping(id=0))
 
 
-def test_token_command_works_without_a_daemon(daemon_factory: type[DaemonProcess]) -> None:
+def test_token_command_works_without_a_daemon(daemon_factory: DaemonFactory) -> None:
     proc = daemon_factory()
     first = proc.cli("token")
     assert first.returncode == 0, first.stderr
@@ -163,7 +163,7 @@ async def test_status_shows_the_url(ws: WsDaemon) -> None:
 
 
 async def test_a_busy_port_leaves_the_daemon_running_without_websocket(
-        daemon_factory: type[DaemonProcess]) -> None:
+        daemon_factory: DaemonFactory) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)

@@ -15,7 +15,14 @@ import trio
 
 from protocol import deltas as d
 from protocol import messages as m
-from tests.support.harness import DaemonProcess, open_chat, replay, turn, wait_for_delta
+from tests.support.harness import (
+    DaemonFactory,
+    DaemonProcess,
+    open_chat,
+    replay,
+    turn,
+    wait_for_delta,
+)
 
 IDENTITY = {"GIT_AUTHOR_NAME": "Stoker Tests", "GIT_AUTHOR_EMAIL": "tests@stoker.invalid",
             "GIT_COMMITTER_NAME": "Stoker Tests", "GIT_COMMITTER_EMAIL": "tests@stoker.invalid"}
@@ -255,7 +262,7 @@ async def test_diff_cli_and_the_diff_delta(daemon: DaemonProcess) -> None:
 
 
 async def test_reaper_keeps_what_would_be_lost_and_trashes_the_rest(
-        daemon_factory: type[DaemonProcess]) -> None:
+        daemon_factory: DaemonFactory) -> None:
     config = QUIET_REAPER + 'reap_grace = "1h"\ntrash_retention = "1h"\n'
     daemon = daemon_factory(config=config)
     daemon.start()
@@ -350,7 +357,7 @@ async def test_reaper_keeps_what_would_be_lost_and_trashes_the_rest(
 
 
 async def test_strays_under_the_root_and_symlinks_out_of_it(
-        daemon_factory: type[DaemonProcess]) -> None:
+        daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=QUIET_REAPER + 'reap_grace = "0s"\n')
     daemon.start()
     project = make_project(daemon.base)
@@ -400,7 +407,7 @@ async def test_strays_under_the_root_and_symlinks_out_of_it(
 
 
 def test_a_git_timeout_keeps_the_worktree_and_kills_git(
-        daemon_factory: type[DaemonProcess]) -> None:
+        daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=QUIET_REAPER + 'reap_grace = "0s"\ngit_timeout = "1s"\n')
     daemon.start()
     project = make_project(daemon.base)
@@ -421,7 +428,7 @@ def test_a_git_timeout_keeps_the_worktree_and_kills_git(
     assert workspaces(daemon)[ws]["reason"] == "timeout"
 
 
-async def test_the_periodic_reaper_runs(daemon_factory: type[DaemonProcess]) -> None:
+async def test_the_periodic_reaper_runs(daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config='[worktrees]\nreap_interval = "100ms"\n'
                                    'reap_grace = "0s"\n')
     daemon.start()
@@ -452,7 +459,7 @@ def _tombstone(db: Path, tomb: str, ws: str, path: Path, trash: Path, state: str
                          (tomb, ws))
 
 
-def test_interrupted_deletes_finish_at_startup(daemon_factory: type[DaemonProcess]) -> None:
+def test_interrupted_deletes_finish_at_startup(daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=QUIET_REAPER + 'reap_grace = "0s"\n')
     daemon.start()
     project = make_project(daemon.base)

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import psutil
@@ -301,6 +301,14 @@ class DaemonProcess:
     async def client(self, name: str = "test") -> AsyncIterator[Client]:
         async with Client.connect(self.socket, client=name) as client:
             yield client
+
+
+class DaemonFactory(Protocol):
+    """The `daemon_factory` fixture (tests/conftest.py): called like `DaemonProcess`, it makes
+    a daemon (not started) whose stop and cleanup the fixture guarantees at teardown."""
+
+    def __call__(self, base: Path | None = None, config: str = "",
+                 env: dict[str, str] | None = None) -> DaemonProcess: ...
 
 
 async def open_chat(client: Client, chat: str | None = None, agent: str = "echo",

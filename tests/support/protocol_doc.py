@@ -201,7 +201,7 @@ def _field_docs(cls: type) -> dict[str, str]:
     first so that a subclass may override them."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
-        if klass.__module__ not in (m.__name__, d.__name__, "protocol.errors"):
+        if not klass.__module__.startswith("protocol."):
             continue
         try:
             source = inspect.getsource(klass)
@@ -420,7 +420,7 @@ def section_errors() -> list[str]:
 
 
 def section_slow() -> list[str]:
-    from daemon.listeners.connection import SLOW_REQUESTS
+    from daemon.service.root import SLOW_REQUESTS
 
     return [", ".join(f"`{_tag(cls)}`" for cls in SLOW_REQUESTS)]
 

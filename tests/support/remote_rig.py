@@ -20,7 +20,7 @@ from pathlib import Path
 
 import asyncssh
 
-from tests.support.harness import ROOT, DaemonProcess, short_tmpdir
+from tests.support.harness import ROOT, DaemonFactory, DaemonProcess, short_tmpdir
 
 ECHO = [sys.executable, "-m", "daemon.echo_agent"]
 
@@ -34,6 +34,8 @@ class SshServer:
         self.known_hosts = self.base / "known_hosts"
         self.port_file = self.base / "port"
         self.log_path = self.base / "sshd.log"
+        self.exec_log = self.base / "exec.log"
+        """Every exec request the server received (`exec_requests()`)."""
         self.work = self.base / "remote"
         self.work.mkdir(parents=True, exist_ok=True)
         asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(self.host_key))
@@ -60,7 +62,7 @@ class SshServer:
         self.port_file.unlink(missing_ok=True)
         args = [sys.executable, "-m", "tests.support.sshd", "--port", str(self.port),
                 "--host-key", str(self.host_key), "--authorized-keys", str(self.authorized),
-                "--port-file", str(self.port_file)]
+                "--port-file", str(self.port_file), "--exec-log", str(self.exec_log)]
         for name, value in self.child_env.items():
             args += ["--child-env", f"{name}={value}"]
         env = {k: v for k, v in os.environ.items() if k != "STOKER_TEST_ID"}
@@ -78,6 +80,14 @@ class SshServer:
         self.port = int(self.port_file.read_text())
         if not self.known_hosts.exists():
             self.trust()
+
+    def exec_requests(self) -> list[str]:
+        """The command of every exec request so far, in order."""
+        try:
+            text = self.exec_log.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line]
 
     def kill(self) -> None:
         """The host goes away at once (no goodbye on the connection)."""
@@ -117,7 +127,7 @@ def remote_config(server: SshServer, *, state: Path, extra: str = "",
     )
 
 
-def start_remote(server: SshServer, factory: type[DaemonProcess], *, extra: str = "",
+def start_remote(server: SshServer, factory: DaemonFactory, *, extra: str = "",
                  lifecycle: str = "") -> DaemonProcess:
     """A daemon using `server`; the server is (re)started so that the commands it runs carry
     that daemon's leftover marker."""

@@ -1,7 +1,7 @@
 """A real SSH server on loopback for the remote-agent tests, run as its own process.
 
     python -m tests.support.sshd --port PORT --host-key FILE --authorized-keys FILE
-                         [--port-file FILE] [--child-env NAME=VALUE ...]
+                         [--port-file FILE] [--child-env NAME=VALUE ...] [--exec-log FILE]
 
 It is asyncssh's server (plain asyncio; nothing of the daemon runs here): public key
 authentication against `--authorized-keys`, the host key from `--host-key` (so a restart on
@@ -15,12 +15,15 @@ channel's `kill -TERM -PGID` really reaches them.
 It is a separate process so that a test can `kill -9` it to make "the host" vanish mid-turn,
 and start it again. `--child-env` adds variables to the commands' environment only (the
 tests put their leftover marker there, which the server itself must not carry).
+`--exec-log` appends every exec request, as received, to a file (one JSON string a line):
+what crossed the wire as a command line, for tests of what must never be in one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -59,9 +62,17 @@ async def _pump_out(reader: asyncio.StreamReader, writer: asyncssh.SSHWriter[byt
         return
 
 
-def _make_handler(child_env: dict[str, str]) -> object:
+def _record(path: str, command: str) -> None:
+    """Append `command` to the exec log (a few bytes on a local disk: not worth a thread)."""
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(json.dumps(command) + "\n")
+
+
+def _make_handler(child_env: dict[str, str], exec_log: str | None) -> object:
     async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
         command = process.command
+        if exec_log and command:
+            _record(exec_log, command)
         if not command:
             process.stderr.write(b"this test server only runs commands\n")
             process.exit(1)
@@ -106,7 +117,7 @@ async def serve(args: argparse.Namespace) -> None:
         _Server, "127.0.0.1", args.port,
         server_host_keys=[args.host_key],
         authorized_client_keys=args.authorized_keys,
-        process_factory=_make_handler(child_env),
+        process_factory=_make_handler(child_env, args.exec_log),
         sftp_factory=True, allow_scp=False, encoding=None,
         keepalive_interval=0)
     port = server.sockets[0].getsockname()[1]
@@ -124,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--authorized-keys", required=True)
     parser.add_argument("--port-file")
     parser.add_argument("--child-env", action="append", default=[])
+    parser.add_argument("--exec-log")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     asyncio.run(serve(args))

@@ -44,6 +44,38 @@ def test_errors_name_the_problem(text: str, message: str) -> None:
     assert error.value.message.startswith("cfg.toml")
 
 
+@pytest.mark.parametrize(("text", "hint"), [
+    ("[lifecycle]\nidle_tt = 1\n", "did you mean `idle_ttl`?"),
+    ("[lifecycl]\n", "did you mean `lifecycle`?"),
+    ('[daemon]\nlog_levl = "info"\n', "did you mean `log_level`?"),
+    ('[computers.a]\nhost = "h"\nprot = 2\n', "did you mean `port`?"),
+    ('[agents.x]\ncommand = ["a"]\nenvv = {}\n', "did you mean `env`?"),
+])
+def test_unknown_keys_suggest_the_closest_known_one(text: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse(text, source="cfg.toml")
+    assert error.value.message.endswith(hint)
+
+
+def test_unknown_keys_far_from_any_known_one_get_no_suggestion() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse("[lifecycle]\nzzzzzz = 1\n", source="cfg.toml")
+    assert "unknown key `zzzzzz`" in error.value.message
+    assert "did you mean" not in error.value.message
+
+
+def test_a_command_string_is_split_like_a_shell_would() -> None:
+    config = parse('[agents.q]\ncommand = "qwen --acp --model \'big one\'"\n')
+    assert config.agents["q"].command == ["qwen", "--acp", "--model", "big one"]
+
+
+def test_a_command_string_that_cannot_be_split_says_how_to_write_it() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse('[agents.q]\ncommand = "qwen \\"unclosed"\n', source="cfg.toml")
+    assert error.value.message.startswith("cfg.toml: [agents.q]: command")
+    assert 'command = ["qwen", "--acp"]' in error.value.message
+
+
 def test_agents_from_config_override_and_disable_builtins() -> None:
     config = parse('[agents.qwen]\ncommand = ["my-qwen", "--acp"]\nenv = {A = "1"}\n'
                    '[agents.goose]\ncommand = ["goose"]\nenabled = false\n'
@@ -91,3 +123,18 @@ def test_paths_flag_then_env_then_xdg(tmp_path: Path) -> None:
                     env={**env, "STOKER_SOCKET": "/s.sock"})
     assert (flags.socket, flags.state_dir, flags.config) == (
         Path("/f.sock"), Path("/fs"), Path("/fc.toml"))
+
+
+@pytest.mark.parametrize("text", [
+    "agents = 5\n",
+    'agents = "qwen"\n',
+    "agents = [1]\n",
+    'computers = "build1"\n',
+])
+def test_a_section_that_is_not_a_table_is_a_config_error(text: str) -> None:
+    """`agents`/`computers` given as a value instead of a table is the user's mistake: a
+    `ConfigError` naming the key, not an `AttributeError` out of the parser (the daemon,
+    `stoker doctor` and a reload all parse the file)."""
+    section = text.split(" ", 1)[0]
+    with pytest.raises(ConfigError, match=rf"Expected `object`, got .* at `\$\.{section}`"):
+        parse(text)

@@ -15,8 +15,8 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.channels.hub import Hub, Subscription, new_epoch
-from daemon.channels.outbox import Outbox
+from daemon.channels.channel import Outbox, Subscription
+from daemon.channels.hub import Hub, new_epoch
 from daemon.channels.replay import Source, next_source, start_cursor
 from daemon.store.sqlite import Store
 from protocol import deltas as d

@@ -20,10 +20,17 @@ from daemon.ssh.executor import forwarded
 
 def launch(tmp_path: Path, argv: list[str], *, env: dict[str, str] | None = None,
            cwd: str | None = None, merge: bool = False) -> subprocess.Popen[bytes]:
-    command = scripts.launch_command(argv, cwd=cwd or str(tmp_path), env=env or {},
-                                     merge_stderr=merge)
-    return subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    """Start the launcher as an SSH server would (`/bin/sh -c` the exec request, in a new
+    session) and write its environment block on its stdin, as the executor does."""
+    launch = scripts.launch_command(argv, cwd=cwd or str(tmp_path), env=env or {},
+                                    merge_stderr=merge)
+    proc = subprocess.Popen(["/bin/sh", "-c", launch.command], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    assert proc.stdin is not None
+    proc.stdin.write(launch.stdin)
+    proc.stdin.flush()
+    return proc
 
 
 def test_launcher_reports_identity_then_becomes_the_command(tmp_path: Path) -> None:
@@ -44,9 +51,10 @@ def test_launcher_reports_identity_then_becomes_the_command(tmp_path: Path) -> N
 
 def test_launcher_makes_a_group_leader_when_started_inside_another_group(
         tmp_path: Path) -> None:
-    command = scripts.launch_command(["sh", "-c", "echo in"], cwd=str(tmp_path), env={})
+    launch = scripts.launch_command(["sh", "-c", "echo in"], cwd=str(tmp_path), env={})
     # Not a new session here: the launcher must make one itself (setsid).
-    done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, timeout=10)
+    done = subprocess.run(["/bin/sh", "-c", launch.command], capture_output=True, timeout=10,
+                          input=launch.stdin)
     ident = scripts.parse_identity(done.stdout.split(b"\n")[0])
     assert ident.pgid == ident.pid
     assert done.stdout.split(b"\n")[1] == b"in"
@@ -68,11 +76,11 @@ def test_launcher_refusals_and_merge(tmp_path: Path) -> None:
 
 
 def test_launcher_scrubs_systemd_variables_and_expands_home(tmp_path: Path) -> None:
-    command = scripts.launch_command(["sh", "-c", 'echo "${NOTIFY_SOCKET:-none} $PWD"'],
-                                     cwd="~", env={})
+    launch = scripts.launch_command(["sh", "-c", 'echo "${NOTIFY_SOCKET:-none} $PWD"'],
+                                    cwd="~", env={})
     env = {**os.environ, "NOTIFY_SOCKET": "/run/x", "HOME": str(tmp_path)}
-    done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, timeout=10,
-                          env=env, start_new_session=True)
+    done = subprocess.run(["/bin/sh", "-c", launch.command], capture_output=True, timeout=10,
+                          env=env, start_new_session=True, input=launch.stdin)
     assert done.stdout.split(b"\n")[1].decode() == f"none {tmp_path}"
 
 

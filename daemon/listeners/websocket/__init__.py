@@ -1,4 +1,4 @@
 """The WebSocket transport: handshake checks (`auth`, pure), the token file (`token`), batched
-frame encoding (`frames`) and the listener itself (`listener`, which imports trio-websocket
-only when the WebSocket is enabled).
+frame encoding (`frames`), the listener itself (`listener`, which imports trio-websocket) and
+the subsystem that starts it only when the WebSocket is enabled (`service`).
 """

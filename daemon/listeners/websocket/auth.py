@@ -1,6 +1,8 @@
-"""The WebSocket listener: the client protocol over WebSocket, for browsers and remote tools.
+"""Who may open a WebSocket: the handshake policy, pure (the listener is `listener.py`, the
+subsystem that starts it `service.py`).
 
-Off by default (`[websocket] enabled = false`) and bound to 127.0.0.1 unless the config says
+The WebSocket listener serves the client protocol over WebSocket, for browsers and remote
+tools. Off by default (`[websocket] enabled = false`) and bound to 127.0.0.1 unless the config says
 otherwise. Every connection speaks exactly the protocol of the Unix socket (the same
 `Connection` actor serves it), one protocol message per WebSocket message: msgpack in binary
 messages or JSON in text messages, as the client chooses in `hello.encoding`.
@@ -32,15 +34,6 @@ import hmac
 import ipaddress
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-from daemon.listeners.websocket.token import TokenFileError, ensure_token
-from daemon.log import Log
-
-if TYPE_CHECKING:
-    import trio
-
-    from daemon.service.root import Daemon
 
 SUBPROTOCOL = "stoker"
 """The subprotocol the daemon selects when the client offers it."""
@@ -131,44 +124,3 @@ def websocket_url(host: str, port: int) -> str:
     if ":" in shown:
         shown = f"[{shown}]"
     return f"ws://{shown}:{port}/"
-
-
-# ------------------------------------------------------------------------- subsystem
-
-
-async def setup(daemon: Daemon, nursery: trio.Nursery) -> None:
-    """Start the listener when `[websocket] enabled`. A port that cannot be bound is logged
-    and leaves the daemon running without WebSocket: the Unix socket is the primary door and
-    must not close because an optional one could not open."""
-    config = daemon.settings.config.websocket
-    if not config.enabled:
-        return
-    log = Log("websocket")
-    if not is_loopback(config.host):
-        log.warning("the websocket listener is reachable from other hosts; anyone who has "
-                    "the token can drive your agents", host=config.host)
-    try:
-        ensure_token(daemon.paths.token_file)
-    except (TokenFileError, OSError) as exc:
-        log.error("websocket disabled: cannot create the token file", error=str(exc))
-        return
-    from daemon.listeners.websocket.listener import (
-        WebSocketListener,  # only now: trio-websocket is ~25 ms to import
-    )
-
-    listener = WebSocketListener(daemon, config)
-    try:
-        url = await listener.bind()
-    except OSError as exc:
-        log.error("websocket disabled: cannot listen", host=config.host, port=config.port,
-                  error=str(exc))
-        return
-    await nursery.start(listener.serve)
-    daemon.websocket_url = url
-    log.info("listening", url=url, file=str(daemon.paths.token_file))
-
-    async def shutdown() -> None:
-        listener.stop_accepting()
-        await listener.close_connections("daemon shutting down")
-
-    daemon.on_shutdown.append(shutdown)

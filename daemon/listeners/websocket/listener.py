@@ -1,14 +1,16 @@
 """The WebSocket listener's I/O: a `Transport` over one trio-websocket connection, and the
 listener that accepts clients and runs one `Connection` per client.
 
-Apart from `auth` (the policy and the subsystem's entry) so that trio-websocket and wsproto,
-~25 ms of imports, load only when `[websocket] enabled`: the daemon's start is on the
-restart path of every client.
+Apart from `auth` (the policy) and `service` (the subsystem) so that trio-websocket and
+wsproto, ~25 ms of imports, load only when `[websocket] enabled`: the daemon's start is on
+the restart path of every client.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import msgspec
 import trio
@@ -19,9 +21,10 @@ from trio_websocket import (
     WebSocketServer,
 )
 
-from daemon.channels.hub import Hub, Mode
+from daemon.channels.frames import Mode
+from daemon.channels.hub import Hub
 from daemon.config.file import WebSocketConfig
-from daemon.listeners.connection import Connection, Handlers
+from daemon.listeners.connection import Connection, Handlers, Limits
 from daemon.listeners.websocket.auth import (
     CLOSE_TIMEOUT,
     GOING_AWAY,
@@ -36,10 +39,6 @@ from daemon.listeners.websocket.token import TokenFileError, ensure_token
 from daemon.log import Log
 from protocol import messages as m
 from protocol.framing import FrameError, FrameTooLarge
-
-if TYPE_CHECKING:
-    from daemon.service.root import Daemon
-
 
 # ------------------------------------------------------------------------- transport
 
@@ -131,6 +130,9 @@ class _Handlers:
     async def handle(self, request: Any, client: str) -> Any:
         return await self._inner.handle(request, client)
 
+    def is_slow(self, request: object) -> bool:
+        return self._inner.is_slow(request)
+
     def welcome(self, encoding: str) -> m.Welcome:
         return msgspec.structs.replace(self._inner.welcome(encoding),
                                        max_frame=self._max_message)
@@ -146,12 +148,16 @@ class WebSocketListener:
     so that shutdown can stop accepting first and say goodbye to the open connections after
     the pool has ended their turns (the same order as the Unix listener)."""
 
-    def __init__(self, daemon: Daemon, config: WebSocketConfig) -> None:
-        self._daemon = daemon
+    def __init__(self, handlers: Handlers, config: WebSocketConfig, *,
+                 live_config: Callable[[], WebSocketConfig], token_file: Path,
+                 limits: Callable[[], Limits]) -> None:
+        self._live_config = live_config
+        self._token_file = token_file
+        self._limits = limits
         self._host = config.host
         self._port = config.port
         self._max_message = int(config.max_message)
-        self._handlers = _Handlers(daemon, self._max_message)
+        self._handlers = _Handlers(handlers, self._max_message)
         self._log = Log("websocket")
         self._scope = trio.CancelScope()
         self.connections: dict[Connection, WebSocketTransport] = {}
@@ -165,7 +171,7 @@ class WebSocketListener:
     @property
     def _config(self) -> WebSocketConfig:
         """The live config section (replaced on reload)."""
-        return self._daemon.settings.config.websocket
+        return self._live_config()
 
     async def bind(self) -> str:
         """Open the listening sockets (errors such as EADDRINUSE surface here, unwrapped)
@@ -226,7 +232,7 @@ class WebSocketListener:
             await self._refuse(request, 503, "the daemon is shutting down", log)
             return
         try:
-            token = await trio.to_thread.run_sync(ensure_token, self._daemon.paths.token_file)
+            token = await trio.to_thread.run_sync(ensure_token, self._token_file)
         except (TokenFileError, OSError) as exc:
             log.error("cannot read the websocket token", error=str(exc))
             await self._refuse(request, 503, "the daemon cannot read its token file", log)
@@ -253,7 +259,7 @@ class WebSocketListener:
 
     async def _serve_connection(self, ws: WebSocketConnection, peer: str, log: Log) -> None:
         transport = WebSocketTransport(ws, peer, self._max_message)
-        conn = Connection(transport, self._handlers, self._daemon.limits(),
+        conn = Connection(transport, self._handlers, self._limits(),
                           log.bind(actor="client"))
         self.accepted += 1
         self.connections[conn] = transport

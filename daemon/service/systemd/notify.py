@@ -15,7 +15,8 @@ Two rules shape this module:
 * **Children must not inherit the manager's channels.** An agent that saw our
   ``NOTIFY_SOCKET`` could report ``READY``/``STOPPING`` on our behalf (systemd accepts it
   under ``NotifyAccess=all``), and one that saw ``LISTEN_FDS`` could believe it was socket
-  activated. :func:`scrub_systemd_env` is what the process spawner applies to every child.
+  activated. :func:`scrub_systemd_env` (in ``daemon.execution.environment``, next to the spawner
+  that applies it to every child) removes them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from typing import NoReturn
 
 import trio
 
+from daemon.execution.environment import (
+    SYSTEMD_ENV_PREFIXES,
+    SYSTEMD_ENV_VARS,
+    scrub_systemd_env,
+)
+
 __all__ = [
     "SYSTEMD_ENV_PREFIXES",
     "SYSTEMD_ENV_VARS",
@@ -44,43 +51,11 @@ __all__ = [
 
 logger = logging.getLogger("stoker.sdnotify")
 
-#: The variables through which systemd hands a service its notification socket, its
-#: watchdog and its activation sockets. They describe *this* process only.
-SYSTEMD_ENV_VARS: frozenset[str] = frozenset(
-    {
-        "NOTIFY_SOCKET",
-        "WATCHDOG_USEC",
-        "WATCHDOG_PID",
-        "LISTEN_FDS",
-        "LISTEN_PID",
-        "LISTEN_FDNAMES",
-    }
-)
-
-#: Whole families scrubbed as well, so that a variable added by a later systemd (or by
-#: ``systemd-socket-activate``) does not leak to children either.
-SYSTEMD_ENV_PREFIXES: tuple[str, ...] = ("LISTEN_", "WATCHDOG_")
-
 # systemd drops a notification datagram of PIPE_BUF (4096) bytes or more ("exceeded
 # maximum size"), so a long STATUS would silently lose READY=1 with it. Status texts are
 # cut well below that.
 _MAX_STATUS_BYTES = 2048
 _KEY = re.compile(r"[A-Z_][A-Z0-9_]*\Z")
-
-
-def scrub_systemd_env(env: Mapping[str, str]) -> dict[str, str]:
-    """Return a copy of *env* without the systemd per-process variables.
-
-    Removes :data:`SYSTEMD_ENV_VARS` and every ``LISTEN_*``/``WATCHDOG_*`` variable. Meant
-    for every child the daemon spawns (agents, terminals, git): those variables name *our*
-    notification socket, watchdog and activation sockets, and a child acting on them
-    would speak for the daemon.
-    """
-    return {
-        key: value
-        for key, value in env.items()
-        if key not in SYSTEMD_ENV_VARS and not key.startswith(SYSTEMD_ENV_PREFIXES)
-    }
 
 
 def _socket_address(notify_socket: str) -> bytes:

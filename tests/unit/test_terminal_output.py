@@ -1,41 +1,24 @@
-"""Edge cases found in review, each pinned by the test that would have caught it."""
+"""A terminal's output as its live deltas carry it: decoded incrementally, so what the
+deltas say adds up to what the retained buffer says."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import pytest
 import trio
 
-from daemon.config.file import parse
-from daemon.errors import ConfigError
 from daemon.execution.local import LocalExecutor
 from daemon.execution.terminals import TerminalManager
 from daemon.log import Log
 from protocol import deltas as d
 
 
-@pytest.mark.parametrize("text", [
-    "agents = 5\n",
-    'agents = "qwen"\n',
-    "agents = [1]\n",
-    'computers = "build1"\n',
-])
-def test_a_section_that_is_not_a_table_is_a_config_error(text: str) -> None:
-    """`agents`/`computers` given as a value instead of a table is the user's mistake: a
-    `ConfigError` naming the key, not an `AttributeError` out of the parser (which took the
-    daemon, `stoker doctor` and a reload down with a traceback)."""
-    section = text.split(" ", 1)[0]
-    with pytest.raises(ConfigError, match=rf"Expected `object`, got .* at `\$\.{section}`"):
-        parse(text)
-
-
 async def test_a_character_split_between_reads_reaches_terminal_deltas_whole(
         tmp_path: Path) -> None:
     """A terminal's live `output` deltas decode the stream incrementally: a UTF-8 character
     whose bytes arrive in two reads (a pipe hands over what was written so far) is sent
-    whole, not as two U+FFFD. The retained buffer was always right; the deltas were not."""
+    whole, not as two U+FFFD, and the deltas agree with the retained buffer."""
     published: list[d.DeltaBody] = []
     manager = TerminalManager(
         executor=LocalExecutor(f"review-{os.getpid()}"), root=str(tmp_path),

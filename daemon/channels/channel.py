@@ -1,9 +1,13 @@
-"""A connection's bounded send queue.
+"""A channel, its subscriptions and their connections' send queues.
 
-The hub pushes delta frames here synchronously and never waits: `offer` refuses when the
-queue is at its bound, and the hub then marks that subscription as lagging. The connection's
-writer task drains the queue, coalescing everything queued into one `send_all` (one send per
-delta caps a Unix socket at ~20k deltas/s on this machine; batching reaches ~0.9M/s).
+A `Channel` lists its live `Subscription`s; a subscription feeds one connection's `Outbox`;
+an outbox lists the subscriptions waiting to be replayed. The three refer to each other, so
+they share this module (one module, no import cycle).
+
+The outbox is a connection's bounded send queue. The hub pushes delta frames here
+synchronously and never waits: `offer` refuses when the queue is at its bound, and the hub
+then marks that subscription as lagging. The connection's writer task drains the queue,
+coalescing everything queued into one `send_all`.
 
 Control frames (replies, replay_complete, lagged...) are never refused: they are bounded by
 the client's own request rate, and a client that floods requests without reading gets its
@@ -13,12 +17,52 @@ connection closed once `hard_max_bytes` is passed.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import trio
 
-if TYPE_CHECKING:
-    from daemon.channels.hub import Subscription
+from daemon.channels.frames import Entry, Mode
+from daemon.channels.view import ChatView
+
+
+class Channel:
+    __slots__ = ("chat", "epoch", "floor", "head", "live", "ring", "view")
+
+    def __init__(self, chat: str, epoch: str, head: int, floor: int, ring_size: int) -> None:
+        self.chat = chat
+        self.epoch = epoch
+        self.head = head
+        self.floor = floor
+        """Lowest seq retained anywhere (log or ring). head+1 when nothing is retained."""
+        self.ring: deque[Entry] = deque(maxlen=ring_size)
+        self.live: list[Subscription] = []
+        self.view = ChatView()
+
+    @property
+    def ring_first(self) -> int:
+        return self.ring[0].seq if self.ring else self.head + 1
+
+
+class Subscription:
+    """One connection's subscription to one chat."""
+
+    __slots__ = ("_last_cursor", "active", "announce", "channel", "cursor", "keep_live",
+                 "lag_from", "mode", "outbox", "request")
+
+    def __init__(self, channel: Channel, outbox: Outbox, mode: Mode, cursor: int,
+                 keep_live: bool, request: int | None = None) -> None:
+        self.request = request
+        """The subscribe request's id, echoed in its replay_complete."""
+        self.channel = channel
+        self.outbox = outbox
+        self.mode: Mode = mode
+        self.cursor = cursor
+        """Seq of the last delta queued to this subscriber."""
+        self.keep_live = keep_live
+        self.active = True
+        self.announce: Literal["replay", "lagged"] = "replay"
+        self.lag_from = 0
+        self._last_cursor = -1
 
 
 class OutboxOverflow(Exception):

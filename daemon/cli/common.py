@@ -1,0 +1,100 @@
+"""What every `stoker` command module shares: the two errors `main` maps to exit statuses,
+the daemon-location flags, and the ways a command asks the daemon and prints the answer.
+
+The command modules and `main` import this module; it imports none of them, so the parser
+can list the command modules without a cycle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+
+class UsageError(Exception):
+    """Wrong arguments detected after parsing: exit status 2."""
+
+
+class Failure(Exception):
+    """The command failed: message on stderr, exit status 1."""
+
+
+def add_common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    """The daemon-location flags every client command takes, and `--json` unless told not to."""
+    group = parser.add_argument_group("daemon location")
+    group.add_argument("--socket", help="daemon socket (default: $STOKER_SOCKET or "
+                       "$XDG_RUNTIME_DIR/stoker/stoker.sock)")
+    group.add_argument("--state-dir", help="state directory (default: $STOKER_STATE_DIR or "
+                       "$XDG_STATE_HOME/stoker)")
+    group.add_argument("--config", help="config file (default: $STOKER_CONFIG or "
+                       "$XDG_CONFIG_HOME/stoker/config.toml)")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def paths_from(args: argparse.Namespace) -> Any:
+    """The daemon's paths as the daemon itself resolves them, from these flags first."""
+    from daemon.config.paths import resolve
+
+    return resolve(socket=getattr(args, "socket", None),
+                   state_dir=getattr(args, "state_dir", None),
+                   config=getattr(args, "config", None))
+
+
+def run_async(fn: Callable[[], Awaitable[int]]) -> int:
+    """Run an async command body under trio (imported here: not every command needs it)."""
+    import trio
+
+    return trio.run(fn)
+
+
+def eprint(*parts: object) -> None:
+    """A line on stderr, flushed: messages for people never mix into stdout's data."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def out_json(obj: Any) -> None:
+    """What `--json` prints: one JSON document per line, flushed (a reader of `attach
+    --json` sees each delta as it comes). msgspec is imported here, not at the top: `stoker
+    echo-agent` goes through `main` and must start fast."""
+    import msgspec
+
+    sys.stdout.write(msgspec.json.encode(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+def print_table(rows: list[list[str]], out: TextIO | None = None) -> None:
+    """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
+    out = out or sys.stdout
+    if not rows:
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
+        out.write("  ".join(cells).rstrip() + "\n")
+    out.flush()
+
+
+async def ask(args: argparse.Namespace, request: Any, *, client: str = "cli") -> Any:
+    """One request to the daemon on a connection of its own; its typed result."""
+    from daemon.client import Client
+
+    async with Client.connect(paths_from(args).socket, client=client) as conn:
+        return await conn.request(request)
+
+
+def show(args: argparse.Namespace, request: Any, render: Callable[[Any], None]) -> int:
+    """The shape of most client commands: ask, then print the result as JSON under
+    `--json`, else `render` it for people. Exit 0."""
+
+    async def main() -> int:
+        result = await ask(args, request)
+        if args.json:
+            out_json(result)
+        else:
+            render(result)
+        return 0
+
+    return run_async(main)

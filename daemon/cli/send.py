@@ -1,0 +1,178 @@
+"""`stoker send`: open (or find) a chat, send it one prompt and stream the reply until the
+turn ends; the first Ctrl-C cancels the turn, the second leaves it running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import mimetypes
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from daemon.cli.common import Failure, UsageError, eprint, out_json, paths_from
+from protocol import deltas as d
+from protocol import messages as m
+
+
+def _prompt_content(args: argparse.Namespace) -> list[Any]:
+    text = " ".join(args.text)
+    if not text and not sys.stdin.isatty() and not (args.image or args.file or args.link):
+        text = sys.stdin.read()
+    content: list[Any] = []
+    for image in args.image:
+        path = Path(image)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise Failure(f"cannot read image {image}: {exc.strerror}") from None
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if not mime.startswith("image/"):
+            raise UsageError(f"{image} does not look like an image ({mime})")
+        content.append(m.ImageBlock(data=base64.b64encode(data).decode(), mime_type=mime))
+    for name in args.file:
+        path = Path(name).resolve()
+        try:
+            body = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise Failure(f"{name} is not UTF-8 text; attach it with --link") from None
+        except OSError as exc:
+            raise Failure(f"cannot read {name}: {exc.strerror}") from None
+        resource: dict[str, str] = {"uri": path.as_uri(), "text": body}
+        file_mime = mimetypes.guess_type(path.name)[0]
+        if file_mime:
+            resource["mimeType"] = file_mime
+        content.append(m.ResourceBlock(resource=resource))
+    for name in args.link:
+        path = Path(name).resolve()
+        content.append(m.ResourceLinkBlock(uri=path.as_uri(), name=path.name,
+                                           mime_type=mimetypes.guess_type(path.name)[0]))
+    if text.strip():
+        content.insert(0, m.TextBlock(text=text))
+    if not content:
+        raise UsageError("nothing to send: give the prompt as arguments or on stdin")
+    return content
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import trio
+
+    from daemon.client import Client, ClientError, RequestFailed
+
+    content = _prompt_content(args)
+    paths = paths_from(args)
+    cwd: str | None = os.path.abspath(args.cwd) if args.cwd else os.getcwd()
+    project = os.path.abspath(args.project) if args.project else None
+    if args.computer:
+        # Paths on another computer are taken as given (this machine cannot resolve them).
+        cwd = args.cwd
+        project = args.project
+    if sum(x is not None for x in (args.cwd, project, args.workspace)) > 1:
+        raise UsageError("give at most one of --cwd, --project, --workspace")
+
+    async def main() -> int:
+        async with Client.connect(paths.socket, client="cli") as client:
+            info: m.ChatInfo = await client.request(m.OpenChat(
+                id=0, chat=args.chat, agent=args.agent, cwd=cwd,
+                require_cwd=args.cwd is not None, policy=args.policy,
+                workspace=args.workspace, project=project, computer=args.computer))
+            if info.created and args.chat is None:
+                eprint(f"chat: {info.chat}")
+            if info.created and project is not None:
+                eprint(f"workspace: {info.workspace} ({info.cwd})")
+            await client.request(m.Subscribe(id=0, chat=info.chat, since=m.Cursor(
+                seq=info.head_seq, epoch=info.epoch)))
+            accepted: m.PromptAccepted = await client.request(m.Prompt(
+                id=0, chat=info.chat, content=content, agent=args.agent))
+            if accepted.queued and not args.json:
+                eprint(f"queued behind {accepted.queued} turn(s)")
+            return await _follow_turn(client, info.chat, accepted.turn, args.json)
+
+    async def guarded() -> int:
+        async with trio.open_nursery() as nursery:
+            result: list[int] = []
+
+            async def run() -> None:
+                try:
+                    result.append(await main())
+                except RequestFailed as exc:
+                    eprint(f"stoker: {exc.message}")
+                    result.append(1)
+                except ClientError as exc:
+                    eprint(f"stoker: {exc}")
+                    result.append(1)
+                nursery.cancel_scope.cancel()
+
+            async def interrupts() -> None:
+                with trio.open_signal_receiver(signal.SIGINT) as signals:
+                    count = 0
+                    async for _ in signals:
+                        count += 1
+                        if count == 1:
+                            eprint("stoker: cancelling the turn (Ctrl-C again to leave it "
+                                   "running)")
+                            nursery.start_soon(_cancel_chat, args, paths)
+                        else:
+                            result.append(130)
+                            nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            nursery.start_soon(interrupts)
+        return result[0] if result else 1
+
+    return trio.run(guarded)
+
+
+async def _cancel_chat(args: argparse.Namespace, paths: Any) -> None:
+    from daemon.client import Client
+
+    if args.chat is None:
+        return
+    async with Client.connect(paths.socket, client="cli") as client:
+        await client.request(m.Cancel(id=0, chat=args.chat))
+
+
+async def _follow_turn(client: Any, chat: str, turn: int, as_json: bool) -> int:
+    """Stream one turn's reply until its turn_ended. Exit 0 on end_turn, 1 otherwise."""
+    wrote_text = False
+    async for event in client.events():
+        if isinstance(event, m.Goodbye):
+            eprint(f"stoker: the daemon closed the connection ({event.reason})")
+            return 1
+        if not isinstance(event, d.Delta) or event.chat != chat:
+            continue
+        body = event.body
+        if as_json:
+            out_json(event)
+        if event.turn != turn and event.turn != 0:
+            continue
+        if isinstance(body, d.Text) and not as_json:
+            sys.stdout.write(body.text)
+            sys.stdout.flush()
+            wrote_text = True
+        elif isinstance(body, d.PermissionRequest) and not as_json and body.policy == "ask":
+            options = ", ".join(f"{o.get('optionId')} ({o.get('kind')})" for o in body.options)
+            eprint(f"\npermission requested [{body.request}]: "
+                   f"{body.tool_call.get('title', 'tool call')}\n"
+                   f"  answer with: stoker permit {chat} {body.request} OPTION   "
+                   f"options: {options}")
+        elif isinstance(body, d.Notice) and not as_json:
+            eprint(f"[{body.level}] {body.message}")
+        elif isinstance(body, d.TurnEnded) and event.turn == turn:
+            if wrote_text and not as_json:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+            if body.error is not None:
+                if not as_json:
+                    eprint(f"stoker: turn {turn} failed: {body.error}")
+                return 1
+            if body.stop_reason != "end_turn":
+                if not as_json:
+                    eprint(f"stoker: turn {turn} ended: {body.stop_reason}")
+                return 1
+            return 0
+    eprint("stoker: the connection to the daemon was lost before the turn ended")
+    return 1

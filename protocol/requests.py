@@ -1,0 +1,258 @@
+"""Requests: what a client asks of the daemon. Each carries an `id` the reply names; the
+type of each reply's result is in `protocol.results.RESULT_TYPES`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from .content import ContentBlock
+from .deltas import Policy
+
+FsPath = Annotated[str, msgspec.Meta(pattern="^[^\\x00]*$")]
+"""A file-system path: any string without a NUL byte, which no path can hold. Refused when
+the request is decoded (`bad_request` naming the field), before any code uses it."""
+
+# --------------------------------------------------------------------------- requests
+
+
+class Cursor(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Where a subscriber left off: the chat's `epoch` and the last `seq` it received."""
+
+    seq: int = 0
+    epoch: str | None = None
+    """None: accept whatever epoch the chat has (e.g. `since: {seq: 0}` = all retained)."""
+
+
+class _Request(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
+    id: int
+
+
+RequestBase = _Request
+"""Base class of every request (subsystems define theirs in their own section below)."""
+
+
+class Ping(_Request, tag="ping"):
+    pass
+
+
+class GetStatus(_Request, tag="status"):
+    pass
+
+
+class ListAgents(_Request, tag="agents"):
+    pass
+
+
+class OpenChat(_Request, tag="open_chat"):
+    """Create a chat, or return the existing one with this id.
+
+    With an existing chat, `agent` switches the chat's current agent; `cwd`, `workspace`,
+    `project` must match (or be omitted)."""
+
+    chat: str | None = None
+    agent: str | None = None
+    cwd: FsPath | None = None
+    """Working directory of a new chat. For an existing chat it is checked only when
+    `require_cwd` is set."""
+    require_cwd: bool = False
+    workspace: str | None = None
+    project: FsPath | None = None
+    computer: str | None = None
+    policy: Policy | None = None
+    title: str | None = None
+    mcp_servers: list[dict[str, Any]] | None = None
+    """ACP `McpServer` objects passed to the agent's session/new (and load/resume)."""
+    create: bool = True
+    """False: fail with `unknown_chat` instead of creating it."""
+
+
+class Prompt(_Request, tag="prompt"):
+    """Queue a turn. The reply comes when the prompt is accepted (durably queued), not when
+    the turn ends: watch the chat's deltas for `turn_ended` with the returned turn."""
+
+    chat: str
+    text: str = ""
+    content: list[ContentBlock] = []
+    """If non-empty, the whole prompt (`text` is then ignored)."""
+    agent: str | None = None
+    """Switch the chat to this agent first."""
+
+
+class Cancel(_Request, tag="cancel"):
+    """Cancel the chat's running turn (the agent gets `session/cancel`; the turn ends with
+    stop reason `cancelled`)."""
+
+    chat: str
+    queued: bool = False
+    """Also drop the queued turns (each ends with `cancelled`)."""
+    turn: int | None = None
+    """Cancel only this turn: running -> cancelled; still queued -> dropped (it ends
+    `cancelled` without reaching the agent); already ended -> nothing happens. Lets a client
+    cancel its own prompt without touching another client's running turn."""
+
+
+class CloseChat(_Request, tag="close"):
+    chat: str
+
+
+class Subscribe(_Request, tag="subscribe"):
+    """Receive the chat's deltas. `since=None`: live only. Otherwise everything after
+    `since.seq` is replayed, then `replay_complete`, then live deltas, with no gap and no
+    duplicate. `live=False`: stop after `replay_complete` (for `stoker log`)."""
+
+    chat: str
+    since: Cursor | None = None
+    live: bool = True
+
+
+class Unsubscribe(_Request, tag="unsubscribe"):
+    chat: str
+
+
+class ListChats(_Request, tag="ls"):
+    include_closed: bool = False
+    cwd: FsPath | None = None
+
+
+class Inspect(_Request, tag="inspect"):
+    chat: str
+
+
+class Permit(_Request, tag="permit"):
+    chat: str
+    request: str
+    option: str | None = None
+    """None: answer `cancelled`."""
+
+
+class SetPolicy(_Request, tag="policy"):
+    chat: str
+    policy: Policy
+
+
+class SetMode(_Request, tag="mode"):
+    chat: str
+    mode: str
+
+
+class SetConfig(_Request, tag="config"):
+    chat: str
+    option: str
+    value: str | bool
+
+
+class Authenticate(_Request, tag="auth"):
+    chat: str
+    method: str
+
+
+class Reload(_Request, tag="reload"):
+    """Re-read the config file (as SIGHUP does)."""
+
+
+class DescribeAgent(_Request, tag="describe_agent"):
+    """The agent's ACP capabilities as the daemon knows them. When no actor of this agent
+    has run yet, the daemon starts the agent once, asks `initialize`, and stops it."""
+
+    agent: str
+
+
+class Warm(_Request, tag="warm"):
+    """Start the chat's current agent if it is not running and wait until it is ready;
+    returns its `ActorDetail` (modes, config options, capabilities)."""
+
+    chat: str
+
+
+# --------------------------------------------------------------------------- workspaces
+# Requests and results of the workspaces subsystem (daemon/workspaces.py, docs/WORKSPACES.md).
+# `OpenChat` with `workspace` or `project` is served by that subsystem as well.
+
+
+class WorkspaceNew(_Request, tag="workspace_new"):
+    """Create a workspace: a git worktree of `project` (an absolute path inside a git work
+    tree) on a new branch (default `stoker/<id>`) from the project's HEAD."""
+
+    project: FsPath
+    branch: str | None = None
+    computer: str | None = None
+
+
+class ListWorkspaces(_Request, tag="workspace_ls"):
+    include_deleted: bool = False
+    """Also list purged, forgotten and failed workspaces."""
+
+
+class CloseWorkspace(_Request, tag="workspace_close"):
+    """Close the workspace's open chats and mark it orphaned: the reaper may remove its
+    worktree once the grace period passed, if nothing in it would be lost."""
+
+    workspace: str
+
+
+class RestoreWorkspace(_Request, tag="workspace_restore"):
+    """Move a soft-deleted worktree back from the trash (before it is purged) and make git
+    know it again. `workspace` is a workspace id or a tombstone id."""
+
+    workspace: str
+
+
+class WorkspaceDiff(_Request, tag="workspace_diff"):
+    """Changes since the workspace's base commit: commits, uncommitted edits, untracked
+    files."""
+
+    workspace: str
+    patch: bool = True
+    """Include the unified diff."""
+    stat: bool = False
+    """Include git's `--stat` text."""
+
+
+class Reap(_Request, tag="reap"):
+    """Run the reaper now. `dry_run`: only report what would go and what stays, and why."""
+
+    dry_run: bool = False
+
+
+# --------------------------------------------------------------------------- computers
+# Requests and results of the SSH subsystem (daemon/ssh/, docs/REMOTE.md).
+
+
+class ListComputers(_Request, tag="computers"):
+    """The configured remote computers and their SSH connections. It never connects: a
+    computer nobody used yet stays `idle`."""
+
+    probe: bool = True
+    """Measure the latency now (one SFTP round trip on each live connection)."""
+
+
+Request = (
+    Ping
+    | GetStatus
+    | ListAgents
+    | OpenChat
+    | Prompt
+    | Cancel
+    | CloseChat
+    | Subscribe
+    | Unsubscribe
+    | ListChats
+    | Inspect
+    | Permit
+    | SetPolicy
+    | SetMode
+    | SetConfig
+    | Authenticate
+    | Reload
+    | DescribeAgent
+    | Warm
+    | WorkspaceNew
+    | ListWorkspaces
+    | CloseWorkspace
+    | RestoreWorkspace
+    | WorkspaceDiff
+    | Reap
+    | ListComputers
+)

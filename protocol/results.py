@@ -1,0 +1,336 @@
+"""Results: the `result` of each request's `Reply` (`RESULT_TYPES` maps one to the other)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from .requests import (
+    Authenticate,
+    Cancel,
+    CloseChat,
+    CloseWorkspace,
+    DescribeAgent,
+    GetStatus,
+    Inspect,
+    ListAgents,
+    ListChats,
+    ListComputers,
+    ListWorkspaces,
+    OpenChat,
+    Permit,
+    Ping,
+    Prompt,
+    Reap,
+    Reload,
+    RestoreWorkspace,
+    SetConfig,
+    SetMode,
+    SetPolicy,
+    Subscribe,
+    Unsubscribe,
+    Warm,
+    WorkspaceDiff,
+    WorkspaceNew,
+)
+
+
+class Struct(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False, kw_only=True):
+    """Base for payload structs (results, parts of requests)."""
+
+
+class WorkspaceInfo(Struct):
+    workspace: str
+    project: str
+    path: str
+    branch: str
+    base: str
+    """The commit the worktree was created from; diffs are against it."""
+    state: str
+    """creating, active, orphaned, trashed, purged, gone (its directory had vanished),
+    failed (creation failed)."""
+    created_at: float
+    computer: str | None = None
+    orphaned_at: float | None = None
+    reason: str = ""
+    """Why the reaper last kept it (dirty, unpushed, grace, ...), or what went wrong."""
+    detail: str = ""
+    chats: list[str] = []
+    """Open chats working in it."""
+    tombstone: str | None = None
+    trashed_at: float | None = None
+    purge_after: float | None = None
+    """When trashed: the time after which the trash may be purged."""
+
+
+class WorkspaceList(Struct):
+    workspaces: list[WorkspaceInfo]
+
+
+class DiffFile(Struct):
+    path: str
+    insertions: int = 0
+    deletions: int = 0
+    binary: bool = False
+
+
+class DiffResult(Struct):
+    workspace: str
+    base: str
+    files: list[DiffFile] = []
+    insertions: int = 0
+    deletions: int = 0
+    summary: str = ""
+    """git's `--stat` summary line ("2 files changed, 3 insertions(+)")."""
+    stat: str = ""
+    patch: str = ""
+    truncated: bool = False
+    """The patch was cut to fit in one reply frame."""
+
+
+class ReapEntry(Struct):
+    path: str
+    action: Literal["keep", "delete", "forget", "purge"]
+    reason: str
+    detail: str = ""
+    workspace: str | None = None
+    """None for a directory under the root that the store does not know."""
+    tombstone: str | None = None
+    done: bool = False
+    """The action was carried out (always False in a dry run and for `keep`)."""
+
+
+class ReapResult(Struct):
+    dry_run: bool
+    entries: list[ReapEntry] = []
+
+
+class ComputerInfo(Struct):
+    name: str
+    host: str
+    port: int
+    state: str
+    """idle (not connected yet), connecting, connected, disconnected (lost; reconnecting),
+    unreachable (the last attempt failed; retried with backoff), refused (host key or
+    authentication: fix the config), removed (gone from the config)."""
+    user: str | None = None
+    latency_ms: float | None = None
+    """Last measured SFTP round trip."""
+    last_error: str = ""
+    connected_since: float | None = None
+    processes: int = 0
+    """Agent and terminal processes running there now."""
+    connects: int = 0
+    losses: int = 0
+    """Connections lost (not closed by us) since the daemon started."""
+
+
+class ComputerList(Struct):
+    computers: list[ComputerInfo] = []
+
+
+# --------------------------------------------------------------------------- results
+
+
+class Ok(Struct):
+    """The result of requests that only succeed or fail."""
+
+
+class Pong(Struct):
+    time: float
+
+
+class ActorCounts(Struct):
+    total: int = 0
+    warm: int = 0
+    busy: int = 0
+    by_state: dict[str, int] = {}
+
+
+class StatusResult(Struct):
+    pid: int
+    version: str
+    started_at: float
+    uptime: float
+    socket: str
+    state_dir: str
+    chats: int
+    actors: ActorCounts
+    memory_rss: int
+    """Summed RSS of warm agent process trees, bytes."""
+    daemon_rss: int
+    restarts_last_hour: int
+    websocket: str | None = None
+
+
+class AgentInfo(Struct):
+    name: str
+    command: list[str]
+    available: bool
+    source: Literal["builtin", "config"]
+    reason: str = ""
+    computer: str | None = None
+
+
+class AgentsResult(Struct):
+    agents: list[AgentInfo]
+    default: str
+
+
+class ChatInfo(Struct):
+    chat: str
+    agent: str
+    cwd: str
+    epoch: str
+    head_seq: int
+    created: bool = False
+    workspace: str | None = None
+    computer: str | None = None
+    policy: str = "ask"
+    title: str | None = None
+    closed: bool = False
+
+
+class PromptAccepted(Struct):
+    chat: str
+    turn: int
+    queued: int
+    """Turns ahead of this one."""
+
+
+class ChatSummary(Struct):
+    chat: str
+    agent: str
+    state: str
+    cwd: str
+    pid: int | None = None
+    generation: int = 0
+    rss: int | None = None
+    idle: float | None = None
+    """Seconds since the agent's last activity (None: no agent process)."""
+    turns: int = 0
+    queued: int = 0
+    title: str | None = None
+    workspace: str | None = None
+    updated_at: float = 0.0
+    closed: bool = False
+
+
+class ChatList(Struct):
+    chats: list[ChatSummary]
+
+
+class UsageTotals(Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    total_tokens: int = 0
+    cost: float = 0.0
+    currency: str | None = None
+    context_used: int | None = None
+    context_size: int | None = None
+
+
+class ActorDetail(Struct):
+    agent: str
+    state: str
+    reason: str = ""
+    pid: int | None = None
+    pgid: int | None = None
+    generation: int = 0
+    session_id: str | None = None
+    last_activity: float | None = None
+    """Wall-clock time of the last traffic from the agent or turn activity."""
+    turns: int = 0
+    queued: int = 0
+    current_turn: int | None = None
+    restarts: int = 0
+    rss: int | None = None
+    capabilities: dict[str, Any] = {}
+    agent_info: dict[str, Any] = {}
+    auth_methods: list[dict[str, Any]] = []
+    modes: dict[str, Any] | None = None
+    config_options: list[dict[str, Any]] = []
+    models: dict[str, Any] | None = None
+    """The agent's (unstable ACP) model state, when it reports one instead of a `model`
+    config option: `currentModelId`, `availableModels`."""
+    commands: list[dict[str, Any]] = []
+    usage: UsageTotals = msgspec.field(default_factory=UsageTotals)
+    pending_permissions: list[str] = []
+    terminals: list[str] = []
+
+
+class AgentDescription(Struct):
+    agent: str
+    capabilities: dict[str, Any] = {}
+    agent_info: dict[str, Any] = {}
+    auth_methods: list[dict[str, Any]] = []
+    protocol_version: int = 1
+
+
+class ChatDetail(Struct):
+    chat: ChatInfo
+    actors: list[ActorDetail]
+
+
+class PendingPermission(Struct):
+    request: str
+    agent: str
+    tool_call: dict[str, Any]
+    options: list[dict[str, Any]]
+    seq: int
+
+
+class Snapshot(Struct):
+    """What a client needs to show a chat without its history: the state, the open turn and
+    its text so far, pending permissions. Sent with `resync_required` and `subscribe`."""
+
+    chat: str
+    agent: str = ""
+    state: str = ""
+    turn: int | None = None
+    turn_prompt: str | None = None
+    turn_text: str = ""
+    pending_permissions: list[PendingPermission] = []
+    last_turn: int = 0
+
+
+class Subscribed(Struct):
+    chat: str
+    epoch: str
+    head_seq: int
+    floor_seq: int
+    """The lowest seq still retained (in memory or in the log)."""
+    snapshot: Snapshot
+
+
+RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
+    Ping: Pong,
+    GetStatus: StatusResult,
+    ListAgents: AgentsResult,
+    OpenChat: ChatInfo,
+    Prompt: PromptAccepted,
+    Cancel: Ok,
+    CloseChat: Ok,
+    Subscribe: Subscribed,
+    Unsubscribe: Ok,
+    ListChats: ChatList,
+    Inspect: ChatDetail,
+    Permit: Ok,
+    SetPolicy: Ok,
+    SetMode: Ok,
+    SetConfig: Ok,
+    Authenticate: Ok,
+    Reload: Ok,
+    DescribeAgent: AgentDescription,
+    Warm: ActorDetail,
+    WorkspaceNew: WorkspaceInfo,
+    ListWorkspaces: WorkspaceList,
+    CloseWorkspace: WorkspaceInfo,
+    RestoreWorkspace: WorkspaceInfo,
+    WorkspaceDiff: DiffResult,
+    Reap: ReapResult,
+    ListComputers: ComputerList,
+}
+"""The type of `Reply.result` for each request type."""

@@ -1,0 +1,85 @@
+"""Issue 16: a remote agent's configured environment reaches it, and never a command line.
+
+Against the real SSH server on loopback (tests/support/sshd.py), which records every exec
+request it receives: the agent's secrets are in the agent's environment (read from
+/proc/PID/environ, which only its owner may read) and in no exec request, and in no process's
+command line (world-readable) while the agent runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support.harness import DaemonProcess, agent_pid, open_chat, turn
+from tests.support.remote_rig import ECHO, SshServer, start_remote
+
+SECRET = "sk-live-9f8e7d6c5b4a3210"
+HOSTILE = "line one\n$(touch pwned) `touch pwned2` 'q' \"dq\" \\ %s a=b\n"
+
+
+@pytest.fixture
+def sshd() -> Iterator[SshServer]:
+    """Requested before `daemon_factory`: it must outlive the daemon, whose shutdown stops
+    the remote agents through it."""
+    server = SshServer()
+    yield server
+    server.stop()
+    if os.environ.get("STOKER_KEEP_TEST_DIRS") != "1":
+        subprocess.run(["rm", "-rf", str(server.base)], check=False)
+
+
+def secretive_agent(state: Path) -> str:
+    env = {"STOKER_ECHO_STATE": str(state), "API_KEY": SECRET, "HOSTILE": HOSTILE}
+    table = ", ".join(f"{k} = {json.dumps(v)}" for k, v in env.items())
+    return ("[agents.secretive]\n"
+            f"command = {json.dumps(ECHO)}\n"
+            'computer = "loop"\n'
+            f"env = {{ {table} }}\n")
+
+
+def command_lines_with(needle: bytes) -> list[int]:
+    """Pids of the processes whose command line contains `needle`."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            with open(f"/proc/{proc.pid}/cmdline", "rb") as fh:
+                if needle in fh.read():
+                    found.append(proc.pid)
+        except OSError:
+            continue
+    return found
+
+
+async def test_a_remote_agent_gets_its_env_and_no_command_line_shows_it(
+        sshd: SshServer, daemon_factory: type[DaemonProcess]) -> None:
+    daemon = start_remote(sshd, daemon_factory,
+                          extra=secretive_agent(sshd.base / "echo-state"))
+    cwd = sshd.work / "chat"
+    cwd.mkdir(parents=True)
+    async with daemon.client() as client:
+        info = await open_chat(client, "keys", agent="secretive", cwd=cwd)
+        pid = await agent_pid(client, info.chat)
+        environ = psutil.Process(pid).environ()
+        assert environ["API_KEY"] == SECRET
+        assert environ["HOSTILE"] == HOSTILE
+        assert "STOKER_ACTOR" in environ
+        # The agent reads the client's ACP input right after its environment.
+        assert (await turn(client, info.chat, "still talking")).text == "still talking"
+        assert command_lines_with(SECRET.encode()) == []
+
+    requests = sshd.exec_requests()
+    launches = [r for r in requests if "stoker-launch" in r]
+    assert launches, requests
+    for request in requests:
+        assert SECRET not in request
+        assert "sk-live" not in request
+        assert "touch pwned" not in request
+    assert not (cwd / "pwned").exists()
+    assert not (cwd / "pwned2").exists()
