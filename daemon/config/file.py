@@ -116,6 +116,10 @@ class DaemonConfig(_Section):
     default_agent: str = "echo"
     max_frame: ByteSize = ByteSize(16 * 1024 * 1024)
     max_connections: int = 256
+    hello_timeout: Duration = Duration(10.0)
+    """A connection that says no hello within this is closed (0: never)."""
+    idle_timeout: Duration = Duration(15 * 60.0)
+    """A connection with no subscription and no request for this long is closed (0: never)."""
     queue_limit: int = 64
     """Prompts waiting per chat (beyond the running one); more -> `queue_full`."""
     stop_grace: Duration = Duration(5.0)

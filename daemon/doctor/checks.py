@@ -6,7 +6,7 @@ there, does every configured agent start and answer ``initialize``, is node ther
 agents that are node programs.
 
 Shape, as elsewhere in the daemon: *facts* are gathered by small I/O functions
-(:func:`path_facts`, :func:`ask_daemon`, :func:`database_check`, ...), and each *verdict* is
+(:func:`path_facts`, :func:`ask_daemon`, ``database.database_facts``, ...), and each *verdict* is
 a pure function from facts to a :class:`Check` (``ok``/``warn``/``fail`` plus one line of
 detail). The verdicts carry the policy (what is merely odd, what will break) and are unit
 tested without touching the machine; :func:`run_checks` wires facts to verdicts.
@@ -30,7 +30,8 @@ import trio
 from daemon.config.agents import AgentSpec, registry
 from daemon.config.file import Config, load
 from daemon.config.paths import Paths
-from daemon.doctor.facts import ask_daemon, database_check, path_facts, probe, tool_version
+from daemon.doctor.database import database_checkup
+from daemon.doctor.facts import ask_daemon, path_facts, probe, tool_version
 from daemon.doctor.report import STATUSES, Check, Status, exit_status, summary
 from daemon.doctor.ssh import computer_checks
 from daemon.doctor.verdicts import (
@@ -40,7 +41,6 @@ from daemon.doctor.verdicts import (
     agent_verdict,
     config_verdict,
     daemon_verdict,
-    database_verdict,
     node_agents,
     socket_dir_verdict,
     socket_verdict,
@@ -60,8 +60,6 @@ __all__ = [
     "ask_daemon",
     "config_verdict",
     "daemon_verdict",
-    "database_check",
-    "database_verdict",
     "exit_status",
     "node_agents",
     "path_facts",
@@ -108,7 +106,6 @@ async def run_checks(paths: Paths, *, timeout: float = 15.0, probe_agents: bool 
     checks.append(daemon_verdict(paths.socket, await ask_daemon(paths.socket)))
 
     checks.append(state_dir_verdict(paths.state_dir, path_facts(paths.state_dir), uid))
-    from daemon.doctor.database import database_checkup  # imports Check from here
     checks.append(await database_checkup(paths.database))
 
     git = await trio.to_thread.run_sync(tool_version, "git")

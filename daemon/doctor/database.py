@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from daemon.doctor.checks import Check
+from daemon.doctor.report import Check
 from daemon.store.sqlite import EMPTY_FAULT, DatabaseUnusable, is_damage, quick_check
 
 

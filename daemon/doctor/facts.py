@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import stat
 import subprocess
 import time
-import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -72,25 +70,6 @@ async def ask_daemon(path: Path, timeout: float = 5.0) -> DaemonAnswer:
     return DaemonAnswer("answering", f"pid {status.pid}, version {status.version}, up "
                         f"{status.uptime:.0f}s, {status.chats} chats, {counts.warm} warm, "
                         f"{counts.busy} busy")
-
-
-def database_check(path: Path) -> tuple[bool, str | None, int]:
-    """(exists, quick_check result or error, size). Read-only: safe with the daemon running
-    (WAL readers do not block its writer)."""
-    if not path.exists():
-        return False, None, 0
-    size = path.stat().st_size
-    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
-        try:
-            rows = conn.execute("PRAGMA quick_check").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        return True, f"cannot be checked: {exc}", size
-    result = "; ".join(str(r[0]) for r in rows[:5])
-    return True, result, size
 
 
 def tool_version(name: str, args: Sequence[str] = ("--version",)) -> str | None:

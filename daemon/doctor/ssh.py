@@ -57,7 +57,8 @@ def computer_verdict(facts: ComputerFacts) -> Check:
 async def computer_facts(name: str, config: ComputerConfig, *, timeout: float
                          ) -> ComputerFacts:
     from daemon.ssh.bridge import open_bridge
-    from daemon.ssh.computer import Computer, ComputerError
+    from daemon.ssh.computer import Computer
+    from daemon.ssh.login import ComputerError
 
     started = time.monotonic()
     async with open_bridge() as bridge, trio.open_nursery() as nursery:

@@ -138,17 +138,6 @@ def state_dir_verdict(path: Path, facts: PathFacts, uid: int) -> Check:
     return Check(name, "ok", f"{path} (0700, writable)")
 
 
-def database_verdict(path: Path, *, exists: bool, result: str | None, size: int = 0) -> Check:
-    """``result``: what ``PRAGMA quick_check`` said (``"ok"`` when healthy), or why it
-    could not run."""
-    name = "database"
-    if not exists:
-        return Check(name, "ok", f"{path} not created yet")
-    if result == "ok":
-        return Check(name, "ok", f"{path} passes quick_check ({size / 1e6:.1f} MB)")
-    return Check(name, "fail", f"{path}: {result}")
-
-
 def tool_verdict(name: str, version: str | None, *, needed_by: str,
                  required: bool = True) -> Check:
     """A tool on PATH: missing is a failure when something needs it to run, a warning when

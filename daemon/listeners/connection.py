@@ -6,6 +6,11 @@ a `StokerError` becomes an `ErrorReply` with its code, anything else an `interna
 only an oversized frame (after which the stream cannot be trusted) or a client that stops
 reading past the hard limit ends the connection, and only that connection.
 
+A connection must earn its slot: one that says no `hello` within `hello_timeout`, or that
+holds no subscription and has no request in flight for `idle_timeout`, is told why (an
+error or a `goodbye`) and closed, so silent sockets cannot lock real clients out of
+`max_connections`.
+
 Writes go through the connection's `Outbox`; one writer task drains it, coalescing whatever
 is queued into a single send, and serves lagging subscriptions from the ring or the log when
 the queue is empty. The hub never waits for this connection.
@@ -13,6 +18,7 @@ the queue is empty. The hub never waits for this connection.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -73,6 +79,10 @@ class Limits:
     subscriber_bytes: int
     heartbeat: float
     max_frame: int
+    hello_timeout: float = 0.0
+    """No hello within this many seconds: closed (0: never)."""
+    idle_timeout: float = 0.0
+    """After hello, no subscription and no request for this long: closed (0: never)."""
 
 
 class Connection:
@@ -97,6 +107,11 @@ class Connection:
         self._in_flight = False
         """The writer is inside `send_batch` (frames taken from the outbox, not yet sent)."""
         self.requests = 0
+        self._opened = trio.current_time()
+        self._last_activity = self._opened
+        self._answering = 0
+        """Requests being answered in their own task (slow ones)."""
+        self._receive_scope: trio.CancelScope | None = None
 
     # ------------------------------------------------------------------ encoding
 
@@ -155,10 +170,42 @@ class Connection:
         if self._reader_scope is not None:
             self._reader_scope.cancel()
 
+    def _deadline(self) -> float:
+        """When this connection stops deserving its slot, as things stand."""
+        limits = self._limits
+        if not self._hello:
+            return self._opened + limits.hello_timeout if limits.hello_timeout > 0 else math.inf
+        if limits.idle_timeout > 0 and not self._subs and not self._answering:
+            return self._last_activity + limits.idle_timeout
+        return math.inf
+
+    def _rearm(self) -> None:
+        """Subscriptions or requests in flight changed: move the reader's deadline."""
+        self._last_activity = trio.current_time()
+        if self._receive_scope is not None:
+            self._receive_scope.deadline = self._deadline()
+
+    def _expire(self) -> None:
+        if not self._hello:
+            reason = f"no hello within {self._limits.hello_timeout:g}s"
+            self.error(None, ErrorCode.HELLO_REQUIRED, reason)
+        else:
+            reason = (f"idle for {self._limits.idle_timeout:g}s with no subscription and no "
+                      "request")
+        self.send(m.Goodbye(reason=reason))
+        self._log.info("closing connection", reason=reason, client=self.client or None)
+
     async def _reader(self, nursery: trio.Nursery) -> None:
         while not self._closing:
             try:
-                payload = await self._t.receive()
+                with trio.CancelScope(deadline=self._deadline()) as scope:
+                    self._receive_scope = scope
+                    payload = await self._t.receive()
+                self._receive_scope = None
+                if scope.cancelled_caught:
+                    self._expire()
+                    return
+                self._last_activity = trio.current_time()
             except FrameTooLarge as exc:
                 self.error(None, ErrorCode.FRAME_TOO_LARGE, str(exc))
                 self.send(m.Goodbye(reason="frame too large"))
@@ -239,6 +286,16 @@ class Connection:
             self.send(m.Reply(id=request.id, result=result))
 
     async def _answer(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> None:
+        self._answering += 1
+        self._rearm()
+        try:
+            await self._answer_one(request, handler)
+        finally:
+            self._answering -= 1
+            self._rearm()
+
+    async def _answer_one(self, request: Any,
+                          handler: Callable[[Any], Awaitable[Any]]) -> None:
         try:
             result = await handler(request)
         except StokerError as exc:

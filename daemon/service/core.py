@@ -48,7 +48,9 @@ class Core:
         return Limits(subscriber_queue=ch.subscriber_queue,
                       subscriber_bytes=int(ch.subscriber_bytes),
                       heartbeat=float(ch.heartbeat),
-                      max_frame=int(self.settings.config.daemon.max_frame))
+                      max_frame=int(self.settings.config.daemon.max_frame),
+                      hello_timeout=float(self.settings.config.daemon.hello_timeout),
+                      idle_timeout=float(self.settings.config.daemon.idle_timeout))
 
     def list_agents(self) -> m.AgentsResult:
         agents = []

@@ -26,47 +26,30 @@ Connection lifecycle:
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from daemon.config.file import ComputerConfig
-from daemon.execution.local import ProcessIdentity, SpawnError
+from daemon.execution.local import ProcessIdentity
 from daemon.log import Log
 from daemon.ssh import scripts
 from daemon.ssh.bridge import Bridge, BridgeClosed
+from daemon.ssh.login import (
+    ComputerError,
+    ComputerRemoved,
+    Link,
+    describe_error,
+    open_link,
+)
 
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 RECLAIM_TIMEOUT = 15.0
 RSS_INTERVAL = 10.0
 CLOSE_TIMEOUT = 3.0
-
-
-class ComputerError(SpawnError):
-    """A remote computer could not be used; the message names it. Transient (the network,
-    the host being down) unless a subclass says otherwise."""
-
-    transient = True
-
-
-class HostKeyError(ComputerError):
-    """The host key is unknown or changed: refused, never retried on its own."""
-
-    transient = False
-
-
-class LoginRefused(ComputerError):
-    """Authentication failed, or the configured keys or known_hosts cannot be read."""
-
-    transient = False
-
-
-class ComputerRemoved(ComputerError):
-    transient = False
 
 
 @dataclass(slots=True)
@@ -81,29 +64,6 @@ class Completed:
     @property
     def ok(self) -> bool:
         return self.code == 0
-
-
-@dataclass(slots=True, eq=False)
-class _Link:
-    """One live asyncssh connection with what we learnt on it."""
-
-    conn: Any
-    client: Any
-    lost: list[BaseException | None] = field(default_factory=list)
-    """What asyncssh told the client when the connection ended."""
-    sftp: Any = None
-    home: str = ""
-    closing: bool = False
-    members: set[Any] = field(default_factory=set)
-    """Processes started on this connection that have not ended yet."""
-
-
-def describe_error(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    text = str(reason or exc).strip()
-    if not text:
-        text = type(exc).__name__
-    return text
 
 
 class Computer:
@@ -125,8 +85,8 @@ class Computer:
         self.losses = 0
         self.removed = False
         self.rss_by_group: dict[int, int] = {}
-        self._link: _Link | None = None
-        self._links: set[_Link] = set()
+        self._link: Link | None = None
+        self._links: set[Link] = set()
         """Every open connection: the current one and retiring ones (after a reload)."""
         self._attempt: trio.Event | None = None
         self._failures = 0
@@ -171,7 +131,7 @@ class Computer:
         `ComputerError` (naming this computer) when there is none to be had."""
         return (await self._live()).conn
 
-    async def _live(self) -> _Link:
+    async def _live(self) -> Link:
         retried = False
         while True:
             if self.removed:
@@ -206,7 +166,7 @@ class Computer:
     async def _connect(self, done: trio.Event) -> None:
         cfg = self.config
         try:
-            link = await self._open(cfg)
+            link, self.latency = await open_link(self.label, cfg, self.bridge)
             if self.config is not cfg or self.removed:  # a reload changed it meanwhile
                 self.nursery.start_soon(self._close_link, link)
                 self.state = "removed" if self.removed else "idle"
@@ -238,96 +198,7 @@ class Computer:
                 self.state = "idle"
             done.set()
 
-    async def _open(self, cfg: ComputerConfig) -> _Link:
-        import asyncssh
-
-        known = known_hosts_path(cfg.known_hosts)
-        if known is not None and not os.path.exists(known):
-            raise HostKeyError(
-                f"cannot verify the host key of {self.label}: known_hosts file {known} does "
-                f"not exist (add the host with `ssh-keyscan -p {cfg.port} {cfg.host} >> "
-                f"{known}` after checking the fingerprint)")
-        for path in cfg.identity_files:
-            if not os.path.exists(os.path.expanduser(path)):
-                raise LoginRefused(f"identity file {path} of {self.label} does not exist")
-        offered: list[Any] = []
-        lost: list[BaseException | None] = []
-
-        class Client(asyncssh.SSHClient):
-            def validate_host_public_key(self, host: str, addr: str, port: int,
-                                         key: Any) -> bool:
-                offered.append(key)
-                return False
-
-            def connection_lost(self, exc: Exception | None) -> None:
-                lost.append(exc)
-
-        options: dict[str, Any] = {
-            "port": cfg.port, "known_hosts": known, "config": None,
-            "keepalive_interval": float(cfg.keepalive), "keepalive_count_max": 3,
-            "connect_timeout": float(cfg.connect_timeout),
-            "password_auth": False, "kbdint_auth": False, "gss_auth": False,
-        }
-        if cfg.user:
-            options["username"] = cfg.user
-        if cfg.identity_files:
-            options["client_keys"] = [os.path.expanduser(p) for p in cfg.identity_files]
-        if not cfg.use_agent:
-            options["agent_path"] = None
-        started = time.monotonic()
-        try:
-            with trio.fail_after(float(cfg.connect_timeout) + 5):
-                conn, client = await self.bridge.call(asyncssh.create_connection, Client,
-                                                      cfg.host, **options)
-        except asyncssh.HostKeyNotVerifiable:
-            raise HostKeyError(self._host_key_problem(known, offered)) from None
-        except asyncssh.PermissionDenied as exc:
-            who = cfg.user or "(the local user name)"
-            raise LoginRefused(f"{self.label} refused the login of {who}: "
-                               f"{describe_error(exc)}; check identity_files / use_agent"
-                               ) from None
-        except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
-            raise LoginRefused(f"cannot use the identity files of {self.label}: "
-                               f"{describe_error(exc)}") from None
-        except trio.TooSlowError:
-            raise ComputerError(f"cannot connect to {self.label}: no answer within "
-                                f"{float(cfg.connect_timeout):g}s") from None
-        except (OSError, asyncssh.Error, TimeoutError, BridgeClosed) as exc:
-            raise ComputerError(f"cannot connect to {self.label}: "
-                                f"{describe_error(exc)}") from None
-        link = _Link(conn=conn, client=client, lost=lost)
-        try:
-            link.sftp = await self.bridge.call(conn.start_sftp_client)
-            link.home = str(await self.bridge.call(link.sftp.realpath, "."))
-        except (OSError, asyncssh.Error, BridgeClosed) as exc:
-            conn.close()
-            raise ComputerError(f"{self.label} offers no SFTP service: "
-                                f"{describe_error(exc)}") from None
-        self.latency = time.monotonic() - started
-        return link
-
-    def _host_key_problem(self, known: str | None, offered: list[Any]) -> str:
-        import asyncssh
-
-        cfg = self.config
-        key = offered[-1] if offered else None
-        shown = (f"{key.get_algorithm()} key {key.get_fingerprint('sha256')}"
-                 if key is not None else "a key")
-        trusted: list[Any] = []
-        if known is not None:
-            try:
-                trusted = list(asyncssh.match_known_hosts(known, cfg.host, "", cfg.port)[0])
-            except (OSError, ValueError, asyncssh.Error):
-                trusted = []
-        if trusted:
-            return (f"host key of {self.label} CHANGED: it offered {shown}, which does not "
-                    f"match its entry in {known}. This may be an attack (someone in the "
-                    "middle); if the host really was reinstalled, replace its line there")
-        return (f"host key of {self.label} is unknown: {known} has no entry for it; it "
-                f"offered {shown}. Verify that fingerprint, then add the host (e.g. "
-                f"`ssh-keyscan -p {cfg.port} {cfg.host} >> {known}`)")
-
-    async def _watch(self, link: _Link) -> None:
+    async def _watch(self, link: Link) -> None:
         """Wait for the connection to end; unless we closed it, that is a loss."""
         try:
             await self.bridge.call(link.conn.wait_closed)
@@ -341,7 +212,7 @@ class Computer:
         reason = describe_error(reasons[-1]) if reasons and reasons[-1] else "closed by the peer"
         self._lost(link, reason)
 
-    def _lost(self, link: _Link, reason: str) -> None:
+    def _lost(self, link: Link, reason: str) -> None:
         self._links.discard(link)
         if self._link is link:
             self._link = None
@@ -413,7 +284,7 @@ class Computer:
         finally:
             self._reconnecting = False
 
-    async def _reclaim_orphans(self, link: _Link) -> None:
+    async def _reclaim_orphans(self, link: Link) -> None:
         while self._orphans:
             identity = self._orphans[0]
             command = scripts.tree_kill_command(
@@ -442,7 +313,7 @@ class Computer:
         link = await self._live()
         return await self._run_on(link, command, timeout=timeout, stdin=stdin)
 
-    async def _run_on(self, link: _Link, command: str, *, timeout: float,
+    async def _run_on(self, link: Link, command: str, *, timeout: float,
                       stdin: bytes = b"") -> Completed:
         import asyncssh
 
@@ -526,7 +397,7 @@ class Computer:
         if link is not None:
             self.nursery.start_soon(self._retire, link)
 
-    async def _retire(self, link: _Link, timeout: float = 120.0) -> None:
+    async def _retire(self, link: Link, timeout: float = 120.0) -> None:
         with trio.move_on_after(timeout):
             while link.members:
                 await trio.sleep(0.2)
@@ -539,7 +410,7 @@ class Computer:
         for link in list(self._links):
             await self._close_link(link)
 
-    async def _close_link(self, link: _Link) -> None:
+    async def _close_link(self, link: Link) -> None:
         link.closing = True
         self._links.discard(link)
         with trio.move_on_after(CLOSE_TIMEOUT):
@@ -548,13 +419,6 @@ class Computer:
                 await self.bridge.call(link.conn.wait_closed)
             except Exception:  # closing what may already be gone
                 pass
-
-
-def known_hosts_path(value: str | None) -> str | None:
-    """The file to verify host keys against; None only when explicitly disabled."""
-    if value is None or value == "":
-        return None
-    return os.path.expanduser(value)
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -28,8 +28,9 @@ import trio
 from daemon.execution.local import ACTOR_VAR, INSTANCE_VAR, ProcessIdentity, SpawnError
 from daemon.ssh import scripts
 from daemon.ssh.bridge import BridgeClosed
-from daemon.ssh.computer import Computer, ComputerError, describe_error
+from daemon.ssh.computer import Computer
 from daemon.ssh.files import SftpFiles
+from daemon.ssh.login import ComputerError, describe_error
 from daemon.ssh.process import SshProcess
 from daemon.ssh.streams import ChannelReceiveStream, ChannelSendStream
 

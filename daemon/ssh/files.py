@@ -9,7 +9,8 @@ one cannot (docs/REMOTE.md).
 
 A computer that cannot be reached is a `FileProblem` for reads and writes (the agent gets an
 error naming it) and a `ComputerError` for `directory` (whose callers treat it as a failed
-start or a refused request).
+start or a refused request). As locally, only regular files are read or written: a FIFO or a
+device is refused before it is opened (opening it could block the remote SFTP server).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from daemon.execution.fs import (
     ancestry,
     check_path,
     reattach,
+    refuse_irregular,
     require_within,
     text_slice,
 )
-from daemon.ssh.computer import Computer, ComputerError
+from daemon.ssh.computer import Computer
+from daemon.ssh.login import ComputerError
 from daemon.ssh.sftp import RemoteFs, kind_of
 
 
@@ -66,6 +69,10 @@ class SftpFiles:
                 raise FileProblem(f"{path}: no such file")
             if kind == "dir":
                 raise FileProblem(f"{path}: is a directory")
+            if kind == "other":
+                # A FIFO would block the remote SFTP server (and with it every request on
+                # this computer's connection) as it blocks a local thread.
+                refuse_irregular(path, (attrs.permissions or 0) if attrs is not None else 0)
             if attrs is not None and (attrs.size or 0) > self.max_read:
                 raise FileProblem(f"{path}: larger than {self.max_read} bytes")
             data = await self._fs.read(real)
@@ -85,11 +92,14 @@ class SftpFiles:
             # Re-check after creating directories: a racing symlink must not redirect us.
             require_within(await self._root(), await self._fs.realpath(parent), path,
                            self.root)
-            kind = kind_of(await self._fs.lstat(real))
+            attrs = await self._fs.lstat(real)
+            kind = kind_of(attrs)
             if kind == "symlink":
                 raise AccessDenied(f"{path} is a symlink; refusing to follow it")
             if kind == "dir":
                 raise FileProblem(f"{path}: is a directory")
+            if kind == "other":
+                refuse_irregular(path, (attrs.permissions or 0) if attrs is not None else 0)
             await self._fs.write(real, content.encode("utf-8"))
         except ComputerError as exc:
             raise FileProblem(str(exc)) from None

@@ -25,6 +25,7 @@ import trio
 from daemon.execution.local import ExitStatus, ProcessIdentity, ProcessStreams
 from daemon.ssh import scripts
 from daemon.ssh.bridge import Bridge, BridgeClosed
+from daemon.ssh.login import ComputerError
 from daemon.ssh.streams import ChannelReceiveStream, ChannelSendStream
 
 if TYPE_CHECKING:
@@ -109,8 +110,6 @@ class SshProcess(ProcessStreams):
         """TERM, wait, KILL the group and the marked processes, over this process's own
         connection. If that connection is gone, the computer reclaims the tree when it
         reconnects (it was listed as an orphan when the connection was lost)."""
-        from daemon.ssh.computer import ComputerError
-
         if not self._computer.is_live(self._conn):
             return
         ident = self._identity
@@ -123,8 +122,6 @@ class SshProcess(ProcessStreams):
 
     async def _run_here(self, command: str, *, timeout: float) -> None:
         import asyncssh
-
-        from daemon.ssh.computer import ComputerError
 
         try:
             with trio.fail_after(timeout):

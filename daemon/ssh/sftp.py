@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from daemon.ssh.bridge import BridgeClosed
-from daemon.ssh.computer import Computer, ComputerError, describe_error
+from daemon.ssh.computer import Computer
+from daemon.ssh.login import ComputerError, describe_error
 from daemon.workspaces.reaping import PathKind
 
 T = TypeVar("T")

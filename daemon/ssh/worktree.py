@@ -22,8 +22,9 @@ import trio
 
 from daemon.errors import GitError
 from daemon.execution.local import ACTOR_VAR, INSTANCE_VAR, SpawnError
-from daemon.ssh.computer import Computer, ComputerError
+from daemon.ssh.computer import Computer
 from daemon.ssh.executor import SshExecutor
+from daemon.ssh.login import ComputerError
 from daemon.ssh.sftp import RemoteFs, kind_of
 from daemon.workspaces.git import (
     _REDIRECTING,

@@ -20,7 +20,14 @@ import trio
 from daemon.client import Client
 from protocol import deltas as d
 from protocol import messages as m
-from tests.support.harness import DaemonProcess, open_chat, subscribe, turn, wait_actor
+from tests.support.harness import (
+    DaemonFactory,
+    DaemonProcess,
+    open_chat,
+    subscribe,
+    turn,
+    wait_actor,
+)
 
 FIFO_CHATS = 42
 """More than trio's default thread limit (40), which the store's writer shares: before the
@@ -53,7 +60,7 @@ async def test_reading_or_writing_a_fifo_is_refused_and_the_turn_ends(
 
 
 async def test_many_fifo_reads_starve_neither_the_store_nor_other_chats(
-        daemon_factory: type[DaemonProcess]) -> None:
+        daemon_factory: DaemonFactory) -> None:
     # Every FIFO chat's agent stays warm: eviction is not what this test is about.
     daemon = daemon_factory(config=f"[lifecycle]\nmax_warm = {FIFO_CHATS + 8}\n")
     daemon.start()

@@ -18,7 +18,7 @@ import trio
 
 from daemon.client import RequestFailed
 from protocol import messages as m
-from tests.support.harness import DaemonProcess, open_chat, turn, wait_turn_end
+from tests.support.harness import DaemonFactory, DaemonProcess, open_chat, turn, wait_turn_end
 
 T = TypeVar("T")
 _enc = msgspec.msgpack.Encoder()
@@ -227,3 +227,58 @@ def test_client_verbs_without_a_daemon_say_so(tmp_path: object) -> None:
     usage = subprocess.run([sys.executable, "-m", "daemon.cli", "send", "--nope"], env=env,
                            capture_output=True, text=True, timeout=30)
     assert usage.returncode == 2
+
+
+async def test_silent_connections_lose_their_slot_and_real_clients_get_in(
+        daemon_factory: DaemonFactory) -> None:
+    """Connections that never say hello are closed after `hello_timeout`, so a handful of
+    them (here: every slot) cannot lock real clients out for good."""
+    daemon = daemon_factory(config=(
+        "[daemon]\nmax_connections = 4\nhello_timeout = \"500ms\"\nidle_timeout = \"0s\"\n"))
+    daemon.start()
+    silent = [Raw(str(daemon.socket)) for _ in range(4)]
+    try:
+        for raw in silent:
+            error = await run(raw.error)
+            assert error.code == "hello_required"
+            assert "no hello within 0.5s" in error.message
+            goodbye = await run(raw.recv)
+            assert isinstance(goodbye, m.Goodbye), goodbye
+            assert await run(raw.closed)
+        # Every slot is free again: a real client is served.
+        async with daemon.client() as client:
+            info = await open_chat(client, "after", cwd=daemon.work)
+            assert (await turn(client, info.chat, "in")).text == "in"
+    finally:
+        for raw in silent:
+            raw.close()
+
+
+async def test_idle_connections_without_a_subscription_are_closed(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=(
+        "[daemon]\nidle_timeout = \"500ms\"\n[channels]\nheartbeat = \"100ms\"\n"))
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "watched", cwd=daemon.work)
+    idle = Raw(str(daemon.socket))
+    watching = Raw(str(daemon.socket))
+    try:
+        await run(hello, idle)
+        await run(hello, watching)
+        watching.send(m.Subscribe(id=1, chat=info.chat))
+        # The idle one is told why and closed.
+        goodbye = await run(idle.recv)
+        assert isinstance(goodbye, m.Goodbye), goodbye
+        assert "idle for 0.5s" in goodbye.reason
+        assert await run(idle.closed)
+        # The subscribed one is never idle: it keeps getting heartbeats well past the
+        # idle timeout (counted, not slept: each heartbeat is 100 ms of daemon time).
+        heartbeats = 0
+        while heartbeats < 10:
+            message = await run(watching.recv)
+            assert not isinstance(message, m.Goodbye), message
+            heartbeats += isinstance(message, m.Heartbeat)
+    finally:
+        idle.close()
+        watching.close()

@@ -161,6 +161,29 @@ async def test_remote_agent_behaves_as_locally(sshd: SshServer,
         assert psutil.Process(there.pid).environ().get("STOKER_TEST_ID") == daemon.marker
 
 
+async def test_remote_fifo_is_refused_and_the_connection_keeps_serving(
+        sshd: SshServer, daemon_factory: DaemonFactory) -> None:
+    """A FIFO on the remote host is refused before SFTP opens it (opening it would block the
+    remote SFTP server, and with it every file request on the computer's connection)."""
+    daemon = start_remote(sshd, daemon_factory)
+    cwd = sshd.work / "fifo"
+    cwd.mkdir()
+    os.mkfifo(cwd / "pipe")
+    async with daemon.client() as client:
+        info = await open_chat(client, "rfifo", agent="recho", cwd=cwd)
+        with trio.fail_after(30):
+            read = await turn(client, info.chat, "/read pipe")
+            wrote = await turn(client, info.chat, "/write pipe hello")
+        assert read.ended.stop_reason == "end_turn"
+        for result in (read, wrote):
+            assert result.text.startswith("error:"), result.text
+            assert "FIFO" in result.text, result.text
+        # The same connection still reads and writes regular files.
+        assert (await turn(client, info.chat, "/write a.txt fine")).text.startswith("wrote")
+        assert (await turn(client, info.chat, "/read a.txt")).text == "fine"
+    assert (cwd / "pipe").is_fifo()
+
+
 async def test_crash_restarts_and_memory_survives_kill9(
         sshd: SshServer, daemon_factory: DaemonFactory) -> None:
     daemon = start_remote(sshd, daemon_factory)

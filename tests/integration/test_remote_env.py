@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.harness import DaemonProcess, agent_pid, open_chat, turn
+from tests.support.harness import DaemonFactory, agent_pid, open_chat, turn
 from tests.support.remote_rig import ECHO, SshServer, start_remote
 
 SECRET = "sk-live-9f8e7d6c5b4a3210"
@@ -58,7 +58,7 @@ def command_lines_with(needle: bytes) -> list[int]:
 
 
 async def test_a_remote_agent_gets_its_env_and_no_command_line_shows_it(
-        sshd: SshServer, daemon_factory: type[DaemonProcess]) -> None:
+        sshd: SshServer, daemon_factory: DaemonFactory) -> None:
     daemon = start_remote(sshd, daemon_factory,
                           extra=secretive_agent(sshd.base / "echo-state"))
     cwd = sshd.work / "chat"

@@ -18,7 +18,14 @@ import trio
 from daemon.client import ClientError, RequestFailed
 from protocol import messages as m
 from tests.support.corrupt import checkpoint, damage, overwrite_page, pages_of
-from tests.support.harness import DaemonProcess, agent_pid, open_chat, turn, wait_gone
+from tests.support.harness import (
+    DaemonFactory,
+    DaemonProcess,
+    agent_pid,
+    open_chat,
+    turn,
+    wait_gone,
+)
 
 EXIT_DEADLINE = 30.0
 
@@ -51,7 +58,7 @@ def doctor_row(daemon: DaemonProcess) -> tuple[str, str]:
 
 @pytest.mark.parametrize("how", ["middle", "header", "truncated", "empty"])
 async def test_the_daemon_refuses_a_damaged_database_and_says_why(
-        daemon_factory: type[DaemonProcess], how: str) -> None:
+        daemon_factory: DaemonFactory, how: str) -> None:
     daemon = daemon_factory()
     daemon.start()
     await fill(daemon)
@@ -75,7 +82,7 @@ async def test_the_daemon_refuses_a_damaged_database_and_says_why(
 
 
 async def test_damage_found_while_running_stops_the_daemon_and_its_agents(
-        daemon_factory: type[DaemonProcess]) -> None:
+        daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory()
     daemon.start()
     await fill(daemon)

@@ -18,7 +18,6 @@ from daemon.doctor.checks import (
     agent_verdict,
     config_verdict,
     daemon_verdict,
-    database_verdict,
     exit_status,
     node_agents,
     socket_dir_verdict,
@@ -26,6 +25,7 @@ from daemon.doctor.checks import (
     state_dir_verdict,
     tool_verdict,
 )
+from daemon.doctor.database import DatabaseFacts, database_verdict
 
 ME = 1000
 P = Path("/run/user/1000/stoker/stoker.sock")
@@ -93,9 +93,10 @@ def test_config() -> None:
 
 def test_database_and_tools() -> None:
     db = Path("/s/stoker.db")
-    assert database_verdict(db, exists=False, result=None).status == "ok"
-    assert database_verdict(db, exists=True, result="ok", size=10).status == "ok"
-    assert database_verdict(db, exists=True, result="*** in database main ***").status == "fail"
+    assert database_verdict(db, DatabaseFacts(exists=False)).status == "ok"
+    assert database_verdict(db, DatabaseFacts(exists=True, size=10)).status == "ok"
+    assert database_verdict(db, DatabaseFacts(exists=True, fault="*** in database main ***")
+                            ).status == "fail"
     assert tool_verdict("git", "git version 2.39", needed_by="worktrees").status == "ok"
     assert tool_verdict("git", None, needed_by="worktrees").status == "fail"
     assert tool_verdict("npm", None, needed_by="x", required=False).status == "warn"
