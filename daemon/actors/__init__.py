@@ -1,8 +1,12 @@
 """The pool of backend actors: one actor per (chat, agent) and the supervisor that starts,
 restarts, hibernates and closes them.
 
-`pool` is the registry and supervisor; `lifecycle` holds the pure decisions (states and
-their legal transitions, eviction, liveness, restart intensity); `mailbox` the messages an
-actor accepts; `backend` the actor itself. May import `config`, `store`, `channels`,
-`execution` and `acp`; never a listener or the service.
+`pool` is the registry and supervisor; it holds each actor only through its `ref.ActorRef`
+(messages in, plain data out) and keeps its own record of which actor tasks run. `chats` is
+its book of chats, `restore` what start-up takes over from the last daemon life, `eviction`
+the facts gathered for the sweep. `lifecycle` holds the pure decisions (states and the table
+of their legal transitions, eviction, liveness, restart intensity); `mailbox` the messages
+an actor accepts; `records` every SQL statement on the chats, actors, prompts and
+transitions tables; `settings` the live config; `backend` the actor itself. May import
+`config`, `store`, `channels`, `execution` and `acp`; never a listener or the service.
 """

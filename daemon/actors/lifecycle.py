@@ -1,5 +1,8 @@
 """Lifecycle decisions as pure functions over plain snapshots. No I/O, no clock reads.
 
+The actor states and the table of their legal transitions come first; an actor checks every
+change it makes against the table (`check_transition`).
+
 The pool and the backend actors gather facts (states, timestamps, RSS) and ask these
 functions what to do; the property tests in tests/unit/test_policy.py check their invariants
 exhaustively: a busy actor (or one with a pending permission, a live terminal or queued
@@ -27,6 +30,46 @@ class State(enum.StrEnum):
 
 WARM_STATES = frozenset({State.STARTING, State.READY, State.BUSY})
 """States in which the actor has (or is getting) a live agent process."""
+
+_STOPPED = frozenset({State.HIBERNATED, State.CLOSED})
+"""Where any live state may go when the chat closes (closed) or the daemon stops (the
+actor is left hibernated, its record kept for the next daemon life)."""
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    # A generation starts; it gets ready, cannot be spawned at all (failed), or dies.
+    State.STARTING: frozenset({State.READY, State.CRASHED, State.FAILED}) | _STOPPED,
+    # ready -> ready: an agent waiting for authentication becomes ready for turns.
+    State.READY: frozenset({State.READY, State.BUSY, State.CRASHED}) | _STOPPED,
+    State.BUSY: frozenset({State.READY, State.CRASHED}) | _STOPPED,
+    # hibernated -> hibernated: a dormant actor whose old process was reclaimed, or that
+    # is told of a shutdown.
+    State.HIBERNATED: frozenset({State.STARTING}) | _STOPPED,
+    State.CRASHED: frozenset({State.RESTARTING, State.FAILED}) | _STOPPED,
+    State.RESTARTING: frozenset({State.STARTING}) | _STOPPED,
+    # failed -> starting: a later explicit prompt (or warm-up, or command) retries.
+    State.FAILED: frozenset({State.STARTING}) | _STOPPED,
+    State.CLOSED: frozenset(),
+}
+"""The legal state changes: `TRANSITIONS[old]` holds every state `old` may become.
+Closed is final: a reopened chat gets a new actor."""
+
+
+class IllegalTransition(RuntimeError):
+    """An actor tried a state change the table does not allow: a bug in the actor, raised
+    at once rather than published to clients as a state that cannot happen."""
+
+    def __init__(self, old: State, new: State) -> None:
+        allowed = ", ".join(sorted(s.value for s in TRANSITIONS[old])) or "nothing"
+        super().__init__(f"illegal actor state change {old.value} -> {new.value} "
+                         f"(from {old.value}: {allowed})")
+        self.old = old
+        self.new = new
+
+
+def check_transition(old: State, new: State) -> None:
+    """Raise `IllegalTransition` unless `old -> new` is in the table."""
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(old, new)
 
 
 @dataclass(frozen=True, slots=True)

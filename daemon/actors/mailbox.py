@@ -62,6 +62,9 @@ class PromptJob(msgspec.Struct, kw_only=True):
     streamed_usage: bool = False
     """The agent reported this turn's token usage while streaming (`_meta.usage`): the
     prompt response's own usage, if any, would count it twice."""
+    answered: trio.Event = msgspec.field(default_factory=trio.Event)
+    """Set once the agent has answered the turn's `session/prompt` (or the turn stopped
+    waiting for it): what a cancel waits for."""
 
 
 class Cancel(msgspec.Struct, kw_only=True):
@@ -113,7 +116,20 @@ class Shutdown(msgspec.Struct, kw_only=True):
     reason: str
 
 
+class SetPolicy(msgspec.Struct, kw_only=True):
+    """The chat's permission policy changed: requests from now on follow it."""
+
+    policy: str
+
+
+class UseSpec(msgspec.Struct, kw_only=True):
+    """A reload changed this agent's definition: the next generation uses it."""
+
+    spec: Any
+    """AgentSpec"""
+
+
 ActorMessage = (
     PromptJob | Cancel | Permit | SetMode | SetConfig | Authenticate | Warm | Hibernate | Close
-    | Shutdown
+    | Shutdown | SetPolicy | UseSpec
 )

@@ -1,42 +1,37 @@
 """The pool: the registry of chats and the supervisor of their backend actors.
 
-It routes client requests to actors (as mailbox messages), assigns turn numbers, keeps the
-durable prompt queue, and runs the eviction sweep (idle TTL, LRU cap, memory budget) using
-`policy.choose_evictions`.
+It routes client requests to actors (as mailbox messages, through each actor's `ActorRef`),
+assigns turn numbers, keeps the durable prompt queue, and runs the eviction sweep (idle TTL,
+LRU cap, memory budget; `eviction.choose_victims`). Start-up is `restore.restore`.
 
 Actors are started on demand and go dormant when hibernated with nothing to do (their task
 ends, their record stays in memory and in the store), so thousands of hibernated chats cost a
 few kilobytes each. A message for a dormant actor starts its task again.
-
-At startup it loads chats and actor records, reclaims agent processes left behind by a
-crashed daemon (`Executor.reclaim`), ends the turns that crash interrupted, and re-delivers
-prompts that were still queued.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-import msgspec
 import trio
 
 from daemon.actors import mailbox as mb
-from daemon.actors.backend.actor import (
-    ActorRecord,
-    BackendActor,
-    Settings,
-    content_problem,
-    probe_agent,
-    summarize,
-)
-from daemon.actors.lifecycle import WARM_STATES, State, choose_evictions
-from daemon.channels.hub import Hub, new_epoch
+from daemon.actors import records
+from daemon.actors.backend.actor import BackendActor
+from daemon.actors.backend.probe import description_of, probe_agent, probe_directory
+from daemon.actors.backend.turns import content_problem, summarize
+from daemon.actors.chats import ChatBook, check_chat_id, summary
+from daemon.actors.eviction import choose_victims
+from daemon.actors.lifecycle import WARM_STATES, State
+from daemon.actors.records import ActorRecord, Chat
+from daemon.actors.ref import ActorRef
+from daemon.actors.restore import restore
+from daemon.actors.settings import Settings
+from daemon.channels.hub import Hub
 from daemon.errors import (
     BadRequest,
     InvalidState,
@@ -45,10 +40,8 @@ from daemon.errors import (
     ShuttingDown,
     UnknownAgent,
     UnknownChat,
-    UnknownComputer,
 )
-from daemon.execution.fs import AccessDenied, FileProblem
-from daemon.execution.local import Executor, ProcessIdentity, SpawnError
+from daemon.execution.local import Executor
 from daemon.log import Log
 from daemon.store.sqlite import Store
 from protocol import deltas as d
@@ -61,44 +54,20 @@ from protocol.messages import (
     ContentBlock,
     PromptAccepted,
     TextBlock,
-    UsageTotals,
 )
 
-T = TypeVar("T")
-_CHAT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_msgpack = msgspec.msgpack.Encoder()
-_content_decoder = msgspec.msgpack.Decoder(list[ContentBlock])
+__all__ = ["Chat", "ExecutorFactory", "Pool"]
 
 
-def new_chat_id() -> str:
-    return secrets.token_hex(5)
+@dataclass(slots=True, eq=False)
+class _Child:
+    """The pool's record of one supervised actor: its handle and whether its task runs."""
 
-
-def _description(agent: str, info: dict[str, Any]) -> m.AgentDescription:
-    """`describe_agent`'s answer from an `initialize` result: a running actor's recorded
-    one and a probe's raw one have the same keys."""
-    return m.AgentDescription(
-        agent=agent, capabilities=info.get("agentCapabilities") or {},
-        agent_info=info.get("agentInfo") or {},
-        auth_methods=info.get("authMethods") or [],
-        protocol_version=int(info.get("protocolVersion", 1)))
-
-
-@dataclass(slots=True)
-class Chat:
-    id: str
-    agent: str
-    cwd: str
-    epoch: str
-    created: float
-    updated: float
-    workspace: str | None = None
-    computer: str | None = None
-    policy: str | None = None
-    title: str | None = None
-    closed: bool = False
-    next_turn: int = 1
-    mcp: list[dict[str, Any]] = field(default_factory=list)
+    ref: ActorRef
+    running: bool = False
+    """The actor's task runs (the pool starts it on demand; it ends when dormant)."""
+    finished: trio.Event = field(default_factory=trio.Event)
+    """Set when the current activation's task returns."""
 
 
 ExecutorFactory = Callable[[str | None], Executor]
@@ -113,8 +82,9 @@ class Pool:
         self._executors = executors
         self._instance = instance
         self._log = Log("pool")
-        self._chats: dict[str, Chat] = {}
-        self._actors: dict[tuple[str, str], BackendActor] = {}
+        self._book = ChatBook(store=store, hub=hub, settings=settings, executors=executors)
+        self._chats = self._book.chats
+        self._actors: dict[tuple[str, str], _Child] = {}
         self._nursery: trio.Nursery | None = None
         self._sweep_needed = trio.Event()
         self._shutting_down: str | None = None
@@ -133,7 +103,15 @@ class Pool:
                   ) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await self._load()
+            restored = await restore(
+                store=self._store, hub=self._hub, chats=self._chats,
+                unclean=self.unclean_start, executors=self._executors,
+                make_actor=lambda chat, agent, record, reclaimed: self._make_actor(
+                    chat, agent, record, reclaimed=reclaimed).ref,
+                actor_for=lambda chat, agent: self._actor_for(chat, agent).ref, log=self._log)
+            self._log.info("loaded", chats=restored.chats, reclaimed=restored.reclaimed,
+                           interrupted_turns=restored.interrupted,
+                           requeued_prompts=restored.requeued, new_epochs=restored.new_epochs)
             nursery.start_soon(self._sweeper)
             task_status.started()
             await trio.sleep_forever()
@@ -142,168 +120,58 @@ class Pool:
         """End every open turn, stop every agent (SIGTERM, then SIGKILL after the grace),
         and wait for the actors to finish."""
         self._shutting_down = reason
-        running = [a for a in self._actors.values() if a.running]
-        for actor in running:
-            actor.send(mb.Shutdown(reason=reason))
+        running = [child for child in self._actors.values() if child.running]
+        for child in running:
+            child.ref.send(mb.Shutdown(reason=reason))
         grace = float(self._settings.config.daemon.stop_grace)
         with trio.move_on_after(grace + 5):
-            for actor in running:
-                await actor.finished.wait()
+            for child in running:
+                await child.finished.wait()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
-    def _spawn(self, actor: BackendActor) -> None:
-        if actor.running or self._nursery is None:
+    def _spawn(self, child: _Child) -> None:
+        if child.running or self._nursery is None:
             return
-        actor.running = True
-        actor.finished = trio.Event()
-        self._nursery.start_soon(self._supervise, actor)
+        child.running = True
+        child.finished = trio.Event()
+        self._nursery.start_soon(self._supervise, child)
 
-    async def _supervise(self, actor: BackendActor) -> None:
+    async def _supervise(self, child: _Child) -> None:
+        ref = child.ref
         try:
-            await actor.run()
+            await ref.run()
         except Exception:
             # The actor already ended its turns and logged the traceback. A fresh actor
-            # object (from the persisted record) serves the chat from the next message on.
+            # (from the persisted record) serves the chat from the next message on.
             self._log.error("actor crashed; it will be recreated on next use",
-                            chat=actor.chat, agent=actor.agent)
-            self._actors.pop((actor.chat, actor.agent), None)
+                            chat=ref.chat, agent=ref.agent)
+            self._forget(child)
             return
-        if actor.state is State.CLOSED:
-            self._actors.pop((actor.chat, actor.agent), None)
-        elif actor.has_mail() and self._shutting_down is None:
+        finally:
+            child.running = False
+            child.finished.set()
+        if ref.state is State.CLOSED:
+            self._forget(child)
+        elif ref.has_mail() and self._shutting_down is None:
             # A message raced the actor going dormant: wake it again.
-            self._spawn(actor)
+            self._spawn(child)
 
-    def _on_state(self, actor: BackendActor) -> None:
-        if actor.state in (State.READY, State.STARTING):
+    def _forget(self, child: _Child) -> None:
+        key = (child.ref.chat, child.ref.agent)
+        if self._actors.get(key) is child:
+            del self._actors[key]
+
+    def _on_state(self, state: State) -> None:
+        if state in (State.READY, State.STARTING):
             self._sweep_needed.set()
 
-    def _on_turn_end(self, actor: BackendActor, turn: int, error: str | None) -> None:
+    def _on_turn_end(self, chat: str, agent: str, turn: int, error: str | None) -> None:
         for listener in self.turn_listeners:
             try:
-                listener(actor.chat, actor.agent, turn, error)
+                listener(chat, agent, turn, error)
             except Exception:
-                self._log.exception("turn listener failed", chat=actor.chat)
-
-    # ================================================================== startup
-
-    async def _load(self) -> None:
-        rows = await self._store.query(
-            "SELECT id, agent, cwd, workspace, computer, policy, title, mcp, epoch, created,"
-            " updated, closed, next_turn, head_seq FROM chats")
-        # Head and floor of each chat's log by primary-key probes, in one thread trip: two
-        # `GROUP BY chat` scans read the whole log (~170 ms per million deltas, before the
-        # socket opens).
-        ends = await self._store.query_each(
-            "SELECT (SELECT MAX(seq) FROM deltas WHERE chat=?1),"
-            " (SELECT MIN(seq) FROM deltas WHERE chat=?1)", [(row[0],) for row in rows])
-        heads = {row[0]: found[0][0] for row, found in zip(rows, ends, strict=True)
-                 if found[0][0] is not None}
-        floors = {row[0]: found[0][1] for row, found in zip(rows, ends, strict=True)
-                  if found[0][1] is not None}
-        renewed = 0
-        for (chat_id, agent, cwd, workspace, computer, policy, title, mcp, epoch, created,
-             updated, closed, next_turn, head_seq) in rows:
-            if self.unclean_start:
-                # Live subscribers may have seen deltas of the last few milliseconds that
-                # never reached the log; their seq numbers would now be reused for other
-                # deltas. The history may be incomplete, so it is a new history.
-                epoch = new_epoch()
-                self._store.execute("UPDATE chats SET epoch=? WHERE id=?", (epoch, chat_id))
-                renewed += 1
-            head = max(int(head_seq or 0), int(heads.get(chat_id) or 0))
-            chat = Chat(
-                id=chat_id, agent=agent, cwd=cwd, epoch=epoch, created=created,
-                updated=updated, workspace=workspace, computer=computer, policy=policy,
-                title=title, closed=bool(closed), next_turn=int(next_turn),
-                mcp=msgspec.msgpack.decode(mcp) if mcp else [],
-            )
-            self._chats[chat_id] = chat
-            floor = int(floors[chat_id]) if chat_id in floors else head + 1
-            self._hub.open_channel(chat_id, epoch, head=head, floor=floor)
-            self._hub.seed_view(chat_id, agent=agent,
-                                state="closed" if closed else State.HIBERNATED.value,
-                                last_turn=int(next_turn) - 1)
-        actor_rows = await self._store.query(
-            "SELECT chat, agent, state, reason, session_id, generation, pid, pgid, pid_start,"
-            " computer, marker, info, usage, turns, last_activity FROM actors")
-        reclaimed = 0
-        for (chat_id, agent, state, reason, session_id, generation, pid, pgid, pid_start,
-             computer, marker, info, usage, turns, last_activity) in actor_rows:
-            owner = self._chats.get(chat_id)
-            if owner is None:
-                continue
-            chat = owner
-            if pid is not None:
-                # Reclaim where the process ran, even if the config moved the agent since.
-                identity = ProcessIdentity(pid=int(pid), pgid=int(pgid or pid),
-                                           start_time=float(pid_start or 0.0),
-                                           computer=computer, actor=marker or "")
-                try:
-                    if await self._executors(computer).reclaim(identity):
-                        reclaimed += 1
-                except Exception:
-                    self._log.exception("orphan reclaim failed", chat=chat_id, agent=agent)
-            if chat.closed:
-                continue
-            record = ActorRecord(
-                state=State.HIBERNATED.value if state not in (
-                    State.FAILED.value, State.CLOSED.value) else state,
-                reason="daemon restarted" if pid is not None else reason,
-                session_id=session_id, generation=int(generation or 0), turns=int(turns or 0),
-                info=msgspec.msgpack.decode(info) if info else {},
-                usage=msgspec.msgpack.decode(usage, type=UsageTotals) if usage
-                else UsageTotals(),
-                last_activity=last_activity,
-            )
-            if record.state == State.CLOSED.value:
-                continue
-            if agent == chat.agent:
-                self._hub.seed_view(chat.id, agent=agent, state=record.state,
-                                    last_turn=chat.next_turn - 1)
-            try:
-                actor = self._make_actor(chat, agent, record)
-            except (UnknownAgent, UnknownComputer) as exc:
-                # Its agent or computer left the config: the chat stays; using it says why.
-                self._log.warning("actor not restored", chat=chat_id, agent=agent,
-                                  error=exc.message)
-                continue
-            if pid is not None:
-                actor.mark_reclaimed()
-        prompts = await self._store.query(
-            "SELECT chat, turn, agent, content, by, state, created FROM prompts"
-            " ORDER BY chat, turn")
-        interrupted = requeued = 0
-        for chat_id, turn, agent, content, by, state, created in prompts:
-            found = self._chats.get(chat_id)
-            if found is None or found.closed or state == "running":
-                if found is not None:
-                    self._hub.publish(chat_id, int(turn), d.TurnEnded(
-                        error="interrupted: the daemon stopped while this turn ran"))
-                self._store.execute("DELETE FROM prompts WHERE chat=? AND turn=?",
-                                    (chat_id, turn))
-                interrupted += 1
-                continue
-            chat = found
-            blocks = _content_decoder.decode(content)
-            job = mb.PromptJob(turn=int(turn), content=blocks, summary=summarize(blocks),
-                               by=by, accepted_at=created)
-            try:
-                actor = self._actor_for(chat, agent)
-            except (UnknownAgent, UnknownComputer) as exc:
-                self._hub.publish(chat_id, int(turn), d.TurnEnded(
-                    error=f"agent {agent!r} is no longer configured" if isinstance(
-                        exc, UnknownAgent) else exc.message))
-                self._store.execute("DELETE FROM prompts WHERE chat=? AND turn=?",
-                                    (chat_id, turn))
-                interrupted += 1
-                continue
-            self._deliver(actor, job)
-            requeued += 1
-        self._log.info("loaded", chats=len(self._chats), reclaimed=reclaimed,
-                       interrupted_turns=interrupted, requeued_prompts=requeued,
-                       new_epochs=renewed)
+                self._log.exception("turn listener failed", chat=chat)
 
     # ================================================================== actors
 
@@ -312,8 +180,8 @@ class Pool:
         computer = chat.computer or (spec.computer if spec else None)
         return self._executors(computer)
 
-    def _make_actor(self, chat: Chat, agent: str, record: ActorRecord | None = None
-                    ) -> BackendActor:
+    def _make_actor(self, chat: Chat, agent: str, record: ActorRecord | None = None, *,
+                    reclaimed: bool = False) -> _Child:
         spec = self._settings.agents.get(agent)
         if spec is None:
             raise UnknownAgent(agent, list(self._settings.agents))
@@ -323,65 +191,40 @@ class Pool:
             mcp_servers=chat.mcp, record=record or ActorRecord(), hub=self._hub,
             store=self._store, executor=self._executor_for(chat, agent),
             settings=self._settings, on_state=self._on_state, instance=self._instance,
-            on_turn_end=self._on_turn_end)
-        self._actors[(chat.id, agent)] = actor
-        return actor
+            on_turn_end=lambda turn, error: self._on_turn_end(chat.id, agent, turn, error),
+            reclaimed=reclaimed)
+        child = _Child(ActorRef(actor, wake=lambda: self._spawn(child)))
+        self._actors[(chat.id, agent)] = child
+        return child
 
-    def _actor_for(self, chat: Chat, agent: str) -> BackendActor:
-        actor = self._actors.get((chat.id, agent))
-        if actor is None:
-            actor = self._make_actor(chat, agent)
-        return actor
+    def _actor_for(self, chat: Chat, agent: str) -> _Child:
+        child = self._actors.get((chat.id, agent))
+        if child is None:
+            child = self._make_actor(chat, agent)
+        return child
 
-    def _deliver(self, actor: BackendActor, message: mb.ActorMessage) -> None:
-        actor.send(message)
-        self._spawn(actor)
-
-    async def _ask(self, actor: BackendActor, make: Callable[[mb.Reply[Any]], mb.ActorMessage],
+    async def _ask(self, child: _Child, make: Callable[[mb.Reply[Any]], mb.ActorMessage],
                    timeout: float | None = None) -> Any:
-        reply: mb.Reply[Any] = mb.Reply()
-        self._deliver(actor, make(reply))
         limit = timeout if timeout is not None else float(
             self._settings.config.daemon.request_timeout) * 2 + 10
-        with trio.fail_after(limit):
-            return await reply.wait()
+        return await child.ref.ask(make, timeout=limit)
 
-    def actors_of(self, chat: str) -> list[BackendActor]:
-        return [a for (c, _), a in self._actors.items() if c == chat]
+    def _children_of(self, chat: str) -> list[_Child]:
+        return [child for (c, _), child in self._actors.items() if c == chat]
+
+    def actors_of(self, chat: str) -> list[ActorRef]:
+        return [child.ref for child in self._children_of(chat)]
 
     # ================================================================== chats
 
     def _chat(self, chat_id: str) -> Chat:
-        chat = self._chats.get(chat_id)
-        if chat is None:
-            raise UnknownChat(chat_id)
-        return chat
+        return self._book.get(chat_id)
 
     def chat_info(self, chat: Chat, created: bool = False) -> ChatInfo:
-        return ChatInfo(
-            chat=chat.id, agent=chat.agent, cwd=chat.cwd, epoch=chat.epoch,
-            head_seq=self._hub.head(chat.id), created=created, workspace=chat.workspace,
-            computer=chat.computer,
-            policy=chat.policy or self._settings.config.permissions.policy,
-            title=chat.title, closed=chat.closed)
-
-    def _check_agent(self, agent: str) -> None:
-        if agent not in self._settings.agents:
-            raise UnknownAgent(agent, list(self._settings.agents))
+        return self._book.info(chat, created)
 
     def _persist_chat(self, chat: Chat) -> None:
-        chat.updated = time.time()
-        self._store.execute(
-            "INSERT INTO chats(id, agent, cwd, workspace, computer, policy, title, mcp, epoch,"
-            " created, updated, closed, next_turn, head_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(id) DO UPDATE SET agent=excluded.agent, policy=excluded.policy,"
-            " title=excluded.title, mcp=excluded.mcp, updated=excluded.updated,"
-            " closed=excluded.closed, next_turn=excluded.next_turn,"
-            " head_seq=excluded.head_seq",
-            (chat.id, chat.agent, chat.cwd, chat.workspace, chat.computer, chat.policy,
-             chat.title, _msgpack.encode(chat.mcp), chat.epoch, chat.created, chat.updated,
-             int(chat.closed), chat.next_turn, self._hub.head(chat.id)),
-        )
+        self._book.persist(chat)
 
     async def open_chat(
         self, *, chat_id: str | None, agent: str | None, cwd: str | None,
@@ -391,12 +234,11 @@ class Pool:
     ) -> ChatInfo:
         if self._shutting_down:
             raise ShuttingDown("the daemon is shutting down")
-        if chat_id is not None and not _CHAT_ID.match(chat_id):
-            raise BadRequest(f"invalid chat id {chat_id!r}: use 1-64 letters, digits, '.', "
-                             "'_', '-', starting with a letter or digit")
+        if chat_id is not None:
+            check_chat_id(chat_id)
         if agent is not None:
-            self._check_agent(agent)
-        existing = self._chats.get(chat_id) if chat_id else None
+            self._book.check_agent(agent)
+        existing = self._book.find(chat_id)
         if existing is not None:
             if require_cwd and cwd is not None and os.path.realpath(cwd) != existing.cwd:
                 raise BadRequest(f"chat {existing.id!r} works in {existing.cwd}, not {cwd}")
@@ -422,51 +264,17 @@ class Pool:
             return self.chat_info(existing)
         if not create:
             raise UnknownChat(chat_id or "")
-        agent = agent or self._settings.config.daemon.default_agent
-        self._check_agent(agent)
-        spec = self._settings.agents.get(agent)
-        where = computer or (spec.computer if spec else None)
-        if where is not None:
-            real = await self._remote_directory(where, cwd)
-        else:
-            directory = cwd or os.path.expanduser("~")
-            if not os.path.isabs(directory):
-                raise BadRequest(f"cwd must be an absolute path, not {directory!r}")
-            if not os.path.isdir(directory):
-                raise BadRequest(f"cwd {directory} is not a directory")
-            real = os.path.realpath(directory)
-        now = time.time()
-        chat = Chat(id=chat_id or self._fresh_id(), agent=agent, cwd=real, epoch=new_epoch(),
-                    created=now, updated=now, workspace=workspace, computer=computer,
-                    policy=policy, title=title, mcp=mcp or [])
-        self._chats[chat.id] = chat
-        self._hub.open_channel(chat.id, chat.epoch)
-        self._persist_chat(chat)
+        chat = await self._book.create(chat_id=chat_id, agent=agent, cwd=cwd, policy=policy,
+                                       title=title, workspace=workspace, computer=computer,
+                                       mcp=mcp)
         await self._store.flush()
-        self._log.info("chat created", chat=chat.id, agent=agent, cwd=real)
+        self._log.info("chat created", chat=chat.id, agent=chat.agent, cwd=chat.cwd)
         return self.chat_info(chat, created=True)
-
-    async def _remote_directory(self, computer: str, cwd: str | None) -> str:
-        """The real path of a new chat's cwd on `computer` (its login directory when None),
-        checked there: this machine's file system says nothing about another's."""
-        if cwd is not None and not (os.path.isabs(cwd) or cwd.startswith("~")):
-            raise BadRequest(f"cwd must be an absolute path, not {cwd!r}")
-        executor = self._executors(computer)
-        try:
-            return await executor.files(cwd or "~").directory(None)
-        except (AccessDenied, FileProblem, SpawnError) as exc:
-            raise BadRequest(f"cwd {cwd or '~'} on computer {computer!r}: {exc}") from None
-
-    def _fresh_id(self) -> str:
-        while True:
-            chat_id = new_chat_id()
-            if chat_id not in self._chats:
-                return chat_id
 
     def _apply_policy(self, chat: Chat, policy: str) -> None:
         chat.policy = policy
-        for actor in self.actors_of(chat.id):
-            actor.set_policy(policy)
+        for child in self._children_of(chat.id):
+            child.ref.send(mb.SetPolicy(policy=policy))
 
     async def prompt(self, *, chat_id: str, content: list[ContentBlock], agent: str | None,
                      by: str) -> PromptAccepted:
@@ -478,42 +286,40 @@ class Pool:
         if not content or all(isinstance(b, TextBlock) and not b.text.strip() for b in content):
             raise BadRequest("empty prompt")
         if agent is not None and agent != chat.agent:
-            self._check_agent(agent)
+            self._book.check_agent(agent)
             chat.agent = agent
-        actor = self._actor_for(chat, chat.agent)
+        ref = self._actor_for(chat, chat.agent).ref
         limit = self._settings.config.daemon.queue_limit
+        actor = ref.snapshot()
         if actor.queued >= limit:
             raise QueueFull(f"chat {chat_id!r} already has {actor.queued} prompts waiting "
                             f"(limit {limit}); wait or cancel with `stoker cancel --queued`")
-        caps = actor.prompt_capabilities
+        caps = ref.prompt_capabilities()
         if caps is not None:
-            problem = content_problem(content, caps, actor.agent)
+            problem = content_problem(content, caps, ref.agent)
             if problem is not None:
                 raise BadRequest(problem)
         turn = chat.next_turn
         chat.next_turn += 1
-        queued = actor.queued + (1 if actor.current is not None else 0)
+        queued = actor.queued + (1 if actor.busy else 0)
         summary = summarize(content)
         now = time.time()
-        self._store.execute(
-            "INSERT INTO prompts(chat, turn, agent, content, by, state, created)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (chat.id, turn, actor.agent, _msgpack.encode(content), by, "queued", now))
-        self._hub.publish(chat.id, turn, d.TurnStarted(agent=actor.agent, prompt=summary,
+        records.queue_prompt(self._store, chat.id, turn, ref.agent, content, by, now)
+        self._hub.publish(chat.id, turn, d.TurnStarted(agent=ref.agent, prompt=summary,
                                                         queued=queued, by=by))
         self._persist_chat(chat)
         job = mb.PromptJob(turn=turn, content=content, summary=summary, by=by,
                            accepted_at=now)
-        self._deliver(actor, job)
+        ref.send(job)
         await self._store.flush()
         return PromptAccepted(chat=chat.id, turn=turn, queued=queued)
 
     async def cancel(self, chat_id: str, *, queued: bool, by: str,
                      turn: int | None = None) -> None:
         self._chat(chat_id)
-        for actor in self.actors_of(chat_id):
-            if actor.running or actor.queued:
-                self._deliver(actor, mb.Cancel(queued=queued, by=by, turn=turn))
+        for child in self._children_of(chat_id):
+            if child.running or child.ref.snapshot().queued:
+                child.ref.send(mb.Cancel(queued=queued, by=by, turn=turn))
 
     async def close(self, chat_id: str, reason: str) -> None:
         chat = self._chat(chat_id)
@@ -521,26 +327,24 @@ class Pool:
             return
         chat.closed = True
         self._persist_chat(chat)
-        actors = self.actors_of(chat_id)
-        for actor in actors:
-            if actor.running or actor.queued:
-                self._deliver(actor, mb.Close(reason=reason))
-            else:
-                actor.mark_closed(reason)
-                self._actors.pop((actor.chat, actor.agent), None)
+        # Every actor of the chat takes the close in order after what it already has;
+        # a dormant one runs just to record it.
+        children = self._children_of(chat_id)
+        for child in children:
+            child.ref.send(mb.Close(reason=reason))
         grace = float(self._settings.config.daemon.stop_grace)
         with trio.move_on_after(grace + 5):
-            for actor in actors:
-                if actor.running:
-                    await actor.finished.wait()
+            for child in children:
+                if child.running:
+                    await child.finished.wait()
         await self._store.flush()
         self._log.info("chat closed", chat=chat_id, reason=reason)
 
     async def permit(self, chat_id: str, request: str, option: str | None, by: str) -> None:
         self._chat(chat_id)
-        for actor in self.actors_of(chat_id):
-            if actor.has_permission(request):
-                await self._ask(actor, lambda r: mb.Permit(request=request, option=option,
+        for child in self._children_of(chat_id):
+            if child.ref.has_permission(request):
+                await self._ask(child, lambda r: mb.Permit(request=request, option=option,
                                                            by=by, reply=r))
                 return
         raise NotFound(f"no permission request {request!r} in chat {chat_id!r}")
@@ -553,7 +357,7 @@ class Pool:
                                                message=f"permission policy set to {policy}"))
         await self._store.flush()
 
-    def _current_actor(self, chat_id: str) -> BackendActor:
+    def _current_actor(self, chat_id: str) -> _Child:
         chat = self._chat(chat_id)
         if chat.closed:
             raise InvalidState(f"chat {chat_id!r} is closed")
@@ -571,11 +375,11 @@ class Pool:
         actor = self._current_actor(chat_id)
         await self._ask(actor, lambda r: mb.Authenticate(method=method, reply=r))
 
-    async def warm(self, chat_id: str) -> BackendActor:
+    async def warm(self, chat_id: str) -> ActorRef:
         """Start the chat's agent (if needed) and wait until it is ready."""
-        actor = self._current_actor(chat_id)
-        await self._ask(actor, lambda r: mb.Warm(reply=r))
-        return actor
+        child = self._current_actor(chat_id)
+        await self._ask(child, lambda r: mb.Warm(reply=r))
+        return child.ref
 
     async def describe_agent(self, agent: str) -> m.AgentDescription:
         """The agent's initialize answer: from any actor that ran it, else from a probe
@@ -583,33 +387,22 @@ class Pool:
         spec = self._settings.agents.get(agent)
         if spec is None:
             raise UnknownAgent(agent, list(self._settings.agents))
-        for actor in self._actors.values():
-            if actor.agent == agent and actor.info.get("agentCapabilities") is not None:
-                return _description(agent, actor.info)
-        cached = self._descriptions.get(agent)
-        if cached is not None:
-            return cached
-        executor = self._executors(spec.computer)
-        # "~" is the login directory of the remote computer (its executor expands it).
-        home = os.path.expanduser("~") if spec.computer is None else "~"
-        info = await probe_agent(executor, spec, cwd=home,
-                                 timeout=float(self._settings.config.daemon.request_timeout),
-                                 grace=float(self._settings.config.daemon.stop_grace),
-                                 instance=self._instance)
-        description = _description(agent, info)
-        self._descriptions[agent] = description
-        return description
+        for child in self._actors.values():
+            initialize = child.ref.snapshot().initialize if child.ref.agent == agent else None
+            if initialize is not None:
+                return description_of(agent, initialize)
+        if agent not in self._descriptions:
+            daemon = self._settings.config.daemon
+            self._descriptions[agent] = description_of(agent, await probe_agent(
+                self._executors(spec.computer), spec, cwd=probe_directory(spec),
+                timeout=float(daemon.request_timeout), grace=float(daemon.stop_grace),
+                instance=self._instance))
+        return self._descriptions[agent]
 
     # ================================================================== views
 
     def chats(self, include_closed: bool = False, cwd: str | None = None) -> Iterable[Chat]:
-        real_cwd = None if cwd is None else os.path.realpath(cwd)
-        for chat in self._chats.values():
-            if chat.closed and not include_closed:
-                continue
-            if real_cwd is not None and chat.cwd != real_cwd:
-                continue
-            yield chat
+        return self._book.select(include_closed, cwd)
 
     def get_chat(self, chat_id: str) -> Chat:
         return self._chat(chat_id)
@@ -617,23 +410,12 @@ class Pool:
     async def list_chats(self, include_closed: bool = False, cwd: str | None = None
                          ) -> list[ChatSummary]:
         chats = list(self.chats(include_closed, cwd))
-        actors = [self._actors.get((c.id, c.agent)) for c in chats]
+        children = [self._actors.get((c.id, c.agent)) for c in chats]
+        refs = [child.ref if child is not None else None for child in children]
         rss = await trio.to_thread.run_sync(
-            lambda: [a.rss() if a is not None else None for a in actors])
-        out = []
-        for chat, actor, mem in zip(chats, actors, rss, strict=True):
-            out.append(ChatSummary(
-                chat=chat.id, agent=chat.agent,
-                state=actor.state.value if actor else (
-                    "closed" if chat.closed else State.HIBERNATED.value),
-                cwd=chat.cwd, pid=actor.pid if actor else None,
-                generation=actor.generation if actor else 0, rss=mem,
-                idle=actor.idle_seconds() if actor else None,
-                turns=actor.turns if actor else 0, queued=actor.queued if actor else 0,
-                title=chat.title or (actor.info.get("title") if actor else None),
-                workspace=chat.workspace, updated_at=chat.updated, closed=chat.closed,
-            ))
-        return out
+            lambda: [ref.rss() if ref is not None else None for ref in refs])
+        return [summary(chat, ref.snapshot() if ref is not None else None, mem)
+                for chat, ref, mem in zip(chats, refs, rss, strict=True)]
 
     async def inspect(self, chat_id: str) -> ChatDetail:
         chat = self._chat(chat_id)
@@ -645,27 +427,27 @@ class Pool:
     def counts(self) -> ActorCounts:
         by_state: dict[str, int] = {}
         warm = busy = 0
-        for actor in self._actors.values():
-            by_state[actor.state.value] = by_state.get(actor.state.value, 0) + 1
-            if actor.state in WARM_STATES:
+        for child in self._actors.values():
+            facts = child.ref.facts()
+            by_state[facts.state.value] = by_state.get(facts.state.value, 0) + 1
+            if facts.warm:
                 warm += 1
-            if actor.current is not None:
+            if facts.busy:
                 busy += 1
         return ActorCounts(total=len(self._actors), warm=warm, busy=busy, by_state=by_state)
 
     async def memory_used(self) -> int:
-        warm = [a for a in self._actors.values() if a.state in WARM_STATES]
-        sizes = await trio.to_thread.run_sync(lambda: [a.rss() or 0 for a in warm])
+        warm = [child.ref for child in self._actors.values()
+                if child.ref.state in WARM_STATES]
+        sizes = await trio.to_thread.run_sync(lambda: [ref.rss() or 0 for ref in warm])
         return sum(sizes)
 
     async def restarts_since(self, since: float) -> int:
-        rows = await self._store.query(
-            "SELECT COUNT(*) FROM transitions WHERE state='restarting' AND ts>=?", (since,))
-        return int(rows[0][0]) if rows else 0
+        return await records.restarts_since(self._store, since)
 
     @property
     def chat_count(self) -> int:
-        return sum(1 for c in self._chats.values() if not c.closed)
+        return self._book.open_count
 
     # ================================================================== eviction
 
@@ -684,44 +466,34 @@ class Pool:
         """Hibernate what the policy says should go. Returns the evicted keys."""
         if self._shutting_down:
             return []
-        lc = self._settings.config.lifecycle
-        actors = list(self._actors.values())
-        budget = int(lc.memory_budget) if lc.memory_budget is not None else None
-        rss: list[int | None] = [None] * len(actors)
-        if budget is not None:
-            rss = await trio.to_thread.run_sync(
-                lambda: [a.rss() if a.state in WARM_STATES else None for a in actors])
-        facts = [a.facts(m) for a, m in zip(actors, rss, strict=True)]
-        by_key = {a.key: a for a in actors}
-        evictions = choose_evictions(facts, now=trio.current_time(),
-                                     idle_ttl=float(lc.idle_ttl), max_warm=lc.max_warm,
-                                     memory_budget=budget)
-        for eviction in evictions:
-            actor = by_key[eviction.key]
-            self._log.info("hibernating", chat=actor.chat, agent=actor.agent,
+        chosen = await choose_victims([child.ref for child in self._actors.values()],
+                                      self._settings.config.lifecycle)
+        for ref, eviction in chosen:
+            self._log.info("hibernating", chat=ref.chat, agent=ref.agent,
                            reason=eviction.reason)
             self.evictions += 1
-            self._deliver(actor, mb.Hibernate(reason=eviction.reason))
-        return [e.key for e in evictions]
+            ref.send(mb.Hibernate(reason=eviction.reason))
+        return [eviction.key for _, eviction in chosen]
 
     def request_sweep(self) -> None:
         self._sweep_needed.set()
 
     # ================================================================== reload
 
-    def apply_settings(self, settings_changed: Callable[[BackendActor], bool]) -> int:
+    def apply_settings(self, settings_changed: Callable[[ActorRef], bool]) -> int:
         """After a config reload: restart (by hibernating) warm actors whose definition
         changed; others keep running. Returns how many were recycled."""
         recycled = 0
         self._descriptions.clear()
-        for (_chat, agent), actor in list(self._actors.items()):
+        for (_chat, agent), child in list(self._actors.items()):
             spec = self._settings.agents.get(agent)
             if spec is None:
                 continue
-            if settings_changed(actor):
-                actor.update_spec(spec)
-                if actor.state in WARM_STATES:
-                    self._deliver(actor, mb.Hibernate(reason="agent definition changed"))
+            ref = child.ref
+            if settings_changed(ref):
+                ref.send(mb.UseSpec(spec=spec))
+                if ref.state in WARM_STATES:
+                    ref.send(mb.Hibernate(reason="agent definition changed"))
                     recycled += 1
         self.request_sweep()
         return recycled

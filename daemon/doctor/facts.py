@@ -91,7 +91,7 @@ def tool_version(name: str, args: Sequence[str] = ("--version",)) -> str | None:
 async def probe(spec: AgentSpec, *, timeout: float, cwd: str
                 ) -> tuple[dict[str, object] | str, float]:
     """Start the agent, ask ``initialize`` (the daemon's own probe), stop it."""
-    from daemon.actors.backend.actor import probe_agent
+    from daemon.actors.backend.probe import probe_agent
     from daemon.execution.local import LocalExecutor
 
     instance = f"doctor-{os.getpid()}"

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from daemon.actors.backend.actor import Settings
 from daemon.actors.pool import Pool
+from daemon.actors.settings import Settings
 from daemon.config.paths import Paths
 from daemon.listeners.connection import Limits
 from daemon.router import Routes

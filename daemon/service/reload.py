@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from daemon import log as logging_setup
-from daemon.actors.backend.actor import BackendActor, Settings
 from daemon.actors.pool import Pool
+from daemon.actors.ref import ActorRef
+from daemon.actors.settings import Settings
 from daemon.config import file as config_mod
 from daemon.config.agents import registry
 from daemon.config.file import Config
@@ -62,7 +63,7 @@ class Reloader:
         self._settings.config = config
         self._settings.agents = agents
 
-        def changed(actor: BackendActor) -> bool:
+        def changed(actor: ActorRef) -> bool:
             spec = agents.get(actor.agent)
             return spec is not None and spec.fingerprint() != actor.spec.fingerprint()
 

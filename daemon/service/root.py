@@ -35,8 +35,8 @@ from typing import Any
 
 import trio
 
-from daemon.actors.backend.actor import Settings
 from daemon.actors.pool import Pool
+from daemon.actors.settings import Settings
 from daemon.channels.hub import Hub
 from daemon.config.agents import registry
 from daemon.config.file import Config

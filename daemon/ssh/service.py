@@ -30,8 +30,8 @@ from daemon.ssh.bridge import Bridge
 from protocol import messages as m
 
 if TYPE_CHECKING:
-    from daemon.actors.backend.actor import Settings
     from daemon.actors.pool import Pool
+    from daemon.actors.settings import Settings
     from daemon.execution.local import Executor
     from daemon.ssh.computer import Computer
     from daemon.ssh.executor import SshExecutor

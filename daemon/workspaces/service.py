@@ -54,8 +54,8 @@ from protocol import deltas as d
 from protocol import messages as m
 
 if TYPE_CHECKING:
-    from daemon.actors.backend.actor import Settings
     from daemon.actors.pool import Pool
+    from daemon.actors.settings import Settings
     from daemon.channels.hub import Hub
     from daemon.store.sqlite import Store
 

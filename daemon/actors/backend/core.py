@@ -1,0 +1,182 @@
+"""What the parts of one backend actor share: its identity, its record, its turns, and the
+primitives every part uses to say something (publish a delta, persist the record, change
+state, end a turn).
+
+The parts (`generation`, `session`, `turns`, `permissions`, `agent_services`) are split by
+concern, but they act for one actor, in its tasks, on its state: they hold this object
+rather than reaching into the actor. Nothing outside the backend package sees it; the pool
+reads the actor through its `ActorRef`.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import trio
+
+from daemon.acp import types as acp
+from daemon.actors import mailbox as mb
+from daemon.actors import records
+from daemon.actors.backend.permissions import Permissions
+from daemon.actors.lifecycle import WARM_STATES, State, check_transition
+from daemon.actors.settings import Settings
+from daemon.channels.hub import Hub
+from daemon.config.agents import AgentSpec
+from daemon.execution.local import AgentProcess, Executor, ProcessIdentity
+from daemon.execution.terminals import TerminalManager
+from daemon.log import Log
+from daemon.store.sqlite import Store
+from protocol import deltas as d
+
+StateListener = Callable[[State], None]
+TurnListener = Callable[[int, str | None], None]
+"""Called after a turn that ran ends: (turn, error or None)."""
+
+
+def wall() -> float:
+    return time.time()
+
+
+class Core:
+    """One actor's shared state. Mutated only from the actor's own tasks."""
+
+    def __init__(self, *, chat: str, cwd: str, spec: AgentSpec, policy: str,
+                 mcp_servers: list[dict[str, Any]], record: records.ActorRecord, hub: Hub,
+                 store: Store, executor: Executor, settings: Settings, instance: str,
+                 on_state: StateListener, on_turn_end: TurnListener) -> None:
+        self.chat = chat
+        self.cwd = cwd
+        self.spec = spec
+        self.agent = spec.name
+        self.key = f"{chat}\x00{spec.name}"
+        self.policy = policy
+        self.mcp = mcp_servers
+        self.hub = hub
+        self.store = store
+        self.executor = executor
+        self.settings = settings
+        self.instance = instance
+        self.log = Log("backend", chat=chat, agent=spec.name)
+        self._on_state = on_state
+        self._on_turn_end = on_turn_end
+
+        # A live state in the record is a process of a previous daemon life: gone now.
+        self.state = State.HIBERNATED if record.state in WARM_STATES | {
+            State.CRASHED, State.RESTARTING} else record.state
+        self.reason = record.reason
+        self.session_id = record.session_id
+        self.generation = record.generation
+        self.turns = record.turns
+        self.info: dict[str, Any] = dict(record.info)
+        self.usage = record.usage
+        self.last_activity_wall = record.last_activity
+        self.last_activity = trio.current_time()
+
+        self.queue: collections.deque[mb.PromptJob] = collections.deque()
+        self.current: mb.PromptJob | None = None
+        self.loading = False
+        """The agent is replaying history for `session/load`: not news, not re-published."""
+        self.agent_process: AgentProcess | None = None
+        """The running generation's agent process (from its spawn to its stop)."""
+        self.terminals: TerminalManager | None = None
+        """The running generation's terminals."""
+        self.permissions = Permissions(self)
+        self.restarts: list[float] = []
+        """When the recent restarts happened (the restart policy's history)."""
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def process(self) -> ProcessIdentity | None:
+        proc = self.agent_process
+        return proc.identity if proc is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        process = self.process
+        return process.pid if process is not None else None
+
+    @property
+    def prompt_capabilities(self) -> acp.PromptCapabilities | None:
+        caps = self.info.get("agentCapabilities")
+        if caps is None:
+            return None
+        return msgspec.convert(caps, acp.AgentCapabilities).prompt_capabilities
+
+    @property
+    def live_terminals(self) -> int:
+        return self.terminals.live if self.terminals is not None else 0
+
+    # ------------------------------------------------------------------ saying things
+
+    def publish(self, body: d.DeltaBody, turn: int = 0) -> int:
+        return self.hub.publish(self.chat, turn, body)
+
+    def publish_current(self, body: d.DeltaBody) -> None:
+        self.publish(body, self.current.turn if self.current else 0)
+
+    def touch(self) -> None:
+        self.last_activity = trio.current_time()
+
+    def set_state(self, state: State, reason: str = "") -> None:
+        """Change state (checked against the lifecycle table), tell the chat, record it."""
+        check_transition(self.state, state)
+        self.state = state
+        self.reason = reason
+        self.last_activity = trio.current_time()
+        self.publish(d.Status(agent=self.agent, state=state.value, reason=reason,
+                              pid=self.pid, generation=self.generation))
+        self.persist()
+        records.record_transition(self.store, self.chat, self.agent, state, reason,
+                                  self.generation)
+        level = self.log.warning if state in (State.CRASHED, State.FAILED) else self.log.info
+        level("state", state=state.value, reason=reason, gen=self.generation, pid=self.pid)
+        self._on_state(state)
+
+    def persist(self) -> None:
+        self.last_activity_wall = wall()
+        record = records.ActorRecord(
+            state=self.state, reason=self.reason, session_id=self.session_id,
+            generation=self.generation, turns=self.turns, info=self.info, usage=self.usage,
+            last_activity=self.last_activity_wall)
+        records.save_actor(self.store, self.chat, self.agent, record, self.process)
+
+    # ------------------------------------------------------------------ turns
+
+    def end_turn(self, job: mb.PromptJob, *, stop_reason: d.TurnStop | None = None,
+                 error: str | None = None) -> None:
+        """Publish the one `turn_ended` of `job`: the only place one is published, and
+        idempotent per job, so every exit path may call it."""
+        if job.ended:
+            return
+        job.ended = True
+        if error is not None:
+            stop_reason = None
+        elif stop_reason is None:
+            stop_reason = "end_turn"
+        self.permissions.resolve_turn(job, by="turn ended")
+        self.publish(d.TurnEnded(stop_reason=stop_reason, error=error), turn=job.turn)
+        records.delete_prompt(self.store, self.chat, job.turn)
+        if job.started:
+            self.turns += 1
+        self.touch()
+        self.log.info("turn ended", gen=self.generation, turn=job.turn,
+                      stop_reason=stop_reason, error=error)
+        if job.started:
+            self._on_turn_end(job.turn, error)
+
+    def end_queued(self, error: str | None, *, cancelled: bool = False) -> None:
+        while self.queue:
+            job = self.queue.popleft()
+            if cancelled:
+                self.end_turn(job, stop_reason="cancelled")
+            else:
+                self.end_turn(job, error=error)
+
+    def fail_head_turn(self, error: str) -> None:
+        if self.queue:
+            self.end_turn(self.queue.popleft(), error=error)

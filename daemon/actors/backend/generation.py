@@ -1,0 +1,269 @@
+"""One generation: one life of an actor's agent process.
+
+A generation spawns the process, connects JSON-RPC to its stdio, drains its stderr, watches
+for its exit, sets up the session (through the actor's `setup`), and then holds the process
+until something ends it. Whatever ends it records why (`Ending`; the first reason wins) and
+cancels its nursery; its `finally` stops the process tree. The actor decides what comes
+next from the `Ending` (restart with backoff, hibernate, fail, close).
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import trio
+
+from daemon.acp.rpc import ConnectionLost, JsonRpcConnection, LineTooLong, RpcError
+from daemon.actors.backend.core import Core
+from daemon.actors.backend.probe import agent_env
+from daemon.errors import StokerError
+from daemon.execution.local import AgentProcess, ExitStatus, SpawnError
+from daemon.execution.terminals import TerminalManager
+from daemon.log import Log
+
+STDERR_TAIL = 20
+STDERR_EOF_WAIT = 0.5
+"""How long a crashed agent's exit report waits for the end of its stderr."""
+WATCHER_WAIT = 2.0
+"""How long a broken connection waits for the process watcher's exit status, which says
+more than "connection lost"."""
+
+
+class EndKind(enum.Enum):
+    """Why a generation ended, as far as what happens next is concerned."""
+
+    CRASH = "crash"
+    STALE = "stale"
+    START_FAILED = "start_failed"
+    SPAWN_FAILED = "spawn_failed"
+    """The process could not be started at all: retrying will not fix it."""
+    HIBERNATE = "hibernate"
+    CLOSE = "close"
+    SHUTDOWN = "shutdown"
+
+    @property
+    def restarts(self) -> bool:
+        """Ends the restart policy answers (a failure that trying again may fix)."""
+        return self in (EndKind.CRASH, EndKind.STALE, EndKind.START_FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    kind: EndKind
+    reason: str
+    turn_error: str = ""
+    """What the running turn (if any) ends with; `reason` when empty."""
+
+
+RequestHandler = Callable[[str, msgspec.Raw | None], Awaitable[Any]]
+NotificationHandler = Callable[[str, msgspec.Raw | None], None]
+Setup = Callable[["Generation", JsonRpcConnection], Awaitable[None]]
+
+
+class Generation:
+    """One process life. The actor reads its plain attributes; only its own tasks and
+    `end` change them."""
+
+    def __init__(self, core: Core, *, on_request: RequestHandler,
+                 on_notification: NotificationHandler, on_line: Callable[[bytes], bool]
+                 ) -> None:
+        self._core = core
+        self._on_request = on_request
+        self._on_notification = on_notification
+        self._on_line = on_line
+        self.number = core.generation
+        self.log = core.log.bind(gen=core.generation)
+        self.ending: Ending | None = None
+        self.process: AgentProcess | None = None
+        self.rpc: JsonRpcConnection | None = None
+        self.terminals: TerminalManager | None = None
+        self.nursery: trio.Nursery | None = None
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self.set_up = False
+        """The session handshake succeeded (set by the setup task, before the actor's loop
+        learns of it and makes the generation `ready`)."""
+        # The actor's bookkeeping of this generation (changed only by the actor's loop).
+        self.ready = False
+        """The session is set up; turns and commands may run."""
+        self.working = False
+        """A turn, the queued commands, or the closing of the session is running: the one
+        sequential piece of work a generation does at a time."""
+        self.awaiting_auth = False
+        """Set up stopped at "authentication required"; attempts come through `attempts`."""
+        self.auth_attempting = False
+        send, receive = trio.open_memory_channel[Any](16)
+        self.attempts_send: trio.MemorySendChannel[Any] = send
+        self.attempts: trio.MemoryReceiveChannel[Any] = receive
+
+    def end(self, ending: Ending) -> None:
+        """Record why this generation ends (the first reason wins) and cancel it."""
+        if self.ending is None:
+            self.ending = ending
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+    async def run(self, setup: Setup) -> Ending:
+        """Live until ended; the process is stopped when this returns."""
+        core = self._core
+        marker = f"{core.instance}:{core.chat}:{core.agent}:{secrets.token_hex(4)}"
+        env = agent_env(core.spec)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                try:
+                    proc = await core.executor.spawn(list(core.spec.command), env=env,
+                                                     cwd=core.cwd, actor=marker)
+                except SpawnError as exc:
+                    # Transient (e.g. its computer is unreachable): retried under the
+                    # restart policy. Otherwise a missing binary or directory.
+                    kind = EndKind.START_FAILED if exc.transient else EndKind.SPAWN_FAILED
+                    self.ending = Ending(kind, str(exc), str(exc))
+                    return self.ending
+                self.process = core.agent_process = proc
+                core.persist()
+                self.log.info("agent started", pid=proc.identity.pid,
+                              command=" ".join(core.spec.command))
+                rpc = JsonRpcConnection(
+                    proc.stdin, proc.stdout, on_request=self._on_request,
+                    on_notification=self._on_notification, on_traffic=core.touch,
+                    on_line=self._on_line,
+                    max_line=int(core.settings.config.daemon.max_line),
+                    log=self.log, name=f"agent {core.agent}")
+                self.rpc = rpc
+                terminals_config = core.settings.config.terminals
+                self.terminals = core.terminals = TerminalManager(
+                    executor=core.executor, root=core.cwd, env=env,
+                    publish=core.publish_current, on_activity=core.touch,
+                    default_limit=int(terminals_config.output_limit),
+                    max_count=terminals_config.max_per_chat, actor=marker, log=self.log)
+                self.terminals.attach(nursery)
+                stderr_done = trio.Event()
+                nursery.start_soon(self._drain_stderr, proc.stderr, stderr_done)
+                nursery.start_soon(self._watch, proc, rpc, stderr_done)
+                try:
+                    await setup(self, rpc)
+                except (RpcError, trio.TooSlowError, StokerError) as exc:
+                    reason = _describe_start_error(exc)
+                    self.end(Ending(EndKind.START_FAILED, reason, reason))
+                except ConnectionLost:
+                    await self.await_watcher()
+                await _until_cancelled()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish()
+        return self.ending or Ending(EndKind.CRASH, "generation ended unexpectedly")
+
+    async def _finish(self) -> None:
+        terminals, self.terminals = self.terminals, None
+        self._core.terminals = None
+        if terminals is not None:
+            await terminals.close_all()
+        if self.rpc is not None:
+            self.rpc.close("generation ended")
+        self.rpc = None
+        self.nursery = None
+        # Every permission still waiting belonged to this generation's agent.
+        self._core.permissions.cancel_all(by="agent stopped")
+        proc, self.process = self.process, None
+        self._core.agent_process = None
+        if proc is not None:
+            grace = float(self._core.settings.config.daemon.stop_grace)
+            with trio.move_on_after(grace + 5):
+                status = await proc.stop(grace)
+                self.log.info("agent stopped", status=status.describe())
+        self._core.persist()
+
+    async def await_watcher(self) -> None:
+        """The connection broke: give the process watcher a moment to report the exit
+        status, then end as a crash. Never returns (the generation is cancelled)."""
+        with trio.move_on_after(WATCHER_WAIT):
+            await trio.sleep_forever()
+        self.end(Ending(EndKind.CRASH, "lost the connection to the agent"))
+        self.kill()
+        await trio.sleep_forever()
+
+    async def _watch(self, proc: AgentProcess, rpc: JsonRpcConnection,
+                     stderr_done: trio.Event) -> None:
+        """Reads the agent until its output ends, then reports how the process ended."""
+        try:
+            await rpc.serve()
+        except LineTooLong as exc:
+            proc.kill()
+            await proc.wait()
+            why = f"agent protocol error: {exc}"
+            self.end(Ending(EndKind.CRASH, why, why))
+            return
+        # stdout closed. Normally the process is exiting; do not wait forever if not.
+        exit_status: ExitStatus | None = None
+        with trio.move_on_after(2):
+            exit_status = await proc.wait()
+        if exit_status is None:
+            proc.kill()
+            exit_status = await proc.wait()
+        # The crash message is usually in the last stderr lines: wait for the drain to reach
+        # the end of stderr, which is at once when the agent died alone, but not for long if
+        # something it left behind still holds the pipe open.
+        with trio.move_on_after(STDERR_EOF_WAIT):
+            await stderr_done.wait()
+        tail = " | ".join(list(self.stderr_tail)[-5:])
+        reason = f"agent {exit_status.describe()}"
+        if tail:
+            reason = f"{reason}; stderr: {tail}"
+        self.end(Ending(EndKind.CRASH, reason, f"agent crashed: {reason}"))
+
+    async def _drain_stderr(self, stream: trio.abc.ReceiveStream, done: trio.Event) -> None:
+        """Agent stderr goes to our log, line by line. Draining it concurrently matters: a
+        chatty agent blocked on a full stderr pipe looks hung. `done` is set at its end."""
+        try:
+            await self._drain_stderr_lines(stream, self.log)
+        finally:
+            done.set()
+
+    async def _drain_stderr_lines(self, stream: trio.abc.ReceiveStream, log: Log) -> None:
+        pending = b""
+        try:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                lines = (pending + data).split(b"\n")
+                pending = lines.pop()
+                if len(pending) > 65536:
+                    lines.append(pending)
+                    pending = b""
+                for raw in lines:
+                    line = raw.decode("utf-8", "replace").rstrip()
+                    if line:
+                        self.stderr_tail.append(line[:500])
+                        log.info("agent stderr", line=line[:2000])
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        if pending.strip():
+            line = pending.decode("utf-8", "replace").rstrip()
+            self.stderr_tail.append(line[:500])
+            log.info("agent stderr", line=line[:2000])
+
+
+async def _until_cancelled() -> None:
+    """Hold the process until whatever ends the generation cancels its nursery."""
+    await trio.sleep_forever()
+
+
+def _describe_start_error(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "the agent did not answer initialize/session setup in time"
+    if isinstance(exc, RpcError):
+        return f"the agent refused the session setup: {exc.message} ({exc.code})"
+    if isinstance(exc, StokerError):
+        return exc.message
+    return str(exc)

@@ -1,0 +1,225 @@
+"""Running one turn (`session/prompt` to its stop reason), telling a slow agent from a hung
+one while it runs, cancelling it, and counting its token usage.
+
+Every turn ends exactly once, through `Core.end_turn`; a turn still open when its generation
+ends is ended by the actor with the generation's reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgspec
+import trio
+
+from daemon.acp import types as acp
+from daemon.acp.rpc import AUTH_REQUIRED, ConnectionLost, JsonRpcConnection, RpcError
+from daemon.acp.updates import usage_body
+from daemon.actors import mailbox as mb
+from daemon.actors import records
+from daemon.actors.backend.core import Core
+from daemon.actors.backend.generation import Ending, EndKind, Generation
+from daemon.actors.backend.session import Session, add_tokens
+from daemon.actors.lifecycle import Liveness, State, liveness
+from daemon.errors import AuthRequired
+from protocol import deltas as d
+from protocol.messages import AudioBlock, ContentBlock, ImageBlock, ResourceBlock
+
+CANCEL_GRACE_MIN = 5.0
+"""An agent gets at least this long to honour `session/cancel` before it counts as broken."""
+_STOP_REASONS = frozenset({"end_turn", "max_tokens", "max_turn_requests", "refusal", "cancelled"})
+
+
+def summarize(content: list[ContentBlock]) -> str:
+    """A prompt as one line of text, for deltas and listings."""
+    parts: list[str] = []
+    for block in content:
+        if isinstance(block, ImageBlock):
+            parts.append(f"[image {block.mime_type}]")
+        elif isinstance(block, AudioBlock):
+            parts.append(f"[audio {block.mime_type}]")
+        elif isinstance(block, ResourceBlock):
+            parts.append(f"[file {block.resource.get('uri', '?')}]")
+        elif hasattr(block, "uri"):
+            parts.append(f"[link {block.uri}]")
+        else:
+            parts.append(block.text)
+    return " ".join(parts)
+
+
+def content_problem(content: list[ContentBlock], caps: acp.PromptCapabilities,
+                    agent: str) -> str | None:
+    """Why `content` cannot be sent to an agent with these prompt capabilities."""
+    for block in content:
+        if isinstance(block, ImageBlock) and not caps.image:
+            return f"agent {agent!r} does not accept images (promptCapabilities.image is false)"
+        if isinstance(block, AudioBlock) and not caps.audio:
+            return f"agent {agent!r} does not accept audio (promptCapabilities.audio is false)"
+        if isinstance(block, ResourceBlock) and not caps.embedded_context:
+            return (f"agent {agent!r} does not accept embedded files "
+                    "(promptCapabilities.embeddedContext is false); send a link instead")
+    return None
+
+
+def _stop_reason(value: str) -> d.TurnStop | None:
+    return value if value in _STOP_REASONS else None  # type: ignore[return-value]
+
+
+class Turns:
+    """Runs one actor's turns on the current generation."""
+
+    def __init__(self, core: Core, session: Session) -> None:
+        self._core = core
+        self._session = session
+
+    def take_next(self) -> mb.PromptJob | None:
+        """The next queued turn that can run, made current (state busy); turns the agent
+        cannot take (content it does not accept) end on the way."""
+        core = self._core
+        while core.queue:
+            job = core.queue.popleft()
+            if job.ended:
+                continue
+            caps = core.prompt_capabilities or acp.PromptCapabilities()
+            problem = content_problem(job.content, caps, core.agent)
+            if problem is not None:
+                core.end_turn(job, error=problem)
+                continue
+            core.current = job
+            job.started = True
+            records.mark_prompt_running(core.store, core.chat, job.turn)
+            core.set_state(State.BUSY, f"turn {job.turn}")
+            return job
+        return None
+
+    async def run(self, gen: Generation, rpc: JsonRpcConnection, job: mb.PromptJob) -> None:
+        """Run `job` to its end. `take_next` has made it current and the state busy."""
+        try:
+            await self._run(gen, rpc, job, job.answered)
+        finally:
+            job.answered.set()
+
+    async def _run(self, gen: Generation, rpc: JsonRpcConnection, job: mb.PromptJob,
+                   done: trio.Event) -> None:
+        core = self._core
+        if job.cancel_requested:
+            core.end_turn(job, stop_reason="cancelled")
+            return
+        blocks = [msgspec.to_builtins(b) for b in job.content]
+        lost = False
+        async with trio.open_nursery() as turn_nursery:
+            turn_nursery.start_soon(self._probe_loop, gen, rpc, job, done)
+            try:
+                raw = await rpc.request("session/prompt",
+                                        {"sessionId": core.session_id, "prompt": blocks})
+                result = msgspec.json.decode(raw, type=acp.PromptResult)
+                self._account(result, job)
+                stop = _stop_reason(result.stop_reason)
+                core.end_turn(job, stop_reason=stop, error=None if stop
+                              else f"agent stopped: {result.stop_reason}")
+            except RpcError as exc:
+                message = exc.message
+                if exc.code == AUTH_REQUIRED:
+                    try:
+                        self._session.raise_if_auth(exc)
+                    except AuthRequired as auth:
+                        message = auth.message
+                core.end_turn(job, error=f"agent error {exc.code}: {message}")
+            except msgspec.ValidationError as exc:
+                core.end_turn(job, error=f"agent sent an invalid prompt response: {exc}")
+            except ConnectionLost:
+                lost = True
+            finally:
+                done.set()
+                turn_nursery.cancel_scope.cancel()
+        if lost:
+            await gen.await_watcher()
+
+    def _account(self, result: acp.PromptResult, job: mb.PromptJob) -> None:
+        usage = result.usage
+        if usage is None or job.streamed_usage:
+            return
+        add_tokens(self._core, usage_body(usage))
+        self._core.publish(usage_body(usage), turn=job.turn)
+
+    async def _probe_loop(self, gen: Generation, rpc: JsonRpcConnection, job: mb.PromptJob,
+                          done: trio.Event) -> None:
+        """While the turn runs: tell a slow agent from a hung one."""
+        core = self._core
+        lc = core.settings.config.lifecycle
+        interval = float(lc.probe_interval)
+        grace = float(lc.stale_grace)
+        if interval <= 0:
+            return
+        async with trio.open_nursery() as probes:
+            while True:
+                await trio.sleep(min(interval, grace))
+                verdict = liveness(busy=True, now=trio.current_time(),
+                                   last_heard=rpc.last_traffic, probe_interval=interval,
+                                   stale_grace=grace)
+                if verdict is Liveness.SUSPECT:
+                    probes.start_soon(_probe, rpc, interval)
+                elif verdict is Liveness.STALE:
+                    quiet = trio.current_time() - rpc.last_traffic
+                    reason = f"agent unresponsive: no answer for {quiet:.1f}s (stale grace " \
+                             f"{grace:g}s)"
+                    core.log.warning("agent unresponsive; cancelling and restarting",
+                                     turn=job.turn, quiet=round(quiet, 1))
+                    with trio.move_on_after(1):
+                        with contextlib.suppress(ConnectionLost):
+                            await rpc.notify("session/cancel", {"sessionId": core.session_id})
+                    with trio.move_on_after(min(2.0, grace)):
+                        await done.wait()
+                    gen.end(Ending(EndKind.STALE, reason, reason))
+                    gen.kill()
+                    return
+
+    def request_cancel(self, message: mb.Cancel, gen: Generation | None) -> None:
+        """A client's cancel: queued turns end `cancelled` at once; the running one is
+        asked to stop (`cancel`)."""
+        core = self._core
+        if message.queued:
+            core.end_queued(None, cancelled=True)
+        job = core.current
+        if message.turn is not None and (job is None or job.turn != message.turn):
+            # Not the running turn: drop it from the queue if it waits there.
+            for queued in list(core.queue):
+                if queued.turn == message.turn:
+                    core.queue.remove(queued)
+                    core.end_turn(queued, stop_reason="cancelled")
+            return
+        if job is None or job.cancel_requested or job.ended:
+            return
+        job.cancel_requested = True
+        if gen is not None and gen.rpc is not None and gen.nursery is not None:
+            gen.nursery.start_soon(self.cancel, gen, gen.rpc, job, message.by or "cancel")
+        else:
+            core.permissions.resolve_turn(job, by=message.by or "cancel")
+
+    async def cancel(self, gen: Generation, rpc: JsonRpcConnection, job: mb.PromptJob,
+                     by: str) -> None:
+        """`session/cancel` (never a kill), then `cancelled` for the turn's pending permission
+        requests, in that order: an agent that got its permission answer first could finish
+        the turn normally before it learns of the cancel. An agent that ignores the cancel for
+        the cancel grace is broken: its turn ends `cancelled` and it is restarted."""
+        core = self._core
+        core.log.info("cancelling turn", gen=core.generation, turn=job.turn)
+        try:
+            await rpc.notify("session/cancel", {"sessionId": core.session_id})
+        except ConnectionLost:
+            return
+        finally:
+            core.permissions.resolve_turn(job, by=by)
+        grace = max(float(core.settings.config.lifecycle.stale_grace), CANCEL_GRACE_MIN)
+        with trio.move_on_after(grace):
+            await job.answered.wait()
+            return
+        if not job.ended and core.current is job:
+            core.end_turn(job, stop_reason="cancelled")
+            gen.end(Ending(EndKind.CRASH, f"agent ignored session/cancel for {grace:g}s"))
+
+
+async def _probe(rpc: JsonRpcConnection, timeout: float) -> None:
+    """Any answer, even an error, proves the agent is reading and answering."""
+    with contextlib.suppress(RpcError, ConnectionLost, trio.TooSlowError):
+        await rpc.request("_stoker/ping", {}, timeout=timeout)
