@@ -31,7 +31,7 @@ from tests.support.harness import subscribe
 
 from . import bench_fanout, bench_turn
 from .common import BenchDaemon, bench_config
-from .wire import RawSubscriber, timed_client
+from .wire import RawSubscriber, Transport, timed_client
 
 WORKLOADS = ("ingest", "fanout", "ws", "turns", "replay")
 
@@ -60,10 +60,11 @@ async def _workload(name: str, daemon: BenchDaemon) -> None:
                 await sub.count_until(b"replay_complete")
                 await sub.aclose()
             return
-        transport, count, chunks = {"ingest": ("unix", 1, 100_000),
-                                    "fanout": ("unix", 8, 50_000),
-                                    "ws": ("ws", 8, 20_000)}[name]
-        await bench_fanout._once(daemon, control, info.chat, transport,  # type: ignore[arg-type]
+        shapes: dict[str, tuple[Transport, int, int]] = {
+            "ingest": ("unix", 1, 100_000), "fanout": ("unix", 8, 50_000),
+            "ws": ("ws", 8, 20_000)}
+        transport, count, chunks = shapes[name]
+        await bench_fanout._once(daemon, control, info.chat, transport,
                                  count, chunks, status.websocket, token)
 
 

@@ -137,11 +137,11 @@ async def test_sigterm_ends_open_turns_stops_agents_exits_zero(daemon: DaemonPro
         running = await client.request(m.Prompt(id=0, chat=info.chat, text="/sleep 30000"))
         queued = await client.request(m.Prompt(id=0, chat=info.chat, text="later"))
         await wait_state(client, info.chat, "busy", timeout=10)
-        daemon.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        daemon.signal(signal.SIGTERM)
         ends, _texts = await wait_turns_ended(client, 2)
         assert ends[running.turn].error == "daemon shutting down"
         assert ends[queued.turn].error == "daemon shutting down"
-    assert daemon.proc.wait(20) == 0  # type: ignore[union-attr]
+    assert daemon.wait_exit(20) == 0
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert daemon.leftovers() == []
 

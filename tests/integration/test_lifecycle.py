@@ -306,8 +306,7 @@ async def test_sigterm_with_stubborn_agent_kills_after_grace(daemon_factory: Dae
         await open_chat(client, "stub", agent="sticky", cwd=daemon.work)
         pid = await agent_pid(client, "stub")
     start = time.monotonic()
-    assert daemon.proc is not None
-    daemon.proc.send_signal(signal.SIGTERM)
-    assert daemon.proc.wait(20) == 0
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(20) == 0
     assert time.monotonic() - start < 8
     assert not alive(pid)

@@ -202,7 +202,7 @@ async def test_ready_watchdog_status_then_stopping_and_clean_exit(
 
         # SIGTERM with that turn in flight: STOPPING=1, the turn ends, exit 0, agent gone.
         assert busy.turn >= 1
-        daemon.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        daemon.signal(signal.SIGTERM)
         await notify.wait_for(lambda f: f.get("STOPPING") == "1", timeout=15)
     assert await wait_exit(daemon) == 0
     assert not psutil.pid_exists(agent_pid) or \
@@ -308,7 +308,7 @@ async def test_reload_applies_changes_keeps_unchanged_agents_rejects_bad_config(
         daemon.write_config(_config(idle_ttl="1h", x_env='env = {ECHO_GEN = "2"}', y=True))
         before_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         mark = len(daemon.log_text())
-        daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        daemon.signal(signal.SIGHUP)
         reloading = await notify.wait_for(lambda f: f.get("RELOADING") == "1")
         assert before_usec <= int(reloading["MONOTONIC_USEC"]) <= \
             time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -333,7 +333,7 @@ async def test_reload_applies_changes_keeps_unchanged_agents_rejects_bad_config(
         good = daemon.config_path.read_text()
         daemon.write_config(good.replace("idle_ttl", "idle_tt"))
         mark = len(daemon.log_text())
-        daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        daemon.signal(signal.SIGHUP)
         await notify.wait_for(lambda f: f.get("RELOADING") == "1")
         assert is_ready(await notify.next())
         rejected = await wait_log(daemon, r'level=error actor=daemon event="reload rejected; '

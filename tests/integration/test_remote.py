@@ -364,7 +364,7 @@ async def test_reload_replaces_a_changed_computer(
         info, pid = await open_remote(client, sshd, "r8")
         text = daemon.config_path.read_text().replace('keepalive = "2s"', 'keepalive = "3s"')
         daemon.config_path.write_text(text + sshd.computer_config("loop2"))
-        daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        daemon.signal(signal.SIGHUP)
         await wait_state(client, info.chat, "hibernated", agent="recho")
         await wait_gone([pid])
         again = await agent_pid(client, info.chat)

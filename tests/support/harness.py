@@ -248,6 +248,17 @@ class DaemonProcess:
             raise AssertionError(f"daemon did not stop within {timeout}s:\n"
                                  f"{self.log_text()[-4000:]}") from None
 
+    def signal(self, sig: int) -> None:
+        """Send the running daemon a signal (SIGHUP: reload, SIGTERM: shutdown)."""
+        assert self.proc is not None, "daemon never started"
+        assert self.proc.poll() is None, "daemon not running"
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """Wait for the daemon to exit on its own; returns the exit status."""
+        assert self.proc is not None, "daemon never started"
+        return self.proc.wait(timeout)
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.kill()
