@@ -124,6 +124,10 @@ class ComputerInfo(Struct):
     connects: int = 0
     losses: int = 0
     """Connections lost (not closed by us) since the daemon started."""
+    connections: list[int] = []
+    """Open connections, as the number of long-lived channels (agents, terminals, git
+    commands) each carries, the main connection first; more than one once a connection
+    reached `sessions_per_connection` or the server refused a session (`MaxSessions`)."""
 
 
 class ComputerList(Struct):

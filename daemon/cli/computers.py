@@ -1,9 +1,9 @@
 """`stoker computers`: the remote computers of the config and their SSH connections.
 
 One row per `[computers.NAME]`: its connection state, address, the latency of one SFTP round
-trip on the live connection (measured now), how many agent/terminal processes run there, and
-the last error. It never connects: a computer nothing used yet is `idle`; `stoker doctor`
-tests the connection itself.
+trip on the live connection (measured now), how many agent/terminal processes run there and
+how they spread over its connections (`CONNS`, e.g. `6+2`), and the last error. It never
+connects: a computer nothing used yet is `idle`; `stoker doctor` tests the connection itself.
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def rows(result: m.ComputerList, now: float) -> list[list[str]]:
-    out = [["NAME", "STATE", "ADDRESS", "LATENCY", "PROCS", "UP", "LAST ERROR"]]
+    out = [["NAME", "STATE", "ADDRESS", "LATENCY", "PROCS", "CONNS", "UP", "LAST ERROR"]]
     for c in result.computers:
         user = f"{c.user}@" if c.user else ""
         latency = "-" if c.latency_ms is None else f"{c.latency_ms:.1f}ms"
         up = "-" if c.connected_since is None else _age(now - c.connected_since)
+        # Channels per connection, main first: "6+2" is two connections.
+        conns = "+".join(str(n) for n in c.connections) or "-"
         out.append([c.name, c.state, f"{user}{c.host}:{c.port}", latency, str(c.processes),
-                    up, c.last_error[:120]])
+                    conns, up, c.last_error[:120]])
     return out
 
 

@@ -223,6 +223,15 @@ class ComputerConfig(_Section):
     connect_timeout: Duration = Duration(15.0)
     workdir: str = "~/.local/state/stoker-remote"
     """Remote base for worktrees and agent state."""
+    sessions_per_connection: int = 6
+    """Long-lived channels (agents, terminals, git commands) per SSH connection before
+    another connection is opened. Keep it at least 2 below the server's `MaxSessions`
+    (OpenSSH: 10): the main connection's SFTP and short control commands (stop, memory
+    sampling) need sessions too. A server that refuses earlier is learnt from."""
+
+    def __post_init__(self) -> None:
+        if self.sessions_per_connection < 1:
+            raise ValueError("sessions_per_connection must be at least 1")
 
 
 class Config(_Section):

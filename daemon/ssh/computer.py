@@ -1,9 +1,13 @@
-"""One remote computer (`[computers.NAME]`) and its single SSH connection.
+"""One remote computer (`[computers.NAME]`) and its SSH connections.
 
-Every agent, terminal, git command and SFTP request for a computer shares one asyncssh
+Agents, terminals, git commands and SFTP requests for a computer share a *main* asyncssh
 connection: channels are cheap, handshakes are not (a key exchange plus authentication is
 tens of milliseconds on loopback, far more across a WAN), and one connection is one thing to
-watch, to keep alive and to report on.
+watch, to keep alive and to report on. But a server caps the sessions of one connection
+(OpenSSH's `MaxSessions`, 10 by default, SFTP included), so once the main connection carries
+`sessions_per_connection` long-lived channels, or the server refuses one ("open failed"),
+processes go to *extra* connections, opened as needed, each watched like the main one.
+A refusal is learnt: that connection takes no more processes until some of its own end.
 
 Connection lifecycle:
 
@@ -26,7 +30,9 @@ Connection lifecycle:
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +94,11 @@ class Computer:
         self._link: Link | None = None
         self._links: set[Link] = set()
         """Every open connection: the current one and retiring ones (after a reload)."""
+        self._extras: list[Link] = []
+        """Extra connections of the current configuration, for processes beyond what the
+        main one may carry."""
+        self._growing = trio.Lock()
+        self.extra_connects = 0
         self._attempt: trio.Event | None = None
         self._failures = 0
         self._retry_at = 0.0
@@ -111,7 +122,16 @@ class Computer:
 
     @property
     def processes(self) -> int:
-        return len(self._link.members) if self._link else 0
+        return sum(len(link.members) for link in self._current())
+
+    @property
+    def channels(self) -> list[int]:
+        """Long-lived channels per open connection, the main one first."""
+        return [len(link.members) for link in self._current()]
+
+    def _current(self) -> list[Link]:
+        main = [self._link] if self._link is not None else []
+        return main + [x for x in self._extras if not x.closing]
 
     @property
     def home(self) -> str:
@@ -214,6 +234,8 @@ class Computer:
 
     def _lost(self, link: Link, reason: str) -> None:
         self._links.discard(link)
+        if link in self._extras:
+            self._extras.remove(link)
         if self._link is link:
             self._link = None
             self.state = "disconnected"
@@ -235,6 +257,62 @@ class Computer:
         """Is `conn` (current or retiring) still open?"""
         return any(link.conn is conn and not link.closing and not conn.is_closed()
                    for link in self._links)
+
+    # ------------------------------------------------------------------ session budget
+
+    def _budget(self, link: Link) -> int:
+        limit = self.config.sessions_per_connection
+        return limit if link.capacity is None else min(limit, link.capacity)
+
+    def _room(self) -> Link | None:
+        for link in self._current():
+            if len(link.members) + link.starting < self._budget(link):
+                return link
+        return None
+
+    @contextlib.asynccontextmanager
+    async def session_slot(self) -> AsyncIterator[Any]:
+        """A live connection with room for one more long-lived channel (a process), held
+        reserved until the block ends (by then the process was adopted, or failed)."""
+        link = self._room() if self._link is not None else None
+        if link is None:
+            await self._live()
+            link = self._room()
+        if link is None:
+            async with self._growing:  # one new connection at a time, not one per caller
+                link = self._room() or await self._open_extra()
+        link.starting += 1
+        try:
+            yield link.conn
+        finally:
+            link.starting -= 1
+
+    def refused(self, conn: Any, reason: str) -> bool:
+        """The server refused a session on `conn`. Learn its limit there; True when
+        trying again (on another connection) may succeed."""
+        link = next((x for x in self._links if x.conn is conn), None)
+        if link is None or not link.members:
+            return False  # not a matter of how many: a fresh connection would fare no better
+        link.capacity = max(1, len(link.members) - 1 if link.main else len(link.members))
+        self.log.warning("the server refused another session on a connection; using "
+                         "another one", reason=reason, sessions=len(link.members),
+                         learnt_limit=link.capacity)
+        return True
+
+    async def _open_extra(self) -> Link:
+        cfg = self.config
+        link, _ = await open_link(self.label, cfg, self.bridge, sftp=False)
+        if self.config is not cfg or self.removed or self._link is None:
+            self.nursery.start_soon(self._close_link, link)
+            raise ComputerError(f"the connection to {self.label} changed while another "
+                                "was being opened")
+        self._links.add(link)
+        self._extras.append(link)
+        self.extra_connects += 1
+        self.log.info("opened another connection", connections=len(self._current()),
+                      sessions_per_connection=self._budget(self._link))
+        self.nursery.start_soon(self._watch, link)
+        return link
 
     # ------------------------------------------------------------------ processes
 
@@ -309,9 +387,17 @@ class Computer:
 
     async def run(self, command: str, *, timeout: float, stdin: bytes = b"") -> Completed:
         """Run a short command line over the connection (no process group of its own: use
-        the executor for anything that may need killing)."""
-        link = await self._live()
-        return await self._run_on(link, command, timeout=timeout, stdin=stdin)
+        the executor for anything that may need killing). If the main connection has no
+        session to spare, the extra ones are tried."""
+        main = await self._live()
+        links = [main] + [x for x in self._extras if not x.closing]
+        for link in links:
+            try:
+                return await self._run_on(link, command, timeout=timeout, stdin=stdin)
+            except SessionRefused:
+                continue
+        raise ComputerError(f"{self.label} refused a session on each of its "
+                            f"{len(links)} connections (see MaxSessions in docs/REMOTE.md)")
 
     async def _run_on(self, link: Link, command: str, *, timeout: float,
                       stdin: bytes = b"") -> Completed:
@@ -323,6 +409,8 @@ class Computer:
                                                 encoding=None, check=False)
         except trio.TooSlowError:
             raise ComputerError(f"{self.label} did not answer within {timeout:g}s") from None
+        except asyncssh.ChannelOpenError as exc:
+            raise SessionRefused(f"{self.label}: {describe_error(exc)}") from None
         except (OSError, asyncssh.Error, BridgeClosed) as exc:
             raise ComputerError(f"{self.label}: {describe_error(exc)}") from None
         signal = result.exit_signal[0] if result.exit_signal else None
@@ -360,7 +448,8 @@ class Computer:
         """RSS of the agents' process groups, for the pool's memory budget and `ls`: one
         `ps` per computer every few seconds, never a round trip per question."""
         try:
-            while (link := self._link) is not None and link.members:
+            while (link := self._link) is not None and any(
+                    x.members for x in self._current()):
                 try:  # on this connection only: sampling must never make one
                     done = await self._run_on(link, scripts.RSS, timeout=10)
                     if done.ok:
@@ -385,8 +474,7 @@ class Computer:
         self._retry_at = 0.0
         self.state = "idle"
         self.connected_since = None
-        if link is not None:
-            self.nursery.start_soon(self._retire, link)
+        self._retire_all(link)
 
     def remove(self) -> None:
         """Gone from the config: refuse new work, retire the connection."""
@@ -394,7 +482,12 @@ class Computer:
         self.state = "removed"
         link = self._link
         self._link = None
-        if link is not None:
+        self._retire_all(link)
+
+    def _retire_all(self, main: Link | None) -> None:
+        retiring = ([main] if main is not None else []) + self._extras
+        self._extras = []
+        for link in retiring:
             self.nursery.start_soon(self._retire, link)
 
     async def _retire(self, link: Link, timeout: float = 120.0) -> None:
@@ -406,6 +499,7 @@ class Computer:
     async def close(self) -> None:
         """Daemon shutdown: close the connections (their agents were stopped already)."""
         self._link = None
+        self._extras = []
         self.state = "idle"
         for link in list(self._links):
             await self._close_link(link)
@@ -419,6 +513,11 @@ class Computer:
                 await self.bridge.call(link.conn.wait_closed)
             except Exception:  # closing what may already be gone
                 pass
+
+
+class SessionRefused(ComputerError):
+    """The server would not open another session channel on that connection (OpenSSH's
+    `MaxSessions`): another connection may take it."""
 
 
 def _ms(seconds: float | None) -> float | None:

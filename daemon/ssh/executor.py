@@ -35,6 +35,8 @@ from daemon.ssh.process import SshProcess
 from daemon.ssh.streams import ChannelReceiveStream, ChannelSendStream
 
 MAX_PREAMBLE = 65536
+REFUSALS_TRIED = 2
+"""Sessions refused by the server (MaxSessions) retried on another connection."""
 
 
 class SshExecutor:
@@ -63,19 +65,34 @@ class SshExecutor:
         import asyncssh
 
         computer = self.computer
-        conn = await computer.connection()
         launch = scripts.launch_command(argv, cwd=cwd, env=env, unset=unset,
                                         merge_stderr=merge_stderr)
-        try:
-            channel = await computer.bridge.call(conn.create_process, launch.command,
-                                                 encoding=None)
-        except (OSError, asyncssh.Error, BridgeClosed) as exc:
-            raise ComputerError(f"cannot start {argv[0]!r} on {computer.label}: "
-                                f"{describe_error(exc)}") from None
+        for attempt in range(REFUSALS_TRIED + 1):
+            async with computer.session_slot() as conn:
+                try:
+                    channel = await computer.bridge.call(conn.create_process, launch.command,
+                                                         encoding=None)
+                except asyncssh.ChannelOpenError as exc:
+                    if attempt < REFUSALS_TRIED and computer.refused(conn, describe_error(exc)):
+                        continue
+                    raise ComputerError(f"cannot start {argv[0]!r} on {computer.label}: "
+                                        f"the server refused a session "
+                                        f"({describe_error(exc)}); see MaxSessions in "
+                                        "docs/REMOTE.md") from None
+                except (OSError, asyncssh.Error, BridgeClosed) as exc:
+                    raise ComputerError(f"cannot start {argv[0]!r} on {computer.label}: "
+                                        f"{describe_error(exc)}") from None
+                return await self._launched(argv, cwd, actor, conn, channel, launch.stdin)
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    async def _launched(self, argv: Sequence[str], cwd: str, actor: str, conn: Any,
+                        channel: Any, stdin: bytes) -> SshProcess:
+        """The launcher runs on `channel`: give it its environment, read its identity."""
+        computer = self.computer
         # Queued on the channel before the launcher runs; if it cannot be written, the
         # launcher says so ("env") or the channel's end explains, below.
         with contextlib.suppress(trio.BrokenResourceError):
-            await ChannelSendStream(computer.bridge, channel.stdin).send_all(launch.stdin)
+            await ChannelSendStream(computer.bridge, channel.stdin).send_all(stdin)
         stdout = ChannelReceiveStream(computer.bridge, channel.stdout)
         try:
             line, rest = await _first_line(stdout, float(computer.config.connect_timeout))

@@ -54,6 +54,14 @@ class Link:
     closing: bool = False
     members: set[Any] = field(default_factory=set)
     """Processes started on this connection that have not ended yet."""
+    starting: int = 0
+    """Processes being started on this connection (a channel reserved, not adopted yet)."""
+    capacity: int | None = None
+    """How many long-lived channels the server let us open here, once it refused one
+    (sshd's `MaxSessions`); None while no refusal was seen."""
+    main: bool = True
+    """The computer's main connection (SFTP, reclaim, sampling) rather than an extra one
+    opened for more processes."""
 
 
 def describe_error(exc: BaseException) -> str:
@@ -71,9 +79,10 @@ def known_hosts_path(value: str | None) -> str | None:
     return os.path.expanduser(value)
 
 
-async def open_link(label: str, cfg: ComputerConfig, bridge: Bridge) -> tuple[Link, float]:
-    """Connect, verify the host key, log in and start SFTP: a live link and how long it
-    took, or a `ComputerError` saying what to do."""
+async def open_link(label: str, cfg: ComputerConfig, bridge: Bridge, *,
+                    sftp: bool = True) -> tuple[Link, float]:
+    """Connect, verify the host key, log in and (for a main connection) start SFTP: a live
+    link and how long it took, or a `ComputerError` saying what to do."""
     import asyncssh
 
     known = known_hosts_path(cfg.known_hosts)
@@ -130,7 +139,9 @@ async def open_link(label: str, cfg: ComputerConfig, bridge: Bridge) -> tuple[Li
     except (OSError, asyncssh.Error, TimeoutError, BridgeClosed) as exc:
         raise ComputerError(f"cannot connect to {label}: "
                             f"{describe_error(exc)}") from None
-    link = Link(conn=conn, client=client, lost=lost)
+    link = Link(conn=conn, client=client, lost=lost, main=sftp)
+    if not sftp:
+        return link, time.monotonic() - started
     try:
         link.sftp = await bridge.call(conn.start_sftp_client)
         link.home = str(await bridge.call(link.sftp.realpath, "."))

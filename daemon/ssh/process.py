@@ -126,6 +126,10 @@ class SshProcess(ProcessStreams):
         try:
             with trio.fail_after(timeout):
                 await self._bridge.call(self._conn.run, command, encoding=None, check=False)
+        except asyncssh.ChannelOpenError:
+            # This connection has no session to spare (MaxSessions): the process group is
+            # on the same host, so any of the computer's connections can stop it.
+            await self._computer.run(command, timeout=timeout)
         except trio.TooSlowError:
             raise ComputerError(f"{self._computer.label} did not answer within "
                                 f"{timeout:g}s") from None

@@ -144,7 +144,8 @@ class SshService:
                 name=c.name, host=cfg.host, port=cfg.port, user=cfg.user, state=c.state,
                 latency_ms=None if c.latency is None else round(c.latency * 1000, 2),
                 last_error=c.last_error, connected_since=c.connected_since,
-                processes=c.processes, connects=c.connects, losses=c.losses))
+                processes=c.processes, connects=c.connects, losses=c.losses,
+                connections=c.channels))
         return m.ComputerList(computers=out)
 
     async def close(self) -> None:
