@@ -1,5 +1,6 @@
 """`stoker send`: open (or find) a chat, send it one prompt and stream the reply until the
-turn ends; the first Ctrl-C cancels the turn, the second leaves it running.
+turn ends. The first Ctrl-C cancels the turn this command started (another client's turn in
+the same chat runs on), the second leaves it running; either way the exit status is 130.
 """
 
 from __future__ import annotations
@@ -57,6 +58,21 @@ def _prompt_content(args: argparse.Namespace) -> list[Any]:
     return content
 
 
+class _Interrupts:
+    """What Ctrl-C has asked of `send` so far: the first one cancels the turn this command
+    started (or, before the prompt was sent, sends nothing); the second leaves the turn
+    running. Either way the command exits 130."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.chat: str | None = None
+        self.turn: int | None = None
+
+    def interrupted(self) -> bool:
+        """Asked afresh each time: the signal task changes `count` between awaits."""
+        return self.count > 0
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     import trio
 
@@ -72,8 +88,9 @@ def cmd_send(args: argparse.Namespace) -> int:
         project = args.project
     if sum(x is not None for x in (args.cwd, project, args.workspace)) > 1:
         raise UsageError("give at most one of --cwd, --project, --workspace")
+    interrupts = _Interrupts()
 
-    async def main() -> int:
+    async def main(cancel_turn: trio.Event) -> int:
         async with Client.connect(paths.socket, client="cli") as client:
             info: m.ChatInfo = await client.request(m.OpenChat(
                 id=0, chat=args.chat, agent=args.agent, cwd=cwd,
@@ -83,21 +100,28 @@ def cmd_send(args: argparse.Namespace) -> int:
                 eprint(f"chat: {info.chat}")
             if info.created and project is not None:
                 eprint(f"workspace: {info.workspace} ({info.cwd})")
+            if interrupts.interrupted():
+                return 130  # interrupted before the prompt went out: nothing to cancel
             await client.request(m.Subscribe(id=0, chat=info.chat, since=m.Cursor(
                 seq=info.head_seq, epoch=info.epoch)))
             accepted: m.PromptAccepted = await client.request(m.Prompt(
                 id=0, chat=info.chat, content=content, agent=args.agent))
+            interrupts.chat, interrupts.turn = info.chat, accepted.turn
+            if interrupts.interrupted():
+                cancel_turn.set()
             if accepted.queued and not args.json:
                 eprint(f"queued behind {accepted.queued} turn(s)")
-            return await _follow_turn(client, info.chat, accepted.turn, args.json)
+            status = await _follow_turn(client, info.chat, accepted.turn, args.json)
+            return 130 if interrupts.interrupted() else status
 
     async def guarded() -> int:
+        result: list[int] = []
+        cancel_turn = trio.Event()
         async with trio.open_nursery() as nursery:
-            result: list[int] = []
 
             async def run() -> None:
                 try:
-                    result.append(await main())
+                    result.append(await main(cancel_turn))
                 except RequestFailed as exc:
                     eprint(f"stoker: {exc.message}")
                     result.append(1)
@@ -106,33 +130,38 @@ def cmd_send(args: argparse.Namespace) -> int:
                     result.append(1)
                 nursery.cancel_scope.cancel()
 
-            async def interrupts() -> None:
+            async def cancel_when_asked() -> None:
+                await cancel_turn.wait()
+                assert interrupts.chat is not None
+                with trio.move_on_after(10):
+                    async with Client.connect(paths.socket, client="cli") as client:
+                        await client.request(m.Cancel(id=0, chat=interrupts.chat,
+                                                      turn=interrupts.turn))
+
+            async def on_sigint() -> None:
                 with trio.open_signal_receiver(signal.SIGINT) as signals:
-                    count = 0
                     async for _ in signals:
-                        count += 1
-                        if count == 1:
-                            eprint("stoker: cancelling the turn (Ctrl-C again to leave it "
-                                   "running)")
-                            nursery.start_soon(_cancel_chat, args, paths)
+                        interrupts.count += 1
+                        if interrupts.count == 1:
+                            if interrupts.turn is None:
+                                eprint("stoker: interrupted; not sending the prompt")
+                            else:
+                                eprint(f"stoker: cancelling turn {interrupts.turn} (Ctrl-C "
+                                       "again to leave it running)")
+                                cancel_turn.set()
                         else:
+                            if interrupts.turn is not None:
+                                eprint(f"stoker: leaving turn {interrupts.turn} running; "
+                                       f"follow it with `stoker attach {interrupts.chat}`")
                             result.append(130)
                             nursery.cancel_scope.cancel()
 
             nursery.start_soon(run)
-            nursery.start_soon(interrupts)
+            nursery.start_soon(on_sigint)
+            nursery.start_soon(cancel_when_asked)
         return result[0] if result else 1
 
     return trio.run(guarded)
-
-
-async def _cancel_chat(args: argparse.Namespace, paths: Any) -> None:
-    from daemon.client import Client
-
-    if args.chat is None:
-        return
-    async with Client.connect(paths.socket, client="cli") as client:
-        await client.request(m.Cancel(id=0, chat=args.chat))
 
 
 async def _follow_turn(client: Any, chat: str, turn: int, as_json: bool) -> int:
