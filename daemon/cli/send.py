@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.cli.common import Failure, UsageError, eprint, out_json, paths_from
+from daemon.cli.reply import TurnView, Verbosity
 from protocol import deltas as d
 from protocol import messages as m
 
@@ -96,9 +97,9 @@ def cmd_send(args: argparse.Namespace) -> int:
                 id=0, chat=args.chat, agent=args.agent, cwd=cwd,
                 require_cwd=args.cwd is not None, policy=args.policy,
                 workspace=args.workspace, project=project, computer=args.computer))
-            if info.created and args.chat is None:
+            if info.created and args.chat is None and not args.quiet:
                 eprint(f"chat: {info.chat}")
-            if info.created and project is not None:
+            if info.created and project is not None and not args.quiet:
                 eprint(f"workspace: {info.workspace} ({info.cwd})")
             if interrupts.interrupted():
                 return 130  # interrupted before the prompt went out: nothing to cancel
@@ -109,9 +110,9 @@ def cmd_send(args: argparse.Namespace) -> int:
             interrupts.chat, interrupts.turn = info.chat, accepted.turn
             if interrupts.interrupted():
                 cancel_turn.set()
-            if accepted.queued and not args.json:
+            if accepted.queued and not (args.json or args.quiet):
                 eprint(f"queued behind {accepted.queued} turn(s)")
-            status = await _follow_turn(client, info.chat, accepted.turn, args.json)
+            status = await _follow_turn(client, info.chat, accepted.turn, args)
             return 130 if interrupts.interrupted() else status
 
     async def guarded() -> int:
@@ -164,11 +165,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     return trio.run(guarded)
 
 
-async def _follow_turn(client: Any, chat: str, turn: int, as_json: bool) -> int:
+async def _follow_turn(client: Any, chat: str, turn: int, args: argparse.Namespace) -> int:
     """Stream one turn's reply until its turn_ended. Exit 0 on end_turn, 1 otherwise."""
-    wrote_text = False
+    as_json = args.json
+    view = TurnView(chat, turn, Verbosity(
+        quiet=args.quiet, progress=not args.quiet and sys.stderr.isatty()))
     async for event in client.events():
         if isinstance(event, m.Goodbye):
+            view.screen.end()
             eprint(f"stoker: the daemon closed the connection ({event.reason})")
             return 1
         if not isinstance(event, d.Delta) or event.chat != chat:
@@ -176,24 +180,14 @@ async def _follow_turn(client: Any, chat: str, turn: int, as_json: bool) -> int:
         body = event.body
         if as_json:
             out_json(event)
-        if event.turn != turn and event.turn != 0:
-            continue
-        if isinstance(body, d.Text) and not as_json:
-            sys.stdout.write(body.text)
-            sys.stdout.flush()
-            wrote_text = True
-        elif isinstance(body, d.PermissionRequest) and not as_json and body.policy == "ask":
-            options = ", ".join(f"{o.get('optionId')} ({o.get('kind')})" for o in body.options)
-            eprint(f"\npermission requested [{body.request}]: "
-                   f"{body.tool_call.get('title', 'tool call')}\n"
-                   f"  answer with: stoker permit {chat} {body.request} OPTION   "
-                   f"options: {options}")
-        elif isinstance(body, d.Notice) and not as_json:
-            eprint(f"[{body.level}] {body.message}")
-        elif isinstance(body, d.TurnEnded) and event.turn == turn:
-            if wrote_text and not as_json:
-                sys.stdout.write("\n")
-                sys.stdout.flush()
+        else:
+            view.show(event)
+            if (isinstance(body, d.Status) and body.state == "starting"
+                    and view.verbosity.progress):
+                await _say_resuming(client, chat, body.agent, view)
+        if isinstance(body, d.TurnEnded) and event.turn == turn:
+            if not as_json:
+                view.screen.end()
             if body.error is not None:
                 if not as_json:
                     eprint(f"stoker: turn {turn} failed: {body.error}")
@@ -203,5 +197,19 @@ async def _follow_turn(client: Any, chat: str, turn: int, as_json: bool) -> int:
                     eprint(f"stoker: turn {turn} ended: {body.stop_reason}")
                 return 1
             return 0
+    view.screen.end()
     eprint("stoker: the connection to the daemon was lost before the turn ended")
     return 1
+
+
+async def _say_resuming(client: Any, chat: str, agent: str, view: TurnView) -> None:
+    """An agent starting for a chat that has a recorded session resumes it: say so."""
+    from daemon.client import ClientError
+
+    try:
+        detail: m.ChatDetail = await client.request(m.Inspect(id=0, chat=chat))
+    except ClientError:
+        return
+    for actor in detail.actors:
+        if actor.agent == agent and actor.session_id:
+            view.resuming(actor.session_id)

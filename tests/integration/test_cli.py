@@ -4,6 +4,9 @@ real CLI process against the real daemon, a real SIGINT for Ctrl-C, a real pipe 
 
 from __future__ import annotations
 
+import json
+import os
+import pty
 import signal
 import subprocess
 import sys
@@ -13,7 +16,7 @@ import pytest
 import trio
 
 from protocol import deltas as d
-from tests.support.harness import DaemonProcess, replay, subscribe, wait_for_delta
+from tests.support.harness import DaemonFactory, DaemonProcess, replay, subscribe, wait_for_delta
 
 Spawn = Callable[..., "subprocess.Popen[str]"]
 
@@ -121,3 +124,86 @@ async def test_send_into_a_closed_pipe_exits_quietly(daemon: DaemonProcess) -> N
     assert done.stdout == "x" * 60 + " status=0\n", done.stdout[-200:]
     assert [line for line in done.stderr.splitlines() if not line.startswith("chat: ")] == []
 
+
+
+# ------------------------------------------------------------------ progress, tool calls
+
+
+def run_on_terminal(daemon: DaemonProcess, *args: str) -> tuple[int, str, str]:
+    """`stoker ARGS` with stderr on a pseudo-terminal (as in an interactive shell) and
+    stdout on a pipe: (exit status, stdout, what the terminal showed)."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", *args], env=daemon.env(),
+                                cwd=str(daemon.work), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=slave, text=True)
+    finally:
+        os.close(slave)
+    out, _ = proc.communicate(timeout=60)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: every writer of the terminal is gone
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    return proc.returncode, out, shown.decode().replace("\r\n", "\n")
+
+
+SLOW_START = """
+[agents.slowecho]
+command = ["{python}", "-m", "daemon.cli", "echo-agent", "--startup-delay", "500"]
+"""
+
+
+def test_send_shows_the_cold_start_on_a_terminal(daemon_factory: DaemonFactory) -> None:
+    """On a terminal, send says what the agent is doing before the first word comes: its
+    start, the session it resumes, how long it took. Not under --quiet or --json, not when
+    stderr is not a terminal."""
+    daemon = daemon_factory(config=SLOW_START.format(python=sys.executable))
+    daemon.start()
+    status, out, shown = run_on_terminal(daemon, "send", "--agent", "slowecho", "--chat",
+                                         "c1", "hello")
+    assert (status, out) == (0, "hello\n"), shown
+    lines = shown.splitlines()
+    assert lines[0] == "starting slowecho...", shown
+    assert lines[1].startswith("ready in "), shown
+    assert float(lines[1].removeprefix("ready in ").removesuffix("s")) >= 0.5
+
+    daemon.stop()
+    daemon.start()  # the agent restarts cold and resumes the chat's session
+    status, out, shown = run_on_terminal(daemon, "send", "--chat", "c1", "again")
+    assert (status, out) == (0, "again\n"), shown
+    assert shown.splitlines()[:2] == ["starting slowecho...", f"resuming session "
+                                      f"{shown.split('resuming session ')[1].split()[0]}"]
+    assert "ready in" in shown
+
+    daemon.stop()
+    daemon.start()
+    status, out, shown = run_on_terminal(daemon, "send", "--quiet", "--agent", "slowecho",
+                                         "quiet please")
+    assert (status, out, shown) == (0, "quiet please\n", "")
+    status, out, shown = run_on_terminal(daemon, "send", "--json", "--chat", "c1", "j")
+    assert status == 0
+    assert "starting" not in shown
+    kinds = [json.loads(line)["body"]["kind"] for line in out.splitlines()]
+    assert kinds[-1] == "turn_ended"
+    assert "status" in kinds  # the cold start is in the deltas, not on the terminal
+
+    daemon.stop()
+    daemon.start()
+    piped = daemon.cli("send", "--chat", "c1", "piped")
+    assert (piped.returncode, piped.stdout, piped.stderr) == (0, "piped\n", "")
+
+
+def test_send_shows_tool_calls_compactly(daemon: DaemonProcess) -> None:
+    """A tool call is one line on stderr when it finishes; stdout keeps just the reply."""
+    done = daemon.cli("send", "--agent", "echo", "--chat", "t", "/tool")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "tool done\n"
+    assert done.stderr.splitlines() == ["[tool echo tool: completed]"]
+    quiet = daemon.cli("send", "--chat", "t", "--quiet", "/tool")
+    assert (quiet.stdout, quiet.stderr) == ("tool done\n", "")
