@@ -207,3 +207,59 @@ def test_send_shows_tool_calls_compactly(daemon: DaemonProcess) -> None:
     assert done.stderr.splitlines() == ["[tool echo tool: completed]"]
     quiet = daemon.cli("send", "--chat", "t", "--quiet", "/tool")
     assert (quiet.stdout, quiet.stderr) == ("tool done\n", "")
+
+
+# ------------------------------------------------------------------ attach, log
+
+
+async def test_attach_says_what_it_follows_and_tails(daemon: DaemonProcess,
+                                                      spawn_cli: Spawn) -> None:
+    """attach prints a header at once (a quiet chat must not look hung), then the chat's
+    deltas as they come; --tail N replays the last N first. log --tail N alike."""
+    assert daemon.cli("send", "--agent", "echo", "--chat", "a", "one two").returncode == 0
+    head = (await turn_ends_and_head(daemon, "a"))[1]
+    follower = spawn_cli("attach", "a")
+    assert follower.stderr is not None
+    assert follower.stdout is not None
+    header = await trio.to_thread.run_sync(follower.stderr.readline)
+    assert header == f"following a from seq {head}, echo ready\n"
+    assert daemon.cli("send", "--chat", "a", "three").returncode == 0
+    seen = []
+    while not seen or not seen[-1].startswith("<<< [turn 2]"):
+        line = await trio.to_thread.run_sync(follower.stdout.readline)
+        assert line, "attach ended early"
+        seen.append(line)
+    assert seen[0] == ">>> [turn 2 · echo] three\n"
+    assert "three\n" in seen
+    follower.send_signal(signal.SIGINT)
+    assert await trio.to_thread.run_sync(lambda: follower.wait(30)) == 130
+
+    tailer = spawn_cli("attach", "a", "--tail", "2")
+    assert tailer.stderr is not None
+    assert tailer.stdout is not None
+    header = await trio.to_thread.run_sync(tailer.stderr.readline)
+    _, head = await turn_ends_and_head(daemon, "a")
+    assert header == f"following a from seq {head - 2}, echo ready\n"
+    # the last two deltas of turn 2: its reply's last chunk (or the busy->ready status)
+    # and its turn_ended
+    last = ""
+    while not last.startswith("<<< [turn 2]"):
+        last = await trio.to_thread.run_sync(tailer.stdout.readline)
+        assert last, "attach ended early"
+    tailer.send_signal(signal.SIGINT)
+    assert await trio.to_thread.run_sync(lambda: tailer.wait(30)) == 130
+
+    log = daemon.cli("log", "a", "--tail", "1", "--json")
+    assert [json.loads(x)["seq"] for x in log.stdout.splitlines()] == [head]
+    whole = daemon.cli("log", "a", "--json").stdout.splitlines()
+    assert daemon.cli("log", "a", "--tail", "3", "--json").stdout.splitlines() == whole[-3:]
+    bad = daemon.cli("attach", "a", "--tail", "2", "--since", "1")
+    assert bad.returncode == 2
+
+
+async def turn_ends_and_head(daemon: DaemonProcess, chat: str
+                             ) -> tuple[dict[int, d.TurnEnded], int]:
+    async with daemon.client("audit") as client:
+        deltas = await replay(client, chat)
+    return ({x.turn: x.body for x in deltas if isinstance(x.body, d.TurnEnded)},
+            deltas[-1].seq)
