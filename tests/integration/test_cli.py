@@ -224,7 +224,7 @@ async def test_attach_says_what_it_follows_and_tails(daemon: DaemonProcess,
     header = await trio.to_thread.run_sync(follower.stderr.readline)
     assert header == f"following a from seq {head}, echo ready\n"
     assert daemon.cli("send", "--chat", "a", "three").returncode == 0
-    seen = []
+    seen: list[str] = []
     while not seen or not seen[-1].startswith("<<< [turn 2]"):
         line = await trio.to_thread.run_sync(follower.stdout.readline)
         assert line, "attach ended early"
