@@ -63,6 +63,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--workspace", metavar="ID", help="run a new chat in this workspace")
     p.add_argument("--computer", metavar="NAME", help="run a new chat's agent on this "
                    "[computers.NAME] over SSH (--cwd is a path there; default: its home)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the reply and "
+                   "errors (no chat id, progress, tool calls or notices)")
     p.add_argument("text", nargs="*", help="the prompt (default: read stdin)")
 
     p = cmd("ls", cmd_ls, "list chats with their agent state")
@@ -105,10 +107,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("chat")
     p.add_argument("--since", type=int, help="replay everything after this seq first "
                    "(0: all retained)")
+    p.add_argument("--tail", type=int, metavar="N", help="replay the last N deltas first")
 
     p = cmd("log", cmd_log, "print a chat's retained deltas and exit")
     p.add_argument("chat")
     p.add_argument("--since", type=int, default=0, help="only deltas after this seq")
+    p.add_argument("--tail", type=int, metavar="N", help="only the last N deltas")
 
     cmd("reload", cmd_reload, "make the daemon re-read its config (like SIGHUP)",
         json_flag=False)

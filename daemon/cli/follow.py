@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from daemon.cli.common import Failure, eprint, out_json, paths_from, run_async
+from daemon.cli.common import Failure, UsageError, eprint, out_json, paths_from, run_async
 from protocol import deltas as d
 from protocol import messages as m
 
@@ -111,16 +111,26 @@ def _emit(event: Any, as_json: bool) -> None:
         _renderer.render(event)
 
 
+async def _tail_start(client: Any, chat: str, tail: int) -> int:
+    """The seq after which the last `tail` deltas of `chat` begin."""
+    detail: m.ChatDetail = await client.request(m.Inspect(id=0, chat=chat))
+    return max(detail.chat.head_seq - tail, 0)
+
+
 def cmd_log(args: argparse.Namespace) -> int:
     from daemon.client import Client
 
     paths = paths_from(args)
+    if args.tail is not None and args.tail < 0:
+        raise UsageError("--tail takes a count of deltas (0 or more)")
 
     async def main() -> int:
         async with Client.connect(paths.socket, client="cli-log") as client:
+            since = max(args.since, 0)
+            if args.tail is not None:
+                since = max(since, await _tail_start(client, args.chat, args.tail))
             await client.request(m.Subscribe(id=0, chat=args.chat,
-                                             since=m.Cursor(seq=max(args.since, 0)),
-                                             live=False))
+                                             since=m.Cursor(seq=since), live=False))
             async for event in client.events():
                 if isinstance(event, m.ReplayComplete):
                     if _renderer is not None:
@@ -132,12 +142,23 @@ def cmd_log(args: argparse.Namespace) -> int:
     return run_async(main)
 
 
+def _header(chat: str, sub: m.Subscribed, since: int | None) -> str:
+    """`attach`'s first line on stderr, so that a quiet chat does not look like a hang."""
+    snap = sub.snapshot
+    start = sub.head_seq if since is None else since
+    agent = f"{snap.agent} {snap.state}" if snap.agent else "no agent started yet"
+    running = f", turn {snap.turn} running" if snap.turn is not None else ""
+    return f"following {chat} from seq {start}, {agent}{running}"
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
     import trio
 
     from daemon.client import Client, ClientError, RequestFailed
 
     paths = paths_from(args)
+    if args.tail is not None and (args.tail < 0 or args.since is not None):
+        raise UsageError("--tail takes a count of deltas (0 or more), without --since")
 
     async def main() -> int:
         last: int | None = args.since
@@ -147,12 +168,16 @@ def cmd_attach(args: argparse.Namespace) -> int:
         while True:
             try:
                 async with Client.connect(paths.socket, client="cli-attach") as client:
+                    if last is None and args.tail is not None:
+                        last = await _tail_start(client, args.chat, args.tail)
                     since = None if last is None else m.Cursor(seq=last, epoch=epoch)
                     sub: m.Subscribed = await client.request(
                         m.Subscribe(id=0, chat=args.chat, since=since))
                     if announced:
                         eprint("stoker: reconnected")
                         announced = False
+                    elif epoch is None and not args.json:
+                        eprint(_header(args.chat, sub, last))
                     backoff = 0.2
                     if last is None:
                         last = sub.head_seq

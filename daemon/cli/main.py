@@ -56,7 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        try:
+            return handler(args)
+        except BaseExceptionGroup as group:
+            # A failure inside a trio nursery arrives wrapped; one lone error is mapped
+            # like the same error raised directly.
+            raise _lone(group) from None
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         eprint(f"stoker {args.command}: error: {exc}")
@@ -68,11 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         eprint("stoker: interrupted")
         return 130
     except BrokenPipeError:
-        # `stoker log CHAT | head`: the reader went away; that is not our failure.
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        except OSError:
-            pass
+        # `stoker send ... | head -c 60`: the reader went away, which is not our failure.
+        # Exit quietly like a Unix tool; stdout's descriptor is pointed at /dev/null so
+        # that the interpreter's last flush at exit has nowhere to fail.
+        _quiet_stdout()
         return 0
     except Exception as exc:
         from daemon.client import ClientError, RequestFailed
@@ -84,3 +88,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             eprint(f"stoker: {exc}")
             return 1
         raise
+
+
+def _quiet_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _lone(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception inside nested single-member groups, else the group itself."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

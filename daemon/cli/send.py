@@ -1,5 +1,6 @@
 """`stoker send`: open (or find) a chat, send it one prompt and stream the reply until the
-turn ends; the first Ctrl-C cancels the turn, the second leaves it running.
+turn ends. The first Ctrl-C cancels the turn this command started (another client's turn in
+the same chat runs on), the second leaves it running; either way the exit status is 130.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.cli.common import Failure, UsageError, eprint, out_json, paths_from
+from daemon.cli.reply import TurnView, Verbosity
 from protocol import deltas as d
 from protocol import messages as m
 
@@ -57,6 +59,21 @@ def _prompt_content(args: argparse.Namespace) -> list[Any]:
     return content
 
 
+class _Interrupts:
+    """What Ctrl-C has asked of `send` so far: the first one cancels the turn this command
+    started (or, before the prompt was sent, sends nothing); the second leaves the turn
+    running. Either way the command exits 130."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.chat: str | None = None
+        self.turn: int | None = None
+
+    def interrupted(self) -> bool:
+        """Asked afresh each time: the signal task changes `count` between awaits."""
+        return self.count > 0
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     import trio
 
@@ -72,32 +89,40 @@ def cmd_send(args: argparse.Namespace) -> int:
         project = args.project
     if sum(x is not None for x in (args.cwd, project, args.workspace)) > 1:
         raise UsageError("give at most one of --cwd, --project, --workspace")
+    interrupts = _Interrupts()
 
-    async def main() -> int:
+    async def main(cancel_turn: trio.Event) -> int:
         async with Client.connect(paths.socket, client="cli") as client:
             info: m.ChatInfo = await client.request(m.OpenChat(
                 id=0, chat=args.chat, agent=args.agent, cwd=cwd,
                 require_cwd=args.cwd is not None, policy=args.policy,
                 workspace=args.workspace, project=project, computer=args.computer))
-            if info.created and args.chat is None:
+            if info.created and args.chat is None and not args.quiet:
                 eprint(f"chat: {info.chat}")
-            if info.created and project is not None:
+            if info.created and project is not None and not args.quiet:
                 eprint(f"workspace: {info.workspace} ({info.cwd})")
+            if interrupts.interrupted():
+                return 130  # interrupted before the prompt went out: nothing to cancel
             await client.request(m.Subscribe(id=0, chat=info.chat, since=m.Cursor(
                 seq=info.head_seq, epoch=info.epoch)))
             accepted: m.PromptAccepted = await client.request(m.Prompt(
                 id=0, chat=info.chat, content=content, agent=args.agent))
-            if accepted.queued and not args.json:
+            interrupts.chat, interrupts.turn = info.chat, accepted.turn
+            if interrupts.interrupted():
+                cancel_turn.set()
+            if accepted.queued and not (args.json or args.quiet):
                 eprint(f"queued behind {accepted.queued} turn(s)")
-            return await _follow_turn(client, info.chat, accepted.turn, args.json)
+            status = await _follow_turn(client, info.chat, accepted.turn, args)
+            return 130 if interrupts.interrupted() else status
 
     async def guarded() -> int:
+        result: list[int] = []
+        cancel_turn = trio.Event()
         async with trio.open_nursery() as nursery:
-            result: list[int] = []
 
             async def run() -> None:
                 try:
-                    result.append(await main())
+                    result.append(await main(cancel_turn))
                 except RequestFailed as exc:
                     eprint(f"stoker: {exc.message}")
                     result.append(1)
@@ -106,40 +131,48 @@ def cmd_send(args: argparse.Namespace) -> int:
                     result.append(1)
                 nursery.cancel_scope.cancel()
 
-            async def interrupts() -> None:
+            async def cancel_when_asked() -> None:
+                await cancel_turn.wait()
+                assert interrupts.chat is not None
+                with trio.move_on_after(10):
+                    async with Client.connect(paths.socket, client="cli") as client:
+                        await client.request(m.Cancel(id=0, chat=interrupts.chat,
+                                                      turn=interrupts.turn))
+
+            async def on_sigint() -> None:
                 with trio.open_signal_receiver(signal.SIGINT) as signals:
-                    count = 0
                     async for _ in signals:
-                        count += 1
-                        if count == 1:
-                            eprint("stoker: cancelling the turn (Ctrl-C again to leave it "
-                                   "running)")
-                            nursery.start_soon(_cancel_chat, args, paths)
+                        interrupts.count += 1
+                        if interrupts.count == 1:
+                            if interrupts.turn is None:
+                                eprint("stoker: interrupted; not sending the prompt")
+                            else:
+                                eprint(f"stoker: cancelling turn {interrupts.turn} (Ctrl-C "
+                                       "again to leave it running)")
+                                cancel_turn.set()
                         else:
+                            if interrupts.turn is not None:
+                                eprint(f"stoker: leaving turn {interrupts.turn} running; "
+                                       f"follow it with `stoker attach {interrupts.chat}`")
                             result.append(130)
                             nursery.cancel_scope.cancel()
 
             nursery.start_soon(run)
-            nursery.start_soon(interrupts)
+            nursery.start_soon(on_sigint)
+            nursery.start_soon(cancel_when_asked)
         return result[0] if result else 1
 
     return trio.run(guarded)
 
 
-async def _cancel_chat(args: argparse.Namespace, paths: Any) -> None:
-    from daemon.client import Client
-
-    if args.chat is None:
-        return
-    async with Client.connect(paths.socket, client="cli") as client:
-        await client.request(m.Cancel(id=0, chat=args.chat))
-
-
-async def _follow_turn(client: Any, chat: str, turn: int, as_json: bool) -> int:
+async def _follow_turn(client: Any, chat: str, turn: int, args: argparse.Namespace) -> int:
     """Stream one turn's reply until its turn_ended. Exit 0 on end_turn, 1 otherwise."""
-    wrote_text = False
+    as_json = args.json
+    view = TurnView(chat, turn, Verbosity(
+        quiet=args.quiet, progress=not args.quiet and sys.stderr.isatty()))
     async for event in client.events():
         if isinstance(event, m.Goodbye):
+            view.screen.end()
             eprint(f"stoker: the daemon closed the connection ({event.reason})")
             return 1
         if not isinstance(event, d.Delta) or event.chat != chat:
@@ -147,24 +180,14 @@ async def _follow_turn(client: Any, chat: str, turn: int, as_json: bool) -> int:
         body = event.body
         if as_json:
             out_json(event)
-        if event.turn != turn and event.turn != 0:
-            continue
-        if isinstance(body, d.Text) and not as_json:
-            sys.stdout.write(body.text)
-            sys.stdout.flush()
-            wrote_text = True
-        elif isinstance(body, d.PermissionRequest) and not as_json and body.policy == "ask":
-            options = ", ".join(f"{o.get('optionId')} ({o.get('kind')})" for o in body.options)
-            eprint(f"\npermission requested [{body.request}]: "
-                   f"{body.tool_call.get('title', 'tool call')}\n"
-                   f"  answer with: stoker permit {chat} {body.request} OPTION   "
-                   f"options: {options}")
-        elif isinstance(body, d.Notice) and not as_json:
-            eprint(f"[{body.level}] {body.message}")
-        elif isinstance(body, d.TurnEnded) and event.turn == turn:
-            if wrote_text and not as_json:
-                sys.stdout.write("\n")
-                sys.stdout.flush()
+        else:
+            view.show(event)
+            if (isinstance(body, d.Status) and body.state == "starting"
+                    and view.verbosity.progress):
+                await _say_resuming(client, chat, body.agent, view)
+        if isinstance(body, d.TurnEnded) and event.turn == turn:
+            if not as_json:
+                view.screen.end()
             if body.error is not None:
                 if not as_json:
                     eprint(f"stoker: turn {turn} failed: {body.error}")
@@ -174,5 +197,19 @@ async def _follow_turn(client: Any, chat: str, turn: int, as_json: bool) -> int:
                     eprint(f"stoker: turn {turn} ended: {body.stop_reason}")
                 return 1
             return 0
+    view.screen.end()
     eprint("stoker: the connection to the daemon was lost before the turn ended")
     return 1
+
+
+async def _say_resuming(client: Any, chat: str, agent: str, view: TurnView) -> None:
+    """An agent starting for a chat that has a recorded session resumes it: say so."""
+    from daemon.client import ClientError
+
+    try:
+        detail: m.ChatDetail = await client.request(m.Inspect(id=0, chat=chat))
+    except ClientError:
+        return
+    for actor in detail.actors:
+        if actor.agent == agent and actor.session_id:
+            view.resuming(actor.session_id)

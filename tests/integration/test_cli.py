@@ -1,0 +1,265 @@
+"""Issue 21: the `stoker` command line as a newcomer meets it, driven as a user drives it: a
+real CLI process against the real daemon, a real SIGINT for Ctrl-C, a real pipe closed by
+`head`, a pseudo-terminal where the output depends on one."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+import trio
+
+from protocol import deltas as d
+from tests.support.harness import DaemonFactory, DaemonProcess, replay, subscribe, wait_for_delta
+
+Spawn = Callable[..., "subprocess.Popen[str]"]
+
+
+@pytest.fixture
+def spawn_cli(daemon: DaemonProcess) -> Iterator[Spawn]:
+    """`spawn_cli(*args)`: `stoker ARGS` as a process of its own (stdout and stderr piped,
+    stdin closed), killed at teardown if the test left it running (before the daemon stops:
+    it carries the daemon's test marker)."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def spawn(*args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", *args],
+                                env=daemon.env(), cwd=str(daemon.work),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        return proc
+
+    yield spawn
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+async def wait_running(daemon: DaemonProcess, chat: str, after: int = 0) -> int:
+    """Wait until a turn of `chat` numbered above `after` runs on its agent (status `busy`,
+    reason `turn N`); N."""
+    def running(e: d.Delta) -> bool:
+        return (e.chat == chat and isinstance(e.body, d.Status) and e.body.state == "busy"
+                and int(e.body.reason.removeprefix("turn ")) > after)
+
+    async with daemon.client("watch") as client:
+        await subscribe(client, chat, since=0)
+        busy = await wait_for_delta(client, running, timeout=30)
+        assert isinstance(busy.body, d.Status)
+        return int(busy.body.reason.removeprefix("turn "))
+
+
+async def turn_ends(daemon: DaemonProcess, chat: str) -> dict[int, d.TurnEnded]:
+    async with daemon.client("audit") as client:
+        return {x.turn: x.body for x in await replay(client, chat)
+                if isinstance(x.body, d.TurnEnded)}
+
+
+async def read_chat_line(proc: subprocess.Popen[str]) -> str:
+    """The chat id from `send`'s first stderr line (`chat: ID`)."""
+    assert proc.stderr is not None
+    line = await trio.to_thread.run_sync(proc.stderr.readline)
+    assert line.startswith("chat: "), line
+    return line.split()[1]
+
+
+# ------------------------------------------------------------------ Ctrl-C and pipes
+
+
+async def test_ctrl_c_cancels_the_turn_send_started(daemon: DaemonProcess,
+                                                     spawn_cli: Spawn) -> None:
+    """Without --chat: the first SIGINT cancels the turn this command started (not just
+    prints so), and the command exits 130 once the turn has ended."""
+    proc = spawn_cli("send", "--agent", "echo", "/sleep 60000")
+    chat = await read_chat_line(proc)
+    turn_no = await wait_running(daemon, chat)
+    proc.send_signal(signal.SIGINT)
+    status = await trio.to_thread.run_sync(lambda: proc.wait(30))
+    _, err = proc.communicate()
+    assert status == 130, err
+    assert f"cancelling turn {turn_no}" in err
+    assert "Traceback" not in err
+    ends = await turn_ends(daemon, chat)
+    assert ends[turn_no].stop_reason == "cancelled"
+
+
+async def test_ctrl_c_with_chat_cancels_only_its_own_turn(daemon: DaemonProcess,
+                                                           spawn_cli: Spawn) -> None:
+    """With --chat: the turn cancelled is the one this command queued; a turn another client
+    started before it runs on to its end."""
+    assert daemon.cli("send", "--agent", "echo", "--chat", "shared", "warm").returncode == 0
+    first = spawn_cli("send", "--chat", "shared", "/sleep 1500")
+    running = await wait_running(daemon, "shared", after=1)
+    second = spawn_cli("send", "--chat", "shared", "/sleep 60000")
+    assert second.stderr is not None
+    line = await trio.to_thread.run_sync(second.stderr.readline)
+    assert "queued behind 1 turn" in line, line
+    second.send_signal(signal.SIGINT)
+    assert await trio.to_thread.run_sync(lambda: second.wait(30)) == 130
+    assert await trio.to_thread.run_sync(lambda: first.wait(30)) == 0
+    out, _ = first.communicate()
+    assert out.strip() == "slept 1500"
+    ends = await turn_ends(daemon, "shared")
+    assert ends[running].stop_reason == "end_turn"
+    assert ends[running + 1].stop_reason == "cancelled"
+    second.communicate()
+
+
+async def test_send_into_a_closed_pipe_exits_quietly(daemon: DaemonProcess) -> None:
+    """`stoker send ... | head -c 60`: no traceback, no complaint, exit 0 (the reader
+    leaving is not a failure); 200 KiB is more than a pipe buffers, so the write fails."""
+    script = (f"{sys.executable} -m daemon.cli send --agent echo '/bigline 200' | head -c 60;"
+              " echo \" status=${PIPESTATUS[0]}\"")
+    done = await trio.to_thread.run_sync(lambda: subprocess.run(
+        ["bash", "-c", script], env=daemon.env(), cwd=str(daemon.work), capture_output=True,
+        text=True, timeout=60))
+    assert done.stdout == "x" * 60 + " status=0\n", done.stdout[-200:]
+    assert [line for line in done.stderr.splitlines() if not line.startswith("chat: ")] == []
+
+
+
+# ------------------------------------------------------------------ progress, tool calls
+
+
+def run_on_terminal(daemon: DaemonProcess, *args: str) -> tuple[int, str, str]:
+    """`stoker ARGS` with stderr on a pseudo-terminal (as in an interactive shell) and
+    stdout on a pipe: (exit status, stdout, what the terminal showed)."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", *args], env=daemon.env(),
+                                cwd=str(daemon.work), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=slave, text=True)
+    finally:
+        os.close(slave)
+    out, _ = proc.communicate(timeout=60)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: every writer of the terminal is gone
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    return proc.returncode, out, shown.decode().replace("\r\n", "\n")
+
+
+SLOW_START = """
+[agents.slowecho]
+command = ["{python}", "-m", "daemon.cli", "echo-agent", "--startup-delay", "500"]
+"""
+
+
+def test_send_shows_the_cold_start_on_a_terminal(daemon_factory: DaemonFactory) -> None:
+    """On a terminal, send says what the agent is doing before the first word comes: its
+    start, the session it resumes, how long it took. Not under --quiet or --json, not when
+    stderr is not a terminal."""
+    daemon = daemon_factory(config=SLOW_START.format(python=sys.executable))
+    daemon.start()
+    status, out, shown = run_on_terminal(daemon, "send", "--agent", "slowecho", "--chat",
+                                         "c1", "hello")
+    assert (status, out) == (0, "hello\n"), shown
+    lines = shown.splitlines()
+    assert lines[0] == "starting slowecho...", shown
+    assert lines[1].startswith("ready in "), shown
+    assert float(lines[1].removeprefix("ready in ").removesuffix("s")) >= 0.5
+
+    daemon.stop()
+    daemon.start()  # the agent restarts cold and resumes the chat's session
+    status, out, shown = run_on_terminal(daemon, "send", "--chat", "c1", "again")
+    assert (status, out) == (0, "again\n"), shown
+    assert shown.splitlines()[:2] == ["starting slowecho...", f"resuming session "
+                                      f"{shown.split('resuming session ')[1].split()[0]}"]
+    assert "ready in" in shown
+
+    daemon.stop()
+    daemon.start()
+    status, out, shown = run_on_terminal(daemon, "send", "--quiet", "--agent", "slowecho",
+                                         "quiet please")
+    assert (status, out, shown) == (0, "quiet please\n", "")
+    status, out, shown = run_on_terminal(daemon, "send", "--json", "--chat", "c1", "j")
+    assert status == 0
+    assert "starting" not in shown
+    kinds = [json.loads(line)["body"]["kind"] for line in out.splitlines()]
+    assert kinds[-1] == "turn_ended"
+    assert "status" in kinds  # the cold start is in the deltas, not on the terminal
+
+    daemon.stop()
+    daemon.start()
+    piped = daemon.cli("send", "--chat", "c1", "piped")
+    assert (piped.returncode, piped.stdout, piped.stderr) == (0, "piped\n", "")
+
+
+def test_send_shows_tool_calls_compactly(daemon: DaemonProcess) -> None:
+    """A tool call is one line on stderr when it finishes; stdout keeps just the reply."""
+    done = daemon.cli("send", "--agent", "echo", "--chat", "t", "/tool")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "tool done\n"
+    assert done.stderr.splitlines() == ["[tool echo tool: completed]"]
+    quiet = daemon.cli("send", "--chat", "t", "--quiet", "/tool")
+    assert (quiet.stdout, quiet.stderr) == ("tool done\n", "")
+
+
+# ------------------------------------------------------------------ attach, log
+
+
+async def test_attach_says_what_it_follows_and_tails(daemon: DaemonProcess,
+                                                      spawn_cli: Spawn) -> None:
+    """attach prints a header at once (a quiet chat must not look hung), then the chat's
+    deltas as they come; --tail N replays the last N first. log --tail N alike."""
+    assert daemon.cli("send", "--agent", "echo", "--chat", "a", "one two").returncode == 0
+    head = (await turn_ends_and_head(daemon, "a"))[1]
+    follower = spawn_cli("attach", "a")
+    assert follower.stderr is not None
+    assert follower.stdout is not None
+    header = await trio.to_thread.run_sync(follower.stderr.readline)
+    assert header == f"following a from seq {head}, echo ready\n"
+    assert daemon.cli("send", "--chat", "a", "three").returncode == 0
+    seen: list[str] = []
+    while not seen or not seen[-1].startswith("<<< [turn 2]"):
+        line = await trio.to_thread.run_sync(follower.stdout.readline)
+        assert line, "attach ended early"
+        seen.append(line)
+    assert seen[0] == ">>> [turn 2 · echo] three\n"
+    assert "three\n" in seen
+    follower.send_signal(signal.SIGINT)
+    assert await trio.to_thread.run_sync(lambda: follower.wait(30)) == 130
+
+    tailer = spawn_cli("attach", "a", "--tail", "2")
+    assert tailer.stderr is not None
+    assert tailer.stdout is not None
+    header = await trio.to_thread.run_sync(tailer.stderr.readline)
+    _, head = await turn_ends_and_head(daemon, "a")
+    assert header == f"following a from seq {head - 2}, echo ready\n"
+    # the last two deltas of turn 2: its reply's last chunk (or the busy->ready status)
+    # and its turn_ended
+    last = ""
+    while not last.startswith("<<< [turn 2]"):
+        last = await trio.to_thread.run_sync(tailer.stdout.readline)
+        assert last, "attach ended early"
+    tailer.send_signal(signal.SIGINT)
+    assert await trio.to_thread.run_sync(lambda: tailer.wait(30)) == 130
+
+    log = daemon.cli("log", "a", "--tail", "1", "--json")
+    assert [json.loads(x)["seq"] for x in log.stdout.splitlines()] == [head]
+    whole = daemon.cli("log", "a", "--json").stdout.splitlines()
+    assert daemon.cli("log", "a", "--tail", "3", "--json").stdout.splitlines() == whole[-3:]
+    bad = daemon.cli("attach", "a", "--tail", "2", "--since", "1")
+    assert bad.returncode == 2
+
+
+async def turn_ends_and_head(daemon: DaemonProcess, chat: str
+                             ) -> tuple[dict[int, d.TurnEnded], int]:
+    async with daemon.client("audit") as client:
+        deltas = await replay(client, chat)
+    return ({x.turn: x.body for x in deltas if isinstance(x.body, d.TurnEnded)},
+            deltas[-1].seq)
