@@ -27,6 +27,7 @@ from protocol import deltas as d
 from protocol import messages as m
 from protocol.codec import Encoding
 from protocol.errors import ErrorCode
+from tests.support.bystander import assert_within_twice, bystander
 from tests.support.harness import DaemonFactory, DaemonProcess, open_chat, turn
 from tests.support.ws_client import WsClient, auth_headers
 
@@ -354,30 +355,39 @@ async def test_a_flood_of_silent_tcp_connections_exhausts_no_descriptors(
     assert soft == hard
     # ...which here is made small, as systemd's soft 1024 once was, to flood it for real.
     daemon.rlimit(psutil.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
-    before = daemon.num_fds()
     host, port = ws.url.removeprefix("ws://").rstrip("/").rsplit(":", 1)
     flood: list[socket.socket] = []
-    try:
-        for _ in range(FLOOD):
-            flood.append(socket.create_connection((host, int(port)), timeout=10))
-        # The daemon takes up to max_connections + PENDING_HANDSHAKES of them (a condition,
-        # not a sleep); the rest wait in the kernel's backlog, costing it nothing.
-        with trio.fail_after(30):
-            while daemon.num_fds() < before + 3 + PENDING_HANDSHAKES:
-                await trio.sleep(0.02)
-        # Unix-socket clients are served and new agents start (pipes, a process).
-        async with ws.proc.client() as client:
-            info = await open_chat(client, "flooded", cwd=ws.proc.work)
-            assert (await turn(client, info.chat, "still served")).text == "still served"
-        assert daemon.num_fds() < FD_LIMIT - 32
-    finally:
-        for sock in flood:
-            sock.close()
+    async with bystander(ws.proc) as other:
+        baseline = await other.sample()
+        before = daemon.num_fds()
+        try:
+            await _flood(ws, daemon, host, int(port), before, flood)
+            # Another Unix-socket client's turns: within twice their normal latency.
+            assert_within_twice(baseline, await other.sample())
+        finally:
+            for sock in flood:
+                sock.close()
     # Once the flood is gone, WebSocket clients get in again.
     token = ws.token
     with trio.fail_after(30):
         while await _try_connect(ws, token) != 101:
             await trio.sleep(0.05)
+
+
+async def _flood(ws: WsDaemon, daemon: psutil.Process, host: str, port: int, before: int,
+             flood: list[socket.socket]) -> None:
+    for _ in range(FLOOD):
+        flood.append(socket.create_connection((host, port), timeout=10))
+    # The daemon takes up to max_connections + PENDING_HANDSHAKES of them (a condition,
+    # not a sleep); the rest wait in the kernel's backlog, costing it nothing.
+    with trio.fail_after(30):
+        while daemon.num_fds() < before + 3 + PENDING_HANDSHAKES:
+            await trio.sleep(0.02)
+    # Unix-socket clients are served and new agents start (pipes, a process).
+    async with ws.proc.client() as client:
+        info = await open_chat(client, "flooded", cwd=ws.proc.work)
+        assert (await turn(client, info.chat, "still served")).text == "still served"
+    assert daemon.num_fds() < FD_LIMIT - 32
 
 
 async def test_shutdown_says_goodbye_and_closes_going_away(ws: WsDaemon) -> None:
