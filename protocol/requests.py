@@ -3,7 +3,7 @@ type of each reply's result is in `protocol.results.RESULT_TYPES`."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -228,6 +228,27 @@ class ListComputers(_Request, tag="computers"):
     """Measure the latency now (one SFTP round trip on each live connection)."""
 
 
+class Trace(_Request, tag="trace"):
+    """Where a chat's turns spent their time: per turn, when it was accepted, started,
+    produced its first output and ended, and each tool call as a span (derived from the
+    chat's logged deltas, so it covers what the log retains)."""
+
+    chat: str
+    turn: int | None = None
+    """One turn; None: the chat's last `last` turns."""
+    last: int = 20
+
+
+class Stats(_Request, tag="stats"):
+    """Turns, durations, time to first output, tokens, cost, failures and restarts,
+    grouped by agent, project (the chat's directory) or day (UTC), over the chats active
+    since `since`."""
+
+    by: Literal["agent", "project", "day"] = "agent"
+    since: float | None = None
+    """Unix time; None: the last 7 days."""
+
+
 Request = (
     Ping
     | GetStatus
@@ -255,4 +276,6 @@ Request = (
     | WorkspaceDiff
     | Reap
     | ListComputers
+    | Trace
+    | Stats
 )

@@ -28,7 +28,9 @@ from .requests import (
     SetConfig,
     SetMode,
     SetPolicy,
+    Stats,
     Subscribe,
+    Trace,
     Unsubscribe,
     Warm,
     WorkspaceDiff,
@@ -309,6 +311,91 @@ class Subscribed(Struct):
     snapshot: Snapshot
 
 
+class ToolSpan(Struct):
+    """One tool call of a turn, from its `tool_call` to its last `tool_update`."""
+
+    tool_call_id: str
+    title: str
+    kind: str = ""
+    start: float = 0.0
+    end: float | None = None
+    """None: it never reported a final status (the turn ended first)."""
+    status: str = "pending"
+    """The last status it reported: completed, failed, cancelled, or still pending /
+    in_progress when the turn ended without closing it."""
+
+
+class TurnTrace(Struct):
+    """One turn's timeline. Times are Unix seconds; durations are derived."""
+
+    turn: int
+    agent: str = ""
+    prompt: str = ""
+    accepted: float = 0.0
+    """`turn_started`: the prompt was accepted (queued behind `queued` turns)."""
+    queued: int = 0
+    started: float = 0.0
+    """When it could run: accepted, or the end of the turn before it."""
+    first_output: float | None = None
+    """The first text, reasoning, content or tool call of the reply."""
+    ended: float | None = None
+    """`turn_ended`; None: still running (or the log lost its end)."""
+    outcome: str = ""
+    """The stop reason (end_turn, cancelled, ...) or `error`."""
+    error: str | None = None
+    tool_calls: list[ToolSpan] = []
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    cost: float | None = None
+    """In the agent's currency (`cost_currency`), when it reports one."""
+    cost_currency: str | None = None
+    restarts: int = 0
+    """Times the agent crashed or was restarted during the turn."""
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.ended is None else self.ended - self.started
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_output is None else self.first_output - self.started
+
+
+class TraceResult(Struct):
+    chat: str
+    turns: list[TurnTrace] = []
+    truncated: bool = False
+    """The log no longer holds the start of the oldest turn asked for."""
+
+
+class StatsRow(Struct):
+    key: str
+    """The agent, the project directory or the day (YYYY-MM-DD, UTC)."""
+    turns: int = 0
+    failed: int = 0
+    """Turns that ended with an error."""
+    cancelled: int = 0
+    duration_p50: float | None = None
+    duration_p95: float | None = None
+    ttft_p50: float | None = None
+    ttft_p95: float | None = None
+    tool_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    restarts: int = 0
+    hibernations: int = 0
+
+
+class StatsResult(Struct):
+    by: str
+    since: float
+    rows: list[StatsRow] = []
+    chats: int = 0
+    """Chats looked at."""
+
+
 RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     Ping: Pong,
     GetStatus: StatusResult,
@@ -336,5 +423,7 @@ RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     WorkspaceDiff: DiffResult,
     Reap: ReapResult,
     ListComputers: ComputerList,
+    Trace: TraceResult,
+    Stats: StatsResult,
 }
 """The type of `Reply.result` for each request type."""

@@ -56,13 +56,16 @@ from daemon.ssh import service as ssh
 from daemon.ssh.service import SshService
 from daemon.store import meta
 from daemon.store.sqlite import Store
+from daemon.traces import service as traces
+from daemon.traces.service import TraceService
 from daemon.version import VERSION
 from daemon.workspaces import subsystem as workspaces
 from daemon.workspaces.service import WorkspaceService
 from daemon.workspaces.subsystem import Workspaces
 from protocol import messages as m
 
-REQUEST_TABLES: tuple[Routes[Any], ...] = (core.ROUTES, workspaces.ROUTES, ssh.ROUTES)
+REQUEST_TABLES: tuple[Routes[Any], ...] = (core.ROUTES, workspaces.ROUTES, ssh.ROUTES,
+                                           traces.ROUTES)
 """Every table of request handlers, in the order the tree's children register them."""
 
 SLOW_REQUESTS = slow_requests(*REQUEST_TABLES)
@@ -131,6 +134,7 @@ class Parts:
     websocket: WebSocketService
     unix: UnixListener
     core: Core
+    traces: TraceService
 
 
 def children(p: Parts) -> list[ChildSpec]:
@@ -182,6 +186,7 @@ def children(p: Parts) -> list[ChildSpec]:
         ChildSpec("workspaces", start=p.workspaces.start,
                   routes=workspaces.ROUTES.bind(p.workspaces)),
         ChildSpec("computers", start=attach_computers, routes=ssh.ROUTES.bind(p.ssh)),
+        ChildSpec("traces", start=nothing, routes=traces.ROUTES.bind(p.traces)),
         # The doors open once everything behind them is up, and close first.
         ChildSpec("websocket", start=p.websocket.start, stop=p.websocket.stop_accepting),
         ChildSpec("unix", start=start_unix, stop=stop_unix),
@@ -325,7 +330,7 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
         watchdog=watchdog,
         ssh=SshService(executors=executors, instance=instance, pool=pool, settings=settings),
         workspaces=Workspaces(workspace_service), websocket=websocket, unix=unix,
-        core=the_core)
+        core=the_core, traces=TraceService(store))
     tree = Tree(children(parts), router)
     reloader.children = tree.reload
     return service, tree, unix
