@@ -7,6 +7,7 @@ module registers them with the rest so that `stoker --help` keeps one order."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +39,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         parser.set_defaults(handler=handler)
         return parser
 
-    p = cmd("daemon", cmd_daemon, "run the daemon in the foreground", json_flag=False)
+    p = cmd("daemon", cmd_daemon, "run the daemon in the foreground (--json: when it stops, "
+            "one object with its exit status; errors as JSON)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="override [daemon] log_level")
 
@@ -114,8 +116,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--since", type=int, default=0, help="only deltas after this seq")
     p.add_argument("--tail", type=int, metavar="N", help="only the last N deltas")
 
-    cmd("reload", cmd_reload, "make the daemon re-read its config (like SIGHUP)",
-        json_flag=False)
+    cmd("reload", cmd_reload, "make the daemon re-read its config (like SIGHUP)")
 
     p = sub.add_parser("echo-agent", help="run the built-in echo ACP agent on stdio",
                        add_help=False)
@@ -177,17 +178,20 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     try:
         config = config_mod.load(paths.config, must_exist=paths.config_explicit)
     except ConfigError as exc:
-        raise Failure(f"invalid config: {exc.message}") from None
+        raise Failure(f"invalid config: {exc.message}", "config") from None
     log_setup.setup(args.log_level or config.daemon.log_level,
                     pinned=args.log_level is not None)
     try:
-        return trio.run(serve, paths, config)
+        status = trio.run(serve, paths, config)
     except DaemonAlreadyRunning as exc:
-        raise Failure(str(exc)) from None
+        raise Failure(str(exc), "already_running") from None
     except PermissionError as exc:
-        raise Failure(f"{exc}") from None
+        raise Failure(f"{exc}", "permission") from None
     except DatabaseUnusable as exc:
-        raise Failure(str(exc)) from None
+        raise Failure(str(exc), "database") from None
+    if args.json:
+        out_json({"stopped": True, "pid": os.getpid(), "status": status})
+    return status
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -18,7 +18,12 @@ class UsageError(Exception):
 
 
 class Failure(Exception):
-    """The command failed: message on stderr, exit status 1."""
+    """The command failed: message on stderr (under `--json`, an error object on stdout
+    with `code`), exit status 1."""
+
+    def __init__(self, message: str, code: str = "failed") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def add_common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:

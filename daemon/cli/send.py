@@ -77,7 +77,7 @@ class _Interrupts:
 def cmd_send(args: argparse.Namespace) -> int:
     import trio
 
-    from daemon.client import Client, ClientError, RequestFailed
+    from daemon.client import Client, ClientError
 
     content = _prompt_content(args)
     paths = paths_from(args)
@@ -117,18 +117,15 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     async def guarded() -> int:
         result: list[int] = []
+        failed: list[ClientError] = []
         cancel_turn = trio.Event()
         async with trio.open_nursery() as nursery:
 
             async def run() -> None:
                 try:
                     result.append(await main(cancel_turn))
-                except RequestFailed as exc:
-                    eprint(f"stoker: {exc.message}")
-                    result.append(1)
-                except ClientError as exc:
-                    eprint(f"stoker: {exc}")
-                    result.append(1)
+                except ClientError as exc:  # raised below, outside the nursery, for `main`
+                    failed.append(exc)
                 nursery.cancel_scope.cancel()
 
             async def cancel_when_asked() -> None:
@@ -160,6 +157,8 @@ def cmd_send(args: argparse.Namespace) -> int:
             nursery.start_soon(run)
             nursery.start_soon(on_sigint)
             nursery.start_soon(cancel_when_asked)
+        if failed and not result:
+            raise failed[0]
         return result[0] if result else 1
 
     return trio.run(guarded)

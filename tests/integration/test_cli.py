@@ -263,3 +263,78 @@ async def turn_ends_and_head(daemon: DaemonProcess, chat: str
         deltas = await replay(client, chat)
     return ({x.turn: x.body for x in deltas if isinstance(x.body, d.TurnEnded)},
             deltas[-1].seq)
+
+
+# ------------------------------------------------------------------ --json everywhere
+
+
+def json_of(done: subprocess.CompletedProcess[str]) -> object:
+    """The one JSON object a `--json` command printed on stdout."""
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1, (done.args, done.stdout, done.stderr)
+    return json.loads(lines[0])
+
+
+def test_every_command_speaks_json(daemon_factory: DaemonFactory) -> None:
+    """Under --json every command prints one JSON object on stdout (the streaming ones,
+    send and log, one per line), failures included: {"error": {"code", "message"}}, with
+    the exit status the command has without --json."""
+    daemon = daemon_factory()
+    daemon.start(extra_args=["--json"])
+    project = daemon.base / "project"
+    project.mkdir()
+    for git in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "base"]):
+        subprocess.run(["git", *git], cwd=project, check=True, capture_output=True,
+                       env={**daemon.env(), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+
+    def ok(*args: str) -> object:
+        done = daemon.cli(*args, "--json")
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return json_of(done)
+
+    def error(status: int, code: str, *args: str) -> None:
+        done = daemon.cli(*args, "--json")
+        assert done.returncode == status, (args, done.stdout, done.stderr)
+        reply = json_of(done)
+        assert isinstance(reply, dict)
+        assert reply["error"]["code"] == code, reply
+        assert reply["error"]["message"], reply
+
+    sent = daemon.cli("send", "--json", "--agent", "echo", "--chat", "j", "hi")
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout.splitlines()[-1])["body"]["kind"] == "turn_ended"
+    assert all(json.loads(line)["chat"] == "j" for line in sent.stdout.splitlines())
+    logged = daemon.cli("log", "j", "--json")
+    assert [json.loads(x)["chat"] for x in logged.stdout.splitlines()] == ["j"] * len(
+        logged.stdout.splitlines())
+
+    assert ok("status")["pid"] == daemon.pid  # type: ignore[index]
+    assert "agents" in ok("agents")  # type: ignore[operator]
+    assert [c["chat"] for c in ok("ls")["chats"]] == ["j"]  # type: ignore[index]
+    assert ok("inspect", "j")["chat"]["chat"] == "j"  # type: ignore[index]
+    assert ok("cancel", "j") == {}
+    assert ok("policy", "j", "allow") == {}
+    assert ok("mode", "j", "plan") == {}
+    assert ok("reload") == {}
+    assert "checks" in ok("doctor", "--no-probe")  # type: ignore[operator]
+    assert "token" in ok("token")  # type: ignore[operator]
+    assert ok("computers") == {}  # no computers configured: the empty list is omitted
+    ws = ok("workspace", "new", "--project", str(project))
+    assert isinstance(ws, dict)
+    assert ok("workspace", "ls")["workspaces"][0]["workspace"] == ws["workspace"]  # type: ignore[index]
+    assert ok("diff", ws["workspace"])["workspace"] == ws["workspace"]  # type: ignore[index]
+    assert ok("workspace", "close", ws["workspace"])["state"] == "orphaned"  # type: ignore[index]
+    assert ok("reap", "--dry-run")["dry_run"] is True  # type: ignore[index]
+    assert ok("close", "j") == {}
+
+    error(1, "unknown_chat", "inspect", "nope")
+    error(1, "unknown_chat", "permit", "nope", "r1", "allow")
+    error(1, "unknown_workspace", "workspace", "restore", "nope")
+    error(2, "usage", "permit", "j", "r1")  # neither OPTION nor --cancel
+    error(2, "usage", "inspect")  # argparse itself: no CHAT
+    error(2, "usage", "workspace")  # a group without its action
+    error(1, "already_running", "daemon")
+    daemon.stop()
+    assert '{"stopped":true' in daemon.log_text()
+    error(1, "daemon_not_running", "status")
