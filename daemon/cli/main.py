@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from daemon.cli.common import Failure, UsageError, eprint, out_json
+from daemon.cli.common import Failure, UsageError, eprint, out_json, resolve_chat_arg
 
 COMMAND_MODULES = [
     "daemon.cli.chat",
@@ -78,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = bool(getattr(args, "json", False))
     try:
         try:
+            resolve_chat_arg(args)
             return handler(args)
         except BaseExceptionGroup as group:
             # A failure inside a trio nursery arrives wrapped; one lone error is mapped

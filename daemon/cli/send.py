@@ -103,6 +103,8 @@ def cmd_send(args: argparse.Namespace) -> int:
                 eprint(f"workspace: {info.workspace} ({info.cwd})")
             if interrupts.interrupted():
                 return 130  # interrupted before the prompt went out: nothing to cancel
+            if args.detach:
+                return await _detach(client, info.chat, content, args)
             await client.request(m.Subscribe(id=0, chat=info.chat, since=m.Cursor(
                 seq=info.head_seq, epoch=info.epoch)))
             accepted: m.PromptAccepted = await client.request(m.Prompt(
@@ -162,6 +164,21 @@ def cmd_send(args: argparse.Namespace) -> int:
         return result[0] if result else 1
 
     return trio.run(guarded)
+
+
+async def _detach(client: Any, chat: str, content: list[Any],
+                  args: argparse.Namespace) -> int:
+    """`send --detach`: queue the prompt, print where it went, return."""
+    accepted: m.PromptAccepted = await client.request(m.Prompt(
+        id=0, chat=chat, content=content, agent=args.agent))
+    if args.json:
+        out_json(accepted)
+    else:
+        print(f"{chat} {accepted.turn}", flush=True)
+        if not args.quiet:
+            eprint(f"turn {accepted.turn} queued; `stoker wait {chat} --turn {accepted.turn}` "
+                   f"waits for it, `stoker attach {chat}` follows it")
+    return 0
 
 
 async def _follow_turn(client: Any, chat: str, turn: int, args: argparse.Namespace) -> int:

@@ -338,3 +338,88 @@ def test_every_command_speaks_json(daemon_factory: DaemonFactory) -> None:
     daemon.stop()
     assert '{"stopped":true' in daemon.log_text()
     error(1, "daemon_not_running", "status")
+
+
+# ------------------------------------------------------------------ detach, wait, permit ls
+
+
+ECHO2 = """
+[agents.echo2]
+command = ["{python}", "-m", "daemon.cli", "echo-agent"]
+"""
+
+
+async def test_detach_wait_permit_ls_prefixes_and_filters(
+        daemon_factory: DaemonFactory) -> None:
+    """The habits of similar daemons: `send --detach` returns once the prompt is queued,
+    `wait` waits for a turn (live or long ended), `permit ls` lists the requests waiting,
+    a unique prefix names a chat, `ls` filters by state and agent."""
+    daemon = daemon_factory(config=ECHO2.format(python=sys.executable))
+    daemon.start()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return daemon.cli(*args)
+
+    detached = await trio.to_thread.run_sync(
+        lambda: cli("send", "--detach", "--agent", "echo", "--chat", "alpha-1", "/sleep 1500"))
+    assert detached.returncode == 0, detached.stderr
+    assert detached.stdout == "alpha-1 1\n"
+    assert "stoker wait alpha-1 --turn 1" in detached.stderr
+    assert cli("send", "--agent", "echo2", "--chat", "beta", "hi").returncode == 0
+
+    busy = cli("ls", "--state", "busy", "--json")
+    assert [c["chat"] for c in json.loads(busy.stdout)["chats"]] == ["alpha-1"]
+    echo2 = cli("ls", "--agent", "echo2")
+    assert [line.split()[0] for line in echo2.stdout.splitlines()] == ["CHAT", "beta"]
+
+    waited = await trio.to_thread.run_sync(lambda: cli("wait", "alpha", "--turn", "1"))
+    assert (waited.returncode, waited.stdout) == (0, "turn 1: end_turn\n"), waited.stderr
+    again = cli("wait", "alpha-1")  # the latest turn, long ended: from the replay
+    assert (again.returncode, again.stdout) == (0, "turn 1: end_turn\n")
+    assert cli("wait", "alpha-1", "--turn", "7").returncode == 2
+
+    # a turn that asks permission: listed by `permit ls`, answered through a prefix
+    async with daemon.client("watch") as client:
+        await subscribe(client, "alpha-1")
+        asked = await trio.to_thread.run_sync(
+            lambda: cli("send", "--detach", "--chat", "alpha-1", "/permission"))
+        assert asked.stdout == "alpha-1 2\n"
+        request = await wait_for_delta(
+            client, lambda e: isinstance(e.body, d.PermissionRequest), timeout=30)
+    assert isinstance(request.body, d.PermissionRequest)
+    listed = cli("permit", "ls", "--json")
+    assert [(p["chat"], p["request"]) for p in json.loads(listed.stdout)["permissions"]] == [
+        ("alpha-1", request.body.request)]
+    table = cli("permit", "ls").stdout.splitlines()
+    assert table[1].split()[:2] == ["alpha-1", request.body.request]
+    assert cli("permit", "alp", request.body.request, "allow").returncode == 0
+    done = await trio.to_thread.run_sync(lambda: cli("wait", "alpha-1", "--turn", "2"))
+    assert done.stdout == "turn 2: end_turn\n"
+    assert cli("permit", "ls").stderr == "no permission requests are waiting\n"
+
+    # prefixes: unique ones name the chat, ambiguous ones are a usage error naming them
+    assert json.loads(cli("inspect", "be", "--json").stdout)["chat"]["chat"] == "beta"
+    cli("send", "--detach", "--agent", "echo", "--chat", "alpha-2", "x")
+    ambiguous = cli("inspect", "alpha")
+    assert ambiguous.returncode == 2
+    assert "alpha-1, alpha-2" in ambiguous.stderr
+    cancelled = await trio.to_thread.run_sync(lambda: _cancelled_turn(daemon))
+    assert cancelled.returncode == 1
+    assert cancelled.stdout == "turn 1: cancelled\n"
+
+
+def _cancelled_turn(daemon: DaemonProcess) -> subprocess.CompletedProcess[str]:
+    """`wait` on a turn that gets cancelled while it waits: exit 1, the stop reason said."""
+    assert daemon.cli("send", "--detach", "--agent", "echo", "--chat", "gamma",
+                      "/sleep 60000").returncode == 0
+    waiter = subprocess.Popen([sys.executable, "-m", "daemon.cli", "wait", "gamma"],
+                              env=daemon.env(), cwd=str(daemon.work), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert daemon.cli("cancel", "gamma").returncode == 0
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+    return subprocess.CompletedProcess(waiter.args, waiter.returncode, out, err)
