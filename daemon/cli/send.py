@@ -59,6 +59,43 @@ def _prompt_content(args: argparse.Namespace) -> list[Any]:
     return content
 
 
+INSTALL_HINTS = {
+    "qwen": "npm install -g @qwen-code/qwen-code",
+    "gemini": "npm install -g @google/gemini-cli",
+    "opencode": "npm install -g opencode-ai",
+}
+"""How to install the built-in agents whose package is well known (the rest: their docs)."""
+
+
+async def _check_agent(client: Any, args: argparse.Namespace, paths: Any) -> None:
+    """Before a chat is created or switched: the agent it would run must exist and be
+    installed, or nothing is created and the error says how to fix it."""
+    name = args.agent
+    if name is None:
+        if args.chat is not None:
+            chats: m.ChatList = await client.request(m.ListChats(id=0, include_closed=True))
+            if any(c.chat == args.chat for c in chats.chats):
+                return  # an existing chat keeps its agent: the daemon reports on it
+        agents: m.AgentsResult = await client.request(m.ListAgents(id=0))
+        name = agents.default
+    else:
+        agents = await client.request(m.ListAgents(id=0))
+    known = {a.name: a for a in agents.agents}
+    agent = known.get(name)
+    if agent is None:
+        raise Failure(f"no agent is called {name!r}; the agents are "
+                      f"{', '.join(sorted(known))} (`stoker agents`), and others are added "
+                      f"as [agents.NAME] in {paths.config}", "unknown_agent")
+    if agent.available:
+        return
+    how = INSTALL_HINTS.get(name) if agent.source == "builtin" else None
+    install = f"install it (`{how}`)" if how else "install it"
+    raise Failure(f"agent {name} is not available: {agent.reason}. To use it, {install} so "
+                  f"that `{agent.command[0]}` is on the daemon's PATH, or set its command "
+                  f"in [agents.{name}] in {paths.config}; `stoker doctor` checks it. Nothing "
+                  "was created.", "agent_unavailable")
+
+
 class _Interrupts:
     """What Ctrl-C has asked of `send` so far: the first one cancels the turn this command
     started (or, before the prompt was sent, sends nothing); the second leaves the turn
@@ -93,6 +130,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     async def main(cancel_turn: trio.Event) -> int:
         async with Client.connect(paths.socket, client="cli") as client:
+            await _check_agent(client, args, paths)
             info: m.ChatInfo = await client.request(m.OpenChat(
                 id=0, chat=args.chat, agent=args.agent, cwd=cwd,
                 require_cwd=args.cwd is not None, policy=args.policy,

@@ -16,7 +16,14 @@ import pytest
 import trio
 
 from protocol import deltas as d
-from tests.support.harness import DaemonFactory, DaemonProcess, replay, subscribe, wait_for_delta
+from tests.support.harness import (
+    DaemonFactory,
+    DaemonProcess,
+    replay,
+    short_tmpdir,
+    subscribe,
+    wait_for_delta,
+)
 
 Spawn = Callable[..., "subprocess.Popen[str]"]
 
@@ -423,3 +430,30 @@ def _cancelled_turn(daemon: DaemonProcess) -> subprocess.CompletedProcess[str]:
             waiter.kill()
             waiter.communicate()
     return subprocess.CompletedProcess(waiter.args, waiter.returncode, out, err)
+
+
+# ------------------------------------------------------------------ agents not installed
+
+
+def test_send_to_an_agent_that_is_not_installed_creates_nothing(
+        daemon_factory: DaemonFactory) -> None:
+    """`send --agent qwen` without qwen: the agent is checked first; the error says how to
+    install or configure it, and no chat (failed or otherwise) is left behind."""
+    empty = short_tmpdir("path")  # the daemon's PATH: no qwen there, whatever this host has
+    daemon = daemon_factory(config='[agents.gone]\ncommand = ["/nonexistent/agent-binary"]\n',
+                            env={"PATH": str(empty)})
+    daemon.start()
+    for args, code, says in (
+            (("--agent", "qwen"), "agent_unavailable", "npm install -g @qwen-code/qwen-code"),
+            (("--agent", "gone"), "agent_unavailable", "[agents.gone]"),
+            (("--agent", "nosuch"), "unknown_agent", "the agents are"),
+            (("--agent", "gone", "--chat", "named"), "agent_unavailable", "Nothing was created")):
+        done = daemon.cli("send", *args, "hello")
+        assert done.returncode == 1, done.stderr
+        assert says in done.stderr, done.stderr
+        assert "stoker doctor" in done.stderr or code == "unknown_agent"
+        as_json = daemon.cli("send", *args, "--json", "hello")
+        assert as_json.returncode == 1
+        assert json.loads(as_json.stdout)["error"]["code"] == code
+    assert json.loads(daemon.cli("ls", "--all", "--json").stdout) == {"chats": []}
+    empty.rmdir()
