@@ -19,6 +19,7 @@ from daemon.cli.common import (
     UsageError,
     add_common,
     ask,
+    chat_ids,
     eprint,
     out_json,
     paths_from,
@@ -42,7 +43,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         add_common(parser, json_flag=json_flag)
         parser.set_defaults(handler=handler)
         if chat:
-            parser.add_argument("chat", help="chat id, or a unique prefix of it")
+            arg = parser.add_argument("chat", help="chat id, or a unique prefix of it")
+            arg.completer = chat_ids  # type: ignore[attr-defined]
             parser.set_defaults(chat_prefix=True)
         return parser
 

@@ -137,3 +137,25 @@ def resolve_chat_arg(args: argparse.Namespace) -> None:
     replace `args.chat` by the chat it is a unique prefix of, before the command runs."""
     if getattr(args, "chat_prefix", False) and getattr(args, "chat", None):
         args.chat = run_async(lambda: resolve_chat(args, args.chat))
+
+
+def chat_ids(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Completer of a CHAT argument: the ids of the daemon's chats (none if it does not
+    answer within a second: completing must never hang a shell)."""
+    import trio
+
+    from daemon.client import Client, ClientError
+    from protocol import messages as m
+
+    async def ask() -> list[str]:
+        with trio.move_on_after(1.0):
+            try:
+                async with Client.connect(paths_from(parsed_args).socket,
+                                          client="completion") as client:
+                    listed: m.ChatList = await client.request(m.ListChats(id=0))
+                    return [c.chat for c in listed.chats if c.chat.startswith(prefix)]
+            except ClientError:
+                pass
+        return []
+
+    return trio.run(ask)

@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "daemon.cli.workspace",
     "daemon.cli.ops",
     "daemon.cli.computers",
+    "daemon.cli.completion",
 ]
 
 
@@ -73,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return echo_main(argv[1:])
     Parser.json_errors = "--json" in argv
     parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (stoker completion)
+        from daemon.cli.completion import complete
+
+        complete(parser)
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     as_json = bool(getattr(args, "json", False))

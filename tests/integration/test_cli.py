@@ -457,3 +457,39 @@ def test_send_to_an_agent_that_is_not_installed_creates_nothing(
         assert json.loads(as_json.stdout)["error"]["code"] == code
     assert json.loads(daemon.cli("ls", "--all", "--json").stdout) == {"chats": []}
     empty.rmdir()
+
+
+# ------------------------------------------------------------------ version, completion
+
+
+def complete_line(daemon: DaemonProcess, line: str) -> list[str]:
+    """What `stoker`'s completion offers for the word at the end of `line`, asked the way the
+    shell code of `stoker completion` asks (argcomplete's environment protocol)."""
+    out = daemon.base / "completions"
+    env = {**daemon.env(), "_ARGCOMPLETE": "1", "COMP_LINE": line,
+           "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": str(out),
+           "_ARGCOMPLETE_IFS": "\n"}
+    done = subprocess.run([sys.executable, "-m", "daemon.cli"], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=str(daemon.work))
+    assert done.returncode == 0, done.stderr
+    return [word.strip() for word in out.read_text().split("\n")]
+
+
+def test_version_and_completion(daemon: DaemonProcess) -> None:
+    from daemon.version import VERSION
+
+    version = daemon.cli("--version")
+    assert (version.returncode, version.stdout) == (0, f"stoker {VERSION}\n")
+    assert "inspect" in complete_line(daemon, "stoker ins")
+    assert "--tail" in complete_line(daemon, "stoker attach --t")
+    assert daemon.cli("send", "--agent", "echo", "--chat", "cmpl-1", "x").returncode == 0
+    assert complete_line(daemon, "stoker inspect cm") == ["cmpl-1"]
+    for shell in ("bash", "zsh", "fish"):
+        code = daemon.cli("completion", shell)
+        assert code.returncode == 0
+        assert "stoker" in code.stdout
+    bash = daemon.cli("completion", "bash").stdout
+    registered = subprocess.run(["bash", "-c", f"{bash}\ncomplete -p stoker"],
+                                capture_output=True, text=True, timeout=30)
+    assert registered.returncode == 0, registered.stderr
+    assert "stoker" in registered.stdout
