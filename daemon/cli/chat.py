@@ -7,6 +7,7 @@ module registers them with the rest so that `stoker --help` keeps one order."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,27 +19,37 @@ from daemon.cli.common import (
     UsageError,
     add_common,
     ask,
+    chat_ids,
     eprint,
     out_json,
     paths_from,
     print_table,
+    resolve_chat,
     run_async,
     show,
 )
 from daemon.cli.follow import cmd_attach, cmd_log
 from daemon.cli.send import cmd_send
+from protocol import deltas as d
 from protocol import messages as m
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def cmd(name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
-            *, json_flag: bool = True) -> argparse.ArgumentParser:
+            *, json_flag: bool = True, chat: bool = False) -> argparse.ArgumentParser:
+        """`chat`: the command names an existing chat (positional CHAT), which may be given
+        by a unique prefix of its id."""
         parser = sub.add_parser(name, help=help_text, description=help_text)
         add_common(parser, json_flag=json_flag)
         parser.set_defaults(handler=handler)
+        if chat:
+            arg = parser.add_argument("chat", help="chat id, or a unique prefix of it")
+            arg.completer = chat_ids  # type: ignore[attr-defined]
+            parser.set_defaults(chat_prefix=True)
         return parser
 
-    p = cmd("daemon", cmd_daemon, "run the daemon in the foreground", json_flag=False)
+    p = cmd("daemon", cmd_daemon, "run the daemon in the foreground (--json: when it stops, "
+            "one object with its exit status; errors as JSON)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="override [daemon] log_level")
 
@@ -63,59 +74,61 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--workspace", metavar="ID", help="run a new chat in this workspace")
     p.add_argument("--computer", metavar="NAME", help="run a new chat's agent on this "
                    "[computers.NAME] over SSH (--cwd is a path there; default: its home)")
+    p.add_argument("-d", "--detach", action="store_true", help="print the chat and the turn "
+                   "and return once the prompt is queued (see `stoker wait`)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the reply and "
                    "errors (no chat id, progress, tool calls or notices)")
     p.add_argument("text", nargs="*", help="the prompt (default: read stdin)")
 
     p = cmd("ls", cmd_ls, "list chats with their agent state")
     p.add_argument("--all", action="store_true", help="include closed chats")
+    p.add_argument("--state", action="append", metavar="STATE", help="only chats whose agent "
+                   "is in this state (ready, busy, hibernated, failed, ...; repeatable)")
+    p.add_argument("--agent", action="append", metavar="NAME",
+                   help="only chats of this agent (repeatable)")
 
-    p = cmd("inspect", cmd_inspect, "show a chat's agent: state, pid, session, capabilities")
-    p.add_argument("chat")
+    p = cmd("inspect", cmd_inspect, "show a chat's agent: state, pid, session, capabilities",
+            chat=True)
 
-    p = cmd("cancel", cmd_cancel, "cancel the running turn of a chat")
-    p.add_argument("chat")
+    p = cmd("cancel", cmd_cancel, "cancel the running turn of a chat", chat=True)
     p.add_argument("--queued", action="store_true", help="also drop the queued prompts")
 
-    p = cmd("close", cmd_close, "close a chat and stop its agent")
-    p.add_argument("chat")
+    p = cmd("close", cmd_close, "close a chat and stop its agent", chat=True)
 
-    p = cmd("permit", cmd_permit, "answer a permission request")
-    p.add_argument("chat")
-    p.add_argument("request", help="request id from the permission_request delta")
+    p = cmd("permit", cmd_permit, "answer a permission request; `stoker permit ls [CHAT]` "
+            "lists the requests waiting for an answer")
+    p.add_argument("chat", help="chat id, or a unique prefix of it (or `ls`)")
+    p.add_argument("request", nargs="?", help="request id from the permission_request delta")
     p.add_argument("option", nargs="?", help="option id (omit with --cancel)")
     p.add_argument("--cancel", action="store_true", help="answer `cancelled`")
 
-    p = cmd("policy", cmd_policy, "set a chat's permission policy")
-    p.add_argument("chat")
+    p = cmd("wait", cmd_wait, "wait until a turn of a chat has ended (default: its latest); "
+            "exit 0 if it ended normally (end_turn), 1 otherwise", chat=True)
+    p.add_argument("--turn", type=int, metavar="N", help="the turn to wait for")
+
+    p = cmd("policy", cmd_policy, "set a chat's permission policy", chat=True)
     p.add_argument("policy", choices=["ask", "allow", "deny"])
 
-    p = cmd("mode", cmd_mode, "set the session mode of a chat's agent")
-    p.add_argument("chat")
+    p = cmd("mode", cmd_mode, "set the session mode of a chat's agent", chat=True)
     p.add_argument("mode")
 
-    p = cmd("config", cmd_config, "set a session config option (e.g. model)")
-    p.add_argument("chat")
+    p = cmd("config", cmd_config, "set a session config option (e.g. model)", chat=True)
     p.add_argument("option")
     p.add_argument("value")
 
-    p = cmd("auth", cmd_auth, "authenticate a chat's agent with one of its methods")
-    p.add_argument("chat")
+    p = cmd("auth", cmd_auth, "authenticate a chat's agent with one of its methods", chat=True)
     p.add_argument("method")
 
-    p = cmd("attach", cmd_attach, "follow a chat's deltas live, reconnecting as needed")
-    p.add_argument("chat")
+    p = cmd("attach", cmd_attach, "follow a chat's deltas live, reconnecting as needed", chat=True)
     p.add_argument("--since", type=int, help="replay everything after this seq first "
                    "(0: all retained)")
     p.add_argument("--tail", type=int, metavar="N", help="replay the last N deltas first")
 
-    p = cmd("log", cmd_log, "print a chat's retained deltas and exit")
-    p.add_argument("chat")
+    p = cmd("log", cmd_log, "print a chat's retained deltas and exit", chat=True)
     p.add_argument("--since", type=int, default=0, help="only deltas after this seq")
     p.add_argument("--tail", type=int, metavar="N", help="only the last N deltas")
 
-    cmd("reload", cmd_reload, "make the daemon re-read its config (like SIGHUP)",
-        json_flag=False)
+    cmd("reload", cmd_reload, "make the daemon re-read its config (like SIGHUP)")
 
     p = sub.add_parser("echo-agent", help="run the built-in echo ACP agent on stdio",
                        add_help=False)
@@ -177,17 +190,20 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     try:
         config = config_mod.load(paths.config, must_exist=paths.config_explicit)
     except ConfigError as exc:
-        raise Failure(f"invalid config: {exc.message}") from None
+        raise Failure(f"invalid config: {exc.message}", "config") from None
     log_setup.setup(args.log_level or config.daemon.log_level,
                     pinned=args.log_level is not None)
     try:
-        return trio.run(serve, paths, config)
+        status = trio.run(serve, paths, config)
     except DaemonAlreadyRunning as exc:
-        raise Failure(str(exc)) from None
+        raise Failure(str(exc), "already_running") from None
     except PermissionError as exc:
-        raise Failure(f"{exc}") from None
+        raise Failure(f"{exc}", "permission") from None
     except DatabaseUnusable as exc:
-        raise Failure(str(exc)) from None
+        raise Failure(str(exc), "database") from None
+    if args.json:
+        out_json({"stopped": True, "pid": os.getpid(), "status": status})
+    return status
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -234,7 +250,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
                          _size(c.rss), _age(c.idle), str(c.turns), c.cwd])
         print_table(rows)
 
-    return show(args, m.ListChats(id=0, include_closed=args.all), render)
+    async def main() -> int:
+        result: m.ChatList = await ask(args, m.ListChats(id=0, include_closed=args.all))
+        result.chats = [c for c in result.chats
+                        if (not args.state or c.state in args.state)
+                        and (not args.agent or c.agent in args.agent)]
+        if args.json:
+            out_json(result)
+        else:
+            render(result)
+        return 0
+
+    return run_async(main)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -296,10 +323,105 @@ def cmd_close(args: argparse.Namespace) -> int:
 
 
 def cmd_permit(args: argparse.Namespace) -> int:
+    if args.chat == "ls":
+        if args.option is not None or args.cancel:
+            raise UsageError("usage: stoker permit ls [CHAT]")
+        return _permit_ls(args, args.request)
+    if args.request is None:
+        raise UsageError("give the REQUEST id (`stoker permit ls` lists them)")
     if args.cancel == (args.option is not None):
         raise UsageError("give an OPTION or --cancel (not both)")
-    return _simple(args, m.Permit(id=0, chat=args.chat, request=args.request,
-                                  option=None if args.cancel else args.option))
+
+    async def main() -> int:
+        chat = await resolve_chat(args, args.chat)
+        result = await ask(args, m.Permit(id=0, chat=chat, request=args.request,
+                                          option=None if args.cancel else args.option))
+        if args.json:
+            out_json(result)
+        return 0
+
+    return run_async(main)
+
+
+def _permit_ls(args: argparse.Namespace, only: str | None) -> int:
+    """The permission requests waiting for an answer, from each open chat's snapshot (what
+    a subscriber is given first: no history is read)."""
+    from daemon.client import Client
+
+    async def main() -> int:
+        pending: list[dict[str, Any]] = []
+        async with Client.connect(paths_from(args).socket, client="cli") as client:
+            if only is not None:
+                chats = [await resolve_chat(args, only)]
+            else:
+                listed: m.ChatList = await client.request(m.ListChats(id=0))
+                chats = [c.chat for c in listed.chats]
+            for chat in chats:
+                sub: m.Subscribed = await client.request(m.Subscribe(id=0, chat=chat))
+                await client.request(m.Unsubscribe(id=0, chat=chat))
+                pending.extend({"chat": chat, **msgspec.to_builtins(p)}
+                               for p in sub.snapshot.pending_permissions)
+        if args.json:
+            out_json({"permissions": pending})
+            return 0
+        if not pending:
+            eprint("no permission requests are waiting")
+            return 0
+        rows = [["CHAT", "REQUEST", "AGENT", "TOOL", "OPTIONS"]]
+        for p in pending:
+            options = ", ".join(str(o.get("optionId")) for o in p["options"])
+            rows.append([p["chat"], p["request"], p["agent"],
+                         str(p["tool_call"].get("title", "?")), options])
+        print_table(rows)
+        return 0
+
+    return run_async(main)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Replays the chat from its start (a turn's end may be long past) and follows it live
+    until the turn's turn_ended."""
+    from daemon.client import Client
+
+    async def main() -> int:
+        async with Client.connect(paths_from(args).socket, client="cli-wait") as client:
+            sub: m.Subscribed = await client.request(
+                m.Subscribe(id=0, chat=args.chat, since=m.Cursor(seq=0)))
+            turn = args.turn if args.turn is not None else sub.snapshot.last_turn
+            if turn < 1 or turn > sub.snapshot.last_turn:
+                raise UsageError(f"chat {args.chat} has no turn {turn} (its latest is "
+                                 f"{sub.snapshot.last_turn})")
+            open_turns = sub.snapshot.turn
+            async for event in client.events():
+                if (isinstance(event, d.Delta) and event.turn == turn
+                        and isinstance(event.body, d.TurnEnded)):
+                    return _turn_outcome(args, turn, event.body)
+                if (isinstance(event, m.ReplayComplete) and event.request is not None
+                        and (open_turns is None or open_turns > turn)):
+                    # Ended before the oldest delta still retained: its outcome is gone.
+                    return _turn_outcome(args, turn, None)
+        raise Failure("the connection to the daemon was lost before the turn ended",
+                      "connection")
+
+    return run_async(main)
+
+
+def _turn_outcome(args: argparse.Namespace, turn: int, ended: d.TurnEnded | None) -> int:
+    if ended is None:
+        outcome = "ended (its outcome is no longer retained)"
+        status = 0
+    elif ended.error is not None:
+        outcome, status = f"failed: {ended.error}", 1
+    else:
+        outcome = ended.stop_reason or "ended"
+        status = 0 if ended.stop_reason == "end_turn" else 1
+    if args.json:
+        out_json({"chat": args.chat, "turn": turn,
+                  "stop_reason": ended.stop_reason if ended else None,
+                  "error": ended.error if ended else None})
+    else:
+        print(f"turn {turn}: {outcome}", flush=True)
+    return status
 
 
 def cmd_policy(args: argparse.Namespace) -> int:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
+
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -18,7 +20,12 @@ class UsageError(Exception):
 
 
 class Failure(Exception):
-    """The command failed: message on stderr, exit status 1."""
+    """The command failed: message on stderr (under `--json`, an error object on stdout
+    with `code`), exit status 1."""
+
+    def __init__(self, message: str, code: str = "failed") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def add_common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
@@ -43,7 +50,7 @@ def paths_from(args: argparse.Namespace) -> Any:
                    config=getattr(args, "config", None))
 
 
-def run_async(fn: Callable[[], Awaitable[int]]) -> int:
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
     """Run an async command body under trio (imported here: not every command needs it)."""
     import trio
 
@@ -98,3 +105,57 @@ def show(args: argparse.Namespace, request: Any, render: Callable[[Any], None]) 
         return 0
 
     return run_async(main)
+
+
+async def resolve_chat(args: argparse.Namespace, given: str) -> str:
+    """The chat id that `given` names: itself when a chat has exactly that id, else the one
+    chat whose id starts with it (closed chats included). Several matches are a usage
+    error that lists them; none leaves `given` as it is, for the daemon to answer
+    `unknown_chat`."""
+    result = await ask(args, _list_all_chats())
+    ids: list[str] = [c.chat for c in result.chats]
+    if given in ids:
+        return given
+    matches = sorted(i for i in ids if i.startswith(given))
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        shown = ", ".join(matches[:8]) + (", ..." if len(matches) > 8 else "")
+        raise UsageError(f"chat {given!r} is ambiguous: it begins {len(matches)} chat ids "
+                         f"({shown})")
+    return given
+
+
+def _list_all_chats() -> Any:
+    from protocol import messages as m
+
+    return m.ListChats(id=0, include_closed=True)
+
+
+def resolve_chat_arg(args: argparse.Namespace) -> None:
+    """For the commands that name an existing chat (`set_defaults(chat_prefix=True)`):
+    replace `args.chat` by the chat it is a unique prefix of, before the command runs."""
+    if getattr(args, "chat_prefix", False) and getattr(args, "chat", None):
+        args.chat = run_async(lambda: resolve_chat(args, args.chat))
+
+
+def chat_ids(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Completer of a CHAT argument: the ids of the daemon's chats (none if it does not
+    answer within a second: completing must never hang a shell)."""
+    import trio
+
+    from daemon.client import Client, ClientError
+    from protocol import messages as m
+
+    async def ask() -> list[str]:
+        with trio.move_on_after(1.0):
+            try:
+                async with Client.connect(paths_from(parsed_args).socket,
+                                          client="completion") as client:
+                    listed: m.ChatList = await client.request(m.ListChats(id=0))
+                    return [c.chat for c in listed.chats if c.chat.startswith(prefix)]
+            except ClientError:
+                pass
+        return []
+
+    return trio.run(ask)

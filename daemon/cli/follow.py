@@ -200,7 +200,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
                             epoch = event.epoch
                         _emit(event, args.json)
             except RequestFailed as exc:
-                raise Failure(exc.message) from None
+                raise Failure(exc.message, str(exc.code)) from None
             except ClientError as exc:
                 if not announced:
                     eprint(f"stoker: {exc}; reconnecting")

@@ -18,8 +18,9 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-from daemon.cli.common import Failure, UsageError, eprint
+from daemon.cli.common import Failure, UsageError, eprint, out_json, resolve_chat_arg
 
 COMMAND_MODULES = [
     "daemon.cli.chat",
@@ -29,15 +30,34 @@ COMMAND_MODULES = [
     "daemon.cli.ops",
     "daemon.cli.computers",
     "daemon.cli.trace",
+    "daemon.cli.completion",
 ]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error under `--json` is a JSON error object on stdout
+    (exit 2 still). Subcommand parsers are made of the same class (argparse's default)."""
+
+    json_errors = False
+    """Set by `main` when `--json` is among the arguments: parsing may fail before any
+    Namespace exists to say so."""
+
+    def error(self, message: str) -> NoReturn:
+        if Parser.json_errors:
+            out_json({"error": {"code": "usage", "message": f"{self.prog}: {message}"}})
+            self.exit(2)
+        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole `stoker` parser: every command module registers its subcommands."""
-    parser = argparse.ArgumentParser(
+    from daemon.version import VERSION
+
+    parser = Parser(
         prog="stoker",
         description="Stoker keeps ACP coding agents warm, supervised and safe.",
     )
+    parser.add_argument("--version", action="version", version=f"stoker {VERSION}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -53,26 +73,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         from daemon.echo_agent.agent import main as echo_main
 
         return echo_main(argv[1:])
+    Parser.json_errors = "--json" in argv
     parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (stoker completion)
+        from daemon.cli.completion import complete
+
+        complete(parser)
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    as_json = bool(getattr(args, "json", False))
     try:
         try:
+            resolve_chat_arg(args)
             return handler(args)
         except BaseExceptionGroup as group:
             # A failure inside a trio nursery arrives wrapped; one lone error is mapped
             # like the same error raised directly.
             raise _lone(group) from None
-    except UsageError as exc:
-        parser.print_usage(sys.stderr)
-        eprint(f"stoker {args.command}: error: {exc}")
-        return 2
-    except Failure as exc:
-        eprint(f"stoker: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        eprint("stoker: interrupted")
-        return 130
     except BrokenPipeError:
         # `stoker send ... | head -c 60`: the reader went away, which is not our failure.
         # Exit quietly like a Unix tool; stdout's descriptor is pointed at /dev/null so
@@ -80,15 +97,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_stdout()
         return 0
     except Exception as exc:
-        from daemon.client import ClientError, RequestFailed
+        mapped = _map_error(exc)
+        if mapped is None:
+            raise
+        status, code, message = mapped
+    except KeyboardInterrupt:
+        status, code, message = 130, "interrupted", "interrupted"
+    if as_json:
+        out_json({"error": {"code": code, "message": message}})
+    elif status == 2:
+        parser.print_usage(sys.stderr)
+        eprint(f"stoker {args.command}: error: {message}")
+    else:
+        eprint(f"stoker: {message}")
+    return status
 
-        if isinstance(exc, RequestFailed):
-            eprint(f"stoker: {exc.message}")
-            return 1
-        if isinstance(exc, ClientError):
-            eprint(f"stoker: {exc}")
-            return 1
-        raise
+
+def _map_error(exc: Exception) -> tuple[int, str, str] | None:
+    """(exit status, error code, message) of a command's failure; None for a bug."""
+    from daemon.client import ClientError, DaemonNotRunning, RequestFailed
+
+    if isinstance(exc, UsageError):
+        return 2, "usage", str(exc)
+    if isinstance(exc, Failure):
+        return 1, exc.code, str(exc)
+    if isinstance(exc, RequestFailed):
+        return 1, str(exc.code), exc.message
+    if isinstance(exc, DaemonNotRunning):
+        return 1, "daemon_not_running", str(exc)
+    if isinstance(exc, ClientError):
+        return 1, "connection", str(exc)
+    return None
 
 
 def _quiet_stdout() -> None:

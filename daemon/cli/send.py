@@ -59,6 +59,43 @@ def _prompt_content(args: argparse.Namespace) -> list[Any]:
     return content
 
 
+INSTALL_HINTS = {
+    "qwen": "npm install -g @qwen-code/qwen-code",
+    "gemini": "npm install -g @google/gemini-cli",
+    "opencode": "npm install -g opencode-ai",
+}
+"""How to install the built-in agents whose package is well known (the rest: their docs)."""
+
+
+async def _check_agent(client: Any, args: argparse.Namespace, paths: Any) -> None:
+    """Before a chat is created or switched: the agent it would run must exist and be
+    installed, or nothing is created and the error says how to fix it."""
+    name = args.agent
+    if name is None:
+        if args.chat is not None:
+            chats: m.ChatList = await client.request(m.ListChats(id=0, include_closed=True))
+            if any(c.chat == args.chat for c in chats.chats):
+                return  # an existing chat keeps its agent: the daemon reports on it
+        agents: m.AgentsResult = await client.request(m.ListAgents(id=0))
+        name = agents.default
+    else:
+        agents = await client.request(m.ListAgents(id=0))
+    known = {a.name: a for a in agents.agents}
+    agent = known.get(name)
+    if agent is None:
+        raise Failure(f"no agent is called {name!r}; the agents are "
+                      f"{', '.join(sorted(known))} (`stoker agents`), and others are added "
+                      f"as [agents.NAME] in {paths.config}", "unknown_agent")
+    if agent.available:
+        return
+    how = INSTALL_HINTS.get(name) if agent.source == "builtin" else None
+    install = f"install it (`{how}`)" if how else "install it"
+    raise Failure(f"agent {name} is not available: {agent.reason}. To use it, {install} so "
+                  f"that `{agent.command[0]}` is on the daemon's PATH, or set its command "
+                  f"in [agents.{name}] in {paths.config}; `stoker doctor` checks it. Nothing "
+                  "was created.", "agent_unavailable")
+
+
 class _Interrupts:
     """What Ctrl-C has asked of `send` so far: the first one cancels the turn this command
     started (or, before the prompt was sent, sends nothing); the second leaves the turn
@@ -77,7 +114,7 @@ class _Interrupts:
 def cmd_send(args: argparse.Namespace) -> int:
     import trio
 
-    from daemon.client import Client, ClientError, RequestFailed
+    from daemon.client import Client, ClientError
 
     content = _prompt_content(args)
     paths = paths_from(args)
@@ -93,6 +130,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     async def main(cancel_turn: trio.Event) -> int:
         async with Client.connect(paths.socket, client="cli") as client:
+            await _check_agent(client, args, paths)
             info: m.ChatInfo = await client.request(m.OpenChat(
                 id=0, chat=args.chat, agent=args.agent, cwd=cwd,
                 require_cwd=args.cwd is not None, policy=args.policy,
@@ -103,6 +141,8 @@ def cmd_send(args: argparse.Namespace) -> int:
                 eprint(f"workspace: {info.workspace} ({info.cwd})")
             if interrupts.interrupted():
                 return 130  # interrupted before the prompt went out: nothing to cancel
+            if args.detach:
+                return await _detach(client, info.chat, content, args)
             await client.request(m.Subscribe(id=0, chat=info.chat, since=m.Cursor(
                 seq=info.head_seq, epoch=info.epoch)))
             accepted: m.PromptAccepted = await client.request(m.Prompt(
@@ -117,18 +157,15 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     async def guarded() -> int:
         result: list[int] = []
+        failed: list[ClientError] = []
         cancel_turn = trio.Event()
         async with trio.open_nursery() as nursery:
 
             async def run() -> None:
                 try:
                     result.append(await main(cancel_turn))
-                except RequestFailed as exc:
-                    eprint(f"stoker: {exc.message}")
-                    result.append(1)
-                except ClientError as exc:
-                    eprint(f"stoker: {exc}")
-                    result.append(1)
+                except ClientError as exc:  # raised below, outside the nursery, for `main`
+                    failed.append(exc)
                 nursery.cancel_scope.cancel()
 
             async def cancel_when_asked() -> None:
@@ -160,9 +197,26 @@ def cmd_send(args: argparse.Namespace) -> int:
             nursery.start_soon(run)
             nursery.start_soon(on_sigint)
             nursery.start_soon(cancel_when_asked)
+        if failed and not result:
+            raise failed[0]
         return result[0] if result else 1
 
     return trio.run(guarded)
+
+
+async def _detach(client: Any, chat: str, content: list[Any],
+                  args: argparse.Namespace) -> int:
+    """`send --detach`: queue the prompt, print where it went, return."""
+    accepted: m.PromptAccepted = await client.request(m.Prompt(
+        id=0, chat=chat, content=content, agent=args.agent))
+    if args.json:
+        out_json(accepted)
+    else:
+        print(f"{chat} {accepted.turn}", flush=True)
+        if not args.quiet:
+            eprint(f"turn {accepted.turn} queued; `stoker wait {chat} --turn {accepted.turn}` "
+                   f"waits for it, `stoker attach {chat}` follows it")
+    return 0
 
 
 async def _follow_turn(client: Any, chat: str, turn: int, args: argparse.Namespace) -> int:

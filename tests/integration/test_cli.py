@@ -16,7 +16,14 @@ import pytest
 import trio
 
 from protocol import deltas as d
-from tests.support.harness import DaemonFactory, DaemonProcess, replay, subscribe, wait_for_delta
+from tests.support.harness import (
+    DaemonFactory,
+    DaemonProcess,
+    replay,
+    short_tmpdir,
+    subscribe,
+    wait_for_delta,
+)
 
 Spawn = Callable[..., "subprocess.Popen[str]"]
 
@@ -263,3 +270,226 @@ async def turn_ends_and_head(daemon: DaemonProcess, chat: str
         deltas = await replay(client, chat)
     return ({x.turn: x.body for x in deltas if isinstance(x.body, d.TurnEnded)},
             deltas[-1].seq)
+
+
+# ------------------------------------------------------------------ --json everywhere
+
+
+def json_of(done: subprocess.CompletedProcess[str]) -> object:
+    """The one JSON object a `--json` command printed on stdout."""
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1, (done.args, done.stdout, done.stderr)
+    return json.loads(lines[0])
+
+
+def test_every_command_speaks_json(daemon_factory: DaemonFactory) -> None:
+    """Under --json every command prints one JSON object on stdout (the streaming ones,
+    send and log, one per line), failures included: {"error": {"code", "message"}}, with
+    the exit status the command has without --json."""
+    daemon = daemon_factory()
+    daemon.start(extra_args=["--json"])
+    project = daemon.base / "project"
+    project.mkdir()
+    for git in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "base"]):
+        subprocess.run(["git", *git], cwd=project, check=True, capture_output=True,
+                       env={**daemon.env(), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+
+    def ok(*args: str) -> object:
+        done = daemon.cli(*args, "--json")
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return json_of(done)
+
+    def error(status: int, code: str, *args: str) -> None:
+        done = daemon.cli(*args, "--json")
+        assert done.returncode == status, (args, done.stdout, done.stderr)
+        reply = json_of(done)
+        assert isinstance(reply, dict)
+        assert reply["error"]["code"] == code, reply
+        assert reply["error"]["message"], reply
+
+    sent = daemon.cli("send", "--json", "--agent", "echo", "--chat", "j", "hi")
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout.splitlines()[-1])["body"]["kind"] == "turn_ended"
+    assert all(json.loads(line)["chat"] == "j" for line in sent.stdout.splitlines())
+    logged = daemon.cli("log", "j", "--json")
+    assert [json.loads(x)["chat"] for x in logged.stdout.splitlines()] == ["j"] * len(
+        logged.stdout.splitlines())
+
+    assert ok("status")["pid"] == daemon.pid  # type: ignore[index]
+    assert "agents" in ok("agents")  # type: ignore[operator]
+    assert [c["chat"] for c in ok("ls")["chats"]] == ["j"]  # type: ignore[index]
+    assert ok("inspect", "j")["chat"]["chat"] == "j"  # type: ignore[index]
+    assert ok("cancel", "j") == {}
+    assert ok("policy", "j", "allow") == {}
+    assert ok("mode", "j", "plan") == {}
+    assert ok("reload") == {}
+    assert "checks" in ok("doctor", "--no-probe")  # type: ignore[operator]
+    assert "token" in ok("token")  # type: ignore[operator]
+    assert ok("computers") == {}  # no computers configured: the empty list is omitted
+    ws = ok("workspace", "new", "--project", str(project))
+    assert isinstance(ws, dict)
+    assert ok("workspace", "ls")["workspaces"][0]["workspace"] == ws["workspace"]  # type: ignore[index]
+    assert ok("diff", ws["workspace"])["workspace"] == ws["workspace"]  # type: ignore[index]
+    assert ok("workspace", "close", ws["workspace"])["state"] == "orphaned"  # type: ignore[index]
+    assert ok("reap", "--dry-run")["dry_run"] is True  # type: ignore[index]
+    assert ok("close", "j") == {}
+
+    error(1, "unknown_chat", "inspect", "nope")
+    error(1, "unknown_chat", "permit", "nope", "r1", "allow")
+    error(1, "unknown_workspace", "workspace", "restore", "nope")
+    error(2, "usage", "permit", "j", "r1")  # neither OPTION nor --cancel
+    error(2, "usage", "inspect")  # argparse itself: no CHAT
+    error(2, "usage", "workspace")  # a group without its action
+    error(1, "already_running", "daemon")
+    daemon.stop()
+    assert '{"stopped":true' in daemon.log_text()
+    error(1, "daemon_not_running", "status")
+
+
+# ------------------------------------------------------------------ detach, wait, permit ls
+
+
+ECHO2 = """
+[agents.echo2]
+command = ["{python}", "-m", "daemon.cli", "echo-agent"]
+"""
+
+
+async def test_detach_wait_permit_ls_prefixes_and_filters(
+        daemon_factory: DaemonFactory) -> None:
+    """The habits of similar daemons: `send --detach` returns once the prompt is queued,
+    `wait` waits for a turn (live or long ended), `permit ls` lists the requests waiting,
+    a unique prefix names a chat, `ls` filters by state and agent."""
+    daemon = daemon_factory(config=ECHO2.format(python=sys.executable))
+    daemon.start()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return daemon.cli(*args)
+
+    detached = await trio.to_thread.run_sync(
+        lambda: cli("send", "--detach", "--agent", "echo", "--chat", "alpha-1", "/sleep 1500"))
+    assert detached.returncode == 0, detached.stderr
+    assert detached.stdout == "alpha-1 1\n"
+    assert "stoker wait alpha-1 --turn 1" in detached.stderr
+    assert cli("send", "--agent", "echo2", "--chat", "beta", "hi").returncode == 0
+
+    busy = cli("ls", "--state", "busy", "--json")
+    assert [c["chat"] for c in json.loads(busy.stdout)["chats"]] == ["alpha-1"]
+    echo2 = cli("ls", "--agent", "echo2")
+    assert [line.split()[0] for line in echo2.stdout.splitlines()] == ["CHAT", "beta"]
+
+    waited = await trio.to_thread.run_sync(lambda: cli("wait", "alpha", "--turn", "1"))
+    assert (waited.returncode, waited.stdout) == (0, "turn 1: end_turn\n"), waited.stderr
+    again = cli("wait", "alpha-1")  # the latest turn, long ended: from the replay
+    assert (again.returncode, again.stdout) == (0, "turn 1: end_turn\n")
+    assert cli("wait", "alpha-1", "--turn", "7").returncode == 2
+
+    # a turn that asks permission: listed by `permit ls`, answered through a prefix
+    async with daemon.client("watch") as client:
+        await subscribe(client, "alpha-1")
+        asked = await trio.to_thread.run_sync(
+            lambda: cli("send", "--detach", "--chat", "alpha-1", "/permission"))
+        assert asked.stdout == "alpha-1 2\n"
+        request = await wait_for_delta(
+            client, lambda e: isinstance(e.body, d.PermissionRequest), timeout=30)
+    assert isinstance(request.body, d.PermissionRequest)
+    listed = cli("permit", "ls", "--json")
+    assert [(p["chat"], p["request"]) for p in json.loads(listed.stdout)["permissions"]] == [
+        ("alpha-1", request.body.request)]
+    table = cli("permit", "ls").stdout.splitlines()
+    assert table[1].split()[:2] == ["alpha-1", request.body.request]
+    assert cli("permit", "alp", request.body.request, "allow").returncode == 0
+    done = await trio.to_thread.run_sync(lambda: cli("wait", "alpha-1", "--turn", "2"))
+    assert done.stdout == "turn 2: end_turn\n"
+    assert cli("permit", "ls").stderr == "no permission requests are waiting\n"
+
+    # prefixes: unique ones name the chat, ambiguous ones are a usage error naming them
+    assert json.loads(cli("inspect", "be", "--json").stdout)["chat"]["chat"] == "beta"
+    cli("send", "--detach", "--agent", "echo", "--chat", "alpha-2", "x")
+    ambiguous = cli("inspect", "alpha")
+    assert ambiguous.returncode == 2
+    assert "alpha-1, alpha-2" in ambiguous.stderr
+    cancelled = await trio.to_thread.run_sync(lambda: _cancelled_turn(daemon))
+    assert cancelled.returncode == 1
+    assert cancelled.stdout == "turn 1: cancelled\n"
+
+
+def _cancelled_turn(daemon: DaemonProcess) -> subprocess.CompletedProcess[str]:
+    """`wait` on a turn that gets cancelled while it waits: exit 1, the stop reason said."""
+    assert daemon.cli("send", "--detach", "--agent", "echo", "--chat", "gamma",
+                      "/sleep 60000").returncode == 0
+    waiter = subprocess.Popen([sys.executable, "-m", "daemon.cli", "wait", "gamma"],
+                              env=daemon.env(), cwd=str(daemon.work), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert daemon.cli("cancel", "gamma").returncode == 0
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+    return subprocess.CompletedProcess(waiter.args, waiter.returncode, out, err)
+
+
+# ------------------------------------------------------------------ agents not installed
+
+
+def test_send_to_an_agent_that_is_not_installed_creates_nothing(
+        daemon_factory: DaemonFactory) -> None:
+    """`send --agent qwen` without qwen: the agent is checked first; the error says how to
+    install or configure it, and no chat (failed or otherwise) is left behind."""
+    empty = short_tmpdir("path")  # the daemon's PATH: no qwen there, whatever this host has
+    daemon = daemon_factory(config='[agents.gone]\ncommand = ["/nonexistent/agent-binary"]\n',
+                            env={"PATH": str(empty)})
+    daemon.start()
+    for args, code, says in (
+            (("--agent", "qwen"), "agent_unavailable", "npm install -g @qwen-code/qwen-code"),
+            (("--agent", "gone"), "agent_unavailable", "[agents.gone]"),
+            (("--agent", "nosuch"), "unknown_agent", "the agents are"),
+            (("--agent", "gone", "--chat", "named"), "agent_unavailable", "Nothing was created")):
+        done = daemon.cli("send", *args, "hello")
+        assert done.returncode == 1, done.stderr
+        assert says in done.stderr, done.stderr
+        assert "stoker doctor" in done.stderr or code == "unknown_agent"
+        as_json = daemon.cli("send", *args, "--json", "hello")
+        assert as_json.returncode == 1
+        assert json.loads(as_json.stdout)["error"]["code"] == code
+    assert json.loads(daemon.cli("ls", "--all", "--json").stdout) == {"chats": []}
+    empty.rmdir()
+
+
+# ------------------------------------------------------------------ version, completion
+
+
+def complete_line(daemon: DaemonProcess, line: str) -> list[str]:
+    """What `stoker`'s completion offers for the word at the end of `line`, asked the way the
+    shell code of `stoker completion` asks (argcomplete's environment protocol)."""
+    out = daemon.base / "completions"
+    env = {**daemon.env(), "_ARGCOMPLETE": "1", "COMP_LINE": line,
+           "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": str(out),
+           "_ARGCOMPLETE_IFS": "\n"}
+    done = subprocess.run([sys.executable, "-m", "daemon.cli"], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=str(daemon.work))
+    assert done.returncode == 0, done.stderr
+    return [word.strip() for word in out.read_text().split("\n")]
+
+
+def test_version_and_completion(daemon: DaemonProcess) -> None:
+    from daemon.version import VERSION
+
+    version = daemon.cli("--version")
+    assert (version.returncode, version.stdout) == (0, f"stoker {VERSION}\n")
+    assert "inspect" in complete_line(daemon, "stoker ins")
+    assert "--tail" in complete_line(daemon, "stoker attach --t")
+    assert daemon.cli("send", "--agent", "echo", "--chat", "cmpl-1", "x").returncode == 0
+    assert complete_line(daemon, "stoker inspect cm") == ["cmpl-1"]
+    for shell in ("bash", "zsh", "fish"):
+        code = daemon.cli("completion", shell)
+        assert code.returncode == 0
+        assert "stoker" in code.stdout
+    bash = daemon.cli("completion", "bash").stdout
+    registered = subprocess.run(["bash", "-c", f"{bash}\ncomplete -p stoker"],
+                                capture_output=True, text=True, timeout=30)
+    assert registered.returncode == 0, registered.stderr
+    assert "stoker" in registered.stdout
