@@ -13,6 +13,7 @@ warm count is within the cap unless every warm actor is busy; restarts never exc
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -154,6 +155,55 @@ def choose_evictions(
     order = {a.key: i for i, a in enumerate(actors)}
     return [Eviction(key, reason) for key, reason in sorted(chosen.items(),
                                                             key=lambda kv: order[kv[0]])]
+
+
+RECHECK_FLOOR = 1.0
+"""The earliest an engaged warm actor is looked at again, in seconds: with a tiny idle TTL
+(tests, benchmarks) a recheck at `now + idle_ttl` would spin while it stays engaged."""
+
+
+@dataclass(frozen=True, slots=True)
+class EvictionPlan:
+    evictions: list[Eviction]
+    next_check: float | None
+    """When the idle TTL may next evict one of the remaining warm actors (monotonic time,
+    always after `now`); None when no warm actor remains."""
+
+
+def plan_evictions(
+    warm: Sequence[ActorFacts],
+    *,
+    now: float,
+    idle_ttl: float,
+    max_warm: int,
+    memory_budget: int | None = None,
+) -> EvictionPlan:
+    """`choose_evictions` over the warm actors, and when to look again.
+
+    The pool keeps the warm actors apart and asks only about them, so the cost of a decision
+    grows with the warm count (bounded by the cap), never with hibernated records. The next
+    check is the earliest `last_activity + idle_ttl` of an evictable actor that stays. An
+    engaged one (busy, queued, a permission or a terminal open), and one just chosen (its
+    hibernation may be declined when a prompt races it), is looked at again after
+    `max(idle_ttl, RECHECK_FLOOR)`: whatever makes it evictable later also marks it active,
+    so its own deadline cannot come sooner. A state change of any warm actor (it becomes
+    ready, or warm over the cap) makes the pool plan again at once.
+    """
+    evictions = choose_evictions(warm, now=now, idle_ttl=idle_ttl, max_warm=max_warm,
+                                 memory_budget=memory_budget)
+    chosen = {e.key for e in evictions}
+    recheck = now + max(idle_ttl, RECHECK_FLOOR)
+    next_check: float | None = None
+    for a in warm:
+        if not a.warm:
+            continue
+        stays_evictable = a.evictable and a.key not in chosen
+        at = a.last_activity + idle_ttl if stays_evictable else recheck
+        if next_check is None or at < next_check:
+            next_check = at
+    if next_check is not None:
+        next_check = max(next_check, math.nextafter(now, math.inf))  # never spin at `now`
+    return EvictionPlan(evictions, next_check)
 
 
 # --------------------------------------------------------------------------- staleness

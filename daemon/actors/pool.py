@@ -1,8 +1,14 @@
 """The pool: the registry of chats and the supervisor of their backend actors.
 
 It routes client requests to actors (as mailbox messages, through each actor's `ActorRef`),
-assigns turn numbers, keeps the durable prompt queue, and runs the eviction sweep (idle TTL,
-LRU cap, memory budget; `eviction.choose_victims`). Start-up is `restore.restore`.
+assigns turn numbers, keeps the durable prompt queue, and runs eviction (idle TTL, LRU cap,
+memory budget; `eviction.choose_victims`). Start-up is `restore.restore`.
+
+Eviction looks only at the warm actors, which the pool keeps apart (`_warm`, updated on
+every state change): a turn's end costs the same beside ten hibernated chats or ten
+thousand. The evictor sleeps until the earliest idle deadline (`trio.sleep_until`, through
+`move_on_at`), or until an actor becomes warm over the cap; with a memory budget it also
+measures every `sweep_interval`, since memory grows without any event to tell.
 
 Actors are started on demand and go dormant when hibernated with nothing to do (their task
 ends, their record stays in memory and in the store), so thousands of hibernated chats cost a
@@ -11,6 +17,8 @@ few kilobytes each. A message for a dormant actor starts its task again.
 
 from __future__ import annotations
 
+import gc
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -85,8 +93,15 @@ class Pool:
         self._book = ChatBook(store=store, hub=hub, settings=settings, executors=executors)
         self._chats = self._book.chats
         self._actors: dict[tuple[str, str], _Child] = {}
+        self._warm: dict[tuple[str, str], _Child] = {}
+        """The actors in a warm state (starting, ready, busy): all eviction looks at."""
         self._nursery: trio.Nursery | None = None
         self._sweep_needed = trio.Event()
+        self._idle_check: float | None = None
+        """When the idle TTL may next evict a warm actor (None: no warm actor to watch)."""
+        self._memory_checked = -math.inf
+        self._over_budget = False
+        """The last measurement found the warm actors over the memory budget."""
         self._shutting_down: str | None = None
         self.started_at = time.time()
         self.evictions = 0
@@ -112,6 +127,12 @@ class Pool:
             self._log.info("loaded", chats=restored.chats, reclaimed=restored.reclaimed,
                            interrupted_turns=restored.interrupted,
                            requeued_prompts=restored.requeued, new_epochs=restored.new_epochs)
+            # What start-up loaded lives as long as the daemon: move it out of the cyclic
+            # collector's reach, or every full collection walks every hibernated record
+            # and a warm turn's cost grows with them (1.6x CPU beside 10,000; see
+            # docs/PERFORMANCE.md). The price: a restored chat that is later closed leaves
+            # its actor's few kilobytes of cycles uncollected until the next start.
+            gc.freeze()
             nursery.start_soon(self._sweeper)
             task_status.started()
             await trio.sleep_forever()
@@ -161,9 +182,24 @@ class Pool:
         key = (child.ref.chat, child.ref.agent)
         if self._actors.get(key) is child:
             del self._actors[key]
+        if self._warm.get(key) is child:
+            del self._warm[key]
 
-    def _on_state(self, state: State) -> None:
-        if state in (State.READY, State.STARTING):
+    def _on_state(self, key: tuple[str, str], state: State) -> None:
+        """Every state change of every actor: O(1), whatever the number of chats."""
+        if state not in WARM_STATES:
+            self._warm.pop(key, None)
+            return
+        child = self._actors.get(key)
+        if child is None:
+            return
+        self._warm[key] = child
+        lc = self._settings.config.lifecycle
+        if len(self._warm) > lc.max_warm:
+            self._sweep_needed.set()
+        elif state is State.READY and (self._idle_check is None or self._over_budget):
+            # A turn's end moves this actor's idle deadline later than any already planned,
+            # so it needs a plan only when none is (or the budget waits for an idle actor).
             self._sweep_needed.set()
 
     def _on_turn_end(self, chat: str, agent: str, turn: int, error: str | None) -> None:
@@ -185,16 +221,18 @@ class Pool:
         spec = self._settings.agents.get(agent)
         if spec is None:
             raise UnknownAgent(agent, list(self._settings.agents))
+        key = (chat.id, agent)
         actor = BackendActor(
             chat=chat.id, cwd=chat.cwd, spec=spec,
             policy=chat.policy or self._settings.config.permissions.policy,
             mcp_servers=chat.mcp, record=record or ActorRecord(), hub=self._hub,
             store=self._store, executor=self._executor_for(chat, agent),
-            settings=self._settings, on_state=self._on_state, instance=self._instance,
+            settings=self._settings, on_state=lambda state: self._on_state(key, state),
+            instance=self._instance,
             on_turn_end=lambda turn, error: self._on_turn_end(chat.id, agent, turn, error),
             reclaimed=reclaimed)
         child = _Child(ActorRef(actor, wake=lambda: self._spawn(child)))
-        self._actors[(chat.id, agent)] = child
+        self._actors[key] = child
         return child
 
     def _actor_for(self, chat: Chat, agent: str) -> _Child:
@@ -426,19 +464,15 @@ class Pool:
 
     def counts(self) -> ActorCounts:
         by_state: dict[str, int] = {}
-        warm = busy = 0
         for child in self._actors.values():
-            facts = child.ref.facts()
-            by_state[facts.state.value] = by_state.get(facts.state.value, 0) + 1
-            if facts.warm:
-                warm += 1
-            if facts.busy:
-                busy += 1
-        return ActorCounts(total=len(self._actors), warm=warm, busy=busy, by_state=by_state)
+            state = child.ref.state.value
+            by_state[state] = by_state.get(state, 0) + 1
+        busy = sum(1 for child in self._warm.values() if child.ref.busy)
+        return ActorCounts(total=len(self._actors), warm=len(self._warm), busy=busy,
+                           by_state=by_state)
 
     async def memory_used(self) -> int:
-        warm = [child.ref for child in self._actors.values()
-                if child.ref.state in WARM_STATES]
+        warm = [child.ref for child in self._warm.values()]
         sizes = await trio.to_thread.run_sync(lambda: [ref.rss() or 0 for ref in warm])
         return sum(sizes)
 
@@ -451,29 +485,47 @@ class Pool:
 
     # ================================================================== eviction
 
+    def _next_wake(self) -> float:
+        """The evictor's next deadline: the earliest idle deadline, and with a memory budget
+        the next measurement while anything is warm."""
+        at = self._idle_check if self._idle_check is not None else math.inf
+        lc = self._settings.config.lifecycle
+        if lc.memory_budget is not None and self._warm:
+            at = min(at, self._memory_checked + float(lc.sweep_interval))
+        return at
+
     async def _sweeper(self) -> None:
         while True:
-            interval = float(self._settings.config.lifecycle.sweep_interval)
-            with trio.move_on_after(interval):
+            with trio.move_on_at(self._next_wake()):
                 await self._sweep_needed.wait()
             self._sweep_needed = trio.Event()
             try:
                 await self.sweep()
             except Exception:
                 self._log.exception("eviction sweep failed")
+                # Do not spin on a deadline that failed: try again after the interval.
+                self._idle_check = trio.current_time() + float(
+                    self._settings.config.lifecycle.sweep_interval)
 
     async def sweep(self) -> list[str]:
-        """Hibernate what the policy says should go. Returns the evicted keys."""
+        """Hibernate what the policy says should go among the warm actors, and plan the
+        next look. Returns the evicted keys."""
         if self._shutting_down:
             return []
-        chosen = await choose_victims([child.ref for child in self._actors.values()],
-                                      self._settings.config.lifecycle)
-        for ref, eviction in chosen:
-            self._log.info("hibernating", chat=ref.chat, agent=ref.agent,
-                           reason=eviction.reason)
+        lc = self._settings.config.lifecycle
+        victims = await choose_victims([child.ref for child in self._warm.values()], lc)
+        self._idle_check = victims.next_check
+        if victims.memory_used is not None:
+            self._memory_checked = trio.current_time()
+            self._over_budget = (lc.memory_budget is not None
+                                 and victims.memory_used > int(lc.memory_budget))
+        else:
+            self._over_budget = False
+        for ref, reason in victims.chosen:
+            self._log.info("hibernating", chat=ref.chat, agent=ref.agent, reason=reason)
             self.evictions += 1
-            ref.send(mb.Hibernate(reason=eviction.reason))
-        return [eviction.key for _, eviction in chosen]
+            ref.send(mb.Hibernate(reason=reason))
+        return [ref.key for ref, _ in victims.chosen]
 
     def request_sweep(self) -> None:
         self._sweep_needed.set()

@@ -93,6 +93,11 @@ class ActorRef:
     def state(self) -> State:
         return self._actor.core.state
 
+    @property
+    def busy(self) -> bool:
+        """A turn is running."""
+        return self._actor.core.current is not None
+
     def facts(self, rss: int | None = None) -> ActorFacts:
         """What the eviction sweep weighs (`rss` measured by the caller, in a thread)."""
         core = self._actor.core

@@ -159,7 +159,9 @@ class LifecycleConfig(_Section):
     restart_backoff: Duration = Duration(0.5)
     restart_backoff_max: Duration = Duration(30.0)
     sweep_interval: Duration = Duration(5.0)
-    """How often the eviction sweep runs (it also runs when an agent becomes warm)."""
+    """How often the warm agents' memory is measured against `memory_budget` (only when one
+    is set: memory grows without an event). The idle TTL acts at its deadline, the cap at
+    once."""
 
     def __post_init__(self) -> None:
         if self.max_warm < 1:

@@ -10,11 +10,18 @@
   N actors' facts) timed in this process.
 * hibernate rate: N / (reload -> no warm actor left); wake rate: N / (N concurrent `warm`
   requests -> all ready again: respawn + initialize + session/resume).
+* warm turns beside hibernated records: three daemons, with 0, 2,000 and 10,000 hibernated
+  records (written into the store before start), each with one warm `echo` chat; turns go
+  round-robin through the three (so the machine's load falls on all three alike). Reported:
+  first-chunk p50/p99 and daemon CPU per turn for each, and the ratio 10,000 : 0 (target
+  <= 1.2: a turn's cost must not grow with hibernated chats).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sqlite3
 import time
 from datetime import datetime
 
@@ -23,8 +30,10 @@ import trio
 from daemon.actors.lifecycle import ActorFacts, State, choose_evictions
 from daemon.client import RequestFailed
 from protocol import messages as m
+from tests.support.harness import subscribe
 
-from .common import BenchDaemon, Context, Result, bench_config, median
+from .common import BenchDaemon, Context, Result, bench_config, median, ms, percentile
+from .wire import TimedClient
 
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}) .*event=hibernating")
 
@@ -88,10 +97,93 @@ def _decision_seconds(count: int) -> float:
     return median(times)
 
 
+HIBERNATED = (0, 2_000, 10_000)
+
+
+def _seed_hibernated(db: str, count: int, cwd: str) -> None:
+    """`count` chats, each with a hibernated `echo` actor record, as a daemon that once ran
+    them leaves behind (written straight into a stopped daemon's store)."""
+    now = time.time()
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.executemany(
+            "INSERT INTO chats(id, agent, cwd, epoch, created, updated) VALUES (?,?,?,?,?,?)",
+            [(f"hib{i}", "echo", cwd, f"e{i}", now, now) for i in range(count)])
+        conn.executemany(
+            "INSERT INTO actors(chat, agent, state, reason, session_id, generation,"
+            " last_activity, updated) VALUES (?,?,?,?,?,?,?,?)",
+            [(f"hib{i}", "echo", "hibernated", "idle", f"s{i}", 1, now, now)
+             for i in range(count)])
+
+
+async def _beside_hibernated(ctx: Context, result: Result) -> dict[str, object]:
+    turns = 150 if ctx.quick else 600
+    daemons = {h: BenchDaemon(config=bench_config()) for h in HIBERNATED}
+    first: dict[int, list[float]] = {h: [] for h in HIBERNATED}
+    cpu: dict[int, float] = {}
+    try:
+        for hibernated, daemon in daemons.items():
+            daemon.start_bench()
+            daemon.stop()
+            _seed_hibernated(str(daemon.state_dir / "stoker.db"), hibernated,
+                             str(daemon.work))
+            daemon.start_bench(timeout=120)
+        async with contextlib.AsyncExitStack() as stack:
+            chats: dict[int, tuple[TimedClient, str]] = {}
+            for hibernated, daemon in daemons.items():
+                client = await stack.enter_async_context(
+                    TimedClient.connect(daemon.socket, client="bench-beside"))
+                assert isinstance(client, TimedClient)
+                status = await _status(client)
+                assert status.actors.total == hibernated, status.actors
+                info: m.ChatInfo = await client.request(m.OpenChat(
+                    id=0, agent="echo", cwd=str(daemon.work)))
+                await subscribe(client, info.chat)
+                await client.request(m.Warm(id=0, chat=info.chat))
+                for _ in range(10):
+                    await client.timed_turn(info.chat, "warm up")
+                chats[hibernated] = (client, info.chat)
+            for hibernated, daemon in daemons.items():
+                await daemon.settled_cpu()
+                cpu[hibernated] = daemon.cpu_seconds()
+            for _ in range(turns):
+                for hibernated, (client, chat) in chats.items():
+                    client.stamps.clear()
+                    times = await client.timed_turn(chat, "hello there world")
+                    first[hibernated].append(times.first_chunk - times.sent)
+            for hibernated, daemon in daemons.items():
+                cpu[hibernated] = daemon.cpu_seconds() - cpu[hibernated]
+    finally:
+        for daemon in daemons.values():
+            daemon.close()
+    rows: dict[str, object] = {"turns": turns}
+    for hibernated in HIBERNATED:
+        p50 = ms(percentile(first[hibernated], 50))
+        p99 = ms(percentile(first[hibernated], 99))
+        per_turn = ms(cpu[hibernated] / turns)
+        rows[str(hibernated)] = {"first_p50": p50, "first_p99": p99, "cpu_ms": per_turn}
+        result.add(f"beside {hibernated} hibernated: first chunk p50 / p99", p50, "ms",
+                   note=f"p99 {p99:.2f} ms")
+        result.add(f"beside {hibernated} hibernated: daemon CPU per warm turn", per_turn,
+                   "ms")
+        ctx.say(f"  beside {hibernated} hibernated: first chunk p50 {p50:.2f} ms, "
+                f"p99 {p99:.2f} ms, daemon CPU {per_turn:.2f} ms/turn")
+    base, most = HIBERNATED[0], HIBERNATED[-1]
+    within = lambda v: v <= 1.2  # noqa: E731
+    result.add(f"ratio {most}:{base} hibernated, first chunk p50",
+               percentile(first[most], 50) / percentile(first[base], 50), "x",
+               target="<= 1.2", check=within)
+    result.add(f"ratio {most}:{base} hibernated, first chunk p99",
+               percentile(first[most], 99) / percentile(first[base], 99), "x")
+    result.add(f"ratio {most}:{base} hibernated, daemon CPU per turn",
+               cpu[most] / cpu[base], "x", target="<= 1.2", check=within)
+    return rows
+
+
 async def run(ctx: Context) -> Result:
     count = 50 if ctx.quick else 200
     result = Result("scale", f"Scale ({count} warm echo actors)")
     detail: dict[str, float] = {}
+    beside = await _beside_hibernated(ctx, result)
     empty = BenchDaemon(config=_config(count, "30m"))
     try:
         empty.start_bench()
@@ -167,7 +259,8 @@ async def run(ctx: Context) -> Result:
                "actors/s")
     result.add("first start rate (8 at a time)", count / detail["first_start_seconds"],
                "actors/s")
-    result.detail = {"actors": count, **detail, "status_errors": len(STATUS_ERRORS)}
+    result.detail = {"actors": count, **detail, "status_errors": len(STATUS_ERRORS),
+                     "beside_hibernated": beside}
     if STATUS_ERRORS:
         result.skipped.append(f"{len(STATUS_ERRORS)} status requests failed while agents "
                               f"stopped (daemon bug, retried): {STATUS_ERRORS[0]}")

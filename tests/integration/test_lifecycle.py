@@ -125,6 +125,45 @@ async def test_memory_budget_evicts_idle_but_never_busy(daemon_factory: DaemonFa
         await assert_every_turn_ended_once(client, "working")
 
 
+async def test_memory_budget_lowered_then_removed_by_reload_leaves_no_stale_hibernation(
+        daemon_factory: DaemonFactory) -> None:
+    # Issue 15: hibernate requests the budget sent (several sweeps' worth while the agents
+    # closed their sessions) outlived the hibernation, so the next wake of each chat was
+    # hibernated again "memory budget exceeded" although the budget was gone.
+    chats = ("b1", "b2", "b3")
+    daemon = daemon_factory(config=lifecycle(idle_ttl="1h", sweep_interval="10ms"))
+    daemon.start()
+    async with daemon.client() as client:
+        for chat in chats:
+            await open_chat(client, chat, cwd=daemon.work)
+            await turn(client, chat, "/pid")
+        daemon.write_config(lifecycle(idle_ttl="1h", sweep_interval="10ms",
+                                      memory_budget="1KiB"))
+        await client.request(m.Reload(id=0))
+        for chat in chats:
+            hibernated = await wait_state(client, chat, "hibernated", timeout=15)
+            assert "memory budget" in hibernated.reason
+        # Let the budget's sweeps keep coming at the hibernated actors for a while.
+        for chat in chats:
+            await turn(client, chat, "/pid")
+            await wait_state(client, chat, "hibernated", timeout=15)
+        daemon.write_config(lifecycle(idle_ttl="1h", sweep_interval="10ms"))
+        await client.request(m.Reload(id=0))
+        for chat in chats:
+            woken = await actor(client, chat)
+            await turn(client, chat, "/pid")
+            # A second turn goes through the actor's mailbox after anything the first one
+            # left behind: had a stale request hibernated it, this one needs a new agent.
+            await turn(client, chat, "/pid")
+            after = await actor(client, chat)
+            assert after.state == "ready", after
+            assert after.generation == woken.generation + 1, (woken, after)
+            deltas = await assert_every_turn_ended_once(client, chat)
+            statuses = [x.body for x in deltas if isinstance(x.body, d.Status)]
+            last_ready = max(i for i, s in enumerate(statuses) if s.state == "ready")
+            assert all(s.state != "hibernated" for s in statuses[last_ready - 1:]), statuses
+
+
 async def test_crash_loop_backs_off_then_fails_and_prompt_retries(
         daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=lifecycle(restart_max=3, restart_window="60s"))

@@ -16,6 +16,7 @@ from daemon.actors.lifecycle import (
     choose_evictions,
     liveness,
     pick_option,
+    plan_evictions,
     restart_decision,
 )
 
@@ -107,6 +108,47 @@ def test_idle_past_ttl_is_evicted_and_fresh_idle_is_not(actors: list[ActorFacts]
     for a in actors:
         expired = a.evictable and kw["now"] - a.last_activity >= kw["idle_ttl"]
         assert (a.key in chosen) == expired
+
+
+@given(fleets(), sweep_args)
+@settings(max_examples=400)
+def test_plan_looks_again_strictly_later_and_only_while_something_is_warm(
+        actors: list[ActorFacts], kw: dict[str, Any]) -> None:
+    plan = plan_evictions(actors, **kw)
+    assert [e.key for e in plan.evictions] == [e.key for e in choose_evictions(actors, **kw)]
+    if any(a.warm for a in actors):
+        assert plan.next_check is not None
+        assert plan.next_check > kw["now"]
+    else:
+        assert plan.next_check is None
+
+
+@given(fleets(), sweep_args, st.floats(min_value=0, max_value=1, allow_nan=False))
+@settings(max_examples=400)
+def test_no_idle_eviction_is_due_before_the_next_check(
+        actors: list[ActorFacts], kw: dict[str, Any], fraction: float) -> None:
+    # Between now and the next check, with nothing changing, the TTL evicts nothing more;
+    # at the check itself, the actor that set it is due (the evictor never sleeps past it).
+    plan = plan_evictions(actors, **kw)
+    chosen = {e.key for e in plan.evictions}
+    remaining = [a for a in actors if a.key not in chosen]
+    if plan.next_check is None:
+        return
+    ttl = kw["idle_ttl"]
+    before = kw["now"] + (plan.next_check - kw["now"]) * fraction
+    if before < plan.next_check:
+        assert choose_evictions(remaining, now=before, idle_ttl=ttl, max_warm=100) == []
+    due = [a for a in remaining if a.evictable and a.last_activity + ttl <= plan.next_check]
+    if due:
+        assert choose_evictions(remaining, now=plan.next_check, idle_ttl=ttl, max_warm=100)
+
+
+def test_plan_example_engaged_actor_is_rechecked_not_spun_on() -> None:
+    actors = [ActorFacts("busy", State.BUSY, last_activity=0.0, busy=True),
+              ActorFacts("idle", State.READY, last_activity=5.0)]
+    plan = plan_evictions(actors, now=10.0, idle_ttl=0.0, max_warm=4)
+    assert [e.key for e in plan.evictions] == ["idle"]
+    assert plan.next_check == 11.0  # RECHECK_FLOOR after now, not `now` again
 
 
 def test_example_cap_two_three_chats() -> None:

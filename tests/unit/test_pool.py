@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
 from daemon.actors import records
-from daemon.actors.lifecycle import State
+from daemon.actors.lifecycle import ActorFacts, State
 from daemon.actors.pool import Pool
-from daemon.actors.records import Chat
+from daemon.actors.records import ActorRecord, Chat
+from daemon.actors.ref import ActorRef
 from protocol.messages import TextBlock
-from tests.support.fake_executor import FAKE, Knobs, Rig, rig
+from tests.support.fake_executor import FAKE, Knobs, Rig, fake_settings, rig
 
 
 async def open_and_prompt(pool: Pool, chat: str, cwd: Path, text: str = "hi") -> int:
@@ -56,11 +58,14 @@ async def test_prompt_arriving_while_the_agent_is_being_evicted_is_not_lost(
 
 async def test_prompt_sent_with_a_hibernate_is_served_before_hibernating(
         tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
-    async with rig(tmp_path, idle_ttl=60.0, sweep_interval=1000.0) as r:
+    async with rig(tmp_path, idle_ttl=3600.0) as r:
         pool = await r.start_pool()
         turn = await open_and_prompt(pool, "c1", tmp_path)
         await r.hub.wait_turn_end("c1", turn)
         await trio.sleep(61.0)
+        # The TTL drops under the idle time; this sweep (no checkpoint before the prompt
+        # below) picks the agent, and the prompt lands in its mailbox with the hibernate.
+        r.settings.config = fake_settings(idle_ttl=60.0).config
         assert await pool.sweep() == [f"c1\x00{FAKE}"]
         second = await prompt(pool, "c1")
         assert (await r.hub.wait_turn_end("c1", second)).stop_reason == "end_turn"
@@ -120,3 +125,53 @@ async def test_start_up_ends_interrupted_turns_and_delivers_queued_prompts(
             "interrupted: the daemon stopped while this turn ran"]
         assert r.store.rows("SELECT turn FROM prompts") == []
         assert (await prompt(pool, "c1")) == 3
+
+
+async def test_idle_agent_is_hibernated_at_its_deadline_without_polling(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    # sweep_interval is an hour: only the idle deadline can hibernate the agent at 60 s.
+    async with rig(tmp_path, idle_ttl=60.0, sweep_interval=3600.0) as r:
+        pool = await r.start_pool()
+        turn = await open_and_prompt(pool, "c1", tmp_path)
+        await r.hub.wait_turn_end("c1", turn)
+        ended = trio.current_time()
+        await trio.sleep(30.0)
+        second = await prompt(pool, "c1")  # activity moves the deadline
+        await r.hub.wait_turn_end("c1", second)
+        ended = trio.current_time()
+        await r.hub.wait_state("c1", State.HIBERNATED)
+        assert 60.0 <= trio.current_time() - ended < 61.0
+        assert pool.counts().warm == 0
+
+
+async def test_a_turn_end_looks_at_no_hibernated_record(
+        tmp_path: Path, autojump_clock: trio.abc.Clock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    looked_at: list[str] = []
+    facts = ActorRef.facts
+
+    def counting(self: ActorRef, rss: int | None = None) -> ActorFacts:
+        looked_at.append(self.chat)
+        return facts(self, rss)
+
+    monkeypatch.setattr(ActorRef, "facts", counting)
+    async with rig(tmp_path, idle_ttl=60.0, max_warm=2) as r:
+        for i in range(300):
+            chat = Chat(id=f"h{i}", agent=FAKE, cwd=str(tmp_path), epoch="e", created=0.0,
+                        updated=0.0)
+            records.save_chat(r.store, chat, 0)
+            records.save_actor(r.store, chat.id, FAKE, ActorRecord(), None)
+        pool = await r.start_pool()
+        assert pool.counts().total == 300
+        turns = [await open_and_prompt(pool, "c1", tmp_path)]
+        turns += [await prompt(pool, "c1") for _ in range(9)]
+        await r.hub.wait_turn_end("c1", turns[-1])
+        await open_and_prompt(pool, "c2", tmp_path)
+        await open_and_prompt(pool, "c3", tmp_path)  # over the cap of 2: c1 goes
+        await r.hub.wait_state("c1", State.HIBERNATED)
+        await r.hub.wait_state("c3", State.READY)
+        assert not any(chat.startswith("h") for chat in looked_at)
+        assert len(looked_at) <= 20
+        await trio.sleep(61.0)
+        assert pool.counts().warm == 0
+        assert not any(chat.startswith("h") for chat in looked_at)

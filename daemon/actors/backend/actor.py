@@ -177,7 +177,11 @@ class BackendActor:
                 self._retry_if_failed()
                 self._want_warm.append(event)
             case mb.Hibernate():
-                self._hibernate = event.reason
+                # A request is about the process running now: with none (it already
+                # stopped), there is nothing to hibernate, and a request kept until the
+                # next wake would stop an agent nobody asked to stop.
+                if gen is not None and gen.ending is None:
+                    self._hibernate = event.reason
             case mb.Close():
                 self._closing = event.reason
                 if gen is not None and (core.current is not None or not gen.ready):
@@ -319,6 +323,7 @@ class BackendActor:
         the restart policy."""
         core = self._core
         self._gen = None
+        self._hibernate = None  # requests were about this generation (see mb.Hibernate)
         agent = core.agent
         if ending.kind is EndKind.SPAWN_FAILED:
             core.fail_head_turn(f"agent {agent!r} cannot start: {ending.reason}")
