@@ -359,8 +359,9 @@ class TaskService:
         if req.caller is None or req.credential is None:
             raise Unauthorized("give both caller and credential, or neither")
         if not credentials.valid(req.caller, req.credential):
-            raise Unauthorized(f"the credential is not chat {req.caller!r}'s: this MCP "
-                               "server may only act for the chat it was started for")
+            raise Unauthorized(f"the credential does not belong to chat {req.caller!r}: "
+                               "this MCP server may only act for the chat it was "
+                               "started for")
         return str(req.caller)
 
     async def new(self, req: m.TaskNew) -> m.TaskInfo:

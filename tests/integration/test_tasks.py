@@ -6,8 +6,12 @@ calls it (`/mcp TOOL JSON`)."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections import Counter
+from typing import Any
 
+import psutil
 import pytest
 
 from daemon.client import Client, RequestFailed
@@ -16,9 +20,11 @@ from protocol import messages as m
 from tests.support.harness import (
     DaemonFactory,
     DaemonProcess,
+    agent_pid,
     inspect,
     open_chat,
     replay,
+    turn,
 )
 
 
@@ -147,3 +153,96 @@ async def test_task_send_runs_a_follow_up_in_the_same_chat(daemon: DaemonProcess
         done = await result(client, task.task)
         assert (done.state, done.result) == ("done", "blue")
         assert done.turn == 2
+
+
+# --------------------------------------------------------------------------- through MCP
+
+
+async def mcp(client: Client, chat: str, tool: str, arguments: dict[str, object] | None = None
+              ) -> dict[str, Any]:
+    """The echo agent of `chat` calls `tool` on Stoker's MCP server (started on first use,
+    which imports the MCP SDK: a generous deadline)."""
+    text = (await turn(client, chat, f"/mcp {tool} {json.dumps(arguments or {})}",
+                       timeout=90)).text
+    assert not text.startswith("error:"), text
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+async def test_an_echo_parent_delegates_through_mcp_and_gets_every_result(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = started("[tasks]\nmax_running = 2\n", daemon_factory)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", cwd=daemon.work)
+        agents = await mcp(client, parent.chat, "list_agents")
+        assert "echo" in [a["name"] for a in agents["agents"]]
+        ids = []
+        for i, ms in enumerate((800, 800, 10)):
+            spawned = await mcp(client, parent.chat, "spawn_task", {
+                "agent": "echo", "prompt": f"/sleep {ms}", "title": f"part {i}"})
+            assert spawned["title"] == f"part {i}"
+            ids.append(spawned["id"])
+        listed = await mcp(client, parent.chat, "list_tasks")
+        assert [t["id"] for t in listed["tasks"]] == ids
+        results = [await mcp(client, parent.chat, "task_result",
+                             {"id": task, "wait_seconds": 60}) for task in ids]
+        assert [(r["state"], r["result"], r["stop_reason"]) for r in results] == [
+            ("done", "slept 800", "end_turn"), ("done", "slept 800", "end_turn"),
+            ("done", "slept 10", "end_turn")]
+        status = await mcp(client, parent.chat, "task_status", {"id": ids[0]})
+        assert status["state"] == "done"
+        tasks: m.TaskList = await client.request(m.ListTasks(id=0, parent=parent.chat))
+        assert all(t.origin == "agent" for t in tasks.tasks)
+        # A tool error the model can read, and nothing created.
+        refused = await turn(client, parent.chat,
+                             '/mcp spawn_task {"agent": "nope", "prompt": "x"}', timeout=30)
+        assert refused.text.startswith("error:")
+        assert "unknown agent 'nope'" in refused.text
+        missing = await turn(client, parent.chat, '/mcp task_status {"id": "nope"}')
+        assert "no task 'nope' of chat 'boss'" in missing.text
+        tasks = await client.request(m.ListTasks(id=0))
+        assert len(tasks.tasks) == 3
+
+
+def mcp_credential(agent: int) -> str:
+    """The credential in the environment of the MCP server an agent process started."""
+    for child in psutil.Process(agent).children(recursive=True):
+        if "mcp" in child.cmdline():
+            return str(child.environ()["STOKER_MCP_CREDENTIAL"])
+    raise AssertionError("the agent runs no MCP server")
+
+
+async def test_a_forged_or_other_chats_credential_is_a_clear_error_and_creates_nothing(
+        daemon: DaemonProcess) -> None:
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    async with daemon.client() as client:
+        mine = await open_chat(client, "mine", cwd=daemon.work)
+        other = await open_chat(client, "other", cwd=daemon.work)
+        await mcp(client, other.chat, "list_tasks")
+        theirs = mcp_credential(await agent_pid(client, other.chat))
+        # Chat mine's MCP server, given chat other's credential (or a forged one).
+        for credential in (theirs, "0" * 64):
+            params = StdioServerParameters(
+                command=sys.executable, args=["-m", "daemon.cli", "mcp", "--chat", mine.chat],
+                env={**daemon.env(), "STOKER_MCP_CREDENTIAL": credential})
+            async with stdio_client(params) as (read, write), \
+                    ClientSession(read, write) as session:
+                await session.initialize()
+                answer = await session.call_tool("spawn_task", {"agent": "echo",
+                                                                "prompt": "hello"})
+                assert answer.is_error
+                text = "".join(getattr(c, "text", "") for c in answer.content)
+                assert "unauthorized" in text, text
+                assert "does not belong to chat 'mine'" in text, text
+        # Over the socket directly: other's credential cannot touch mine's tasks either.
+        task = await new_task(client, mine.chat, "/sleep 10")
+        with pytest.raises(RequestFailed, match="no task"):
+            await client.request(m.GetTask(id=0, task=task.task, caller=other.chat,
+                                           credential=theirs))
+        with pytest.raises(RequestFailed, match="only start its own tasks"):
+            await client.request(m.TaskNew(id=0, parent=mine.chat, prompt="x",
+                                           caller=other.chat, credential=theirs))
+        listed: m.TaskList = await client.request(m.ListTasks(id=0))
+        assert [t.task for t in listed.tasks] == [task.task]
