@@ -192,6 +192,24 @@ class TurnEnded(_Body, tag="turn_ended"):
     error: str | None = None
 
 
+class Task(_Body, tag="task"):
+    """A task of this chat (a child chat, docs/TASKS.md) changed: `spawned` (accepted;
+    running or queued), `started` (its prompt went to its agent), `finished` (its turn
+    ended; `summary` is the start of its answer), `failed` (`error` says why), `cancelled`,
+    `interrupted` (the daemon stopped while it ran). Published on the parent's channel."""
+
+    task: str
+    event: Literal["spawned", "started", "finished", "failed", "cancelled", "interrupted"]
+    agent: str
+    title: str = ""
+    state: str = ""
+    """The task's state after the event: queued, running, done, failed, cancelled,
+    interrupted."""
+    summary: str = ""
+    stop_reason: str | None = None
+    error: str | None = None
+
+
 DeltaBody = (
     TurnStarted
     | Text
@@ -214,6 +232,7 @@ DeltaBody = (
     | Diff
     | Raw
     | TurnEnded
+    | Task
 )
 
 DELTA_KINDS: tuple[str, ...] = tuple(

@@ -247,6 +247,78 @@ class Stats(_Request, tag="stats"):
     by: Literal["agent", "project", "day"] = "agent"
     since: float | None = None
     """Unix time; None: the last 7 days."""
+# --------------------------------------------------------------------------- tasks
+# Requests of the tasks subsystem (daemon/tasks/, docs/TASKS.md): a task is a chat with a
+# parent chat. `caller` + `credential` are set by Stoker's MCP server (`stoker mcp`), which
+# acts for one chat: the daemon checks the credential it generated for that chat, and the
+# request may then only touch that chat's own tasks.
+
+TaskWorkspace = Annotated[str, msgspec.Meta(pattern="^[^\\x00]*$")]
+"""Where a task works: `parent` (the parent's directory, the default), `worktree` (a new
+git worktree of the parent's project) or an absolute directory inside the parent's."""
+
+
+class _TaskRequest(_Request, kw_only=True):
+    caller: str | None = None
+    """The chat acting (set by `stoker mcp`); requires `credential`."""
+    credential: str | None = None
+    """The per-chat credential the daemon gave `caller`'s MCP server."""
+
+
+class TaskNew(_TaskRequest, tag="task_new", kw_only=True):
+    """Start a task: a new chat under `parent` running `prompt` on `agent`. It runs at once
+    if the parent has fewer running tasks than its limit, else it queues."""
+
+    parent: str
+    """The chat the task belongs to (its results come back there)."""
+    prompt: str
+    """What the task should do: its first prompt."""
+    agent: str | None = None
+    """Default: the parent's agent."""
+    title: str | None = None
+    """Default: the start of the prompt."""
+    workspace: TaskWorkspace | None = None
+    """`parent` (default), `worktree` or an absolute directory inside the parent's."""
+    origin: Literal["client", "agent"] = "client"
+    """Who asked: a client, or an agent (through `stoker mcp`)."""
+
+
+class ListTasks(_TaskRequest, tag="tasks", kw_only=True):
+    """Tasks, oldest first: the children of `parent` (with `recursive`, the whole tree
+    below it), or every task when `parent` is None."""
+
+    parent: str | None = None
+    """The chat whose tasks to list (with a credential: the caller's own by default)."""
+    recursive: bool = False
+    """Also the tasks of those tasks, all the way down."""
+
+
+class GetTask(_TaskRequest, tag="task", kw_only=True):
+    """One task's state and, once it ended, its result. `wait` > 0: answer when the task
+    is no longer queued or running, or after `wait` seconds, whichever comes first."""
+
+    task: str
+    """The task's id (its chat id)."""
+    wait: float = 0.0
+    """Seconds to wait for the task to end (at most 3600)."""
+
+
+class TaskSend(_TaskRequest, tag="task_send", kw_only=True):
+    """Another prompt for a task (a follow-up in the same chat); it runs like a new task
+    under the parent's limits."""
+
+    task: str
+    """The task's id."""
+    prompt: str
+    """The follow-up prompt."""
+
+
+class TaskCancel(_TaskRequest, tag="task_cancel", kw_only=True):
+    """Cancel a task: a queued one never runs, a running one gets `session/cancel`. Its
+    own tasks are cancelled too."""
+
+    task: str
+    """The task's id."""
 
 
 Request = (
@@ -278,4 +350,9 @@ Request = (
     | ListComputers
     | Trace
     | Stats
+    | TaskNew
+    | ListTasks
+    | GetTask
+    | TaskSend
+    | TaskCancel
 )

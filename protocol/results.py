@@ -13,10 +13,12 @@ from .requests import (
     CloseWorkspace,
     DescribeAgent,
     GetStatus,
+    GetTask,
     Inspect,
     ListAgents,
     ListChats,
     ListComputers,
+    ListTasks,
     ListWorkspaces,
     OpenChat,
     Permit,
@@ -30,6 +32,9 @@ from .requests import (
     SetPolicy,
     Stats,
     Subscribe,
+    TaskCancel,
+    TaskNew,
+    TaskSend,
     Trace,
     Unsubscribe,
     Warm,
@@ -278,6 +283,10 @@ class AgentDescription(Struct):
 class ChatDetail(Struct):
     chat: ChatInfo
     actors: list[ActorDetail]
+    parent: str | None = None
+    """Set when the chat is a task (docs/TASKS.md): the chat that started it."""
+    tasks: list[str] = []
+    """The chat's tasks, oldest first."""
 
 
 class PendingPermission(Struct):
@@ -394,6 +403,43 @@ class StatsResult(Struct):
     rows: list[StatsRow] = []
     chats: int = 0
     """Chats looked at."""
+# --------------------------------------------------------------------------- tasks
+
+
+class TaskInfo(Struct):
+    """One task: a chat with a parent (docs/TASKS.md)."""
+
+    task: str
+    """The task's chat id (attach, log, inspect it like any chat)."""
+    parent: str
+    agent: str
+    title: str
+    origin: str
+    """client or agent."""
+    state: str
+    """queued (waiting for a slot under the parent's limit), running, done, failed,
+    cancelled, interrupted (the daemon stopped while it ran)."""
+    depth: int
+    """1 for a task of a top-level chat, 2 for a task of a task, ..."""
+    cwd: str
+    created_at: float
+    workspace: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    turn: int | None = None
+    """The task chat's turn that runs (or ran) the latest prompt."""
+    result: str = ""
+    """The final text of its last turn (when done, failed or cancelled)."""
+    stop_reason: str | None = None
+    error: str | None = None
+    files_changed: list[str] = []
+    """Files changed in the task's worktree (workspace tasks only)."""
+
+
+class TaskList(Struct):
+    tasks: list[TaskInfo] = []
+    agents: list[str] = []
+    """The agents tasks may use (the config's `tasks.agents`, else every available one)."""
 
 
 RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
@@ -425,5 +471,10 @@ RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     ListComputers: ComputerList,
     Trace: TraceResult,
     Stats: StatsResult,
+    TaskNew: TaskInfo,
+    ListTasks: TaskList,
+    GetTask: TaskInfo,
+    TaskSend: TaskInfo,
+    TaskCancel: TaskInfo,
 }
 """The type of `Reply.result` for each request type."""

@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "daemon.cli.computers",
     "daemon.cli.trace",
     "daemon.cli.completion",
+    "daemon.cli.mcp",
 ]
 
 

@@ -236,6 +236,33 @@ class ComputerConfig(_Section):
             raise ValueError("sessions_per_connection must be at least 1")
 
 
+class TasksConfig(_Section):
+    """Background tasks (docs/TASKS.md) and Stoker's MCP server offered to agents."""
+
+    max_running: int = 2
+    """Running tasks per parent chat; more queue."""
+    max_tasks: int = 32
+    """Unfinished (queued + running) tasks in the whole daemon; more are refused."""
+    max_depth: int = 2
+    """1: only top-level chats may have tasks; 2: tasks may have tasks; ..."""
+    agents: list[str] = []
+    """Agents tasks may use; empty: every configured agent."""
+    notify: Literal["delta", "prompt"] = "delta"
+    """`prompt`: also prompt the parent with a task's result when it ends and the parent
+    is idle. A `task` delta on the parent's channel is always published."""
+    cascade: bool = True
+    """Cancelling a parent's turn or closing the parent cancels its unfinished tasks."""
+    mcp: bool = True
+    """Offer Stoker's MCP server (`stoker mcp`) on every session/new, load and resume."""
+    mcp_exclude_agents: list[str] = []
+    mcp_exclude_chats: list[str] = []
+
+    def __post_init__(self) -> None:
+        if self.max_running < 1 or self.max_tasks < 1 or self.max_depth < 0:
+            raise ValueError("max_running and max_tasks must be at least 1, max_depth at "
+                             "least 0")
+
+
 class Config(_Section):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     agents: dict[str, AgentConfig] = {}
@@ -246,6 +273,7 @@ class Config(_Section):
     worktrees: WorktreesConfig = msgspec.field(default_factory=WorktreesConfig)
     terminals: TerminalsConfig = msgspec.field(default_factory=TerminalsConfig)
     computers: dict[str, ComputerConfig] = {}
+    tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
 
     def __post_init__(self) -> None:
         for name, agent in self.agents.items():

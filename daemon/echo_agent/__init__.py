@@ -13,8 +13,9 @@ Standard library only, imports nothing from the rest of the daemon; from the bot
 (Session, Turn and their files), ``wire`` (stdout/stderr writes), ``state`` (what the reader
 thread and the prompt workers share), ``client_calls`` (requests to the client and their
 responses), ``methods`` (the protocol surface below), ``commands`` and ``client_commands``
-(the prompt language below), ``turns`` (one prompt, start to end), ``agent`` (the reader
-loop that dispatches every line, and ``main``).
+(the prompt language below), ``mcp_client`` and ``mcp_commands`` (``/mcp``: calls to
+the MCP servers a session was given), ``turns`` (one prompt, start to end), ``agent`` (the
+reader loop that dispatches every line, and ``main``).
 
 Protocol surface
 ================
@@ -128,6 +129,10 @@ stripped, and interpreted:
                        ``error CODE: MESSAGE`` or ``result JSON``
 ``/spawn SECONDS``     starts ``sleep SECONDS`` in a new session (it leaves the agent's process
                        group, as tool processes of real agents do); chunk: its pid
+``/mcp [S:]TOOL JSON`` calls TOOL with the JSON object as arguments on the stdio MCP server
+                       S of the session's ``mcpServers`` (default: the first), started on
+                       first use (``mcp_client``); chunk: the tool's text, or ``error: TEXT``
+                       for a tool error or a server that cannot be reached; cancellable
 
 A command whose argument is missing or malformed replies ``error: USAGE`` and ends the turn.
 Every prompt's text and its reply (the concatenated chunks) are appended to the session

@@ -23,6 +23,7 @@ from daemon.echo_agent.jsonrpc import (
     PARSE_ERROR,
     RpcError,
 )
+from daemon.echo_agent.mcp_commands import McpCommands
 from daemon.echo_agent.methods import SessionMethods
 from daemon.echo_agent.options import Options, parse_options
 from daemon.echo_agent.state import AgentState
@@ -46,6 +47,7 @@ class EchoAgent:
         commands = {
             **LocalCommands(self._state).table(),
             **ClientCommands(self._state, self._calls).table(),
+            **McpCommands(self._state).table(),
         }
         # The handlers get the runner as a callable: they do not depend on the prompt language.
         turns = TurnRunner(self._state, commands)

@@ -126,6 +126,7 @@ class SessionMethods:
         self._require_auth()
         cwd = self._cwd_param(params)
         session = Session(str(uuid.uuid4()), cwd)
+        session.mcp_servers = mcp_servers_param(params)
         with self._state.cond:
             self._state.sessions[session.session_id] = session
             self._state.persist(session)
@@ -154,6 +155,7 @@ class SessionMethods:
             if session.cwd != cwd:
                 session.cwd = cwd
                 self._state.persist(session)
+            session.mcp_servers = mcp_servers_param(params)
             return session
 
     def _session_load(self, _rid: Any, params: JsonObj) -> JsonObj:
@@ -277,3 +279,12 @@ class SessionMethods:
             "currentModelId": session.config.get("model", "echo-1"),
             "availableModels": [{"modelId": v, "name": n} for v, n in MODEL_VALUES],
         }
+
+
+def mcp_servers_param(params: JsonObj) -> list[JsonObj]:
+    """The stdio entries of ``mcpServers`` (others are ignored: the echo agent's MCP client
+    speaks stdio only)."""
+    servers = params.get("mcpServers")
+    if not isinstance(servers, list):
+        return []
+    return [s for s in servers if isinstance(s, dict) and isinstance(s.get("command"), str)]

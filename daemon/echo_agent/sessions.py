@@ -65,6 +65,9 @@ class Session:
         self.title = title
         self.updated_at = updated_at or now_iso()
         self.turn: Turn | None = None
+        self.mcp_servers: list[JsonObj] = []
+        """The ``mcpServers`` of the last session/new, load or resume (never persisted:
+        they may carry credentials)."""
 
     def to_json(self) -> JsonObj:
         """The session file's content (everything but the running turn)."""

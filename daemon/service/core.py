@@ -18,6 +18,7 @@ from daemon.actors.settings import Settings
 from daemon.config.paths import Paths
 from daemon.listeners.connection import Limits
 from daemon.router import Routes
+from daemon.tasks.service import TaskService
 from daemon.version import VERSION
 from daemon.workspaces.service import WorkspaceService
 from protocol import messages as m
@@ -36,6 +37,8 @@ class Core:
     """Re-read the config (the root's `Service.reload`)."""
     websocket_url: Callable[[], str | None]
     started_at: float = field(default_factory=time.time)
+    tasks: TaskService | None = None
+    """Adds a chat's parent and tasks to `inspect`."""
 
     def welcome(self, encoding: str) -> m.Welcome:
         return m.Welcome(protocol=m.PROTOCOL_VERSION, version=VERSION, pid=os.getpid(),
@@ -133,6 +136,8 @@ async def authenticate(core: Core, req: m.Authenticate, client: str) -> m.Ok:
 @ROUTES.handles(m.CloseChat, slow=True)
 async def close_chat(core: Core, req: m.CloseChat, client: str) -> m.Ok:
     await core.pool.close(req.chat, reason=f"closed by {client}")
+    if core.tasks is not None:
+        core.tasks.closed(req.chat)
     return m.Ok()
 
 
@@ -144,7 +149,8 @@ async def reload(core: Core, req: m.Reload, client: str) -> m.Ok:
 
 @ROUTES.handles(m.Inspect, slow=True)
 async def inspect(core: Core, req: m.Inspect, client: str) -> m.ChatDetail:
-    return await core.pool.inspect(req.chat)
+    detail = await core.pool.inspect(req.chat)
+    return core.tasks.annotate(detail) if core.tasks is not None else detail
 
 
 @ROUTES.handles(m.ListChats, slow=True)

@@ -56,6 +56,8 @@ from daemon.ssh import service as ssh
 from daemon.ssh.service import SshService
 from daemon.store import meta
 from daemon.store.sqlite import Store
+from daemon.tasks import service as tasks
+from daemon.tasks.service import TaskService
 from daemon.traces import service as traces
 from daemon.traces.service import TraceService
 from daemon.version import VERSION
@@ -65,7 +67,7 @@ from daemon.workspaces.subsystem import Workspaces
 from protocol import messages as m
 
 REQUEST_TABLES: tuple[Routes[Any], ...] = (core.ROUTES, workspaces.ROUTES, ssh.ROUTES,
-                                           traces.ROUTES)
+                                           traces.ROUTES, tasks.ROUTES)
 """Every table of request handlers, in the order the tree's children register them."""
 
 SLOW_REQUESTS = slow_requests(*REQUEST_TABLES)
@@ -135,6 +137,7 @@ class Parts:
     unix: UnixListener
     core: Core
     traces: TraceService
+    tasks: TaskService
 
 
 def children(p: Parts) -> list[ChildSpec]:
@@ -187,6 +190,8 @@ def children(p: Parts) -> list[ChildSpec]:
                   routes=workspaces.ROUTES.bind(p.workspaces)),
         ChildSpec("computers", start=attach_computers, routes=ssh.ROUTES.bind(p.ssh)),
         ChildSpec("traces", start=nothing, routes=traces.ROUTES.bind(p.traces)),
+        ChildSpec("tasks", start=p.tasks.start, stop=p.tasks.stop,
+                  routes=tasks.ROUTES.bind(p.tasks)),
         # The doors open once everything behind them is up, and close first.
         ChildSpec("websocket", start=p.websocket.start, stop=p.websocket.stop_accepting),
         ChildSpec("unix", start=start_unix, stop=stop_unix),
@@ -321,6 +326,10 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
     the_core = Core(paths=paths, settings=settings, pool=pool, workspaces=workspace_service,
                     reload=reloader.reload, websocket_url=lambda: websocket.url)
     service = Service(hub=hub, router=router, core=the_core, reloader=reloader)
+    task_service = TaskService(pool=pool, hub=hub, store=store, settings=settings,
+                               workspaces=workspace_service,
+                               socket=str(sock_path or paths.socket))
+    the_core.tasks = task_service
     websocket = WebSocketService(service, config=lambda: settings.config.websocket,
                                  token_file=paths.token_file, limits=the_core.limits)
     unix = UnixListener(sock, service, the_core.limits(),
@@ -330,7 +339,7 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
         watchdog=watchdog,
         ssh=SshService(executors=executors, instance=instance, pool=pool, settings=settings),
         workspaces=Workspaces(workspace_service), websocket=websocket, unix=unix,
-        core=the_core, traces=TraceService(store))
+        core=the_core, traces=TraceService(store), tasks=task_service)
     tree = Tree(children(parts), router)
     reloader.children = tree.reload
     return service, tree, unix

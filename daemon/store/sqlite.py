@@ -141,6 +141,28 @@ CREATE TABLE IF NOT EXISTS tombstones (
     trashed_at REAL,
     purged_at REAL
 );
+-- tasks subsystem (daemon/tasks/): a task is a chat with a parent; its SQL is in
+-- daemon/tasks/records.py
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    parent TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    title TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    depth INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    prompt TEXT NOT NULL DEFAULT '',
+    turn INTEGER,
+    since INTEGER NOT NULL DEFAULT 0,
+    result TEXT NOT NULL DEFAULT '',
+    stop_reason TEXT,
+    error TEXT,
+    notified INTEGER NOT NULL DEFAULT 1,
+    created REAL NOT NULL,
+    started REAL,
+    ended REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_parent ON tasks (parent);
 """
 
 

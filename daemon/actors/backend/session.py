@@ -30,6 +30,7 @@ from daemon.errors import (
     StokerError,
     Unsupported,
 )
+from daemon.mcp.offer import mcp_servers as stoker_mcp_servers
 from protocol import deltas as d
 
 if TYPE_CHECKING:
@@ -100,7 +101,9 @@ class Session:
         core = self._core
         timeout = self._timeout()
         caps = init.agent_capabilities
-        setup_params = {"cwd": core.cwd, "mcpServers": core.mcp}
+        setup_params = {"cwd": core.cwd, "mcpServers": [*core.mcp, *stoker_mcp_servers(
+            core.chat, core.agent, core.settings.config.tasks,
+            remote=core.spec.computer is not None)]}
         old = core.session_id
         lost_reason = ""
         if old is not None:

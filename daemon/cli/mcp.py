@@ -1,0 +1,38 @@
+"""`stoker mcp --chat ID`: Stoker's MCP server (stdio), which the daemon offers to every
+agent session it opens (daemon/mcp/offer.py). Its tools let the agent of chat ID delegate
+work to other warm agents: each is a thin call of a task request on the daemon's socket
+(docs/TASKS.md), carrying the chat's credential from `STOKER_MCP_CREDENTIAL`, so the daemon
+lets it touch only that chat's own tasks. A refusal comes back as a tool error the model
+can read, never a hang.
+
+Built on the official MCP SDK (`mcp.server.mcpserver.MCPServer`), run by anyio on trio like
+the rest of Stoker. Only MCP goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from daemon.cli.common import add_common, paths_from
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    help_text = "Stoker's MCP server for an agent's chat (stdio; the daemon offers it)"
+    parser = sub.add_parser("mcp", help=help_text, description=help_text)
+    add_common(parser, json_flag=False)
+    parser.add_argument("--chat", required=True, help="the chat this server acts for")
+    parser.set_defaults(handler=cmd_mcp)
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    import anyio
+
+    from daemon.cli.mcp_server import server
+    from daemon.cli.mcp_tools import StokerTools
+    from daemon.mcp.credentials import ENV_CREDENTIAL
+
+    tools = StokerTools(str(paths_from(args).socket), args.chat,
+                        os.environ.get(ENV_CREDENTIAL) or None)
+    anyio.run(server(tools).run_stdio_async, backend="trio")
+    return 0

@@ -1,0 +1,69 @@
+"""The MCP server object of `stoker mcp` (daemon/cli/mcp.py): Stoker's tools (their bodies
+in `mcp_tools`) with the descriptions a model reads. A module of its own, imported only by
+that command: the MCP SDK and pydantic take a while to import, and every other `stoker`
+command should not pay for them. No `from __future__ import annotations` here: the SDK
+evaluates the annotations of the tool functions to build their JSON schemas.
+"""
+
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import MCPServer
+from pydantic import Field
+
+from daemon.cli.mcp_tools import AGENTS, CANCEL, LIST, RESULT, SEND, SPAWN, STATUS, StokerTools
+
+
+def server(tools: StokerTools) -> MCPServer[Any]:
+    """The MCP server with Stoker's tools, described for a model."""
+    app: MCPServer[Any] = MCPServer(
+        name="stoker", log_level="WARNING", instructions=(
+            "Delegate work to other AI agents that Stoker keeps running: spawn_task, then "
+            "task_result. Tasks run in parallel with you."))
+
+    @app.tool(description=SPAWN)
+    async def spawn_task(
+        agent: Annotated[str, Field(description="Agent to run it (see list_agents)")],
+        prompt: Annotated[str, Field(description="The complete instructions for the task")],
+        title: Annotated[str | None, Field(description="A short title")] = None,
+        workspace: Annotated[str | None, Field(description=(
+            "Where it works: 'parent' (your directory, default), 'worktree' (a new git "
+            "worktree of your project) or an absolute directory inside yours"))] = None,
+    ) -> dict[str, Any]:
+        return await tools.spawn_task(agent, prompt, title, workspace)
+
+    @app.tool(description=STATUS)
+    async def task_status(
+        id: Annotated[str, Field(description="The task id spawn_task returned")],
+    ) -> dict[str, Any]:
+        return await tools.task_status(id)
+
+    @app.tool(description=RESULT)
+    async def task_result(
+        id: Annotated[str, Field(description="The task id spawn_task returned")],
+        wait_seconds: Annotated[float, Field(description=(
+            "How long to wait for it to finish (0: do not wait)"))] = 60.0,
+    ) -> dict[str, Any]:
+        return await tools.task_result(id, wait_seconds)
+
+    @app.tool(description=SEND)
+    async def send_to_task(
+        id: Annotated[str, Field(description="The task id")],
+        prompt: Annotated[str, Field(description="The follow-up instructions")],
+    ) -> dict[str, Any]:
+        return await tools.send_to_task(id, prompt)
+
+    @app.tool(description=LIST)
+    async def list_tasks() -> dict[str, Any]:
+        return await tools.list_tasks()
+
+    @app.tool(description=CANCEL)
+    async def cancel_task(
+        id: Annotated[str, Field(description="The task id")],
+    ) -> dict[str, Any]:
+        return await tools.cancel_task(id)
+
+    @app.tool(description=AGENTS)
+    async def list_agents() -> dict[str, Any]:
+        return await tools.list_agents()
+
+    return app

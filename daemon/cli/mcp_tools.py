@@ -1,0 +1,117 @@
+"""The tools of `stoker mcp` (daemon/cli/mcp.py): each a thin call of a task request on
+the daemon's socket, with the descriptions a model reads (daemon/cli/mcp_server.py turns
+them into MCP tools). Imports neither the MCP SDK nor pydantic at module level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SPAWN = (
+    "Start a background task: another AI agent works on `prompt` in its own chat, in "
+    "parallel with you, and returns an id at once. Give it a self-contained prompt (it "
+    "does not see your conversation). Collect the outcome later with task_result. A few "
+    "tasks run at a time per chat; more wait in a queue and start by themselves.")
+STATUS = ("The state of a task you started: queued, running, done, failed, cancelled or "
+          "interrupted, with timings. Does not wait.")
+RESULT = (
+    "The outcome of a task you started: its final answer text, stop reason, error and the "
+    "files it changed (worktree tasks). Waits up to wait_seconds for the task to finish; "
+    "if it is still running then, state says so and you may call again.")
+SEND = ("Send a follow-up prompt to a finished task; it continues in the same chat with its "
+        "earlier context. Use task_result again to get the new answer.")
+LIST = "The tasks you started, oldest first, with their states and titles."
+CANCEL = "Cancel a task you started (queued or running) and the tasks it started."
+AGENTS = "The agents you may give tasks to (the `agent` of spawn_task)."
+
+
+
+class StokerTools:
+    """The tools' bodies: one daemon request each, on a connection of its own (a tool call
+    is rare next to a connection's cost, and a daemon restart then costs no tool)."""
+
+    def __init__(self, socket: str, chat: str, credential: str | None) -> None:
+        self.socket = socket
+        self.chat = chat
+        self.credential = credential
+
+    def _who(self) -> dict[str, Any]:
+        if self.credential is None:
+            return {}
+        return {"caller": self.chat, "credential": self.credential}
+
+    async def ask(self, request: Any) -> Any:
+        from mcp.server.mcpserver.exceptions import ToolError
+
+        from daemon.client import Client, ClientError, RequestFailed
+
+        try:
+            async with Client.connect(self.socket, client=f"mcp:{self.chat}") as conn:
+                return await conn.request(request)
+        except RequestFailed as exc:
+            raise ToolError(f"{exc.code}: {exc.message}") from None
+        except ClientError as exc:
+            raise ToolError(f"Stoker is not reachable: {exc}") from None
+
+    async def spawn_task(self, agent: str, prompt: str, title: str | None = None,
+                         workspace: str | None = None) -> dict[str, Any]:
+        from protocol import messages as m
+
+        info = await self.ask(m.TaskNew(id=0, parent=self.chat, agent=agent or None,
+                                        prompt=prompt, title=title, workspace=workspace,
+                                        origin="agent", **self._who()))
+        return {"id": info.task, "state": info.state, "title": info.title,
+                "agent": info.agent}
+
+    async def task_status(self, id: str) -> dict[str, Any]:
+        from protocol import messages as m
+
+        return _status(await self.ask(m.GetTask(id=0, task=id, **self._who())))
+
+    async def task_result(self, id: str, wait_seconds: float = 60.0) -> dict[str, Any]:
+        from protocol import messages as m
+
+        info = await self.ask(m.GetTask(id=0, task=id, wait=max(0.0, wait_seconds),
+                                        **self._who()))
+        out = _status(info)
+        if info.state not in ("queued", "running"):
+            out.update(result=info.result, stop_reason=info.stop_reason)
+            if info.files_changed:
+                out["files_changed"] = info.files_changed
+        return out
+
+    async def send_to_task(self, id: str, prompt: str) -> dict[str, Any]:
+        from protocol import messages as m
+
+        return _status(await self.ask(m.TaskSend(id=0, task=id, prompt=prompt,
+                                                 **self._who())))
+
+    async def list_tasks(self) -> dict[str, Any]:
+        from protocol import messages as m
+
+        listed = await self.ask(m.ListTasks(id=0, parent=self.chat, **self._who()))
+        return {"tasks": [_status(t) for t in listed.tasks]}
+
+    async def cancel_task(self, id: str) -> dict[str, Any]:
+        from protocol import messages as m
+
+        return _status(await self.ask(m.TaskCancel(id=0, task=id, **self._who())))
+
+    async def list_agents(self) -> dict[str, Any]:
+        from protocol import messages as m
+
+        agents = await self.ask(m.ListAgents(id=0))
+        listed = await self.ask(m.ListTasks(id=0, parent=self.chat, **self._who()))
+        allowed = set(listed.agents)
+        return {"agents": [{"name": a.name, "available": a.available,
+                            **({"reason": a.reason} if a.reason else {})}
+                           for a in agents.agents if a.name in allowed],
+                "default": agents.default}
+
+
+def _status(info: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": info.task, "state": info.state, "title": info.title,
+                           "agent": info.agent}
+    if info.error:
+        out["error"] = info.error
+    return out

@@ -1,0 +1,248 @@
+"""Issue 17 (background tasks): the real daemon, real echo agents, the real socket.
+
+A task is a chat with a parent; these drive it through the protocol (`task_new`, `tasks`,
+`task`, `task_send`, `task_cancel`), and through Stoker's MCP server as an echo parent
+calls it (`/mcp TOOL JSON`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from typing import Any
+
+import psutil
+import pytest
+
+from daemon.client import Client, RequestFailed
+from protocol import deltas as d
+from protocol import messages as m
+from tests.support.harness import (
+    DaemonFactory,
+    DaemonProcess,
+    agent_pid,
+    inspect,
+    open_chat,
+    replay,
+    turn,
+)
+
+
+def started(config: str, daemon_factory: DaemonFactory) -> DaemonProcess:
+    proc = daemon_factory(config=config)
+    proc.start()
+    return proc
+
+
+async def new_task(client: Client, parent: str, prompt: str, **kwargs: object) -> m.TaskInfo:
+    info: m.TaskInfo = await client.request(m.TaskNew(id=0, parent=parent, prompt=prompt,
+                                                      **kwargs))  # type: ignore[arg-type]
+    return info
+
+
+async def result(client: Client, task: str, wait: float = 30.0) -> m.TaskInfo:
+    info: m.TaskInfo = await client.request(m.GetTask(id=0, task=task, wait=wait))
+    return info
+
+
+def turns_end_once(deltas: list[d.Delta]) -> None:
+    started_turns = Counter(x.turn for x in deltas if isinstance(x.body, d.TurnStarted))
+    ended = Counter(x.turn for x in deltas if isinstance(x.body, d.TurnEnded))
+    assert started_turns == ended, (started_turns, ended)
+    assert all(n == 1 for n in ended.values()), ended
+
+
+async def test_three_tasks_limit_two_two_run_one_queues_all_results_back(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = started("[tasks]\nmax_running = 2\n", daemon_factory)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", cwd=daemon.work)
+        made = [await new_task(client, parent.chat, f"/sleep {ms}", title=f"t{i}")
+                for i, ms in enumerate((600, 600, 10))]
+        listed: m.TaskList = await client.request(m.ListTasks(id=0, parent=parent.chat))
+        assert [t.state for t in listed.tasks] == ["running", "running", "queued"]
+        assert [t.task for t in listed.tasks] == [t.task for t in made]
+        assert all(t.parent == parent.chat and t.depth == 1 and t.cwd == parent.cwd
+                   for t in listed.tasks)
+        results = [await result(client, t.task) for t in made]
+        assert [r.state for r in results] == ["done"] * 3
+        assert [r.result for r in results] == ["slept 600", "slept 600", "slept 10"]
+        assert all(r.stop_reason == "end_turn" for r in results)
+        # The third started only after one of the first two finished.
+        third = made[2].task
+        first_end = min(r.ended_at or 0 for r in results[:2])
+        assert (results[2].started_at or 0) >= first_end
+        detail = await inspect(client, parent.chat)
+        assert detail.tasks == [t.task for t in made]
+        child = await inspect(client, third)
+        assert child.parent == parent.chat
+        # The parent's channel tells the story: spawned, started, finished for each.
+        log = await replay(client, parent.chat)
+        events = [(x.body.task, x.body.event) for x in log if isinstance(x.body, d.Task)]
+        for t in made:
+            assert [e for task, e in events if task == t.task] == [
+                "spawned", "started", "finished"]
+        finished = [x.body for x in log if isinstance(x.body, d.Task)
+                    and x.body.event == "finished"]
+        assert sorted(b.summary for b in finished) == ["slept 10", "slept 600", "slept 600"]
+        assert events.index((third, "started")) > min(
+            events.index((made[0].task, "finished")), events.index((made[1].task, "finished")))
+        for t in made:
+            turns_end_once(await replay(client, t.task))
+
+
+async def test_refusals_are_clear_and_create_nothing(daemon_factory: DaemonFactory) -> None:
+    daemon = started('[tasks]\nmax_depth = 1\nmax_tasks = 2\nagents = ["echo"]\n',
+                     daemon_factory)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "p", cwd=daemon.work)
+        cases: list[tuple[dict[str, object], str]] = [
+            ({"agent": "nope"}, "unknown agent 'nope'"),
+            ({"agent": "qwen"}, "may not be used for tasks"),
+            ({"workspace": "/"}, "outside the parent's directory"),
+            ({"workspace": "relative"}, "absolute directory"),
+        ]
+        for kwargs, message in cases:
+            with pytest.raises(RequestFailed, match=message):
+                await new_task(client, parent.chat, "hello", **kwargs)
+        with pytest.raises(RequestFailed, match="unknown chat"):
+            await new_task(client, "ghost", "hello")
+        with pytest.raises(RequestFailed, match="empty prompt"):
+            await new_task(client, parent.chat, "  ")
+        child = await new_task(client, parent.chat, "/sleep 5000")
+        with pytest.raises(RequestFailed, match="depth limit"):
+            await new_task(client, child.task, "hello")
+        await new_task(client, parent.chat, "/sleep 5000")
+        with pytest.raises(RequestFailed, match="too many unfinished tasks"):
+            await new_task(client, parent.chat, "hello")
+        with pytest.raises(RequestFailed, match="credential"):
+            await client.request(m.TaskNew(id=0, parent=parent.chat, prompt="x",
+                                           caller=parent.chat, credential="forged"))
+        listed: m.TaskList = await client.request(m.ListTasks(id=0))
+        assert len(listed.tasks) == 2
+        chats: m.ChatList = await client.request(m.ListChats(id=0))
+        assert len(chats.chats) == 3
+
+
+async def test_closing_the_parent_cancels_running_and_queued_tasks(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = started("[tasks]\nmax_running = 1\n", daemon_factory)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "p", cwd=daemon.work)
+        running = await new_task(client, parent.chat, "/sleep 60000")
+        queued = await new_task(client, parent.chat, "/sleep 60000")
+        await client.request(m.CloseChat(id=0, chat=parent.chat))
+        first, second = (await result(client, running.task, 20),
+                         await result(client, queued.task, 20))
+        assert (first.state, first.stop_reason) == ("cancelled", "cancelled")
+        assert second.state == "cancelled"
+        assert second.started_at is None
+        turns_end_once(await replay(client, running.task))
+
+
+async def test_task_send_runs_a_follow_up_in_the_same_chat(daemon: DaemonProcess) -> None:
+    async with daemon.client() as client:
+        parent = await open_chat(client, "p", cwd=daemon.work)
+        task = await new_task(client, parent.chat, "/remember blue")
+        assert (await result(client, task.task)).result == "remembered blue"
+        with pytest.raises(RequestFailed, match="no task"):
+            await client.request(m.TaskSend(id=0, task="nope", prompt="x"))
+        again: m.TaskInfo = await client.request(m.TaskSend(id=0, task=task.task,
+                                                            prompt="/recall"))
+        assert again.task == task.task
+        done = await result(client, task.task)
+        assert (done.state, done.result) == ("done", "blue")
+        assert done.turn == 2
+
+
+# --------------------------------------------------------------------------- through MCP
+
+
+async def mcp(client: Client, chat: str, tool: str, arguments: dict[str, object] | None = None
+              ) -> dict[str, Any]:
+    """The echo agent of `chat` calls `tool` on Stoker's MCP server (started on first use,
+    which imports the MCP SDK: a generous deadline)."""
+    text = (await turn(client, chat, f"/mcp {tool} {json.dumps(arguments or {})}",
+                       timeout=90)).text
+    assert not text.startswith("error:"), text
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+async def test_an_echo_parent_delegates_through_mcp_and_gets_every_result(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = started("[tasks]\nmax_running = 2\n", daemon_factory)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", cwd=daemon.work)
+        agents = await mcp(client, parent.chat, "list_agents")
+        assert "echo" in [a["name"] for a in agents["agents"]]
+        ids = []
+        for i, ms in enumerate((800, 800, 10)):
+            spawned = await mcp(client, parent.chat, "spawn_task", {
+                "agent": "echo", "prompt": f"/sleep {ms}", "title": f"part {i}"})
+            assert spawned["title"] == f"part {i}"
+            ids.append(spawned["id"])
+        listed = await mcp(client, parent.chat, "list_tasks")
+        assert [t["id"] for t in listed["tasks"]] == ids
+        results = [await mcp(client, parent.chat, "task_result",
+                             {"id": task, "wait_seconds": 60}) for task in ids]
+        assert [(r["state"], r["result"], r["stop_reason"]) for r in results] == [
+            ("done", "slept 800", "end_turn"), ("done", "slept 800", "end_turn"),
+            ("done", "slept 10", "end_turn")]
+        status = await mcp(client, parent.chat, "task_status", {"id": ids[0]})
+        assert status["state"] == "done"
+        tasks: m.TaskList = await client.request(m.ListTasks(id=0, parent=parent.chat))
+        assert all(t.origin == "agent" for t in tasks.tasks)
+        # A tool error the model can read, and nothing created.
+        refused = await turn(client, parent.chat,
+                             '/mcp spawn_task {"agent": "nope", "prompt": "x"}', timeout=30)
+        assert refused.text.startswith("error:")
+        assert "unknown agent 'nope'" in refused.text
+        missing = await turn(client, parent.chat, '/mcp task_status {"id": "nope"}')
+        assert "no task 'nope' of chat 'boss'" in missing.text
+        tasks = await client.request(m.ListTasks(id=0))
+        assert len(tasks.tasks) == 3
+
+
+def mcp_credential(agent: int) -> str:
+    """The credential in the environment of the MCP server an agent process started."""
+    for child in psutil.Process(agent).children(recursive=True):
+        if "mcp" in child.cmdline():
+            return str(child.environ()["STOKER_MCP_CREDENTIAL"])
+    raise AssertionError("the agent runs no MCP server")
+
+
+async def test_a_forged_or_other_chats_credential_is_a_clear_error_and_creates_nothing(
+        daemon: DaemonProcess) -> None:
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    async with daemon.client() as client:
+        mine = await open_chat(client, "mine", cwd=daemon.work)
+        other = await open_chat(client, "other", cwd=daemon.work)
+        await mcp(client, other.chat, "list_tasks")
+        theirs = mcp_credential(await agent_pid(client, other.chat))
+        # Chat mine's MCP server, given chat other's credential (or a forged one).
+        for credential in (theirs, "0" * 64):
+            params = StdioServerParameters(
+                command=sys.executable, args=["-m", "daemon.cli", "mcp", "--chat", mine.chat],
+                env={**daemon.env(), "STOKER_MCP_CREDENTIAL": credential})
+            async with stdio_client(params) as (read, write), \
+                    ClientSession(read, write) as session:
+                await session.initialize()
+                answer = await session.call_tool("spawn_task", {"agent": "echo",
+                                                                "prompt": "hello"})
+                assert answer.is_error
+                text = "".join(getattr(c, "text", "") for c in answer.content)
+                assert "unauthorized" in text, text
+                assert "does not belong to chat 'mine'" in text, text
+        # Over the socket directly: other's credential cannot touch mine's tasks either.
+        task = await new_task(client, mine.chat, "/sleep 10")
+        with pytest.raises(RequestFailed, match="no task"):
+            await client.request(m.GetTask(id=0, task=task.task, caller=other.chat,
+                                           credential=theirs))
+        with pytest.raises(RequestFailed, match="only start its own tasks"):
+            await client.request(m.TaskNew(id=0, parent=mine.chat, prompt="x",
+                                           caller=other.chat, credential=theirs))
+        listed: m.TaskList = await client.request(m.ListTasks(id=0))
+        assert [t.task for t in listed.tasks] == [task.task]
