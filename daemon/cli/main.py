@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "daemon.cli.ops",
     "daemon.cli.computers",
     "daemon.cli.mcp",
+    "daemon.cli.tasks",
 ]
 
 

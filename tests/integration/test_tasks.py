@@ -350,3 +350,36 @@ async def test_daemon_kill_9_mid_task_each_task_finishes_or_is_interrupted(
         events = [(x.body.task, x.body.event) for x in log if isinstance(x.body, d.Task)]
         assert (running.task, "interrupted") in events
         assert (queued.task, "finished") in events
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+async def test_cli_task_new_show_and_the_tree(daemon: DaemonProcess) -> None:
+    async with daemon.client() as client:
+        await open_chat(client, "boss", cwd=daemon.work)
+    made = await trio.to_thread.run_sync(lambda: daemon.cli(
+        "task", "new", "--parent", "boss", "--agent", "echo", "--title", "greet",
+        "hello", "tasks"))
+    assert made.returncode == 0, made.stderr
+    task = made.stdout.strip()
+    shown = await trio.to_thread.run_sync(lambda: daemon.cli("task", "show", task,
+                                                             "--wait", "30"))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0] == f"{task}  done  echo  greet"
+    assert shown.stdout.rstrip().endswith("hello tasks")
+    nested = await trio.to_thread.run_sync(lambda: daemon.cli(
+        "task", "new", "--parent", task, "/sleep 10"))
+    assert nested.returncode == 0, nested.stderr
+    child = nested.stdout.strip()
+    tree = await trio.to_thread.run_sync(lambda: daemon.cli("tasks"))
+    lines = tree.stdout.splitlines()
+    assert lines[0] == "boss"
+    assert lines[1].startswith(f"└── {task} [done] echo: greet")
+    assert lines[2].startswith(f"    └── {child} [")
+    below = await trio.to_thread.run_sync(lambda: daemon.cli("tasks", task, "--json"))
+    assert [t["task"] for t in json.loads(below.stdout)["tasks"]] == [child]
+    refused = await trio.to_thread.run_sync(lambda: daemon.cli(
+        "task", "new", "--parent", "boss", "--agent", "nope", "x"))
+    assert refused.returncode == 1
+    assert "unknown agent 'nope'" in refused.stderr
