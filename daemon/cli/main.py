@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "daemon.cli.trace",
     "daemon.cli.completion",
     "daemon.cli.mcp",
+    "daemon.cli.tasks",
 ]
 
 

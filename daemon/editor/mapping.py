@@ -116,7 +116,20 @@ def delta_update(body: d.DeltaBody, *, own_client: str | None, notices: bool = F
         if notices and body.message:
             return {"sessionUpdate": "notice", "severity": body.level, "title": body.message}
         return None
+    if isinstance(body, d.Task):
+        return task_notice(body) if notices else None
     return None
+
+
+def task_notice(body: d.Task) -> JsonObj:
+    """A task of the chat changed (docs/TASKS.md): a `notice` for an editor that takes them."""
+    title = f"task {body.task} ({body.agent}: {body.title}) {body.event}"
+    if body.error:
+        title += f": {body.error}"
+    elif body.summary:
+        title += f": {body.summary}"
+    severity = "error" if body.event in ("failed", "interrupted") else "info"
+    return {"sessionUpdate": "notice", "severity": severity, "title": title}
 
 
 class PromptHold:

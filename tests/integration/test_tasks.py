@@ -13,6 +13,7 @@ from typing import Any
 
 import psutil
 import pytest
+import trio
 
 from daemon.client import Client, RequestFailed
 from protocol import deltas as d
@@ -24,7 +25,12 @@ from tests.support.harness import (
     inspect,
     open_chat,
     replay,
+    subscribe,
     turn,
+    wait_committed,
+    wait_for_delta,
+    wait_state,
+    wait_turn_end,
 )
 
 
@@ -246,3 +252,134 @@ async def test_a_forged_or_other_chats_credential_is_a_clear_error_and_creates_n
                                            caller=other.chat, credential=theirs))
         listed: m.TaskList = await client.request(m.ListTasks(id=0))
         assert [t.task for t in listed.tasks] == [task.task]
+
+
+# --------------------------------------------------------------------------- notify, cascade, crash
+
+
+async def test_notify_prompt_brings_every_result_back_to_the_idle_parent_once(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = started('[tasks]\nmax_running = 2\nnotify = "prompt"\n', daemon_factory)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", cwd=daemon.work)
+        await subscribe(client, parent.chat)
+        made = [await new_task(client, parent.chat, f"/sleep {ms}")
+                for ms in (300, 300, 10)]
+        reported: dict[str, int] = {}
+        with trio.fail_after(60):
+            while len(reported) < 3:
+                delta = await wait_for_delta(client, lambda e: e.chat == parent.chat and (
+                    isinstance(e.body, d.TurnStarted)))
+                assert isinstance(delta.body, d.TurnStarted)
+                assert delta.body.by == "tasks"
+                for t in made:
+                    if f"Task {t.task} " in delta.body.prompt:
+                        assert t.task not in reported, "a result was brought back twice"
+                        reported[t.task] = delta.turn
+        assert set(reported) == {t.task for t in made}
+        await wait_turn_end(client, parent.chat, max(reported.values()))
+        log = await replay(client, parent.chat)
+        turns_end_once(log)
+        prompts = " ".join(x.body.prompt for x in log if isinstance(x.body, d.TurnStarted))
+        assert prompts.count("slept 300") == 2
+        assert prompts.count("slept 10") == 1
+
+
+async def test_an_echo_parent_that_fetched_the_result_is_not_prompted_with_it(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = started('[tasks]\nnotify = "prompt"\n', daemon_factory)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", cwd=daemon.work)
+        spawned = await mcp(client, parent.chat, "spawn_task",
+                            {"agent": "echo", "prompt": "/sleep 200"})
+        fetched = await mcp(client, parent.chat, "task_result",
+                            {"id": spawned["id"], "wait_seconds": 60})
+        assert fetched["result"] == "slept 200"
+        info = await result(client, spawned["id"])
+        assert info.state == "done"
+        # One more turn of the parent: had a report been due, it would have been sent
+        # when the task_result turn ended, ahead of this one.
+        await turn(client, parent.chat, "hello")
+        log = await replay(client, parent.chat)
+        assert not [x for x in log if isinstance(x.body, d.TurnStarted)
+                    and x.body.by == "tasks"]
+        turns_end_once(log)
+
+
+async def test_cancelling_the_parents_turn_cancels_its_running_tasks(
+        daemon: DaemonProcess) -> None:
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", cwd=daemon.work)
+        spawned = await mcp(client, parent.chat, "spawn_task",
+                            {"agent": "echo", "prompt": "/sleep 60000"})
+        await subscribe(client, parent.chat)
+        waiting: m.PromptAccepted = await client.request(m.Prompt(
+            id=0, chat=parent.chat,
+            text=f'/mcp task_result {{"id": "{spawned["id"]}", "wait_seconds": 60}}'))
+        await wait_state(client, parent.chat, "busy")
+        await client.request(m.Cancel(id=0, chat=parent.chat, turn=waiting.turn))
+        ended = await wait_turn_end(client, parent.chat, waiting.turn)
+        assert ended.stop_reason == "cancelled"
+        info = await result(client, spawned["id"], 20)
+        assert (info.state, info.stop_reason) == ("cancelled", "cancelled")
+        turns_end_once(await replay(client, spawned["id"]))
+
+
+async def test_daemon_kill_9_mid_task_each_task_finishes_or_is_interrupted(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = started("[tasks]\nmax_running = 1\n", daemon_factory)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", cwd=daemon.work)
+        running = await new_task(client, parent.chat, "/sleep 30000")
+        queued = await new_task(client, parent.chat, "/sleep 10")
+        await wait_state(client, running.task, "busy")
+    await wait_committed(
+        daemon, "SELECT 1 FROM prompts WHERE chat=? AND state='running'", (running.task,))
+    daemon.kill9()
+    daemon.start()
+    async with daemon.client() as client:
+        first = await result(client, running.task, 30)
+        second = await result(client, queued.task, 30)
+        assert first.state == "interrupted"
+        assert first.error is not None
+        assert "interrupted" in first.error
+        assert (second.state, second.result) == ("done", "slept 10")
+        for chat in (parent.chat, running.task, queued.task):
+            turns_end_once(await replay(client, chat))
+        log = await replay(client, parent.chat)
+        events = [(x.body.task, x.body.event) for x in log if isinstance(x.body, d.Task)]
+        assert (running.task, "interrupted") in events
+        assert (queued.task, "finished") in events
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+async def test_cli_task_new_show_and_the_tree(daemon: DaemonProcess) -> None:
+    async with daemon.client() as client:
+        await open_chat(client, "boss", cwd=daemon.work)
+    made = await trio.to_thread.run_sync(lambda: daemon.cli(
+        "task", "new", "--parent", "boss", "--agent", "echo", "--title", "greet",
+        "hello", "tasks"))
+    assert made.returncode == 0, made.stderr
+    task = made.stdout.strip()
+    shown = await trio.to_thread.run_sync(lambda: daemon.cli("task", "show", task,
+                                                             "--wait", "30"))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0] == f"{task}  done  echo  greet"
+    assert shown.stdout.rstrip().endswith("hello tasks")
+    nested = await trio.to_thread.run_sync(lambda: daemon.cli(
+        "task", "new", "--parent", task, "/sleep 10"))
+    assert nested.returncode == 0, nested.stderr
+    child = nested.stdout.strip()
+    tree = await trio.to_thread.run_sync(lambda: daemon.cli("tasks"))
+    lines = tree.stdout.splitlines()
+    assert lines[0] == "boss"
+    assert lines[1].startswith(f"└── {task} [done] echo: greet")
+    assert lines[2].startswith(f"    └── {child} [")
+    below = await trio.to_thread.run_sync(lambda: daemon.cli("tasks", task, "--json"))
+    assert [t["task"] for t in json.loads(below.stdout)["tasks"]] == [child]
+    refused = await trio.to_thread.run_sync(lambda: daemon.cli(
+        "task", "new", "--parent", "boss", "--agent", "nope", "x"))
+    assert refused.returncode == 1
+    assert "unknown agent 'nope'" in refused.stderr
