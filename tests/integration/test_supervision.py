@@ -61,3 +61,30 @@ async def test_a_slow_turn_after_an_idle_gap_is_not_killed_as_hung(
         assert await agent_pid(client, info.chat) == pid
         assert restarts(await every_turn_ended_once(client, info.chat)) == []
         assert "unresponsive" not in daemon.log_text()
+
+
+async def test_an_over_long_agent_line_is_that_agents_protocol_error(
+        daemon_factory: DaemonFactory) -> None:
+    """`/bigline` past `max_line`: the turn ends once naming the agent's protocol error, the
+    agent is restarted and the chat goes on; the daemon reports no internal error."""
+    daemon = daemon_factory(config='[daemon]\nmax_line = "64KiB"\n' + lifecycle())
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "big", cwd=daemon.work)
+        pid = await agent_pid(client, info.chat)
+        fits = await turn(client, info.chat, "/bigline 32")
+        assert len(fits.text) == 32 * 1024
+        big = await turn(client, info.chat, "/bigline 100", timeout=30)
+        error = big.ended.error
+        assert error is not None
+        assert "agent protocol error" in error
+        assert "exceeds the 65536 byte cap" in error
+        assert "internal error" not in error
+        after = await turn(client, info.chat, "/pid")
+        assert after.ended.stop_reason == "end_turn"
+        assert int(after.text) != pid
+        deltas = await every_turn_ended_once(client, info.chat)
+        assert restarts(deltas) == ["crashed", "restarting"]
+        log = daemon.log_text()
+        assert "backend actor failed" not in log
+        assert "internal error" not in log
