@@ -283,39 +283,52 @@ class JsonRpcConnection:
     # ------------------------------------------------------------------ receiving
 
     async def serve(self) -> None:
-        """Read until EOF. Incoming requests run in a nursery owned by this call."""
+        """Read until EOF. Incoming requests run in a nursery owned by this call.
+
+        Raises `LineTooLong` itself, never wrapped: a read failure is caught inside the
+        nursery and re-raised after it, since strict exception groups would otherwise hand
+        callers an `ExceptionGroup` their `except LineTooLong` does not match."""
+        failure: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
-                dispatch = self._dispatch
-                on_line = self._on_line
-                async for batch in read_line_batches(self._receive, self._max_line):
-                    # Traffic is noted once per read: the lines of one read arrived together.
-                    self.lines_in += len(batch)
-                    self.last_traffic = trio.current_time()
-                    if self._on_traffic is not None:
-                        self._on_traffic()
-                    for line in batch:
-                        # `isspace` rather than `strip()`: no copy of every line.
-                        if not line or line.isspace():
-                            continue
-                        if on_line is not None:
-                            try:
-                                if on_line(line):
-                                    continue
-                            except Exception:
-                                self._log.exception("notification handler failed",
-                                                    peer=self._name)
-                                continue
-                        dispatch(line, nursery)
+                try:
+                    await self._read(nursery)
+                except (LineTooLong, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    failure = exc
                 # EOF: requests still being handled for the peer are pointless now.
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._fail_pending(ConnectionLost(f"{self._name}: read failed: {exc}"))
-            return
         except BaseException as exc:
             self._fail_pending(ConnectionLost(f"{self._name}: reader stopped: {exc!r}"))
             raise
+        if isinstance(failure, LineTooLong):
+            self._fail_pending(ConnectionLost(f"{self._name}: protocol error: {failure}"))
+            raise failure
+        if failure is not None:
+            self._fail_pending(ConnectionLost(f"{self._name}: read failed: {failure}"))
+            return
         self._fail_pending(ConnectionLost(f"{self._name}: end of stream"))
+
+    async def _read(self, nursery: trio.Nursery) -> None:
+        dispatch = self._dispatch
+        on_line = self._on_line
+        async for batch in read_line_batches(self._receive, self._max_line):
+            # Traffic is noted once per read: the lines of one read arrived together.
+            self.lines_in += len(batch)
+            self.last_traffic = trio.current_time()
+            if self._on_traffic is not None:
+                self._on_traffic()
+            for line in batch:
+                # `isspace` rather than `strip()`: no copy of every line.
+                if not line or line.isspace():
+                    continue
+                if on_line is not None:
+                    try:
+                        if on_line(line):
+                            continue
+                    except Exception:
+                        self._log.exception("notification handler failed", peer=self._name)
+                        continue
+                dispatch(line, nursery)
 
     def _fail_pending(self, exc: BaseException) -> None:
         if self._closed is None:

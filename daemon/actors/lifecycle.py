@@ -212,28 +212,61 @@ def plan_evictions(
 class Liveness(enum.Enum):
     ALIVE = "alive"
     SUSPECT = "suspect"
-    """Quiet for longer than a probe interval: probe it."""
+    """Quiet for a probe interval since the turn started or the agent was last heard: probe
+    it."""
     STALE = "stale"
-    """Busy, and nothing heard (no traffic, no probe answer) for the stale grace."""
+    """Busy, and a probe has gone unanswered (nothing at all heard since it was sent) for the
+    stale grace."""
 
 
-def liveness(*, busy: bool, now: float, last_heard: float, probe_interval: float,
-             stale_grace: float) -> Liveness:
+def unanswered_probe(probe_sent: float | None, last_heard: float) -> float | None:
+    """When the probe still waiting for any sign of life was sent, or None. Anything heard
+    after a probe was sent (its answer, an error, any other line) answers it; heard at the
+    very same instant counts as answered too (a virtual clock can make them equal)."""
+    if probe_sent is None or last_heard >= probe_sent:
+        return None
+    return probe_sent
+
+
+def liveness(*, busy: bool, now: float, turn_started: float, last_heard: float,
+             probe_sent: float | None, probe_interval: float, stale_grace: float) -> Liveness:
     """Tell a slow agent from a hung one.
 
     Silence alone is not a crash: an agent waiting on a slow LLM call still answers a probe,
-    and any answer (an error included) counts as heard. Only a busy agent that has been
-    silent *and* unanswering for the whole grace is stale. An idle agent is never stale
-    here (its process exit is noticed directly).
+    and any answer (an error included) counts as heard. Silence counts from the later of the
+    turn's start and the last thing heard, so a chat idle for an hour starts its next turn
+    with a clean slate. Only a busy agent that has left a probe (`probe_sent`: the first one
+    sent since it was last heard) unanswered for the whole grace, counted from the later of
+    the turn's start and that probe, is stale: no verdict of "hung" without asking first.
+    An idle agent is never stale here (its process exit is noticed directly).
     """
     if not busy:
         return Liveness.ALIVE
-    quiet = now - last_heard
-    if quiet >= stale_grace:
+    # Deadlines compared with `now` (not durations): `next_liveness_check` computes the very
+    # same sums, so the loop that sleeps until one wakes to a changed verdict, never to a
+    # float rounding that leaves it spinning.
+    pending = unanswered_probe(probe_sent, last_heard)
+    if pending is not None and now >= max(turn_started, pending) + stale_grace:
         return Liveness.STALE
-    if quiet >= probe_interval:
+    if now >= max(turn_started, last_heard) + probe_interval:
         return Liveness.SUSPECT
     return Liveness.ALIVE
+
+
+def next_liveness_check(*, now: float, turn_started: float, last_heard: float,
+                        probe_sent: float | None, probe_interval: float,
+                        stale_grace: float) -> float:
+    """The earliest time at which `liveness` may answer differently if nothing is heard
+    meanwhile (the probe loop sleeps until then, not on a fixed tick). Never before `now`;
+    at the latest one probe interval away, so a probe that timed out is followed by another."""
+    candidates = [now + probe_interval]
+    quiet_since = max(turn_started, last_heard)
+    if quiet_since + probe_interval > now:
+        candidates.append(quiet_since + probe_interval)
+    pending = unanswered_probe(probe_sent, last_heard)
+    if pending is not None:
+        candidates.append(max(turn_started, pending) + stale_grace)
+    return max(now, min(candidates))
 
 
 # --------------------------------------------------------------------------- restarts

@@ -11,13 +11,20 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
 from daemon.acp import updates
-from daemon.acp.rpc import LineTooLong, read_line_batches, read_lines
+from daemon.acp.rpc import (
+    ConnectionLost,
+    JsonRpcConnection,
+    LineTooLong,
+    read_line_batches,
+    read_lines,
+)
 from daemon.listeners.websocket.frames import encode_messages
 from protocol import deltas as d
 
@@ -216,3 +223,32 @@ def test_bulk_messages_parse_as_websocket_messages(size: int) -> None:
     assert received[1].data == text.decode()
     assert bytes(received[2].data) == b"\x80"
     assert all(e.message_finished for e in received)
+
+
+async def test_serve_raises_line_too_long_itself_and_fails_pending_requests() -> None:
+    """Not wrapped in an ExceptionGroup by serve's request nursery (issue 15: the backend's
+    `except LineTooLong` missed it and the actor died with an internal error)."""
+    to_peer_send, _to_peer_receive = trio.testing.memory_stream_pair()
+    from_peer_send, from_peer_receive = trio.testing.memory_stream_pair()
+
+    async def no_requests(method: str, params: msgspec.Raw | None) -> None:
+        raise AssertionError(method)
+
+    rpc = JsonRpcConnection(to_peer_send, from_peer_receive, on_request=no_requests,
+                            on_notification=lambda method, params: None, max_line=10)
+    failures: list[BaseException] = []
+
+    async def ask() -> None:
+        try:
+            await rpc.request("x", {})
+        except ConnectionLost as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)
+        await trio.testing.wait_all_tasks_blocked()
+        await from_peer_send.send_all(b"{}\n" + b"x" * 50 + b"\n")
+        with pytest.raises(LineTooLong):
+            await rpc.serve()
+    assert len(failures) == 1
+    assert "protocol error" in str(failures[0])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,9 +18,11 @@ from daemon.actors.lifecycle import (
     State,
     choose_evictions,
     liveness,
+    next_liveness_check,
     pick_option,
     plan_evictions,
     restart_decision,
+    unanswered_probe,
 )
 
 states = st.sampled_from(list(State))
@@ -204,19 +209,100 @@ def test_backoff_doubles_and_caps() -> None:
 # --------------------------------------------------------------------------- liveness
 
 
-@given(st.booleans(), st.floats(0, 100), st.floats(0, 100), st.floats(0.01, 10),
-       st.floats(0.01, 60))
-def test_liveness(busy: bool, now: float, last: float, interval: float, grace: float) -> None:
-    verdict = liveness(busy=busy, now=now, last_heard=last, probe_interval=interval,
-                       stale_grace=grace)
+times = st.floats(0, 1000, allow_nan=False)
+intervals = st.floats(0.01, 10, allow_nan=False)
+graces = st.floats(0.01, 60, allow_nan=False)
+
+
+@given(st.booleans(), times, times, times, st.one_of(st.none(), times), intervals, graces)
+def test_liveness_verdict(busy: bool, now: float, started: float, heard: float,
+                          probe: float | None, interval: float, grace: float) -> None:
+    verdict = liveness(busy=busy, now=now, turn_started=started, last_heard=heard,
+                       probe_sent=probe, probe_interval=interval, stale_grace=grace)
     if not busy:
         assert verdict is Liveness.ALIVE
-    elif now - last >= grace:
-        assert verdict is Liveness.STALE
-    elif now - last >= interval:
-        assert verdict is Liveness.SUSPECT
+    elif verdict is Liveness.STALE:
+        # Hung needs a probe sent, nothing heard since, for the whole grace, counted from
+        # the later of the turn's start and that probe.
+        assert probe is not None
+        assert heard < probe
+        assert now >= probe + grace
+        assert now >= started + grace
+    elif verdict is Liveness.SUSPECT:
+        assert now >= max(started, heard) + interval
     else:
-        assert verdict is Liveness.ALIVE
+        assert now < max(started, heard) + interval
+
+
+@given(times, st.floats(0, 10_000, allow_nan=False), intervals, graces)
+def test_a_long_idle_gap_before_the_turn_is_not_silence_in_it(
+        heard: float, gap: float, interval: float, grace: float) -> None:
+    """The issue's defect: quiet measured from the last message before the turn killed a
+    chat's next turn at its first check. Without a probe sent, never stale."""
+    started = heard + gap
+    for elapsed in (0.0, interval / 2, interval, grace, interval + grace):
+        verdict = liveness(busy=True, now=started + elapsed, turn_started=started,
+                           last_heard=heard, probe_sent=None, probe_interval=interval,
+                           stale_grace=grace)
+        assert verdict is not Liveness.STALE
+
+
+def run_probe_loop(*, started: float, heard: float, interval: float, grace: float,
+                   answer_after: float | None, silent_for: float) -> float | None:
+    """The probe loop of `backend/turns.py` over a scripted agent, in pure virtual time:
+    it answers each probe `answer_after` seconds after it was sent (None: never) and the
+    turn ends after `silent_for` seconds of otherwise total silence. Returns when the
+    agent was declared stale, or None."""
+    now = started
+    probe: float | None = None
+    last = heard
+    answers: collections.deque[float] = collections.deque()  # in send order = time order
+    steps = 3 * min(silent_for, 2 * (interval + grace)) / interval + 1000
+    for _ in range(int(steps)):
+        if now >= started + silent_for:
+            return None
+        while answers and answers[0] <= now:
+            last = max(last, answers.popleft())
+        probe = unanswered_probe(probe, last)
+        verdict = liveness(busy=True, now=now, turn_started=started, last_heard=last,
+                           probe_sent=probe, probe_interval=interval, stale_grace=grace)
+        if verdict is Liveness.STALE:
+            return now
+        if verdict is Liveness.SUSPECT:
+            if probe is None:
+                probe = now
+            if answer_after is not None:
+                answers.append(now + answer_after)
+        wake = next_liveness_check(now=now, turn_started=started, last_heard=last,
+                                   probe_sent=probe, probe_interval=interval,
+                                   stale_grace=grace)
+        now = min(wake, answers[0]) if answers else wake
+    raise AssertionError("the probe loop did not progress")
+
+
+@settings(max_examples=300)
+@given(times, st.floats(0, 3600, allow_nan=False), st.floats(0.1, 10), st.floats(0.1, 60),
+       st.floats(0, 0.99), st.floats(0, 3))
+def test_an_agent_answering_its_probes_is_never_stale(
+        heard: float, gap: float, interval: float, grace: float, latency: float,
+        silent_for: float) -> None:  # in units of the longer of interval and grace
+    """Slow is not hung: whatever the idle gap before the turn and however long the turn is
+    silent, an agent that answers each probe within the shorter of the probe interval (its
+    timeout) and the grace lives."""
+    assert run_probe_loop(started=heard + gap, heard=heard, interval=interval, grace=grace,
+                          answer_after=latency * min(interval, grace),
+                          silent_for=silent_for * max(interval, grace)) is None
+
+
+@settings(max_examples=300)
+@given(times, st.floats(0, 3600, allow_nan=False), st.floats(0.1, 10), st.floats(0.1, 60))
+def test_a_hung_agent_is_stale_one_probe_interval_plus_the_grace_into_the_turn(
+        heard: float, gap: float, interval: float, grace: float) -> None:
+    started = heard + gap
+    stale_at = run_probe_loop(started=started, heard=heard, interval=interval, grace=grace,
+                              answer_after=None, silent_for=math.inf)
+    assert stale_at is not None
+    assert stale_at - started == pytest.approx(interval + grace, rel=1e-6, abs=1e-6)
 
 
 # --------------------------------------------------------------------------- permissions

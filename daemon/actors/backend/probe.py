@@ -14,7 +14,13 @@ import msgspec
 import trio
 
 from daemon.acp import types as acp
-from daemon.acp.rpc import METHOD_NOT_FOUND, ConnectionLost, JsonRpcConnection, RpcError
+from daemon.acp.rpc import (
+    METHOD_NOT_FOUND,
+    ConnectionLost,
+    JsonRpcConnection,
+    LineTooLong,
+    RpcError,
+)
 from daemon.config.agents import AgentSpec
 from daemon.errors import AgentUnavailable
 from daemon.execution.local import Executor, ExitStatus, SpawnError
@@ -77,15 +83,23 @@ async def probe_agent(executor: Executor, spec: AgentSpec, *, cwd: str, timeout:
     failure: str | None = None
     stderr_tail: collections.deque[str] = collections.deque(maxlen=3)
     status: ExitStatus | None = None
+    async def read() -> None:
+        nonlocal failure
+        try:
+            await rpc.serve()
+        except LineTooLong as exc:
+            # Inside the nursery a raise would reach our caller as an ExceptionGroup.
+            failure = f"agent protocol error: {exc}"
+
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(rpc.serve)
+            nursery.start_soon(read)
             nursery.start_soon(_discard, proc.stderr, stderr_tail)
             try:
                 raw = await rpc.request("initialize", INITIALIZE_PARAMS, timeout=timeout)
                 info = msgspec.json.decode(raw)
             except (RpcError, ConnectionLost) as exc:
-                failure = str(exc)
+                failure = failure or str(exc)
             except trio.TooSlowError:
                 failure = f"no answer within {timeout:g}s"
             finally:

@@ -20,7 +20,13 @@ from daemon.actors import records
 from daemon.actors.backend.core import Core
 from daemon.actors.backend.generation import Ending, EndKind, Generation
 from daemon.actors.backend.session import Session, add_tokens
-from daemon.actors.lifecycle import Liveness, State, liveness
+from daemon.actors.lifecycle import (
+    Liveness,
+    State,
+    liveness,
+    next_liveness_check,
+    unanswered_probe,
+)
 from daemon.errors import AuthRequired
 from protocol import deltas as d
 from protocol.messages import AudioBlock, ContentBlock, ImageBlock, ResourceBlock
@@ -144,27 +150,37 @@ class Turns:
 
     async def _probe_loop(self, gen: Generation, rpc: JsonRpcConnection, job: mb.PromptJob,
                           done: trio.Event) -> None:
-        """While the turn runs: tell a slow agent from a hung one."""
+        """While the turn runs: tell a slow agent from a hung one (`lifecycle.liveness`
+        decides; this loop only sleeps until its next deadline, probes and acts)."""
         core = self._core
         lc = core.settings.config.lifecycle
         interval = float(lc.probe_interval)
         grace = float(lc.stale_grace)
         if interval <= 0:
             return
+        started = trio.current_time()
+        probe_sent: float | None = None
+        """The first probe sent since the agent was last heard (None once anything is)."""
         async with trio.open_nursery() as probes:
             while True:
-                await trio.sleep(min(interval, grace))
-                verdict = liveness(busy=True, now=trio.current_time(),
-                                   last_heard=rpc.last_traffic, probe_interval=interval,
+                now = trio.current_time()
+                heard = rpc.last_traffic
+                probe_sent = unanswered_probe(probe_sent, heard)
+                verdict = liveness(busy=True, now=now, turn_started=started, last_heard=heard,
+                                   probe_sent=probe_sent, probe_interval=interval,
                                    stale_grace=grace)
                 if verdict is Liveness.SUSPECT:
+                    if probe_sent is None:
+                        probe_sent = now
                     probes.start_soon(_probe, rpc, interval)
                 elif verdict is Liveness.STALE:
-                    quiet = trio.current_time() - rpc.last_traffic
-                    reason = f"agent unresponsive: no answer for {quiet:.1f}s (stale grace " \
-                             f"{grace:g}s)"
+                    assert probe_sent is not None
+                    unanswered = now - probe_sent
+                    reason = (f"agent unresponsive: no answer to a liveness probe for "
+                              f"{unanswered:.1f}s (stale grace {grace:g}s)")
                     core.log.warning("agent unresponsive; cancelling and restarting",
-                                     turn=job.turn, quiet=round(quiet, 1))
+                                     turn=job.turn, unanswered=round(unanswered, 1),
+                                     quiet=round(now - max(started, heard), 1))
                     with trio.move_on_after(1):
                         with contextlib.suppress(ConnectionLost):
                             await rpc.notify("session/cancel", {"sessionId": core.session_id})
@@ -173,6 +189,9 @@ class Turns:
                     gen.end(Ending(EndKind.STALE, reason, reason))
                     gen.kill()
                     return
+                await trio.sleep_until(next_liveness_check(
+                    now=now, turn_started=started, last_heard=heard, probe_sent=probe_sent,
+                    probe_interval=interval, stale_grace=grace))
 
     def request_cancel(self, message: mb.Cancel, gen: Generation | None) -> None:
         """A client's cancel: queued turns end `cancelled` at once; the running one is
