@@ -16,9 +16,11 @@ killed.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -206,18 +208,109 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proce
     return alive
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessTableStatistics:
+    scans: int
+    """How many times the table read every process on the host."""
+    age: float
+    """Seconds since the last scan (inf before the first)."""
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _scan_proc() -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Every process's children and resident bytes, from one pass over /proc (one
+    `stat` file per process: ppid and rss are both in it)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        # The command name (field 2) may hold spaces and parentheses: split after its end.
+        fields = data[data.rfind(b")") + 2:].split()
+        try:
+            pid, ppid, pages = int(name), int(fields[1]), int(fields[21])
+        except (IndexError, ValueError):
+            continue
+        rss[pid] = pages * _PAGE
+        children.setdefault(ppid, []).append(pid)
+    return children, rss
+
+
+def _scan_psutil() -> tuple[dict[int, list[int]], dict[int, int]]:
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for proc in psutil.process_iter(["ppid", "memory_info"]):
+        info = proc.info
+        if info.get("memory_info") is None or info.get("ppid") is None:
+            continue
+        rss[proc.pid] = int(info["memory_info"].rss)
+        children.setdefault(int(info["ppid"]), []).append(proc.pid)
+    return children, rss
+
+
+class ProcessTable:
+    """Resident memory of process trees, from one scan of the host's processes shared by
+    every caller for `max_age` seconds.
+
+    `status`, `ls` and the memory budget ask for the RSS of every warm agent's tree at
+    once; a `children(recursive=True)` per agent read all of /proc once *per agent*, in a
+    thread holding the GIL (10 s at 500 warm agents). One scan serves them all. Thread
+    safe: callers run in worker threads."""
+
+    def __init__(self, max_age: float = 0.5) -> None:
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._scanned = -math.inf
+        self._scans = 0
+        self._children: dict[int, list[int]] = {}
+        self._rss: dict[int, int] = {}
+
+    def _fresh(self) -> None:
+        now = time.monotonic()
+        if now - self._scanned < self.max_age:
+            return
+        self._children, self._rss = (_scan_proc() if os.path.isdir("/proc/self")
+                                     else _scan_psutil())
+        self._scanned = time.monotonic()
+        self._scans += 1
+
+    def tree_rss(self, pid: int) -> int | None:
+        """RSS of `pid` and all its descendants in bytes; None if `pid` is not running."""
+        with self._lock:
+            self._fresh()
+            if pid not in self._rss:
+                return None
+            total = 0
+            todo = [pid]
+            seen: set[int] = set()
+            while todo:
+                current = todo.pop()
+                if current in seen:
+                    continue
+                seen.add(current)
+                total += self._rss.get(current, 0)
+                todo.extend(self._children.get(current, ()))
+            return total
+
+    def statistics(self) -> ProcessTableStatistics:
+        with self._lock:
+            return ProcessTableStatistics(scans=self._scans,
+                                          age=time.monotonic() - self._scanned)
+
+
+PROCESSES = ProcessTable()
+"""The host's process table, shared by every local agent's `rss()`."""
+
+
 def tree_rss(pid: int) -> int | None:
-    try:
-        root = psutil.Process(pid)
-        total: int = root.memory_info().rss
-        for child in root.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                pass
-        return total
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
+    return PROCESSES.tree_rss(pid)
 
 
 class _EmptyStream(trio.abc.ReceiveStream):
