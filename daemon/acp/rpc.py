@@ -191,6 +191,7 @@ class JsonRpcConnection:
         max_line: int = 64 * 1024 * 1024,
         log: Log | None = None,
         name: str = "peer",
+        answer_after_eof: bool = False,
     ) -> None:
         self._send = send
         self._receive = receive
@@ -210,6 +211,12 @@ class JsonRpcConnection:
         self._decoder = msgspec.json.Decoder(_Incoming)
         self._encoder = msgspec.json.Encoder()
         self._closed: BaseException | None = None
+        self._answer_after_eof = answer_after_eof
+        """At EOF, answer the requests already read before `serve` returns (the peer closed
+        its output, not necessarily its input: `stoker acp` fed by a pipe), instead of
+        cancelling them."""
+        self._input_ended: BaseException | None = None
+        """Set at EOF: our own requests can no longer be answered (we may still write)."""
         self.lines_in = 0
         self.lines_out = 0
         self.last_traffic = trio.current_time()
@@ -241,8 +248,9 @@ class JsonRpcConnection:
         `cancel_notify`: if this call is cancelled (or times out) before the answer came,
         tell the peer with ACP's `$/cancel_request` so it can withdraw the request (e.g. a
         permission prompt that another client already answered)."""
-        if self._closed is not None:
-            raise ConnectionLost(f"{self._name}: connection closed") from self._closed
+        if self._closed is not None or self._input_ended is not None:
+            raise ConnectionLost(f"{self._name}: connection closed") from (
+                self._closed or self._input_ended)
         request_id = next(self._ids)
         slot = _Slot()
         self._pending[request_id] = slot
@@ -295,8 +303,13 @@ class JsonRpcConnection:
                     await self._read(nursery)
                 except (LineTooLong, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     failure = exc
-                # EOF: requests still being handled for the peer are pointless now.
-                nursery.cancel_scope.cancel()
+                if failure is None and self._answer_after_eof:
+                    # EOF of the peer's output only: answer what it asked (the nursery
+                    # waits for those handlers); nothing it could answer is left to wait.
+                    self._end_input(ConnectionLost(f"{self._name}: end of stream"))
+                else:
+                    # EOF: requests still being handled for the peer are pointless now.
+                    nursery.cancel_scope.cancel()
         except BaseException as exc:
             self._fail_pending(ConnectionLost(f"{self._name}: reader stopped: {exc!r}"))
             raise
@@ -333,6 +346,15 @@ class JsonRpcConnection:
     def _fail_pending(self, exc: BaseException) -> None:
         if self._closed is None:
             self._closed = exc
+        for slot in self._pending.values():
+            if not slot.event.is_set():
+                slot.error = exc
+                slot.event.set()
+
+    def _end_input(self, exc: BaseException) -> None:
+        """No answer can come any more: fail our pending requests, refuse new ones, keep
+        writing (answers and notifications to a peer that may still read)."""
+        self._input_ended = exc
         for slot in self._pending.values():
             if not slot.event.is_set():
                 slot.error = exc

@@ -36,7 +36,7 @@ def cmd_acp(args: argparse.Namespace) -> int:
 
     from daemon import log as log_setup
     from daemon.editor.bridge import Bridge, BridgeOptions
-    from daemon.editor.stdio import editor_streams, take_stdio
+    from daemon.editor.stdio import editor_streams, take_stdio, wait_reader_gone
 
     log_setup.setup(args.log_level)
     paths = paths_from(args)
@@ -48,7 +48,8 @@ def cmd_acp(args: argparse.Namespace) -> int:
     async def main() -> int:
         receive, send = editor_streams(receive_fd, send_fd, os.environ)
         try:
-            await Bridge(options, paths).serve(receive, send)
+            await Bridge(options, paths).serve(
+                receive, send, reader_gone=lambda: wait_reader_gone(send_fd))
         finally:
             with trio.CancelScope(shield=True):
                 await send.aclose()

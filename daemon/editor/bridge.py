@@ -25,7 +25,9 @@ Mapping (see docs/EDITORS.md for the user's view):
   `$/cancel_request`.
 * File and terminal requests of the agent are served by the daemon (inside the chat's
   directory): the editor is never asked, so every client sees the same files.
-* EOF on stdin detaches: chats and their agents stay warm, turns keep running.
+* EOF on stdin detaches once every request already read has been answered (an editor, or
+  a script piping requests in, may close its output and still read ours): chats and their
+  agents stay warm, turns keep running.
 """
 
 from __future__ import annotations
@@ -132,14 +134,20 @@ class Bridge:
     def client_name(self) -> str:
         return self._link.name
 
-    async def serve(self, receive: trio.abc.ReceiveStream, send: trio.abc.SendStream) -> None:
-        """Speak ACP until the editor closes stdin (or stops reading our output)."""
+    async def serve(self, receive: trio.abc.ReceiveStream, send: trio.abc.SendStream, *,
+                    reader_gone: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Speak ACP until the editor closes stdin and every request it sent is answered, or
+        until it stops reading our output (`reader_gone` returns: nobody is left to answer,
+        so the requests still running are dropped; the turns go on in the daemon)."""
         rpc = self._rpc = JsonRpcConnection(send, receive, on_request=self._on_request,
                                             on_notification=self._on_notification,
-                                            log=self._log, name="editor")
+                                            log=self._log, name="editor",
+                                            answer_after_eof=True)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._link.bind(nursery)
+            if reader_gone is not None:
+                nursery.start_soon(self._detach_when_unread, reader_gone, nursery.cancel_scope)
             try:
                 await rpc.serve()
             except LineTooLong as exc:
@@ -148,6 +156,12 @@ class Bridge:
                 self._log.info("the editor closed its end; detaching",
                                sessions=len(self._sessions))
             nursery.cancel_scope.cancel()
+
+    async def _detach_when_unread(self, reader_gone: Callable[[], Awaitable[None]],
+                                  scope: trio.CancelScope) -> None:
+        await reader_gone()
+        self._log.info("the editor stopped reading; detaching", sessions=len(self._sessions))
+        scope.cancel()
 
     # ------------------------------------------------------------------ plumbing
 

@@ -12,6 +12,7 @@ went out, and it is the first thing to look at when an editor misbehaves.
 from __future__ import annotations
 
 import os
+import select
 from collections.abc import Mapping
 from typing import BinaryIO
 
@@ -89,3 +90,13 @@ def editor_streams(receive_fd: int, send_fd: int, env: Mapping[str, str]
     if in_path:
         receive = TracedReceiveStream(receive, open(in_path, "ab"))  # noqa: SIM115
     return receive, send
+
+
+async def wait_reader_gone(fd: int) -> None:
+    """Return once nobody reads `fd` any more (the editor exited or closed our stdout): the
+    kernel then reports POLLERR/POLLHUP on it, which `poll` always watches. A worker thread
+    waits, a second at a time so that it never outlives a cancel by long."""
+    poller = select.poll()
+    poller.register(fd, 0)
+    while not await trio.to_thread.run_sync(poller.poll, 1000, abandon_on_cancel=True):
+        pass

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from protocol import deltas as d
+from protocol import messages as m
 from tests.support.harness import (
     DaemonFactory,
     DaemonProcess,
@@ -493,3 +494,73 @@ def test_version_and_completion(daemon: DaemonProcess) -> None:
                                 capture_output=True, text=True, timeout=30)
     assert registered.returncode == 0, registered.stderr
     assert "stoker" in registered.stdout
+
+
+# ------------------------------------------------------------------ stoker acp at EOF
+
+
+def test_acp_answers_what_it_read_before_stdin_ended(daemon: DaemonProcess) -> None:
+    """Requests piped into `stoker acp` and then EOF: each gets its answer before the
+    bridge detaches (a slow one, session/new warming an agent, included)."""
+    requests = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"protocolVersion": 1, "clientCapabilities": {}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "session/new",
+         "params": {"cwd": str(daemon.work), "mcpServers": []}},
+        {"jsonrpc": "2.0", "id": 3, "method": "session/list", "params": {}},
+    ]
+    done = daemon.cli("acp", "--agent", "echo",
+                      input="".join(json.dumps(r) + "\n" for r in requests))
+    assert done.returncode == 0, done.stderr
+    replies = {m["id"]: m for m in map(json.loads, done.stdout.splitlines()) if "id" in m}
+    assert sorted(replies) == [1, 2, 3], done.stdout
+    assert all("result" in r for r in replies.values()), replies
+    session = replies[2]["result"]["sessionId"]
+    assert session in [s["sessionId"] for s in replies[3]["result"]["sessions"]]
+
+
+def editor_pipes(daemon: DaemonProcess, *args: str) -> subprocess.Popen[str]:
+    """`stoker ARGS` with stdin and stdout as pipes of ours, as an editor runs `stoker acp`."""
+    return subprocess.Popen([sys.executable, "-m", "daemon.cli", *args], env=daemon.env(),
+                            cwd=str(daemon.work), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+async def test_acp_detaches_at_once_when_the_editor_is_gone(daemon: DaemonProcess) -> None:
+    """An editor that exits closes both ends: nobody can read an answer, so the bridge
+    leaves at once instead of waiting for a long turn, which runs on in the daemon."""
+    proc = editor_pipes(daemon, "acp", "--agent", "echo")
+    try:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        stdin, stdout = proc.stdin, proc.stdout
+
+        def call(id_: int, method: str, params: dict[str, object]) -> dict[str, object]:
+            stdin.write(json.dumps({"jsonrpc": "2.0", "id": id_, "method": method,
+                                    "params": params}) + "\n")
+            stdin.flush()
+            while True:
+                message = json.loads(stdout.readline())
+                if message.get("id") == id_:
+                    return dict(message)
+
+        call(1, "initialize", {"protocolVersion": 1, "clientCapabilities": {}})
+        new = await trio.to_thread.run_sync(lambda: call(
+            2, "session/new", {"cwd": str(daemon.work), "mcpServers": []}))
+        session = str(new["result"]["sessionId"])  # type: ignore[index]
+        stdin.write(json.dumps({"jsonrpc": "2.0", "id": 3, "method": "session/prompt",
+                                "params": {"sessionId": session, "prompt": [
+                                    {"type": "text", "text": "/sleep 60000"}]}}) + "\n")
+        stdin.flush()
+        await wait_running(daemon, session)
+        stdin.close()
+        stdout.close()
+        assert await trio.to_thread.run_sync(lambda: proc.wait(15)) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    async with daemon.client("check") as client:
+        detail = await client.request(m.Inspect(id=0, chat=session))
+        assert detail.actors[0].state == "busy"  # the turn runs on
+        await client.request(m.Cancel(id=0, chat=session))
