@@ -157,7 +157,9 @@ async def test_the_stream_ends_with_goodbye_at_shutdown(http: HttpDaemon) -> Non
         assert (await next_event(source)).event == "subscribed"
         await until(source, lambda e: e.event == "replay_complete", seen)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, http.proc.stop)
+            async def stop() -> None:
+                await trio.to_thread.run_sync(http.proc.stop)
+            nursery.start_soon(stop)
             with trio.fail_after(30):
                 try:
                     async for event in source:
