@@ -197,6 +197,9 @@ class WebSocketConfig(_Section):
     allowed_origins: list[str] = []
     max_connections: int = 64
     max_message: ByteSize = ByteSize(16 * 1024 * 1024)
+    allowed_hosts: list[str] = []
+    """Host names (besides IP addresses and localhost) that HTTP requests and WebSocket
+    handshakes may name in `Host`; anything else is refused (DNS rebinding)."""
 
 
 class WorktreesConfig(_Section):

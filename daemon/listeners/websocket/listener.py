@@ -26,6 +26,15 @@ from daemon.channels.frames import Mode
 from daemon.channels.hub import Hub
 from daemon.config.file import WebSocketConfig
 from daemon.listeners.connection import Connection, Handlers, Limits
+from daemon.listeners.http.openapi import document_bytes
+from daemon.listeners.http.policy import check_host
+from daemon.listeners.http.server import (
+    HeadError,
+    HttpServer,
+    bare_error,
+    is_websocket,
+    read_head,
+)
 from daemon.listeners.websocket.auth import (
     CLOSE_TIMEOUT,
     GOING_AWAY,
@@ -39,6 +48,7 @@ from daemon.listeners.websocket.frames import BatchSender
 from daemon.listeners.websocket.token import TokenFileError, ensure_token
 from daemon.log import Log
 from protocol import messages as m
+from protocol.errors import ErrorCode
 from protocol.framing import FrameError, FrameTooLarge
 
 # ------------------------------------------------------------------------- transport
@@ -216,6 +226,13 @@ class WebSocketListener:
         self.timed_out = 0
         """Connections that sent no WebSocket handshake within HANDSHAKE_TIMEOUT."""
         self.gate = StreamGate(lambda: self._config.max_connections + PENDING_HANDSHAKES)
+        self.http = HttpServer(handlers, live_config=live_config, token=self._read_token,
+                               limits=limits, max_body=self._max_message,
+                               openapi=document_bytes)
+        """Every request on the port that is not a WebSocket upgrade."""
+
+    async def _read_token(self) -> str:
+        return await trio.to_thread.run_sync(ensure_token, self._token_file)
 
     @property
     def _config(self) -> WebSocketConfig:
@@ -245,21 +262,46 @@ class WebSocketListener:
                                        handler_nursery=connections, task_status=task_status)
 
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
-        """One TCP connection: its WebSocket handshake within HANDSHAKE_TIMEOUT, then
-        `_handle`; its gate place is given back however it ends."""
+        """One TCP connection: its first request head within HANDSHAKE_TIMEOUT, then a
+        WebSocket (`_handle`) when it asks for the upgrade, else HTTP (`self.http`); its
+        gate place is given back however it ends."""
         try:
             async with trio.open_nursery() as nursery:
+                request: WebSocketRequest | None = None
+                head = None
                 with trio.move_on_after(HANDSHAKE_TIMEOUT) as handshake:
                     if not await _sent_something(stream):
                         return  # closed before a request: its place goes at once
-                    request = await wrap_server_stream(
-                        nursery, stream, message_queue_size=MESSAGE_QUEUE,
-                        max_message_size=self._max_message)
+                    try:
+                        head = await read_head(stream)
+                    except HeadError as exc:
+                        await stream.send_all(bare_error(exc.status, str(exc)))
+                        return
+                    if head is None:
+                        return
+                    if is_websocket(head[1]):
+                        host = check_host(head[1].headers, self._config.allowed_hosts)
+                        if not host.allowed:
+                            self.refused += 1
+                            self._log.warning("refused websocket handshake",
+                                              status=host.status, reason=host.reason)
+                            await stream.send_all(bare_error(host.status, host.reason,
+                                                             ErrorCode.UNAUTHORIZED))
+                            return
+                        # wsproto parses the handshake again, from the bytes already read.
+                        request = await wrap_server_stream(
+                            nursery, _Replayed(stream, head[2]),
+                            message_queue_size=MESSAGE_QUEUE,
+                            max_message_size=self._max_message)
                 if handshake.cancelled_caught:
                     self.timed_out += 1
-                else:
-                    await self._handle(request)
+                elif request is not None:
+                    await self._handle(request, _stream_peer(stream))
+                elif head is not None:
+                    await self.http.serve(stream, head[0], head[1], _stream_peer(stream))
                 nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
         finally:
             self.gate.leave()
             with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
@@ -275,9 +317,11 @@ class WebSocketListener:
             transport.close_code = GOING_AWAY
             transport.close_reason = reason
             await conn.goodbye(reason)
+        self.http.close_all(reason)
         with trio.move_on_after(timeout):
-            while self.connections:
+            while self.connections or self.http.streams:
                 await trio.sleep(0.01)
+        self.http.cancel_all()
 
     async def _refuse(self, request: WebSocketRequest, status: int, reason: str,
                       log: Log) -> None:
@@ -292,8 +336,7 @@ class WebSocketListener:
         except ConnectionClosed:
             pass
 
-    async def _handle(self, request: WebSocketRequest) -> None:
-        peer = _peer(request)
+    async def _handle(self, request: WebSocketRequest, peer: str) -> None:
         log = self._log.bind(peer=peer)
         if self._scope.cancel_called:
             # A handshake that raced with shutdown: its goodbye round has already passed.
@@ -343,7 +386,8 @@ class WebSocketListener:
     def statistics(self) -> dict[str, int]:
         return {"connections": len(self.connections), "accepted": self.accepted,
                 "refused": self.refused, "handshake_timeouts": self.timed_out,
-                "tcp_streams": self.gate.open}
+                "tcp_streams": self.gate.open, "http_requests": self.http.requests,
+                "http_refused": self.http.refused, "event_streams": len(self.http.streams)}
 
 
 async def _sent_something(stream: trio.SocketStream) -> bool:
@@ -356,11 +400,44 @@ async def _sent_something(stream: trio.SocketStream) -> bool:
         return False
 
 
-def _peer(request: WebSocketRequest) -> str:
+def _stream_peer(stream: trio.SocketStream) -> str:
     try:
-        remote = request.remote
+        address = stream.socket.getpeername()
     except OSError:
         return "?"
-    if isinstance(remote, str):
-        return remote
-    return f"{remote.address}:{remote.port}"
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+class _Replayed(trio.abc.HalfCloseableStream):
+    """A TCP stream whose first bytes were already read (the request head): they are
+    received again first, then the stream's own. For trio-websocket, which reads the
+    handshake itself."""
+
+    def __init__(self, inner: trio.SocketStream, head: bytes) -> None:
+        self._inner = inner
+        self._head = head
+        self.socket = inner.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._head:
+            if max_bytes is None or max_bytes >= len(self._head):
+                data, self._head = self._head, b""
+            else:
+                data, self._head = self._head[:max_bytes], self._head[max_bytes:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._inner.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
