@@ -476,6 +476,15 @@ class Pool:
         sizes = await trio.to_thread.run_sync(lambda: [ref.rss() or 0 for ref in warm])
         return sum(sizes)
 
+    async def rss_by_agent(self) -> dict[str, int]:
+        """Summed RSS of the warm agents' process trees, per agent (for metrics)."""
+        warm = [child.ref for child in self._warm.values()]
+        sizes = await trio.to_thread.run_sync(lambda: [ref.rss() or 0 for ref in warm])
+        out: dict[str, int] = {}
+        for ref, size in zip(warm, sizes, strict=True):
+            out[ref.agent] = out.get(ref.agent, 0) + size
+        return out
+
     async def restarts_since(self, since: float) -> int:
         return await records.restarts_since(self._store, since)
 

@@ -54,8 +54,11 @@ class Hub:
     """Owns the channels. Publishing is for backend actors; subscribing for connections."""
 
     def __init__(self, store: Store, *, ring_size: int, max_frame: int = 1 << 31,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 tap: Callable[[str, float, int, d.DeltaBody], None] | None = None) -> None:
         self._store = store
+        self._tap = tap
+        """Sees every published delta (the metrics); must be quick and must not raise."""
         self._ring_size = ring_size
         self._pack = msgpack_encoder.encode
         self._max_frame = max_frame
@@ -125,6 +128,11 @@ class Hub:
             ch.floor = seq
         self._store.append_delta(chat, seq, ts, payload)
         self.published += 1
+        if self._tap is not None:
+            try:
+                self._tap(chat, ts, turn, body)
+            except Exception:  # metrics must never cost a delta
+                self._log.exception("the delta tap failed", chat=chat, seq=seq)
         live = ch.live
         if live:
             lagged: list[Subscription] | None = None

@@ -200,6 +200,8 @@ class WebSocketConfig(_Section):
     allowed_hosts: list[str] = []
     """Host names (besides IP addresses and localhost) that HTTP requests and WebSocket
     handshakes may name in `Host`; anything else is refused (DNS rebinding)."""
+    metrics: bool = False
+    """Serve Prometheus metrics at `/metrics` on this listener (with its token rules)."""
 
 
 class WorktreesConfig(_Section):

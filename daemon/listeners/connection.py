@@ -72,6 +72,10 @@ class Handlers(Protocol):
 
     def welcome(self, encoding: str) -> m.Welcome: ...
 
+    async def render_metrics(self) -> bytes | None:
+        """The Prometheus text exposition; None when `[websocket] metrics` is off."""
+        ...
+
 
 @dataclass(slots=True)
 class Limits:

@@ -59,6 +59,7 @@ from daemon.store.sqlite import Store
 from daemon.tasks import service as tasks
 from daemon.tasks.service import TaskService
 from daemon.traces import service as traces
+from daemon.traces.metrics import Gauges, Metrics
 from daemon.traces.service import TraceService
 from daemon.version import VERSION
 from daemon.workspaces import subsystem as workspaces
@@ -104,11 +105,14 @@ class Service:
     """The daemon as its connections see it (the `Handlers` of `listeners.connection`): the
     hub for subscriptions, the router for every other request."""
 
-    def __init__(self, *, hub: Hub, router: Router, core: Core, reloader: Reloader) -> None:
+    def __init__(self, *, hub: Hub, router: Router, core: Core, reloader: Reloader,
+                 metrics: Metrics, settings: Settings) -> None:
         self.hub = hub
         self.router = router
         self.core = core
         self.reloader = reloader
+        self.metrics = metrics
+        self.settings = settings
 
     async def handle(self, request: Any, client: str) -> Any:
         return await self.router.handle(request, client)
@@ -118,6 +122,11 @@ class Service:
 
     def welcome(self, encoding: str) -> m.Welcome:
         return self.core.welcome(encoding)
+
+    async def render_metrics(self) -> bytes | None:
+        if not self.settings.config.websocket.metrics:
+            return None
+        return await self.metrics.render()
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +316,8 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
            ) -> tuple[Service, Tree, UnixListener]:
     """Make every part and the tree (no I/O: each part does its own when its child
     starts). The router is complete when this returns."""
-    hub = Hub(store, ring_size=config.channels.ring_size)
+    metrics = Metrics()
+    hub = Hub(store, ring_size=config.channels.ring_size, tap=metrics.observe)
     settings = Settings(config, registry(config))
     executors: dict[str | None, Executor] = {None: LocalExecutor(instance)}
 
@@ -325,7 +335,11 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
     router = Router()
     the_core = Core(paths=paths, settings=settings, pool=pool, workspaces=workspace_service,
                     reload=reloader.reload, websocket_url=lambda: websocket.url)
-    service = Service(hub=hub, router=router, core=the_core, reloader=reloader)
+    service = Service(hub=hub, router=router, core=the_core, reloader=reloader,
+                      metrics=metrics, settings=settings)
+    metrics.attach(Gauges(actors_by_state=lambda: pool.counts().by_state,
+                          agent_rss_by_agent=pool.rss_by_agent, hub=hub.statistics,
+                          store=store.statistics))
     task_service = TaskService(pool=pool, hub=hub, store=store, settings=settings,
                                workspaces=workspace_service,
                                socket=str(sock_path or paths.socket))

@@ -280,7 +280,8 @@ class HttpServer:
         access = check_request(request.headers, method, token=token,
                                allowed_origins=config.allowed_origins,
                                allowed_hosts=config.allowed_hosts, now=time.time(),
-                               need_credentials=is_api and method != b"OPTIONS")
+                               need_credentials=(is_api or path == "/metrics")
+                               and method != b"OPTIONS")
         if not access.allowed:
             self.refused += 1
             log.warning("refused http request", status=access.status, reason=access.reason,
@@ -303,10 +304,23 @@ class HttpServer:
             return
         if path == "/openapi.json":
             await self._respond(stream, conn, 200, self._openapi(), headers=cors)
+        elif path == "/metrics":
+            await self._metrics(stream, conn)
         elif path == "/login":
             await self._login(stream, conn, query, token)
         else:
             await self._static_file(stream, conn, path)
+
+    async def _metrics(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
+        """Prometheus' text exposition (`[websocket] metrics`; a bearer token, as for the
+        API: `authorization` in the scrape config)."""
+        body = await self._handlers.render_metrics()
+        if body is None:
+            await self._error(stream, conn, ErrorCode.NOT_FOUND,
+                              "metrics are off: set [websocket] metrics = true", 404)
+            return
+        await self._respond(stream, conn, 200, body,
+                            content_type=b"text/plain; version=0.0.4; charset=utf-8")
 
     def _cors(self, access: Access, config: WebSocketConfig) -> list[tuple[bytes, bytes]]:
         if access.origin is None or access.origin not in config.allowed_origins:

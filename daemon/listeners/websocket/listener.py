@@ -148,6 +148,9 @@ class _Handlers:
         return msgspec.structs.replace(self._inner.welcome(encoding),
                                        max_frame=self._max_message)
 
+    async def render_metrics(self) -> bytes | None:
+        return await self._inner.render_metrics()
+
 
 # ------------------------------------------------------------------------- listener
 
