@@ -160,6 +160,9 @@ class LifecycleConfig(_Section):
     restart_backoff_max: Duration = Duration(30.0)
     sweep_interval: Duration = Duration(5.0)
     """How often the eviction sweep runs (it also runs when an agent becomes warm)."""
+    turn_timeout: Duration | None = None
+    """A turn still running this long after it started is cancelled and ends with an error
+    naming the timeout (None: no limit)."""
 
     def __post_init__(self) -> None:
         if self.max_warm < 1:

@@ -168,3 +168,23 @@ async def test_mode_and_model_are_reapplied_to_a_fresh_session(
                 if "lost its context" in n]
         assert len(said) == 1
         assert "re-applied model echo-2" in said[0]
+
+
+async def test_turn_timeout_cancels_a_turn_and_names_the_timeout(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=lifecycle(turn_timeout="1500ms"))
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "limit", cwd=daemon.work)
+        pid = await agent_pid(client, info.chat)
+        quick = await turn(client, info.chat, "/sleep 100")
+        assert quick.ended.stop_reason == "end_turn"
+        long = await turn(client, info.chat, "/sleep 60000", timeout=30)
+        assert long.ended.stop_reason is None
+        assert long.ended.error == ("turn timed out: still running after 1.5s "
+                                    "(lifecycle.turn_timeout); cancelled")
+        assert long.text == ""  # cancelled, not finished
+        # A cancel, not a kill: the same agent takes the next turn.
+        assert (await turn(client, info.chat, "after")).text == "after"
+        assert await agent_pid(client, info.chat) == pid
+        assert restarts(await every_turn_ended_once(client, info.chat)) == []
