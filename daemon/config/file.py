@@ -162,6 +162,9 @@ class LifecycleConfig(_Section):
     """How often the warm agents' memory is measured against `memory_budget` (only when one
     is set: memory grows without an event). The idle TTL acts at its deadline, the cap at
     once."""
+    turn_timeout: Duration | None = None
+    """A turn still running this long after it started is cancelled and ends with an error
+    naming the timeout (None: no limit)."""
 
     def __post_init__(self) -> None:
         if self.max_warm < 1:

@@ -10,13 +10,17 @@ from typing import Any
 
 import trio
 
+from daemon.client import Client
 from protocol import deltas as d
+from protocol import messages as m
 from tests.support.harness import (
     DaemonFactory,
+    actor,
     agent_pid,
     open_chat,
     replay,
     turn,
+    wait_state,
 )
 
 FAST = {"sweep_interval": "100ms", "restart_backoff": "100ms", "restart_backoff_max": "1s"}
@@ -28,8 +32,12 @@ def lifecycle(**keys: Any) -> str:
     return "[lifecycle]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in merged.items())
 
 
-async def every_turn_ended_once(daemon_client: Any, chat: str) -> list[d.Delta]:
-    deltas = await replay(daemon_client, chat)
+async def every_turn_ended_once(client: Client, chat: str) -> list[d.Delta]:
+    """Everything retained for `chat` (replayed on a second connection, leaving `client`'s
+    subscriptions alone), checked: every turn started ended exactly once."""
+    assert client.socket_path is not None
+    async with Client.connect(client.socket_path, client="audit") as audit:
+        deltas = await replay(audit, chat)
     started = [x.turn for x in deltas if isinstance(x.body, d.TurnStarted)]
     ended = [x.turn for x in deltas if isinstance(x.body, d.TurnEnded)]
     assert sorted(started) == sorted(ended), (started, ended)
@@ -88,3 +96,95 @@ async def test_an_over_long_agent_line_is_that_agents_protocol_error(
         log = daemon.log_text()
         assert "backend actor failed" not in log
         assert "internal error" not in log
+
+
+FORGETFUL = """
+[agents.forgetful]
+command = ["python3", "-m", "daemon.echo_agent", "--no-load", "--no-resume"]
+[agents.forgetful-models]
+command = ["python3", "-m", "daemon.echo_agent", "--no-load", "--no-resume", "--models-only"]
+"""
+
+
+def echo_session(daemon: Any, session_id: str | None) -> dict[str, Any]:
+    """What the echo agent itself recorded about a session (its state file)."""
+    assert session_id is not None
+    path = daemon.base / "xdg-state" / "stoker-echo" / f"{session_id}.json"
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def notices(deltas: list[d.Delta]) -> list[str]:
+    return [x.body.message for x in deltas if isinstance(x.body, d.Notice)]
+
+
+async def test_mode_and_model_are_reapplied_to_a_fresh_session(
+        daemon_factory: DaemonFactory) -> None:
+    """An agent that can neither resume nor load comes back (after a crash, and after
+    hibernation) with session/new: the chat's mode, model and options are set again on the
+    new session, and the notice says so."""
+    daemon = daemon_factory(config=FORGETFUL + lifecycle(max_warm=1, idle_ttl="1h"))
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "keep", agent="forgetful", cwd=daemon.work)
+        await turn(client, info.chat, "hello")
+        await client.request(m.SetMode(id=0, chat=info.chat, mode="plan"))
+        await client.request(m.SetConfig(id=0, chat=info.chat, option="model", value="echo-2"))
+        await client.request(m.SetConfig(id=0, chat=info.chat, option="verbose", value=True))
+        first = (await actor(client, info.chat, "forgetful")).session_id
+
+        crashed = await turn(client, info.chat, "/crash")
+        assert crashed.ended.error is not None
+        after = await turn(client, info.chat, "/recall")
+        assert after.text == "nothing remembered"  # a fresh session indeed
+        detail = await actor(client, info.chat, "forgetful")
+        assert detail.session_id != first
+        assert detail.modes is not None
+        assert detail.modes["currentModeId"] == "plan"
+        values = {o["id"]: o["currentValue"] for o in detail.config_options}
+        assert values == {"model": "echo-2", "verbose": True}
+        recorded = echo_session(daemon, detail.session_id)
+        assert recorded["mode"] == "plan"
+        assert recorded["config"] == {"model": "echo-2", "verbose": True}
+        said = [n for n in notices(await every_turn_ended_once(client, info.chat))
+                if "lost its context" in n]
+        assert len(said) == 1
+        assert "re-applied mode plan, model echo-2, verbose true" in said[0]
+
+        # Hibernation (the LRU cap of one) and a wake, with the unstable model state.
+        models = await open_chat(client, "models", agent="forgetful-models", cwd=daemon.work)
+        await turn(client, models.chat, "hello")
+        await client.request(m.SetConfig(id=0, chat=models.chat, option="model",
+                                         value="echo-2"))
+        await turn(client, info.chat, "wake the other")  # the cap hibernates `models`
+        await wait_state(client, models.chat, "hibernated", agent="forgetful-models",
+                         timeout=20)
+        woken = await turn(client, models.chat, "/recall")
+        assert woken.text == "nothing remembered"
+        detail = await actor(client, models.chat, "forgetful-models")
+        assert detail.models is not None
+        assert detail.models["currentModelId"] == "echo-2"
+        said = [n for n in notices(await every_turn_ended_once(client, models.chat))
+                if "lost its context" in n]
+        assert len(said) == 1
+        assert "re-applied model echo-2" in said[0]
+
+
+async def test_turn_timeout_cancels_a_turn_and_names_the_timeout(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=lifecycle(turn_timeout="1500ms"))
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "limit", cwd=daemon.work)
+        pid = await agent_pid(client, info.chat)
+        quick = await turn(client, info.chat, "/sleep 100")
+        assert quick.ended.stop_reason == "end_turn"
+        long = await turn(client, info.chat, "/sleep 60000", timeout=30)
+        assert long.ended.stop_reason is None
+        assert long.ended.error == ("turn timed out: still running after 1.5s "
+                                    "(lifecycle.turn_timeout); cancelled")
+        assert long.text == ""  # cancelled, not finished
+        # A cancel, not a kill: the same agent takes the next turn.
+        assert (await turn(client, info.chat, "after")).text == "after"
+        assert await agent_pid(client, info.chat) == pid
+        assert restarts(await every_turn_ended_once(client, info.chat)) == []

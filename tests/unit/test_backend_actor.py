@@ -190,6 +190,25 @@ async def test_agent_ignoring_cancel_is_restarted_after_the_cancel_grace(
         assert len(r.executor.spawned) == 2
 
 
+async def test_turn_timeout_cancels_and_an_agent_ignoring_it_is_restarted(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    knobs = Knobs(prompt_delay=1000.0, ignore_cancel=True)
+    async with rig(tmp_path, knobs, probe_interval=10.0, stale_grace=60.0,
+                   turn_timeout=30.0) as r:
+        ref = r.actor(CHAT)
+        start = trio.current_time()
+        ref.send(prompt(1))
+        ended = await r.hub.wait_turn_end(CHAT, 1)
+        assert ended.error == ("turn timed out: still running after 30s "
+                               "(lifecycle.turn_timeout); cancelled")
+        # The timeout, then the cancel grace (the stale grace) the agent ignored.
+        assert trio.current_time() - start == pytest.approx(90.0, abs=1.0)
+        assert "session/cancel" in r.executor.methods
+        await r.hub.wait_state(CHAT, State.READY, count=2)
+        assert len(r.executor.spawned) == 2
+        assert_each_turn_ended_once(r.hub.turn_ends(CHAT), 1)
+
+
 async def test_shutdown_during_a_turn_ends_it_and_leaves_the_actor_hibernated(
         tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     async with rig(tmp_path, Knobs(prompt_delay=100.0)) as r:

@@ -124,6 +124,7 @@ class Session:
                 lost_reason = failure
             if not lost_reason:
                 lost_reason = "the agent supports neither session/resume nor session/load"
+        chosen = chosen_settings(core.info) if old is not None else []
         try:
             raw = await rpc.request("session/new", setup_params, timeout=timeout)
         except RpcError as exc:
@@ -136,12 +137,42 @@ class Session:
         self._apply_setup(setup)
         core.persist()
         if old is not None:
-            core.publish(d.Notice(
-                level="warning",
-                message=f"the agent lost its context ({lost_reason}); "
-                        "a new session was started",
-            ))
-            core.log.warning("session lost; started a new one", reason=lost_reason)
+            restored, failed = await self._reapply(rpc, chosen, timeout)
+            message = f"the agent lost its context ({lost_reason}); a new session was started"
+            if restored:
+                message += f"; re-applied {', '.join(restored)}"
+            if failed:
+                message += f"; could not re-apply {'; '.join(failed)}"
+            core.publish(d.Notice(level="warning", message=message))
+            core.log.warning("session lost; started a new one", reason=lost_reason,
+                             restored=", ".join(restored), failed="; ".join(failed))
+
+    async def _reapply(self, rpc: JsonRpcConnection, chosen: list[Setting], timeout: float
+                       ) -> tuple[list[str], list[str]]:
+        """Set the chat's mode, config options and model on a fresh session, where it does
+        not already have them: a session the agent could not resume must not silently
+        revert them. Returns what was re-applied and what could not be (and why)."""
+        restored: list[str] = []
+        failed: list[str] = []
+        for setting in chosen:
+            if setting.current(self._core.info) == setting.value:
+                continue
+            try:
+                if setting.kind == "mode":
+                    await self._set_mode(rpc, str(setting.value), timeout)
+                elif setting.kind == "model":
+                    await self._set_model(rpc, str(setting.value), timeout)
+                else:
+                    await self._set_config(rpc, setting.name, setting.value, timeout)
+            except RpcError as exc:
+                failed.append(f"{setting.describe()} (agent error {exc.code}: {exc.message})")
+            except trio.TooSlowError:
+                failed.append(f"{setting.describe()} (no answer in time)")
+            except StokerError as exc:
+                failed.append(f"{setting.describe()} ({exc.message})")
+            else:
+                restored.append(setting.describe())
+        return restored, failed
 
     async def _reattach(self, rpc: JsonRpcConnection, method: str, params: dict[str, Any],
                         timeout: float) -> str | None:
@@ -352,6 +383,50 @@ class Session:
         if core.loading and not isinstance(body, d.Mode | d.Config | d.Commands):
             return
         core.publish_current(body)
+
+
+class Setting(msgspec.Struct, frozen=True):
+    """One choice a chat made about its session: its mode, a config option or its model."""
+
+    kind: str
+    """`mode`, `config` or `model` (the unstable ACP model state)."""
+    name: str
+    value: str | bool
+
+    def describe(self) -> str:
+        value = str(self.value).lower() if isinstance(self.value, bool) else self.value
+        return f"{self.name} {value}"
+
+    def current(self, info: dict[str, Any]) -> Any:
+        """The value a session described by `info` has for this setting (None: unknown)."""
+        if self.kind == "mode":
+            return (info.get("modes") or {}).get("currentModeId")
+        if self.kind == "model":
+            return (info.get("models") or {}).get("currentModelId")
+        for option in info.get("configOptions") or []:
+            if isinstance(option, dict) and option.get("id") == self.name:
+                return option.get("currentValue")
+        return None
+
+
+def chosen_settings(info: dict[str, Any]) -> list[Setting]:
+    """The mode, config options and model of the session `info` describes, in the order
+    they are re-applied to a fresh one (mode first: an agent may offer other options in
+    another mode)."""
+    found: list[Setting] = []
+    modes = info.get("modes")
+    if isinstance(modes, dict) and isinstance(modes.get("currentModeId"), str):
+        found.append(Setting("mode", "mode", modes["currentModeId"]))
+    for option in info.get("configOptions") or []:
+        if not isinstance(option, dict) or not isinstance(option.get("id"), str):
+            continue
+        value = option.get("currentValue")
+        if isinstance(value, str | bool):
+            found.append(Setting("config", option["id"], value))
+    models = info.get("models")
+    if isinstance(models, dict) and isinstance(models.get("currentModelId"), str):
+        found.append(Setting("model", "model", models["currentModelId"]))
+    return found
 
 
 def add_tokens(core: Core, body: d.Usage) -> None:

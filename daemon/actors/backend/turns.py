@@ -67,6 +67,17 @@ def content_problem(content: list[ContentBlock], caps: acp.PromptCapabilities,
     return None
 
 
+class TurnTimeout:
+    """One turn's `lifecycle.turn_timeout`: the limit (None: off) and, once it struck, the
+    error the turn ends with."""
+
+    __slots__ = ("limit", "reason")
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = float(limit) if limit else None
+        self.reason: str | None = None
+
+
 def _stop_reason(value: str) -> d.TurnStop | None:
     return value if value in _STOP_REASONS else None  # type: ignore[return-value]
 
@@ -113,16 +124,23 @@ class Turns:
             return
         blocks = [msgspec.to_builtins(b) for b in job.content]
         lost = False
+        timeout = TurnTimeout(core.settings.config.lifecycle.turn_timeout)
         async with trio.open_nursery() as turn_nursery:
             turn_nursery.start_soon(self._probe_loop, gen, rpc, job, done)
+            if timeout.limit is not None:
+                turn_nursery.start_soon(self._time_out, gen, rpc, job, timeout)
             try:
                 raw = await rpc.request("session/prompt",
                                         {"sessionId": core.session_id, "prompt": blocks})
                 result = msgspec.json.decode(raw, type=acp.PromptResult)
                 self._account(result, job)
                 stop = _stop_reason(result.stop_reason)
-                core.end_turn(job, stop_reason=stop, error=None if stop
-                              else f"agent stopped: {result.stop_reason}")
+                if timeout.reason is not None:
+                    # The agent's answer to our cancel: the turn ends for the timeout.
+                    core.end_turn(job, error=timeout.reason)
+                else:
+                    core.end_turn(job, stop_reason=stop, error=None if stop
+                                  else f"agent stopped: {result.stop_reason}")
             except RpcError as exc:
                 message = exc.message
                 if exc.code == AUTH_REQUIRED:
@@ -130,7 +148,7 @@ class Turns:
                         self._session.raise_if_auth(exc)
                     except AuthRequired as auth:
                         message = auth.message
-                core.end_turn(job, error=f"agent error {exc.code}: {message}")
+                core.end_turn(job, error=timeout.reason or f"agent error {exc.code}: {message}")
             except msgspec.ValidationError as exc:
                 core.end_turn(job, error=f"agent sent an invalid prompt response: {exc}")
             except ConnectionLost:
@@ -140,6 +158,21 @@ class Turns:
                 turn_nursery.cancel_scope.cancel()
         if lost:
             await gen.await_watcher()
+
+    async def _time_out(self, gen: Generation, rpc: JsonRpcConnection, job: mb.PromptJob,
+                        timeout: TurnTimeout) -> None:
+        """`lifecycle.turn_timeout`: a turn still running after it is cancelled (as a
+        client's cancel is) and ends with an error naming the timeout."""
+        assert timeout.limit is not None
+        await trio.sleep(timeout.limit)
+        if job.ended or job.cancel_requested:
+            return  # a client's cancel is already under way
+        timeout.reason = (f"turn timed out: still running after {timeout.limit:g}s "
+                          "(lifecycle.turn_timeout); cancelled")
+        self._core.log.warning("turn timed out; cancelling", turn=job.turn,
+                               limit=timeout.limit)
+        job.cancel_requested = True
+        await self.cancel(gen, rpc, job, "turn timeout", error=timeout.reason)
 
     def _account(self, result: acp.PromptResult, job: mb.PromptJob) -> None:
         usage = result.usage
@@ -216,11 +249,12 @@ class Turns:
             core.permissions.resolve_turn(job, by=message.by or "cancel")
 
     async def cancel(self, gen: Generation, rpc: JsonRpcConnection, job: mb.PromptJob,
-                     by: str) -> None:
+                     by: str, *, error: str | None = None) -> None:
         """`session/cancel` (never a kill), then `cancelled` for the turn's pending permission
         requests, in that order: an agent that got its permission answer first could finish
         the turn normally before it learns of the cancel. An agent that ignores the cancel for
-        the cancel grace is broken: its turn ends `cancelled` and it is restarted."""
+        the cancel grace is broken: its turn ends `cancelled` (or with `error`, when the
+        daemon cancelled it for a reason) and it is restarted."""
         core = self._core
         core.log.info("cancelling turn", gen=core.generation, turn=job.turn)
         try:
@@ -234,7 +268,7 @@ class Turns:
             await job.answered.wait()
             return
         if not job.ended and core.current is job:
-            core.end_turn(job, stop_reason="cancelled")
+            core.end_turn(job, stop_reason="cancelled", error=error)
             gen.end(Ending(EndKind.CRASH, f"agent ignored session/cancel for {grace:g}s"))
 
 
