@@ -53,7 +53,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="override [daemon] log_level")
 
-    cmd("status", cmd_status, "show the daemon's pid, uptime, version and actor counts")
+    p = cmd("status", cmd_status, "show the daemon's pid, uptime, version and actor counts")
+    p.add_argument("--wait", type=float, metavar="SECONDS", help="wait up to SECONDS for the "
+                   "daemon to answer (it is starting) instead of failing at once")
     cmd("agents", cmd_agents, "list the agents the daemon can run")
 
     p = cmd("send", cmd_send, "send a prompt to a chat and stream the reply")
@@ -227,7 +229,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         for key, value in lines:
             print(f"{key + ':':15} {value}")
 
-    return show(args, m.GetStatus(id=0), render)
+    if args.wait is None:
+        return show(args, m.GetStatus(id=0), render)
+
+    async def main() -> int:
+        import trio
+
+        from daemon.client import DaemonNotRunning
+
+        # Nothing announces a daemon that is starting to a client: its socket answering is
+        # the event, so it is asked again (every 0.1 s) until the deadline.
+        deadline = trio.current_time() + args.wait
+        while True:
+            try:
+                result = await ask(args, m.GetStatus(id=0))
+                break
+            except DaemonNotRunning:
+                if trio.current_time() >= deadline:
+                    raise
+                await trio.sleep(0.1)
+        if args.json:
+            out_json(result)
+        else:
+            render(result)
+        return 0
+
+    return run_async(main)
 
 
 def cmd_agents(args: argparse.Namespace) -> int:

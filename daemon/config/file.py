@@ -9,6 +9,7 @@ or plain byte counts. A missing file means the defaults.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import shlex
 from pathlib import Path
@@ -28,6 +29,29 @@ class Duration(float):
 
 class ByteSize(int):
     """Bytes, written as "8GiB", "512MB", "64KiB" or a number."""
+
+
+def machine_memory() -> int:
+    """This machine's physical memory, bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class MemoryBudget(ByteSize):
+    """`lifecycle.memory_budget`: bytes, written as a size or as a share of this machine's
+    memory ("50%", the default: a warm real agent is ~0.5 GiB, so 16 of them need 8 GiB)."""
+
+    share: float | None = None
+    """The percentage it was written as; None for a plain size."""
+
+    @classmethod
+    def of_machine(cls, percent: float, total: int | None = None) -> MemoryBudget:
+        budget = cls(int((machine_memory() if total is None else total) * percent / 100))
+        budget.share = percent
+        return budget
+
+
+DEFAULT_MEMORY_SHARE = 50.0
+"""The default `memory_budget`, in percent of the machine's memory."""
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -72,6 +96,25 @@ def parse_size(value: object) -> ByteSize:
     raise ValueError(f'invalid size {value!r}: use e.g. "8GiB", "512MB", "64KiB" or bytes')
 
 
+_SHARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def parse_memory_budget(value: object) -> MemoryBudget:
+    """A size, or a share of this machine's memory ("50%", more than 0, at most 100)."""
+    if isinstance(value, str):
+        m = _SHARE.match(value)
+        if m:
+            percent = float(m.group(1))
+            if not 0 < percent <= 100:
+                raise ValueError(f"invalid share {value!r}: between 0% and 100%")
+            return MemoryBudget.of_machine(percent)
+    try:
+        return MemoryBudget(parse_size(value))
+    except ValueError:
+        raise ValueError(f'invalid memory budget {value!r}: use a share of this machine\'s '
+                         'memory such as "50%", or a size such as "8GiB"') from None
+
+
 def format_duration(seconds: float) -> str:
     """The shortest spelling `parse_duration` reads back exactly (never an exponent)."""
     if seconds and seconds < 1:
@@ -93,6 +136,8 @@ def _dec_hook(type_: type, obj: Any) -> Any:
         return parse_duration(obj)
     if type_ is ByteSize:
         return parse_size(obj)
+    if type_ is MemoryBudget:
+        return parse_memory_budget(obj)
     raise TypeError(f"no decoder for {type_}")
 
 
@@ -151,7 +196,8 @@ class AgentConfig(_Section):
 class LifecycleConfig(_Section):
     idle_ttl: Duration = Duration(30 * 60.0)
     max_warm: int = 16
-    memory_budget: ByteSize | None = None
+    memory_budget: MemoryBudget | None = msgspec.field(
+        default_factory=lambda: MemoryBudget.of_machine(DEFAULT_MEMORY_SHARE))
     probe_interval: Duration = Duration(10.0)
     stale_grace: Duration = Duration(60.0)
     restart_max: int = 5

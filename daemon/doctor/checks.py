@@ -28,7 +28,7 @@ from collections.abc import Mapping
 import trio
 
 from daemon.config.agents import AgentSpec, registry
-from daemon.config.file import Config, load
+from daemon.config.file import Config, load, machine_memory
 from daemon.config.paths import Paths
 from daemon.doctor.database import database_checkup
 from daemon.doctor.facts import ask_daemon, path_facts, probe, tool_version
@@ -41,6 +41,7 @@ from daemon.doctor.verdicts import (
     agent_verdict,
     config_verdict,
     daemon_verdict,
+    memory_verdict,
     node_agents,
     socket_dir_verdict,
     socket_verdict,
@@ -61,6 +62,7 @@ __all__ = [
     "config_verdict",
     "daemon_verdict",
     "exit_status",
+    "memory_verdict",
     "node_agents",
     "path_facts",
     "probe",
@@ -114,6 +116,10 @@ async def run_checks(paths: Paths, *, timeout: float = 15.0, probe_agents: bool 
     if config is None:
         checks.append(Check("agents", "warn", "not checked: the config is invalid"))
         return checks
+    budget = config.lifecycle.memory_budget
+    checks.append(memory_verdict(max_warm=config.lifecycle.max_warm, budget=budget,
+                                 share=budget.share if budget is not None else None,
+                                 machine=machine_memory()))
     agents = registry(config)
     if config.daemon.default_agent not in agents:
         checks.append(Check("default agent", "fail",

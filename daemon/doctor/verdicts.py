@@ -148,6 +148,38 @@ def tool_verdict(name: str, version: str | None, *, needed_by: str,
                  f"{name} not found on PATH (needed for {needed_by})")
 
 
+TYPICAL_AGENT_RSS = 512 << 20
+"""What one warm real agent (qwen, opencode, ...) takes, process tree included: ~0.5 GiB."""
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+def memory_verdict(*, max_warm: int, budget: int | None, share: float | None,
+                   machine: int, typical: int = TYPICAL_AGENT_RSS) -> Check:
+    """Whether `max_warm` warm agents of a typical size fit `memory_budget` and the
+    machine: when they do not, agents are hibernated for memory before the cap is reached
+    (or the machine swaps), which is worth knowing, not a failure."""
+    need = max_warm * typical
+    need_text = f"max_warm {max_warm} x ~{_gib(typical)} per warm agent = {_gib(need)}"
+    if budget is None:
+        if need > machine:
+            return Check("memory", "warn", f"{need_text}, more than this machine's "
+                         f"{_gib(machine)}, and no memory_budget: set one ([lifecycle])")
+        return Check("memory", "ok", f"{need_text}; no memory_budget")
+    written = f" ({share:g}% of {_gib(machine)})" if share is not None else ""
+    budget_text = f"memory_budget {_gib(budget)}{written}"
+    if budget > machine:
+        return Check("memory", "warn", f"{budget_text} is more than this machine's "
+                     f"{_gib(machine)}: lower it ([lifecycle] memory_budget)")
+    if need > budget:
+        return Check("memory", "warn", f"{need_text} exceeds {budget_text}: idle agents will "
+                     "be hibernated for memory before max_warm is reached; lower "
+                     "[lifecycle] max_warm or raise memory_budget")
+    return Check("memory", "ok", f"{budget_text} holds {need_text}")
+
+
 def agent_verdict(spec: AgentSpec, *, available: tuple[bool, str],
                   probe: dict[str, object] | str | None, elapsed: float = 0.0) -> Check:
     """``probe``: the agent's ``initialize`` result, the reason it failed, or ``None`` when

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -18,6 +20,7 @@ import trio
 from protocol import deltas as d
 from protocol import messages as m
 from tests.support.harness import (
+    ROOT,
     DaemonFactory,
     DaemonProcess,
     replay,
@@ -564,3 +567,44 @@ async def test_acp_detaches_at_once_when_the_editor_is_gone(daemon: DaemonProces
         detail = await client.request(m.Inspect(id=0, chat=session))
         assert detail.actors[0].state == "busy"  # the turn runs on
         await client.request(m.Cancel(id=0, chat=session))
+
+
+# ------------------------------------------------------------------ scripts/run
+
+
+def test_scripts_run_says_what_to_try_once_the_daemon_is_ready(
+        daemon_factory: DaemonFactory) -> None:
+    """`scripts/run` on a terminal: once the daemon answers, the next command to try; with
+    its output on a pipe, nothing but the daemon's own log."""
+    daemon = daemon_factory()  # its private directories and environment; started here
+    run = [str(ROOT / "scripts" / "run")]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(run, env=daemon.env(), cwd=str(daemon.work),
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    shown = b""
+    try:
+        end = time.monotonic() + 60
+        while b"stoker send --agent echo hello" not in shown:
+            left = end - time.monotonic()
+            assert left > 0, shown.decode(errors="replace")
+            if select.select([master], [], [], left)[0]:
+                shown += os.read(master, 65536)
+        status = json.loads(daemon.cli("status", "--json").stdout)
+        assert f"stoker is ready (pid {status['pid']})" in shown.decode()
+        assert proc.pid == status["pid"]  # scripts/run became the daemon (exec)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        os.close(master)
+
+    piped = subprocess.Popen(run, env=daemon.env(), cwd=str(daemon.work),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        assert daemon.cli("status", "--wait", "60").returncode == 0
+    finally:
+        piped.send_signal(signal.SIGTERM)
+        out, _ = piped.communicate(timeout=30)
+    assert piped.returncode == 0
+    assert "stoker is ready" not in out

@@ -143,3 +143,29 @@ def test_node_agent_without_node_fails(daemon_factory: DaemonFactory,
     assert rows["node"] == ("fail", "node not found on PATH (needed for nodey)")
     assert rows["npm"][0] == "warn"
     assert rows["agent nodey"][0] == "ok"  # the binary is there; node is what is missing
+
+
+def test_memory_budget_defaults_to_half_the_machine_and_doctor_weighs_the_cap(
+        daemon_factory: DaemonFactory, hermetic_path: str) -> None:
+    """No memory_budget in the config means half of this machine's memory; doctor says so,
+    and warns when max_warm warm agents of a typical ~0.5 GiB would not fit the budget."""
+    from daemon.config.file import machine_memory
+
+    daemon = daemon_factory(env={"PATH": hermetic_path})
+    daemon.start()
+    _, rows = doctor(daemon, hermetic_path, "--no-probe")
+    status, detail = rows["memory"]
+    half = machine_memory() / 2 / (1 << 30)
+    assert f"memory_budget {half:.1f} GiB (50% of" in detail, detail
+    assert status == ("ok" if half >= 16 * 0.5 else "warn"), detail
+
+    daemon.write_config('[lifecycle]\nmax_warm = 64\nmemory_budget = "4GiB"\n')
+    status, rows = doctor(daemon, hermetic_path, "--no-probe")
+    assert status == 0  # a warning, not a failure
+    assert rows["memory"][0] == "warn"
+    assert rows["memory"][1].startswith("max_warm 64 x ~0.5 GiB per warm agent = 32.0 GiB "
+                                        "exceeds memory_budget 4.0 GiB"), rows["memory"]
+
+    daemon.write_config('[lifecycle]\nmax_warm = 2\nmemory_budget = "10%"\n')
+    _, rows = doctor(daemon, hermetic_path, "--no-probe")
+    assert "(10% of" in rows["memory"][1]

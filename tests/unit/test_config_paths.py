@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.config.agents import ECHO, registry
-from daemon.config.file import format_duration, load, parse, parse_duration, parse_size
+from daemon.config.file import (
+    format_duration,
+    load,
+    machine_memory,
+    parse,
+    parse_duration,
+    parse_size,
+)
 from daemon.config.paths import resolve
 from daemon.errors import ConfigError
 
@@ -18,7 +25,10 @@ def test_defaults_when_the_file_is_missing(tmp_path: Path) -> None:
     config = load(tmp_path / "nope.toml")
     assert float(config.lifecycle.idle_ttl) == 1800.0
     assert config.lifecycle.max_warm == 16
-    assert config.lifecycle.memory_budget is None
+    budget = config.lifecycle.memory_budget
+    assert budget is not None
+    assert budget.share == 50  # half of this machine's memory
+    assert budget == machine_memory() // 2
     assert config.permissions.policy == "ask"
     assert config.websocket.enabled is False
     with pytest.raises(ConfigError, match="does not exist"):
@@ -29,7 +39,8 @@ def test_defaults_when_the_file_is_missing(tmp_path: Path) -> None:
     ("[lifecycle]\nidle_tt = 1\n", "unknown key `idle_tt`"),
     ("[lifecycl]\n", "unknown key `lifecycl`"),
     ('[lifecycle]\nidle_ttl = "soon"\n', "invalid duration 'soon'"),
-    ('[lifecycle]\nmemory_budget = "lots"\n', "invalid size 'lots'"),
+    ('[lifecycle]\nmemory_budget = "lots"\n', "invalid memory budget 'lots'"),
+    ('[lifecycle]\nmemory_budget = "120%"\n', "between 0% and 100%"),
     ("[agents.x]\ncommand = []\n", "[agents.x]"),
     ('[agents.x]\ncommand = ["a"]\nbogus = 1\n', "unknown key `bogus`"),
     ('[agents."bad name"]\ncommand = ["a"]\n', "invalid agent name"),

@@ -141,3 +141,19 @@ def test_node_detection() -> None:
 def test_exit_status_fails_only_on_failures() -> None:
     assert exit_status([Check("a", "ok", ""), Check("b", "warn", "")]) == 0
     assert exit_status([Check("a", "ok", ""), Check("b", "fail", "")]) == 1
+
+
+def test_memory_verdict() -> None:
+    from daemon.doctor.verdicts import memory_verdict
+
+    gib = 1 << 30
+    fits = memory_verdict(max_warm=16, budget=8 * gib, share=50, machine=16 * gib)
+    assert fits.status == "ok"
+    assert fits.detail == ("memory_budget 8.0 GiB (50% of 16.0 GiB) holds max_warm 16 x "
+                           "~0.5 GiB per warm agent = 8.0 GiB")
+    assert memory_verdict(max_warm=17, budget=8 * gib, share=None,
+                          machine=16 * gib).status == "warn"
+    assert "more than this machine" in memory_verdict(max_warm=1, budget=32 * gib, share=None,
+                                                      machine=16 * gib).detail
+    assert memory_verdict(max_warm=64, budget=None, share=None, machine=16 * gib).status == "warn"
+    assert memory_verdict(max_warm=4, budget=None, share=None, machine=16 * gib).status == "ok"

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from daemon.config import file as config_mod
-from daemon.config.file import ByteSize, Config, Duration
+from daemon.config.file import ByteSize, Config, Duration, MemoryBudget
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
 # | `section.key` | default | example | meaning |
@@ -48,6 +48,8 @@ def render_default(value: Any) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, Duration):
         return f'`"{config_mod.format_duration(float(value))}"`'
+    if isinstance(value, MemoryBudget) and value.share is not None:
+        return f'`"{value.share:g}%"`'
     if isinstance(value, ByteSize):
         for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
             if value and value % size == 0:
