@@ -53,6 +53,7 @@ class Task:
     ended: float | None = None
     text: list[str] = field(default_factory=list)
     """The running turn's text so far (not stored: a follower replays it)."""
+    text_size: int = 0
     settled: trio.Event = field(default_factory=trio.Event)
     """Set when the task leaves queued/running; a new one each time it runs again."""
 

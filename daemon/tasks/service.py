@@ -178,7 +178,14 @@ class TaskService:
 
     def _soon(self, fn: Any, *args: Any) -> None:
         if self._nursery is not None:
-            self._nursery.start_soon(fn, *args)
+            self._nursery.start_soon(self._guarded, fn, *args)
+
+    async def _guarded(self, fn: Any, *args: Any) -> None:
+        """A background step: a bug in it is logged, it never takes the daemon down."""
+        try:
+            await fn(*args)
+        except Exception:
+            self._log.exception("task step failed", step=getattr(fn, "__name__", "?"))
 
     # ================================================================== following
 
@@ -217,8 +224,13 @@ class TaskService:
         if task is not None and task.state is TaskState.RUNNING and delta.turn == task.turn:
             if isinstance(body, d.Text):
                 task.text.append(body.text)
+                task.text_size += len(body.text)
+                if task.text_size > 2 * limits.RESULT_CHARS:
+                    task.text[:] = [limits.clip("".join(task.text))]
+                    task.text_size = len(task.text[0])
             elif isinstance(body, d.TurnStarted):
                 task.text.clear()
+                task.text_size = 0
             elif isinstance(body, d.TurnEnded):
                 self._finish(task, body.stop_reason, body.error)
         if chat in self._children:
@@ -235,6 +247,7 @@ class TaskService:
     def _finish(self, task: Task, stop_reason: str | None, error: str | None) -> None:
         task.result = limits.clip("".join(task.text))
         task.text.clear()
+        task.text_size = 0
         task.stop_reason = stop_reason
         task.error = error
         task.state = limits.outcome(stop_reason, error)
@@ -287,6 +300,7 @@ class TaskService:
             task.turn = chat.next_turn
             task.started = time.time()
             task.text.clear()
+            task.text_size = 0
             self._save(task)
             self._follow(task.id, task.since)
             self._publish(task, "started")

@@ -383,3 +383,42 @@ async def test_cli_task_new_show_and_the_tree(daemon: DaemonProcess) -> None:
         "task", "new", "--parent", "boss", "--agent", "nope", "x"))
     assert refused.returncode == 1
     assert "unknown agent 'nope'" in refused.stderr
+
+
+# ----------------------------------------------------------------- where and how tasks end
+
+
+async def test_a_worktree_task_reports_the_files_it_changed(daemon: DaemonProcess) -> None:
+    from tests.integration.test_workspaces import make_project
+
+    project = make_project(daemon.work)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", cwd=project)
+        task = await new_task(client, parent.chat, "/write notes.txt from the task",
+                              workspace="worktree")
+        assert task.workspace is not None
+        assert task.cwd != parent.cwd
+        done = await result(client, task.task)
+        assert done.state == "done"
+        assert done.files_changed == ["notes.txt"]
+        assert not (project / "notes.txt").exists()
+
+
+async def test_a_crashing_task_fails_and_a_huge_answer_is_clipped(daemon: DaemonProcess
+                                                                  ) -> None:
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", cwd=daemon.work)
+        crash = await new_task(client, parent.chat, "/crash")
+        big = await new_task(client, parent.chat, "/bigline 1024")
+        failed = await result(client, crash.task)
+        assert failed.state == "failed"
+        assert failed.error
+        clipped = await result(client, big.task)
+        assert clipped.state == "done"
+        assert "characters cut" in clipped.result
+        assert len(clipped.result) < 300_000
+        log = await replay(client, parent.chat)
+        events = {(x.body.task, x.body.event): x.body for x in log
+                  if isinstance(x.body, d.Task)}
+        assert events[(crash.task, "failed")].error == failed.error
+        assert len(events[(big.task, "finished")].summary) <= 200
