@@ -434,6 +434,8 @@ class TaskInfo(Struct):
     error: str | None = None
     files_changed: list[str] = []
     """Files changed in the task's worktree (workspace tasks only)."""
+    tokens: int = 0
+    """Tokens its turns used, from the agent's usage reports (`tasks.token_budget`)."""
 
 
 class TaskList(Struct):

@@ -306,6 +306,9 @@ class TasksConfig(_Section):
     is idle. A `task` delta on the parent's channel is always published."""
     cascade: bool = True
     """Cancelling a parent's turn or closing the parent cancels its unfinished tasks."""
+    token_budget: int | None = None
+    """Tokens one task tree may use (summed from its tasks' usage deltas); when used up, new
+    tasks and follow-ups in it are refused. None: no budget."""
     mcp: bool = True
     """Offer Stoker's MCP server (`stoker mcp`) on every session/new, load and resume."""
     mcp_exclude_agents: list[str] = []

@@ -158,6 +158,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     stop_reason TEXT,
     error TEXT,
     notified INTEGER NOT NULL DEFAULT 1,
+    tokens INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     started REAL,
     ended REAL
@@ -347,7 +348,8 @@ class Store:
     def _migrate(conn: sqlite3.Connection) -> None:
         """Columns added after a table first shipped (CREATE TABLE IF NOT EXISTS does not
         add them to an existing database)."""
-        added = {"actors": [("marker", "TEXT")]}
+        added = {"actors": [("marker", "TEXT")],
+                 "tasks": [("tokens", "INTEGER NOT NULL DEFAULT 0")]}
         for table, columns in added.items():
             have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             for name, kind in columns:

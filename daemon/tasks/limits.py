@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 
 from daemon.config.file import TasksConfig
 from daemon.tasks.records import Task, TaskState
+from protocol import deltas as d
 
 SUMMARY_CHARS = 200
 RESULT_CHARS = 256 * 1024
@@ -16,9 +17,10 @@ RESULT_CHARS = 256 * 1024
 
 
 def refusal(config: TasksConfig, *, depth: int, agent: str, known_agents: Iterable[str],
-            unfinished: int) -> str | None:
+            unfinished: int, tree_tokens: int = 0) -> str | None:
     """Why a task at `depth` on `agent` may not be created now (None: it may). `unfinished`
-    counts the daemon's queued and running tasks."""
+    counts the daemon's queued and running tasks; `tree_tokens` the tokens the task tree it
+    would join used so far."""
     known = sorted(known_agents)
     if agent not in known:
         return f"unknown agent {agent!r}; use one of: {', '.join(allowed(config, known))}"
@@ -28,10 +30,29 @@ def refusal(config: TasksConfig, *, depth: int, agent: str, known_agents: Iterab
     if depth > config.max_depth:
         return (f"task depth limit reached: a task at depth {depth} is beyond tasks.max_depth"
                 f" = {config.max_depth}; do this work yourself instead of delegating it")
+    why = over_budget(config, tree_tokens)
+    if why is not None:
+        return why
     if unfinished >= config.max_tasks:
         return (f"too many unfinished tasks in the daemon ({unfinished}, tasks.max_tasks = "
                 f"{config.max_tasks}); wait for some to finish (task_result) and try again")
     return None
+
+
+def over_budget(config: TasksConfig, tree_tokens: int) -> str | None:
+    """Why the task tree that used `tree_tokens` may not grow (None: it may)."""
+    if config.token_budget is not None and tree_tokens >= config.token_budget:
+        return (f"the token budget of this task tree is used up ({tree_tokens} of "
+                f"tasks.token_budget = {config.token_budget}); finish the work without "
+                "delegating more")
+    return None
+
+
+def tokens_of(usage: d.Usage) -> int:
+    """The tokens a `usage` delta reports (0 for a context-size update)."""
+    if usage.total_tokens is not None:
+        return usage.total_tokens
+    return (usage.input_tokens or 0) + (usage.output_tokens or 0)
 
 
 def allowed(config: TasksConfig, known: Iterable[str]) -> list[str]:

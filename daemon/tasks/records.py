@@ -49,10 +49,15 @@ class Task:
     error: str | None = None
     notified: bool = True
     """False while the parent still has to be prompted with the result (notify=prompt)."""
+    tokens: int = 0
+    """Tokens its finished turns used (from usage deltas), for `tasks.token_budget`."""
+    turn_tokens: int = 0
+    """Tokens of the running turn so far (not stored: a follower replays them)."""
     started: float | None = None
     ended: float | None = None
     text: list[str] = field(default_factory=list)
     """The running turn's text so far (not stored: a follower replays it)."""
+    text_size: int = 0
     settled: trio.Event = field(default_factory=trio.Event)
     """Set when the task leaves queued/running; a new one each time it runs again."""
 
@@ -62,16 +67,16 @@ class Task:
 
 
 _COLUMNS = ("id, parent, agent, title, origin, depth, state, prompt, turn, since, result,"
-            " stop_reason, error, notified, created, started, ended")
+            " stop_reason, error, notified, tokens, created, started, ended")
 
 
 def save(store: Store, task: Task) -> None:
     store.execute(
-        f"INSERT OR REPLACE INTO tasks({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT OR REPLACE INTO tasks({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (task.id, task.parent, task.agent, task.title, task.origin, task.depth,
          task.state.value, task.prompt, task.turn, task.since, task.result,
-         task.stop_reason, task.error, int(task.notified), task.created, task.started,
-         task.ended))
+         task.stop_reason, task.error, int(task.notified), task.tokens, task.created,
+         task.started, task.ended))
 
 
 def _state(value: str) -> TaskState:
@@ -85,12 +90,13 @@ async def load(store: Store) -> list[Task]:
     rows = await store.query(f"SELECT {_COLUMNS} FROM tasks ORDER BY created")
     tasks = []
     for (id_, parent, agent, title, origin, depth, state, prompt, turn, since, result,
-         stop_reason, error, notified, created, started, ended) in rows:
+         stop_reason, error, notified, tokens, created, started, ended) in rows:
         task = Task(id=id_, parent=parent, agent=agent, title=title, origin=origin,
                     depth=int(depth), state=_state(state), prompt=prompt,
                     created=float(created), turn=None if turn is None else int(turn),
                     since=int(since or 0), result=result, stop_reason=stop_reason,
-                    error=error, notified=bool(notified), started=started, ended=ended)
+                    error=error, notified=bool(notified), tokens=int(tokens or 0),
+                    started=started, ended=ended)
         if not task.unfinished:
             task.settled.set()
         tasks.append(task)

@@ -144,6 +144,26 @@ class TaskService:
         task = self._tasks.get(chat)
         return task.depth if task is not None else 0
 
+    def root_of(self, chat: str) -> str:
+        """The top-level chat of `chat`'s task tree."""
+        task = self._tasks.get(chat)
+        while task is not None:
+            chat = task.parent
+            task = self._tasks.get(chat)
+        return chat
+
+    def tree_tokens(self, root: str) -> int:
+        """Tokens the tasks below `root` used so far (running turns included)."""
+        return sum(t.tokens + t.turn_tokens for t in self._tasks.values()
+                   if self.root_of(t.id) == root)
+
+    def _budget_use(self, chat: str) -> int:
+        """The tokens used by the task tree `chat` belongs to (0 without a budget: the sum
+        is not worth computing then)."""
+        if self.config.token_budget is None:
+            return 0
+        return self.tree_tokens(self.root_of(chat))
+
     def unfinished(self) -> int:
         return sum(1 for t in self._tasks.values() if t.unfinished)
 
@@ -158,7 +178,8 @@ class TaskService:
             origin=task.origin, state=task.state.value, depth=task.depth, cwd=cwd,
             created_at=task.created, workspace=workspace, started_at=task.started,
             ended_at=task.ended, turn=task.turn, result=task.result,
-            stop_reason=task.stop_reason, error=task.error)
+            stop_reason=task.stop_reason, error=task.error,
+            tokens=task.tokens + task.turn_tokens)
 
     def annotate(self, detail: m.ChatDetail) -> m.ChatDetail:
         """`inspect`'s answer with the chat's parent and tasks."""
@@ -178,7 +199,14 @@ class TaskService:
 
     def _soon(self, fn: Any, *args: Any) -> None:
         if self._nursery is not None:
-            self._nursery.start_soon(fn, *args)
+            self._nursery.start_soon(self._guarded, fn, *args)
+
+    async def _guarded(self, fn: Any, *args: Any) -> None:
+        """A background step: a bug in it is logged, it never takes the daemon down."""
+        try:
+            await fn(*args)
+        except Exception:
+            self._log.exception("task step failed", step=getattr(fn, "__name__", "?"))
 
     # ================================================================== following
 
@@ -217,8 +245,16 @@ class TaskService:
         if task is not None and task.state is TaskState.RUNNING and delta.turn == task.turn:
             if isinstance(body, d.Text):
                 task.text.append(body.text)
+                task.text_size += len(body.text)
+                if task.text_size > 2 * limits.RESULT_CHARS:
+                    task.text[:] = [limits.clip("".join(task.text))]
+                    task.text_size = len(task.text[0])
+            elif isinstance(body, d.Usage):
+                task.turn_tokens += limits.tokens_of(body)
             elif isinstance(body, d.TurnStarted):
                 task.text.clear()
+                task.text_size = 0
+                task.turn_tokens = 0
             elif isinstance(body, d.TurnEnded):
                 self._finish(task, body.stop_reason, body.error)
         if chat in self._children:
@@ -235,6 +271,9 @@ class TaskService:
     def _finish(self, task: Task, stop_reason: str | None, error: str | None) -> None:
         task.result = limits.clip("".join(task.text))
         task.text.clear()
+        task.text_size = 0
+        task.tokens += task.turn_tokens
+        task.turn_tokens = 0
         task.stop_reason = stop_reason
         task.error = error
         task.state = limits.outcome(stop_reason, error)
@@ -287,6 +326,7 @@ class TaskService:
             task.turn = chat.next_turn
             task.started = time.time()
             task.text.clear()
+            task.text_size = 0
             self._save(task)
             self._follow(task.id, task.since)
             self._publish(task, "started")
@@ -377,7 +417,8 @@ class TaskService:
         agent = req.agent or parent.agent
         depth = self.depth_of(parent.id) + 1
         why = limits.refusal(self.config, depth=depth, agent=agent,
-                             known_agents=self._settings.agents, unfinished=self.unfinished())
+                             known_agents=self._settings.agents, unfinished=self.unfinished(),
+                             tree_tokens=self._budget_use(parent.id))
         if why is not None:
             if agent not in self._settings.agents:
                 raise UnknownAgent(agent, list(self._settings.agents))
@@ -475,6 +516,9 @@ class TaskService:
         prompt = req.prompt.strip()
         if not prompt:
             raise BadRequest("empty prompt")
+        over = limits.over_budget(self.config, self._budget_use(task.id))
+        if over is not None:
+            raise LimitReached(over)
         if self.unfinished() >= self.config.max_tasks:
             raise LimitReached(f"too many unfinished tasks in the daemon (tasks.max_tasks = "
                                f"{self.config.max_tasks}); wait and try again")

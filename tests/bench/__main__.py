@@ -29,6 +29,7 @@ SCENARIOS: dict[str, str] = {
     "scale": "tests.bench.bench_scale",
     "restart": "tests.bench.bench_restart",
     "stall": "tests.bench.bench_stall",
+    "tasks": "tests.bench.bench_tasks",
 }
 
 

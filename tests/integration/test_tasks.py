@@ -383,3 +383,68 @@ async def test_cli_task_new_show_and_the_tree(daemon: DaemonProcess) -> None:
         "task", "new", "--parent", "boss", "--agent", "nope", "x"))
     assert refused.returncode == 1
     assert "unknown agent 'nope'" in refused.stderr
+
+
+# ----------------------------------------------------------------- where and how tasks end
+
+
+async def test_a_worktree_task_reports_the_files_it_changed(daemon: DaemonProcess) -> None:
+    from tests.integration.test_workspaces import make_project
+
+    project = make_project(daemon.work)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", cwd=project)
+        task = await new_task(client, parent.chat, "/write notes.txt from the task",
+                              workspace="worktree")
+        assert task.workspace is not None
+        assert task.cwd != parent.cwd
+        done = await result(client, task.task)
+        assert done.state == "done"
+        assert done.files_changed == ["notes.txt"]
+        assert not (project / "notes.txt").exists()
+
+
+async def test_a_crashing_task_fails_and_a_huge_answer_is_clipped(daemon: DaemonProcess
+                                                                  ) -> None:
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", cwd=daemon.work)
+        crash = await new_task(client, parent.chat, "/crash")
+        big = await new_task(client, parent.chat, "/bigline 1024")
+        failed = await result(client, crash.task)
+        assert failed.state == "failed"
+        assert failed.error
+        clipped = await result(client, big.task)
+        assert clipped.state == "done"
+        assert "characters cut" in clipped.result
+        assert len(clipped.result) < 300_000
+        log = await replay(client, parent.chat)
+        events = {(x.body.task, x.body.event): x.body for x in log
+                  if isinstance(x.body, d.Task)}
+        assert events[(crash.task, "failed")].error == failed.error
+        assert len(events[(big.task, "finished")].summary) <= 200
+
+
+async def test_a_used_up_token_budget_refuses_new_tasks_of_that_tree_only(
+        daemon_factory: DaemonFactory) -> None:
+    # The echo agent reports words + chunks as a turn's tokens: 3 + 3 for PROMPT.
+    daemon = started("[tasks]\ntoken_budget = 10\n", daemon_factory)
+    prompt = "hello there world"
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", cwd=daemon.work)
+        first = await result(client, (await new_task(client, parent.chat, prompt)).task)
+        assert first.tokens == 6
+        nested = await new_task(client, first.task, prompt)
+        assert (await result(client, nested.task)).tokens == 6
+        refused = await turn(client, parent.chat,
+                             f'/mcp spawn_task {{"agent": "echo", "prompt": "{prompt}"}}',
+                             timeout=90)
+        assert refused.text.startswith("error:")
+        assert "token budget of this task tree is used up (12 of" in refused.text
+        with pytest.raises(RequestFailed, match="token budget"):
+            await client.request(m.TaskSend(id=0, task=first.task, prompt=prompt))
+        # Another tree has its own budget.
+        other = await open_chat(client, "other", cwd=daemon.work)
+        fine = await new_task(client, other.chat, prompt)
+        assert (await result(client, fine.task)).state == "done"
+        listed: m.TaskList = await client.request(m.ListTasks(id=0))
+        assert len(listed.tasks) == 3
