@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "daemon.cli.workspace",
     "daemon.cli.ops",
     "daemon.cli.computers",
+    "daemon.cli.web",
 ]
 
 
