@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "daemon.cli.completion",
     "daemon.cli.mcp",
     "daemon.cli.tasks",
+    "daemon.cli.web",
 ]
 
 

@@ -150,6 +150,18 @@ async def test_refusals(http: HttpDaemon) -> None:
         for origin in (http.base, "https://allowed.example"):
             response = await client.post("/api/ping", headers={**http.auth, "Origin": origin})
             assert response.status_code == 200, (origin, response.text)
+        # The credentials are checked before the body is read: a stranger's oversized body
+        # is refused as unauthorized, not buffered and measured.
+        _error(await client.post("/api/ping", content=b"x" * (100 * 1024)), 401,
+               ErrorCode.UNAUTHORIZED)
+        # CORS: a listed origin gets its preflight answered, another does not.
+        ok = await client.options("/api/ping", headers={
+            "Origin": "https://allowed.example", "Access-Control-Request-Method": "POST"})
+        assert ok.status_code == 204
+        assert ok.headers["access-control-allow-origin"] == "https://allowed.example"
+        assert "authorization" in ok.headers["access-control-allow-headers"]
+        _error(await client.options("/api/ping", headers={"Origin": http.base}), 403,
+               ErrorCode.UNAUTHORIZED)
         # The event stream needs the token too.
         _error(await client.get("/api/chats/x/events"), 401, ErrorCode.UNAUTHORIZED)
     # The WebSocket handshake checks the Host as well (a raw request: no client library

@@ -259,6 +259,37 @@ class HttpServer:
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
         try:
+            token = await self._token()
+        except Exception as exc:
+            log.error("cannot read the token", error=str(exc))
+            await self._error(stream, conn, ErrorCode.INTERNAL,
+                              "the daemon cannot read its token file", 503, close=True)
+            raise _Close from None
+        config = self._config()
+        is_api = path.startswith(API_PREFIX)
+        access = check_request(request.headers, method, token=token,
+                               allowed_origins=config.allowed_origins,
+                               allowed_hosts=config.allowed_hosts, now=time.time(),
+                               need_credentials=(is_api or path == "/metrics")
+                               and method != b"OPTIONS")
+        if not access.allowed:
+            # Refused before its body is read: a stranger's body is never buffered. With a
+            # body, the connection then closes (its unread rest cannot be skipped safely).
+            self.refused += 1
+            log.warning("refused http request", status=access.status, reason=access.reason,
+                        path=path)
+            extra = ([(b"www-authenticate", b'Bearer realm="stoker"')]
+                     if access.status == 401 else None)
+            code = ErrorCode.UNAUTHORIZED if access.status in (401, 403) else ErrorCode.BAD_FRAME
+            close = _has_body(request)
+            if not close:
+                await self._body(stream, conn, request)
+            await self._error(stream, conn, code, access.reason, access.status, headers=extra,
+                              close=close)
+            if close:
+                raise _Close
+            return
+        try:
             body = await self._body(stream, conn, request)
         except ApiError as exc:
             # The rest of the body is never read: the connection cannot be reused.
@@ -268,29 +299,6 @@ class HttpServer:
             await self._error(stream, conn, ErrorCode.BAD_FRAME,
                               "the request body did not arrive in time", 408, close=True)
             raise _Close from None
-        try:
-            token = await self._token()
-        except Exception as exc:
-            log.error("cannot read the token", error=str(exc))
-            await self._error(stream, conn, ErrorCode.INTERNAL,
-                              "the daemon cannot read its token file", 503)
-            return
-        config = self._config()
-        is_api = path.startswith(API_PREFIX)
-        access = check_request(request.headers, method, token=token,
-                               allowed_origins=config.allowed_origins,
-                               allowed_hosts=config.allowed_hosts, now=time.time(),
-                               need_credentials=(is_api or path == "/metrics")
-                               and method != b"OPTIONS")
-        if not access.allowed:
-            self.refused += 1
-            log.warning("refused http request", status=access.status, reason=access.reason,
-                        path=path)
-            extra = ([(b"www-authenticate", b'Bearer realm="stoker"')]
-                     if access.status == 401 else None)
-            code = ErrorCode.UNAUTHORIZED if access.status in (401, 403) else ErrorCode.BAD_FRAME
-            await self._error(stream, conn, code, access.reason, access.status, headers=extra)
-            return
         cors = self._cors(access, config)
         if method == b"OPTIONS":
             await self._preflight(stream, conn, access, config)
@@ -484,6 +492,13 @@ class HttpServer:
     def cancel_all(self) -> None:
         for scope in list(self._scopes):
             scope.cancel()
+
+
+def _has_body(request: h11.Request) -> bool:
+    length = header(request.headers, b"content-length")
+    if header(request.headers, b"transfer-encoding") is not None:
+        return True
+    return length is not None and length.strip() not in (b"", b"0")
 
 
 def _cursor(request: h11.Request, params: dict[str, list[str]]

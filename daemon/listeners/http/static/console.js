@@ -1,0 +1,438 @@
+// The Stoker web console: plain JavaScript, no build step. Requests go to POST /api/<type>
+// (the same requests as the socket's), a chat's deltas come as Server-Sent Events from
+// GET /api/chats/<chat>/events. Everything the agent says is inserted as text, never HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  chat: null, source: null, chats: [], agents: [], turns: new Map(), tools: new Map(),
+  perms: new Map(), timeline: [], summary: null,
+};
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = false;
+  clearTimeout(showError.timer);
+  showError.timer = setTimeout(() => { box.hidden = true; }, 6000);
+}
+
+async function api(type, body = {}) {
+  const response = await fetch(`/api/${type}`, {
+    method: "POST", credentials: "same-origin",
+    headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  let data = {};
+  try { data = await response.json(); } catch (_) { /* empty body */ }
+  if (response.status === 401) { showLogin(); }
+  if (!response.ok) {
+    const error = new Error(data.message || response.statusText);
+    error.code = data.code;
+    throw error;
+  }
+  return data;
+}
+
+function showLogin() {
+  $("login").hidden = false;
+  $("app").hidden = true;
+}
+
+// ------------------------------------------------------------------ chat list
+
+function fmtBytes(n) {
+  if (n === null || n === undefined) return "";
+  return n > 1 << 20 ? `${(n / (1 << 20)).toFixed(0)} MiB` : `${(n / 1024).toFixed(0)} KiB`;
+}
+
+function fmtIdle(s) {
+  if (s === null || s === undefined) return "";
+  if (s < 60) return `idle ${s.toFixed(0)}s`;
+  if (s < 3600) return `idle ${(s / 60).toFixed(0)}m`;
+  return `idle ${(s / 3600).toFixed(1)}h`;
+}
+
+async function refreshChats() {
+  try {
+    const list = await api("ls");
+    state.chats = list.chats;
+  } catch (error) {
+    if (error.code !== "unauthorized") showError(error.message);
+    return;
+  }
+  const ul = $("chats");
+  const focused = document.activeElement && document.activeElement.dataset
+    ? document.activeElement.dataset.chat : null;
+  ul.replaceChildren();
+  for (const chat of state.chats) {
+    const li = el("li");
+    li.tabIndex = 0;
+    li.dataset.chat = chat.chat;
+    if (chat.chat === state.chat) li.classList.add("current");
+    const name = el("div", "name", chat.title || chat.chat);
+    const meta = el("div", "meta");
+    const st = el("span", `state-${chat.state}`, chat.state);
+    st.dataset.role = "state";
+    meta.append(`${chat.agent} · `, st,
+      chat.pid ? ` · pid ${chat.pid}` : "", chat.rss ? ` · ${fmtBytes(chat.rss)}` : "",
+      chat.idle !== undefined && chat.idle !== null ? ` · ${fmtIdle(chat.idle)}` : "",
+      ` · ${chat.turns || 0} turns`, chat.queued ? ` · ${chat.queued} queued` : "");
+    li.append(name, meta);
+    li.addEventListener("click", () => selectChat(chat.chat));
+    li.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") selectChat(chat.chat);
+      if (event.key === "ArrowDown" && li.nextSibling) li.nextSibling.focus();
+      if (event.key === "ArrowUp" && li.previousSibling) li.previousSibling.focus();
+    });
+    ul.append(li);
+    if (chat.chat === focused) li.focus();
+    if (chat.chat === state.chat) {
+      state.summary = chat;
+      $("chat-state").textContent = chat.state;
+      $("chat-state").className = `badge state-${chat.state}`;
+      $("diff-button").hidden = !chat.workspace;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ one chat
+
+function closeStream() {
+  if (state.source) state.source.close();
+  state.source = null;
+}
+
+async function selectChat(chat) {
+  closeStream();
+  state.chat = chat;
+  state.turns = new Map(); state.tools = new Map(); state.perms = new Map();
+  state.timeline = [];
+  $("log").replaceChildren();
+  $("diff").hidden = true; $("timeline").hidden = true; $("usage").textContent = "";
+  $("empty").hidden = true; $("chat-view").hidden = false;
+  $("chat-title").textContent = chat;
+  $("app").classList.remove("show-list");
+  for (const li of $("chats").children) li.classList.toggle("current", li.dataset.chat === chat);
+  history.replaceState(null, "", `#${encodeURIComponent(chat)}`);
+  const source = new EventSource(`/api/chats/${encodeURIComponent(chat)}/events?since=0`);
+  state.source = source;
+  const on = (name, fn) => source.addEventListener(name, (event) => {
+    if (state.source !== source) return;
+    fn(JSON.parse(event.data));
+  });
+  on("delta", renderDelta);
+  on("resync_required", (msg) => { $("log").replaceChildren(); state.turns.clear();
+    renderNotice("info", `history restarted (${msg.reason})`); renderSnapshot(msg.snapshot); });
+  on("lagged", (msg) => renderNotice("info", `catching up ${msg.missed} events`));
+  on("goodbye", (msg) => renderNotice("warning", `daemon: ${msg.reason}`));
+  source.onerror = () => { if (source.readyState === EventSource.CLOSED) renderNotice("error", "stream closed"); };
+  refreshChats();
+  loadPickers();
+}
+
+function renderSnapshot(snapshot) {
+  for (const permission of snapshot.pending_permissions || []) {
+    renderPermission({ request: permission.request, tool_call: permission.tool_call,
+      options: permission.options }, turnBox(snapshot.turn || 0));
+  }
+}
+
+function turnBox(turn) {
+  let box = state.turns.get(turn);
+  if (!box) {
+    box = el("div", "turn");
+    box.dataset.turn = turn;
+    state.turns.set(turn, box);
+    $("log").append(box);
+  }
+  return box;
+}
+
+function appendText(box, cls, text) {
+  let last = box.lastElementChild;
+  if (cls === "reasoning") {
+    if (!last || !last.classList.contains("reasoning-box")) {
+      last = el("details", "reasoning-box");
+      last.append(el("summary", null, "thinking"), el("div", "reasoning"));
+      box.append(last);
+    }
+    last.lastElementChild.textContent += text;
+    return;
+  }
+  if (!last || !last.classList.contains(cls)) {
+    last = el("div", cls);
+    box.append(last);
+  }
+  last.textContent += text;
+}
+
+function scrollDown() {
+  const log = $("log");
+  log.scrollTop = log.scrollHeight;
+}
+
+function renderNotice(level, message) {
+  $("log").append(el("div", level === "error" ? "error" : "notice", message));
+}
+
+function renderDelta(delta) {
+  const body = delta.body;
+  const box = delta.turn ? turnBox(delta.turn) : null;
+  switch (body.kind) {
+    case "turn_started": {
+      const b = turnBox(delta.turn);
+      b.classList.add("running");
+      b.append(el("div", "user", `› ${body.prompt}`));
+      break;
+    }
+    case "text": appendText(box || turnBox(0), "text", body.text); break;
+    case "reasoning": appendText(box || turnBox(0), "reasoning", body.text); break;
+    case "tool_call": {
+      const details = el("details", "tool");
+      const summary = el("summary", null, body.title || body.tool_call_id);
+      const status = el("span", "status", body.status);
+      summary.append(status);
+      details.append(summary, el("pre", "tool-body", JSON.stringify(body.acp || {}, null, 2)));
+      (box || turnBox(0)).append(details);
+      state.tools.set(body.tool_call_id, { details, status, started: delta.ts });
+      break;
+    }
+    case "tool_update": {
+      const tool = state.tools.get(body.tool_call_id);
+      if (!tool) break;
+      if (body.status) {
+        let text = body.status;
+        if (body.status === "completed" || body.status === "failed") {
+          text += ` · ${(delta.ts - tool.started).toFixed(1)}s`;
+        }
+        tool.status.textContent = text;
+      }
+      tool.details.lastElementChild.textContent += "\n" + JSON.stringify(body.acp || {}, null, 2);
+      break;
+    }
+    case "plan": {
+      const target = box || turnBox(0);
+      let plan = target.querySelector(".plan");
+      if (!plan) { plan = el("div", "plan"); target.append(plan); }
+      const ol = el("ol");
+      for (const entry of body.entries) ol.append(el("li", entry.status || "", entry.content));
+      plan.replaceChildren(el("strong", null, "plan"), ol);
+      break;
+    }
+    case "usage": {
+      const parts = [];
+      if (body.used !== undefined) parts.push(`context ${body.used}${body.size ? "/" + body.size : ""}`);
+      if (body.input_tokens !== undefined) parts.push(`in ${body.input_tokens}`);
+      if (body.output_tokens !== undefined) parts.push(`out ${body.output_tokens}`);
+      if (body.cost) parts.push(`cost ${body.cost.amount} ${body.cost.currency || ""}`);
+      $("usage").textContent = parts.join(" · ");
+      break;
+    }
+    case "permission_request": renderPermission(body, box || turnBox(0)); break;
+    case "permission_resolved": {
+      const node = state.perms.get(body.request);
+      if (node) {
+        node.classList.add("answered");
+        for (const button of node.querySelectorAll("button")) button.disabled = true;
+        node.append(el("div", "answer", body.outcome === "selected"
+          ? `answered: ${body.option} by ${body.by || "?"}` : `cancelled${body.by ? " by " + body.by : ""}`));
+      }
+      break;
+    }
+    case "status":
+      state.timeline.push(delta);
+      $("chat-state").textContent = body.state;
+      $("chat-state").className = `badge state-${body.state}`;
+      if ($("timeline").hidden === false) renderTimeline();
+      break;
+    case "notice": renderNotice(body.level, body.message); break;
+    case "mode": setOptions($("mode-picker"), body.available.map((m) => [m.id, m.name || m.id]), body.mode); break;
+    case "diff": $("diff-button").hidden = false; break;
+    case "turn_ended": {
+      const b = turnBox(delta.turn);
+      b.classList.remove("running");
+      b.append(el("div", "ended", body.error ? `ended: ${body.error}` : `ended: ${body.stop_reason}`));
+      break;
+    }
+    default: break;
+  }
+  scrollDown();
+}
+
+function renderPermission(body, box) {
+  const node = el("div", "permission");
+  node.dataset.request = body.request;
+  const title = (body.tool_call && (body.tool_call.title || body.tool_call.toolCallId)) || "a tool call";
+  node.append(el("div", null, `Permission: ${title}`));
+  for (const option of body.options || []) {
+    const button = el("button", null, option.name || option.optionId);
+    button.dataset.option = option.optionId;
+    button.addEventListener("click", async () => {
+      try {
+        await api("permit", { chat: state.chat, request: body.request, option: option.optionId });
+      } catch (error) {
+        showError(error.code === "already_answered" ? "another client answered first" : error.message);
+      }
+    });
+    node.append(button);
+  }
+  state.perms.set(body.request, node);
+  box.append(node);
+}
+
+function setOptions(select, pairs, current) {
+  select.replaceChildren();
+  for (const [value, label] of pairs) {
+    const option = el("option", null, label);
+    option.value = value;
+    if (value === current) option.selected = true;
+    select.append(option);
+  }
+  if (select.parentElement.tagName === "LABEL") select.parentElement.hidden = pairs.length === 0;
+}
+
+async function loadPickers() {
+  const chat = state.chat;
+  setOptions($("agent-picker"), state.agents.map((a) => [a.name, a.name]), null);
+  try {
+    const detail = await api("inspect", { chat });
+    if (chat !== state.chat) return;
+    setOptions($("agent-picker"), state.agents.map((a) => [a.name, a.name]), detail.chat.agent);
+    $("diff-button").hidden = !detail.chat.workspace;
+    const actor = detail.actors.find((a) => a.agent === detail.chat.agent) || detail.actors[0];
+    const modes = actor && actor.modes ? actor.modes : null;
+    setOptions($("mode-picker"), modes ? (modes.availableModes || []).map((m) => [m.id, m.name || m.id]) : [],
+      modes ? modes.currentModeId : null);
+    const options = actor ? actor.config_options || [] : [];
+    const model = options.find((o) => o.category === "model" || o.id === "model");
+    state.modelOption = model ? model.id : null;
+    setOptions($("model-picker"), model ? (model.options || []).map((o) => [o.value, o.name || o.value]) : [],
+      model ? model.currentValue : null);
+  } catch (error) { showError(error.message); }
+}
+
+function renderTimeline() {
+  const box = $("timeline");
+  const ol = el("ol");
+  for (const delta of state.timeline) {
+    const b = delta.body;
+    const when = new Date(delta.ts * 1000).toLocaleTimeString();
+    ol.append(el("li", `state-${b.state}`,
+      `${when} ${b.agent} ${b.state}${b.pid ? " pid " + b.pid : ""} (generation ${b.generation})${b.reason ? ": " + b.reason : ""}`));
+  }
+  box.replaceChildren(el("strong", null, "agent timeline"), ol);
+}
+
+async function showDiff() {
+  const summary = state.chats.find((c) => c.chat === state.chat);
+  const workspace = summary && summary.workspace;
+  if (!workspace) return;
+  const box = $("diff");
+  try {
+    const diff = await api("workspace_diff", { workspace, patch: true });
+    const pre = el("pre");
+    for (const line of (diff.patch || "").split("\n")) {
+      let cls = null;
+      if (line.startsWith("diff --git") || line.startsWith("+++") || line.startsWith("---")) cls = "file";
+      else if (line.startsWith("@@")) cls = "hunk";
+      else if (line.startsWith("+")) cls = "add";
+      else if (line.startsWith("-")) cls = "del";
+      pre.append(el("span", cls, line + "\n"));
+    }
+    box.replaceChildren(el("div", "muted", diff.summary || `${diff.files.length} files`), pre);
+    box.hidden = false;
+  } catch (error) { showError(error.message); }
+}
+
+// ------------------------------------------------------------------ wiring
+
+async function send() {
+  const text = $("prompt").value;
+  if (!text.trim() || !state.chat) return;
+  try {
+    await api("prompt", { chat: state.chat, text });
+    $("prompt").value = "";
+  } catch (error) { showError(error.message); }
+}
+
+async function start() {
+  try {
+    const status = await api("status");
+    $("daemon").textContent = `v${status.version} · pid ${status.pid}`;
+  } catch (error) {
+    if (error.code === "unauthorized") return;
+    showError(error.message);
+    return;
+  }
+  $("app").hidden = false;
+  try {
+    state.agents = (await api("agents")).agents;
+  } catch (error) { showError(error.message); }
+  setOptions($("new-agent"), state.agents.map((a) => [a.name, a.name]), null);
+  $("prompt-form").addEventListener("submit", (event) => { event.preventDefault(); send(); });
+  $("prompt").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); send(); }
+    if (event.key === "Escape") { event.preventDefault(); $("cancel").click(); }
+  });
+  $("cancel").addEventListener("click", async () => {
+    try { await api("cancel", { chat: state.chat }); } catch (error) { showError(error.message); }
+  });
+  $("agent-picker").addEventListener("change", async (event) => {
+    try { await api("open_chat", { chat: state.chat, agent: event.target.value }); loadPickers(); }
+    catch (error) { showError(error.message); }
+  });
+  $("mode-picker").addEventListener("change", async (event) => {
+    try { await api("mode", { chat: state.chat, mode: event.target.value }); }
+    catch (error) { showError(error.message); }
+  });
+  $("model-picker").addEventListener("change", async (event) => {
+    if (!state.modelOption) return;
+    try { await api("config", { chat: state.chat, option: state.modelOption, value: event.target.value }); }
+    catch (error) { showError(error.message); }
+  });
+  $("diff-button").addEventListener("click", () => {
+    if ($("diff").hidden) showDiff(); else $("diff").hidden = true;
+  });
+  $("timeline-button").addEventListener("click", () => {
+    $("timeline").hidden = !$("timeline").hidden;
+    if (!$("timeline").hidden) renderTimeline();
+  });
+  $("menu").addEventListener("click", () => $("app").classList.toggle("show-list"));
+  $("new-chat").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { agent: $("new-agent").value || null };
+    if ($("new-name").value.trim()) body.chat = $("new-name").value.trim();
+    if ($("new-cwd").value.trim()) body.cwd = $("new-cwd").value.trim();
+    try {
+      const info = await api("open_chat", body);
+      $("new-name").value = "";
+      await refreshChats();
+      selectChat(info.chat);
+    } catch (error) { showError(error.message); }
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.altKey && event.key === "l") {
+      event.preventDefault();
+      $("app").classList.add("show-list");
+      const first = $("chats").querySelector("li.current") || $("chats").firstElementChild;
+      if (first) first.focus();
+    }
+    if (event.altKey && event.key === "p") { event.preventDefault(); $("prompt").focus(); }
+  });
+  await refreshChats();
+  setInterval(refreshChats, 2000);
+  const wanted = decodeURIComponent(location.hash.slice(1));
+  if (wanted) selectChat(wanted);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login").hidden = true;
+  start();
+});

@@ -1,0 +1,215 @@
+"""The web console: the login (`stoker web`'s one-time code -> session cookie) over httpx,
+and the console itself in a real headless Chromium driven by Playwright: load it, watch a
+chat stream live, answer a permission with a click, cancel a turn, open a workspace diff.
+
+The browser tests use the system's Chromium (Debian's `chromium`; scripts/test installs it
+when it can) and skip, saying why, when it or Playwright is missing. On a failure the page
+is saved as a screenshot next to the test's temporary directory (the path is printed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from tests.support.harness import DaemonFactory, DaemonProcess
+from tests.support.http_client import CONFIG, HttpDaemon, start_http_daemon
+
+
+def _login_url(proc: DaemonProcess) -> str:
+    result = proc.cli("web", "--json")
+    assert result.returncode == 0, result.stderr
+    url: str = msgspec.json.decode(result.stdout)["url"]
+    assert "/login?code=" in url
+    assert proc.cli("token").stdout.strip() not in url
+    return url
+
+
+async def test_login_code_is_one_time_and_the_cookie_is_a_session(
+        daemon_factory: DaemonFactory) -> None:
+    http = await start_http_daemon(daemon_factory)
+    url = _login_url(http.proc)
+    path = url[len(http.base):]
+    async with http.client() as client:
+        first = await client.get(path)
+        assert first.status_code == 303
+        assert first.headers["location"] == "/"
+        cookie = first.headers["set-cookie"]
+        assert "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
+        # The code works once.
+        assert (await client.get(path)).status_code == 401
+        # The cookie authenticates the console's requests (with the daemon's own Origin)...
+        assert (await client.post("/api/ping", headers={"Origin": http.base})).status_code == 200
+        # ...a state-changing request without an Origin is refused (CSRF)...
+        client.headers.pop("origin", None)
+        assert (await client.post("/api/ping")).status_code == 403
+        # ...and the event stream (a GET) needs no Origin.
+        assert (await client.get("/api/chats/none/events")).status_code == 404
+    # Rotating the token ends every session.
+    http.proc.cli("token", "--rotate")
+    async with http.client() as client:
+        session = cookie.split(";", 1)[0]
+        response = await client.post("/api/ping", headers={"Cookie": session,
+                                                           "Origin": http.base})
+        assert response.status_code == 401
+    # A made-up code is refused.
+    async with httpx.AsyncClient(base_url=http.base) as client:
+        assert (await client.get("/login?code=1.2.3")).status_code == 401
+
+
+# ------------------------------------------------------------------------- the browser
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@contextmanager
+def _screenshot_on_failure(page: Any, tmp_path: Path, name: str) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        shot = Path(os.environ.get("STOKER_ARTIFACTS", tmp_path)) / f"{name}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot saved: {shot}")
+        raise
+
+
+@pytest.fixture
+def browser_page() -> Iterator[Any]:
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no system Chromium (apt-get install chromium; scripts/test does it "
+                    "when it can)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (it is in the dev group)")
+    with sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=executable,
+                                        args=["--no-sandbox", "--disable-gpu"])
+        except Exception as exc:
+            pytest.skip(f"Chromium did not start under Playwright: {exc}")
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.set_default_timeout(30_000)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def _git_project(path: Path) -> Path:
+    path.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    (path / "a.txt").write_text("one\n")
+    subprocess.run(["git", "-C", str(path), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(path), "commit", "-q", "-m", "init"], check=True)
+    return path
+
+
+def _start(daemon_factory: DaemonFactory) -> HttpDaemon:
+    proc = daemon_factory(config=CONFIG)
+    proc.start()
+    status = msgspec.json.decode(proc.cli("status", "--json").stdout)
+    base = status["websocket"].replace("ws://", "http://").rstrip("/")
+    return HttpDaemon(proc, base)
+
+
+def _api(http: HttpDaemon, tag: str, body: dict[str, Any]) -> Any:
+    response = httpx.post(f"{http.base}/api/{tag}", json=body, headers=http.auth, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_console_streams_permits_cancels_and_diffs(
+        daemon_factory: DaemonFactory, browser_page: Any, tmp_path: Path) -> None:
+
+    page = browser_page
+    http = _start(daemon_factory)
+    with _screenshot_on_failure(page, tmp_path, "console"):
+        _console_session(http, page, tmp_path)
+
+
+def _console_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    _api(http, "open_chat", {"chat": "web1", "agent": "echo", "cwd": str(http.proc.work)})
+    page.goto(_login_url(http.proc))
+    # The login redirected to the console, which lists the chat with its state.
+    expect(page.locator("#app")).to_be_visible()
+    assert "code=" not in page.url
+    item = page.locator('#chats li[data-chat="web1"]')
+    expect(item).to_be_visible()
+    item.click()
+    expect(page.locator("#chat-title")).to_have_text("web1")
+
+    # A turn streams live.
+    page.fill("#prompt", "/chunks 6")
+    page.press("#prompt", "Enter")
+    turn = page.locator('.turn[data-turn="1"]')
+    expect(turn.locator(".text")).to_have_text("c0 c1 c2 c3 c4 c5")
+    expect(turn.locator(".ended")).to_have_text("ended: end_turn")
+    # A turn sent by another client shows up too.
+    _api(http, "prompt", {"chat": "web1", "text": "from elsewhere"})
+    expect(page.locator('.turn[data-turn="2"] .text')).to_have_text("from elsewhere")
+
+    # A permission request, answered with a click.
+    page.fill("#prompt", "/permission")
+    page.press("#prompt", "Enter")
+    permission = page.locator('.turn[data-turn="3"] .permission')
+    expect(permission).to_be_visible()
+    permission.locator('button[data-option="allow"]').click()
+    expect(permission).to_have_class("permission answered")
+    expect(page.locator('.turn[data-turn="3"] .text')).to_contain_text("permission: allow")
+
+    # A long turn, cancelled with the button.
+    page.fill("#prompt", "/sleep 600000")
+    page.press("#prompt", "Enter")
+    expect(page.locator('.turn[data-turn="4"].running')).to_be_visible()
+    page.click("#cancel")
+    expect(page.locator('.turn[data-turn="4"] .ended')).to_have_text("ended: cancelled")
+
+    # A chat in a workspace: its diff, coloured.
+    project = _git_project(tmp_path / "project")
+    workspace = _api(http, "workspace_new", {"project": str(project)})
+    Path(workspace["path"], "a.txt").write_text("one\ntwo\n")
+    _api(http, "open_chat", {"chat": "web2", "agent": "echo", "workspace":
+                             workspace["workspace"]})
+    page.locator('#chats li[data-chat="web2"]').click()
+    expect(page.locator("#diff-button")).to_be_visible()
+    page.click("#diff-button")
+    expect(page.locator("#diff .add").filter(has_text="+two")).to_be_visible()
+    expect(page.locator("#diff .file").first).to_contain_text("a.txt")
+
+
+def test_console_without_a_session_says_how_to_log_in(
+        daemon_factory: DaemonFactory, browser_page: Any, tmp_path: Path) -> None:
+    http = _start(daemon_factory)
+    with _screenshot_on_failure(browser_page, tmp_path, "login"):
+        _no_session(http, browser_page)
+
+
+def _no_session(http: HttpDaemon, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(http.base + "/")
+    expect(page.locator("#login")).to_be_visible()
+    expect(page.locator("#login")).to_contain_text("stoker web")
+    # Phone-sized: the chat list is behind the menu button.
+    page.set_viewport_size({"width": 390, "height": 800})
+    expect(page.locator("#app")).to_be_hidden()
