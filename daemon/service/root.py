@@ -339,7 +339,7 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
                       metrics=metrics, settings=settings)
     metrics.attach(Gauges(actors_by_state=lambda: pool.counts().by_state,
                           agent_rss_by_agent=pool.rss_by_agent, hub=hub.statistics,
-                          store=store.statistics))
+                          store=lambda: store.statistics()))  # read at scrape time
     task_service = TaskService(pool=pool, hub=hub, store=store, settings=settings,
                                workspaces=workspace_service,
                                socket=str(sock_path or paths.socket))

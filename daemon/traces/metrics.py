@@ -167,8 +167,16 @@ class Metrics:
 
 
 class _Scraped(Collector):
+    NAMES = ("stoker_actors", "stoker_agent_rss_bytes", "stoker_deltas_published",
+             "stoker_subscribers_lagged", "stoker_subscribers_live",
+             "stoker_store_pending_writes", "stoker_store_write_errors")
+
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        """The names, without reading anything (registration must not touch the daemon)."""
+        return [GaugeMetricFamily(name, name) for name in self.NAMES]
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         gauges = self._metrics._gauges
