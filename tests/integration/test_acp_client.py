@@ -269,8 +269,12 @@ async def test_terminals_die_with_their_chat(traced: Traced) -> None:
         await subscribe(client, info.chat)
         await client.request(m.Prompt(id=0, chat=info.chat, text="/terminal sleep 61.5"))
         await wait_for_body(client, d.Terminal, lambda t: t.event == "created", timeout=10)
-        sleepers = [p for p in psutil.process_iter(["cmdline"])
-                    if p.info["cmdline"] == ["sleep", "61.5"]]
+        # `created` is published once the process is spawned, which may be a moment
+        # before it has exec'd `sleep` (a loaded machine shows the gap): wait for it.
+        with trio.fail_after(10):
+            while not (sleepers := [p for p in psutil.process_iter(["cmdline"])
+                                    if p.info["cmdline"] == ["sleep", "61.5"]]):
+                await trio.sleep(0.02)
         assert len(sleepers) == 1
         detail = await actor(client, info.chat)
         assert detail.terminals == ["term-1"]
