@@ -185,11 +185,33 @@ class Raw(_Body, tag="raw"):
     acp: Any = None
 
 
+class TurnTiming(msgspec.Struct, omit_defaults=True):
+    """Where a turn's time and tokens went (unix times, as the deltas' `ts`)."""
+
+    accepted: float
+    """The prompt was accepted (its `turn_started`)."""
+    started: float | None = None
+    """It reached the agent (None: it ended while queued)."""
+    first_output: float | None = None
+    """The reply's first text, reasoning, content block or tool call."""
+    ended: float = 0.0
+    tool_calls: int = 0
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    cost: dict[str, Any] | None = None
+    """The agent's last cost report during the turn (`usage_update`: cumulative per session)."""
+    restarts: int = 0
+    """Times the agent crashed or was restarted while this turn ran."""
+
+
 class TurnEnded(_Body, tag="turn_ended"):
     """The turn is over: exactly one of `stop_reason` and `error` is set."""
 
     stop_reason: TurnStop | None = None
     error: str | None = None
+    timing: TurnTiming | None = None
+    """Set by this daemon on every turn it ends (older logs lack it)."""
 
 
 class Task(_Body, tag="task"):

@@ -62,6 +62,16 @@ class PromptJob(msgspec.Struct, kw_only=True):
     streamed_usage: bool = False
     """The agent reported this turn's token usage while streaming (`_meta.usage`): the
     prompt response's own usage, if any, would count it twice."""
+    started_at: float | None = None
+    """Wall time the turn reached the agent."""
+    first_output_at: float | None = None
+    tool_calls: int = 0
+    open_tools: dict[str, None] = msgspec.field(default_factory=dict)
+    """Tool calls of this turn without a final status yet: closed when the turn ends."""
+    tokens: list[int | None] = msgspec.field(default_factory=lambda: [None, None, None])
+    """Input, output, cached tokens reported during the turn."""
+    cost: dict[str, Any] | None = None
+    restarts: int = 0
     answered: trio.Event = msgspec.field(default_factory=trio.Event)
     """Set once the agent has answered the turn's `session/prompt` (or the turn stopped
     waiting for it): what a cancel waits for."""

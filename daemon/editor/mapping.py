@@ -93,7 +93,9 @@ def delta_update(body: d.DeltaBody, *, own_client: str | None, notices: bool = F
             return body.acp
         update: JsonObj = {"sessionUpdate": "tool_call_update", "toolCallId": body.tool_call_id}
         if body.status is not None:
-            update["status"] = body.status
+            # ACP's tool statuses have no "cancelled" (the daemon closes a cancelled turn's
+            # open tools with it): an editor shows it as failed.
+            update["status"] = "failed" if body.status == "cancelled" else body.status
         return update
     if isinstance(body, d.Plan):
         return {"sessionUpdate": "plan", "entries": body.entries}

@@ -100,6 +100,18 @@ def turn_traces(deltas: Iterable[d.Delta]) -> list[m.TurnTrace]:
             trace.ended = delta.ts
             trace.outcome = body.stop_reason or "error"
             trace.error = body.error
+            timing = body.timing
+            if timing is not None:
+                # The actor's own marks: when the prompt reached the agent (not only when
+                # its first delta came), and what it counted.
+                if timing.started is not None:
+                    trace.started = max(trace.accepted, timing.started)
+                if timing.first_output is not None:
+                    trace.first_output = timing.first_output
+                trace.restarts = max(trace.restarts, timing.restarts)
+                for name in ("input_tokens", "output_tokens", "cached_tokens"):
+                    if getattr(trace, name) is None:
+                        setattr(trace, name, getattr(timing, name))
             previous_end = delta.ts
             if current is record:
                 current = None

@@ -114,6 +114,9 @@ class Core:
     # ------------------------------------------------------------------ saying things
 
     def publish(self, body: d.DeltaBody, turn: int = 0) -> int:
+        job = self.current
+        if job is not None and turn == job.turn:
+            _note(job, body)
         return self.hub.publish(self.chat, turn, body)
 
     def publish_current(self, body: d.DeltaBody) -> None:
@@ -128,6 +131,8 @@ class Core:
         self.state = state
         self.reason = reason
         self.last_activity = trio.current_time()
+        if state in (State.CRASHED, State.RESTARTING) and self.current is not None:
+            self.current.restarts += 1
         self.publish(d.Status(agent=self.agent, state=state.value, reason=reason,
                               pid=self.pid, generation=self.generation))
         self.persist()
@@ -159,7 +164,12 @@ class Core:
         elif stop_reason is None:
             stop_reason = "end_turn"
         self.permissions.resolve_turn(job, by="turn ended")
-        self.publish(d.TurnEnded(stop_reason=stop_reason, error=error), turn=job.turn)
+        # No client shows a tool that never finishes: what the agent left open ends here.
+        closing = "cancelled" if stop_reason == "cancelled" else "failed"
+        for tool in list(job.open_tools):
+            self.publish(d.ToolUpdate(tool_call_id=tool, status=closing), turn=job.turn)
+        self.publish(d.TurnEnded(stop_reason=stop_reason, error=error, timing=_timing(job)),
+                     turn=job.turn)
         records.delete_prompt(self.store, self.chat, job.turn)
         if job.started:
             self.turns += 1
@@ -180,3 +190,43 @@ class Core:
     def fail_head_turn(self, error: str) -> None:
         if self.queue:
             self.end_turn(self.queue.popleft(), error=error)
+
+
+OUTPUT = (d.Text, d.Reasoning, d.Content, d.ToolCall)
+"""What counts as the reply's first output (time to first token)."""
+FINAL_TOOL_STATES = frozenset({"completed", "failed", "cancelled"})
+
+
+def _note(job: mb.PromptJob, body: d.DeltaBody) -> None:
+    """What a turn's timing needs from a delta of the running turn (on every delta: the
+    common case, a text chunk after the first, costs two comparisons)."""
+    kind = type(body)
+    if kind is d.Text and job.first_output_at is not None:
+        return
+    if job.first_output_at is None and isinstance(body, OUTPUT):
+        job.first_output_at = wall()
+    if kind is d.ToolCall:
+        assert isinstance(body, d.ToolCall)
+        job.tool_calls += 1
+        if body.status not in FINAL_TOOL_STATES:
+            job.open_tools[body.tool_call_id] = None
+    elif kind is d.ToolUpdate:
+        assert isinstance(body, d.ToolUpdate)
+        if body.status in FINAL_TOOL_STATES:
+            job.open_tools.pop(body.tool_call_id, None)
+    elif kind is d.Usage:
+        assert isinstance(body, d.Usage)
+        for i, value in enumerate((body.input_tokens, body.output_tokens,
+                                   body.cached_tokens)):
+            if value is not None:
+                job.tokens[i] = (job.tokens[i] or 0) + value
+        if body.cost is not None:
+            job.cost = body.cost
+
+
+def _timing(job: mb.PromptJob) -> d.TurnTiming:
+    return d.TurnTiming(
+        accepted=job.accepted_at, started=job.started_at, first_output=job.first_output_at,
+        ended=wall(), tool_calls=job.tool_calls, input_tokens=job.tokens[0],
+        output_tokens=job.tokens[1], cached_tokens=job.tokens[2], cost=job.cost,
+        restarts=job.restarts)

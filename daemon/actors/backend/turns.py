@@ -17,7 +17,7 @@ from daemon.acp.rpc import AUTH_REQUIRED, ConnectionLost, JsonRpcConnection, Rpc
 from daemon.acp.updates import usage_body
 from daemon.actors import mailbox as mb
 from daemon.actors import records
-from daemon.actors.backend.core import Core
+from daemon.actors.backend.core import Core, wall
 from daemon.actors.backend.generation import Ending, EndKind, Generation
 from daemon.actors.backend.session import Session, add_tokens
 from daemon.actors.lifecycle import (
@@ -104,6 +104,7 @@ class Turns:
                 continue
             core.current = job
             job.started = True
+            job.started_at = wall()
             records.mark_prompt_running(core.store, core.chat, job.turn)
             core.set_state(State.BUSY, f"turn {job.turn}")
             return job

@@ -1,0 +1,64 @@
+"""Issue 19: every `turn_ended` carries its timing (accepted, started, first output, ended,
+tool calls, tokens, restarts), and a turn that ends with a tool call still open closes it
+with a final `tool_update`, so no client shows a tool that never finishes. Against the real
+daemon and the echo agent."""
+
+from __future__ import annotations
+
+from protocol import deltas as d
+from protocol import messages as m
+from tests.support.harness import (
+    DaemonProcess,
+    collect_turn,
+    open_chat,
+    replay,
+    subscribe,
+    turn,
+    wait_for_body,
+)
+
+
+async def test_turn_ended_carries_its_timing(daemon: DaemonProcess) -> None:
+    async with daemon.client() as client:
+        info = await open_chat(client, "timed", cwd=daemon.work)
+        result = await turn(client, info.chat, "/tool")
+        timing = result.ended.timing
+        assert timing is not None
+        assert timing.tool_calls == 1
+        assert timing.started is not None
+        assert timing.first_output is not None
+        # Each mark no earlier than the one before.
+        assert timing.accepted <= timing.started <= timing.first_output <= timing.ended
+        # The first output is the tool call, the turn's first delta from the agent: its
+        # mark is taken as it is published, just before the hub stamps it.
+        tool = next(x for x in result.deltas if isinstance(x.body, d.ToolCall))
+        assert timing.first_output <= tool.ts
+        assert timing.restarts == 0
+        # The echo agent's prompt reply counts the prompt's words and its chunks.
+        assert timing.input_tokens == 1
+        assert timing.output_tokens == 1
+
+
+async def test_a_cancelled_turn_closes_its_open_tool_calls(daemon: DaemonProcess) -> None:
+    async with daemon.client() as client:
+        info = await open_chat(client, "open-tool", cwd=daemon.work)
+        await subscribe(client, info.chat)
+        accepted = await client.request(m.Prompt(id=0, chat=info.chat, text="/permission"))
+        asked = await wait_for_body(client, d.PermissionRequest)
+        assert isinstance(asked, d.PermissionRequest)
+        await client.request(m.Cancel(id=0, chat=info.chat))
+        await collect_turn(client, info.chat, accepted.turn)
+        # The whole turn, from the log (the live events before the request were read).
+        deltas = [x for x in await replay(client, info.chat) if x.turn == accepted.turn]
+        bodies = [x.body for x in deltas]
+        assert isinstance(bodies[-1], d.TurnEnded)
+        assert bodies[-1].stop_reason == "cancelled"
+        [call] = [b for b in bodies if isinstance(b, d.ToolCall)]
+        updates = [b for b in bodies
+                   if isinstance(b, d.ToolUpdate) and b.tool_call_id == call.tool_call_id]
+        # Closed once, by the daemon, just before the turn ended.
+        assert [u.status for u in updates] == ["cancelled"]
+        assert bodies[-2] == updates[-1]
+        timing = bodies[-1].timing
+        assert timing is not None
+        assert timing.tool_calls == 1
