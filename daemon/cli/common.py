@@ -136,7 +136,18 @@ def resolve_chat_arg(args: argparse.Namespace) -> None:
     """For the commands that name an existing chat (`set_defaults(chat_prefix=True)`):
     replace `args.chat` by the chat it is a unique prefix of, before the command runs."""
     if getattr(args, "chat_prefix", False) and getattr(args, "chat", None):
-        args.chat = run_async(lambda: resolve_chat(args, args.chat))
+        args.chat = run_async(lambda: _resolve_if_answered(args, args.chat))
+
+
+async def _resolve_if_answered(args: argparse.Namespace, given: str) -> str:
+    """No daemon (yet): the id stays as given, and the command says what it says then
+    (`attach` waits for the daemon; the others report it is not running)."""
+    from daemon.client import DaemonNotRunning
+
+    try:
+        return await resolve_chat(args, given)
+    except DaemonNotRunning:
+        return given
 
 
 def chat_ids(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:

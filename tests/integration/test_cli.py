@@ -372,14 +372,14 @@ async def test_detach_wait_permit_ls_prefixes_and_filters(
         return daemon.cli(*args)
 
     detached = await trio.to_thread.run_sync(
-        lambda: cli("send", "--detach", "--agent", "echo", "--chat", "alpha-1", "/sleep 1500"))
+        lambda: cli("send", "--detach", "--agent", "echo", "--chat", "alpha-1", "/sleep 3000"))
     assert detached.returncode == 0, detached.stderr
     assert detached.stdout == "alpha-1 1\n"
     assert "stoker wait alpha-1 --turn 1" in detached.stderr
-    assert cli("send", "--agent", "echo2", "--chat", "beta", "hi").returncode == 0
-
+    await wait_running(daemon, "alpha-1")  # --detach returned once it was queued
     busy = cli("ls", "--state", "busy", "--json")
     assert [c["chat"] for c in json.loads(busy.stdout)["chats"]] == ["alpha-1"]
+    assert cli("send", "--agent", "echo2", "--chat", "beta", "hi").returncode == 0
     echo2 = cli("ls", "--agent", "echo2")
     assert [line.split()[0] for line in echo2.stdout.splitlines()] == ["CHAT", "beta"]
 
