@@ -20,7 +20,9 @@ from tests.support.harness import (
     open_chat,
     replay,
     turn,
+    wait_for_body,
     wait_state,
+    wait_turn_end,
 )
 
 FAST = {"sweep_interval": "100ms", "restart_backoff": "100ms", "restart_backoff_max": "1s"}
@@ -188,3 +190,58 @@ async def test_turn_timeout_cancels_a_turn_and_names_the_timeout(
         assert (await turn(client, info.chat, "after")).text == "after"
         assert await agent_pid(client, info.chat) == pid
         assert restarts(await every_turn_ended_once(client, info.chat)) == []
+
+
+async def test_transient_failures_before_output_are_retried_with_notices(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=lifecycle(transient_backoff="100ms", transient_retries=2))
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "flaky", cwd=daemon.work)
+        pid = await agent_pid(client, info.chat)
+
+        recovered = await turn(client, info.chat, "/transient 2")
+        assert recovered.ended.stop_reason == "end_turn"
+        assert recovered.text == "recovered after 2 transient failures"
+        said = [n.message for n in recovered.of(d.Notice)]
+        assert len(said) == 2
+        assert "429 Too Many Requests" in said[0]
+        assert "retrying in 0.1s (retry 1 of 2)" in said[0]
+        assert "retrying in 0.2s (retry 2 of 2)" in said[1]
+
+        exhausted = await turn(client, info.chat, "/transient 3")
+        assert exhausted.ended.error is not None
+        assert "failure 3 of 3" in exhausted.ended.error
+        assert len(exhausted.of(d.Notice)) == 2
+
+        # Output already published: never retried (the client saw "partial").
+        late = await turn(client, info.chat, "/transient 1 late")
+        assert late.text == "partial"
+        assert late.ended.error is not None
+        assert "failure 1 of 1" in late.ended.error
+        assert late.of(d.Notice) == []
+
+        # Not transient: not retried.
+        plain = await turn(client, info.chat, "/error")
+        assert plain.ended.error is not None
+        assert plain.of(d.Notice) == []
+
+        assert await agent_pid(client, info.chat) == pid
+        deltas = await every_turn_ended_once(client, info.chat)
+        assert restarts(deltas) == []
+
+
+async def test_a_cancel_while_waiting_to_retry_ends_the_turn_cancelled(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=lifecycle(transient_backoff="1m"))
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "patient", cwd=daemon.work)
+        await turn(client, info.chat, "warm")
+        accepted = await client.request(m.Prompt(id=0, chat=info.chat, text="/transient 1"))
+        notice = await wait_for_body(client, d.Notice, timeout=20)
+        assert "retrying in 30s" in notice.message  # capped by transient_backoff_max
+        await client.request(m.Cancel(id=0, chat=info.chat))
+        ended = await wait_turn_end(client, info.chat, accepted.turn, timeout=20)
+        assert ended.stop_reason == "cancelled"
+        await every_turn_ended_once(client, info.chat)
