@@ -124,6 +124,11 @@ class DaemonConfig(_Section):
     """Prompts waiting per chat (beyond the running one); more -> `queue_full`."""
     stop_grace: Duration = Duration(5.0)
     """SIGTERM to an agent's process group, then SIGKILL after this."""
+    stderr_log_rate: int = 20
+    """Lines of one agent's stderr logged per second after the burst; the rest are counted
+    and the count logged (0: no limit)."""
+    stderr_log_burst: int = 200
+    """Lines of one agent's stderr logged at once before the rate applies."""
     max_line: ByteSize = ByteSize(64 * 1024 * 1024)
     """Longest JSON-RPC line accepted from an agent (qwen's first update is ~100 KB)."""
     request_timeout: Duration = Duration(60.0)
@@ -134,6 +139,10 @@ class DaemonConfig(_Section):
             raise ValueError("queue_limit must be at least 1")
         if self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if self.stderr_log_rate < 0:
+            raise ValueError("stderr_log_rate must not be negative")
+        if self.stderr_log_burst < 1:
+            raise ValueError("stderr_log_burst must be at least 1")
 
 
 class AgentConfig(_Section):

@@ -6,6 +6,8 @@ retries, and an agent flooding stderr."""
 from __future__ import annotations
 
 import json
+import re
+import time
 from typing import Any
 
 import trio
@@ -245,3 +247,77 @@ async def test_a_cancel_while_waiting_to_retry_ends_the_turn_cancelled(
         ended = await wait_turn_end(client, info.chat, accepted.turn, timeout=20)
         assert ended.stop_reason == "cancelled"
         await every_turn_ended_once(client, info.chat)
+
+
+def stderr_accounting(log: str, chat: str) -> tuple[int, int]:
+    """(stderr lines logged, stderr lines reported dropped) for `chat` in the daemon log."""
+    logged = dropped = 0
+    for line in log.splitlines():
+        if f"chat={chat} " not in line:
+            continue
+        if 'event="agent stderr" line="echo stderr line' in line:
+            logged += 1
+        elif 'event="agent stderr rate-limited"' in line:
+            found = re.search(r" dropped=(\d+)", line)
+            assert found is not None, line
+            dropped += int(found.group(1))
+    return logged, dropped
+
+
+async def test_an_agent_flooding_stderr_neither_floods_the_log_nor_slows_other_chats(
+        daemon_factory: DaemonFactory) -> None:
+    """Issue 16: 500k stderr lines grew the log by 60 MB and slowed another chat's turns
+    from 0.1 s to 4.3 s. Now: a bounded number of lines is logged, every other line is
+    counted in the log, the crash report still has the last lines, and another chat's
+    turns go on."""
+    lines = 200_000
+    daemon = daemon_factory(config="")
+    daemon.start()
+    async with daemon.client() as client:
+        await open_chat(client, "flood", cwd=daemon.work)
+        await open_chat(client, "calm", cwd=daemon.work)
+        await turn(client, "flood", "warm")
+        baseline = []
+        for _ in range(5):
+            started = time.monotonic()
+            assert (await turn(client, "calm", "/pid")).ended.stop_reason == "end_turn"
+            baseline.append(time.monotonic() - started)
+        before = daemon.log_path.stat().st_size
+
+        during: list[float] = []
+        flood_done = trio.Event()
+
+        async def calm_turns() -> None:
+            async with daemon.client("calm") as other:
+                while not flood_done.is_set() or not during:
+                    started = time.monotonic()
+                    result = await turn(other, "calm", "/pid")
+                    assert result.ended.stop_reason == "end_turn"
+                    during.append(time.monotonic() - started)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(calm_turns)
+            flooded = await turn(client, "flood", f"/stderr {lines}", timeout=60)
+            assert flooded.text == f"stderr {lines}"
+            flood_done.set()
+
+        # Every line is accounted for: logged, or counted in a rate-limit report (which
+        # comes within a second of the drop, even with the agent quiet).
+        with trio.fail_after(30):
+            while sum(stderr_accounting(daemon.log_text(), "flood")) < lines:
+                await trio.sleep(0.1)
+        logged, dropped = stderr_accounting(daemon.log_text(), "flood")
+        assert logged + dropped == lines
+        assert logged <= 1000
+        growth = daemon.log_path.stat().st_size - before
+        assert growth < 512 * 1024, growth  # unlimited: ~26 MB for these lines
+
+        # The crash report still names the agent's last stderr lines, flood or not.
+        crashed = await turn(client, "flood", "/crash")
+        assert crashed.ended.error is not None
+        assert ("echo stderr line 199999 | stoker-echo: crashing on request"
+                in crashed.ended.error)
+        assert (await turn(client, "calm", "/pid")).ended.stop_reason == "end_turn"
+        print(f"calm turn latency: baseline max {max(baseline):.3f}s, during the flood "
+              f"max {max(during):.3f}s over {len(during)} turns; log grew {growth} bytes")
+        assert max(during) < max(2.0, 10 * max(baseline)), (baseline, during)
