@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -309,6 +310,40 @@ def restart_decision(
         )
     delay = min(backoff_max, backoff * (2 ** len(recent))) if backoff > 0 else 0.0
     return RestartNow(delay=delay)
+
+
+# --------------------------------------------------------------------------- turn retries
+
+
+@dataclass(frozen=True, slots=True)
+class RetryTurn:
+    delay: float
+    """Seconds to wait before sending the prompt again."""
+    attempt: int
+    """Which retry this is (1 for the first)."""
+
+
+def transient_match(error: str, patterns: Sequence[re.Pattern[str]]) -> str | None:
+    """The first pattern that marks the agent's `error` text transient, or None."""
+    for pattern in patterns:
+        if pattern.search(error):
+            return pattern.pattern
+    return None
+
+
+def turn_retry(*, transient: bool, output_published: bool, cancelled: bool, retries_done: int,
+               max_retries: int, backoff: float, backoff_max: float) -> RetryTurn | None:
+    """Send a failed turn's prompt again, after how long, or let it fail (None).
+
+    Only an error the agent marked transient (rate limit, overloaded, 5xx: `transient_match`)
+    is retried, only while nothing of the turn was published (a client never sees output
+    twice, nor a half answer followed by a different one), never a cancelled turn, and at most
+    `max_retries` times; the n-th retry waits `backoff * 2**(n-1)`, capped at `backoff_max`.
+    """
+    if not transient or output_published or cancelled or retries_done >= max_retries:
+        return None
+    delay = min(backoff_max, backoff * (2 ** retries_done)) if backoff > 0 else 0.0
+    return RetryTurn(delay=delay, attempt=retries_done + 1)
 
 
 # --------------------------------------------------------------------------- permissions

@@ -169,6 +169,11 @@ class DaemonConfig(_Section):
     """Prompts waiting per chat (beyond the running one); more -> `queue_full`."""
     stop_grace: Duration = Duration(5.0)
     """SIGTERM to an agent's process group, then SIGKILL after this."""
+    stderr_log_rate: int = 20
+    """Lines of one agent's stderr logged per second after the burst; the rest are counted
+    and the count logged (0: no limit)."""
+    stderr_log_burst: int = 200
+    """Lines of one agent's stderr logged at once before the rate applies."""
     max_line: ByteSize = ByteSize(64 * 1024 * 1024)
     """Longest JSON-RPC line accepted from an agent (qwen's first update is ~100 KB)."""
     request_timeout: Duration = Duration(60.0)
@@ -179,6 +184,10 @@ class DaemonConfig(_Section):
             raise ValueError("queue_limit must be at least 1")
         if self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if self.stderr_log_rate < 0:
+            raise ValueError("stderr_log_rate must not be negative")
+        if self.stderr_log_burst < 1:
+            raise ValueError("stderr_log_burst must be at least 1")
 
 
 class AgentConfig(_Section):
@@ -191,6 +200,14 @@ class AgentConfig(_Section):
     def __post_init__(self) -> None:
         if not self.command or not self.command[0]:
             raise ValueError("command must be a non-empty list, e.g. [\"qwen\", \"--acp\"]")
+
+
+TRANSIENT_PATTERNS = (
+    r"rate.?limit", r"too many requests", r"\b429\b", r"overloaded", r"\b50[0234]\b",
+    r"service unavailable", r"temporarily unavailable", r"bad gateway", r"gateway time-?out",
+    r"internal server error",
+)
+"""What marks an agent's error transient by default (`lifecycle.transient_patterns`)."""
 
 
 class LifecycleConfig(_Section):
@@ -211,12 +228,34 @@ class LifecycleConfig(_Section):
     turn_timeout: Duration | None = None
     """A turn still running this long after it started is cancelled and ends with an error
     naming the timeout (None: no limit)."""
+    transient_retries: int = 2
+    """A turn whose prompt failed with an error matching `transient_patterns`, before any
+    of its output was published, is sent again up to this many times (0: never)."""
+    transient_backoff: Duration = Duration(1.0)
+    """The first retry's delay; it doubles for each further retry of the same turn."""
+    transient_backoff_max: Duration = Duration(30.0)
+    transient_patterns: list[str] = msgspec.field(
+        default_factory=lambda: list(TRANSIENT_PATTERNS))
+    """Regular expressions (case-insensitive) searched in the agent's error: its code,
+    message and data, as `CODE MESSAGE DATA-JSON`."""
 
     def __post_init__(self) -> None:
         if self.max_warm < 1:
             raise ValueError("max_warm must be at least 1")
         if self.restart_max < 0:
             raise ValueError("restart_max must not be negative")
+        if self.transient_retries < 0:
+            raise ValueError("transient_retries must not be negative")
+        for index, pattern in enumerate(self.transient_patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"transient_patterns[{index}] {pattern!r} is not a valid "
+                                 f"regular expression: {exc}") from None
+
+    def transient_regexes(self) -> list[re.Pattern[str]]:
+        """`transient_patterns`, compiled (case-insensitive)."""
+        return [re.compile(p, re.IGNORECASE) for p in self.transient_patterns]
 
 
 class PermissionsConfig(_Section):

@@ -122,6 +122,11 @@ stripped, and interpreted:
 ``/stderr N``          N lines ``echo stderr line I`` (I = 0..N-1) on stderr; chunk ``stderr N``
 ``/bigline KB``        one chunk of KB*1024 ``x``
 ``/error``             the prompt fails with JSON-RPC error -32603 "echo: requested failure"
+``/transient N [late]`` the first N prompts of exactly this text on this session (in this
+                       process) fail with -32603 "echo: rate limit exceeded (429 Too Many
+                       Requests), failure I of N"; the next one answers chunk ``recovered
+                       after N transient failures`` (and the count starts again).  With
+                       ``late``, each failing prompt first sends the chunk ``partial``
 ``/meta-usage``        an empty ``agent_message_chunk`` whose ``_meta.usage`` reports one call's
                        tokens (inputTokens 100, outputTokens 7, totalTokens 107,
                        cachedReadTokens 3), as qwen does; chunk ``metered``

@@ -40,6 +40,8 @@ class LocalCommands:
     def __init__(self, state: AgentState) -> None:
         self._state = state
         self._wire = state.wire
+        self._transient_failures: dict[tuple[str, str], int] = {}
+        """``/transient``: failures so far per (session, argument), until it succeeds."""
 
     def table(self) -> dict[str, Command]:
         """Command word -> handler."""
@@ -64,6 +66,7 @@ class LocalCommands:
             "/stderr": self._cmd_stderr,
             "/bigline": self._cmd_bigline,
             "/error": self._cmd_error,
+            "/transient": self._cmd_transient,
             "/spawn": self._cmd_spawn,
             "/meta-usage": self._cmd_meta_usage,
         }
@@ -227,6 +230,28 @@ class LocalCommands:
 
     def _cmd_error(self, turn: Turn, arg: str) -> None:
         raise RpcError(INTERNAL_ERROR, "echo: requested failure")
+
+    def _cmd_transient(self, turn: Turn, arg: str) -> None:
+        usage = "usage: /transient N [late]"
+        words = arg.split()
+        if not words or len(words) > 2 or (len(words) == 2 and words[1] != "late"):
+            raise Usage(usage)
+        count = int_arg(words[0], usage, high=1000)
+        late = len(words) == 2
+        key = (turn.session.session_id, arg)
+        with self._state.cond:
+            failed = self._transient_failures.get(key, 0)
+            if failed >= count:
+                self._transient_failures.pop(key, None)
+            else:
+                self._transient_failures[key] = failed + 1
+        if failed >= count:
+            self._wire.chunk(turn, f"recovered after {count} transient failures")
+            return
+        if late:
+            self._wire.chunk(turn, "partial")
+        raise RpcError(INTERNAL_ERROR, f"echo: rate limit exceeded (429 Too Many Requests), "
+                                       f"failure {failed + 1} of {count}")
 
     def _cmd_meta_usage(self, turn: Turn, arg: str) -> None:
         usage = {"inputTokens": 100, "outputTokens": 7, "totalTokens": 107,

@@ -6,6 +6,8 @@ retries, and an agent flooding stderr."""
 from __future__ import annotations
 
 import json
+import re
+import time
 from typing import Any
 
 import trio
@@ -20,7 +22,9 @@ from tests.support.harness import (
     open_chat,
     replay,
     turn,
+    wait_for_body,
     wait_state,
+    wait_turn_end,
 )
 
 FAST = {"sweep_interval": "100ms", "restart_backoff": "100ms", "restart_backoff_max": "1s"}
@@ -188,3 +192,132 @@ async def test_turn_timeout_cancels_a_turn_and_names_the_timeout(
         assert (await turn(client, info.chat, "after")).text == "after"
         assert await agent_pid(client, info.chat) == pid
         assert restarts(await every_turn_ended_once(client, info.chat)) == []
+
+
+async def test_transient_failures_before_output_are_retried_with_notices(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=lifecycle(transient_backoff="100ms", transient_retries=2))
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "flaky", cwd=daemon.work)
+        pid = await agent_pid(client, info.chat)
+
+        recovered = await turn(client, info.chat, "/transient 2")
+        assert recovered.ended.stop_reason == "end_turn"
+        assert recovered.text == "recovered after 2 transient failures"
+        said = [n.message for n in recovered.of(d.Notice)]
+        assert len(said) == 2
+        assert "429 Too Many Requests" in said[0]
+        assert "retrying in 0.1s (retry 1 of 2)" in said[0]
+        assert "retrying in 0.2s (retry 2 of 2)" in said[1]
+
+        exhausted = await turn(client, info.chat, "/transient 3")
+        assert exhausted.ended.error is not None
+        assert "failure 3 of 3" in exhausted.ended.error
+        assert len(exhausted.of(d.Notice)) == 2
+
+        # Output already published: never retried (the client saw "partial").
+        late = await turn(client, info.chat, "/transient 1 late")
+        assert late.text == "partial"
+        assert late.ended.error is not None
+        assert "failure 1 of 1" in late.ended.error
+        assert late.of(d.Notice) == []
+
+        # Not transient: not retried.
+        plain = await turn(client, info.chat, "/error")
+        assert plain.ended.error is not None
+        assert plain.of(d.Notice) == []
+
+        assert await agent_pid(client, info.chat) == pid
+        deltas = await every_turn_ended_once(client, info.chat)
+        assert restarts(deltas) == []
+
+
+async def test_a_cancel_while_waiting_to_retry_ends_the_turn_cancelled(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=lifecycle(transient_backoff="1m"))
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "patient", cwd=daemon.work)
+        await turn(client, info.chat, "warm")
+        accepted = await client.request(m.Prompt(id=0, chat=info.chat, text="/transient 1"))
+        notice = await wait_for_body(client, d.Notice, timeout=20)
+        assert "retrying in 30s" in notice.message  # capped by transient_backoff_max
+        await client.request(m.Cancel(id=0, chat=info.chat))
+        ended = await wait_turn_end(client, info.chat, accepted.turn, timeout=20)
+        assert ended.stop_reason == "cancelled"
+        await every_turn_ended_once(client, info.chat)
+
+
+def stderr_accounting(log: str, chat: str) -> tuple[int, int]:
+    """(stderr lines logged, stderr lines reported dropped) for `chat` in the daemon log."""
+    logged = dropped = 0
+    for line in log.splitlines():
+        if f"chat={chat} " not in line:
+            continue
+        if 'event="agent stderr" line="echo stderr line' in line:
+            logged += 1
+        elif 'event="agent stderr rate-limited"' in line:
+            found = re.search(r" dropped=(\d+)", line)
+            assert found is not None, line
+            dropped += int(found.group(1))
+    return logged, dropped
+
+
+async def test_an_agent_flooding_stderr_neither_floods_the_log_nor_slows_other_chats(
+        daemon_factory: DaemonFactory) -> None:
+    """Issue 16: 500k stderr lines grew the log by 60 MB and slowed another chat's turns
+    from 0.1 s to 4.3 s. Now: a bounded number of lines is logged, every other line is
+    counted in the log, the crash report still has the last lines, and another chat's
+    turns go on."""
+    lines = 200_000
+    daemon = daemon_factory(config="")
+    daemon.start()
+    async with daemon.client() as client:
+        await open_chat(client, "flood", cwd=daemon.work)
+        await open_chat(client, "calm", cwd=daemon.work)
+        await turn(client, "flood", "warm")
+        baseline = []
+        for _ in range(5):
+            started = time.monotonic()
+            assert (await turn(client, "calm", "/pid")).ended.stop_reason == "end_turn"
+            baseline.append(time.monotonic() - started)
+        before = daemon.log_path.stat().st_size
+
+        during: list[float] = []
+        flood_done = trio.Event()
+
+        async def calm_turns() -> None:
+            async with daemon.client("calm") as other:
+                while not flood_done.is_set() or not during:
+                    started = time.monotonic()
+                    result = await turn(other, "calm", "/pid")
+                    assert result.ended.stop_reason == "end_turn"
+                    during.append(time.monotonic() - started)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(calm_turns)
+            flooded = await turn(client, "flood", f"/stderr {lines}", timeout=60)
+            assert flooded.text == f"stderr {lines}"
+            flood_done.set()
+
+        # Every line is accounted for: logged, or counted in a rate-limit report (which
+        # comes within a second of the drop, even with the agent quiet).
+        with trio.fail_after(30):
+            while sum(stderr_accounting(daemon.log_text(), "flood")) < lines:
+                await trio.sleep(0.1)
+        logged, dropped = stderr_accounting(daemon.log_text(), "flood")
+        assert logged + dropped == lines
+        assert logged <= 1000
+        growth = daemon.log_path.stat().st_size - before
+        assert growth < 512 * 1024, growth  # unlimited: ~26 MB for these lines
+
+        # The crash report still names the agent's last stderr lines, flood or not.
+        crashed = await turn(client, "flood", "/crash")
+        assert crashed.ended.error is not None
+        assert ("echo stderr line 199999 | stoker-echo: crashing on request"
+                in crashed.ended.error)
+        assert (await turn(client, "calm", "/pid")).ended.stop_reason == "end_turn"
+        print(f"calm turn latency: baseline max {max(baseline):.3f}s, during the flood "
+              f"max {max(during):.3f}s over {len(during)} turns; log grew {growth} bytes")
+        assert max(during) < max(2.0, 10 * max(baseline)), (baseline, during)

@@ -22,8 +22,12 @@ from daemon.actors.lifecycle import (
     pick_option,
     plan_evictions,
     restart_decision,
+    transient_match,
+    turn_retry,
     unanswered_probe,
 )
+from daemon.config.file import LifecycleConfig, parse
+from daemon.errors import ConfigError
 
 states = st.sampled_from(list(State))
 
@@ -303,6 +307,52 @@ def test_a_hung_agent_is_stale_one_probe_interval_plus_the_grace_into_the_turn(
                               answer_after=None, silent_for=math.inf)
     assert stale_at is not None
     assert stale_at - started == pytest.approx(interval + grace, rel=1e-6, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- turn retries
+
+
+@given(st.booleans(), st.booleans(), st.booleans(), st.integers(0, 10), st.integers(0, 10),
+       st.floats(0, 10), st.floats(0, 60))
+def test_turn_retry(transient: bool, published: bool, cancelled: bool, done: int, most: int,
+                    backoff: float, cap: float) -> None:
+    retry = turn_retry(transient=transient, output_published=published, cancelled=cancelled,
+                       retries_done=done, max_retries=most, backoff=backoff, backoff_max=cap)
+    if not transient or published or cancelled or done >= most:
+        # Never once output was published, never past the count, never a cancelled turn.
+        assert retry is None
+    else:
+        assert retry is not None
+        assert retry.attempt == done + 1
+        assert 0 <= retry.delay <= max(cap, 0)
+        assert retry.delay == (min(cap, backoff * 2 ** done) if backoff > 0 else 0.0)
+
+
+def test_turn_retries_back_off_doubling_to_the_cap() -> None:
+    delays = []
+    for done in range(6):
+        retry = turn_retry(transient=True, output_published=False, cancelled=False,
+                           retries_done=done, max_retries=6, backoff=1.0, backoff_max=10.0)
+        assert retry is not None
+        delays.append(retry.delay)
+    assert delays == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+def test_default_transient_patterns() -> None:
+    patterns = LifecycleConfig().transient_regexes()
+    for error in ("-32603 Rate limit exceeded", "-32603 429 Too Many Requests",
+                  "1 Overloaded", "-32603 upstream answered 503",
+                  "-32603 Service Unavailable", "-32603 Bad Gateway",
+                  "-32603 gateway timeout", '-32603 failed {"status": 502}'):
+        assert transient_match(error, patterns) is not None, error
+    for error in ("-32603 echo: requested failure", "-32000 Authentication required",
+                  "-32602 invalid params", "-32603 wrote 5000 bytes"):
+        assert transient_match(error, patterns) is None, error
+
+
+def test_a_bad_transient_pattern_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"transient_patterns\[1\]"):
+        parse('[lifecycle]\ntransient_patterns = ["ok", "(unclosed"]\n')
 
 
 # --------------------------------------------------------------------------- permissions

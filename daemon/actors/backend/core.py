@@ -32,6 +32,10 @@ from daemon.log import Log
 from daemon.store.sqlite import Store
 from protocol import deltas as d
 
+_NOT_OUTPUT: frozenset[type[d.DeltaBody]] = frozenset(
+    {d.TurnStarted, d.TurnEnded, d.Status, d.Notice})
+"""What the daemon itself says about a turn: not the agent's output."""
+
 StateListener = Callable[[State], None]
 TurnListener = Callable[[int, str | None], None]
 """Called after a turn that ran ends: (turn, error or None)."""
@@ -87,6 +91,9 @@ class Core:
         self.permissions = Permissions(self)
         self.restarts: list[float] = []
         """When the recent restarts happened (the restart policy's history)."""
+        self.output_turn = 0
+        """The last turn for which anything of the agent's was published (its output: a
+        transient failure after it is not retried)."""
 
     # ------------------------------------------------------------------ reads
 
@@ -117,6 +124,8 @@ class Core:
         job = self.current
         if job is not None and turn == job.turn:
             _note(job, body)
+        if turn and type(body) not in _NOT_OUTPUT:
+            self.output_turn = turn
         return self.hub.publish(self.chat, turn, body)
 
     def publish_current(self, body: d.DeltaBody) -> None:

@@ -22,10 +22,10 @@ import trio
 from daemon.acp.rpc import ConnectionLost, JsonRpcConnection, LineTooLong, RpcError
 from daemon.actors.backend.core import Core
 from daemon.actors.backend.probe import agent_env
+from daemon.actors.backend.stderr import StderrLimiter, drain_stderr
 from daemon.errors import StokerError
 from daemon.execution.local import AgentProcess, ExitStatus, SpawnError
 from daemon.execution.terminals import TerminalManager
-from daemon.log import Log
 
 STDERR_TAIL = 20
 STDERR_EOF_WAIT = 0.5
@@ -222,36 +222,16 @@ class Generation:
         self.end(Ending(EndKind.CRASH, reason, f"agent crashed: {reason}"))
 
     async def _drain_stderr(self, stream: trio.abc.ReceiveStream, done: trio.Event) -> None:
-        """Agent stderr goes to our log, line by line. Draining it concurrently matters: a
-        chatty agent blocked on a full stderr pipe looks hung. `done` is set at its end."""
+        """Agent stderr goes to our log, at a bounded rate (`daemon.stderr_log_rate`), and
+        its last lines to `stderr_tail`. Draining it concurrently matters: a chatty agent
+        blocked on a full stderr pipe looks hung. `done` is set at its end."""
+        config = self._core.settings.config.daemon
+        limiter = StderrLimiter(rate=float(config.stderr_log_rate),
+                                burst=config.stderr_log_burst)
         try:
-            await self._drain_stderr_lines(stream, self.log)
+            await drain_stderr(stream, self.log, self.stderr_tail, limiter)
         finally:
             done.set()
-
-    async def _drain_stderr_lines(self, stream: trio.abc.ReceiveStream, log: Log) -> None:
-        pending = b""
-        try:
-            while True:
-                data = await stream.receive_some(65536)
-                if not data:
-                    break
-                lines = (pending + data).split(b"\n")
-                pending = lines.pop()
-                if len(pending) > 65536:
-                    lines.append(pending)
-                    pending = b""
-                for raw in lines:
-                    line = raw.decode("utf-8", "replace").rstrip()
-                    if line:
-                        self.stderr_tail.append(line[:500])
-                        log.info("agent stderr", line=line[:2000])
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        if pending.strip():
-            line = pending.decode("utf-8", "replace").rstrip()
-            self.stderr_tail.append(line[:500])
-            log.info("agent stderr", line=line[:2000])
 
 
 async def _until_cancelled() -> None:

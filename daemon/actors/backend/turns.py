@@ -8,6 +8,7 @@ ends is ended by the actor with the generation's reason.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import msgspec
 import trio
@@ -25,6 +26,8 @@ from daemon.actors.lifecycle import (
     State,
     liveness,
     next_liveness_check,
+    transient_match,
+    turn_retry,
     unanswered_probe,
 )
 from daemon.errors import AuthRequired
@@ -78,6 +81,15 @@ class TurnTimeout:
         self.reason: str | None = None
 
 
+def _error_text(exc: RpcError) -> str:
+    """An agent's error as the transient patterns see it: `CODE MESSAGE DATA-JSON`."""
+    text = f"{exc.code} {exc.message}"
+    if exc.data is not None:
+        with contextlib.suppress(TypeError, msgspec.EncodeError):
+            text += " " + msgspec.json.encode(exc.data).decode()
+    return text
+
+
 def _stop_reason(value: str) -> d.TurnStop | None:
     return value if value in _STOP_REASONS else None  # type: ignore[return-value]
 
@@ -88,6 +100,8 @@ class Turns:
     def __init__(self, core: Core, session: Session) -> None:
         self._core = core
         self._session = session
+        self._wake: trio.Event | None = None
+        """Set by a cancel while the running turn waits to retry a transient failure."""
 
     def take_next(self) -> mb.PromptJob | None:
         """The next queued turn that can run, made current (state busy); turns the agent
@@ -131,8 +145,11 @@ class Turns:
             if timeout.limit is not None:
                 turn_nursery.start_soon(self._time_out, gen, rpc, job, timeout)
             try:
-                raw = await rpc.request("session/prompt",
-                                        {"sessionId": core.session_id, "prompt": blocks})
+                raw = await self._prompt(rpc, job, blocks, timeout)
+                if raw is None:
+                    # Cancelled (by a client or the turn timeout) while waiting to retry.
+                    core.end_turn(job, stop_reason="cancelled", error=timeout.reason)
+                    return
                 result = msgspec.json.decode(raw, type=acp.PromptResult)
                 self._account(result, job)
                 stop = _stop_reason(result.stop_reason)
@@ -160,6 +177,50 @@ class Turns:
         if lost:
             await gen.await_watcher()
 
+    async def _prompt(self, rpc: JsonRpcConnection, job: mb.PromptJob, blocks: list[Any],
+                      timeout: TurnTimeout) -> msgspec.Raw | None:
+        """`session/prompt`, sent again after an error the agent marked transient while
+        nothing of the turn was published (`lifecycle.turn_retry` decides), each retry told
+        to the chat in a `notice`. None: the turn was cancelled while waiting to retry."""
+        core = self._core
+        lc = core.settings.config.lifecycle
+        retries = 0
+        while True:
+            try:
+                return await rpc.request("session/prompt",
+                                         {"sessionId": core.session_id, "prompt": blocks})
+            except RpcError as exc:
+                text = _error_text(exc)
+                pattern = transient_match(text, lc.transient_regexes())
+                retry = turn_retry(
+                    transient=pattern is not None, output_published=core.output_turn == job.turn,
+                    cancelled=job.cancel_requested or timeout.reason is not None,
+                    retries_done=retries, max_retries=lc.transient_retries,
+                    backoff=float(lc.transient_backoff),
+                    backoff_max=float(lc.transient_backoff_max))
+                if retry is None:
+                    raise
+                retries = retry.attempt
+                core.log.warning("transient agent error; retrying the turn", turn=job.turn,
+                                 error=text[:300], pattern=pattern, attempt=retry.attempt,
+                                 delay=retry.delay)
+                core.publish(d.Notice(
+                    level="warning",
+                    message=(f"agent error {exc.code}: {exc.message} (transient); retrying "
+                             f"in {retry.delay:g}s (retry {retry.attempt} of "
+                             f"{lc.transient_retries})")), turn=job.turn)
+                self._wake = trio.Event()
+                with trio.move_on_after(retry.delay):
+                    await self._wake.wait()
+                self._wake = None
+                if job.cancel_requested or timeout.reason is not None:
+                    return None
+
+    def _wake_retry(self) -> None:
+        """A cancel: a turn waiting to retry stops waiting (and ends cancelled)."""
+        if self._wake is not None:
+            self._wake.set()
+
     async def _time_out(self, gen: Generation, rpc: JsonRpcConnection, job: mb.PromptJob,
                         timeout: TurnTimeout) -> None:
         """`lifecycle.turn_timeout`: a turn still running after it is cancelled (as a
@@ -173,6 +234,7 @@ class Turns:
         self._core.log.warning("turn timed out; cancelling", turn=job.turn,
                                limit=timeout.limit)
         job.cancel_requested = True
+        self._wake_retry()
         await self.cancel(gen, rpc, job, "turn timeout", error=timeout.reason)
 
     def _account(self, result: acp.PromptResult, job: mb.PromptJob) -> None:
@@ -244,6 +306,7 @@ class Turns:
         if job is None or job.cancel_requested or job.ended:
             return
         job.cancel_requested = True
+        self._wake_retry()
         if gen is not None and gen.rpc is not None and gen.nursery is not None:
             gen.nursery.start_soon(self.cancel, gen, gen.rpc, job, message.by or "cancel")
         else:
