@@ -222,15 +222,20 @@ async def test_attach_reconnects_and_resumes_without_gap(daemon: DaemonProcess) 
     attach = subprocess.Popen(  # noqa: ASYNC220 - starting it is instantaneous
         [sys.executable, "-m", "daemon.cli", "attach", info.chat, "--since", "0", "--json"],
         env=daemon.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[dict[str, object]] = []
     try:
+        # Attached before the restart: its first replayed delta says it is subscribed.
+        assert attach.stdout is not None
+        with trio.fail_after(30):
+            first = await trio.to_thread.run_sync(attach.stdout.readline,
+                                                  abandon_on_cancel=True)
+        seen.append(json.loads(first))
         async with daemon.client() as client:
             await turn(client, info.chat, "second")
         assert daemon.stop() == 0
         daemon.start()
         async with daemon.client() as client:
             await turn(client, info.chat, "third")
-        seen: list[dict[str, object]] = []
-        assert attach.stdout is not None
 
         def read_until_third() -> None:
             assert attach.stdout is not None

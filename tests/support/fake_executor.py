@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 import trio.testing
 
@@ -454,6 +455,11 @@ def fake_settings(**lifecycle: Any) -> Settings:
              "request_timeout = 10.0", "[lifecycle]"]
     lines += [f"{key} = {value!r}" for key, value in lifecycle.items()]
     config = parse("\n".join(lines))
+    if "memory_budget" not in lifecycle:
+        # No budget unless the test sets one (the default is a share of this machine's
+        # memory, which would make every rig measure its fake agents' memory).
+        config = msgspec.structs.replace(config, lifecycle=msgspec.structs.replace(
+            config.lifecycle, memory_budget=None))
     return Settings(config, {FAKE: AgentSpec(FAKE, ("fake-agent",))})
 
 
