@@ -130,7 +130,9 @@ def choose_evictions(
     """
     chosen: dict[str, str] = {}
     for a in actors:
-        if a.evictable and now - a.last_activity >= idle_ttl:
+        # The same sum as the deadline `plan_evictions` sets (`last_activity + idle_ttl`):
+        # `now - last_activity >= idle_ttl` can round the other way at that very instant.
+        if a.evictable and a.last_activity + idle_ttl <= now:
             chosen[a.key] = f"idle for {now - a.last_activity:.0f}s (ttl {idle_ttl:g}s)"
     candidates = sorted(
         (a for a in actors if a.evictable and a.key not in chosen),
