@@ -26,12 +26,19 @@ from daemon.channels.view import ChatView
 
 
 class Channel:
-    __slots__ = ("chat", "epoch", "floor", "head", "live", "ring", "view")
+    __slots__ = ("chat", "epoch", "floor", "head", "live", "numbered", "ring", "undelivered",
+                 "view")
 
     def __init__(self, chat: str, epoch: str, head: int, floor: int, ring_size: int) -> None:
         self.chat = chat
         self.epoch = epoch
         self.head = head
+        """Seq of the last delta delivered: committed to the log, so what any client may
+        have seen, and the head every reply and replay goes by."""
+        self.numbered = head
+        """Seq of the last delta published (numbered, maybe not yet committed)."""
+        self.undelivered: deque[tuple[int, Entry]] = deque()
+        """Published deltas waiting for their commit, with the store's ticket of each."""
         self.floor = floor
         """Lowest seq retained anywhere (log or ring). head+1 when nothing is retained."""
         self.ring: deque[Entry] = deque(maxlen=ring_size)

@@ -1,12 +1,17 @@
 """The hub: every chat's channel of seq-numbered deltas.
 
-Publishing is synchronous and never waits: the hub numbers the delta, encodes it once,
-appends it to the chat's in-memory ring and to the store's log batch, and offers the encoded
-frame to each live subscriber's bounded outbox. A subscriber whose outbox is full is moved
-out of the live set ("lagging"); its connection's writer later replays what it missed from
-the ring, or from the log beyond the ring, and puts it back in the live set once caught up.
-All of that happens between two awaits of the single trio thread, so the seam between replay
-and live can have no gap and no duplicate.
+Publishing is synchronous and never waits: the hub numbers the delta, encodes it once and
+appends it to the store's log batch. Delivery follows the commit: once the store reports the
+batch committed (`Store.on_commit`, a group commit, so the wait is one commit), the hub
+appends the delta to the chat's in-memory ring, advances the channel's head and offers the
+encoded frame to each live subscriber's bounded outbox. So a client never holds a delta the
+log lacks: after a daemon crash the log has every delivered delta under the same seq, and
+the channel keeps its epoch.
+
+A subscriber whose outbox is full is moved out of the live set ("lagging"); its connection's
+writer later replays what it missed from the ring, or from the log beyond the ring, and puts
+it back in the live set once caught up. All of that happens between two awaits of the single
+trio thread, so the seam between replay and live can have no gap and no duplicate.
 
 `replay.py` holds the pure window arithmetic (which source serves which seq), which the
 property tests exercise.
@@ -14,10 +19,13 @@ property tests exercise.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from itertools import islice
+
+import trio
 
 from daemon.channels.channel import Channel, Outbox, Subscription
 from daemon.channels.frames import (
@@ -30,7 +38,7 @@ from daemon.channels.frames import (
 )
 from daemon.channels.replay import Source, next_source
 from daemon.log import Log
-from daemon.store.sqlite import Store
+from daemon.store.sqlite import DatabaseUnusable, Store
 from protocol import deltas as d
 from protocol.framing import FrameTooLarge
 from protocol.messages import (
@@ -61,9 +69,29 @@ class Hub:
         self._max_frame = max_frame
         self._clock = clock
         self._channels: dict[str, Channel] = {}
+        self._unsettled: dict[str, Channel] = {}
+        """Channels with published deltas waiting for their commit."""
         self._log = Log("hub")
         self.published = 0
+        self.delivered = 0
         self.lag_events = 0
+        store.on_commit(self._committed)
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Deliver everything published so far (wait for its commit), for at most `timeout`
+        seconds (a store that cannot commit, a full disk, must not hold up a shutdown)."""
+        with trio.move_on_after(timeout), contextlib.suppress(DatabaseUnusable):
+            await self._store.flush()
+
+    async def wait_for_room(self) -> None:
+        """Backpressure for agents' output: wait while too many published deltas wait for
+        their commit (`Store.wait_for_room`)."""
+        if self._store.backlogged():
+            await self._store.wait_for_room()
 
     # ------------------------------------------------------------------ channels
 
@@ -104,10 +132,11 @@ class Hub:
     # ------------------------------------------------------------------ publish
 
     def publish(self, chat: str, turn: int, body: d.DeltaBody) -> int:
-        """Number, log and fan out one delta. Synchronous; never waits on anyone."""
+        """Number and log one delta; it is fanned out once committed (`_committed`).
+        Synchronous; never waits on anyone."""
         ch = self._channels[chat]
-        seq = ch.head + 1
-        ch.head = seq
+        seq = ch.numbered + 1
+        ch.numbered = seq
         ts = self._clock()
         delta = d.Delta(chat=chat, seq=seq, ts=ts, turn=turn, body=body)
         # Encoded once; the frame is header + payload and the log gets the payload itself
@@ -118,13 +147,34 @@ class Hub:
         if size > self._max_frame:
             raise FrameTooLarge(size, self._max_frame)
         frame = frame_header(size) + payload
-        entry = Entry(seq, delta, frame)
+        ticket = self._store.append_delta(chat, seq, ts, payload)
+        ch.undelivered.append((ticket, Entry(seq, delta, frame)))
+        if chat not in self._unsettled:
+            self._unsettled[chat] = ch
+        self.published += 1
+        return seq
+
+    def _committed(self, ticket: int) -> None:
+        """The store committed everything up to `ticket`: deliver what waited for it."""
+        settled: list[str] = []
+        for chat, ch in self._unsettled.items():
+            waiting = ch.undelivered
+            while waiting and waiting[0][0] <= ticket:
+                self._deliver(ch, waiting.popleft()[1])
+            if not waiting:
+                settled.append(chat)
+        for chat in settled:
+            del self._unsettled[chat]
+
+    def _deliver(self, ch: Channel, entry: Entry) -> None:
+        seq = entry.seq
         ch.ring.append(entry)
-        ch.view.apply(seq, turn, body)
+        ch.view.apply(seq, entry.delta.turn, entry.delta.body)
         if ch.floor > seq:
             ch.floor = seq
-        self._store.append_delta(chat, seq, ts, payload)
-        self.published += 1
+        ch.head = seq
+        self.delivered += 1
+        frame = entry.frame
         live = ch.live
         if live:
             lagged: list[Subscription] | None = None
@@ -143,7 +193,6 @@ class Hub:
                     sub.lag_from = sub.cursor + 1
                     self.lag_events += 1
                     sub.outbox.add_lagging(sub)
-        return seq
 
     # ------------------------------------------------------------------ subscribe
 
@@ -293,6 +342,7 @@ class Hub:
         return {
             "channels": len(self._channels),
             "published": self.published,
+            "undelivered": self.published - self.delivered,
             "lag_events": self.lag_events,
             "live_subscribers": sum(len(ch.live) for ch in self._channels.values()),
         }

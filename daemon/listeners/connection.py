@@ -161,7 +161,9 @@ class Connection:
                 await self._t.aclose()
 
     async def goodbye(self, reason: str) -> None:
-        """Ask the connection to close after flushing (daemon shutdown)."""
+        """Ask the connection to close after flushing (daemon shutdown). Deltas published
+        before are delivered first: they wait for their commit."""
+        await self._hub.settle()
         self._closing = True
         try:
             self.send(m.Goodbye(reason=reason))

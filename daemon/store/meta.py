@@ -1,5 +1,6 @@
-"""The `meta` table's records: this database's instance id and whether the last daemon exited
-cleanly. (The schema version, also in `meta`, is the store's own: `sqlite.Store.open`.)"""
+"""The `meta` table's records: this database's instance id, whether the last daemon exited
+cleanly, and how it delivered deltas. (The schema version, also in `meta`, is the store's
+own: `sqlite.Store.open`.)"""
 
 from __future__ import annotations
 
@@ -25,5 +26,21 @@ async def swap_clean_exit(store: Store, value: str) -> str | None:
     previous daemon left ("0": it did not stop cleanly), committed before returning."""
     rows = await store.query("SELECT value FROM meta WHERE key='clean_exit'")
     store.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean_exit', ?)", (value,))
+    await store.flush()
+    return str(rows[0][0]) if rows else None
+
+
+DELIVERY_AFTER_COMMIT = "after_commit"
+"""A daemon that delivers a delta to subscribers only once it is committed to the log
+(`channels.hub`): after its crash, every delta a client holds is in the log."""
+
+
+async def swap_delivery(store: Store) -> str | None:
+    """Record that this daemon delivers after commit and return what the database's previous
+    daemon recorded (None: an older daemon, which delivered before the commit, so after its
+    crash clients may hold deltas the log lacks)."""
+    rows = await store.query("SELECT value FROM meta WHERE key='delivery'")
+    store.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('delivery', ?)",
+                  (DELIVERY_AFTER_COMMIT,))
     await store.flush()
     return str(rows[0][0]) if rows else None

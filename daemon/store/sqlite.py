@@ -5,10 +5,19 @@ orphan reclaim, capabilities, usage), the prompt queue, the delta log, state tra
 
 Why one writer: SQLite allows one writer at a time, and a commit per delta would cap the
 daemon at a few thousand deltas per second. Writers therefore *enqueue* statements
-(synchronously, never blocking the caller) and the writer task commits whatever has gathered,
-every few milliseconds, in a worker thread, as one transaction. `flush()` waits until
-everything enqueued so far is committed: callers use it where durability matters before they
-answer (a prompt is acknowledged only once it is in the durable queue).
+(synchronously, never blocking the caller) and the writer task commits whatever has gathered
+in a worker thread, as one transaction. `flush()` waits until everything enqueued so far is
+committed: callers use it where durability matters before they answer (a prompt is
+acknowledged only once it is in the durable queue).
+
+Deltas are a group commit: a batch holding a delta is committed at once (no gathering delay),
+and whatever is published while that commit runs in its thread forms the next batch, so the
+batch grows with the load and a lone delta waits for one commit only. `append_delta` returns
+a ticket; `on_commit` callbacks learn, right after each commit, the ticket up to which
+everything is committed: the hub delivers a delta to subscribers only then, so nothing a
+client received can be missing from the log after a crash. Deltas not yet committed are
+bounded (`max_pending` rows, `max_pending_bytes`): `wait_for_room` is the backpressure the
+agents' readers wait on, which also bounds the publish-to-commit lag.
 
 Reads go through a second connection (WAL lets it read while the writer writes), also in a
 worker thread. `synchronous=NORMAL` in WAL mode survives a crash of the daemon process (what
@@ -29,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -214,18 +223,29 @@ EMPTY_FAULT = "the file is empty (0 bytes), so whatever it held is gone"
 class Store:
     """Owns the database. Create with `Store.open(path)`."""
 
-    def __init__(self, path: Path, *, commit_interval: float, batch_max: int) -> None:
+    def __init__(self, path: Path, *, commit_interval: float, batch_max: int,
+                 max_pending: int = 40_000, max_pending_bytes: int = 64 << 20) -> None:
         self.path = path
         self.commit_interval = commit_interval
+        """How long statements without a delta gather before their commit."""
         self.batch_max = batch_max
+        self.max_pending = max_pending
+        """Deltas enqueued and not yet committed, past which `wait_for_room` waits."""
+        self.max_pending_bytes = max_pending_bytes
         self._log = Log("store")
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._ops: list[tuple[str, Any, bool]] = []
         self._deltas: list[tuple[str, int, float, bytes]] = []
+        self._uncommitted_deltas = 0
+        self._uncommitted_bytes = 0
+        """Deltas (and their bytes) enqueued or in the commit under way."""
+        self._on_commit: list[Callable[[int], None]] = []
         self._submitted = 0
         self._committed = 0
         self._work = trio.Event()
+        self._delta_waiting = trio.Event()
+        """Set by `append_delta`: ends the gathering of a batch of statements at once."""
         self._committed_changed = trio.Event()
         self._read_lock = trio.Lock()
         self._threads = trio.CapacityLimiter(2)
@@ -248,9 +268,11 @@ class Store:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, path: Path, *, commit_interval: float = 0.005, batch_max: int = 20000
+        cls, path: Path, *, commit_interval: float = 0.005, batch_max: int = 20000,
+        max_pending: int = 40_000, max_pending_bytes: int = 64 << 20,
     ) -> AsyncIterator[Store]:
-        store = cls(path, commit_interval=commit_interval, batch_max=batch_max)
+        store = cls(path, commit_interval=commit_interval, batch_max=batch_max,
+                    max_pending=max_pending, max_pending_bytes=max_pending_bytes)
         await trio.to_thread.run_sync(store._open_sync, limiter=store._threads)
         body_error: BaseException | None = None
         try:
@@ -362,16 +384,44 @@ class Store:
         self._submitted += 1
         self._work.set()
 
-    def append_delta(self, chat: str, seq: int, ts: float, data: bytes) -> None:
-        """Enqueue a delta for the log. Deltas are inserted with one executemany per batch."""
+    def append_delta(self, chat: str, seq: int, ts: float, data: bytes) -> int:
+        """Enqueue a delta for the log; returns its ticket, which `on_commit` callbacks are
+        given once it is committed. Deltas are inserted with one executemany per batch."""
         if self._closed:
             raise StoreClosed("the store is closed")
         if self._failure is not None:
             self.dropped += 1
-            return
+            return self._submitted + 1  # never committed: the daemon is stopping
         self._deltas.append((chat, seq, ts, data))
+        self._uncommitted_deltas += 1
+        self._uncommitted_bytes += len(data)
         self._submitted += 1
         self._work.set()
+        self._delta_waiting.set()
+        return self._submitted
+
+    def on_commit(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(ticket)` after each commit: everything enqueued up to `ticket`
+        (`append_delta`'s return value) is committed. Runs in the writer task, so it must
+        not block; an exception in it is logged, never lets the writer die."""
+        self._on_commit.append(callback)
+
+    @property
+    def committed(self) -> int:
+        """The ticket up to which everything is committed."""
+        return self._committed
+
+    def backlogged(self) -> bool:
+        """Whether uncommitted deltas are at their bound (`wait_for_room` would wait)."""
+        return (self._uncommitted_deltas >= self.max_pending
+                or self._uncommitted_bytes >= self.max_pending_bytes)
+
+    async def wait_for_room(self) -> None:
+        """Wait while uncommitted deltas are at their bound: the backpressure the agents'
+        readers apply, so a store that cannot keep up (or cannot commit at all: a full
+        disk) slows the agents' output instead of growing the daemon's memory."""
+        while self.backlogged() and self._failure is None and self._writer is not None:
+            await self._committed_changed.wait()
 
     async def flush(self) -> None:
         """Wait until everything enqueued before this call is committed; `DatabaseUnusable`
@@ -400,6 +450,7 @@ class Store:
                             error=str(self._failure))
             self._ops.clear()
             self._deltas.clear()
+            self._uncommitted_deltas = self._uncommitted_bytes = 0
             event, self._committed_changed = self._committed_changed, trio.Event()
             event.set()
             if self._scope is not None:
@@ -422,9 +473,14 @@ class Store:
         while True:
             await self._work.wait()
             self._work = trio.Event()
-            if len(self._deltas) + len(self._ops) < self.batch_max:
-                # Let a burst gather into one transaction.
-                await trio.sleep(self.commit_interval)
+            if not self._deltas and len(self._ops) < self.batch_max:
+                # Let a burst of statements gather into one transaction, until a delta
+                # comes: deltas are delivered only once committed, so each waits for one
+                # commit and no more (a group commit: what arrives meanwhile forms the next
+                # batch). A turn's first chunk follows its state writes by microseconds.
+                with trio.move_on_after(self.commit_interval):
+                    await self._delta_waiting.wait()
+            self._delta_waiting = trio.Event()
             ops, self._ops = self._ops, []
             deltas, self._deltas = self._deltas, []
             target = self._submitted
@@ -435,6 +491,14 @@ class Store:
                     await trio.to_thread.run_sync(self._commit_sync, ops, deltas,
                                                   limiter=self._threads)
             self._committed = target
+            if deltas:
+                self._uncommitted_deltas -= len(deltas)
+                self._uncommitted_bytes -= sum(len(row[3]) for row in deltas)
+            for callback in self._on_commit:
+                try:
+                    callback(target)
+                except Exception:
+                    self._log.exception("commit callback failed")
             event, self._committed_changed = self._committed_changed, trio.Event()
             event.set()
 
@@ -522,14 +586,8 @@ class Store:
     async def read_deltas(
         self, chat: str, after: int, upto: int, limit: int = 5000
     ) -> list[tuple[int, bytes]]:
-        """Logged deltas of `chat` with `after < seq <= upto`, oldest first."""
-        if self._committed < self._submitted:
-            # Not only what is queued: a batch the writer took and is committing in its
-            # thread is invisible to the reader too. Missing it made a lagging subscriber's
-            # catch-up find no rows, raise the channel's floor past them and resync the
-            # subscriber, losing history that was about to be committed (found by the
-            # fan-out benchmark: a 100k-delta turn to a slow WebSocket subscriber).
-            await self.flush()
+        """Logged deltas of `chat` with `after < seq <= upto`, oldest first. Sees only what
+        is committed: the hub asks only for delivered deltas, which are."""
         rows = await self.query(
             "SELECT seq, data FROM deltas WHERE chat=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
             (chat, after, upto, limit),
