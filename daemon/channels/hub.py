@@ -23,7 +23,6 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from itertools import islice
 
 import trio
 
@@ -255,11 +254,12 @@ class Hub:
                 break
             sub._last_cursor = before
             if source is Source.RING:
-                start = sub.cursor + 1 - ch.ring_first
-                for entry in islice(ch.ring, start, None):
-                    if not outbox.offer(entry.render(sub.mode)):
-                        break
-                    sub.cursor = entry.seq
+                # By seq, from the cursor on: O(1) per entry wherever the replay starts.
+                ring, mode, offer = ch.ring, sub.mode, outbox.offer
+                seq, last = sub.cursor + 1, ch.head
+                while seq <= last and offer(ring.get(seq).render(mode)):
+                    sub.cursor = seq
+                    seq += 1
                 continue
             if source is Source.LOG:
                 upto = ch.ring_first - 1
