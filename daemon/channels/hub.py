@@ -82,7 +82,10 @@ class Hub:
 
     async def settle(self, timeout: float = 5.0) -> None:
         """Deliver everything published so far (wait for its commit), for at most `timeout`
-        seconds (a store that cannot commit, a full disk, must not hold up a shutdown)."""
+        seconds, and not at all while the store cannot commit (a full disk must not hold up
+        a shutdown)."""
+        if self._store.unavailable is not None:
+            return
         with trio.move_on_after(timeout), contextlib.suppress(DatabaseUnusable):
             await self._store.flush()
 

@@ -4,9 +4,10 @@ own: `sqlite.Store.open`.)"""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 
-from daemon.store.sqlite import Store
+from daemon.store.sqlite import FLUSH_PATIENCE, STORAGE_PATIENCE, StorageUnavailable, Store
 
 
 async def instance_id(store: Store) -> str:
@@ -26,7 +27,14 @@ async def swap_clean_exit(store: Store, value: str) -> str | None:
     previous daemon left ("0": it did not stop cleanly), committed before returning."""
     rows = await store.query("SELECT value FROM meta WHERE key='clean_exit'")
     store.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean_exit', ?)", (value,))
-    await store.flush()
+    # A stop on a full disk must not wait for the disk: the marker then stays "0", which is
+    # the truth (writes were lost), and the next start treats the exit as unclean.
+    patience = FLUSH_PATIENCE.set(STORAGE_PATIENCE)
+    try:
+        with contextlib.suppress(StorageUnavailable):
+            await store.flush()
+    finally:
+        FLUSH_PATIENCE.reset(patience)
     return str(rows[0][0]) if rows else None
 
 

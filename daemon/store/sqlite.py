@@ -23,6 +23,14 @@ Reads go through a second connection (WAL lets it read while the writer writes),
 worker thread. `synchronous=NORMAL` in WAL mode survives a crash of the daemon process (what
 orphan reclaim and the durable queue need) though not a power loss of the last few commits.
 
+A commit that fails with an error a retry can fix (a full disk, an I/O error, a lock held by
+another process) is retried with backoff, the batch kept, for as long as it takes; it never
+fails the store. Meanwhile `unavailable` says why, agents' output waits (`wait_for_room`),
+a client's request that writes is answered `StorageUnavailable` after `STORAGE_PATIENCE`
+(`wait_writable`, and `flush` under `FLUSH_PATIENCE`) instead of holding its connection, and
+reads go on. A stop on a full disk gives up on what it cannot commit after that same
+patience, and logs how much was lost.
+
 A damaged file is never worked around. At start-up the daemon refuses an empty (0-byte) file
 and runs `PRAGMA quick_check` (a full read, a fraction of a second per hundred MB); while it
 runs, a commit or read that meets damage (or any error the writer cannot retry) fails the
@@ -36,8 +44,10 @@ commit that never came: start-up hung and SIGTERM was ignored.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 import sqlite3
-import time
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -45,7 +55,9 @@ from typing import Any
 
 import trio
 
+from daemon.errors import StokerError
 from daemon.log import Log
+from protocol.errors import ErrorCode
 
 SCHEMA_VERSION = 1
 
@@ -157,6 +169,27 @@ class StoreClosed(RuntimeError):
     """A write was attempted after the store closed (a shutdown-ordering bug)."""
 
 
+class StorageUnavailable(StokerError):
+    """The store cannot commit (a full disk, an I/O error) and did not recover within the
+    caller's patience. The store keeps retrying and recovers by itself."""
+
+    code = ErrorCode.STORAGE_UNAVAILABLE
+
+
+STORAGE_PATIENCE = 5.0
+"""How long a client's request waits for a store that cannot commit before it is answered
+`storage_unavailable`."""
+
+FLUSH_PATIENCE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "FLUSH_PATIENCE", default=None)
+"""Set (by a connection, around a client's request) to bound how long `flush` waits while
+the store cannot commit; None (background work) waits until it can."""
+
+
+class _GaveUp(Exception):
+    """The store closed while a batch could not be committed (shutdown on a full disk)."""
+
+
 DAMAGE_ADVICE = ("restore it from a backup, or move it aside (with its -wal and -shm files) "
                  "to start with an empty database; see \"Backup and restore\" in "
                  "docs/OPERATIONS.md")
@@ -224,7 +257,7 @@ class Store:
     """Owns the database. Create with `Store.open(path)`."""
 
     def __init__(self, path: Path, *, commit_interval: float, batch_max: int,
-                 max_pending: int = 40_000, max_pending_bytes: int = 64 << 20) -> None:
+                 max_pending: int = 10_000, max_pending_bytes: int = 16 << 20) -> None:
         self.path = path
         self.commit_interval = commit_interval
         """How long statements without a delta gather before their commit."""
@@ -253,6 +286,11 @@ class Store:
         task at a time), apart from trio's default limiter: threads that other parts hold
         for long (an agent's file request on a slow disk) must never delay a commit."""
         self._closed = False
+        self._unavailable: str | None = None
+        """Why the last commit attempt failed, while the writer retries it (set from its
+        thread, cleared after a commit)."""
+        self._give_up = threading.Event()
+        """Set at close when a batch cannot be committed: the retrying thread stops."""
         self._failure: DatabaseUnusable | None = None
         """Set once the database has failed for good; see the module docstring."""
         self._scope: trio.CancelScope | None = None
@@ -269,7 +307,7 @@ class Store:
     @asynccontextmanager
     async def open(
         cls, path: Path, *, commit_interval: float = 0.005, batch_max: int = 20000,
-        max_pending: int = 40_000, max_pending_bytes: int = 64 << 20,
+        max_pending: int = 10_000, max_pending_bytes: int = 16 << 20,
     ) -> AsyncIterator[Store]:
         store = cls(path, commit_interval=commit_interval, batch_max=batch_max,
                     max_pending=max_pending, max_pending_bytes=max_pending_bytes)
@@ -287,7 +325,7 @@ class Store:
                     body_error = exc
                 finally:
                     with trio.CancelScope(shield=True), contextlib.suppress(DatabaseUnusable):
-                        await store.flush()
+                        await store._final_flush()
                     nursery.cancel_scope.cancel()
         finally:
             store._closed = True
@@ -425,15 +463,64 @@ class Store:
 
     async def flush(self) -> None:
         """Wait until everything enqueued before this call is committed; `DatabaseUnusable`
-        if the store has failed (now or while waiting), since that never happens then."""
+        if the store has failed (now or while waiting), since that never happens then.
+
+        Under `FLUSH_PATIENCE` (a client's request), `StorageUnavailable` once that long has
+        passed while the store cannot commit: the client is answered instead of left waiting
+        for a disk to be freed. A store that is only slow is waited for."""
         target = self._submitted
+        patience = FLUSH_PATIENCE.get()
+        deadline = trio.current_time() + patience if patience is not None else math.inf
         while self._committed < target:
             if self._failure is not None:
                 raise self._failure
             if self._writer is None:
                 return
             self._work.set()
-            await self._committed_changed.wait()
+            with trio.move_on_at(deadline):
+                await self._committed_changed.wait()
+            if self._committed < target and trio.current_time() >= deadline:
+                if self._unavailable is not None:
+                    raise self.unavailable_error(
+                        "the request was not confirmed durable; it takes effect if the "
+                        "daemon can write again")
+                deadline = trio.current_time() + 1.0  # slow, not failing: look again
+
+    async def wait_writable(self, patience: float = STORAGE_PATIENCE) -> None:
+        """Return at once while the store commits; while it cannot, wait up to `patience`
+        seconds for it to recover, then raise `StorageUnavailable`. Requests that write
+        call it first, so that they change nothing when they cannot be made durable."""
+        deadline = trio.current_time() + patience
+        while self._unavailable is not None and self._failure is None:
+            if trio.current_time() >= deadline:
+                raise self.unavailable_error("nothing was changed; retry later")
+            with trio.move_on_at(deadline):
+                await self._committed_changed.wait()
+
+    def unavailable_error(self, outcome: str) -> StorageUnavailable:
+        return StorageUnavailable(
+            f"storage unavailable: the daemon cannot write its database {self.path} "
+            f"({self._unavailable}); {outcome}",
+            detail={"error": self._unavailable, "pending": self.pending})
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why commits fail at the moment (None while they succeed)."""
+        return self._unavailable
+
+    async def _final_flush(self) -> None:
+        """At close: commit what is pending. If the store cannot commit (a full disk) for
+        `STORAGE_PATIENCE`, give up on it, say how much is lost, and let the daemon stop."""
+        while self.pending and self._failure is None and self._writer is not None:
+            with trio.move_on_after(STORAGE_PATIENCE):
+                await self.flush()
+                return
+            if self._unavailable is not None:
+                self._log.error("stopping with writes not committed: the database cannot be "
+                                "written", file=str(self.path), error=self._unavailable,
+                                lost=self.pending)
+                self._give_up.set()
+                return
 
     @property
     def failure(self) -> DatabaseUnusable | None:
@@ -464,6 +551,8 @@ class Store:
     async def _writer_loop(self) -> None:
         try:
             await self._write_batches()
+        except _GaveUp:
+            return
         except Exception as exc:
             # Whatever stopped the writer (damage, or a bug), no commit comes any more:
             # the store fails rather than leave `flush` waiters hanging.
@@ -491,6 +580,7 @@ class Store:
                     await trio.to_thread.run_sync(self._commit_sync, ops, deltas,
                                                   limiter=self._threads)
             self._committed = target
+            self._unavailable = None
             if deltas:
                 self._uncommitted_deltas -= len(deltas)
                 self._uncommitted_bytes -= sum(len(row[3]) for row in deltas)
@@ -536,11 +626,14 @@ class Store:
                 if is_damage(exc) or not isinstance(exc, sqlite3.OperationalError):
                     # Damage (or worse): no retry can commit this batch.
                     raise
-                # Disk full, I/O error, locked by an outside process: keep the batch and retry.
+                # Disk full, I/O error, locked by an outside process: keep the batch and retry
+                # (clients' writes meanwhile get `storage_unavailable`, agents' output waits).
                 attempt += 1
                 self.write_errors += 1
+                self._unavailable = str(exc)
                 self._log.error("commit failed; retrying", error=str(exc), attempt=attempt)
-                time.sleep(min(5.0, 0.1 * 2**attempt))
+                if self._give_up.wait(min(2.0, 0.05 * 2**attempt)):
+                    raise _GaveUp from exc
 
     # ------------------------------------------------------------------ reads
 
