@@ -312,9 +312,13 @@ class Hub:
 
     # ------------------------------------------------------------------ retention
 
-    async def prune(self, *, retain_deltas: int, retain_age: float) -> int:
-        """Delete logged deltas beyond the retention; returns how many chats changed."""
+    async def prune(self, *, retain_deltas: int, retain_age: float,
+                    retain_transitions: float | None = None) -> int:
+        """Delete logged deltas beyond the retention (and, with `retain_transitions`, state
+        transitions older than that); returns how many chats changed."""
         cutoff = self._clock() - retain_age
+        if retain_transitions is not None:
+            self._store.prune_transitions(self._clock() - retain_transitions)
         changed = 0
         for ch in list(self._channels.values()):
             keep_from = max(1, ch.head - retain_deltas + 1)

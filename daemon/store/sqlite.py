@@ -422,6 +422,11 @@ class Store:
         self._submitted += 1
         self._work.set()
 
+    def prune_transitions(self, before: float) -> None:
+        """Enqueue the deletion of state transitions older than `before` (by the `ts`
+        index: the rows it deletes, not the table)."""
+        self.execute("DELETE FROM transitions WHERE ts<?", (before,))
+
     def append_delta(self, chat: str, seq: int, ts: float, data: bytes) -> int:
         """Enqueue a delta for the log; returns its ticket, which `on_commit` callbacks are
         given once it is committed. Deltas are inserted with one executemany per batch."""
