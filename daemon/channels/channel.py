@@ -22,7 +22,7 @@ from typing import Literal
 
 import trio
 
-from daemon.channels.frames import Entry, Mode
+from daemon.channels.frames import Entry, Mode, log_prefix
 from daemon.channels.view import ChatView
 
 
@@ -70,8 +70,8 @@ class Ring:
 
 
 class Channel:
-    __slots__ = ("chat", "epoch", "floor", "head", "live", "numbered", "ring", "undelivered",
-                 "view")
+    __slots__ = ("chat", "epoch", "floor", "head", "live", "log_prefix", "numbered", "ring",
+                 "undelivered", "view")
 
     def __init__(self, chat: str, epoch: str, head: int, floor: int, ring_size: int) -> None:
         self.chat = chat
@@ -83,6 +83,8 @@ class Channel:
         """Seq of the last delta published (numbered, maybe not yet committed)."""
         self.undelivered: deque[tuple[int, Entry]] = deque()
         """Published deltas waiting for their commit, with the store's ticket of each."""
+        self.log_prefix = log_prefix(chat)
+        """What the log leaves out of each delta's payload (`frames.logged_tail`)."""
         self.floor = floor
         """Lowest seq retained anywhere (log or ring). head+1 when nothing is retained."""
         self.ring = Ring(ring_size)

@@ -32,6 +32,8 @@ from daemon.channels.frames import (
     Mode,
     encode_message,
     frame_header,
+    logged_payload,
+    logged_tail,
     msgpack_encoder,
     render_logged,
 )
@@ -149,7 +151,8 @@ class Hub:
         if size > self._max_frame:
             raise FrameTooLarge(size, self._max_frame)
         frame = frame_header(size) + payload
-        ticket = self._store.append_delta(chat, seq, ts, payload)
+        ticket = self._store.append_delta(chat, seq, ts,
+                                          logged_tail(payload, ch.log_prefix, seq))
         ch.undelivered.append((ticket, Entry(seq, delta, frame)))
         if chat not in self._unsettled:
             self._unsettled[chat] = ch
@@ -275,7 +278,8 @@ class Hub:
                     # Retention removed them between our check and the read.
                     ch.floor = max(ch.floor, upto + 1)
                     continue
-                for seq, data in rows:
+                prefix = ch.log_prefix
+                for seq, ts, data in rows:
                     if seq != sub.cursor + 1:
                         # A hole in the log (should not happen): treat as lost history.
                         ch.floor = max(ch.floor, seq)
@@ -284,7 +288,8 @@ class Hub:
                     # large logged deltas passed the hard limit and closed the connection of
                     # a client that was reading ("client not reading"). The first offer
                     # always fits (the loop checked for room), so each pass progresses.
-                    if not outbox.offer(render_logged(data, sub.mode)):
+                    if not outbox.offer(render_logged(logged_payload(prefix, seq, ts, data),
+                                                      sub.mode)):
                         break
                     sub.cursor = seq
                 continue

@@ -683,14 +683,16 @@ class Store:
 
     async def read_deltas(
         self, chat: str, after: int, upto: int, limit: int = 5000
-    ) -> list[tuple[int, bytes]]:
-        """Logged deltas of `chat` with `after < seq <= upto`, oldest first. Sees only what
-        is committed: the hub asks only for delivered deltas, which are."""
+    ) -> list[tuple[int, float, bytes]]:
+        """Logged deltas of `chat` with `after < seq <= upto`, oldest first, as (seq, ts,
+        data). Sees only what is committed: the hub asks only for delivered deltas, which
+        are."""
         rows = await self.query(
-            "SELECT seq, data FROM deltas WHERE chat=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
+            "SELECT seq, ts, data FROM deltas WHERE chat=? AND seq>? AND seq<=? "
+            "ORDER BY seq LIMIT ?",
             (chat, after, upto, limit),
         )
-        return [(int(seq), bytes(data)) for seq, data in rows]
+        return [(int(seq), float(ts), bytes(data)) for seq, ts, data in rows]
 
     def statistics(self) -> dict[str, int]:
         return {

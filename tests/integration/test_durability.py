@@ -21,6 +21,7 @@ import sqlite3
 import msgspec
 import trio
 
+from daemon.channels.frames import log_prefix, logged_payload
 from daemon.client import Client, ConnectionClosed
 from protocol import deltas as d
 from protocol import messages as m
@@ -108,9 +109,12 @@ async def test_kill9_mid_turn_loses_nothing_any_subscriber_received(
 
     # Every delta any subscriber received is in the log: same seq, same payload.
     decoder = msgspec.msgpack.Decoder(d.Delta)
+    prefix = log_prefix(info.chat)
     with sqlite3.connect(daemon.state_dir / "stoker.db") as db:
-        log = {seq: decoder.decode(data) for seq, data in db.execute(
-            "SELECT seq, data FROM deltas WHERE chat=? AND seq<=?", (info.chat, last))}
+        log = {seq: decoder.decode(logged_payload(prefix, seq, ts, data))
+               for seq, ts, data in db.execute(
+                   "SELECT seq, ts, data FROM deltas WHERE chat=? AND seq<=?",
+                   (info.chat, last))}
         ends = [data for (data,) in db.execute("SELECT data FROM deltas WHERE chat=?",
                                                (info.chat,)) if b"turn_ended" in data]
     for index, got in enumerate(received):

@@ -36,9 +36,9 @@ async def test_read_deltas_does_not_wait_for_the_batch_in_flight(tmp_path: Path)
             assert store.pending == 5
             with trio.fail_after(5):
                 rows = await store.read_deltas("c", 0, 10)
-            assert [seq for seq, _ in rows] == [1, 2, 3, 4, 5]
-            assert rows[0][1] == b"x1"
+            assert [seq for seq, _, _ in rows] == [1, 2, 3, 4, 5]
+            assert rows[0][1:] == (1.0, b"x1")
         finally:
             gate.set()
         await store.flush()
-        assert [seq for seq, _ in await store.read_deltas("c", 0, 10)] == list(range(1, 11))
+        assert [seq for seq, _, _ in await store.read_deltas("c", 0, 10)] == list(range(1, 11))
