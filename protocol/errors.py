@@ -59,5 +59,9 @@ class ErrorCode(enum.StrEnum):
     """The agent needs `authenticate` first (see `stoker auth`)."""
     GIT_ERROR = "git_error"
     SHUTTING_DOWN = "shutting_down"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    """The daemon cannot write its database (a full disk, an I/O error): nothing was changed
+    (or, when the request was already under way, it was not confirmed durable). Reads and
+    subscriptions keep working; the daemon recovers by itself once it can write; retry."""
     INTERNAL = "internal"
     """A bug in the daemon. The daemon stays up; the log has the traceback."""

@@ -188,6 +188,7 @@ class JsonRpcConnection:
         on_notification: NotificationHandler,
         on_traffic: Callable[[], None] | None = None,
         on_line: Callable[[bytes], bool] | None = None,
+        throttle: Callable[[], Awaitable[None]] | None = None,
         max_line: int = 64 * 1024 * 1024,
         log: Log | None = None,
         name: str = "peer",
@@ -202,6 +203,9 @@ class JsonRpcConnection:
         """Tried first on every line; True means it consumed the line as a notification.
         The backend's hot path: a streamed text chunk in one typed decode of the whole line
         instead of the envelope here and the params there."""
+        self._throttle = throttle
+        """Awaited after each read's lines: backpressure (the peer's output waits in its
+        pipe while what it said so far cannot be stored)."""
         self._max_line = max_line
         self._log = log or Log("rpc")
         self._name = name
@@ -342,6 +346,9 @@ class JsonRpcConnection:
                         self._log.exception("notification handler failed", peer=self._name)
                         continue
                 dispatch(line, nursery)
+            if self._throttle is not None:
+                # Backpressure (the store cannot keep up): read no more until it may.
+                await self._throttle()
 
     def _fail_pending(self, exc: BaseException) -> None:
         if self._closed is None:

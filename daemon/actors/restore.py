@@ -1,9 +1,10 @@
 """Start-up: what a new daemon life takes over from the last one.
 
-In order: the chats (their channels reopened at the log's head, a new epoch for each if the
-last daemon died uncleanly), the actor records (reclaiming agent processes a crashed daemon
-left behind, `Executor.reclaim`), then the prompt queue (turns that were running when the
-daemon stopped end as interrupted; queued ones are delivered again).
+In order: the chats (their channels reopened at the log's head, a new epoch for each only if
+the last daemon died uncleanly *and* delivered deltas before committing them), the actor
+records (reclaiming agent processes a crashed daemon left behind, `Executor.reclaim`), then
+the prompt queue (turns that were running when the daemon stopped end as interrupted; queued
+ones are delivered again).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from daemon.channels.hub import Hub, new_epoch
 from daemon.errors import UnknownAgent, UnknownComputer
 from daemon.execution.local import Executor
 from daemon.log import Log
+from daemon.store import meta
 from daemon.store.sqlite import Store
 from protocol import deltas as d
 
@@ -56,13 +58,16 @@ async def _restore_chats(store: Store, hub: Hub, chats: dict[str, Chat], *,
                          unclean: bool) -> int:
     rows = await records.load_chats(store)
     ends = await records.log_ends(store, [row.id for row in rows])
+    # A daemon that delivers only committed deltas leaves nothing a client saw out of the
+    # log, even when killed: the history goes on under the same epoch.
+    lossy = await meta.swap_delivery(store) != meta.DELIVERY_AFTER_COMMIT
     renewed = 0
     for row in rows:
         epoch = row.epoch
-        if unclean:
-            # Live subscribers may have seen deltas of the last few milliseconds that
-            # never reached the log; their seq numbers would now be reused for other
-            # deltas. The history may be incomplete, so it is a new history.
+        if unclean and lossy:
+            # An older daemon's live subscribers may have seen deltas of its last few
+            # milliseconds that never reached the log; their seq numbers would now be
+            # reused for other deltas. The history may be incomplete: a new history.
             epoch = new_epoch()
             records.renew_epoch(store, row.id, epoch)
             renewed += 1

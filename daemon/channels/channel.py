@@ -17,30 +17,83 @@ connection closed once `hard_max_bytes` is passed.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from typing import Literal
 
 import trio
 
-from daemon.channels.frames import Entry, Mode
+from daemon.channels.frames import Entry, Mode, log_prefix
 from daemon.channels.view import ChatView
 
 
+class Ring:
+    """The newest `size` delivered deltas of a channel, indexed by seq: the entry of `seq`
+    is in slot `seq % size`, so a replay reads each entry in O(1) from wherever it starts
+    (a deque had to be walked from its left on every pass, quadratic in the replay length).
+    Entries are appended in seq order without gaps (a channel delivers them so)."""
+
+    __slots__ = ("_slots", "count", "last", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._slots: list[Entry | None] = [None] * size
+        self.count = 0
+        self.last = 0
+        """Seq of the newest entry (meaningless while `count` is 0)."""
+
+    def append(self, entry: Entry) -> None:
+        seq = entry.seq
+        if self.count and seq != self.last + 1:
+            self.count = 0  # not contiguous (cannot happen): start over rather than lie
+        self._slots[seq % self.size] = entry
+        self.last = seq
+        if self.count < self.size:
+            self.count += 1
+
+    @property
+    def first(self) -> int:
+        """Seq of the oldest entry (`last + 1` when empty)."""
+        return self.last - self.count + 1
+
+    def get(self, seq: int) -> Entry:
+        """The entry of `seq`, which must be within `first..last`."""
+        entry = self._slots[seq % self.size]
+        assert entry is not None
+        return entry
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Entry]:
+        for seq in range(self.first, self.last + 1):
+            yield self.get(seq)
+
+
 class Channel:
-    __slots__ = ("chat", "epoch", "floor", "head", "live", "ring", "view")
+    __slots__ = ("chat", "epoch", "floor", "head", "live", "log_prefix", "numbered", "ring",
+                 "undelivered", "view")
 
     def __init__(self, chat: str, epoch: str, head: int, floor: int, ring_size: int) -> None:
         self.chat = chat
         self.epoch = epoch
         self.head = head
+        """Seq of the last delta delivered: committed to the log, so what any client may
+        have seen, and the head every reply and replay goes by."""
+        self.numbered = head
+        """Seq of the last delta published (numbered, maybe not yet committed)."""
+        self.undelivered: deque[tuple[int, Entry]] = deque()
+        """Published deltas waiting for their commit, with the store's ticket of each."""
+        self.log_prefix = log_prefix(chat)
+        """What the log leaves out of each delta's payload (`frames.logged_tail`)."""
         self.floor = floor
         """Lowest seq retained anywhere (log or ring). head+1 when nothing is retained."""
-        self.ring: deque[Entry] = deque(maxlen=ring_size)
+        self.ring = Ring(ring_size)
         self.live: list[Subscription] = []
         self.view = ChatView()
 
     @property
     def ring_first(self) -> int:
-        return self.ring[0].seq if self.ring else self.head + 1
+        return self.ring.first if self.ring.count else self.head + 1
 
 
 class Subscription:

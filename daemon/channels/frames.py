@@ -61,8 +61,42 @@ class Entry:
         return self._json
 
 
+_DELTA_HEAD = b"\x86\xa4type\xa5delta\xa4chat"
+"""How every `Delta` payload begins: a map of six entries, the tag, the `chat` key."""
+_TS_KEY = b"\xa2ts"
+_TURN_KEY = b"\xa4turn"
+
+
+def log_prefix(chat: str) -> bytes:
+    """The bytes of each of `chat`'s delta payloads up to its seq value (made once per
+    channel): what `logged_tail` leaves out and `logged_payload` puts back."""
+    return _DELTA_HEAD + msgpack_encoder.encode(chat) + b"\xa3seq"
+
+
+def logged_tail(payload: bytes, prefix: bytes, seq: int) -> bytes:
+    """What the log stores of a delta's msgpack payload: its fields after chat, seq and ts
+    (turn and body), since the row holds those three already (82 -> ~33 bytes for a short
+    text chunk). If the payload is not laid out as expected (a `ts` that is not a float),
+    the whole of it, which `logged_payload` also reads."""
+    start = len(prefix) + len(msgpack_encoder.encode(seq)) + len(_TS_KEY) + 9  # float64
+    if payload.startswith(_TURN_KEY, start):
+        return payload[start:]
+    return payload
+
+
+def logged_payload(prefix: bytes, seq: int, ts: float, data: bytes) -> bytes:
+    """A logged delta's full msgpack payload, from its row. Rows hold the tail only
+    (`logged_tail`) or, when written before that change or not laid out as expected, the
+    whole payload (a six-entry map: first byte 0x86, which no tail starts with)."""
+    if data[:1] == b"\x86":
+        return data
+    encode = msgpack_encoder.encode
+    return b"".join((prefix, encode(seq), _TS_KEY, encode(float(ts)), data))
+
+
 def render_logged(data: bytes, mode: Mode) -> bytes:
-    """Encode a logged delta (its msgpack payload) for a subscriber."""
+    """Encode a logged delta (its full msgpack payload, `logged_payload`) for a
+    subscriber."""
     if mode == "framed":
         return frame_header(len(data)) + data
     if mode == "msgpack":

@@ -1,12 +1,17 @@
 """The hub: every chat's channel of seq-numbered deltas.
 
-Publishing is synchronous and never waits: the hub numbers the delta, encodes it once,
-appends it to the chat's in-memory ring and to the store's log batch, and offers the encoded
-frame to each live subscriber's bounded outbox. A subscriber whose outbox is full is moved
-out of the live set ("lagging"); its connection's writer later replays what it missed from
-the ring, or from the log beyond the ring, and puts it back in the live set once caught up.
-All of that happens between two awaits of the single trio thread, so the seam between replay
-and live can have no gap and no duplicate.
+Publishing is synchronous and never waits: the hub numbers the delta, encodes it once and
+appends it to the store's log batch. Delivery follows the commit: once the store reports the
+batch committed (`Store.on_commit`, a group commit, so the wait is one commit), the hub
+appends the delta to the chat's in-memory ring, advances the channel's head and offers the
+encoded frame to each live subscriber's bounded outbox. So a client never holds a delta the
+log lacks: after a daemon crash the log has every delivered delta under the same seq, and
+the channel keeps its epoch.
+
+A subscriber whose outbox is full is moved out of the live set ("lagging"); its connection's
+writer later replays what it missed from the ring, or from the log beyond the ring, and puts
+it back in the live set once caught up. All of that happens between two awaits of the single
+trio thread, so the seam between replay and live can have no gap and no duplicate.
 
 `replay.py` holds the pure window arithmetic (which source serves which seq), which the
 property tests exercise.
@@ -14,10 +19,12 @@ property tests exercise.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from itertools import islice
+
+import trio
 
 from daemon.channels.channel import Channel, Outbox, Subscription
 from daemon.channels.frames import (
@@ -25,12 +32,14 @@ from daemon.channels.frames import (
     Mode,
     encode_message,
     frame_header,
+    logged_payload,
+    logged_tail,
     msgpack_encoder,
     render_logged,
 )
 from daemon.channels.replay import Source, next_source
 from daemon.log import Log
-from daemon.store.sqlite import Store
+from daemon.store.sqlite import DatabaseUnusable, Store
 from protocol import deltas as d
 from protocol.framing import FrameTooLarge
 from protocol.messages import (
@@ -64,9 +73,32 @@ class Hub:
         self._max_frame = max_frame
         self._clock = clock
         self._channels: dict[str, Channel] = {}
+        self._unsettled: dict[str, Channel] = {}
+        """Channels with published deltas waiting for their commit."""
         self._log = Log("hub")
         self.published = 0
+        self.delivered = 0
         self.lag_events = 0
+        store.on_commit(self._committed)
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Deliver everything published so far (wait for its commit), for at most `timeout`
+        seconds, and not at all while the store cannot commit (a full disk must not hold up
+        a shutdown)."""
+        if self._store.unavailable is not None:
+            return
+        with trio.move_on_after(timeout), contextlib.suppress(DatabaseUnusable):
+            await self._store.flush()
+
+    async def wait_for_room(self) -> None:
+        """Backpressure for agents' output: wait while too many published deltas wait for
+        their commit (`Store.wait_for_room`)."""
+        if self._store.backlogged():
+            await self._store.wait_for_room()
 
     # ------------------------------------------------------------------ channels
 
@@ -107,10 +139,11 @@ class Hub:
     # ------------------------------------------------------------------ publish
 
     def publish(self, chat: str, turn: int, body: d.DeltaBody) -> int:
-        """Number, log and fan out one delta. Synchronous; never waits on anyone."""
+        """Number and log one delta; it is fanned out once committed (`_committed`).
+        Synchronous; never waits on anyone."""
         ch = self._channels[chat]
-        seq = ch.head + 1
-        ch.head = seq
+        seq = ch.numbered + 1
+        ch.numbered = seq
         ts = self._clock()
         delta = d.Delta(chat=chat, seq=seq, ts=ts, turn=turn, body=body)
         # Encoded once; the frame is header + payload and the log gets the payload itself
@@ -121,18 +154,40 @@ class Hub:
         if size > self._max_frame:
             raise FrameTooLarge(size, self._max_frame)
         frame = frame_header(size) + payload
-        entry = Entry(seq, delta, frame)
-        ch.ring.append(entry)
-        ch.view.apply(seq, turn, body)
-        if ch.floor > seq:
-            ch.floor = seq
-        self._store.append_delta(chat, seq, ts, payload)
+        ticket = self._store.append_delta(chat, seq, ts,
+                                          logged_tail(payload, ch.log_prefix, seq))
+        ch.undelivered.append((ticket, Entry(seq, delta, frame)))
+        if chat not in self._unsettled:
+            self._unsettled[chat] = ch
         self.published += 1
         if self._tap is not None:
             try:
                 self._tap(chat, ts, turn, body)
             except Exception:  # metrics must never cost a delta
                 self._log.exception("the delta tap failed", chat=chat, seq=seq)
+        return seq
+
+    def _committed(self, ticket: int) -> None:
+        """The store committed everything up to `ticket`: deliver what waited for it."""
+        settled: list[str] = []
+        for chat, ch in self._unsettled.items():
+            waiting = ch.undelivered
+            while waiting and waiting[0][0] <= ticket:
+                self._deliver(ch, waiting.popleft()[1])
+            if not waiting:
+                settled.append(chat)
+        for chat in settled:
+            del self._unsettled[chat]
+
+    def _deliver(self, ch: Channel, entry: Entry) -> None:
+        seq = entry.seq
+        ch.ring.append(entry)
+        ch.view.apply(seq, entry.delta.turn, entry.delta.body)
+        if ch.floor > seq:
+            ch.floor = seq
+        ch.head = seq
+        self.delivered += 1
+        frame = entry.frame
         live = ch.live
         if live:
             lagged: list[Subscription] | None = None
@@ -151,7 +206,6 @@ class Hub:
                     sub.lag_from = sub.cursor + 1
                     self.lag_events += 1
                     sub.outbox.add_lagging(sub)
-        return seq
 
     # ------------------------------------------------------------------ subscribe
 
@@ -214,11 +268,12 @@ class Hub:
                 break
             sub._last_cursor = before
             if source is Source.RING:
-                start = sub.cursor + 1 - ch.ring_first
-                for entry in islice(ch.ring, start, None):
-                    if not outbox.offer(entry.render(sub.mode)):
-                        break
-                    sub.cursor = entry.seq
+                # By seq, from the cursor on: O(1) per entry wherever the replay starts.
+                ring, mode, offer = ch.ring, sub.mode, outbox.offer
+                seq, last = sub.cursor + 1, ch.head
+                while seq <= last and offer(ring.get(seq).render(mode)):
+                    sub.cursor = seq
+                    seq += 1
                 continue
             if source is Source.LOG:
                 upto = ch.ring_first - 1
@@ -231,7 +286,8 @@ class Hub:
                     # Retention removed them between our check and the read.
                     ch.floor = max(ch.floor, upto + 1)
                     continue
-                for seq, data in rows:
+                prefix = ch.log_prefix
+                for seq, ts, data in rows:
                     if seq != sub.cursor + 1:
                         # A hole in the log (should not happen): treat as lost history.
                         ch.floor = max(ch.floor, seq)
@@ -240,7 +296,8 @@ class Hub:
                     # large logged deltas passed the hard limit and closed the connection of
                     # a client that was reading ("client not reading"). The first offer
                     # always fits (the loop checked for room), so each pass progresses.
-                    if not outbox.offer(render_logged(data, sub.mode)):
+                    if not outbox.offer(render_logged(logged_payload(prefix, seq, ts, data),
+                                                      sub.mode)):
                         break
                     sub.cursor = seq
                 continue
@@ -268,9 +325,13 @@ class Hub:
 
     # ------------------------------------------------------------------ retention
 
-    async def prune(self, *, retain_deltas: int, retain_age: float) -> int:
-        """Delete logged deltas beyond the retention; returns how many chats changed."""
+    async def prune(self, *, retain_deltas: int, retain_age: float,
+                    retain_transitions: float | None = None) -> int:
+        """Delete logged deltas beyond the retention (and, with `retain_transitions`, state
+        transitions older than that); returns how many chats changed."""
         cutoff = self._clock() - retain_age
+        if retain_transitions is not None:
+            self._store.prune_transitions(self._clock() - retain_transitions)
         changed = 0
         for ch in list(self._channels.values()):
             keep_from = max(1, ch.head - retain_deltas + 1)
@@ -301,6 +362,7 @@ class Hub:
         return {
             "channels": len(self._channels),
             "published": self.published,
+            "undelivered": self.published - self.delivered,
             "lag_events": self.lag_events,
             "live_subscribers": sum(len(ch.live) for ch in self._channels.values()),
         }

@@ -270,6 +270,9 @@ class ChannelsConfig(_Section):
     subscriber_queue: int = 1024
     subscriber_bytes: ByteSize = ByteSize(8 * 1024 * 1024)
     heartbeat: Duration = Duration(15.0)
+    retain_transitions: Duration = Duration(7 * 86400.0)
+    """Agent state transitions (the `transitions` table) older than this are pruned (never
+    those within `lifecycle.restart_window`, which restart intensity counts)."""
 
     def __post_init__(self) -> None:
         if self.ring_size < 16:

@@ -33,6 +33,7 @@ from daemon.channels.hub import Hub
 from daemon.channels.replay import start_cursor
 from daemon.errors import BadRequest, LimitReached, StokerError, UnknownChat
 from daemon.log import Log
+from daemon.store.sqlite import FLUSH_PATIENCE, STORAGE_PATIENCE
 from protocol import messages as m
 from protocol.codec import ServerCodec
 from protocol.errors import ErrorCode
@@ -165,7 +166,9 @@ class Connection:
                 await self._t.aclose()
 
     async def goodbye(self, reason: str) -> None:
-        """Ask the connection to close after flushing (daemon shutdown)."""
+        """Ask the connection to close after flushing (daemon shutdown). Deltas published
+        before are delivered first: they wait for their commit."""
+        await self._hub.settle()
         self._closing = True
         try:
             self.send(m.Goodbye(reason=reason))
@@ -300,7 +303,14 @@ class Connection:
 
     async def _answer_one(self, request: Any,
                           handler: Callable[[Any], Awaitable[Any]]) -> None:
+        # A client is answered `storage_unavailable` after a bounded wait while the store
+        # cannot commit (a full disk), rather than left waiting on its connection: requests
+        # that write are refused before they change anything, and any wait for a commit
+        # (`Store.flush`) inside a request is bounded the same way.
+        patience = FLUSH_PATIENCE.set(STORAGE_PATIENCE)
         try:
+            if self._writes_first(request):
+                await self._hub.store.wait_writable(STORAGE_PATIENCE)
             result = await handler(request)
         except StokerError as exc:
             self.error(request.id, exc.code, exc.message, exc.detail)
@@ -316,7 +326,19 @@ class Connection:
             self.error(request.id, ErrorCode.INTERNAL,
                        f"internal error ({type(exc).__name__}); see the daemon log")
             return
+        finally:
+            FLUSH_PATIENCE.reset(patience)
         self.send(m.Reply(id=request.id, result=result))
+
+    def _writes_first(self, request: Any) -> bool:
+        """Whether `request` is refused up front (`storage_unavailable`) while the store
+        cannot commit: a prompt, or an `open_chat` that would create a chat. What they write
+        must be durable before they are answered, and a refusal must change nothing. (Other
+        requests that write wait for their commit under the same bound.)"""
+        if isinstance(request, m.Prompt):
+            return True
+        return (isinstance(request, m.OpenChat) and request.create
+                and (request.chat is None or self._hub.channel(request.chat) is None))
 
     # ------------------------------------------------------------------ subscriptions
 

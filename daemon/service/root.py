@@ -167,8 +167,7 @@ def children(p: Parts) -> list[ChildSpec]:
 
     async def start_retention(nursery: trio.Nursery) -> None:
         # The first pass runs now, before clients are accepted.
-        ch = p.settings.config.channels
-        await p.hub.prune(retain_deltas=ch.retain_deltas, retain_age=float(ch.retain_age))
+        await _prune(p.hub, p.settings)
         nursery.start_soon(_retention, p.hub, p.settings)
 
     async def attach_computers(nursery: trio.Nursery) -> None:
@@ -365,11 +364,20 @@ async def _retention(hub: Hub, settings: Settings) -> None:
     log = Log("hub")
     while True:
         await trio.sleep(600)
-        ch = settings.config.channels
         try:
-            await hub.prune(retain_deltas=ch.retain_deltas, retain_age=float(ch.retain_age))
+            await _prune(hub, settings)
         except Exception:
             log.exception("retention pass failed")
+
+
+async def _prune(hub: Hub, settings: Settings) -> None:
+    """One retention pass: the delta log and the state transitions (never those within the
+    restart window, which restart intensity counts)."""
+    config = settings.config
+    ch = config.channels
+    await hub.prune(retain_deltas=ch.retain_deltas, retain_age=float(ch.retain_age),
+                    retain_transitions=max(float(ch.retain_transitions),
+                                           float(config.lifecycle.restart_window)))
 
 
 async def _status_updates(notifier: sdnotify.Notifier, pool: Pool) -> None:

@@ -1,11 +1,13 @@
-"""The `meta` table's records: this database's instance id and whether the last daemon exited
-cleanly. (The schema version, also in `meta`, is the store's own: `sqlite.Store.open`.)"""
+"""The `meta` table's records: this database's instance id, whether the last daemon exited
+cleanly, and how it delivered deltas. (The schema version, also in `meta`, is the store's
+own: `sqlite.Store.open`.)"""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 
-from daemon.store.sqlite import Store
+from daemon.store.sqlite import FLUSH_PATIENCE, STORAGE_PATIENCE, StorageUnavailable, Store
 
 
 async def instance_id(store: Store) -> str:
@@ -25,5 +27,28 @@ async def swap_clean_exit(store: Store, value: str) -> str | None:
     previous daemon left ("0": it did not stop cleanly), committed before returning."""
     rows = await store.query("SELECT value FROM meta WHERE key='clean_exit'")
     store.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean_exit', ?)", (value,))
+    # A stop on a full disk must not wait for the disk: the marker then stays "0", which is
+    # the truth (writes were lost), and the next start treats the exit as unclean.
+    patience = FLUSH_PATIENCE.set(STORAGE_PATIENCE)
+    try:
+        with contextlib.suppress(StorageUnavailable):
+            await store.flush()
+    finally:
+        FLUSH_PATIENCE.reset(patience)
+    return str(rows[0][0]) if rows else None
+
+
+DELIVERY_AFTER_COMMIT = "after_commit"
+"""A daemon that delivers a delta to subscribers only once it is committed to the log
+(`channels.hub`): after its crash, every delta a client holds is in the log."""
+
+
+async def swap_delivery(store: Store) -> str | None:
+    """Record that this daemon delivers after commit and return what the database's previous
+    daemon recorded (None: an older daemon, which delivered before the commit, so after its
+    crash clients may hold deltas the log lacks)."""
+    rows = await store.query("SELECT value FROM meta WHERE key='delivery'")
+    store.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('delivery', ?)",
+                  (DELIVERY_AFTER_COMMIT,))
     await store.flush()
     return str(rows[0][0]) if rows else None

@@ -5,14 +5,31 @@ orphan reclaim, capabilities, usage), the prompt queue, the delta log, state tra
 
 Why one writer: SQLite allows one writer at a time, and a commit per delta would cap the
 daemon at a few thousand deltas per second. Writers therefore *enqueue* statements
-(synchronously, never blocking the caller) and the writer task commits whatever has gathered,
-every few milliseconds, in a worker thread, as one transaction. `flush()` waits until
-everything enqueued so far is committed: callers use it where durability matters before they
-answer (a prompt is acknowledged only once it is in the durable queue).
+(synchronously, never blocking the caller) and the writer task commits whatever has gathered
+in a worker thread, as one transaction. `flush()` waits until everything enqueued so far is
+committed: callers use it where durability matters before they answer (a prompt is
+acknowledged only once it is in the durable queue).
+
+Deltas are a group commit: a batch holding a delta is committed at once (no gathering delay),
+and whatever is published while that commit runs in its thread forms the next batch, so the
+batch grows with the load and a lone delta waits for one commit only. `append_delta` returns
+a ticket; `on_commit` callbacks learn, right after each commit, the ticket up to which
+everything is committed: the hub delivers a delta to subscribers only then, so nothing a
+client received can be missing from the log after a crash. Deltas not yet committed are
+bounded (`max_pending` rows, `max_pending_bytes`): `wait_for_room` is the backpressure the
+agents' readers wait on, which also bounds the publish-to-commit lag.
 
 Reads go through a second connection (WAL lets it read while the writer writes), also in a
 worker thread. `synchronous=NORMAL` in WAL mode survives a crash of the daemon process (what
 orphan reclaim and the durable queue need) though not a power loss of the last few commits.
+
+A commit that fails with an error a retry can fix (a full disk, an I/O error, a lock held by
+another process) is retried with backoff, the batch kept, for as long as it takes; it never
+fails the store. Meanwhile `unavailable` says why, agents' output waits (`wait_for_room`),
+a client's request that writes is answered `StorageUnavailable` after `STORAGE_PATIENCE`
+(`wait_writable`, and `flush` under `FLUSH_PATIENCE`) instead of holding its connection, and
+reads go on. A stop on a full disk gives up on what it cannot commit after that same
+patience, and logs how much was lost.
 
 A damaged file is never worked around. At start-up the daemon refuses an empty (0-byte) file
 and runs `PRAGMA quick_check` (a full read, a fraction of a second per hundred MB); while it
@@ -27,16 +44,20 @@ commit that never came: start-up hung and SIGTERM was ignored.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from daemon.errors import StokerError
 from daemon.log import Log
+from protocol.errors import ErrorCode
 
 SCHEMA_VERSION = 1
 
@@ -171,6 +192,27 @@ class StoreClosed(RuntimeError):
     """A write was attempted after the store closed (a shutdown-ordering bug)."""
 
 
+class StorageUnavailable(StokerError):
+    """The store cannot commit (a full disk, an I/O error) and did not recover within the
+    caller's patience. The store keeps retrying and recovers by itself."""
+
+    code = ErrorCode.STORAGE_UNAVAILABLE
+
+
+STORAGE_PATIENCE = 5.0
+"""How long a client's request waits for a store that cannot commit before it is answered
+`storage_unavailable`."""
+
+FLUSH_PATIENCE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "FLUSH_PATIENCE", default=None)
+"""Set (by a connection, around a client's request) to bound how long `flush` waits while
+the store cannot commit; None (background work) waits until it can."""
+
+
+class _GaveUp(Exception):
+    """The store closed while a batch could not be committed (shutdown on a full disk)."""
+
+
 DAMAGE_ADVICE = ("restore it from a backup, or move it aside (with its -wal and -shm files) "
                  "to start with an empty database; see \"Backup and restore\" in "
                  "docs/OPERATIONS.md")
@@ -237,18 +279,29 @@ EMPTY_FAULT = "the file is empty (0 bytes), so whatever it held is gone"
 class Store:
     """Owns the database. Create with `Store.open(path)`."""
 
-    def __init__(self, path: Path, *, commit_interval: float, batch_max: int) -> None:
+    def __init__(self, path: Path, *, commit_interval: float, batch_max: int,
+                 max_pending: int = 10_000, max_pending_bytes: int = 16 << 20) -> None:
         self.path = path
         self.commit_interval = commit_interval
+        """How long statements without a delta gather before their commit."""
         self.batch_max = batch_max
+        self.max_pending = max_pending
+        """Deltas enqueued and not yet committed, past which `wait_for_room` waits."""
+        self.max_pending_bytes = max_pending_bytes
         self._log = Log("store")
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._ops: list[tuple[str, Any, bool]] = []
         self._deltas: list[tuple[str, int, float, bytes]] = []
+        self._uncommitted_deltas = 0
+        self._uncommitted_bytes = 0
+        """Deltas (and their bytes) enqueued or in the commit under way."""
+        self._on_commit: list[Callable[[int], None]] = []
         self._submitted = 0
         self._committed = 0
         self._work = trio.Event()
+        self._delta_waiting = trio.Event()
+        """Set by `append_delta`: ends the gathering of a batch of statements at once."""
         self._committed_changed = trio.Event()
         self._read_lock = trio.Lock()
         self._threads = trio.CapacityLimiter(2)
@@ -256,6 +309,11 @@ class Store:
         task at a time), apart from trio's default limiter: threads that other parts hold
         for long (an agent's file request on a slow disk) must never delay a commit."""
         self._closed = False
+        self._unavailable: str | None = None
+        """Why the last commit attempt failed, while the writer retries it (set from its
+        thread, cleared after a commit)."""
+        self._give_up = threading.Event()
+        """Set at close when a batch cannot be committed: the retrying thread stops."""
         self._failure: DatabaseUnusable | None = None
         """Set once the database has failed for good; see the module docstring."""
         self._scope: trio.CancelScope | None = None
@@ -271,9 +329,11 @@ class Store:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, path: Path, *, commit_interval: float = 0.005, batch_max: int = 20000
+        cls, path: Path, *, commit_interval: float = 0.005, batch_max: int = 20000,
+        max_pending: int = 10_000, max_pending_bytes: int = 16 << 20,
     ) -> AsyncIterator[Store]:
-        store = cls(path, commit_interval=commit_interval, batch_max=batch_max)
+        store = cls(path, commit_interval=commit_interval, batch_max=batch_max,
+                    max_pending=max_pending, max_pending_bytes=max_pending_bytes)
         await trio.to_thread.run_sync(store._open_sync, limiter=store._threads)
         body_error: BaseException | None = None
         try:
@@ -288,7 +348,7 @@ class Store:
                     body_error = exc
                 finally:
                     with trio.CancelScope(shield=True), contextlib.suppress(DatabaseUnusable):
-                        await store.flush()
+                        await store._final_flush()
                     nursery.cancel_scope.cancel()
         finally:
             store._closed = True
@@ -386,28 +446,110 @@ class Store:
         self._submitted += 1
         self._work.set()
 
-    def append_delta(self, chat: str, seq: int, ts: float, data: bytes) -> None:
-        """Enqueue a delta for the log. Deltas are inserted with one executemany per batch."""
+    def prune_transitions(self, before: float) -> None:
+        """Enqueue the deletion of state transitions older than `before` (by the `ts`
+        index: the rows it deletes, not the table)."""
+        self.execute("DELETE FROM transitions WHERE ts<?", (before,))
+
+    def append_delta(self, chat: str, seq: int, ts: float, data: bytes) -> int:
+        """Enqueue a delta for the log; returns its ticket, which `on_commit` callbacks are
+        given once it is committed. Deltas are inserted with one executemany per batch."""
         if self._closed:
             raise StoreClosed("the store is closed")
         if self._failure is not None:
             self.dropped += 1
-            return
+            return self._submitted + 1  # never committed: the daemon is stopping
         self._deltas.append((chat, seq, ts, data))
+        self._uncommitted_deltas += 1
+        self._uncommitted_bytes += len(data)
         self._submitted += 1
         self._work.set()
+        self._delta_waiting.set()
+        return self._submitted
+
+    def on_commit(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(ticket)` after each commit: everything enqueued up to `ticket`
+        (`append_delta`'s return value) is committed. Runs in the writer task, so it must
+        not block; an exception in it is logged, never lets the writer die."""
+        self._on_commit.append(callback)
+
+    @property
+    def committed(self) -> int:
+        """The ticket up to which everything is committed."""
+        return self._committed
+
+    def backlogged(self) -> bool:
+        """Whether uncommitted deltas are at their bound (`wait_for_room` would wait)."""
+        return (self._uncommitted_deltas >= self.max_pending
+                or self._uncommitted_bytes >= self.max_pending_bytes)
+
+    async def wait_for_room(self) -> None:
+        """Wait while uncommitted deltas are at their bound: the backpressure the agents'
+        readers apply, so a store that cannot keep up (or cannot commit at all: a full
+        disk) slows the agents' output instead of growing the daemon's memory."""
+        while self.backlogged() and self._failure is None and self._writer is not None:
+            await self._committed_changed.wait()
 
     async def flush(self) -> None:
         """Wait until everything enqueued before this call is committed; `DatabaseUnusable`
-        if the store has failed (now or while waiting), since that never happens then."""
+        if the store has failed (now or while waiting), since that never happens then.
+
+        Under `FLUSH_PATIENCE` (a client's request), `StorageUnavailable` once that long has
+        passed while the store cannot commit: the client is answered instead of left waiting
+        for a disk to be freed. A store that is only slow is waited for."""
         target = self._submitted
+        patience = FLUSH_PATIENCE.get()
+        deadline = trio.current_time() + patience if patience is not None else math.inf
         while self._committed < target:
             if self._failure is not None:
                 raise self._failure
             if self._writer is None:
                 return
             self._work.set()
-            await self._committed_changed.wait()
+            with trio.move_on_at(deadline):
+                await self._committed_changed.wait()
+            if self._committed < target and trio.current_time() >= deadline:
+                if self._unavailable is not None:
+                    raise self.unavailable_error(
+                        "the request was not confirmed durable; it takes effect if the "
+                        "daemon can write again")
+                deadline = trio.current_time() + 1.0  # slow, not failing: look again
+
+    async def wait_writable(self, patience: float = STORAGE_PATIENCE) -> None:
+        """Return at once while the store commits; while it cannot, wait up to `patience`
+        seconds for it to recover, then raise `StorageUnavailable`. Requests that write
+        call it first, so that they change nothing when they cannot be made durable."""
+        deadline = trio.current_time() + patience
+        while self._unavailable is not None and self._failure is None:
+            if trio.current_time() >= deadline:
+                raise self.unavailable_error("nothing was changed; retry later")
+            with trio.move_on_at(deadline):
+                await self._committed_changed.wait()
+
+    def unavailable_error(self, outcome: str) -> StorageUnavailable:
+        return StorageUnavailable(
+            f"storage unavailable: the daemon cannot write its database {self.path} "
+            f"({self._unavailable}); {outcome}",
+            detail={"error": self._unavailable, "pending": self.pending})
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why commits fail at the moment (None while they succeed)."""
+        return self._unavailable
+
+    async def _final_flush(self) -> None:
+        """At close: commit what is pending. If the store cannot commit (a full disk) for
+        `STORAGE_PATIENCE`, give up on it, say how much is lost, and let the daemon stop."""
+        while self.pending and self._failure is None and self._writer is not None:
+            with trio.move_on_after(STORAGE_PATIENCE):
+                await self.flush()
+                return
+            if self._unavailable is not None:
+                self._log.error("stopping with writes not committed: the database cannot be "
+                                "written", file=str(self.path), error=self._unavailable,
+                                lost=self.pending)
+                self._give_up.set()
+                return
 
     @property
     def failure(self) -> DatabaseUnusable | None:
@@ -424,6 +566,7 @@ class Store:
                             error=str(self._failure))
             self._ops.clear()
             self._deltas.clear()
+            self._uncommitted_deltas = self._uncommitted_bytes = 0
             event, self._committed_changed = self._committed_changed, trio.Event()
             event.set()
             if self._scope is not None:
@@ -437,6 +580,8 @@ class Store:
     async def _writer_loop(self) -> None:
         try:
             await self._write_batches()
+        except _GaveUp:
+            return
         except Exception as exc:
             # Whatever stopped the writer (damage, or a bug), no commit comes any more:
             # the store fails rather than leave `flush` waiters hanging.
@@ -446,9 +591,14 @@ class Store:
         while True:
             await self._work.wait()
             self._work = trio.Event()
-            if len(self._deltas) + len(self._ops) < self.batch_max:
-                # Let a burst gather into one transaction.
-                await trio.sleep(self.commit_interval)
+            if not self._deltas and len(self._ops) < self.batch_max:
+                # Let a burst of statements gather into one transaction, until a delta
+                # comes: deltas are delivered only once committed, so each waits for one
+                # commit and no more (a group commit: what arrives meanwhile forms the next
+                # batch). A turn's first chunk follows its state writes by microseconds.
+                with trio.move_on_after(self.commit_interval):
+                    await self._delta_waiting.wait()
+            self._delta_waiting = trio.Event()
             ops, self._ops = self._ops, []
             deltas, self._deltas = self._deltas, []
             target = self._submitted
@@ -459,6 +609,15 @@ class Store:
                     await trio.to_thread.run_sync(self._commit_sync, ops, deltas,
                                                   limiter=self._threads)
             self._committed = target
+            self._unavailable = None
+            if deltas:
+                self._uncommitted_deltas -= len(deltas)
+                self._uncommitted_bytes -= sum(len(row[3]) for row in deltas)
+            for callback in self._on_commit:
+                try:
+                    callback(target)
+                except Exception:
+                    self._log.exception("commit callback failed")
             event, self._committed_changed = self._committed_changed, trio.Event()
             event.set()
 
@@ -496,11 +655,14 @@ class Store:
                 if is_damage(exc) or not isinstance(exc, sqlite3.OperationalError):
                     # Damage (or worse): no retry can commit this batch.
                     raise
-                # Disk full, I/O error, locked by an outside process: keep the batch and retry.
+                # Disk full, I/O error, locked by an outside process: keep the batch and retry
+                # (clients' writes meanwhile get `storage_unavailable`, agents' output waits).
                 attempt += 1
                 self.write_errors += 1
+                self._unavailable = str(exc)
                 self._log.error("commit failed; retrying", error=str(exc), attempt=attempt)
-                time.sleep(min(5.0, 0.1 * 2**attempt))
+                if self._give_up.wait(min(2.0, 0.05 * 2**attempt)):
+                    raise _GaveUp from exc
 
     # ------------------------------------------------------------------ reads
 
@@ -545,20 +707,16 @@ class Store:
 
     async def read_deltas(
         self, chat: str, after: int, upto: int, limit: int = 5000
-    ) -> list[tuple[int, bytes]]:
-        """Logged deltas of `chat` with `after < seq <= upto`, oldest first."""
-        if self._committed < self._submitted:
-            # Not only what is queued: a batch the writer took and is committing in its
-            # thread is invisible to the reader too. Missing it made a lagging subscriber's
-            # catch-up find no rows, raise the channel's floor past them and resync the
-            # subscriber, losing history that was about to be committed (found by the
-            # fan-out benchmark: a 100k-delta turn to a slow WebSocket subscriber).
-            await self.flush()
+    ) -> list[tuple[int, float, bytes]]:
+        """Logged deltas of `chat` with `after < seq <= upto`, oldest first, as (seq, ts,
+        data). Sees only what is committed: the hub asks only for delivered deltas, which
+        are."""
         rows = await self.query(
-            "SELECT seq, data FROM deltas WHERE chat=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
+            "SELECT seq, ts, data FROM deltas WHERE chat=? AND seq>? AND seq<=? "
+            "ORDER BY seq LIMIT ?",
             (chat, after, upto, limit),
         )
-        return [(int(seq), bytes(data)) for seq, data in rows]
+        return [(int(seq), float(ts), bytes(data)) for seq, ts, data in rows]
 
     def statistics(self) -> dict[str, int]:
         return {

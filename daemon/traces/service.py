@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from daemon.channels.frames import log_prefix, logged_payload
 from daemon.errors import BadRequest, UnknownChat
 from daemon.router import Routes
 from daemon.store.sqlite import Store
@@ -36,16 +37,18 @@ class TraceService:
         """Every retained delta of `chat` (logged at or after `since`), oldest first."""
         out: list[d.Delta] = []
         after = 0
+        prefix = log_prefix(chat)
         while True:
             if since is None:
                 rows = await self.store.query(
-                    "SELECT seq, data FROM deltas WHERE chat=? AND seq>? ORDER BY seq LIMIT ?",
-                    (chat, after, PAGE))
+                    "SELECT seq, ts, data FROM deltas WHERE chat=? AND seq>? "
+                    "ORDER BY seq LIMIT ?", (chat, after, PAGE))
             else:
                 rows = await self.store.query(
-                    "SELECT seq, data FROM deltas WHERE chat=? AND seq>? AND ts>=? "
+                    "SELECT seq, ts, data FROM deltas WHERE chat=? AND seq>? AND ts>=? "
                     "ORDER BY seq LIMIT ?", (chat, after, since, PAGE))
-            out.extend(_decoder.decode(bytes(data)) for _, data in rows)
+            out.extend(_decoder.decode(logged_payload(prefix, int(seq), float(ts), bytes(data)))
+                       for seq, ts, data in rows)
             if len(rows) < PAGE:
                 return out
             after = int(rows[-1][0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import subprocess
 import sys
 
@@ -77,9 +78,11 @@ async def test_resume_after_daemon_restart_from_the_persisted_log(
         accepted = await client.request(m.Prompt(id=0, chat=info.chat,
                                                  text=f"/chunks {CHUNKS}"))
         await read_until(client, sub.head_seq + 1000, info.chat, got)
-        # Let the turn finish in the daemon while we no longer read.
+        # Let the turn finish in the daemon while we no longer read. From the start of the
+        # turn, not live only: it may have ended already (a live-only subscription would
+        # then wait for a turn_ended that was delivered before it).
         async with daemon.client() as other:
-            await subscribe(other, info.chat)
+            await subscribe(other, info.chat, since=sub.head_seq, epoch=sub.epoch)
             await collect_turn(other, info.chat, accepted.turn)
     assert daemon.stop() == 0
     daemon.start()
@@ -101,11 +104,32 @@ async def test_resume_after_daemon_restart_from_the_persisted_log(
     assert [x.turn for x in got if isinstance(x.body, d.TurnEnded)] == [accepted.turn]
 
 
-async def test_unclean_restart_changes_epoch_and_resyncs(daemon: DaemonProcess) -> None:
+async def test_unclean_restart_keeps_the_epoch(daemon: DaemonProcess) -> None:
+    """Deltas are delivered only once committed: after a crash the history goes on."""
     async with daemon.client() as client:
         info = await open_chat(client, "crash", cwd=daemon.work)
         await turn(client, info.chat, "before the crash")
     daemon.kill9()
+    daemon.start()
+    async with daemon.client() as client:
+        sub = await subscribe(client, info.chat, since=3, epoch=info.epoch)
+        assert sub.epoch == info.epoch
+        with trio.fail_after(10):
+            event = await client.next_event()
+        assert isinstance(event, d.Delta)
+        assert event.seq == 4
+
+
+async def test_unclean_restart_after_an_older_daemon_changes_epoch_and_resyncs(
+        daemon: DaemonProcess) -> None:
+    """A database whose crashed daemon did not record that it delivers after commit (one
+    from before that change) may have lost deltas clients saw: a new history."""
+    async with daemon.client() as client:
+        info = await open_chat(client, "crash", cwd=daemon.work)
+        await turn(client, info.chat, "before the crash")
+    daemon.kill9()
+    with sqlite3.connect(daemon.state_dir / "stoker.db") as db:
+        db.execute("DELETE FROM meta WHERE key='delivery'")
     daemon.start()
     async with daemon.client() as client:
         sub = await subscribe(client, info.chat, since=3, epoch=info.epoch)

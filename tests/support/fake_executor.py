@@ -68,11 +68,17 @@ class InlineStore(Store):
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._conn.executemany(sql, rows)
 
-    def append_delta(self, chat: str, seq: int, ts: float, data: bytes) -> None:
+    def append_delta(self, chat: str, seq: int, ts: float, data: bytes) -> int:
         self._conn.execute("INSERT INTO deltas(chat, seq, ts, data) VALUES (?,?,?,?)",
                            (chat, seq, ts, data))
+        self._submitted += 1
+        return self._submitted
 
     async def flush(self) -> None:
+        """Committed already: tell the hub (which delivers deltas once committed)."""
+        self._committed = self._submitted
+        for callback in self._on_commit:
+            callback(self._committed)
         await trio.lowlevel.checkpoint()
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

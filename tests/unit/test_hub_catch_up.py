@@ -26,6 +26,7 @@ async def test_log_replay_keeps_to_the_outbox_byte_bound(tmp_path: Path) -> None
         hub.open_channel("c", new_epoch())
         for _ in range(200):
             hub.publish("c", 1, d.Text(text="x" * 1000))
+        await store.flush()  # delivered (to the ring) once committed
         channel = hub.channel("c")
         assert channel is not None
         largest = max(len(entry.frame) for entry in channel.ring)

@@ -71,7 +71,7 @@ _decoder = msgspec.msgpack.Decoder(m.ClientSideServerMessage)
 
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("publish"), st.integers(1, 40)),
+        st.tuples(st.just("publish"), st.integers(1, 40), st.booleans()),
         st.tuples(st.just("drain"), st.integers(0, 2), st.integers(1, 60)),
         st.tuples(st.just("disconnect"), st.integers(0, 2)),
         st.tuples(st.just("resume"), st.integers(0, 2)),
@@ -125,6 +125,8 @@ async def _scenario(path: Path, script: list[Any]) -> None:
             if op[0] == "publish":
                 for _ in range(op[1]):
                     hub.publish("c", 1, d.Text(text="x"))
+                if op[2]:
+                    await store.flush()  # delivered once committed
             elif op[0] == "drain":
                 client = clients[op[1]]
                 if client.sub is not None:
@@ -139,6 +141,7 @@ async def _scenario(path: Path, script: list[Any]) -> None:
                 client = clients[op[1]]
                 if client.sub is None:
                     client.connect(hub, client.seqs[-1] if client.seqs else 0)
+        await store.flush()
         head = hub.head("c")
         for client in clients:
             if client.sub is None:
@@ -166,6 +169,7 @@ async def test_pruned_history_resyncs_with_snapshot(tmp_path: Path) -> None:
         hub.publish("c", 1, d.TurnStarted(agent="echo", prompt="hi"))
         for _ in range(100):
             hub.publish("c", 1, d.Text(text="y"))
+        await store.flush()
         await hub.prune(retain_deltas=20, retain_age=1e9)
         ch = hub.channel("c")
         assert ch is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import typing
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -37,11 +37,12 @@ def _route(request: type[m.RequestBase], owner: str = "test", slow: bool = False
 
 def _service_router(tmp_path: Path) -> Router:
     """The router of a daemon built as `serve` builds it (nothing started: building does no
-    I/O, so a placeholder store and an unbound socket do)."""
+    I/O, so an unopened store and an unbound socket do)."""
     paths = Paths(socket=tmp_path / "s", state_dir=tmp_path, config=tmp_path / "c.toml",
                   config_explicit=False)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        service, tree, _unix = build(paths, Config(), cast(Store, object()), "instance", sock,
+        service, tree, _unix = build(paths, Config(), Store(paths.database, commit_interval=0.005,
+                                                             batch_max=1), "instance", sock,
                                      None, None, None)
     assert tree.router is service.router
     return service.router

@@ -136,7 +136,7 @@ class Generation:
                 rpc = JsonRpcConnection(
                     proc.stdin, proc.stdout, on_request=self._on_request,
                     on_notification=self._on_notification, on_traffic=core.touch,
-                    on_line=self._on_line,
+                    on_line=self._on_line, throttle=core.hub.wait_for_room,
                     max_line=int(core.settings.config.daemon.max_line),
                     log=self.log, name=f"agent {core.agent}")
                 self.rpc = rpc
