@@ -154,13 +154,38 @@ def _status_from_returncode(returncode: int) -> ExitStatus:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs. Zombies do not count: `killpg(pgid, 0)`
+    succeeds while a member is a zombie, and an orphaned zombie stays until PID 1 reaps it,
+    which a container's PID 1 may never do (a stop would wait out its whole grace)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return _group_runs(pgid)
+
+
+def _group_runs(pgid: int) -> bool:
+    """A member of process group `pgid` that is not a zombie exists (one scan of /proc;
+    without /proc, assume so)."""
+    if not os.path.isdir("/proc/self"):
+        return True
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2:].split()
+        try:
+            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                return True
+        except (IndexError, ValueError):
+            continue
+    return False
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -396,7 +421,7 @@ class LocalProcess(ProcessStreams):
         with trio.move_on_after(grace):
             await self.wait()
             # The leader is gone; give the rest of its group the same grace.
-            while _group_alive(pgid):
+            while await trio.to_thread.run_sync(_group_alive, pgid):
                 await trio.sleep(0.02)
         _signal_group(pgid, signal.SIGKILL)
         status = await self.wait()

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import psutil
 import trio
 
 from daemon.client import Client
 from protocol import deltas as d
 from protocol import messages as m
 from tests.support.harness import (
+    ROOT,
     DaemonFactory,
     DaemonProcess,
     actor,
@@ -27,6 +32,7 @@ from tests.support.harness import (
     turn,
     wait_committed,
     wait_gone,
+    wait_log,
     wait_state,
     wait_turn_end,
     wait_turns_ended,
@@ -162,6 +168,79 @@ async def test_memory_budget_lowered_then_removed_by_reload_leaves_no_stale_hibe
             statuses = [x.body for x in deltas if isinstance(x.body, d.Status)]
             last_ready = max(i for i, s in enumerate(statuses) if s.state == "ready")
             assert all(s.state != "hibernated" for s in statuses[last_ready - 1:]), statuses
+
+
+def two_process_agent(pidfile: Path, mode: str, stop_grace: str) -> str:
+    """A config whose agent `two` is tests/support/two_process_agent.py (see there)."""
+    command = [sys.executable, str(ROOT / "tests" / "support" / "two_process_agent.py"),
+               str(pidfile), mode]
+    return (lifecycle(restart_backoff="100ms") + f"[daemon]\nstop_grace = \"{stop_grace}\"\n"
+            f"[agents.two]\ncommand = {json.dumps(command)}\n")
+
+
+async def crash_mid_turn(daemon: DaemonProcess, client: Client, pidfile: Path
+                         ) -> tuple[d.TurnEnded, list[int]]:
+    """Start a long turn on agent `two`, kill -9 its leader; (the turn's end, the pids in
+    the agent's pidfile)."""
+    await open_chat(client, "two", agent="two", cwd=daemon.work)
+    await subscribe(client, "two")
+    accepted = await client.request(m.Prompt(id=0, chat="two", text="/sleep 60000"))
+    busy = await wait_state(client, "two", "busy", agent="two")
+    pids = [int(pid) for pid in pidfile.read_text().split()]
+    assert all(alive(pid) for pid in pids)
+    assert busy.pid is not None
+    os.kill(busy.pid, signal.SIGKILL)
+    return await wait_turn_end(client, "two", accepted.turn), pids
+
+
+async def test_crash_is_reported_before_the_agents_leftovers_are_stopped(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    # Issue 22: the crash was published only once the whole process group was gone: a
+    # child ignoring SIGTERM held the turn's end for the whole stop grace.
+    pidfile = tmp_path / "child.pid"
+    daemon = daemon_factory(config=two_process_agent(pidfile, "stubborn", "3s"))
+    daemon.start()
+    async with daemon.client() as client:
+        ended, (child,) = await crash_mid_turn(daemon, client, pidfile)
+        assert ended.error is not None
+        assert "killed by SIGKILL" in ended.error
+        # The child still runs (it ignores SIGTERM until the grace's SIGKILL): the turn
+        # ended before the teardown, and the log says so in that order.
+        stopped = await wait_log(daemon, r'gen=1 event="agent stopped"', timeout=30)
+        log = daemon.log_text()
+        turn_ended = re.search(r'gen=1 event="turn ended"', log)
+        crashed = re.search(r"gen=1 event=state state=crashed", log)
+        assert turn_ended is not None
+        assert crashed is not None
+        assert turn_ended.start() < stopped.start()
+        assert crashed.start() < stopped.start()
+        await wait_gone([child], timeout=15)
+        # The restarted agent serves the chat.
+        assert (await turn(client, "two", "after the crash")).ended.error is None
+        await assert_every_turn_ended_once(client, "two")
+
+
+async def test_zombie_leftovers_do_not_hold_up_the_stop(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    # A member of the agent's group dies on SIGTERM but stays a zombie (its parent, outside
+    # the group, never waits). `killpg(pgid, 0)` still succeeds for a zombie: the stop used
+    # to wait out its whole grace (here an hour) for a group with nothing running in it.
+    pidfile = tmp_path / "helpers.pid"
+    daemon = daemon_factory(config=two_process_agent(pidfile, "zombie", "1h"))
+    daemon.start()
+    holder = 0
+    try:
+        async with daemon.client() as client:
+            ended, (holder, member) = await crash_mid_turn(daemon, client, pidfile)
+            assert ended.error is not None
+            await wait_log(daemon, r'gen=1 event="agent stopped"', timeout=60)
+            # Stopped while the zombie is still there: it did not wait for a reaper.
+            assert psutil.Process(member).status() == psutil.STATUS_ZOMBIE
+            assert alive(holder)
+            assert (await turn(client, "two", "after the crash")).ended.error is None
+    finally:
+        if holder:
+            os.kill(holder, signal.SIGKILL)
 
 
 async def test_crash_loop_backs_off_then_fails_and_prompt_retries(
