@@ -243,6 +243,47 @@ async def test_zombie_leftovers_do_not_hold_up_the_stop(
             os.kill(holder, signal.SIGKILL)
 
 
+def log_times(log: str, pattern: str) -> list[float]:
+    """The wall-clock times (the log's local-time stamps, ms) of the lines matching
+    `pattern`."""
+    return [time.mktime(time.strptime(line[:19], "%Y-%m-%dT%H:%M:%S")) + float(line[19:23])
+            for line in log.splitlines() if re.search(pattern, line)]
+
+
+async def test_sigterm_stops_many_stubborn_agents_concurrently(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    # Issue 22: stopping many agents was serial (15 s for 500). Each of these agents notes
+    # its SIGTERM and ignores it, so each stop lasts the whole grace: concurrent stops mean
+    # every agent got its SIGTERM before the first grace ran out and its agent stopped.
+    count = 20
+    notes = tmp_path / "terms"
+    notes.mkdir()
+    command = [sys.executable, str(ROOT / "tests" / "support" / "stubborn_agent.py"),
+               str(notes)]
+    daemon = daemon_factory(config=lifecycle(max_warm=count + 4)
+                            + '[daemon]\nstop_grace = "2s"\n'
+                            + f"[agents.stubborn]\ncommand = {json.dumps(command)}\n")
+    daemon.start()
+    chats = [f"s{i}" for i in range(count)]
+    async with daemon.client() as client:
+        for chat in chats:
+            await open_chat(client, chat, agent="stubborn", cwd=daemon.work)
+        async with trio.open_nursery() as nursery:
+            for chat in chats:
+                nursery.start_soon(client.request, m.Warm(id=0, chat=chat))
+        pids = [(await actor(client, chat, "stubborn")).pid for chat in chats]
+    assert all(pid is not None for pid in pids)
+    assert await trio.to_thread.run_sync(daemon.stop, 60.0) == 0
+    terms = {int(path.stem): float(path.read_text()) for path in notes.glob("*.term")}
+    assert sorted(terms) == sorted(pid for pid in pids if pid is not None)
+    stopped = log_times(daemon.log_text(), r'event="agent stopped" status="killed by SIGKILL"')
+    assert len(stopped) == count
+    # Every stop window overlaps every other: the last SIGTERM came before the first stop
+    # ended (the log's stamps have millisecond resolution).
+    assert max(terms.values()) < min(stopped) + 0.001
+    await wait_gone([pid for pid in pids if pid is not None], timeout=10)
+
+
 async def test_crash_loop_backs_off_then_fails_and_prompt_retries(
         daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=lifecycle(restart_max=3, restart_window="60s"))
