@@ -314,9 +314,10 @@ class BackendActor:
         self._nursery.start_soon(self._run_generation, gen)
 
     async def _run_generation(self, gen: Generation) -> None:
-        ending = await gen.run(lambda gen, rpc: self._session.setup(
-            gen, rpc, post=self._post, waiting=lambda: bool(self._core.queue or self._want_warm)))
         try:
+            ending = await gen.run(lambda gen, rpc: self._session.setup(
+                gen, rpc, post=self._post,
+                waiting=lambda: bool(self._core.queue or self._want_warm)))
             await self._post(ev.Ended(gen, ending))
         finally:
             await gen.teardown()  # a crashed agent's leftovers, stopped after the report

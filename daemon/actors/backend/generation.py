@@ -3,7 +3,8 @@
 A generation spawns the process, connects JSON-RPC to its stdio, drains its stderr, watches
 for its exit, sets up the session (through the actor's `setup`), and then holds the process
 until something ends it. Whatever ends it records why (`Ending`; the first reason wins) and
-cancels its nursery; its `finally` stops the process tree. The actor decides what comes
+cancels its nursery; its `finally` stops the process tree (after a crash whose leader has
+exited, the actor reports the crash first and then calls `teardown`). The actor decides what comes
 next from the `Ending` (restart with backoff, hibernate, fail, close).
 """
 
