@@ -154,6 +154,7 @@ class Pool:
         """End every open turn, stop every agent (SIGTERM, then SIGKILL after the grace),
         and wait for the actors to finish."""
         self._shutting_down = reason
+        self._sweep_needed.set()  # the evictor goes to sleep for good (`_next_wake`)
         running = [child for child in self._actors.values() if child.running]
         for child in running:
             child.ref.send(mb.Shutdown(reason=reason))
@@ -528,6 +529,8 @@ class Pool:
     def _next_wake(self) -> float:
         """The evictor's next deadline: the earliest idle deadline, and with a memory budget
         the next measurement while anything is warm."""
+        if self._shutting_down is not None:
+            return math.inf  # nothing is evicted any more: wait for the cancel
         at = self._idle_check if self._idle_check is not None else math.inf
         lc = self._settings.config.lifecycle
         if lc.memory_budget is not None and self._warm:
