@@ -547,8 +547,9 @@ class Pool:
             except Exception:
                 self._log.exception("eviction sweep failed")
                 # Do not spin on a deadline that failed: try again after the interval.
-                self._idle_check = trio.current_time() + float(
-                    self._settings.config.lifecycle.sweep_interval)
+                now = trio.current_time()
+                self._idle_check = now + float(self._settings.config.lifecycle.sweep_interval)
+                self._memory_checked = now
 
     async def sweep(self) -> list[str]:
         """Hibernate what the policy says should go among the warm actors, and plan the
