@@ -153,19 +153,6 @@ def _status_from_returncode(returncode: int) -> ExitStatus:
     return ExitStatus(code=returncode, signal=None)
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of the group still runs. Zombies do not count: `killpg(pgid, 0)`
-    succeeds while a member is a zombie, and an orphaned zombie stays until PID 1 reaps it,
-    which a container's PID 1 may never do (a stop would wait out its whole grace)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return PROCESSES.group_runs(pgid, max_age=GROUP_POLL)
-
-
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -328,6 +315,19 @@ class ProcessTable:
             groups = self._fresh(max_age).groups
             return groups is None or bool(groups.get(pgid))
 
+    def group_runs_now(self, pgid: int, max_age: float) -> bool | None:
+        """`group_runs` from the last scan if it is young enough and no scan is running;
+        None otherwise. Never blocks: for the event loop's thread."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if time.monotonic() - self._scanned >= max_age:
+                return None
+            groups = self._snapshot.groups
+            return groups is None or bool(groups.get(pgid))
+        finally:
+            self._lock.release()
+
     def statistics(self) -> ProcessTableStatistics:
         with self._lock:
             return ProcessTableStatistics(scans=self._scans,
@@ -412,15 +412,34 @@ class ProcessStreams:
                 await stream.aclose()
 
 
+async def _group_alive(pgid: int, scans: trio.CapacityLimiter) -> bool:
+    """Whether a process of the group still runs. Zombies do not count: `killpg(pgid, 0)`
+    succeeds while a member is a zombie, and an orphaned zombie stays until PID 1 reaps it,
+    which a container's PID 1 may never do (a stop would wait out its whole grace)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    runs = PROCESSES.group_runs_now(pgid, GROUP_POLL)
+    if runs is None:
+        runs = await trio.to_thread.run_sync(PROCESSES.group_runs, pgid, GROUP_POLL,
+                                             limiter=scans)
+    return runs
+
+
 class LocalProcess(ProcessStreams):
     """An agent process on this host, leader of its own process group."""
 
-    def __init__(self, proc: trio.Process, identity: ProcessIdentity) -> None:
+    def __init__(self, proc: trio.Process, identity: ProcessIdentity,
+                 scans: trio.CapacityLimiter | None = None) -> None:
         assert proc.stdin is not None
         assert proc.stdout is not None
         super().__init__(proc.stdin, proc.stdout, proc.stderr or _EmptyStream(), identity)
         self._proc = proc
         self._status: ExitStatus | None = None
+        self._scans = scans or trio.CapacityLimiter(1)
 
     @property
     def returncode(self) -> int | None:
@@ -434,18 +453,20 @@ class LocalProcess(ProcessStreams):
 
     async def stop(self, grace: float) -> ExitStatus:
         pgid = self._identity.pgid
-        escaped = await trio.to_thread.run_sync(_escaped, self._proc.pid)
+        escaped = await trio.to_thread.run_sync(_escaped, self._proc.pid,
+                                                limiter=self._scans)
         if self._proc.returncode is None:
             await self._say_goodbye(grace, self.wait)
         _signal_group(pgid, signal.SIGTERM)
         with trio.move_on_after(grace):
             await self.wait()
             # The leader is gone; give the rest of its group the same grace.
-            while await trio.to_thread.run_sync(_group_alive, pgid):
-                await trio.sleep(0.02)
+            while await _group_alive(pgid, self._scans):
+                await trio.sleep(GROUP_POLL)
         _signal_group(pgid, signal.SIGKILL)
         status = await self.wait()
-        await trio.to_thread.run_sync(_kill_processes, escaped)
+        if escaped:
+            await trio.to_thread.run_sync(_kill_processes, escaped, limiter=self._scans)
         await self._close_streams()
         return status
 
@@ -473,6 +494,10 @@ class LocalExecutor:
         self.instance = instance
         self._log = Log("exec")
         self._file_threads = trio.CapacityLimiter(FILE_THREADS)
+        self._scan_threads = trio.CapacityLimiter(1)
+        """Process-table scans of stopping agents: one worker thread, not trio's shared
+        ones (a shutdown's hundreds of stops must not queue the store's commits), and one
+        at a time is all they need since they share each scan."""
 
     async def spawn(self, argv: list[str], *, env: Mapping[str, str], cwd: str,
                     actor: str, merge_stderr: bool = False) -> LocalProcess:
@@ -502,7 +527,7 @@ class LocalExecutor:
             start = 0.0
         identity = ProcessIdentity(pid=proc.pid, pgid=proc.pid, start_time=start,
                                    computer=None, actor=actor)
-        return LocalProcess(proc, identity)
+        return LocalProcess(proc, identity, self._scan_threads)
 
     async def reclaim(self, identity: ProcessIdentity) -> bool:
         return await trio.to_thread.run_sync(reclaim_local, identity)
