@@ -81,6 +81,15 @@ class _Child:
 ExecutorFactory = Callable[[str | None], Executor]
 
 
+@dataclass(slots=True, eq=False)
+class _Probe:
+    """One `initialize` probe of an agent, shared by every request that asks meanwhile."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    result: m.AgentDescription | None = None
+    error: Exception | None = None
+
+
 class Pool:
     def __init__(self, *, hub: Hub, store: Store, settings: Settings,
                  executors: ExecutorFactory, instance: str) -> None:
@@ -109,6 +118,10 @@ class Pool:
         """Called (synchronously) after each turn that ran ends: (chat, agent, turn,
         error or None). Subsystems use it, e.g. to publish a diff of the workspace."""
         self._descriptions: dict[str, m.AgentDescription] = {}
+        """Probed descriptions per agent, for the current config (cleared on reload)."""
+        self._probes: dict[str, _Probe] = {}
+        """Probes running for the current config: concurrent requests wait for the same."""
+        self._config_epoch = 0
         self.unclean_start = False
         """Set before `run` when the previous daemon did not exit cleanly."""
 
@@ -141,6 +154,7 @@ class Pool:
         """End every open turn, stop every agent (SIGTERM, then SIGKILL after the grace),
         and wait for the actors to finish."""
         self._shutting_down = reason
+        self._sweep_needed.set()  # the evictor goes to sleep for good (`_next_wake`)
         running = [child for child in self._actors.values() if child.running]
         for child in running:
             child.ref.send(mb.Shutdown(reason=reason))
@@ -429,13 +443,40 @@ class Pool:
             initialize = child.ref.snapshot().initialize if child.ref.agent == agent else None
             if initialize is not None:
                 return description_of(agent, initialize)
-        if agent not in self._descriptions:
-            daemon = self._settings.config.daemon
-            self._descriptions[agent] = description_of(agent, await probe_agent(
+        cached = self._descriptions.get(agent)
+        if cached is not None:
+            return cached
+        probe = self._probes.get(agent)
+        if probe is None:
+            if self._nursery is None:
+                raise ShuttingDown("the daemon is not running")
+            # The probe runs in the pool's nursery, not the first asker's task: a client
+            # that goes away does not cancel it for the others waiting on it.
+            probe = self._probes[agent] = _Probe()
+            self._nursery.start_soon(self._probe, agent, probe, self._config_epoch)
+        await probe.done.wait()
+        if probe.error is not None:
+            raise probe.error
+        if probe.result is None:  # the pool's nursery was cancelled: a shutdown
+            raise ShuttingDown("the daemon is shutting down")
+        return probe.result
+
+    async def _probe(self, agent: str, probe: _Probe, epoch: int) -> None:
+        spec = self._settings.agents[agent]
+        daemon = self._settings.config.daemon
+        try:
+            probe.result = description_of(agent, await probe_agent(
                 self._executors(spec.computer), spec, cwd=probe_directory(spec),
                 timeout=float(daemon.request_timeout), grace=float(daemon.stop_grace),
                 instance=self._instance))
-        return self._descriptions[agent]
+            if epoch == self._config_epoch:  # not for a config reloaded meanwhile
+                self._descriptions[agent] = probe.result
+        except Exception as exc:
+            probe.error = exc
+        finally:
+            if self._probes.get(agent) is probe:
+                del self._probes[agent]
+            probe.done.set()
 
     # ================================================================== views
 
@@ -497,6 +538,8 @@ class Pool:
     def _next_wake(self) -> float:
         """The evictor's next deadline: the earliest idle deadline, and with a memory budget
         the next measurement while anything is warm."""
+        if self._shutting_down is not None:
+            return math.inf  # nothing is evicted any more: wait for the cancel
         at = self._idle_check if self._idle_check is not None else math.inf
         lc = self._settings.config.lifecycle
         if lc.memory_budget is not None and self._warm:
@@ -513,8 +556,9 @@ class Pool:
             except Exception:
                 self._log.exception("eviction sweep failed")
                 # Do not spin on a deadline that failed: try again after the interval.
-                self._idle_check = trio.current_time() + float(
-                    self._settings.config.lifecycle.sweep_interval)
+                now = trio.current_time()
+                self._idle_check = now + float(self._settings.config.lifecycle.sweep_interval)
+                self._memory_checked = now
 
     async def sweep(self) -> list[str]:
         """Hibernate what the policy says should go among the warm actors, and plan the
@@ -546,6 +590,8 @@ class Pool:
         changed; others keep running. Returns how many were recycled."""
         recycled = 0
         self._descriptions.clear()
+        self._probes.clear()  # probes already running answer those waiting, uncached
+        self._config_epoch += 1
         for (_chat, agent), child in list(self._actors.items()):
             spec = self._settings.agents.get(agent)
             if spec is None:

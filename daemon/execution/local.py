@@ -153,16 +153,6 @@ def _status_from_returncode(returncode: int) -> ExitStatus:
     return ExitStatus(code=returncode, signal=None)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -217,13 +207,24 @@ class ProcessTableStatistics:
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+GROUP_POLL = 0.02
+"""How often a stop looks whether its process group still runs."""
 
 
-def _scan_proc() -> tuple[dict[int, list[int]], dict[int, int]]:
-    """Every process's children and resident bytes, from one pass over /proc (one
-    `stat` file per process: ppid and rss are both in it)."""
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    children: dict[int, list[int]]
+    rss: dict[int, int]
+    groups: dict[int, list[int]] | None
+    """Each process group's members that are not zombies; None: unknown (no /proc)."""
+
+
+def _scan_proc() -> _Snapshot:
+    """Every process's parent, group, state and resident bytes, from one pass over /proc
+    (all in each process's `stat` file)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
+    groups: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -235,15 +236,17 @@ def _scan_proc() -> tuple[dict[int, list[int]], dict[int, int]]:
         # The command name (field 2) may hold spaces and parentheses: split after its end.
         fields = data[data.rfind(b")") + 2:].split()
         try:
-            pid, ppid, pages = int(name), int(fields[1]), int(fields[21])
+            pid, ppid, pgrp, pages = int(name), int(fields[1]), int(fields[2]), int(fields[21])
         except (IndexError, ValueError):
             continue
         rss[pid] = pages * _PAGE
         children.setdefault(ppid, []).append(pid)
-    return children, rss
+        if fields[0] not in (b"Z", b"X"):
+            groups.setdefault(pgrp, []).append(pid)
+    return _Snapshot(children, rss, groups)
 
 
-def _scan_psutil() -> tuple[dict[int, list[int]], dict[int, int]]:
+def _scan_psutil() -> _Snapshot:
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for proc in psutil.process_iter(["ppid", "memory_info"]):
@@ -252,52 +255,78 @@ def _scan_psutil() -> tuple[dict[int, list[int]], dict[int, int]]:
             continue
         rss[proc.pid] = int(info["memory_info"].rss)
         children.setdefault(int(info["ppid"]), []).append(proc.pid)
-    return children, rss
+    return _Snapshot(children, rss, None)
 
 
 class ProcessTable:
-    """Resident memory of process trees, from one scan of the host's processes shared by
-    every caller for `max_age` seconds.
+    """The host's processes (parents, groups, resident memory), from one scan shared by
+    every caller that accepts its age.
 
     `status`, `ls` and the memory budget ask for the RSS of every warm agent's tree at
-    once; a `children(recursive=True)` per agent read all of /proc once *per agent*, in a
-    thread holding the GIL (10 s at 500 warm agents). One scan serves them all. Thread
-    safe: callers run in worker threads."""
+    once, and a shutdown stops every agent at once; a `children(recursive=True)` per agent
+    read all of /proc once *per agent*, in a thread holding the GIL (10 s for a `status`
+    at 500 warm agents; a shutdown's stops queued behind each other's scans). One scan
+    serves them all. Thread safe: callers run in worker threads."""
 
     def __init__(self, max_age: float = 0.5) -> None:
         self.max_age = max_age
+        """How old an answer `tree_rss` accepts."""
         self._lock = threading.Lock()
         self._scanned = -math.inf
         self._scans = 0
-        self._children: dict[int, list[int]] = {}
-        self._rss: dict[int, int] = {}
+        self._snapshot = _Snapshot({}, {}, None)
 
-    def _fresh(self) -> None:
-        now = time.monotonic()
-        if now - self._scanned < self.max_age:
-            return
-        self._children, self._rss = (_scan_proc() if os.path.isdir("/proc/self")
-                                     else _scan_psutil())
-        self._scanned = time.monotonic()
-        self._scans += 1
+    def _fresh(self, max_age: float) -> _Snapshot:
+        if time.monotonic() - self._scanned >= max_age:
+            self._snapshot = _scan_proc() if os.path.isdir("/proc/self") else _scan_psutil()
+            self._scanned = time.monotonic()
+            self._scans += 1
+        return self._snapshot
+
+    def _tree(self, snapshot: _Snapshot, pid: int) -> list[int]:
+        found: list[int] = []
+        todo = [pid]
+        seen: set[int] = set()
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            found.append(current)
+            todo.extend(snapshot.children.get(current, ()))
+        return found
 
     def tree_rss(self, pid: int) -> int | None:
         """RSS of `pid` and all its descendants in bytes; None if `pid` is not running."""
         with self._lock:
-            self._fresh()
-            if pid not in self._rss:
+            snapshot = self._fresh(self.max_age)
+            if pid not in snapshot.rss:
                 return None
-            total = 0
-            todo = [pid]
-            seen: set[int] = set()
-            while todo:
-                current = todo.pop()
-                if current in seen:
-                    continue
-                seen.add(current)
-                total += self._rss.get(current, 0)
-                todo.extend(self._children.get(current, ()))
-            return total
+            return sum(snapshot.rss.get(p, 0) for p in self._tree(snapshot, pid))
+
+    def descendants(self, pid: int, max_age: float) -> list[int]:
+        """The pids of `pid`'s descendants, from a scan at most `max_age` seconds old."""
+        with self._lock:
+            return self._tree(self._fresh(max_age), pid)[1:]
+
+    def group_runs(self, pgid: int, max_age: float) -> bool:
+        """Whether a member of process group `pgid` is not a zombie (True when unknown)."""
+        with self._lock:
+            groups = self._fresh(max_age).groups
+            return groups is None or bool(groups.get(pgid))
+
+    def group_runs_now(self, pgid: int, max_age: float) -> bool | None:
+        """`group_runs` from the last scan if it is young enough and no scan is running;
+        None otherwise. Never blocks: for the event loop's thread."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if time.monotonic() - self._scanned >= max_age:
+                return None
+            groups = self._snapshot.groups
+            return groups is None or bool(groups.get(pgid))
+        finally:
+            self._lock.release()
 
     def statistics(self) -> ProcessTableStatistics:
         with self._lock:
@@ -306,11 +335,27 @@ class ProcessTable:
 
 
 PROCESSES = ProcessTable()
-"""The host's process table, shared by every local agent's `rss()`."""
+"""The host's process table, shared by every local agent's `rss()` and `stop`."""
 
 
 def tree_rss(pid: int) -> int | None:
     return PROCESSES.tree_rss(pid)
+
+
+def _escaped(pid: int) -> list[psutil.Process]:
+    """`pid`'s descendants (to find those that leave its group), from a scan shared with
+    the other stops of the moment."""
+    procs: list[psutil.Process] = []
+    for child in PROCESSES.descendants(pid, max_age=STOP_SCAN_AGE):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied,
+                                 psutil.ZombieProcess):
+            procs.append(psutil.Process(child))  # pins its create time against pid reuse
+    return procs
+
+
+STOP_SCAN_AGE = 0.05
+"""How old a process scan a stop accepts for finding the agent's descendants: stops that
+start together (a shutdown) share one."""
 
 
 class _EmptyStream(trio.abc.ReceiveStream):
@@ -367,15 +412,34 @@ class ProcessStreams:
                 await stream.aclose()
 
 
+async def _group_alive(pgid: int, scans: trio.CapacityLimiter) -> bool:
+    """Whether a process of the group still runs. Zombies do not count: `killpg(pgid, 0)`
+    succeeds while a member is a zombie, and an orphaned zombie stays until PID 1 reaps it,
+    which a container's PID 1 may never do (a stop would wait out its whole grace)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    runs = PROCESSES.group_runs_now(pgid, GROUP_POLL)
+    if runs is None:
+        runs = await trio.to_thread.run_sync(PROCESSES.group_runs, pgid, GROUP_POLL,
+                                             limiter=scans)
+    return runs
+
+
 class LocalProcess(ProcessStreams):
     """An agent process on this host, leader of its own process group."""
 
-    def __init__(self, proc: trio.Process, identity: ProcessIdentity) -> None:
+    def __init__(self, proc: trio.Process, identity: ProcessIdentity,
+                 scans: trio.CapacityLimiter | None = None) -> None:
         assert proc.stdin is not None
         assert proc.stdout is not None
         super().__init__(proc.stdin, proc.stdout, proc.stderr or _EmptyStream(), identity)
         self._proc = proc
         self._status: ExitStatus | None = None
+        self._scans = scans or trio.CapacityLimiter(1)
 
     @property
     def returncode(self) -> int | None:
@@ -389,18 +453,20 @@ class LocalProcess(ProcessStreams):
 
     async def stop(self, grace: float) -> ExitStatus:
         pgid = self._identity.pgid
-        escaped = await trio.to_thread.run_sync(_descendants, self._proc.pid)
+        escaped = await trio.to_thread.run_sync(_escaped, self._proc.pid,
+                                                limiter=self._scans)
         if self._proc.returncode is None:
             await self._say_goodbye(grace, self.wait)
         _signal_group(pgid, signal.SIGTERM)
         with trio.move_on_after(grace):
             await self.wait()
             # The leader is gone; give the rest of its group the same grace.
-            while _group_alive(pgid):
-                await trio.sleep(0.02)
+            while await _group_alive(pgid, self._scans):
+                await trio.sleep(GROUP_POLL)
         _signal_group(pgid, signal.SIGKILL)
         status = await self.wait()
-        await trio.to_thread.run_sync(_kill_processes, escaped)
+        if escaped:
+            await trio.to_thread.run_sync(_kill_processes, escaped, limiter=self._scans)
         await self._close_streams()
         return status
 
@@ -428,6 +494,10 @@ class LocalExecutor:
         self.instance = instance
         self._log = Log("exec")
         self._file_threads = trio.CapacityLimiter(FILE_THREADS)
+        self._scan_threads = trio.CapacityLimiter(1)
+        """Process-table scans of stopping agents: one worker thread, not trio's shared
+        ones (a shutdown's hundreds of stops must not queue the store's commits), and one
+        at a time is all they need since they share each scan."""
 
     async def spawn(self, argv: list[str], *, env: Mapping[str, str], cwd: str,
                     actor: str, merge_stderr: bool = False) -> LocalProcess:
@@ -457,7 +527,7 @@ class LocalExecutor:
             start = 0.0
         identity = ProcessIdentity(pid=proc.pid, pgid=proc.pid, start_time=start,
                                    computer=None, actor=actor)
-        return LocalProcess(proc, identity)
+        return LocalProcess(proc, identity, self._scan_threads)
 
     async def reclaim(self, identity: ProcessIdentity) -> bool:
         return await trio.to_thread.run_sync(reclaim_local, identity)

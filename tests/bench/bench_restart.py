@@ -22,6 +22,7 @@ interpreter's start and the daemon's imports are timed separately, as components
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -32,7 +33,7 @@ import trio
 
 from protocol import deltas as d
 from protocol import messages as m
-from tests.support.harness import actor, subscribe
+from tests.support.harness import ROOT, actor, subscribe
 
 from .bench_replay import fill_chat
 from .common import ECHO_ARGV, BenchDaemon, Context, Result, bench_config, median, ms
@@ -134,8 +135,73 @@ async def _agent_restarts(ctx: Context, runs: int) -> list[dict[str, float]]:
     return rows
 
 
+TWO_PROCESS = ROOT / "tests" / "support" / "two_process_agent.py"
+
+
+async def _crashes_mid_turn(ctx: Context, runs: int) -> dict[str, list[float]]:
+    """kill -9 of a busy agent's leader -> its turn's `turn_ended` and its `crashed`
+    status, as a subscriber sees them: the `echo` agent alone, and `two` (echo with a child
+    in its process group that ignores SIGTERM and holds stderr; the default stop grace of
+    5 s and restart backoff). The turn must end when the leader is gone and its stdout at
+    EOF, not when the group is."""
+    pidfile = ROOT / ".bench-two.pid"
+    command = [sys.executable, str(TWO_PROCESS), str(pidfile), "stubborn"]
+    extra = f"\n[agents.two]\ncommand = {json.dumps(command)}\n"
+    daemon = BenchDaemon(config=bench_config(restart_max=1000, extra=extra))
+    times: dict[str, list[float]] = {}
+    try:
+        daemon.start_bench()
+        async with timed_client(daemon.socket) as client:
+            for agent in ("echo", "two"):
+                info: m.ChatInfo = await client.request(m.OpenChat(
+                    id=0, agent=agent, cwd=str(daemon.work)))
+                await subscribe(client, info.chat)
+                ended_ms: list[float] = []
+                crashed_ms: list[float] = []
+                for index in range(runs + 1):
+                    await client.request(m.Warm(id=0, chat=info.chat))
+                    await daemon.settled_cpu()
+                    client.stamps.clear()
+                    accepted: m.PromptAccepted = await client.request(m.Prompt(
+                        id=0, chat=info.chat, text="/sleep 60000"))
+                    busy = await actor(client, info.chat, agent)
+                    while busy.state != "busy":
+                        await trio.sleep(0.005)
+                        busy = await actor(client, info.chat, agent)
+                    assert busy.pid is not None
+                    killed = time.perf_counter()
+                    os.kill(busy.pid, signal.SIGKILL)
+                    crashed = await _wait_status(client, info.chat, "crashed",
+                                                 busy.generation - 1)
+                    with trio.fail_after(30):
+                        while not any(isinstance(x.body, d.TurnEnded)
+                                      and x.turn == accepted.turn for _, x in client.stamps):
+                            await client.next_event()
+                    ended = next(t for t, x in client.stamps
+                                 if isinstance(x.body, d.TurnEnded) and x.turn == accepted.turn)
+                    if index:
+                        ended_ms.append(ms(ended - killed))
+                        crashed_ms.append(ms(crashed - killed))
+                times[f"{agent}_ended"] = ended_ms
+                times[f"{agent}_crashed"] = crashed_ms
+                ctx.say(f"  {agent}: kill -9 mid-turn -> turn_ended "
+                        f"{median(ended_ms):.1f} ms (median of {runs})")
+    finally:
+        daemon.close()
+        pidfile.unlink(missing_ok=True)
+    return times
+
+
 async def run(ctx: Context) -> Result:
     result = Result("restart", "Restart (kill -9 -> ready again)")
+    crashes = await _crashes_mid_turn(ctx, 3 if ctx.quick else 7)
+    for name, label in (("echo", "single-process echo"),
+                        ("two", "two-process (a child ignoring SIGTERM)")):
+        result.add(f"agent kill -9 mid-turn -> turn_ended, {label}",
+                   median(crashes[f"{name}_ended"]), "ms",
+                   target="<= 100 ms", check=lambda v: v <= 100)
+        result.add(f"agent kill -9 mid-turn -> status crashed, {label}",
+                   median(crashes[f"{name}_crashed"]), "ms")
     agent_rows = await _agent_restarts(ctx, 5 if ctx.quick else 15)
 
     def amed(key: str) -> float:
@@ -210,7 +276,7 @@ async def run(ctx: Context) -> Result:
                "ms")
     result.add("component: the rest (state, reclaim, listeners; kill -> ready - imports)",
                med("kill_to_ready") - ms(everything), "ms")
-    result.detail = {"runs": rows, "agent_runs": agent_rows,
+    result.detail = {"runs": rows, "agent_runs": agent_rows, "crashes_mid_turn": crashes,
                      "python_start_ms": ms(python), "import_ms": ms(imports),
                      "every_import_ms": ms(everything),
                      "big_log": big}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
+from pathlib import Path
 
 import psutil
 import pytest
 import trio
 
-from daemon.client import RequestFailed
+from daemon.client import Client, RequestFailed
 from protocol import deltas as d
 from protocol import messages as m
 from tests.support.harness import (
@@ -169,3 +171,41 @@ async def test_agent_stderr_goes_to_the_daemon_log_tagged(daemon: DaemonProcess)
         assert "chat=noisy" in line
         assert "agent=echo" in line
         assert "gen=1" in line
+
+
+async def test_describe_agent_runs_one_probe_for_many_requests_until_a_reload(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    # Issue 16: each describe_agent started its own probe process (30 concurrent requests
+    # -> 30 agents, ~200 MB each for qwen). Now concurrent requests share one probe, and
+    # its answer is kept per agent until a reload.
+    starts = tmp_path / "starts"
+    command = ["sh", "-c", f'echo $$ >> "{starts}"; exec "{sys.executable}" -m daemon.echo_agent']
+    config = f"[agents.probed]\ncommand = {json.dumps(command)}\n"
+    daemon = daemon_factory(config=config)
+    daemon.start()
+
+    async def ask_many(client: Client, count: int) -> list[m.AgentDescription]:
+        answers: list[m.AgentDescription] = []
+
+        async def ask() -> None:
+            answers.append(await client.request(m.DescribeAgent(id=0, agent="probed")))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(ask)
+        return answers
+
+    def probes() -> int:
+        return len(starts.read_text().split()) if starts.exists() else 0
+
+    async with daemon.client() as client:
+        answers = await ask_many(client, 30)
+        assert len(answers) == 30
+        assert all(a == answers[0] for a in answers)
+        assert answers[0].agent == "probed"
+        assert probes() == 1
+        await ask_many(client, 10)
+        assert probes() == 1  # cached
+        await client.request(m.Reload(id=0))
+        await ask_many(client, 10)
+        assert probes() == 2  # a reload may change the agent: probed again, once

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import psutil
 import trio
 
 from daemon.client import Client
 from protocol import deltas as d
 from protocol import messages as m
 from tests.support.harness import (
+    ROOT,
     DaemonFactory,
     DaemonProcess,
     actor,
@@ -27,6 +32,7 @@ from tests.support.harness import (
     turn,
     wait_committed,
     wait_gone,
+    wait_log,
     wait_state,
     wait_turn_end,
     wait_turns_ended,
@@ -162,6 +168,120 @@ async def test_memory_budget_lowered_then_removed_by_reload_leaves_no_stale_hibe
             statuses = [x.body for x in deltas if isinstance(x.body, d.Status)]
             last_ready = max(i for i, s in enumerate(statuses) if s.state == "ready")
             assert all(s.state != "hibernated" for s in statuses[last_ready - 1:]), statuses
+
+
+def two_process_agent(pidfile: Path, mode: str, stop_grace: str) -> str:
+    """A config whose agent `two` is tests/support/two_process_agent.py (see there)."""
+    command = [sys.executable, str(ROOT / "tests" / "support" / "two_process_agent.py"),
+               str(pidfile), mode]
+    return (lifecycle(restart_backoff="100ms") + f"[daemon]\nstop_grace = \"{stop_grace}\"\n"
+            f"[agents.two]\ncommand = {json.dumps(command)}\n")
+
+
+async def crash_mid_turn(daemon: DaemonProcess, client: Client, pidfile: Path
+                         ) -> tuple[d.TurnEnded, list[int]]:
+    """Start a long turn on agent `two`, kill -9 its leader; (the turn's end, the pids in
+    the agent's pidfile)."""
+    await open_chat(client, "two", agent="two", cwd=daemon.work)
+    await subscribe(client, "two")
+    accepted = await client.request(m.Prompt(id=0, chat="two", text="/sleep 60000"))
+    busy = await wait_state(client, "two", "busy", agent="two")
+    pids = [int(pid) for pid in pidfile.read_text().split()]
+    assert all(alive(pid) for pid in pids)
+    assert busy.pid is not None
+    os.kill(busy.pid, signal.SIGKILL)
+    return await wait_turn_end(client, "two", accepted.turn), pids
+
+
+async def test_crash_is_reported_before_the_agents_leftovers_are_stopped(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    # Issue 22: the crash was published only once the whole process group was gone: a
+    # child ignoring SIGTERM held the turn's end for the whole stop grace.
+    pidfile = tmp_path / "child.pid"
+    daemon = daemon_factory(config=two_process_agent(pidfile, "stubborn", "3s"))
+    daemon.start()
+    async with daemon.client() as client:
+        ended, (child,) = await crash_mid_turn(daemon, client, pidfile)
+        assert ended.error is not None
+        assert "killed by SIGKILL" in ended.error
+        # The child still runs (it ignores SIGTERM until the grace's SIGKILL): the turn
+        # ended before the teardown, and the log says so in that order.
+        stopped = await wait_log(daemon, r'gen=1 event="agent stopped"', timeout=30)
+        log = daemon.log_text()
+        turn_ended = re.search(r'gen=1 event="turn ended"', log)
+        crashed = re.search(r"gen=1 event=state state=crashed", log)
+        assert turn_ended is not None
+        assert crashed is not None
+        assert turn_ended.start() < stopped.start()
+        assert crashed.start() < stopped.start()
+        await wait_gone([child], timeout=15)
+        # The restarted agent serves the chat.
+        assert (await turn(client, "two", "after the crash")).ended.error is None
+        await assert_every_turn_ended_once(client, "two")
+
+
+async def test_zombie_leftovers_do_not_hold_up_the_stop(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    # A member of the agent's group dies on SIGTERM but stays a zombie (its parent, outside
+    # the group, never waits). `killpg(pgid, 0)` still succeeds for a zombie: the stop used
+    # to wait out its whole grace (here an hour) for a group with nothing running in it.
+    pidfile = tmp_path / "helpers.pid"
+    daemon = daemon_factory(config=two_process_agent(pidfile, "zombie", "1h"))
+    daemon.start()
+    holder = 0
+    try:
+        async with daemon.client() as client:
+            ended, (holder, member) = await crash_mid_turn(daemon, client, pidfile)
+            assert ended.error is not None
+            await wait_log(daemon, r'gen=1 event="agent stopped"', timeout=60)
+            # Stopped while the zombie is still there: it did not wait for a reaper.
+            assert psutil.Process(member).status() == psutil.STATUS_ZOMBIE
+            assert alive(holder)
+            assert (await turn(client, "two", "after the crash")).ended.error is None
+    finally:
+        if holder:
+            os.kill(holder, signal.SIGKILL)
+
+
+def log_times(log: str, pattern: str) -> list[float]:
+    """The wall-clock times (the log's local-time stamps, ms) of the lines matching
+    `pattern`."""
+    return [time.mktime(time.strptime(line[:19], "%Y-%m-%dT%H:%M:%S")) + float(line[19:23])
+            for line in log.splitlines() if re.search(pattern, line)]
+
+
+async def test_sigterm_stops_many_stubborn_agents_concurrently(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    # Issue 22: stopping many agents was serial (15 s for 500). Each of these agents notes
+    # its SIGTERM and ignores it, so each stop lasts the whole grace: concurrent stops mean
+    # every agent got its SIGTERM before the first grace ran out and its agent stopped.
+    count = 20
+    notes = tmp_path / "terms"
+    notes.mkdir()
+    command = [sys.executable, str(ROOT / "tests" / "support" / "stubborn_agent.py"),
+               str(notes)]
+    daemon = daemon_factory(config=lifecycle(max_warm=count + 4)
+                            + '[daemon]\nstop_grace = "2s"\n'
+                            + f"[agents.stubborn]\ncommand = {json.dumps(command)}\n")
+    daemon.start()
+    chats = [f"s{i}" for i in range(count)]
+    async with daemon.client() as client:
+        for chat in chats:
+            await open_chat(client, chat, agent="stubborn", cwd=daemon.work)
+        async with trio.open_nursery() as nursery:
+            for chat in chats:
+                nursery.start_soon(client.request, m.Warm(id=0, chat=chat))
+        pids = [(await actor(client, chat, "stubborn")).pid for chat in chats]
+    assert all(pid is not None for pid in pids)
+    assert await trio.to_thread.run_sync(daemon.stop, 60.0) == 0
+    terms = {int(path.stem): float(path.read_text()) for path in notes.glob("*.term")}
+    assert sorted(terms) == sorted(pid for pid in pids if pid is not None)
+    stopped = log_times(daemon.log_text(), r'event="agent stopped" status="killed by SIGKILL"')
+    assert len(stopped) == count
+    # Every stop window overlaps every other: the last SIGTERM came before the first stop
+    # ended (the log's stamps have millisecond resolution).
+    assert max(terms.values()) < min(stopped) + 0.001
+    await wait_gone([pid for pid in pids if pid is not None], timeout=10)
 
 
 async def test_crash_loop_backs_off_then_fails_and_prompt_retries(

@@ -314,9 +314,13 @@ class BackendActor:
         self._nursery.start_soon(self._run_generation, gen)
 
     async def _run_generation(self, gen: Generation) -> None:
-        ending = await gen.run(lambda gen, rpc: self._session.setup(
-            gen, rpc, post=self._post, waiting=lambda: bool(self._core.queue or self._want_warm)))
-        await self._post(ev.Ended(gen, ending))
+        try:
+            ending = await gen.run(lambda gen, rpc: self._session.setup(
+                gen, rpc, post=self._post,
+                waiting=lambda: bool(self._core.queue or self._want_warm)))
+            await self._post(ev.Ended(gen, ending))
+        finally:
+            await gen.teardown()  # a crashed agent's leftovers, stopped after the report
 
     def _ended(self, gen: Generation, ending: Ending) -> None:
         """A generation is over (its process stopped): end what it leaves open, then apply

@@ -3,7 +3,8 @@
 A generation spawns the process, connects JSON-RPC to its stdio, drains its stderr, watches
 for its exit, sets up the session (through the actor's `setup`), and then holds the process
 until something ends it. Whatever ends it records why (`Ending`; the first reason wins) and
-cancels its nursery; its `finally` stops the process tree. The actor decides what comes
+cancels its nursery; its `finally` stops the process tree (after a crash whose leader has
+exited, the actor reports the crash first and then calls `teardown`). The actor decides what comes
 next from the `Ending` (restart with backoff, hibernate, fail, close).
 """
 
@@ -11,7 +12,10 @@ from __future__ import annotations
 
 import collections
 import enum
+import fcntl
 import secrets
+import struct
+import termios
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +33,8 @@ from daemon.execution.terminals import TerminalManager
 
 STDERR_TAIL = 20
 STDERR_EOF_WAIT = 0.5
-"""How long a crashed agent's exit report waits for the end of its stderr."""
+"""The longest a crashed agent's exit report waits for the drain to read what the agent
+wrote on stderr last (the crash message is usually there)."""
 WATCHER_WAIT = 2.0
 """How long a broken connection waits for the process watcher's exit status, which says
 more than "connection lost"."""
@@ -85,6 +90,9 @@ class Generation:
         self.terminals: TerminalManager | None = None
         self.nursery: trio.Nursery | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self._leftover: AgentProcess | None = None
+        """A crashed agent's process, whose group `teardown` stops after the crash is
+        reported."""
         self.set_up = False
         """The session handshake succeeded (set by the setup task, before the actor's loop
         learns of it and makes the generation `ready`)."""
@@ -176,12 +184,29 @@ class Generation:
         self._core.permissions.cancel_all(by="agent stopped")
         proc, self.process = self.process, None
         self._core.agent_process = None
-        if proc is not None:
-            grace = float(self._core.settings.config.daemon.stop_grace)
-            with trio.move_on_after(grace + 5):
-                status = await proc.stop(grace)
-                self.log.info("agent stopped", status=status.describe())
+        if (proc is not None and proc.returncode is not None and self.ending is not None
+                and self.ending.kind is EndKind.CRASH):
+            # The leader exited and its output was read: the crash is reported now, and
+            # what it left in its process group is stopped after (`teardown`), so a child
+            # that ignores SIGTERM does not hold up the turn's end by the stop grace.
+            self._leftover = proc
+        elif proc is not None:
+            await self._stop(proc)
         self._core.persist()
+
+    async def teardown(self) -> None:
+        """Stop what a crashed agent left behind (see `_finish`); nothing otherwise. Shielded:
+        an actor that is stopping still waits for it (at most the stop grace + 5 s)."""
+        proc, self._leftover = self._leftover, None
+        if proc is not None:
+            with trio.CancelScope(shield=True):
+                await self._stop(proc)
+
+    async def _stop(self, proc: AgentProcess) -> None:
+        grace = float(self._core.settings.config.daemon.stop_grace)
+        with trio.move_on_after(grace + 5):
+            status = await proc.stop(grace)
+            self.log.info("agent stopped", status=status.describe())
 
     async def await_watcher(self) -> None:
         """The connection broke: give the process watcher a moment to report the exit
@@ -210,11 +235,12 @@ class Generation:
         if exit_status is None:
             proc.kill()
             exit_status = await proc.wait()
-        # The crash message is usually in the last stderr lines: wait for the drain to reach
-        # the end of stderr, which is at once when the agent died alone, but not for long if
-        # something it left behind still holds the pipe open.
+        # The crash message is usually in the last stderr lines: wait for the drain to read
+        # them. The leader is gone, so all it wrote is in the pipe already: the end of
+        # stderr, or an empty pipe when a process it left behind holds the pipe open (that
+        # one may never close it; the report does not wait for it).
         with trio.move_on_after(STDERR_EOF_WAIT):
-            await stderr_done.wait()
+            await _stderr_read(proc.stderr, stderr_done)
         tail = " | ".join(list(self.stderr_tail)[-5:])
         reason = f"agent {exit_status.describe()}"
         if tail:
@@ -232,6 +258,25 @@ class Generation:
             await drain_stderr(stream, self.log, self.stderr_tail, limiter)
         finally:
             done.set()
+
+
+async def _stderr_read(stream: trio.abc.ReceiveStream, done: trio.Event) -> None:
+    """Return once the stderr drain has read everything in the pipe: at its end (`done`),
+    or when the pipe holds no unread byte (FIONREAD; the drain handles what it receives
+    before it reads again, so an empty pipe means handled). Streams without a descriptor
+    (a remote agent's) wait for the end."""
+    fileno = getattr(stream, "fileno", None)
+    while not done.is_set():
+        if fileno is not None:
+            try:
+                unread = struct.unpack("i", fcntl.ioctl(fileno(), termios.FIONREAD,
+                                                        b"\0\0\0\0"))[0]
+            except (OSError, ValueError, trio.ClosedResourceError):
+                unread = -1
+            if unread == 0:
+                return
+        with trio.move_on_after(0.002):
+            await done.wait()
 
 
 async def _until_cancelled() -> None:
