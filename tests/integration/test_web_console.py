@@ -177,17 +177,29 @@ def _console_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
     expect(permission).to_have_class("permission answered")
     expect(page.locator('.turn[data-turn="3"] .text')).to_contain_text("permission: allow")
 
+    # Another client answers first: shown answered, by whom, the buttons disabled.
+    page.fill("#prompt", "/permission")
+    page.press("#prompt", "Enter")
+    permission = page.locator('.turn[data-turn="4"] .permission')
+    expect(permission).to_be_visible()
+    request = permission.get_attribute("data-request")
+    assert request
+    _api(http, "permit", {"chat": "web1", "request": request, "option": "reject"})
+    expect(permission.locator(".answer")).to_have_text("answered: reject by http")
+    expect(permission.locator('button[data-option="allow"]')).to_be_disabled()
+
     # A long turn, cancelled with the button.
     page.fill("#prompt", "/sleep 600000")
     page.press("#prompt", "Enter")
-    expect(page.locator('.turn[data-turn="4"].running')).to_be_visible()
+    expect(page.locator('.turn[data-turn="5"].running')).to_be_visible()
     page.click("#cancel")
-    expect(page.locator('.turn[data-turn="4"] .ended')).to_have_text("ended: cancelled")
+    expect(page.locator('.turn[data-turn="5"] .ended')).to_have_text("ended: cancelled")
 
     # A chat in a workspace: its diff, coloured.
     project = _git_project(tmp_path / "project")
     workspace = _api(http, "workspace_new", {"project": str(project)})
     Path(workspace["path"], "a.txt").write_text("one\ntwo\n")
+    Path(workspace["path"], "b.py").write_text('def f():\n    return "two"  # done\n')
     _api(http, "open_chat", {"chat": "web2", "agent": "echo", "workspace":
                              workspace["workspace"]})
     page.locator('#chats li[data-chat="web2"]').click()
@@ -195,6 +207,10 @@ def _console_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
     page.click("#diff-button")
     expect(page.locator("#diff .add").filter(has_text="+two")).to_be_visible()
     expect(page.locator("#diff .file").first).to_contain_text("a.txt")
+    # With syntax colour.
+    expect(page.locator("#diff .tok-keyword").filter(has_text="def")).to_be_visible()
+    expect(page.locator("#diff .tok-string").filter(has_text='"two"')).to_be_visible()
+    expect(page.locator("#diff .tok-comment").filter(has_text="# done")).to_be_visible()
 
 
 def test_console_without_a_session_says_how_to_log_in(

@@ -127,6 +127,13 @@ async function selectChat(chat) {
     if (state.source !== source) return;
     fn(JSON.parse(event.data));
   });
+  let epoch = null;
+  on("subscribed", (msg) => {
+    // A reconnect (EventSource resumes by Last-Event-ID) into another history of the
+    // chat (the daemon crashed meanwhile): its seq numbers mean other deltas. Start over.
+    if (epoch !== null && msg.epoch !== epoch) { selectChat(chat); return; }
+    epoch = msg.epoch;
+  });
   on("delta", renderDelta);
   on("resync_required", (msg) => { $("log").replaceChildren(); state.turns.clear();
     renderNotice("info", `history restarted (${msg.reason})`); renderSnapshot(msg.snapshot); });
@@ -330,6 +337,30 @@ function renderTimeline() {
   box.replaceChildren(el("strong", null, "agent timeline"), ol);
 }
 
+const KEYWORDS = new Set(("if else elif for while return def class function const let var " +
+  "import from export async await try except catch finally raise throw new with as in of " +
+  "not and or is None True False null true false undefined fn pub struct impl use match " +
+  "type interface package func go defer select case switch break continue yield lambda").split(" "));
+const TOKENS = /(#.*$|\/\/.*$|"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`|\b\d[\d_.]*\b|\b[A-Za-z_][A-Za-z0-9_]*\b)/g;
+
+function highlight(parent, code) {
+  // A small, language-agnostic colouring: comments, strings, numbers, keywords. Text
+  // nodes only: the patch is never parsed as HTML.
+  let last = 0;
+  for (const match of code.matchAll(TOKENS)) {
+    const token = match[0];
+    let cls = null;
+    if (token.startsWith("#") || token.startsWith("//")) cls = "tok-comment";
+    else if (/^["'`]/.test(token)) cls = "tok-string";
+    else if (/^\d/.test(token)) cls = "tok-number";
+    else if (KEYWORDS.has(token)) cls = "tok-keyword";
+    if (!cls) continue;
+    parent.append(code.slice(last, match.index), el("span", cls, token));
+    last = match.index + token.length;
+  }
+  parent.append(code.slice(last));
+}
+
 async function showDiff() {
   const summary = state.chats.find((c) => c.chat === state.chat);
   const workspace = summary && summary.workspace;
@@ -344,7 +375,15 @@ async function showDiff() {
       else if (line.startsWith("@@")) cls = "hunk";
       else if (line.startsWith("+")) cls = "add";
       else if (line.startsWith("-")) cls = "del";
-      pre.append(el("span", cls, line + "\n"));
+      const span = el("span", cls);
+      if (cls === "add" || cls === "del" || cls === null) {
+        span.append(line.slice(0, 1));
+        highlight(span, line.slice(1));
+        span.append("\n");
+      } else {
+        span.textContent = line + "\n";
+      }
+      pre.append(span);
     }
     box.replaceChildren(el("div", "muted", diff.summary || `${diff.files.length} files`), pre);
     box.hidden = false;
