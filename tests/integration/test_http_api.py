@@ -245,6 +245,28 @@ async def test_openapi_document(http: HttpDaemon) -> None:
     for path, item in doc["paths"].items():
         for operation in item.values():
             assert "responses" in operation, path
+    # Every reference resolves, and every operation names its result and error schemas.
+    refs: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "$ref":
+                    refs.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(doc)
+    assert refs
+    for ref in refs:
+        assert ref.startswith("#/components/schemas/"), ref
+        assert ref.rsplit("/", 1)[1] in doc["components"]["schemas"], ref
+    for tag in REQUEST_TYPES:
+        responses = doc["paths"][f"/api/{tag}"]["post"]["responses"]
+        assert set(responses) == {"200", "default"}
     # ...and its schemas describe what the daemon really answers.
     schemas = doc["components"]["schemas"]
     resolver = {"components": {"schemas": schemas}}
