@@ -195,6 +195,11 @@ def _console_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
     page.click("#cancel")
     expect(page.locator('.turn[data-turn="5"] .ended')).to_have_text("ended: cancelled")
 
+    # The agent's timeline: its starts (and restarts, hibernations) with pid and generation.
+    page.click("#timeline-button")
+    expect(page.locator("#timeline li").filter(has_text="ready").first).to_contain_text(
+        "generation 1")
+
     # A chat in a workspace: its diff, coloured.
     project = _git_project(tmp_path / "project")
     workspace = _api(http, "workspace_new", {"project": str(project)})
@@ -202,7 +207,14 @@ def _console_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
     Path(workspace["path"], "b.py").write_text('def f():\n    return "two"  # done\n')
     _api(http, "open_chat", {"chat": "web2", "agent": "echo", "workspace":
                              workspace["workspace"]})
-    page.locator('#chats li[data-chat="web2"]').click()
+    # Keyboard: Alt+L to the chat list, arrows, Enter opens.
+    expect(page.locator('#chats li[data-chat="web2"]')).to_be_visible()
+    page.keyboard.press("Alt+l")
+    expect(page.locator('#chats li[data-chat="web1"]')).to_be_focused()
+    page.keyboard.press("ArrowDown")
+    expect(page.locator('#chats li[data-chat="web2"]')).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#chat-title")).to_have_text("web2")
     expect(page.locator("#diff-button")).to_be_visible()
     page.click("#diff-button")
     expect(page.locator("#diff .add").filter(has_text="+two")).to_be_visible()
