@@ -10,6 +10,8 @@ Routes:
     GET  /login?code=<code>      a one-time code from `stoker web` -> session cookie, 303 to /
     POST /logout                 forget the cookie
     POST /api/<request type>     a protocol request, its fields as a JSON object (`api`)
+    GET  /api/<read-only type>   ping, status, agents, ls, workspace_ls, computers; fields
+                                 as query parameters
     GET  /api/chats/<chat>/events  the chat's deltas as Server-Sent Events (`sse`)
     OPTIONS *                    CORS preflight, for origins in `allowed_origins`
 
@@ -205,6 +207,11 @@ class HttpServer:
                            f"{self._max_body} bytes")
         parts: list[bytes] = []
         size = 0
+        if conn.they_are_waiting_for_100_continue:
+            # curl sends `Expect: 100-continue` with bodies over 1 KiB and waits a second
+            # for this before sending the body.
+            await self._send_raw(stream, conn.send(h11.InformationalResponse(
+                status_code=100, headers=[])) or b"")
         with trio.fail_after(BODY_TIMEOUT):
             while True:
                 event = await self._next_event(stream, conn)
@@ -348,12 +355,16 @@ class HttpServer:
             await self._events(stream, conn, request, chat, query, cors, log)
             return
         tag = path[len(API_PREFIX):]
-        if request.method != b"POST":
-            await self._error(stream, conn, ErrorCode.BAD_REQUEST,
-                              f"requests are POST {API_PREFIX}<type>", 405, headers=cors)
-            return
         try:
-            message = api.decode_request(tag, body)
+            if request.method == b"POST":
+                message = api.decode_request(tag, body)
+            elif request.method == b"GET" and tag in api.READ_ONLY:
+                message = api.decode_query(tag, query)
+            else:
+                await self._error(stream, conn, ErrorCode.BAD_REQUEST,
+                                  f"requests are POST {API_PREFIX}<type> (GET for "
+                                  f"{', '.join(sorted(api.READ_ONLY))})", 405, headers=cors)
+                return
         except ApiError as exc:
             await self._error(stream, conn, exc.code, exc.message, exc.status, headers=cors)
             return
