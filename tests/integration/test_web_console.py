@@ -148,6 +148,12 @@ def test_console_streams_permits_cancels_and_diffs(
 def _console_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
+    # Script errors, and anything the Content-Security-Policy blocks, fail the test.
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
+            if msg.type == "error" else None)
+
     _api(http, "open_chat", {"chat": "web1", "agent": "echo", "cwd": str(http.proc.work)})
     page.goto(_login_url(http.proc))
     # The login redirected to the console, which lists the chat with its state.
@@ -168,19 +174,25 @@ def _console_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
     _api(http, "prompt", {"chat": "web1", "text": "from elsewhere"})
     expect(page.locator('.turn[data-turn="2"] .text')).to_have_text("from elsewhere")
 
+    # What an agent says is text, never markup.
+    _api(http, "prompt", {"chat": "web1", "text": "<img src=x onerror=alert(1)><b>b</b>"})
+    expect(page.locator('.turn[data-turn="3"] .text')).to_have_text(
+        "<img src=x onerror=alert(1)><b>b</b>")
+    assert page.locator("#log img, #log b").count() == 0
+
     # A permission request, answered with a click.
     page.fill("#prompt", "/permission")
     page.press("#prompt", "Enter")
-    permission = page.locator('.turn[data-turn="3"] .permission')
+    permission = page.locator('.turn[data-turn="4"] .permission')
     expect(permission).to_be_visible()
     permission.locator('button[data-option="allow"]').click()
     expect(permission).to_have_class("permission answered")
-    expect(page.locator('.turn[data-turn="3"] .text')).to_contain_text("permission: allow")
+    expect(page.locator('.turn[data-turn="4"] .text')).to_contain_text("permission: allow")
 
     # Another client answers first: shown answered, by whom, the buttons disabled.
     page.fill("#prompt", "/permission")
     page.press("#prompt", "Enter")
-    permission = page.locator('.turn[data-turn="4"] .permission')
+    permission = page.locator('.turn[data-turn="5"] .permission')
     expect(permission).to_be_visible()
     request = permission.get_attribute("data-request")
     assert request
@@ -191,9 +203,9 @@ def _console_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
     # A long turn, cancelled with the button.
     page.fill("#prompt", "/sleep 600000")
     page.press("#prompt", "Enter")
-    expect(page.locator('.turn[data-turn="5"].running')).to_be_visible()
+    expect(page.locator('.turn[data-turn="6"].running')).to_be_visible()
     page.click("#cancel")
-    expect(page.locator('.turn[data-turn="5"] .ended')).to_have_text("ended: cancelled")
+    expect(page.locator('.turn[data-turn="6"] .ended')).to_have_text("ended: cancelled")
 
     # The agent's timeline: its starts (and restarts, hibernations) with pid and generation.
     page.click("#timeline-button")
@@ -223,6 +235,7 @@ def _console_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
     expect(page.locator("#diff .tok-keyword").filter(has_text="def")).to_be_visible()
     expect(page.locator("#diff .tok-string").filter(has_text='"two"')).to_be_visible()
     expect(page.locator("#diff .tok-comment").filter(has_text="# done")).to_be_visible()
+    assert problems == []
 
 
 def test_console_without_a_session_says_how_to_log_in(
