@@ -18,9 +18,9 @@ Routes:
 Every route checks `Host` (DNS rebinding) and `Origin` (`policy`); `/api/*` also needs the
 bearer token or the console's session cookie. Bodies over `max_message` are refused (413,
 `frame_too_large`) and the connection closes; a malformed JSON body is `bad_frame`, a wrong
-shape `bad_request`: each a JSON `ErrorReply`, and nothing else changes. Connections are
-kept alive between requests for `KEEPALIVE` seconds and must send each request head
-within `HEAD_TIMEOUT` (slowloris).
+shape `bad_request`: each a JSON `ErrorReply`, and nothing else changes. A connection must
+send its first request head within the listener's handshake timeout (slowloris), and is
+kept alive between requests for `KEEPALIVE` seconds.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from protocol.errors import ErrorCode
 
 HEAD_LIMIT = 16 * 1024
 """The longest request head (request line and headers) accepted."""
-HEAD_TIMEOUT = 10.0
 KEEPALIVE = 60.0
 """An idle keep-alive connection is closed after this long."""
 BODY_TIMEOUT = 30.0
