@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,6 +137,17 @@ def _api(http: HttpDaemon, tag: str, body: dict[str, Any]) -> Any:
     return response.json()
 
 
+def _wait_actor(http: HttpDaemon, chat: str, predicate: Any, timeout: float = 20.0) -> Any:
+    """The chat's actor once `predicate` holds (polled: the browser's request is async)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        actor = _api(http, "inspect", {"chat": chat})["actors"][0]
+        if predicate(actor):
+            return actor
+        assert time.monotonic() < deadline, actor
+        time.sleep(0.05)
+
+
 def test_console_streams_permits_cancels_and_diffs(
         daemon_factory: DaemonFactory, browser_page: Any, tmp_path: Path) -> None:
 
@@ -206,6 +218,15 @@ def _console_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
     expect(page.locator('.turn[data-turn="6"].running')).to_be_visible()
     page.click("#cancel")
     expect(page.locator('.turn[data-turn="6"] .ended')).to_have_text("ended: cancelled")
+
+    # The pickers: mode and model, as the agent offers them.
+    expect(page.locator("#mode-picker option[value=plan]")).to_be_attached()
+    page.select_option("#mode-picker", "plan")
+    page.select_option("#model-picker", "echo-2")
+    detail = _wait_actor(http, "web1", lambda a: (a["modes"] or {}).get("currentModeId") == "plan"
+                         and any(o.get("currentValue") == "echo-2"
+                                 for o in a.get("config_options", [])))
+    assert detail["agent"] == "echo"
 
     # The agent's timeline: its starts (and restarts, hibernations) with pid and generation.
     page.click("#timeline-button")

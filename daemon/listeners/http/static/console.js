@@ -134,6 +134,8 @@ async function selectChat(chat) {
     if (epoch !== null && msg.epoch !== epoch) { selectChat(chat); return; }
     epoch = msg.epoch;
   });
+  state.replaying = true;
+  on("replay_complete", () => { state.replaying = false; loadPickers(); });
   on("delta", renderDelta);
   on("resync_required", (msg) => { $("log").replaceChildren(); state.turns.clear();
     renderNotice("info", `history restarted (${msg.reason})`); renderSnapshot(msg.snapshot); });
@@ -141,7 +143,6 @@ async function selectChat(chat) {
   on("goodbye", (msg) => renderNotice("warning", `daemon: ${msg.reason}`));
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) renderNotice("error", "stream closed"); };
   refreshChats();
-  loadPickers();
 }
 
 function renderSnapshot(snapshot) {
@@ -258,9 +259,11 @@ function renderDelta(delta) {
       $("chat-state").textContent = body.state;
       $("chat-state").className = `badge state-${body.state}`;
       if ($("timeline").hidden === false) renderTimeline();
+      if (body.state === "ready" && !state.replaying) loadPickers();  // modes, models now known
       break;
     case "notice": renderNotice(body.level, body.message); break;
     case "mode": setOptions($("mode-picker"), body.available.map((m) => [m.id, m.name || m.id]), body.mode); break;
+    case "config": setModelOption(body.options); break;
     case "diff": $("diff-button").hidden = false; break;
     case "turn_ended": {
       const b = turnBox(delta.turn);
@@ -317,12 +320,15 @@ async function loadPickers() {
     const modes = actor && actor.modes ? actor.modes : null;
     setOptions($("mode-picker"), modes ? (modes.availableModes || []).map((m) => [m.id, m.name || m.id]) : [],
       modes ? modes.currentModeId : null);
-    const options = actor ? actor.config_options || [] : [];
-    const model = options.find((o) => o.category === "model" || o.id === "model");
-    state.modelOption = model ? model.id : null;
-    setOptions($("model-picker"), model ? (model.options || []).map((o) => [o.value, o.name || o.value]) : [],
-      model ? model.currentValue : null);
+    setModelOption(actor ? actor.config_options || [] : []);
   } catch (error) { showError(error.message); }
+}
+
+function setModelOption(options) {
+  const model = options.find((o) => o.category === "model" || o.id === "model");
+  state.modelOption = model ? model.id : null;
+  setOptions($("model-picker"), model ? (model.options || []).map((o) => [o.value, o.name || o.value]) : [],
+    model ? model.currentValue : null);
 }
 
 function renderTimeline() {
