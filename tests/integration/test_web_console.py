@@ -56,6 +56,12 @@ async def test_login_code_is_one_time_and_the_cookie_is_a_session(
         assert (await client.post("/api/ping")).status_code == 403
         # ...and the event stream (a GET) needs no Origin.
         assert (await client.get("/api/chats/none/events")).status_code == 404
+        # Logging out deletes the cookie from this client.
+        out = await client.post("/logout", headers={"Origin": http.base})
+        assert out.status_code == 204
+        assert "Max-Age=0" in out.headers["set-cookie"]
+        assert (await client.post("/api/ping", headers={"Origin": http.base})
+                ).status_code == 401
     # Rotating the token ends every session.
     http.proc.cli("token", "--rotate")
     async with http.client() as client:
@@ -257,6 +263,13 @@ def _console_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
     expect(page.locator("#diff .tok-string").filter(has_text='"two"')).to_be_visible()
     expect(page.locator("#diff .tok-comment").filter(has_text="# done")).to_be_visible()
     assert problems == []
+
+    # Log out: the console says how to log in again, and a reload stays logged out.
+    page.click("#logout")
+    expect(page.locator("#login")).to_be_visible()
+    page.reload()
+    expect(page.locator("#login")).to_be_visible()
+    expect(page.locator("#app")).to_be_hidden()
 
 
 def test_console_without_a_session_says_how_to_log_in(

@@ -8,7 +8,7 @@ Routes:
     GET  /static/<file>          its scripts and styles
     GET  /openapi.json           the API document (`openapi`)
     GET  /login?code=<code>      a one-time code from `stoker web` -> session cookie, 303 to /
-    POST /logout                 forget the cookie
+    POST /logout                 delete the session cookie from the browser
     POST /api/<request type>     a protocol request, its fields as a JSON object (`api`)
     GET  /api/<read-only type>   ping, status, agents, ls, workspace_ls, computers; fields
                                  as query parameters
@@ -310,6 +310,13 @@ class HttpServer:
             return
         if is_api:
             await self._api(stream, conn, request, path, query, body, access, cors, log)
+            return
+        if path == "/logout" and method == b"POST":
+            # The cookie is deleted from this browser (it is signed, not stored: a copy
+            # taken elsewhere stays valid until it expires or the token is rotated).
+            expired = f"{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+            await self._respond(stream, conn, 204, b"", b"text/plain",
+                                headers=[(b"set-cookie", expired.encode())])
             return
         if method != b"GET":
             await self._error(stream, conn, ErrorCode.BAD_REQUEST,

@@ -417,6 +417,13 @@ async function start() {
     return;
   }
   $("app").hidden = false;
+  $("logout").hidden = false;
+  $("logout").addEventListener("click", async () => {
+    await fetch("/logout", { method: "POST", credentials: "same-origin" });
+    closeStream();
+    $("logout").hidden = true;
+    showLogin();
+  });
   try {
     state.agents = (await api("agents")).agents;
   } catch (error) { showError(error.message); }
