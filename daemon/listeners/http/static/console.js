@@ -4,6 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const HISTORY = 5000;
 const state = {
   chat: null, source: null, chats: [], agents: [], turns: new Map(), tools: new Map(),
   perms: new Map(), timeline: [], summary: null,
@@ -121,7 +122,15 @@ async function selectChat(chat) {
   $("app").classList.remove("show-list");
   for (const li of $("chats").children) li.classList.toggle("current", li.dataset.chat === chat);
   history.replaceState(null, "", `#${encodeURIComponent(chat)}`);
-  const source = new EventSource(`/api/chats/${encodeURIComponent(chat)}/events?since=0`);
+  // The last HISTORY events, not the whole retained log (which may be 100k deltas).
+  let since = 0;
+  try {
+    const detail = await api("inspect", { chat });
+    since = Math.max(0, detail.chat.head_seq - HISTORY);
+  } catch (error) { showError(error.message); }
+  if (state.chat !== chat) return;  // another chat was picked meanwhile
+  if (since > 0) $("log").append(el("div", "muted", `${since} earlier events not shown`));
+  const source = new EventSource(`/api/chats/${encodeURIComponent(chat)}/events?since=${since}`);
   state.source = source;
   const on = (name, fn) => source.addEventListener(name, (event) => {
     if (state.source !== source) return;
