@@ -264,6 +264,16 @@ def _console_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
     expect(page.locator("#diff .tok-comment").filter(has_text="# done")).to_be_visible()
     assert problems == []
 
+    # Phone-sized: the list is behind the menu button, a chat fills the screen.
+    page.set_viewport_size({"width": 390, "height": 800})
+    expect(page.locator("#sidebar")).to_be_hidden()
+    page.click("#menu")
+    expect(page.locator("#sidebar")).to_be_visible()
+    page.locator('#chats li[data-chat="web1"]').click()
+    expect(page.locator("#sidebar")).to_be_hidden()
+    expect(page.locator("#prompt")).to_be_visible()
+    page.set_viewport_size({"width": 1100, "height": 800})
+
     # Log out: the console says how to log in again, and a reload stays logged out.
     page.click("#logout")
     expect(page.locator("#login")).to_be_visible()
