@@ -103,9 +103,11 @@ def browser_page() -> Iterator[Any]:
         pytest.skip("no system Chromium (apt-get install chromium; scripts/test does it "
                     "when it can)")
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError:
         pytest.skip("playwright is not installed (it is in the dev group)")
+    # Conditions, not sleeps: each waits as long as a loaded machine may need.
+    expect.set_options(timeout=30_000)
     with sync_playwright() as p:
         try:
             browser = p.chromium.launch(executable_path=executable,
