@@ -1,5 +1,6 @@
 """Scenario 3, fan-out: one `/chunks N` turn (N = 100k; 20k with --quick) to 1, 8 and 64
-subscribers, over the Unix socket and the WebSocket.
+subscribers, over the Unix socket and the WebSocket, and to 1 and 8 Server-Sent Events
+streams (`GET /api/chats/{chat}/events`, `sse.py`).
 
 Subscribers are raw counting clients in this process (see `wire.py`), subscribed live before
 the prompt. Reported: aggregate delivered deltas per second (all subscribers' deltas over
@@ -24,12 +25,14 @@ from protocol import messages as m
 from tests.support.harness import short_tmpdir
 
 from .common import BenchDaemon, Context, Result, bench_config, median
+from .sse import SseSubscriber
 from .wire import RawSubscriber, Tally, Transport, open_subscribers
 
 SIZES = (1, 8, 64)
+SSE_SIZES = (1, 8)
 
 
-async def _count_all(subs: list[RawSubscriber], marker: bytes) -> list[Tally]:
+async def _count_all(subs: list[Any], marker: bytes) -> list[Tally]:
     tallies: list[Tally] = [Tally() for _ in subs]
 
     async def one(index: int) -> None:
@@ -41,10 +44,18 @@ async def _count_all(subs: list[RawSubscriber], marker: bytes) -> list[Tally]:
     return tallies
 
 
-async def _once(daemon: BenchDaemon, control: Any, chat: str, transport: Transport, count: int,
+async def _once(daemon: BenchDaemon, control: Any, chat: str, transport: str, count: int,
                 chunks: int, ws_url: str | None, token: str | None) -> dict[str, float]:
-    subs = await open_subscribers(transport, count, socket=daemon.socket, ws_url=ws_url,
-                                  token=token)
+    subs: list[Any]
+    if transport == "sse":
+        assert ws_url is not None
+        assert token is not None
+        subs = [SseSubscriber(ws_url.replace("ws://", "http://"), token)
+                for _ in range(count)]
+    else:
+        wire: Transport = "ws" if transport == "ws" else "unix"
+        subs = await open_subscribers(wire, count, socket=daemon.socket, ws_url=ws_url,
+                                      token=token)
     try:
         for sub in subs:
             await sub.subscribe(chat, None)
@@ -114,11 +125,11 @@ async def run(ctx: Context) -> Result:
             await control.request(m.Warm(id=0, chat=info.chat))
             # One small turn first: lazy imports, SQLite pages, the agent's first prompt.
             await _once(daemon, control, info.chat, "unix", 1, 1000, ws_url, token)
-            transports: list[Transport] = ["unix", "ws"] if ws_url else ["unix"]
+            transports: list[str] = ["unix", "ws", "sse"] if ws_url else ["unix"]
             if not ws_url:
                 result.skipped.append("websocket: the daemon did not report a URL")
             for transport in transports:
-                for count in SIZES:
+                for count in SSE_SIZES if transport == "sse" else SIZES:
                     key = f"{transport}-{count}"
                     runs = ctx.runs if count == 8 else max(1, ctx.runs - 1)
                     for _ in range(runs):
@@ -140,12 +151,12 @@ async def run(ctx: Context) -> Result:
     def med(key: str, field: str) -> float:
         return median([r[field] for r in rows[key]])
 
-    for transport in ("unix", "ws"):
+    for transport in ("unix", "ws", "sse"):
         for count in SIZES:
             key = f"{transport}-{count}"
             if key not in rows:
                 continue
-            label = "Unix socket" if transport == "unix" else "WebSocket"
+            label = {"unix": "Unix socket", "ws": "WebSocket", "sse": "SSE"}[transport]
             if transport == "unix" and count == 8:
                 result.add(f"{label}, {count} subscribers: delivered/s", med(key, "rate"),
                            "deltas/s", target=">= 100k/s", check=lambda v: v >= 100_000)

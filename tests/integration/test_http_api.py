@@ -5,6 +5,8 @@ served on the same port, and the OpenAPI document."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +198,9 @@ async def test_bad_input_is_a_json_error_and_changes_nothing(http: HttpDaemon) -
         _error(await client.post("/api/no_such_request"), 404, ErrorCode.UNKNOWN_REQUEST)
         _error(await client.post("/api/subscribe", json={"chat": "keep"}), 404,
                ErrorCode.UNKNOWN_REQUEST)
-        _error(await client.get("/api/ping"), 405, ErrorCode.BAD_REQUEST)
+        _error(await client.get("/api/prompt"), 405, ErrorCode.BAD_REQUEST)
+        _error(await client.get("/api/ls?include_closed=maybe"), 400, ErrorCode.BAD_REQUEST)
+        assert (await client.get("/api/ls?include_closed=true")).status_code == 200
         _error(await client.get("/api/chats/nope/events"), 404, ErrorCode.UNKNOWN_CHAT)
         _error(await client.get("/api/chats/keep/events?since=x"), 400,
                ErrorCode.BAD_REQUEST)
@@ -215,6 +219,51 @@ async def test_bad_input_is_a_json_error_and_changes_nothing(http: HttpDaemon) -
         assert sub.snapshot.last_turn == 0
         await unix.request(m.Unsubscribe(id=0, chat="keep"))
         assert (await turn(unix, "keep", "still fine")).text == "still fine"
+
+
+async def test_expect_100_continue_as_curl_sends_it(http: HttpDaemon) -> None:
+    host, port = http.base.removeprefix("http://").rsplit(":", 1)
+    body = msgspec.json.encode({"text": "x" * 2000})
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(
+            f"POST /api/ping HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: Bearer {http.token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode())
+        with trio.fail_after(10):
+            interim = await stream.receive_some(4096)
+        assert interim.startswith(b"HTTP/1.1 100 "), interim
+        await stream.send_all(body)
+        answer = b""
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in answer:
+                answer += await stream.receive_some(4096)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+async def test_curl_as_the_docs_show_it(http: HttpDaemon) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+
+    def run(*args: str) -> Any:
+        done = subprocess.run([curl, "-sS", "--max-time", "20", "-H",
+                               f"Authorization: Bearer {http.token}", *args],
+                              capture_output=True, check=True, timeout=30)
+        return msgspec.json.decode(done.stdout)
+
+    opened = await trio.to_thread.run_sync(lambda: run(
+        "-d", msgspec.json.encode({"chat": "curl", "agent": "echo",
+                                   "cwd": str(http.proc.work)}).decode(),
+        f"{http.base}/api/open_chat"))
+    assert opened["chat"] == "curl"
+    # A body over 1 KiB: curl asks `Expect: 100-continue` and waits for it.
+    accepted = await trio.to_thread.run_sync(lambda: run(
+        "-d", msgspec.json.encode({"chat": "curl", "text": "y" * 3000}).decode(),
+        f"{http.base}/api/prompt"))
+    assert accepted["turn"] == 1
+    listed = await trio.to_thread.run_sync(lambda: run(f"{http.base}/api/ls"))
+    assert "curl" in [c["chat"] for c in listed["chats"]]
 
 
 async def test_a_prompt_over_http_runs_like_one_over_the_socket(http: HttpDaemon) -> None:
@@ -254,6 +303,30 @@ async def test_openapi_document(http: HttpDaemon) -> None:
     for path, item in doc["paths"].items():
         for operation in item.values():
             assert "responses" in operation, path
+    # Every reference resolves, and every operation names its result and error schemas.
+    refs: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "$ref":
+                    refs.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(doc)
+    assert refs
+    for ref in refs:
+        assert ref.startswith("#/components/schemas/"), ref
+        assert ref.rsplit("/", 1)[1] in doc["components"]["schemas"], ref
+    for tag in REQUEST_TYPES:
+        responses = doc["paths"][f"/api/{tag}"]["post"]["responses"]
+        assert set(responses) == {"200", "default"}
+    assert "get" in doc["paths"]["/api/ls"]
+    assert "get" not in doc["paths"]["/api/reap"]
     # ...and its schemas describe what the daemon really answers.
     schemas = doc["components"]["schemas"]
     resolver = {"components": {"schemas": schemas}}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +56,12 @@ async def test_login_code_is_one_time_and_the_cookie_is_a_session(
         assert (await client.post("/api/ping")).status_code == 403
         # ...and the event stream (a GET) needs no Origin.
         assert (await client.get("/api/chats/none/events")).status_code == 404
+        # Logging out deletes the cookie from this client.
+        out = await client.post("/logout", headers={"Origin": http.base})
+        assert out.status_code == 204
+        assert "Max-Age=0" in out.headers["set-cookie"]
+        assert (await client.post("/api/ping", headers={"Origin": http.base})
+                ).status_code == 401
     # Rotating the token ends every session.
     http.proc.cli("token", "--rotate")
     async with http.client() as client:
@@ -96,9 +103,11 @@ def browser_page() -> Iterator[Any]:
         pytest.skip("no system Chromium (apt-get install chromium; scripts/test does it "
                     "when it can)")
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError:
         pytest.skip("playwright is not installed (it is in the dev group)")
+    # Conditions, not sleeps: each waits as long as a loaded machine may need.
+    expect.set_options(timeout=30_000)
     with sync_playwright() as p:
         try:
             browser = p.chromium.launch(executable_path=executable,
@@ -136,6 +145,17 @@ def _api(http: HttpDaemon, tag: str, body: dict[str, Any]) -> Any:
     return response.json()
 
 
+def _wait_actor(http: HttpDaemon, chat: str, predicate: Any, timeout: float = 20.0) -> Any:
+    """The chat's actor once `predicate` holds (polled: the browser's request is async)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        actor = _api(http, "inspect", {"chat": chat})["actors"][0]
+        if predicate(actor):
+            return actor
+        assert time.monotonic() < deadline, actor
+        time.sleep(0.05)
+
+
 def test_console_streams_permits_cancels_and_diffs(
         daemon_factory: DaemonFactory, browser_page: Any, tmp_path: Path) -> None:
 
@@ -147,6 +167,12 @@ def test_console_streams_permits_cancels_and_diffs(
 
 def _console_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
+
+    # Script errors, and anything the Content-Security-Policy blocks, fail the test.
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
+            if msg.type == "error" else None)
 
     _api(http, "open_chat", {"chat": "web1", "agent": "echo", "cwd": str(http.proc.work)})
     page.goto(_login_url(http.proc))
@@ -168,33 +194,94 @@ def _console_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
     _api(http, "prompt", {"chat": "web1", "text": "from elsewhere"})
     expect(page.locator('.turn[data-turn="2"] .text')).to_have_text("from elsewhere")
 
+    # What an agent says is text, never markup.
+    _api(http, "prompt", {"chat": "web1", "text": "<img src=x onerror=alert(1)><b>b</b>"})
+    expect(page.locator('.turn[data-turn="3"] .text')).to_have_text(
+        "<img src=x onerror=alert(1)><b>b</b>")
+    assert page.locator("#log img, #log b").count() == 0
+
     # A permission request, answered with a click.
     page.fill("#prompt", "/permission")
     page.press("#prompt", "Enter")
-    permission = page.locator('.turn[data-turn="3"] .permission')
+    permission = page.locator('.turn[data-turn="4"] .permission')
     expect(permission).to_be_visible()
     permission.locator('button[data-option="allow"]').click()
     expect(permission).to_have_class("permission answered")
-    expect(page.locator('.turn[data-turn="3"] .text')).to_contain_text("permission: allow")
+    expect(page.locator('.turn[data-turn="4"] .text')).to_contain_text("permission: allow")
+
+    # Another client answers first: shown answered, by whom, the buttons disabled.
+    page.fill("#prompt", "/permission")
+    page.press("#prompt", "Enter")
+    permission = page.locator('.turn[data-turn="5"] .permission')
+    expect(permission).to_be_visible()
+    request = permission.get_attribute("data-request")
+    assert request
+    _api(http, "permit", {"chat": "web1", "request": request, "option": "reject"})
+    expect(permission.locator(".answer")).to_have_text("answered: reject by http")
+    expect(permission.locator('button[data-option="allow"]')).to_be_disabled()
 
     # A long turn, cancelled with the button.
     page.fill("#prompt", "/sleep 600000")
     page.press("#prompt", "Enter")
-    expect(page.locator('.turn[data-turn="4"].running')).to_be_visible()
+    expect(page.locator('.turn[data-turn="6"].running')).to_be_visible()
     page.click("#cancel")
-    expect(page.locator('.turn[data-turn="4"] .ended')).to_have_text("ended: cancelled")
+    expect(page.locator('.turn[data-turn="6"] .ended')).to_have_text("ended: cancelled")
+
+    # The pickers: mode and model, as the agent offers them.
+    expect(page.locator("#mode-picker option[value=plan]")).to_be_attached()
+    page.select_option("#mode-picker", "plan")
+    page.select_option("#model-picker", "echo-2")
+    detail = _wait_actor(http, "web1", lambda a: (a["modes"] or {}).get("currentModeId") == "plan"
+                         and any(o.get("currentValue") == "echo-2"
+                                 for o in a.get("config_options", [])))
+    assert detail["agent"] == "echo"
+
+    # The agent's timeline: its starts (and restarts, hibernations) with pid and generation.
+    page.click("#timeline-button")
+    expect(page.locator("#timeline li").filter(has_text="ready").first).to_contain_text(
+        "generation 1")
 
     # A chat in a workspace: its diff, coloured.
     project = _git_project(tmp_path / "project")
     workspace = _api(http, "workspace_new", {"project": str(project)})
     Path(workspace["path"], "a.txt").write_text("one\ntwo\n")
+    Path(workspace["path"], "b.py").write_text('def f():\n    return "two"  # done\n')
     _api(http, "open_chat", {"chat": "web2", "agent": "echo", "workspace":
                              workspace["workspace"]})
-    page.locator('#chats li[data-chat="web2"]').click()
+    # Keyboard: Alt+L to the chat list, arrows, Enter opens.
+    expect(page.locator('#chats li[data-chat="web2"]')).to_be_visible()
+    page.keyboard.press("Alt+l")
+    expect(page.locator('#chats li[data-chat="web1"]')).to_be_focused()
+    page.keyboard.press("ArrowDown")
+    expect(page.locator('#chats li[data-chat="web2"]')).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#chat-title")).to_have_text("web2")
     expect(page.locator("#diff-button")).to_be_visible()
     page.click("#diff-button")
     expect(page.locator("#diff .add").filter(has_text="+two")).to_be_visible()
     expect(page.locator("#diff .file").first).to_contain_text("a.txt")
+    # With syntax colour.
+    expect(page.locator("#diff .tok-keyword").filter(has_text="def")).to_be_visible()
+    expect(page.locator("#diff .tok-string").filter(has_text='"two"')).to_be_visible()
+    expect(page.locator("#diff .tok-comment").filter(has_text="# done")).to_be_visible()
+    assert problems == []
+
+    # Phone-sized: the list is behind the menu button, a chat fills the screen.
+    page.set_viewport_size({"width": 390, "height": 800})
+    expect(page.locator("#sidebar")).to_be_hidden()
+    page.click("#menu")
+    expect(page.locator("#sidebar")).to_be_visible()
+    page.locator('#chats li[data-chat="web1"]').click()
+    expect(page.locator("#sidebar")).to_be_hidden()
+    expect(page.locator("#prompt")).to_be_visible()
+    page.set_viewport_size({"width": 1100, "height": 800})
+
+    # Log out: the console says how to log in again, and a reload stays logged out.
+    page.click("#logout")
+    expect(page.locator("#login")).to_be_visible()
+    page.reload()
+    expect(page.locator("#login")).to_be_visible()
+    expect(page.locator("#app")).to_be_hidden()
 
 
 def test_console_without_a_session_says_how_to_log_in(

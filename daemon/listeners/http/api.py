@@ -10,6 +10,7 @@ stream `GET /api/chats/{chat}/events` (`sse`).
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 import msgspec
@@ -22,6 +23,10 @@ REQUEST_TYPES: dict[str, type[m.RequestBase]] = {
     if t not in (m.Subscribe, m.Unsubscribe)
 }
 """Every request served by `POST /api/<tag>`, by tag."""
+
+READ_ONLY = frozenset({"ping", "status", "agents", "ls", "workspace_ls", "computers"})
+"""Requests that change nothing: also served as `GET /api/<type>?field=value` (so a plain
+`curl URL` works). Every other request is POST only: a GET must be safe to repeat."""
 
 STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_FRAME: 400,
@@ -73,6 +78,17 @@ def error_body(code: ErrorCode, message: str, detail: Any = None) -> bytes:
 
 def encode(value: Any) -> bytes:
     return _encoder.encode(value)
+
+
+def decode_query(tag: str, query: str) -> m.RequestBase:
+    """A read-only request from a query string (`?include_closed=true&cwd=/src`): values
+    are converted to the fields' types (`true`/`false`, numbers)."""
+    fields: dict[str, Any] = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+    fields["id"] = 0
+    try:
+        return msgspec.convert(fields, REQUEST_TYPES[tag], strict=False)
+    except msgspec.ValidationError as exc:
+        raise ApiError(ErrorCode.BAD_REQUEST, f"invalid request: {exc}") from None
 
 
 def decode_request(tag: str, body: bytes) -> m.RequestBase:

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from daemon.listeners.http.api import REQUEST_TYPES, STATUS
+from daemon.listeners.http.api import READ_ONLY, REQUEST_TYPES, STATUS
 from daemon.version import VERSION
 from protocol import messages as m
 
@@ -76,6 +76,18 @@ def document() -> dict[str, Any]:
                 "default": error,
             },
         }}
+    for tag in READ_ONLY:
+        kind = REQUEST_TYPES[tag]
+        post = paths[f"/api/{tag}"]["post"]
+        schema = components[kind.__name__]
+        paths[f"/api/{tag}"]["get"] = {
+            "operationId": f"{tag}_get",
+            "summary": post["summary"],
+            "description": "The same request as the POST, its fields as query parameters.",
+            "parameters": [{"name": name, "in": "query", "required": False, "schema": prop}
+                           for name, prop in schema.get("properties", {}).items()],
+            "responses": post["responses"],
+        }
     paths[EVENTS_PATH] = {"get": {
         "operationId": "events",
         "summary": "Stream a chat's deltas as Server-Sent Events",

@@ -8,17 +8,19 @@ Routes:
     GET  /static/<file>          its scripts and styles
     GET  /openapi.json           the API document (`openapi`)
     GET  /login?code=<code>      a one-time code from `stoker web` -> session cookie, 303 to /
-    POST /logout                 forget the cookie
+    POST /logout                 delete the session cookie from the browser
     POST /api/<request type>     a protocol request, its fields as a JSON object (`api`)
+    GET  /api/<read-only type>   ping, status, agents, ls, workspace_ls, computers; fields
+                                 as query parameters
     GET  /api/chats/<chat>/events  the chat's deltas as Server-Sent Events (`sse`)
     OPTIONS *                    CORS preflight, for origins in `allowed_origins`
 
 Every route checks `Host` (DNS rebinding) and `Origin` (`policy`); `/api/*` also needs the
 bearer token or the console's session cookie. Bodies over `max_message` are refused (413,
 `frame_too_large`) and the connection closes; a malformed JSON body is `bad_frame`, a wrong
-shape `bad_request`: each a JSON `ErrorReply`, and nothing else changes. Connections are
-kept alive between requests for `KEEPALIVE` seconds and must send each request head
-within `HEAD_TIMEOUT` (slowloris).
+shape `bad_request`: each a JSON `ErrorReply`, and nothing else changes. A connection must
+send its first request head within the listener's handshake timeout (slowloris), and is
+kept alive between requests for `KEEPALIVE` seconds.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ from protocol.errors import ErrorCode
 
 HEAD_LIMIT = 16 * 1024
 """The longest request head (request line and headers) accepted."""
-HEAD_TIMEOUT = 10.0
 KEEPALIVE = 60.0
 """An idle keep-alive connection is closed after this long."""
 BODY_TIMEOUT = 30.0
@@ -205,6 +206,11 @@ class HttpServer:
                            f"{self._max_body} bytes")
         parts: list[bytes] = []
         size = 0
+        if conn.they_are_waiting_for_100_continue:
+            # curl sends `Expect: 100-continue` with bodies over 1 KiB and waits a second
+            # for this before sending the body.
+            await self._send_raw(stream, conn.send(h11.InformationalResponse(
+                status_code=100, headers=[])) or b"")
         with trio.fail_after(BODY_TIMEOUT):
             while True:
                 event = await self._next_event(stream, conn)
@@ -306,6 +312,13 @@ class HttpServer:
         if is_api:
             await self._api(stream, conn, request, path, query, body, access, cors, log)
             return
+        if path == "/logout" and method == b"POST":
+            # The cookie is deleted from this browser (it is signed, not stored: a copy
+            # taken elsewhere stays valid until it expires or the token is rotated).
+            expired = f"{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+            await self._respond(stream, conn, 204, b"", b"text/plain",
+                                headers=[(b"set-cookie", expired.encode())])
+            return
         if method != b"GET":
             await self._error(stream, conn, ErrorCode.BAD_REQUEST,
                               f"{method.decode()} is not allowed on {path}", 405)
@@ -362,12 +375,16 @@ class HttpServer:
             await self._events(stream, conn, request, chat, query, cors, log)
             return
         tag = path[len(API_PREFIX):]
-        if request.method != b"POST":
-            await self._error(stream, conn, ErrorCode.BAD_REQUEST,
-                              f"requests are POST {API_PREFIX}<type>", 405, headers=cors)
-            return
         try:
-            message = api.decode_request(tag, body)
+            if request.method == b"POST":
+                message = api.decode_request(tag, body)
+            elif request.method == b"GET" and tag in api.READ_ONLY:
+                message = api.decode_query(tag, query)
+            else:
+                await self._error(stream, conn, ErrorCode.BAD_REQUEST,
+                                  f"requests are POST {API_PREFIX}<type> (GET for "
+                                  f"{', '.join(sorted(api.READ_ONLY))})", 405, headers=cors)
+                return
         except ApiError as exc:
             await self._error(stream, conn, exc.code, exc.message, exc.status, headers=cors)
             return

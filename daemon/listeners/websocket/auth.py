@@ -10,6 +10,11 @@ messages or JSON in text messages, as the client chooses in `hello.encoding`.
 Who may connect is decided in the HTTP handshake, before the upgrade is accepted, so that a
 refused peer never reaches the protocol at all:
 
+* `Host` (checked by the listener first, with `daemon.listeners.http.policy.check_host`):
+  an IP address, `localhost` or a name in `allowed_hosts`, else 403 (DNS rebinding). The
+  same port serves plain HTTP too (`daemon/listeners/http/`, docs/WEB.md) under the same
+  rules.
+
 * `Origin`: a request that carries one (every browser sends it) is refused with 403 unless
   the origin is listed in `allowed_origins` (exact match; default: none). A web page the user
   happens to visit can therefore not drive the daemon, even with a guessed or leaked token.

@@ -4,6 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const HISTORY = 5000;
 const state = {
   chat: null, source: null, chats: [], agents: [], turns: new Map(), tools: new Map(),
   perms: new Map(), timeline: [], summary: null,
@@ -121,12 +122,29 @@ async function selectChat(chat) {
   $("app").classList.remove("show-list");
   for (const li of $("chats").children) li.classList.toggle("current", li.dataset.chat === chat);
   history.replaceState(null, "", `#${encodeURIComponent(chat)}`);
-  const source = new EventSource(`/api/chats/${encodeURIComponent(chat)}/events?since=0`);
+  // The last HISTORY events, not the whole retained log (which may be 100k deltas).
+  let since = 0;
+  try {
+    const detail = await api("inspect", { chat });
+    since = Math.max(0, detail.chat.head_seq - HISTORY);
+  } catch (error) { showError(error.message); }
+  if (state.chat !== chat) return;  // another chat was picked meanwhile
+  if (since > 0) $("log").append(el("div", "muted", `${since} earlier events not shown`));
+  const source = new EventSource(`/api/chats/${encodeURIComponent(chat)}/events?since=${since}`);
   state.source = source;
   const on = (name, fn) => source.addEventListener(name, (event) => {
     if (state.source !== source) return;
     fn(JSON.parse(event.data));
   });
+  let epoch = null;
+  on("subscribed", (msg) => {
+    // A reconnect (EventSource resumes by Last-Event-ID) into another history of the
+    // chat (the daemon crashed meanwhile): its seq numbers mean other deltas. Start over.
+    if (epoch !== null && msg.epoch !== epoch) { selectChat(chat); return; }
+    epoch = msg.epoch;
+  });
+  state.replaying = true;
+  on("replay_complete", () => { state.replaying = false; loadPickers(); });
   on("delta", renderDelta);
   on("resync_required", (msg) => { $("log").replaceChildren(); state.turns.clear();
     renderNotice("info", `history restarted (${msg.reason})`); renderSnapshot(msg.snapshot); });
@@ -134,7 +152,6 @@ async function selectChat(chat) {
   on("goodbye", (msg) => renderNotice("warning", `daemon: ${msg.reason}`));
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) renderNotice("error", "stream closed"); };
   refreshChats();
-  loadPickers();
 }
 
 function renderSnapshot(snapshot) {
@@ -251,9 +268,11 @@ function renderDelta(delta) {
       $("chat-state").textContent = body.state;
       $("chat-state").className = `badge state-${body.state}`;
       if ($("timeline").hidden === false) renderTimeline();
+      if (body.state === "ready" && !state.replaying) loadPickers();  // modes, models now known
       break;
     case "notice": renderNotice(body.level, body.message); break;
     case "mode": setOptions($("mode-picker"), body.available.map((m) => [m.id, m.name || m.id]), body.mode); break;
+    case "config": setModelOption(body.options); break;
     case "diff": $("diff-button").hidden = false; break;
     case "turn_ended": {
       const b = turnBox(delta.turn);
@@ -310,12 +329,15 @@ async function loadPickers() {
     const modes = actor && actor.modes ? actor.modes : null;
     setOptions($("mode-picker"), modes ? (modes.availableModes || []).map((m) => [m.id, m.name || m.id]) : [],
       modes ? modes.currentModeId : null);
-    const options = actor ? actor.config_options || [] : [];
-    const model = options.find((o) => o.category === "model" || o.id === "model");
-    state.modelOption = model ? model.id : null;
-    setOptions($("model-picker"), model ? (model.options || []).map((o) => [o.value, o.name || o.value]) : [],
-      model ? model.currentValue : null);
+    setModelOption(actor ? actor.config_options || [] : []);
   } catch (error) { showError(error.message); }
+}
+
+function setModelOption(options) {
+  const model = options.find((o) => o.category === "model" || o.id === "model");
+  state.modelOption = model ? model.id : null;
+  setOptions($("model-picker"), model ? (model.options || []).map((o) => [o.value, o.name || o.value]) : [],
+    model ? model.currentValue : null);
 }
 
 function renderTimeline() {
@@ -328,6 +350,30 @@ function renderTimeline() {
       `${when} ${b.agent} ${b.state}${b.pid ? " pid " + b.pid : ""} (generation ${b.generation})${b.reason ? ": " + b.reason : ""}`));
   }
   box.replaceChildren(el("strong", null, "agent timeline"), ol);
+}
+
+const KEYWORDS = new Set(("if else elif for while return def class function const let var " +
+  "import from export async await try except catch finally raise throw new with as in of " +
+  "not and or is None True False null true false undefined fn pub struct impl use match " +
+  "type interface package func go defer select case switch break continue yield lambda").split(" "));
+const TOKENS = /(#.*$|\/\/.*$|"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`|\b\d[\d_.]*\b|\b[A-Za-z_][A-Za-z0-9_]*\b)/g;
+
+function highlight(parent, code) {
+  // A small, language-agnostic colouring: comments, strings, numbers, keywords. Text
+  // nodes only: the patch is never parsed as HTML.
+  let last = 0;
+  for (const match of code.matchAll(TOKENS)) {
+    const token = match[0];
+    let cls = null;
+    if (token.startsWith("#") || token.startsWith("//")) cls = "tok-comment";
+    else if (/^["'`]/.test(token)) cls = "tok-string";
+    else if (/^\d/.test(token)) cls = "tok-number";
+    else if (KEYWORDS.has(token)) cls = "tok-keyword";
+    if (!cls) continue;
+    parent.append(code.slice(last, match.index), el("span", cls, token));
+    last = match.index + token.length;
+  }
+  parent.append(code.slice(last));
 }
 
 async function showDiff() {
@@ -344,7 +390,15 @@ async function showDiff() {
       else if (line.startsWith("@@")) cls = "hunk";
       else if (line.startsWith("+")) cls = "add";
       else if (line.startsWith("-")) cls = "del";
-      pre.append(el("span", cls, line + "\n"));
+      const span = el("span", cls);
+      if (cls === "add" || cls === "del" || cls === null) {
+        span.append(line.slice(0, 1));
+        highlight(span, line.slice(1));
+        span.append("\n");
+      } else {
+        span.textContent = line + "\n";
+      }
+      pre.append(span);
     }
     box.replaceChildren(el("div", "muted", diff.summary || `${diff.files.length} files`), pre);
     box.hidden = false;
@@ -372,6 +426,13 @@ async function start() {
     return;
   }
   $("app").hidden = false;
+  $("logout").hidden = false;
+  $("logout").addEventListener("click", async () => {
+    await fetch("/logout", { method: "POST", credentials: "same-origin" });
+    closeStream();
+    $("logout").hidden = true;
+    showLogin();
+  });
   try {
     state.agents = (await api("agents")).agents;
   } catch (error) { showError(error.message); }
