@@ -489,6 +489,7 @@ class TaskService:
     async def get(self, req: m.GetTask) -> m.TaskInfo:
         caller = self._caller(req)
         task = self._get(req.task, caller)
+        self._log.debug("task asked", task=task.id, wait=req.wait, state=task.state.value)
         if req.wait > 0 and task.unfinished:
             with trio.move_on_after(min(req.wait, MAX_WAIT)):
                 await task.settled.wait()
