@@ -186,7 +186,7 @@ def children(p: Parts) -> list[ChildSpec]:
         ChildSpec("workspaces", start=p.workspaces.start,
                   routes=workspaces.ROUTES.bind(p.workspaces)),
         ChildSpec("computers", start=attach_computers, routes=ssh.ROUTES.bind(p.ssh)),
-        ChildSpec("tasks", start=p.tasks.start, stop=p.tasks.stop,
+        ChildSpec("tasks", start=p.tasks.start, stop=p.tasks.stop, reload=p.tasks.reload,
                   routes=tasks.ROUTES.bind(p.tasks)),
         # The doors open once everything behind them is up, and close first.
         ChildSpec("websocket", start=p.websocket.start, stop=p.websocket.stop_accepting),

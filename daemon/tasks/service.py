@@ -27,7 +27,7 @@ import trio
 from daemon.actors.pool import Pool
 from daemon.actors.settings import Settings
 from daemon.channels.hub import Hub
-from daemon.config.file import TasksConfig
+from daemon.config.file import Config, TasksConfig
 from daemon.errors import (
     BadRequest,
     InvalidState,
@@ -122,6 +122,13 @@ class TaskService:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
             self._nursery = None
+
+    def reload(self, config: Config) -> None:
+        """After a config reload (the live settings already hold `config`): a raised
+        `max_running` starts queued tasks now, not at the next change."""
+        del config
+        for parent in list(self._children):
+            self._parent_changed(parent)
 
     # ================================================================== bookkeeping
 
@@ -263,7 +270,7 @@ class TaskService:
                     self._cascade(chat)
                 self._notify(chat)
             elif isinstance(body, d.Status) and body.state == "closed":
-                self._parent_changed(chat)
+                self.closed(chat)
         self._unfollow_if_done(chat)
 
     # ================================================================== state changes
@@ -289,9 +296,23 @@ class TaskService:
         self._parent_changed(task.parent)
 
     def closed(self, chat: str) -> None:
-        """`chat` was closed: its unfinished tasks are cancelled (with `cascade`)."""
-        if chat in self._children:
-            self._parent_changed(chat)
+        """`chat` was closed: with `cascade`, its unfinished tasks are cancelled and its
+        task chats closed too, all the way down (no task outlives its parent's chat)."""
+        if chat not in self._children:
+            return
+        self._parent_changed(chat)
+        if self.config.cascade:
+            for task in self._children[chat]:
+                self._soon(self._close_task_chat, task.id)
+
+    async def _close_task_chat(self, chat: str) -> None:
+        try:
+            closed = self._pool.get_chat(chat).closed
+        except StokerError:
+            return
+        if not closed:
+            await self._pool.close(chat, reason="its parent chat was closed")
+        self.closed(chat)
 
     def _parent_changed(self, parent: str) -> None:
         """Something changed under `parent`: cascade if it closed, start what may start,

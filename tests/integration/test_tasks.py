@@ -144,6 +144,32 @@ async def test_closing_the_parent_cancels_running_and_queued_tasks(
         assert second.state == "cancelled"
         assert second.started_at is None
         turns_end_once(await replay(client, running.task))
+        # The task chats are closed with their parent (no task outlives it).
+        with trio.fail_after(20):
+            while True:
+                listed: m.ChatList = await client.request(m.ListChats(id=0))
+                if [c.chat for c in listed.chats] == []:
+                    break
+                await trio.sleep(0.05)
+        child = await inspect(client, running.task)
+        assert child.chat.closed
+
+
+async def test_a_reload_that_raises_max_running_starts_queued_tasks_at_once(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = started("[tasks]\nmax_running = 1\n", daemon_factory)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "p", cwd=daemon.work)
+        first = await new_task(client, parent.chat, "/sleep 60000")
+        second = await new_task(client, parent.chat, "/sleep 10")
+        assert second.state == "queued"
+        daemon.write_config("[tasks]\nmax_running = 2\n")
+        await client.request(m.Reload(id=0))
+        done = await result(client, second.task)
+        assert (done.state, done.result) == ("done", "slept 10")
+        assert (await result(client, first.task, 0)).state == "running"
+        await client.request(m.TaskCancel(id=0, task=first.task))
+        assert (await result(client, first.task)).state == "cancelled"
 
 
 async def test_task_send_runs_a_follow_up_in_the_same_chat(daemon: DaemonProcess) -> None:
