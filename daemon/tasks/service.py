@@ -77,7 +77,6 @@ class TaskService:
         self._store = store
         self._settings = settings
         self._workspaces = workspaces
-        self._socket = socket
         self._log = Log("tasks")
         self._tasks: dict[str, Task] = {}
         self._children: dict[str, list[Task]] = {}
@@ -85,6 +84,18 @@ class TaskService:
         self._cancelling: set[str] = set()
         """Running tasks whose cancel was asked before their prompt was accepted."""
         self._nursery: trio.Nursery | None = None
+        self._socket = socket
+
+    async def offer_mcp(self, nursery: trio.Nursery) -> None:
+        """Offer Stoker's MCP server to the sessions opened from now on. Its own child of the
+        tree, started before the pool restores chats: a session opened for a prompt that
+        survived a restart gets the server too (its calls reach the daemon once the
+        socket listens)."""
+        del nursery
+        offer.configure(self._socket)
+
+    async def withdraw_mcp(self) -> None:
+        offer.configure(None)
 
     @property
     def config(self) -> TasksConfig:
@@ -94,7 +105,7 @@ class TaskService:
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Load the tasks, resume following the running ones (each replays its turn from
-        the log) and the parents, start what may start. Offer the MCP server from now on."""
+        the log) and the parents, start what may start."""
         await nursery.start(self._run)
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -103,7 +114,6 @@ class TaskService:
             self._nursery = nursery
             for task in await records.load(self._store):
                 self._add(task)
-            offer.configure(self._socket)
             for task in list(self._tasks.values()):
                 if task.state is TaskState.RUNNING:
                     self._follow(task.id, task.since)
@@ -116,9 +126,8 @@ class TaskService:
             await trio.sleep_forever()
 
     async def stop(self) -> None:
-        """Stop offering the MCP server and following channels. Running tasks are the pool's
-        to end (it stops after this); the next start reads how they ended from the log."""
-        offer.configure(None)
+        """Stop following channels. Running tasks are the pool's to end (it stops after
+        this); the next start reads how they ended from the log."""
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
             self._nursery = None
