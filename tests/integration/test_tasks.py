@@ -474,3 +474,24 @@ async def test_a_used_up_token_budget_refuses_new_tasks_of_that_tree_only(
         assert (await result(client, fine.task)).state == "done"
         listed: m.TaskList = await client.request(m.ListTasks(id=0))
         assert len(listed.tasks) == 3
+
+
+async def test_daemon_kill_9_before_the_tasks_turn_started_then_it_finishes(
+        daemon_factory: DaemonFactory) -> None:
+    # The agent takes 3 s to start: the task's prompt is durably queued, not yet running,
+    # when the daemon dies; the restart delivers it again and the task finishes.
+    daemon = started(f'[agents.slow]\ncommand = ["{sys.executable}", "-m", '
+                     '"daemon.echo_agent", "--startup-delay", "3000"]\n', daemon_factory)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", cwd=daemon.work)
+        task = await new_task(client, parent.chat, "after the restart", agent="slow")
+    await wait_committed(
+        daemon, "SELECT 1 FROM tasks t JOIN prompts p ON p.chat = t.id"
+        " WHERE t.id=? AND t.state='running' AND p.state='queued'", (task.task,))
+    daemon.kill9()
+    daemon.start()
+    async with daemon.client() as client:
+        done = await result(client, task.task, 60)
+        assert (done.state, done.result) == ("done", "after the restart")
+        for chat in (parent.chat, task.task):
+            turns_end_once(await replay(client, chat))
