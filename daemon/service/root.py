@@ -6,10 +6,12 @@
     └── the children of `children()`, started in order, stopped in reverse:
         unix-clients, websocket-clients   goodbye to clients (stopped last)
         ssh          remote computers and their executors (before the pool loads chats)
+        mcp-offer    Stoker's MCP server offered to agent sessions (daemon/mcp/offer.py)
         pool         one backend actor per (chat, agent); the core requests
         retention    the delta log's retention pass
         workspaces   worktrees and the reaper
         computers    remote worktree hosts; the `computers` request
+        tasks        child chats: task requests, scheduling, results
         websocket    the WebSocket listener, when enabled
         unix         the Unix socket listener
         systemd      READY/STATUS/WATCHDOG/STOPPING (stopped first)
@@ -192,13 +194,14 @@ def children(p: Parts) -> list[ChildSpec]:
         ChildSpec("websocket-clients", start=nothing, stop=p.websocket.close_connections),
         # Executors of remote computers exist before the pool rebuilds actors on them.
         ChildSpec("ssh", start=p.ssh.start, stop=p.ssh.close, reload=p.ssh.reload),
+        ChildSpec("mcp-offer", start=p.tasks.offer_mcp, stop=p.tasks.withdraw_mcp),
         ChildSpec("pool", start=start_pool, stop=stop_pool, routes=core.ROUTES.bind(p.core)),
         ChildSpec("retention", start=start_retention),
         ChildSpec("workspaces", start=p.workspaces.start,
                   routes=workspaces.ROUTES.bind(p.workspaces)),
         ChildSpec("computers", start=attach_computers, routes=ssh.ROUTES.bind(p.ssh)),
         ChildSpec("traces", start=nothing, routes=traces.ROUTES.bind(p.traces)),
-        ChildSpec("tasks", start=p.tasks.start, stop=p.tasks.stop,
+        ChildSpec("tasks", start=p.tasks.start, stop=p.tasks.stop, reload=p.tasks.reload,
                   routes=tasks.ROUTES.bind(p.tasks)),
         # The doors open once everything behind them is up, and close first.
         ChildSpec("websocket", start=p.websocket.start, stop=p.websocket.stop_accepting),

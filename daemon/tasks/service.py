@@ -27,7 +27,7 @@ import trio
 from daemon.actors.pool import Pool
 from daemon.actors.settings import Settings
 from daemon.channels.hub import Hub
-from daemon.config.file import TasksConfig
+from daemon.config.file import Config, TasksConfig
 from daemon.errors import (
     BadRequest,
     InvalidState,
@@ -77,7 +77,6 @@ class TaskService:
         self._store = store
         self._settings = settings
         self._workspaces = workspaces
-        self._socket = socket
         self._log = Log("tasks")
         self._tasks: dict[str, Task] = {}
         self._children: dict[str, list[Task]] = {}
@@ -85,6 +84,18 @@ class TaskService:
         self._cancelling: set[str] = set()
         """Running tasks whose cancel was asked before their prompt was accepted."""
         self._nursery: trio.Nursery | None = None
+        self._socket = socket
+
+    async def offer_mcp(self, nursery: trio.Nursery) -> None:
+        """Offer Stoker's MCP server to the sessions opened from now on. Its own child of the
+        tree, started before the pool restores chats: a session opened for a prompt that
+        survived a restart gets the server too (its calls reach the daemon once the
+        socket listens)."""
+        del nursery
+        offer.configure(self._socket)
+
+    async def withdraw_mcp(self) -> None:
+        offer.configure(None)
 
     @property
     def config(self) -> TasksConfig:
@@ -94,7 +105,7 @@ class TaskService:
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Load the tasks, resume following the running ones (each replays its turn from
-        the log) and the parents, start what may start. Offer the MCP server from now on."""
+        the log) and the parents, start what may start."""
         await nursery.start(self._run)
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -103,7 +114,6 @@ class TaskService:
             self._nursery = nursery
             for task in await records.load(self._store):
                 self._add(task)
-            offer.configure(self._socket)
             for task in list(self._tasks.values()):
                 if task.state is TaskState.RUNNING:
                     self._follow(task.id, task.since)
@@ -116,12 +126,18 @@ class TaskService:
             await trio.sleep_forever()
 
     async def stop(self) -> None:
-        """Stop offering the MCP server and following channels. Running tasks are the pool's
-        to end (it stops after this); the next start reads how they ended from the log."""
-        offer.configure(None)
+        """Stop following channels. Running tasks are the pool's to end (it stops after
+        this); the next start reads how they ended from the log."""
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
             self._nursery = None
+
+    def reload(self, config: Config) -> None:
+        """After a config reload (the live settings already hold `config`): a raised
+        `max_running` starts queued tasks now, not at the next change."""
+        del config
+        for parent in list(self._children):
+            self._parent_changed(parent)
 
     # ================================================================== bookkeeping
 
@@ -263,7 +279,7 @@ class TaskService:
                     self._cascade(chat)
                 self._notify(chat)
             elif isinstance(body, d.Status) and body.state == "closed":
-                self._parent_changed(chat)
+                self.closed(chat)
         self._unfollow_if_done(chat)
 
     # ================================================================== state changes
@@ -289,9 +305,23 @@ class TaskService:
         self._parent_changed(task.parent)
 
     def closed(self, chat: str) -> None:
-        """`chat` was closed: its unfinished tasks are cancelled (with `cascade`)."""
-        if chat in self._children:
-            self._parent_changed(chat)
+        """`chat` was closed: with `cascade`, its unfinished tasks are cancelled and its
+        task chats closed too, all the way down (no task outlives its parent's chat)."""
+        if chat not in self._children:
+            return
+        self._parent_changed(chat)
+        if self.config.cascade:
+            for task in self._children[chat]:
+                self._soon(self._close_task_chat, task.id)
+
+    async def _close_task_chat(self, chat: str) -> None:
+        try:
+            closed = self._pool.get_chat(chat).closed
+        except StokerError:
+            return
+        if not closed:
+            await self._pool.close(chat, reason="its parent chat was closed")
+        self.closed(chat)
 
     def _parent_changed(self, parent: str) -> None:
         """Something changed under `parent`: cascade if it closed, start what may start,
@@ -489,6 +519,7 @@ class TaskService:
     async def get(self, req: m.GetTask) -> m.TaskInfo:
         caller = self._caller(req)
         task = self._get(req.task, caller)
+        self._log.debug("task asked", task=task.id, wait=req.wait, state=task.state.value)
         if req.wait > 0 and task.unfinished:
             with trio.move_on_after(min(req.wait, MAX_WAIT)):
                 await task.settled.wait()

@@ -144,6 +144,32 @@ async def test_closing_the_parent_cancels_running_and_queued_tasks(
         assert second.state == "cancelled"
         assert second.started_at is None
         turns_end_once(await replay(client, running.task))
+        # The task chats are closed with their parent (no task outlives it).
+        with trio.fail_after(20):
+            while True:
+                listed: m.ChatList = await client.request(m.ListChats(id=0))
+                if [c.chat for c in listed.chats] == []:
+                    break
+                await trio.sleep(0.05)
+        child = await inspect(client, running.task)
+        assert child.chat.closed
+
+
+async def test_a_reload_that_raises_max_running_starts_queued_tasks_at_once(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = started("[tasks]\nmax_running = 1\n", daemon_factory)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "p", cwd=daemon.work)
+        first = await new_task(client, parent.chat, "/sleep 60000")
+        second = await new_task(client, parent.chat, "/sleep 10")
+        assert second.state == "queued"
+        daemon.write_config("[tasks]\nmax_running = 2\n")
+        await client.request(m.Reload(id=0))
+        done = await result(client, second.task)
+        assert (done.state, done.result) == ("done", "slept 10")
+        assert (await result(client, first.task, 0)).state == "running"
+        await client.request(m.TaskCancel(id=0, task=first.task))
+        assert (await result(client, first.task)).state == "cancelled"
 
 
 async def test_task_send_runs_a_follow_up_in_the_same_chat(daemon: DaemonProcess) -> None:
@@ -417,9 +443,17 @@ async def test_a_crashing_task_fails_and_a_huge_answer_is_clipped(daemon: Daemon
         assert clipped.state == "done"
         assert "characters cut" in clipped.result
         assert len(clipped.result) < 300_000
-        log = await replay(client, parent.chat)
-        events = {(x.body.task, x.body.event): x.body for x in log
-                  if isinstance(x.body, d.Task)}
+        # The parent's notices follow the results (published as the task's turn ends,
+        # delivered once committed): wait for both.
+        wanted = {(crash.task, "failed"), (big.task, "finished")}
+        with trio.fail_after(20):
+            while True:
+                log = await replay(client, parent.chat)
+                events = {(x.body.task, x.body.event): x.body for x in log
+                          if isinstance(x.body, d.Task)}
+                if wanted <= events.keys():
+                    break
+                await trio.sleep(0.05)
         assert events[(crash.task, "failed")].error == failed.error
         assert len(events[(big.task, "finished")].summary) <= 200
 
@@ -448,3 +482,24 @@ async def test_a_used_up_token_budget_refuses_new_tasks_of_that_tree_only(
         assert (await result(client, fine.task)).state == "done"
         listed: m.TaskList = await client.request(m.ListTasks(id=0))
         assert len(listed.tasks) == 3
+
+
+async def test_daemon_kill_9_before_the_tasks_turn_started_then_it_finishes(
+        daemon_factory: DaemonFactory) -> None:
+    # The agent takes 3 s to start: the task's prompt is durably queued, not yet running,
+    # when the daemon dies; the restart delivers it again and the task finishes.
+    daemon = started(f'[agents.slow]\ncommand = ["{sys.executable}", "-m", '
+                     '"daemon.echo_agent", "--startup-delay", "3000"]\n', daemon_factory)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", cwd=daemon.work)
+        task = await new_task(client, parent.chat, "after the restart", agent="slow")
+    await wait_committed(
+        daemon, "SELECT 1 FROM tasks t JOIN prompts p ON p.chat = t.id"
+        " WHERE t.id=? AND t.state='running' AND p.state='queued'", (task.task,))
+    daemon.kill9()
+    daemon.start()
+    async with daemon.client() as client:
+        done = await result(client, task.task, 60)
+        assert (done.state, done.result) == ("done", "after the restart")
+        for chat in (parent.chat, task.task):
+            turns_end_once(await replay(client, chat))
