@@ -41,6 +41,17 @@ def add_common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> No
         parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def subcommand(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+               handler: Callable[[argparse.Namespace], int], help_text: str
+               ) -> argparse.ArgumentParser:
+    """One action of a command group (`stoker workspace new`, `stoker task ls`): its parser,
+    with the daemon-location flags and `--json`, calling `handler`."""
+    parser = parent.add_parser(name, help=help_text, description=help_text)
+    add_common(parser)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
 def paths_from(args: argparse.Namespace) -> Any:
     """The daemon's paths as the daemon itself resolves them, from these flags first."""
     from daemon.config.paths import resolve

@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 
-from daemon.cli.common import UsageError, add_common, eprint, show
+from daemon.cli.common import UsageError, eprint, show, subcommand
 from protocol import messages as m
 
 
@@ -25,13 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tsub = task.add_subparsers(dest="task_command", metavar="ACTION")
     tsub.required = True
 
-    def cmd(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
-            handler: Callable[[argparse.Namespace], int], help_text: str
-            ) -> argparse.ArgumentParser:
-        parser = parent.add_parser(name, help=help_text, description=help_text)
-        add_common(parser)
-        parser.set_defaults(handler=handler)
-        return parser
+    cmd = subcommand
 
     p = cmd(tsub, "new", cmd_new, "start a task under a parent chat; prints the task id")
     p.add_argument("--parent", required=True, metavar="CHAT", help="the parent chat")

@@ -11,9 +11,8 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
 
-from daemon.cli.common import add_common, eprint, print_table, show
+from daemon.cli.common import eprint, print_table, show, subcommand
 from protocol import messages as m
 
 
@@ -24,13 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     wsub = ws.add_subparsers(dest="workspace_command", metavar="ACTION")
     wsub.required = True
 
-    def cmd(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
-            handler: Callable[[argparse.Namespace], int], help_text: str
-            ) -> argparse.ArgumentParser:
-        parser = parent.add_parser(name, help=help_text, description=help_text)
-        add_common(parser)
-        parser.set_defaults(handler=handler)
-        return parser
+    cmd = subcommand
 
     p = cmd(wsub, "new", cmd_new, "create a workspace: a worktree of PROJECT on a new "
             "branch from its HEAD; prints the workspace id")
