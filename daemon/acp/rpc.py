@@ -216,10 +216,18 @@ class JsonRpcConnection:
         self._closed: BaseException | None = None
         self.lines_in = 0
         self.lines_out = 0
-        self.last_traffic = trio.current_time()
+        self._last_traffic = trio.current_time()
+        self._throttled = False
+        """Inside `throttle`: the daemon, not the peer, is why nothing is read."""
         self.sent: list[bytes] | None = None
         """When a list, every line written is appended (tests validate them against the
         ACP schema)."""
+
+    @property
+    def last_traffic(self) -> float:
+        """When the peer was last heard from; now, while we hold its output back
+        (`throttle`): a liveness check must not take our own backpressure for a hung peer."""
+        return trio.current_time() if self._throttled else self._last_traffic
 
     # ------------------------------------------------------------------ sending
 
@@ -295,7 +303,7 @@ class JsonRpcConnection:
                 async for batch in read_line_batches(self._receive, self._max_line):
                     # Traffic is noted once per read: the lines of one read arrived together.
                     self.lines_in += len(batch)
-                    self.last_traffic = trio.current_time()
+                    self._last_traffic = trio.current_time()
                     if self._on_traffic is not None:
                         self._on_traffic()
                     for line in batch:
@@ -312,7 +320,12 @@ class JsonRpcConnection:
                                 continue
                         dispatch(line, nursery)
                     if self._throttle is not None:
-                        await self._throttle()
+                        self._throttled = True
+                        try:
+                            await self._throttle()
+                        finally:
+                            self._throttled = False
+                            self._last_traffic = trio.current_time()
                 # EOF: requests still being handled for the peer are pointless now.
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
