@@ -223,10 +223,18 @@ class JsonRpcConnection:
         """Set at EOF: our own requests can no longer be answered (we may still write)."""
         self.lines_in = 0
         self.lines_out = 0
-        self.last_traffic = trio.current_time()
+        self._last_traffic = trio.current_time()
+        self._throttled = False
+        """Inside `throttle`: the daemon, not the peer, is why nothing is read."""
         self.sent: list[bytes] | None = None
         """When a list, every line written is appended (tests validate them against the
         ACP schema)."""
+
+    @property
+    def last_traffic(self) -> float:
+        """When the peer was last heard from; now, while we hold its output back
+        (`throttle`): a liveness check must not take our own backpressure for a hung peer."""
+        return trio.current_time() if self._throttled else self._last_traffic
 
     # ------------------------------------------------------------------ sending
 
@@ -331,7 +339,7 @@ class JsonRpcConnection:
         async for batch in read_line_batches(self._receive, self._max_line):
             # Traffic is noted once per read: the lines of one read arrived together.
             self.lines_in += len(batch)
-            self.last_traffic = trio.current_time()
+            self._last_traffic = trio.current_time()
             if self._on_traffic is not None:
                 self._on_traffic()
             for line in batch:
@@ -348,7 +356,12 @@ class JsonRpcConnection:
                 dispatch(line, nursery)
             if self._throttle is not None:
                 # Backpressure (the store cannot keep up): read no more until it may.
-                await self._throttle()
+                self._throttled = True
+                try:
+                    await self._throttle()
+                finally:
+                    self._throttled = False
+                    self._last_traffic = trio.current_time()
 
     def _fail_pending(self, exc: BaseException) -> None:
         if self._closed is None:

@@ -29,13 +29,19 @@ async def swap_clean_exit(store: Store, value: str) -> str | None:
     store.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean_exit', ?)", (value,))
     # A stop on a full disk must not wait for the disk: the marker then stays "0", which is
     # the truth (writes were lost), and the next start treats the exit as unclean.
+    await _flush_if_possible(store)
+    return str(rows[0][0]) if rows else None
+
+
+async def _flush_if_possible(store: Store) -> None:
+    """Commit what is enqueued, unless the store cannot commit for `STORAGE_PATIENCE` (a
+    full disk): then it stays enqueued, committed once the store can write again."""
     patience = FLUSH_PATIENCE.set(STORAGE_PATIENCE)
     try:
         with contextlib.suppress(StorageUnavailable):
             await store.flush()
     finally:
         FLUSH_PATIENCE.reset(patience)
-    return str(rows[0][0]) if rows else None
 
 
 DELIVERY_AFTER_COMMIT = "after_commit"
@@ -50,5 +56,5 @@ async def swap_delivery(store: Store) -> str | None:
     rows = await store.query("SELECT value FROM meta WHERE key='delivery'")
     store.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('delivery', ?)",
                   (DELIVERY_AFTER_COMMIT,))
-    await store.flush()
+    await _flush_if_possible(store)
     return str(rows[0][0]) if rows else None

@@ -9,22 +9,32 @@ daemon's CPU seconds (its own process: agent excluded; measured until the daemon
 again, so the store's batched commits of the turn count too) per 100k deltas produced and
 per 100k delivered. The floor: `pump.py` writes the same frames to the same subscribers
 over a Unix socket with nothing else to do.
+
+Also, in process: the publish-to-delivery latency of one delta (a real `Hub` over a real
+`Store` in a temporary directory, `Hub.publish` until the frame is in a live subscriber's
+outbox, one at a time): what delivering only committed deltas adds to every first chunk
+(before that change the delta was in the outbox when `publish` returned: 0).
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from daemon.channels.channel import Outbox
+from daemon.channels.hub import Hub, new_epoch
+from daemon.store.sqlite import Store
+from protocol import deltas as d
 from protocol import messages as m
 from tests.support.harness import short_tmpdir
 
-from .common import BenchDaemon, Context, Result, bench_config, median
+from .common import BenchDaemon, Context, Result, bench_config, median, percentile
 from .sse import SseSubscriber
 from .wire import RawSubscriber, Tally, Transport, open_subscribers
 
@@ -109,6 +119,29 @@ async def _pump_once(chunks: int, count: int) -> dict[str, float]:
             "rate": delivered / wall}
 
 
+async def delivery_latency(rounds: int) -> list[float]:
+    """Seconds from `Hub.publish` to the frame in a live subscriber's outbox, per delta,
+    one delta at a time (a pause between, as between a streaming agent's chunks)."""
+    latencies: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        async with Store.open(Path(tmp) / "db.sqlite") as store:
+            hub = Hub(store, ring_size=8192)
+            hub.open_channel("c", new_epoch())
+            outbox = Outbox(max_frames=1024, max_bytes=1 << 24, hard_max_bytes=1 << 30)
+            sub = hub.subscribe("c", outbox, "framed", 0)
+            await hub.catch_up(sub)  # at the head: joins the live set
+            outbox.take(1 << 30)
+            for i in range(rounds):
+                began = time.perf_counter()
+                hub.publish("c", 1, d.Text(text=f" c{i}"))
+                while not outbox.frames:
+                    await outbox.wait()
+                latencies.append(time.perf_counter() - began)
+                outbox.take(1 << 30)
+                await trio.sleep(0.001)
+    return latencies
+
+
 async def run(ctx: Context) -> Result:
     chunks = 20_000 if ctx.quick else 100_000
     result = Result("fanout", f"Fan-out (one /chunks {chunks} turn)")
@@ -176,5 +209,11 @@ async def run(ctx: Context) -> Result:
         key = f"pump-{count}"
         result.add(f"raw pump (floor), {count} subscribers: delivered/s", med(key, "rate"),
                    "deltas/s")
+    latencies = await delivery_latency(200 if ctx.quick else 1000)
+    for q in (50, 99):
+        result.add(f"publish to a live subscriber's outbox, in process, p{q}",
+                   percentile(latencies, q) * 1e3, "ms")
+    ctx.say(f"  publish -> outbox p50 {percentile(latencies, 50) * 1e3:.3f} ms, "
+            f"p99 {percentile(latencies, 99) * 1e3:.3f} ms")
     result.detail = {"chunks": chunks, "runs": rows}
     return result

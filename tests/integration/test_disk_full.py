@@ -65,7 +65,9 @@ async def _refused(client: Client, request: object) -> RequestFailed:
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 async def test_full_disk_answers_storage_unavailable_holds_agents_back_and_recovers(
         daemon_factory: DaemonFactory) -> None:
-    daemon = daemon_factory()
+    # A stale grace far shorter than the full-disk phase: an agent held back by the daemon
+    # is not taken for a hung one (its turn must end normally once space is back).
+    daemon = daemon_factory(config='[lifecycle]\nprobe_interval = "1s"\nstale_grace = "3s"\n')
     _mount_tmpfs(daemon.state_dir)
     ballast = daemon.state_dir / "ballast"
     try:
