@@ -273,15 +273,22 @@ class ProcessTable:
         """How old an answer `tree_rss` accepts."""
         self._lock = threading.Lock()
         self._scanned = -math.inf
+        self._scan_began = -math.inf
+        """When the last scan began reading /proc (what it shows existed by then)."""
         self._scans = 0
         self._snapshot = _Snapshot({}, {}, None)
 
     def _fresh(self, max_age: float) -> _Snapshot:
         if time.monotonic() - self._scanned >= max_age:
-            self._snapshot = _scan_proc() if os.path.isdir("/proc/self") else _scan_psutil()
-            self._scanned = time.monotonic()
-            self._scans += 1
+            self._rescan()
         return self._snapshot
+
+    def _rescan(self) -> None:
+        began = time.monotonic()
+        self._snapshot = _scan_proc() if os.path.isdir("/proc/self") else _scan_psutil()
+        self._scan_began = began
+        self._scanned = time.monotonic()
+        self._scans += 1
 
     def _tree(self, snapshot: _Snapshot, pid: int) -> list[int]:
         found: list[int] = []
@@ -304,10 +311,15 @@ class ProcessTable:
                 return None
             return sum(snapshot.rss.get(p, 0) for p in self._tree(snapshot, pid))
 
-    def descendants(self, pid: int, max_age: float) -> list[int]:
-        """The pids of `pid`'s descendants, from a scan at most `max_age` seconds old."""
+    def descendants(self, pid: int, since: float) -> list[int]:
+        """The pids of `pid`'s descendants, from a scan that began at or after `since`
+        (monotonic): it shows every process that existed then. Callers that ask at once
+        (a shutdown's stops) share one scan; a scan from before the question is never used,
+        since a child made after it (and gone from the group since) would be missed."""
         with self._lock:
-            return self._tree(self._fresh(max_age), pid)[1:]
+            if self._scan_began < since:
+                self._rescan()
+            return self._tree(self._snapshot, pid)[1:]
 
     def group_runs(self, pgid: int, max_age: float) -> bool:
         """Whether a member of process group `pgid` is not a zombie (True when unknown)."""
@@ -342,20 +354,15 @@ def tree_rss(pid: int) -> int | None:
     return PROCESSES.tree_rss(pid)
 
 
-def _escaped(pid: int) -> list[psutil.Process]:
-    """`pid`'s descendants (to find those that leave its group), from a scan shared with
-    the other stops of the moment."""
+def _escaped(pid: int, since: float) -> list[psutil.Process]:
+    """`pid`'s descendants (to find those that leave its group), from a scan begun after
+    the stop was asked for, shared with the other stops of the moment."""
     procs: list[psutil.Process] = []
-    for child in PROCESSES.descendants(pid, max_age=STOP_SCAN_AGE):
+    for child in PROCESSES.descendants(pid, since):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied,
                                  psutil.ZombieProcess):
             procs.append(psutil.Process(child))  # pins its create time against pid reuse
     return procs
-
-
-STOP_SCAN_AGE = 0.05
-"""How old a process scan a stop accepts for finding the agent's descendants: stops that
-start together (a shutdown) share one."""
 
 
 class _EmptyStream(trio.abc.ReceiveStream):
@@ -453,7 +460,7 @@ class LocalProcess(ProcessStreams):
 
     async def stop(self, grace: float) -> ExitStatus:
         pgid = self._identity.pgid
-        escaped = await trio.to_thread.run_sync(_escaped, self._proc.pid,
+        escaped = await trio.to_thread.run_sync(_escaped, self._proc.pid, time.monotonic(),
                                                 limiter=self._scans)
         if self._proc.returncode is None:
             await self._say_goodbye(grace, self.wait)
