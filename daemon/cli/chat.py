@@ -88,6 +88,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "is in this state (ready, busy, hibernated, failed, ...; repeatable)")
     p.add_argument("--agent", action="append", metavar="NAME",
                    help="only chats of this agent (repeatable)")
+    p.add_argument("--tree", action="store_true",
+                   help="show tasks under the chats that started them (docs/TASKS.md)")
 
     p = cmd("inspect", cmd_inspect, "show a chat's agent: state, pid, session, capabilities",
             chat=True)
@@ -269,11 +271,43 @@ def cmd_agents(args: argparse.Namespace) -> int:
     return show(args, m.ListAgents(id=0), render)
 
 
+def tree_order(chats: list[m.ChatSummary], parents: dict[str, str]
+               ) -> list[tuple[int, m.ChatSummary]]:
+    """`chats` with each task right under the chat that started it: (depth, chat). A task
+    whose parent is not listed is shown as a root."""
+    listed = {c.chat for c in chats}
+    children: dict[str, list[m.ChatSummary]] = {}
+    roots: list[m.ChatSummary] = []
+    for c in chats:
+        parent = parents.get(c.chat)
+        if parent is not None and parent in listed and parent != c.chat:
+            children.setdefault(parent, []).append(c)
+        else:
+            roots.append(c)
+    out: list[tuple[int, m.ChatSummary]] = []
+    seen: set[str] = set()
+
+    def walk(chat: m.ChatSummary, depth: int) -> None:
+        if chat.chat in seen:
+            return
+        seen.add(chat.chat)
+        out.append((depth, chat))
+        for child in children.get(chat.chat, []):
+            walk(child, depth + 1)
+
+    for root in roots:
+        walk(root, 0)
+    return out
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    def render(result: m.ChatList) -> None:
+    def render(result: m.ChatList, parents: dict[str, str]) -> None:
         rows = [["CHAT", "AGENT", "STATE", "PID", "GEN", "RSS", "IDLE", "TURNS", "CWD"]]
-        for c in result.chats:
-            rows.append([c.chat, c.agent, c.state, str(c.pid or "-"), str(c.generation),
+        ordered = (tree_order(result.chats, parents) if args.tree
+                   else [(0, c) for c in result.chats])
+        for depth, c in ordered:
+            name = ("  " * (depth - 1) + "└─ " if depth else "") + c.chat
+            rows.append([name, c.agent, c.state, str(c.pid or "-"), str(c.generation),
                          _size(c.rss), _age(c.idle), str(c.turns), c.cwd])
         print_table(rows)
 
@@ -282,10 +316,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
         result.chats = [c for c in result.chats
                         if (not args.state or c.state in args.state)
                         and (not args.agent or c.agent in args.agent)]
+        parents: dict[str, str] = {}
+        if args.tree:
+            tasks: m.TaskList = await ask(args, m.ListTasks(id=0))
+            parents = {t.task: t.parent for t in tasks.tasks}
         if args.json:
             out_json(result)
         else:
-            render(result)
+            render(result, parents)
         return 0
 
     return run_async(main)
@@ -299,6 +337,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"cwd:         {chat.cwd}")
         print(f"policy:      {chat.policy}")
         print(f"head seq:    {chat.head_seq} (epoch {chat.epoch})")
+        if result.parent:
+            print(f"parent:      {result.parent} (this chat is a task; docs/TASKS.md)")
+        if result.tasks:
+            print(f"tasks:       {', '.join(result.tasks)}")
         for a in result.actors:
             print(f"\n[{a.agent}]")
             print(f"  state:       {a.state}" + (f" ({a.reason})" if a.reason else ""))

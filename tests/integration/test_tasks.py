@@ -403,6 +403,17 @@ async def test_cli_task_new_show_and_the_tree(daemon: DaemonProcess) -> None:
     assert lines[0] == "boss"
     assert lines[1].startswith(f"└── {task} [done] echo: greet")
     assert lines[2].startswith(f"    └── {child} [")
+    # `ls --tree`: each task right under the chat that started it; `inspect` names both.
+    listing = await trio.to_thread.run_sync(lambda: daemon.cli("ls", "--tree"))
+    assert listing.returncode == 0, listing.stderr
+    rows = listing.stdout.splitlines()[1:]
+    assert len(rows) == 3, listing.stdout
+    assert rows[0].startswith("boss ")
+    assert rows[1].startswith(f"└─ {task}")
+    assert rows[2].startswith(f"  └─ {child}")
+    inspected = await trio.to_thread.run_sync(lambda: daemon.cli("inspect", task))
+    assert "parent:      boss" in inspected.stdout, inspected.stdout
+    assert f"tasks:       {child}" in inspected.stdout, inspected.stdout
     below = await trio.to_thread.run_sync(lambda: daemon.cli("tasks", task, "--json"))
     assert [t["task"] for t in json.loads(below.stdout)["tasks"]] == [child]
     refused = await trio.to_thread.run_sync(lambda: daemon.cli(
