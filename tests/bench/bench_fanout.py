@@ -17,7 +17,8 @@ Floors, measured in the same run:
   is measured the same way (reader processes) beside it, and reported as a ratio to it.
 - "direct stdio": the same `/chunks N` turn of the same `echo` agent read directly over
   stdio with the daemon's own ACP client code (`direct.py`): the ingest floor. One
-  subscriber's rate over it is issue 22's ingest ratio (target >= 0.6).
+  subscriber's rate over it is issue 22's ingest ratio (target >= 0.6); the direct client's
+  CPU per 100k deltas (this process's `process_time`) is the floor for the daemon's.
 Reader processes are run for 1 and 8 subscribers (64 processes would measure the two cores'
 scheduler, not the daemon).
 """
@@ -125,10 +126,13 @@ async def _direct_once(chunks: int, cwd: str) -> dict[str, float]:
     async with direct_agent(ECHO_ARGV, cwd=cwd) as agent:
         await agent.open_session(cwd)
         await agent.prompt("/chunks 1000")
+        cpu0 = time.process_time()
         turn = await agent.prompt(f"/chunks {chunks}")
+        cpu = time.process_time() - cpu0
     assert turn.chunks == chunks, turn
     wall = turn.ended - turn.sent
-    return {"delivered": chunks, "seconds": wall, "rate": chunks / wall}
+    return {"delivered": chunks, "seconds": wall, "rate": chunks / wall,
+            "cpu_per_100k": cpu / (chunks / 1e5)}
 
 
 async def _count_all(subs: list[Any], marker: bytes) -> list[Tally]:
@@ -285,6 +289,9 @@ async def run(ctx: Context) -> Result:
             result.add(f"{label}, {count} subscribers: daemon CPU per 100k delivered",
                        med(key, "cpu_per_100k_delivered"), "s")
             result.add(f"{label}, {count} subscribers: lag events", med(key, "lagged"), "")
+            if transport == "unix" and f"pump-{count}" in rows:
+                result.add(f"{label}, {count} subscribers: ratio to the pump ceiling",
+                           med(key, "rate") / med(f"pump-{count}", "rate"), "x")
             resyncs = sum(r["resyncs"] for r in rows[key])
             if resyncs:
                 result.skipped.append(f"{label}, {count} subscribers: {resyncs} subscribers "
@@ -308,6 +315,10 @@ async def run(ctx: Context) -> Result:
                "deltas/s")
     result.add("ingest: the same agent read directly over stdio (floor)", med("direct", "rate"),
                "deltas/s")
+    result.add("ingest: daemon CPU per 100k (1 subscriber; its two threads)",
+               med("ingest-unix-1", "cpu_per_100k_produced"), "s")
+    result.add("ingest: direct stdio client's CPU per 100k (floor)",
+               med("direct", "cpu_per_100k"), "s")
     result.add("ingest: ratio 1 subscriber / direct stdio",
                median([u["rate"] / x["rate"] for u, x in zip(rows["ingest-unix-1"],
                                                              rows["direct"], strict=True)]),
