@@ -34,7 +34,8 @@ SCENARIOS: dict[str, str] = {
 
 
 def table(result: Result) -> str:
-    lines = [f"== {result.title}  ({result.seconds:.1f}s)"]
+    lines = [f"== {result.title}  ({result.seconds:.1f}s, load {result.load[0]:.2f} at the "
+             f"start, {result.load[1]:.2f} at the end)"]
     width = max((len(f.name) for f in result.figures), default=10)
     for fig in result.figures:
         verdict = "" if fig.holds is None else ("  OK  " if fig.holds else "  MISS")
@@ -51,7 +52,8 @@ async def _run(names: list[str], ctx: Context, out: TextIO) -> list[Result]:
     for name in names:
         module = importlib.import_module(SCENARIOS[name])
         runner: Callable[[Context], Awaitable[Result]] = module.run
-        ctx.say(f"-- {name} (load {load_average():.2f})")
+        load = load_average()
+        ctx.say(f"-- {name} (load {load:.2f})")
         started = time.monotonic()
         try:
             result = await runner(ctx)
@@ -60,6 +62,7 @@ async def _run(names: list[str], ctx: Context, out: TextIO) -> list[Result]:
             result.skipped.append(f"failed: {exc!r}")
             traceback.print_exc(file=sys.stderr)
         result.seconds = time.monotonic() - started
+        result.load = (load, load_average())
         results.append(result)
         print(table(result), file=out, flush=True)
     return results

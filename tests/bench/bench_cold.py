@@ -85,8 +85,10 @@ def _report(result: Result, agent: str, via: list[dict[str, float]],
     result.add(f"{agent}: cold first chunk, via daemon", cold_via, "ms")
     result.add(f"{agent}: cold first chunk, direct (floor)", cold_direct, "ms")
     result.add(f"{agent}: cold, daemon overhead", cold_via - cold_direct, "ms")
+    result.add(f"{agent}: cold, ratio daemon/direct", cold_via / cold_direct, "x")
     result.add(f"{agent}: warm first chunk, via daemon", warm_via, "ms")
     result.add(f"{agent}: warm first chunk, direct (floor)", warm_direct, "ms")
+    result.add(f"{agent}: warm, ratio daemon/direct", warm_via / warm_direct, "x")
     result.add(f"{agent}: cold/warm ratio, via daemon", cold_via / warm_via, "x")
     result.detail[agent] = {"via_daemon": via, "direct": direct}
 

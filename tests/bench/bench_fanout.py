@@ -7,8 +7,20 @@ the prompt. Reported: aggregate delivered deltas per second (all subscribers' de
 the wall time from prompt to the last subscriber's `turn_ended`), lag events, and the
 daemon's CPU seconds (its own process: agent excluded; measured until the daemon is idle
 again, so the store's batched commits of the turn count too) per 100k deltas produced and
-per 100k delivered. The floor: `pump.py` writes the same frames to the same subscribers
-over a Unix socket with nothing else to do.
+per 100k delivered.
+
+Floors, measured in the same run:
+- "pump ceiling" (`pump.py` pre-encoded): the same frames, encoded before the clock starts,
+  to counting clients in this process: what the clients can absorb, a ceiling, not a floor.
+- "floor" (`pump.py encode` to `reader.py` processes): each delta built and encoded inside
+  the timed loop, once, fanned out to readers that are processes of their own; the daemon
+  is measured the same way (reader processes) beside it, and reported as a ratio to it.
+- "direct stdio": the same `/chunks N` turn of the same `echo` agent read directly over
+  stdio with the daemon's own ACP client code (`direct.py`): the ingest floor. One
+  subscriber's rate over it is issue 22's ingest ratio (target >= 0.6); the direct client's
+  CPU per 100k deltas (this process's `process_time`) is the floor for the daemon's.
+Reader processes are run for 1 and 8 subscribers (64 processes would measure the two cores'
+scheduler, not the daemon).
 
 Also, in process: the publish-to-delivery latency of one delta (a real `Hub` over a real
 `Store` in a temporary directory, `Hub.publish` until the frame is in a live subscriber's
@@ -18,6 +30,7 @@ outbox, one at a time): what delivering only committed deltas adds to every firs
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -34,12 +47,102 @@ from protocol import deltas as d
 from protocol import messages as m
 from tests.support.harness import short_tmpdir
 
-from .common import BenchDaemon, Context, Result, bench_config, median, percentile
+from .common import ECHO_ARGV, BenchDaemon, Context, Result, bench_config, median, percentile
+from .direct import direct_agent
 from .sse import SseSubscriber
 from .wire import RawSubscriber, Tally, Transport, open_subscribers
 
 SIZES = (1, 8, 64)
 SSE_SIZES = (1, 8)
+PROC_SIZES = (1, 8)
+
+
+def _spawn_readers(args: list[str], count: int) -> list[subprocess.Popen[str]]:
+    return [subprocess.Popen([sys.executable, "-m", "tests.bench.reader", *args],
+                             stdout=subprocess.PIPE, text=True) for _ in range(count)]
+
+
+async def _line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    return await trio.to_thread.run_sync(proc.stdout.readline)
+
+
+async def _reader_results(procs: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for proc in procs:
+        line = await _line(proc)
+        out.append(json.loads(line))
+        await trio.to_thread.run_sync(proc.wait, 30)
+    return out
+
+
+def _kill(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+async def _procs_once(daemon: BenchDaemon, control: Any, chat: str, count: int,
+                      chunks: int) -> dict[str, float]:
+    """The daemon to `count` reader processes (Unix socket)."""
+    procs = _spawn_readers(["daemon", str(daemon.socket), chat], count)
+    try:
+        for proc in procs:
+            assert (await _line(proc)).strip() == "ready"
+        cpu0 = daemon.cpu_seconds()
+        sent = time.perf_counter()
+        await control.request(m.Prompt(id=0, chat=chat, text=f"/chunks {chunks}"))
+        results = await _reader_results(procs)
+        cpu = await daemon.settled_cpu() - cpu0
+    finally:
+        _kill(procs)
+    wall = max(r["ended_at"] for r in results) - sent
+    delivered = sum(r["deltas"] for r in results)
+    return {"subscribers": count, "delivered": delivered, "seconds": wall,
+            "rate": delivered / wall, "lagged": sum(r["lagged"] for r in results),
+            "resyncs": sum(1 for r in results if r["resynced"]),
+            "cpu_per_100k_produced": cpu / (delivered / count / 1e5)}
+
+
+async def _floor_once(chunks: int, count: int) -> dict[str, float]:
+    """`pump.py encode` (encoding inside the loop) to `count` reader processes."""
+    base = short_tmpdir("floor")
+    path = base / "p.sock"
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started before anything is timed
+        [sys.executable, "-m", "tests.bench.pump", str(path), str(chunks), str(count),
+         "encode"], stdout=subprocess.PIPE, text=True)
+    readers: list[subprocess.Popen[str]] = []
+    try:
+        assert (await _line(proc)).strip() == "ready"
+        readers = _spawn_readers(["raw", str(path)], count)
+        for reader in readers:
+            assert (await _line(reader)).strip() == "ready"
+        started = float((await _line(proc)).split()[1])
+        results = await _reader_results(readers)
+    finally:
+        _kill(readers)
+        proc.wait(30)
+        Path(path).unlink(missing_ok=True)
+        base.rmdir()
+    wall = max(r["ended_at"] for r in results) - started
+    delivered = sum(r["deltas"] for r in results)
+    return {"subscribers": count, "delivered": delivered, "seconds": wall,
+            "rate": delivered / wall}
+
+
+async def _direct_once(chunks: int, cwd: str) -> dict[str, float]:
+    """The same `/chunks` turn of the same agent, read directly over stdio."""
+    async with direct_agent(ECHO_ARGV, cwd=cwd) as agent:
+        await agent.open_session(cwd)
+        await agent.prompt("/chunks 1000")
+        cpu0 = time.process_time()
+        turn = await agent.prompt(f"/chunks {chunks}")
+        cpu = time.process_time() - cpu0
+    assert turn.chunks == chunks, turn
+    wall = turn.ended - turn.sent
+    return {"delivered": chunks, "seconds": wall, "rate": chunks / wall,
+            "cpu_per_100k": cpu / (chunks / 1e5)}
 
 
 async def _count_all(subs: list[Any], marker: bytes) -> list[Tally]:
@@ -172,6 +275,24 @@ async def run(ctx: Context) -> Result:
                         ctx.say(f"  {key}: {row['rate'] / 1e3:.0f}k deltas/s, "
                                 f"{row['cpu_per_100k_produced']:.2f} CPU s per 100k, "
                                 f"lagged {row['lagged']:.0f}")
+            for count in PROC_SIZES:
+                key = f"procs-{count}"
+                for _ in range(ctx.runs):
+                    # Interleaved with its floor, run by run: the load moves.
+                    row = await _procs_once(daemon, control, info.chat, count, chunks)
+                    rows.setdefault(key, []).append(row)
+                    floor = await _floor_once(chunks, count)
+                    rows.setdefault(f"floor-{count}", []).append(floor)
+                    ctx.say(f"  {key}: {row['rate'] / 1e3:.0f}k deltas/s, floor "
+                            f"{floor['rate'] / 1e3:.0f}k, lagged {row['lagged']:.0f}")
+            for _ in range(ctx.runs):
+                unix = await _once(daemon, control, info.chat, "unix", 1, chunks, ws_url,
+                                   token)
+                rows.setdefault("ingest-unix-1", []).append(unix)
+                direct = await _direct_once(chunks, str(daemon.work))
+                rows.setdefault("direct", []).append(direct)
+                ctx.say(f"  ingest: 1 subscriber {unix['rate'] / 1e3:.0f}k deltas/s, "
+                        f"direct stdio {direct['rate'] / 1e3:.0f}k")
     finally:
         daemon.close()
     for count in SIZES:
@@ -201,14 +322,40 @@ async def run(ctx: Context) -> Result:
             result.add(f"{label}, {count} subscribers: daemon CPU per 100k delivered",
                        med(key, "cpu_per_100k_delivered"), "s")
             result.add(f"{label}, {count} subscribers: lag events", med(key, "lagged"), "")
+            if transport == "unix" and f"pump-{count}" in rows:
+                result.add(f"{label}, {count} subscribers: ratio to the pump ceiling",
+                           med(key, "rate") / med(f"pump-{count}", "rate"), "x")
             resyncs = sum(r["resyncs"] for r in rows[key])
             if resyncs:
                 result.skipped.append(f"{label}, {count} subscribers: {resyncs} subscribers "
                                       "were resynced (history lost): rates not comparable")
     for count in SIZES:
         key = f"pump-{count}"
-        result.add(f"raw pump (floor), {count} subscribers: delivered/s", med(key, "rate"),
-                   "deltas/s")
+        result.add(f"pump ceiling (pre-encoded, in-process readers), {count} subscribers: "
+                   "delivered/s", med(key, "rate"), "deltas/s")
+    for count in PROC_SIZES:
+        key, fkey = f"procs-{count}", f"floor-{count}"
+        result.add(f"reader processes, {count} subscribers: via daemon, delivered/s",
+                   med(key, "rate"), "deltas/s")
+        result.add(f"reader processes, {count} subscribers: floor (encode in loop), "
+                   "delivered/s", med(fkey, "rate"), "deltas/s")
+        result.add(f"reader processes, {count} subscribers: ratio daemon/floor",
+                   median([r["rate"] / f["rate"] for r, f in zip(rows[key], rows[fkey],
+                                                                  strict=True)]), "x")
+        result.add(f"reader processes, {count} subscribers: lag events", med(key, "lagged"),
+                   "")
+    result.add("ingest: 1 subscriber (Unix socket), delivered/s", med("ingest-unix-1", "rate"),
+               "deltas/s")
+    result.add("ingest: the same agent read directly over stdio (floor)", med("direct", "rate"),
+               "deltas/s")
+    result.add("ingest: daemon CPU per 100k (1 subscriber; its two threads)",
+               med("ingest-unix-1", "cpu_per_100k_produced"), "s")
+    result.add("ingest: direct stdio client's CPU per 100k (floor)",
+               med("direct", "cpu_per_100k"), "s")
+    result.add("ingest: ratio 1 subscriber / direct stdio",
+               median([u["rate"] / x["rate"] for u, x in zip(rows["ingest-unix-1"],
+                                                             rows["direct"], strict=True)]),
+               "x", target=">= 0.6", check=lambda v: v >= 0.6)
     latencies = await delivery_latency(200 if ctx.quick else 1000)
     for q in (50, 99):
         result.add(f"publish to a live subscriber's outbox, in process, p{q}",

@@ -202,6 +202,8 @@ async def run(ctx: Context) -> Result:
                    target="<= 100 ms", check=lambda v: v <= 100)
         result.add(f"agent kill -9 mid-turn -> status crashed, {label}",
                    median(crashes[f"{name}_crashed"]), "ms")
+    result.add("agent kill -9 mid-turn -> turn_ended, ratio two-process / single-process "
+               "(floor)", median(crashes["two_ended"]) / median(crashes["echo_ended"]), "x")
     agent_rows = await _agent_restarts(ctx, 5 if ctx.quick else 15)
 
     def amed(key: str) -> float:
@@ -211,6 +213,8 @@ async def run(ctx: Context) -> Result:
     result.add("agent kill -9 -> actor ready again (backoff 0)", amed("kill_to_ready"), "ms")
     result.add("agent's own cold start (spawn, initialize, session/new)",
                amed("agent_cold_session"), "ms")
+    result.add("agent restart, ratio ready again / agent cold start (floor)",
+               median([r["kill_to_ready"] / r["agent_cold_session"] for r in agent_rows]), "x")
     result.add("agent restart adds (ready again - agent cold start)",
                median([r["kill_to_ready"] - r["agent_cold_session"] for r in agent_rows]),
                "ms", target="<= 20 ms", check=lambda v: v <= 20)
@@ -262,6 +266,8 @@ async def run(ctx: Context) -> Result:
     result.add("daemon kill -9 -> chat warm again", med("kill_to_warm"), "ms")
     result.add("agent's own cold start, same runs", med("agent_cold_session"), "ms")
     result.add("daemon restart adds (chat warm again - agent cold start)", added, "ms")
+    result.add("daemon restart, ratio chat warm again / agent cold start (floor)",
+               median([r["kill_to_warm"] / r["agent_cold_session"] for r in rows]), "x")
     result.add("daemon kill -9 -> first chunk", med("kill_to_first_chunk"), "ms")
     result.add("agent's own cold first chunk", med("agent_cold_first_chunk"), "ms")
     result.add("daemon restart adds (first chunk)",

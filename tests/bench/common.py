@@ -64,6 +64,8 @@ class Result:
     detail: dict[str, Any] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)
+    """The 1-minute load average when the scenario started and when it ended."""
 
     def add(self, name: str, value: float | None, unit: str, *, target: str | None = None,
             check: Callable[[float], bool] | None = None, note: str = "") -> Figure:
@@ -74,6 +76,7 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "title": self.title, "seconds": self.seconds,
+                "load": list(self.load),
                 "figures": [asdict(f) for f in self.figures], "detail": self.detail,
                 "skipped": self.skipped}
 

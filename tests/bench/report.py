@@ -44,6 +44,10 @@ def render(after: dict[str, Any], before: dict[str, Any] | None = None) -> str:
     for scenario, body in after.get("scenarios", {}).items():
         lines.append(f"### {body['title']}")
         lines.append("")
+        if body.get("load"):
+            start, end = body["load"]
+            lines.append(f"Load {start:.2f} at the start, {end:.2f} at the end.")
+            lines.append("")
         old = _figures(before, scenario) if before else {}
         header = "| figure | value | target | holds |"
         rule = "|---|---:|---|---|"
