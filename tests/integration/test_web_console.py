@@ -10,6 +10,7 @@ is saved as a screenshot next to the test's temporary directory (the path is pri
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -300,3 +301,98 @@ def _no_session(http: HttpDaemon, page: Any) -> None:
     # Phone-sized: the chat list is behind the menu button.
     page.set_viewport_size({"width": 390, "height": 800})
     expect(page.locator("#app")).to_be_hidden()
+
+
+_DUR = r"(\d+ms|\d+\.\d+s)"
+"""A duration as the console writes it (ms under a second)."""
+
+
+def _open_console(http: HttpDaemon, page: Any, chat: str) -> list[str]:
+    """Log in, open `chat` (an echo chat in the daemon's work directory) in the console;
+    the script errors and CSP violations seen from then on (the test asserts it empty)."""
+    from playwright.sync_api import expect
+
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
+            if msg.type == "error" else None)
+    _api(http, "open_chat", {"chat": chat, "agent": "echo", "cwd": str(http.proc.work)})
+    page.goto(_login_url(http.proc))
+    page.locator(f'#chats li[data-chat="{chat}"]').click()
+    expect(page.locator("#chat-title")).to_have_text(chat)
+    return problems
+
+
+def test_console_traces_turns_as_waterfalls(
+        daemon_factory: DaemonFactory, browser_page: Any, tmp_path: Path) -> None:
+    http = _start(daemon_factory)
+    with _screenshot_on_failure(browser_page, tmp_path, "trace"):
+        _trace_session(http, browser_page)
+
+
+def _trace_session(http: HttpDaemon, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    problems = _open_console(http, page, "tr1")
+    page.fill("#prompt", "/tool")
+    page.press("#prompt", "Enter")
+    expect(page.locator('.turn[data-turn="1"] .ended')).to_have_text("ended: end_turn")
+    tool_id = _api(http, "trace", {"chat": "tr1"})["turns"][0]["tool_calls"][0]["tool_call_id"]
+
+    # Keyboard: Alt+T opens the trace (in place of the log) and focuses it.
+    page.keyboard.press("Alt+t")
+    expect(page.locator("#trace")).to_be_focused()
+    expect(page.locator("#trace-button")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#log")).to_be_hidden()
+    turn = page.locator('.trace-turn[data-turn="1"]')
+    expect(turn.locator("summary")).to_contain_text("end_turn")
+    expect(turn.locator("summary .trace-prompt")).to_have_text("/tool")
+    # The turn's bar with its first output marked, the tool call's bar with its status.
+    expect(turn.locator(".wf-turn .wf-bar")).to_be_visible()
+    expect(turn.locator(".wf-turn .wf-first")).to_have_attribute("title", re.compile(
+        rf"^first output {_DUR}$"))
+    tool = turn.locator(f'.wf-tool[data-tool="{tool_id}"]')
+    expect(tool).to_have_attribute("data-status", "completed")
+    expect(tool).to_have_class(re.compile(r"\bstatus-completed\b"))
+    expect(tool.locator(".wf-label")).to_have_text("echo tool")
+    expect(tool.locator(".wf-dur")).to_have_text(re.compile(rf"^{_DUR} completed$"))
+    expect(tool).to_have_attribute("title", re.compile(
+        rf"^echo tool \(other\): completed, {_DUR}$"))
+    expect(tool.locator(".wf-bar")).to_be_visible()
+    # Queued time and tokens, as text.
+    expect(turn.locator(".trace-meta")).to_contain_text("queued")
+    expect(turn.locator(".trace-meta")).to_contain_text("tokens")
+
+    # Live: turns that start and end while the trace is open appear in it, a turn accepted
+    # behind another says so, and a prompt is text, never markup.
+    _api(http, "prompt", {"chat": "tr1", "text": "/sleep 300"})
+    _api(http, "prompt", {"chat": "tr1", "text": "<img src=x onerror=alert(1)>"})
+    queued = page.locator('.trace-turn[data-turn="3"]')
+    expect(queued.locator("summary")).to_contain_text("end_turn")
+    expect(queued.locator(".trace-prompt")).to_have_text("<img src=x onerror=alert(1)>")
+    expect(queued.locator(".trace-meta")).to_contain_text("(behind 1)")
+    assert page.locator("#trace img").count() == 0
+    # Newest first.
+    expect(page.locator(".trace-turn").first).to_have_attribute("data-turn", "3")
+
+    # A turn can be collapsed from the keyboard (its summary is focusable).
+    turn.locator("summary").focus()
+    page.keyboard.press("Enter")
+    expect(tool).to_be_hidden()
+    page.keyboard.press("Enter")
+    expect(tool).to_be_visible()
+
+    # Phone-sized: the bars sit under their labels and nothing scrolls sideways.
+    page.set_viewport_size({"width": 390, "height": 800})
+    expect(tool.locator(".wf-bar")).to_be_visible()
+    box = tool.locator(".wf-track").bounding_box()
+    assert box is not None
+    assert box["width"] > 250, box
+    assert page.evaluate("(() => { const t = document.getElementById('trace');"
+                         " return t.scrollWidth <= t.clientWidth; })()")
+
+    # The button closes it again, back to the log.
+    page.click("#trace-button")
+    expect(page.locator("#log")).to_be_visible()
+    expect(page.locator("#trace")).to_be_hidden()
+    assert problems == []

@@ -5,9 +5,10 @@
 
 const $ = (id) => document.getElementById(id);
 const HISTORY = 5000;
+const TRACE_TURNS = 20;
 const state = {
   chat: null, source: null, chats: [], agents: [], turns: new Map(), tools: new Map(),
-  perms: new Map(), timeline: [], summary: null,
+  perms: new Map(), timeline: [], summary: null, traceClosed: new Set(),
 };
 
 function el(tag, cls, text) {
@@ -114,7 +115,7 @@ async function selectChat(chat) {
   closeStream();
   state.chat = chat;
   state.turns = new Map(); state.tools = new Map(); state.perms = new Map();
-  state.timeline = [];
+  state.timeline = []; state.traceClosed = new Set();
   $("log").replaceChildren();
   $("diff").hidden = true; $("timeline").hidden = true; $("usage").textContent = "";
   $("empty").hidden = true; $("chat-view").hidden = false;
@@ -152,6 +153,7 @@ async function selectChat(chat) {
   on("goodbye", (msg) => renderNotice("warning", `daemon: ${msg.reason}`));
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) renderNotice("error", "stream closed"); };
   refreshChats();
+  if (traceShown()) showTrace(true);
 }
 
 function renderSnapshot(snapshot) {
@@ -207,6 +209,7 @@ function renderDelta(delta) {
       const b = turnBox(delta.turn);
       b.classList.add("running");
       b.append(el("div", "user", `› ${body.prompt}`));
+      if (!state.replaying) loadTrace();
       break;
     }
     case "text": appendText(box || turnBox(0), "text", body.text); break;
@@ -278,6 +281,7 @@ function renderDelta(delta) {
       const b = turnBox(delta.turn);
       b.classList.remove("running");
       b.append(el("div", "ended", body.error ? `ended: ${body.error}` : `ended: ${body.stop_reason}`));
+      if (!state.replaying) loadTrace();
       break;
     }
     default: break;
@@ -405,6 +409,158 @@ async function showDiff() {
   } catch (error) { showError(error.message); }
 }
 
+// ------------------------------------------------------------------ trace
+
+function fmtDur(s) {
+  if (s === null || s === undefined || !Number.isFinite(s)) return "";
+  if (s < 1) return `${Math.round(s * 1000)}ms`;
+  if (s < 60) return `${s.toFixed(1)}s`;
+  const m = Math.floor(s / 60);
+  return `${m}m${String(Math.round(s - m * 60)).padStart(2, "0")}s`;
+}
+
+function fmtNum(n) {
+  return n === null || n === undefined ? "?" : Number(n).toLocaleString("en-US");
+}
+
+function cssName(value) {
+  // A class-name suffix from a daemon-given word (a status, an outcome).
+  return String(value || "none").toLowerCase().replace(/[^a-z0-9_-]/g, "_");
+}
+
+function traceShown() { return !$("trace").hidden; }
+
+function showTrace(on) {
+  $("trace").hidden = !on;
+  $("log").hidden = on;
+  $("trace-button").setAttribute("aria-pressed", String(on));
+  if (on) { $("trace").replaceChildren(el("div", "muted", "loading…")); loadTrace(); }
+  else scrollDown();
+}
+
+async function loadTrace() {
+  // One request at a time; a change meanwhile asks for one more when it is answered.
+  if (!state.chat || !traceShown()) return;
+  if (state.traceLoading) { state.traceAgain = true; return; }
+  state.traceLoading = true;
+  const chat = state.chat;
+  try {
+    const result = await api("trace", { chat, last: TRACE_TURNS });
+    if (chat === state.chat && traceShown()) renderTrace(result);
+  } catch (error) {
+    showError(error.message);
+  } finally {
+    state.traceLoading = false;
+    if (state.traceAgain) { state.traceAgain = false; loadTrace(); }
+  }
+}
+
+function renderTrace(result) {
+  const nodes = [];
+  const turns = result.turns || [];
+  if (!turns.length) nodes.push(el("div", "muted", "No turns yet."));
+  if (turns.length >= TRACE_TURNS) {
+    nodes.push(el("div", "muted", `the last ${TRACE_TURNS} turns, newest first (stoker trace shows any turn)`));
+  }
+  if (result.truncated) nodes.push(el("div", "muted", "The log no longer holds the start of older turns."));
+  for (const turn of [...turns].reverse()) nodes.push(traceTurn(turn));
+  $("trace").replaceChildren(...nodes);
+}
+
+function traceTurn(t) {
+  // One turn as a waterfall: its bar from when it could run to its end, the first output
+  // marked on it, then one bar per tool call on the same time axis. Text only.
+  // Fields at their default are left out of the daemon's JSON.
+  const calls = t.tool_calls || [];
+  const start = t.started || t.accepted || 0;
+  const accepted = t.accepted || start;
+  const running = t.ended === null || t.ended === undefined;
+  let end = t.ended;
+  if (running) {
+    end = Math.max(Date.now() / 1000, start, t.first_output || 0,
+      ...calls.map((c) => c.end || c.start || 0));
+  }
+  const total = Math.max(end - start, 1e-6);
+  const at = (time) => Math.min(100, Math.max(0, ((time - start) / total) * 100));
+  const outcome = running ? "running" : (t.outcome || "?");
+
+  const details = el("details", "trace-turn");
+  details.dataset.turn = t.turn;
+  details.open = !state.traceClosed.has(t.turn);
+  details.addEventListener("toggle", () => {
+    if (details.open) state.traceClosed.delete(t.turn); else state.traceClosed.add(t.turn);
+  });
+  const summary = el("summary");
+  summary.append(el("strong", null, `turn ${t.turn}`), el("span", null, t.agent || ""),
+    el("span", null, fmtDur(end - start)), el("span", `outcome outcome-${cssName(outcome)}`, outcome),
+    el("span", "trace-prompt", t.prompt || ""));
+  details.append(summary);
+
+  const meta = [];
+  meta.push(t.first_output ? `first output ${fmtDur(t.first_output - start)}` : "no output");
+  meta.push(`queued ${fmtDur(Math.max(0, start - accepted))}${t.queued ? ` (behind ${t.queued})` : ""}`);
+  if (t.input_tokens !== null && t.input_tokens !== undefined
+      || t.output_tokens !== null && t.output_tokens !== undefined) {
+    meta.push(`tokens ${fmtNum(t.input_tokens)} in / ${fmtNum(t.output_tokens)} out` +
+      (t.cached_tokens ? ` (${fmtNum(t.cached_tokens)} cached)` : ""));
+  } else {
+    meta.push("tokens not reported");
+  }
+  if (t.cost !== null && t.cost !== undefined) meta.push(`cost ${t.cost} ${t.cost_currency || ""}`.trim());
+  if (t.restarts) meta.push(`${t.restarts} restart${t.restarts === 1 ? "" : "s"}`);
+  details.append(el("div", "trace-meta", meta.join(" · ")));
+  if (t.error) details.append(el("div", "error", t.error));
+
+  const list = el("ol", "wf");
+  const row = (cls, label, duration, tip) => {
+    const li = el("li", `wf-row ${cls}`);
+    const track = el("span", "wf-track");
+    track.setAttribute("aria-hidden", "true");
+    li.append(el("span", "wf-label", label), track, el("span", "wf-dur", duration));
+    li.title = tip;
+    list.append(li);
+    return { li, track };
+  };
+  const bar = (track, from, to) => {
+    const node = el("span", "wf-bar");
+    node.style.left = `${at(from).toFixed(2)}%`;
+    node.style.width = `${Math.max(0, at(to) - at(from)).toFixed(2)}%`;
+    track.append(node);
+    return node;
+  };
+  const axis = el("li", "wf-row wf-axis");
+  axis.setAttribute("aria-hidden", "true");
+  const ticks = el("span", "wf-track");
+  ticks.append(el("span", null, "0"), el("span", null, fmtDur(total / 2)), el("span", null, fmtDur(total)));
+  axis.append(el("span", "wf-label"), ticks, el("span", "wf-dur"));
+  list.append(axis);
+
+  const turnRow = row(`wf-turn outcome-${cssName(outcome)}`, "turn", `${fmtDur(total)} ${outcome}`,
+    `turn ${t.turn}: ${fmtDur(total)}, ${outcome}`);
+  bar(turnRow.track, start, end);
+  if (t.first_output) {
+    const mark = el("span", "wf-first");
+    mark.style.left = `${at(t.first_output).toFixed(2)}%`;
+    mark.title = `first output ${fmtDur(t.first_output - start)}`;
+    turnRow.track.append(mark);
+  }
+  for (const call of calls) {
+    const closed = call.end !== null && call.end !== undefined;
+    const from = call.start || start;
+    const to = closed ? call.end : end;
+    const status = closed || running ? call.status || "pending" : "never closed";
+    const name = call.title || call.tool_call_id;
+    const { li, track } = row(`wf-tool status-${cssName(closed || running ? status : "unclosed")}`,
+      name, `${fmtDur(to - from)} ${status}`,
+      `${name}${call.kind ? ` (${call.kind})` : ""}: ${status}, ${fmtDur(to - from)}`);
+    li.dataset.tool = call.tool_call_id;
+    li.dataset.status = status;
+    bar(track, from, to);
+  }
+  details.append(list);
+  return details;
+}
+
 // ------------------------------------------------------------------ wiring
 
 async function send() {
@@ -461,6 +617,7 @@ async function start() {
   $("diff-button").addEventListener("click", () => {
     if ($("diff").hidden) showDiff(); else $("diff").hidden = true;
   });
+  $("trace-button").addEventListener("click", () => showTrace(!traceShown()));
   $("timeline-button").addEventListener("click", () => {
     $("timeline").hidden = !$("timeline").hidden;
     if (!$("timeline").hidden) renderTimeline();
@@ -486,6 +643,11 @@ async function start() {
       if (first) first.focus();
     }
     if (event.altKey && event.key === "p") { event.preventDefault(); $("prompt").focus(); }
+    if (event.altKey && event.key === "t" && state.chat) {
+      event.preventDefault();
+      showTrace(!traceShown());
+      if (traceShown()) $("trace").focus();
+    }
   });
   await refreshChats();
   setInterval(refreshChats, 2000);
