@@ -396,3 +396,63 @@ def _trace_session(http: HttpDaemon, page: Any) -> None:
     expect(page.locator("#log")).to_be_visible()
     expect(page.locator("#trace")).to_be_hidden()
     assert problems == []
+
+
+def test_console_shows_a_chats_tasks_live_and_opens_them(
+        daemon_factory: DaemonFactory, browser_page: Any, tmp_path: Path) -> None:
+    http = _start(daemon_factory)
+    with _screenshot_on_failure(browser_page, tmp_path, "tasks"):
+        _tasks_session(http, browser_page)
+
+
+def _tasks_session(http: HttpDaemon, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    _api(http, "open_chat", {"chat": "other", "agent": "echo", "cwd": str(http.proc.work)})
+    problems = _open_console(http, page, "boss")
+    expect(page.locator("#tasks")).to_be_hidden()
+
+    # A task created by another client appears live in its parent's view, with its state,
+    # agent and title (text, never markup), then its answer once it is done.
+    done = _api(http, "task_new", {"parent": "boss", "prompt": "hello tasks",
+                                   "agent": "echo", "title": "<b>greet</b>"})["task"]
+    row = page.locator(f'#task-list li[data-task="{done}"]')
+    expect(row).to_have_attribute("data-state", "done")
+    expect(row.locator(".task-state")).to_have_text("done")
+    expect(row.locator(".task-agent")).to_have_text("echo")
+    expect(row.locator(".task-open")).to_have_text("<b>greet</b>")
+    expect(row.locator(".task-note")).to_have_text("hello tasks")
+    expect(page.locator(".task-event").filter(has_text="task finished")).to_contain_text(
+        "<b>greet</b>")
+    # A running one, then cancelled: each change shows as it happens.
+    slow = _api(http, "task_new", {"parent": "boss", "prompt": "/sleep 600000",
+                                   "agent": "echo", "title": "slow"})["task"]
+    slow_row = page.locator(f'#task-list li[data-task="{slow}"]')
+    expect(slow_row).to_have_attribute("data-state", "running")
+    _api(http, "task_cancel", {"task": slow})
+    expect(slow_row).to_have_attribute("data-state", "cancelled")
+    assert page.locator("#app b").count() == 0
+
+    # The chat list nests each task under its parent and says whose it is.
+    child = page.locator(f'#chats li[data-chat="{done}"]')
+    expect(child).to_have_attribute("data-parent", "boss")
+    expect(child).to_have_class(re.compile(r"\bdepth-1\b"))
+    expect(child.locator(".meta")).to_contain_text("task done of boss")
+    expect(page.locator('#chats li[data-chat="boss"] + li')).to_have_attribute(
+        "data-chat", done)
+    expect(page.locator('#chats li[data-chat="other"]')).not_to_have_attribute(
+        "data-parent", re.compile(".*"))
+
+    # Its link opens the task's chat (from the keyboard too), which links back to its parent.
+    row.locator(".task-open").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#chat-title")).to_have_text(done)
+    expect(page.locator('.turn[data-turn="1"] .text')).to_have_text("hello tasks")
+    expect(page.locator("#parent-link")).to_have_text("task of boss")
+    expect(page.locator("#tasks")).to_be_hidden()
+    page.click("#parent-link")
+    expect(page.locator("#chat-title")).to_have_text("boss")
+    # Opened afresh, the parent's view lists its tasks from the daemon.
+    expect(page.locator("#task-list li")).to_have_count(2)
+    expect(slow_row).to_have_attribute("data-state", "cancelled")
+    assert problems == []

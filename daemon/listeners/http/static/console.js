@@ -9,6 +9,7 @@ const TRACE_TURNS = 20;
 const state = {
   chat: null, source: null, chats: [], agents: [], turns: new Map(), tools: new Map(),
   perms: new Map(), timeline: [], summary: null, traceClosed: new Set(),
+  tasks: new Map(), allTasks: new Map(),
 };
 
 function el(tag, cls, text) {
@@ -62,23 +63,31 @@ function fmtIdle(s) {
 }
 
 async function refreshChats() {
+  let tasks = null;
   try {
-    const list = await api("ls");
+    const [list, all] = await Promise.all([
+      api("ls"), api("tasks", {}).catch(() => null)]);  // tasks: none from an older daemon
     state.chats = list.chats;
+    tasks = all;
   } catch (error) {
     if (error.code !== "unauthorized") showError(error.message);
     return;
   }
+  state.allTasks = new Map(((tasks && tasks.tasks) || []).map((t) => [t.task, t]));
   const ul = $("chats");
   const focused = document.activeElement && document.activeElement.dataset
     ? document.activeElement.dataset.chat : null;
   ul.replaceChildren();
-  for (const chat of state.chats) {
-    const li = el("li");
+  for (const [chat, depth] of chatTree(state.chats, state.allTasks)) {
+    const task = state.allTasks.get(chat.chat);
+    const li = el("li", task ? `task-chat depth-${Math.min(depth, 4)}` : null);
     li.tabIndex = 0;
     li.dataset.chat = chat.chat;
+    if (task) li.dataset.parent = task.parent;
     if (chat.chat === state.chat) li.classList.add("current");
-    const name = el("div", "name", chat.title || chat.chat);
+    const name = el("div", "name");
+    if (task) name.append(el("span", "task-mark", "↳ "));
+    name.append(chat.title || (task && task.title) || chat.chat);
     const meta = el("div", "meta");
     const st = el("span", `state-${chat.state}`, chat.state);
     st.dataset.role = "state";
@@ -86,6 +95,7 @@ async function refreshChats() {
       chat.pid ? ` · pid ${chat.pid}` : "", chat.rss ? ` · ${fmtBytes(chat.rss)}` : "",
       chat.idle !== undefined && chat.idle !== null ? ` · ${fmtIdle(chat.idle)}` : "",
       ` · ${chat.turns || 0} turns`, chat.queued ? ` · ${chat.queued} queued` : "");
+    if (task) meta.append(` · task ${task.state} of ${task.parent}`);
     li.append(name, meta);
     li.addEventListener("click", () => selectChat(chat.chat));
     li.addEventListener("keydown", (event) => {
@@ -104,6 +114,34 @@ async function refreshChats() {
   }
 }
 
+function chatTree(chats, tasks) {
+  // [chat, depth] in list order, each task right under its parent (when the parent is
+  // listed; else where it is, marked as a task all the same).
+  const listed = new Set(chats.map((c) => c.chat));
+  const children = new Map();
+  for (const chat of chats) {
+    const task = tasks.get(chat.chat);
+    if (task && listed.has(task.parent) && task.parent !== chat.chat) {
+      if (!children.has(task.parent)) children.set(task.parent, []);
+      children.get(task.parent).push(chat);
+    }
+  }
+  const out = [];
+  const seen = new Set();
+  const visit = (chat, depth) => {
+    if (seen.has(chat.chat)) return;
+    seen.add(chat.chat);
+    out.push([chat, depth]);
+    for (const child of children.get(chat.chat) || []) visit(child, depth + 1);
+  };
+  for (const chat of chats) {
+    const task = tasks.get(chat.chat);
+    if (!task || !listed.has(task.parent)) visit(chat, task ? 1 : 0);
+  }
+  for (const chat of chats) visit(chat, 1);  // a cycle, should the daemon ever report one
+  return out;
+}
+
 // ------------------------------------------------------------------ one chat
 
 function closeStream() {
@@ -115,8 +153,9 @@ async function selectChat(chat) {
   closeStream();
   state.chat = chat;
   state.turns = new Map(); state.tools = new Map(); state.perms = new Map();
-  state.timeline = []; state.traceClosed = new Set();
-  $("log").replaceChildren();
+  state.timeline = []; state.traceClosed = new Set(); state.tasks = new Map();
+  $("log").replaceChildren(); renderTasks();
+  $("parent-link").hidden = true;
   $("diff").hidden = true; $("timeline").hidden = true; $("usage").textContent = "";
   $("empty").hidden = true; $("chat-view").hidden = false;
   $("chat-title").textContent = chat;
@@ -128,6 +167,13 @@ async function selectChat(chat) {
   try {
     const detail = await api("inspect", { chat });
     since = Math.max(0, detail.chat.head_seq - HISTORY);
+    if (detail.parent && state.chat === chat) {
+      const link = $("parent-link");
+      link.textContent = `task of ${detail.parent}`;
+      link.href = `#${encodeURIComponent(detail.parent)}`;
+      link.dataset.chat = detail.parent;
+      link.hidden = false;
+    }
   } catch (error) { showError(error.message); }
   if (state.chat !== chat) return;  // another chat was picked meanwhile
   if (since > 0) $("log").append(el("div", "muted", `${since} earlier events not shown`));
@@ -145,7 +191,7 @@ async function selectChat(chat) {
     epoch = msg.epoch;
   });
   state.replaying = true;
-  on("replay_complete", () => { state.replaying = false; loadPickers(); });
+  on("replay_complete", () => { state.replaying = false; loadPickers(); loadTasks(); });
   on("delta", renderDelta);
   on("resync_required", (msg) => { $("log").replaceChildren(); state.turns.clear();
     renderNotice("info", `history restarted (${msg.reason})`); renderSnapshot(msg.snapshot); });
@@ -277,6 +323,18 @@ function renderDelta(delta) {
     case "mode": setOptions($("mode-picker"), body.available.map((m) => [m.id, m.name || m.id]), body.mode); break;
     case "config": setModelOption(body.options); break;
     case "diff": $("diff-button").hidden = false; break;
+    case "task": {
+      applyTask(body);
+      const line = el("div", "task-event");
+      line.append(`task ${body.event}: `, taskLink(body.task, body.title || body.task),
+        ` (${body.agent})`, body.error ? `: ${body.error}` : body.summary ? `: ${body.summary}` : "");
+      $("log").append(line);
+      if (!state.replaying) {
+        loadTasks();
+        if (body.event === "spawned") refreshChats();  // its chat, nested in the list
+      }
+      break;
+    }
     case "turn_ended": {
       const b = turnBox(delta.turn);
       b.classList.remove("running");
@@ -407,6 +465,52 @@ async function showDiff() {
     box.replaceChildren(el("div", "muted", diff.summary || `${diff.files.length} files`), pre);
     box.hidden = false;
   } catch (error) { showError(error.message); }
+}
+
+// ------------------------------------------------------------------ tasks
+
+function taskLink(task, text) {
+  // A link that opens the task's chat (a plain #chat link: a new tab opens it too).
+  const link = el("a", "task-open", text);
+  link.href = `#${encodeURIComponent(task)}`;
+  link.dataset.chat = task;
+  link.addEventListener("click", (event) => { event.preventDefault(); selectChat(task); });
+  return link;
+}
+
+function applyTask(info) {
+  const old = state.tasks.get(info.task) || {};
+  state.tasks.set(info.task, { ...old, ...info });
+  renderTasks();
+}
+
+async function loadTasks() {
+  const chat = state.chat;
+  if (!chat) return;
+  try {
+    const list = await api("tasks", { parent: chat });
+    if (chat !== state.chat) return;
+    for (const info of list.tasks || []) applyTask(info);
+  } catch (error) {
+    if (error.code !== "unknown_request") showError(error.message);
+  }
+}
+
+function renderTasks() {
+  const ul = $("task-list");
+  ul.replaceChildren();
+  for (const task of state.tasks.values()) {
+    const li = el("li", "task");
+    li.dataset.task = task.task;
+    li.dataset.state = task.state || "";
+    const badge = el("span", `badge task-state task-${cssName(task.state)}`, task.state || "?");
+    li.append(badge, el("span", "task-agent", task.agent || ""),
+      taskLink(task.task, task.title || task.task));
+    const note = task.error || task.summary || task.result || "";
+    if (note) li.append(el("div", "task-note", note));
+    ul.append(li);
+  }
+  $("tasks").hidden = state.tasks.size === 0;
 }
 
 // ------------------------------------------------------------------ trace
@@ -618,6 +722,10 @@ async function start() {
     if ($("diff").hidden) showDiff(); else $("diff").hidden = true;
   });
   $("trace-button").addEventListener("click", () => showTrace(!traceShown()));
+  $("parent-link").addEventListener("click", (event) => {
+    event.preventDefault();
+    selectChat($("parent-link").dataset.chat);
+  });
   $("timeline-button").addEventListener("click", () => {
     $("timeline").hidden = !$("timeline").hidden;
     if (!$("timeline").hidden) renderTimeline();
