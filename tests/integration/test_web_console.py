@@ -456,3 +456,58 @@ def _tasks_session(http: HttpDaemon, page: Any) -> None:
     expect(page.locator("#task-list li")).to_have_count(2)
     expect(slow_row).to_have_attribute("data-state", "cancelled")
     assert problems == []
+
+
+def test_console_stats_panel(
+        daemon_factory: DaemonFactory, browser_page: Any, tmp_path: Path) -> None:
+    http = _start(daemon_factory)
+    with _screenshot_on_failure(browser_page, tmp_path, "stats"):
+        _stats_session(http, browser_page, tmp_path)
+
+
+def _stats_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    problems = _open_console(http, page, "st1")
+    page.fill("#prompt", "/tool")
+    page.press("#prompt", "Enter")
+    expect(page.locator('.turn[data-turn="1"] .ended')).to_have_text("ended: end_turn")
+    # A second chat in a directory whose name is markup (the project key is text).
+    odd = tmp_path / "<i>proj"
+    odd.mkdir()
+    _api(http, "open_chat", {"chat": "st2", "agent": "echo", "cwd": str(odd)})
+    _api(http, "prompt", {"chat": "st2", "text": "hi"})
+    deadline = time.monotonic() + 30
+    while not [t for t in _api(http, "trace", {"chat": "st2"}).get("turns", [])
+               if t.get("ended")]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    page.click("#stats-button")
+    expect(page.locator("#stats-button")).to_have_attribute("aria-pressed", "true")
+    echo = page.locator('#stats tbody tr[data-key="echo"]')
+    expect(echo.locator('[data-field="turns"]')).to_have_text("2")
+    expect(echo.locator('[data-field="tool_calls"]')).to_have_text("1")
+    expect(echo.locator('[data-field="failed"]')).to_have_text("0")
+    expect(echo.locator('[data-field="duration_p50"]')).to_have_text(re.compile(rf"^{_DUR}$"))
+    expect(page.locator("#stats-note")).to_contain_text("2 chat(s)")
+
+    # By project: one row per directory, named as text.
+    page.select_option("#stats-by", "project")
+    expect(page.locator(f'#stats tbody tr[data-key="{http.proc.work}"] [data-field="turns"]')
+           ).to_have_text("1")
+    expect(page.locator("#stats tbody th").filter(has_text="<i>proj")).to_be_visible()
+    assert page.locator("#stats i").count() == 0
+    # By day (UTC).
+    page.select_option("#stats-by", "day")
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    expect(page.locator(f'#stats tbody tr[data-key="{today}"] [data-field="turns"]')
+           ).to_have_text("2")
+
+    # Phone-sized: the table scrolls inside its box, the page does not.
+    page.set_viewport_size({"width": 390, "height": 800})
+    expect(page.locator("#stats")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.click("#stats-button")
+    expect(page.locator("#stats")).to_be_hidden()
+    assert problems == []

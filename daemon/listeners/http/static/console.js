@@ -665,6 +665,67 @@ function traceTurn(t) {
   return details;
 }
 
+// ------------------------------------------------------------------ stats
+
+const STATS_COLUMNS = [
+  ["key", "", (r) => r.key],
+  ["turns", "turns", (r) => r.turns || 0],
+  ["failed", "failed", (r) => r.failed || 0],
+  ["cancelled", "cancelled", (r) => r.cancelled || 0],
+  ["duration_p50", "p50", (r) => fmtDur(r.duration_p50)],
+  ["duration_p95", "p95", (r) => fmtDur(r.duration_p95)],
+  ["ttft_p50", "first output p50", (r) => fmtDur(r.ttft_p50)],
+  ["ttft_p95", "first output p95", (r) => fmtDur(r.ttft_p95)],
+  ["tool_calls", "tools", (r) => r.tool_calls || 0],
+  ["input_tokens", "tokens in", (r) => fmtNum(r.input_tokens || 0)],
+  ["output_tokens", "tokens out", (r) => fmtNum(r.output_tokens || 0)],
+  ["cost", "cost", (r) => (r.cost ? String(r.cost) : "")],
+  ["restarts", "restarts", (r) => r.restarts || 0],
+  ["hibernations", "hibernated", (r) => r.hibernations || 0],
+];
+
+async function loadStats() {
+  const by = $("stats-by").value;
+  const since = Date.now() / 1000 - Number($("stats-since").value);
+  try {
+    const result = await api("stats", { by, since });
+    if ($("stats").hidden) return;
+    renderStats(result);
+  } catch (error) { showError(error.message); }
+}
+
+function renderStats(result) {
+  const label = { agent: "agent", project: "project", day: "day (UTC)" }[result.by] || result.by;
+  $("stats-note").textContent =
+    `since ${new Date(result.since * 1000).toLocaleString()}, ${result.chats || 0} chat(s)`;
+  const rows = result.rows || [];
+  if (!rows.length) {
+    $("stats-table").replaceChildren(el("div", "muted", "No turns in this period."));
+    return;
+  }
+  const table = el("table");
+  const head = el("tr");
+  for (const [field, title] of STATS_COLUMNS) {
+    const th = el("th", null, field === "key" ? label : title);
+    th.scope = "col";
+    head.append(th);
+  }
+  table.append(el("thead"), el("tbody"));
+  table.tHead.append(head);
+  for (const r of rows) {
+    const tr = el("tr");
+    tr.dataset.key = r.key;
+    for (const [field, , value] of STATS_COLUMNS) {
+      const cell = el(field === "key" ? "th" : "td", null, value(r));
+      if (field === "key") cell.scope = "row";
+      cell.dataset.field = field;
+      tr.append(cell);
+    }
+    table.tBodies[0].append(tr);
+  }
+  $("stats-table").replaceChildren(table);
+}
+
 // ------------------------------------------------------------------ wiring
 
 async function send() {
@@ -687,10 +748,12 @@ async function start() {
   }
   $("app").hidden = false;
   $("logout").hidden = false;
+  $("stats-button").hidden = false;
   $("logout").addEventListener("click", async () => {
     await fetch("/logout", { method: "POST", credentials: "same-origin" });
     closeStream();
     $("logout").hidden = true;
+    $("stats-button").hidden = true;
     showLogin();
   });
   try {
@@ -722,6 +785,18 @@ async function start() {
     if ($("diff").hidden) showDiff(); else $("diff").hidden = true;
   });
   $("trace-button").addEventListener("click", () => showTrace(!traceShown()));
+  $("stats-button").addEventListener("click", () => {
+    const on = $("stats").hidden;
+    $("stats").hidden = !on;
+    $("stats-button").setAttribute("aria-pressed", String(on));
+    if (on) {
+      $("app").classList.remove("show-list");
+      $("stats-table").replaceChildren(el("div", "muted", "loading…"));
+      loadStats();
+    }
+  });
+  for (const id of ["stats-by", "stats-since"]) $(id).addEventListener("change", loadStats);
+  $("stats-refresh").addEventListener("click", loadStats);
   $("parent-link").addEventListener("click", (event) => {
     event.preventDefault();
     selectChat($("parent-link").dataset.chat);
