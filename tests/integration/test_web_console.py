@@ -375,6 +375,17 @@ def _trace_session(http: HttpDaemon, page: Any) -> None:
     # Newest first.
     expect(page.locator(".trace-turn").first).to_have_attribute("data-turn", "3")
 
+    # A running turn: its open tool call shows as it starts, then with its final status.
+    _api(http, "prompt", {"chat": "tr1", "text": "/permission"})
+    running = page.locator('.trace-turn[data-turn="4"]')
+    expect(running.locator("summary .outcome")).to_have_text("running")
+    waiting = running.locator(".wf-tool").filter(has_text="echo wants permission")
+    expect(waiting).to_have_attribute("data-status", "pending")
+    _api(http, "cancel", {"chat": "tr1"})
+    expect(running.locator("summary .outcome")).to_have_text("cancelled")
+    expect(waiting).to_have_attribute("data-status", "cancelled")
+    expect(waiting).to_have_class(re.compile(r"\bstatus-cancelled\b"))
+
     # A turn can be collapsed from the keyboard (its summary is focusable).
     turn.locator("summary").focus()
     page.keyboard.press("Enter")

@@ -268,6 +268,7 @@ function renderDelta(delta) {
       details.append(summary, el("pre", "tool-body", JSON.stringify(body.acp || {}, null, 2)));
       (box || turnBox(0)).append(details);
       state.tools.set(body.tool_call_id, { details, status, started: delta.ts });
+      if (!state.replaying) loadTrace();
       break;
     }
     case "tool_update": {
@@ -279,6 +280,7 @@ function renderDelta(delta) {
           text += ` · ${(delta.ts - tool.started).toFixed(1)}s`;
         }
         tool.status.textContent = text;
+        if (!state.replaying) loadTrace();
       }
       tool.details.lastElementChild.textContent += "\n" + JSON.stringify(body.acp || {}, null, 2);
       break;
