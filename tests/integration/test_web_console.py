@@ -1,6 +1,7 @@
 """The web console: the login (`stoker web`'s one-time code -> session cookie) over httpx,
 and the console itself in a real headless Chromium driven by Playwright: load it, watch a
-chat stream live, answer a permission with a click, cancel a turn, open a workspace diff.
+chat stream live, answer a permission with a click, cancel a turn, open a workspace diff,
+read a chat's trace as waterfalls, follow its tasks live and open them, read the stats.
 
 The browser tests use the system's Chromium (Debian's `chromium`; scripts/test installs it
 when it can) and skip, saying why, when it or Playwright is missing. On a failure the page
