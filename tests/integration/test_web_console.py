@@ -1,6 +1,7 @@
 """The web console: the login (`stoker web`'s one-time code -> session cookie) over httpx,
 and the console itself in a real headless Chromium driven by Playwright: load it, watch a
-chat stream live, answer a permission with a click, cancel a turn, open a workspace diff.
+chat stream live, answer a permission with a click, cancel a turn, open a workspace diff,
+read a chat's trace as waterfalls, follow its tasks live and open them, read the stats.
 
 The browser tests use the system's Chromium (Debian's `chromium`; scripts/test installs it
 when it can) and skip, saying why, when it or Playwright is missing. On a failure the page
@@ -10,6 +11,7 @@ is saved as a screenshot next to the test's temporary directory (the path is pri
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -300,3 +302,224 @@ def _no_session(http: HttpDaemon, page: Any) -> None:
     # Phone-sized: the chat list is behind the menu button.
     page.set_viewport_size({"width": 390, "height": 800})
     expect(page.locator("#app")).to_be_hidden()
+
+
+_DUR = r"(\d+ms|\d+\.\d+s)"
+"""A duration as the console writes it (ms under a second)."""
+
+
+def _open_console(http: HttpDaemon, page: Any, chat: str) -> list[str]:
+    """Log in, open `chat` (an echo chat in the daemon's work directory) in the console;
+    the script errors and CSP violations seen from then on (the test asserts it empty)."""
+    from playwright.sync_api import expect
+
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
+            if msg.type == "error" else None)
+    _api(http, "open_chat", {"chat": chat, "agent": "echo", "cwd": str(http.proc.work)})
+    page.goto(_login_url(http.proc))
+    page.locator(f'#chats li[data-chat="{chat}"]').click()
+    expect(page.locator("#chat-title")).to_have_text(chat)
+    return problems
+
+
+def test_console_traces_turns_as_waterfalls(
+        daemon_factory: DaemonFactory, browser_page: Any, tmp_path: Path) -> None:
+    http = _start(daemon_factory)
+    with _screenshot_on_failure(browser_page, tmp_path, "trace"):
+        _trace_session(http, browser_page)
+
+
+def _trace_session(http: HttpDaemon, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    problems = _open_console(http, page, "tr1")
+    page.fill("#prompt", "/tool")
+    page.press("#prompt", "Enter")
+    expect(page.locator('.turn[data-turn="1"] .ended')).to_have_text("ended: end_turn")
+    tool_id = _api(http, "trace", {"chat": "tr1"})["turns"][0]["tool_calls"][0]["tool_call_id"]
+
+    # Keyboard: Alt+T opens the trace (in place of the log) and focuses it.
+    page.keyboard.press("Alt+t")
+    expect(page.locator("#trace")).to_be_focused()
+    expect(page.locator("#trace-button")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#log")).to_be_hidden()
+    turn = page.locator('.trace-turn[data-turn="1"]')
+    expect(turn.locator("summary")).to_contain_text("end_turn")
+    expect(turn.locator("summary .trace-prompt")).to_have_text("/tool")
+    # The turn's bar with its first output marked, the tool call's bar with its status.
+    expect(turn.locator(".wf-turn .wf-bar")).to_be_visible()
+    expect(turn.locator(".wf-turn .wf-first")).to_have_attribute("title", re.compile(
+        rf"^first output {_DUR}$"))
+    tool = turn.locator(f'.wf-tool[data-tool="{tool_id}"]')
+    expect(tool).to_have_attribute("data-status", "completed")
+    expect(tool).to_have_class(re.compile(r"\bstatus-completed\b"))
+    expect(tool.locator(".wf-label")).to_have_text("echo tool")
+    expect(tool.locator(".wf-dur")).to_have_text(re.compile(rf"^{_DUR} completed$"))
+    expect(tool).to_have_attribute("title", re.compile(
+        rf"^echo tool \(other\): completed, {_DUR}$"))
+    expect(tool.locator(".wf-bar")).to_be_visible()
+    # Queued time and tokens, as text.
+    expect(turn.locator(".trace-meta")).to_contain_text("queued")
+    expect(turn.locator(".trace-meta")).to_contain_text("tokens")
+
+    # Live: turns that start and end while the trace is open appear in it, a turn accepted
+    # behind another says so, and a prompt is text, never markup.
+    _api(http, "prompt", {"chat": "tr1", "text": "/sleep 300"})
+    _api(http, "prompt", {"chat": "tr1", "text": "<img src=x onerror=alert(1)>"})
+    queued = page.locator('.trace-turn[data-turn="3"]')
+    expect(queued.locator("summary")).to_contain_text("end_turn")
+    expect(queued.locator(".trace-prompt")).to_have_text("<img src=x onerror=alert(1)>")
+    expect(queued.locator(".trace-meta")).to_contain_text("(behind 1)")
+    assert page.locator("#trace img").count() == 0
+    # Newest first.
+    expect(page.locator(".trace-turn").first).to_have_attribute("data-turn", "3")
+
+    # A running turn: its open tool call shows as it starts, then with its final status.
+    _api(http, "prompt", {"chat": "tr1", "text": "/permission"})
+    running = page.locator('.trace-turn[data-turn="4"]')
+    expect(running.locator("summary .outcome")).to_have_text("running")
+    waiting = running.locator(".wf-tool").filter(has_text="echo wants permission")
+    expect(waiting).to_have_attribute("data-status", "pending")
+    _api(http, "cancel", {"chat": "tr1"})
+    expect(running.locator("summary .outcome")).to_have_text("cancelled")
+    expect(waiting).to_have_attribute("data-status", "cancelled")
+    expect(waiting).to_have_class(re.compile(r"\bstatus-cancelled\b"))
+
+    # A turn can be collapsed from the keyboard (its summary is focusable).
+    turn.locator("summary").focus()
+    page.keyboard.press("Enter")
+    expect(tool).to_be_hidden()
+    page.keyboard.press("Enter")
+    expect(tool).to_be_visible()
+
+    # Phone-sized: the bars sit under their labels and nothing scrolls sideways.
+    page.set_viewport_size({"width": 390, "height": 800})
+    expect(tool.locator(".wf-bar")).to_be_visible()
+    box = tool.locator(".wf-track").bounding_box()
+    assert box is not None
+    assert box["width"] > 250, box
+    assert page.evaluate("(() => { const t = document.getElementById('trace');"
+                         " return t.scrollWidth <= t.clientWidth; })()")
+
+    # The button closes it again, back to the log.
+    page.click("#trace-button")
+    expect(page.locator("#log")).to_be_visible()
+    expect(page.locator("#trace")).to_be_hidden()
+    assert problems == []
+
+
+def test_console_shows_a_chats_tasks_live_and_opens_them(
+        daemon_factory: DaemonFactory, browser_page: Any, tmp_path: Path) -> None:
+    http = _start(daemon_factory)
+    with _screenshot_on_failure(browser_page, tmp_path, "tasks"):
+        _tasks_session(http, browser_page)
+
+
+def _tasks_session(http: HttpDaemon, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    _api(http, "open_chat", {"chat": "other", "agent": "echo", "cwd": str(http.proc.work)})
+    problems = _open_console(http, page, "boss")
+    expect(page.locator("#tasks")).to_be_hidden()
+
+    # A task created by another client appears live in its parent's view, with its state,
+    # agent and title (text, never markup), then its answer once it is done.
+    done = _api(http, "task_new", {"parent": "boss", "prompt": "hello tasks",
+                                   "agent": "echo", "title": "<b>greet</b>"})["task"]
+    row = page.locator(f'#task-list li[data-task="{done}"]')
+    expect(row).to_have_attribute("data-state", "done")
+    expect(row.locator(".task-state")).to_have_text("done")
+    expect(row.locator(".task-agent")).to_have_text("echo")
+    expect(row.locator(".task-open")).to_have_text("<b>greet</b>")
+    expect(row.locator(".task-note")).to_have_text("hello tasks")
+    expect(page.locator(".task-event").filter(has_text="task finished")).to_contain_text(
+        "<b>greet</b>")
+    # A running one, then cancelled: each change shows as it happens.
+    slow = _api(http, "task_new", {"parent": "boss", "prompt": "/sleep 600000",
+                                   "agent": "echo", "title": "slow"})["task"]
+    slow_row = page.locator(f'#task-list li[data-task="{slow}"]')
+    expect(slow_row).to_have_attribute("data-state", "running")
+    _api(http, "task_cancel", {"task": slow})
+    expect(slow_row).to_have_attribute("data-state", "cancelled")
+    assert page.locator("#app b").count() == 0
+
+    # The chat list nests each task under its parent and says whose it is.
+    child = page.locator(f'#chats li[data-chat="{done}"]')
+    expect(child).to_have_attribute("data-parent", "boss")
+    expect(child).to_have_class(re.compile(r"\bdepth-1\b"))
+    expect(child.locator(".meta")).to_contain_text("task done of boss")
+    expect(page.locator('#chats li[data-chat="boss"] + li')).to_have_attribute(
+        "data-chat", done)
+    expect(page.locator('#chats li[data-chat="other"]')).not_to_have_attribute(
+        "data-parent", re.compile(".*"))
+
+    # Its link opens the task's chat (from the keyboard too), which links back to its parent.
+    row.locator(".task-open").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#chat-title")).to_have_text(done)
+    expect(page.locator('.turn[data-turn="1"] .text')).to_have_text("hello tasks")
+    expect(page.locator("#parent-link")).to_have_text("task of boss")
+    expect(page.locator("#tasks")).to_be_hidden()
+    page.click("#parent-link")
+    expect(page.locator("#chat-title")).to_have_text("boss")
+    # Opened afresh, the parent's view lists its tasks from the daemon.
+    expect(page.locator("#task-list li")).to_have_count(2)
+    expect(slow_row).to_have_attribute("data-state", "cancelled")
+    assert problems == []
+
+
+def test_console_stats_panel(
+        daemon_factory: DaemonFactory, browser_page: Any, tmp_path: Path) -> None:
+    http = _start(daemon_factory)
+    with _screenshot_on_failure(browser_page, tmp_path, "stats"):
+        _stats_session(http, browser_page, tmp_path)
+
+
+def _stats_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    problems = _open_console(http, page, "st1")
+    page.fill("#prompt", "/tool")
+    page.press("#prompt", "Enter")
+    expect(page.locator('.turn[data-turn="1"] .ended')).to_have_text("ended: end_turn")
+    # A second chat in a directory whose name is markup (the project key is text).
+    odd = tmp_path / "<i>proj"
+    odd.mkdir()
+    _api(http, "open_chat", {"chat": "st2", "agent": "echo", "cwd": str(odd)})
+    _api(http, "prompt", {"chat": "st2", "text": "hi"})
+    deadline = time.monotonic() + 30
+    while not [t for t in _api(http, "trace", {"chat": "st2"}).get("turns", [])
+               if t.get("ended")]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    page.click("#stats-button")
+    expect(page.locator("#stats-button")).to_have_attribute("aria-pressed", "true")
+    echo = page.locator('#stats tbody tr[data-key="echo"]')
+    expect(echo.locator('[data-field="turns"]')).to_have_text("2")
+    expect(echo.locator('[data-field="tool_calls"]')).to_have_text("1")
+    expect(echo.locator('[data-field="failed"]')).to_have_text("0")
+    expect(echo.locator('[data-field="duration_p50"]')).to_have_text(re.compile(rf"^{_DUR}$"))
+    expect(page.locator("#stats-note")).to_contain_text("2 chat(s)")
+
+    # By project: one row per directory, named as text.
+    page.select_option("#stats-by", "project")
+    expect(page.locator(f'#stats tbody tr[data-key="{http.proc.work}"] [data-field="turns"]')
+           ).to_have_text("1")
+    expect(page.locator("#stats tbody th").filter(has_text="<i>proj")).to_be_visible()
+    assert page.locator("#stats i").count() == 0
+    # By day (UTC).
+    page.select_option("#stats-by", "day")
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    expect(page.locator(f'#stats tbody tr[data-key="{today}"] [data-field="turns"]')
+           ).to_have_text("2")
+
+    # Phone-sized: the table scrolls inside its box, the page does not.
+    page.set_viewport_size({"width": 390, "height": 800})
+    expect(page.locator("#stats")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.click("#stats-button")
+    expect(page.locator("#stats")).to_be_hidden()
+    assert problems == []

@@ -5,9 +5,11 @@
 
 const $ = (id) => document.getElementById(id);
 const HISTORY = 5000;
+const TRACE_TURNS = 20;
 const state = {
   chat: null, source: null, chats: [], agents: [], turns: new Map(), tools: new Map(),
-  perms: new Map(), timeline: [], summary: null,
+  perms: new Map(), timeline: [], summary: null, traceClosed: new Set(),
+  tasks: new Map(), allTasks: new Map(),
 };
 
 function el(tag, cls, text) {
@@ -61,23 +63,31 @@ function fmtIdle(s) {
 }
 
 async function refreshChats() {
+  let tasks = null;
   try {
-    const list = await api("ls");
+    const [list, all] = await Promise.all([
+      api("ls"), api("tasks", {}).catch(() => null)]);  // tasks: none from an older daemon
     state.chats = list.chats;
+    tasks = all;
   } catch (error) {
     if (error.code !== "unauthorized") showError(error.message);
     return;
   }
+  state.allTasks = new Map(((tasks && tasks.tasks) || []).map((t) => [t.task, t]));
   const ul = $("chats");
   const focused = document.activeElement && document.activeElement.dataset
     ? document.activeElement.dataset.chat : null;
   ul.replaceChildren();
-  for (const chat of state.chats) {
-    const li = el("li");
+  for (const [chat, depth] of chatTree(state.chats, state.allTasks)) {
+    const task = state.allTasks.get(chat.chat);
+    const li = el("li", task ? `task-chat depth-${Math.min(depth, 4)}` : null);
     li.tabIndex = 0;
     li.dataset.chat = chat.chat;
+    if (task) li.dataset.parent = task.parent;
     if (chat.chat === state.chat) li.classList.add("current");
-    const name = el("div", "name", chat.title || chat.chat);
+    const name = el("div", "name");
+    if (task) name.append(el("span", "task-mark", "↳ "));
+    name.append(chat.title || (task && task.title) || chat.chat);
     const meta = el("div", "meta");
     const st = el("span", `state-${chat.state}`, chat.state);
     st.dataset.role = "state";
@@ -85,6 +95,7 @@ async function refreshChats() {
       chat.pid ? ` · pid ${chat.pid}` : "", chat.rss ? ` · ${fmtBytes(chat.rss)}` : "",
       chat.idle !== undefined && chat.idle !== null ? ` · ${fmtIdle(chat.idle)}` : "",
       ` · ${chat.turns || 0} turns`, chat.queued ? ` · ${chat.queued} queued` : "");
+    if (task) meta.append(` · task ${task.state} of ${task.parent}`);
     li.append(name, meta);
     li.addEventListener("click", () => selectChat(chat.chat));
     li.addEventListener("keydown", (event) => {
@@ -103,6 +114,34 @@ async function refreshChats() {
   }
 }
 
+function chatTree(chats, tasks) {
+  // [chat, depth] in list order, each task right under its parent (when the parent is
+  // listed; else where it is, marked as a task all the same).
+  const listed = new Set(chats.map((c) => c.chat));
+  const children = new Map();
+  for (const chat of chats) {
+    const task = tasks.get(chat.chat);
+    if (task && listed.has(task.parent) && task.parent !== chat.chat) {
+      if (!children.has(task.parent)) children.set(task.parent, []);
+      children.get(task.parent).push(chat);
+    }
+  }
+  const out = [];
+  const seen = new Set();
+  const visit = (chat, depth) => {
+    if (seen.has(chat.chat)) return;
+    seen.add(chat.chat);
+    out.push([chat, depth]);
+    for (const child of children.get(chat.chat) || []) visit(child, depth + 1);
+  };
+  for (const chat of chats) {
+    const task = tasks.get(chat.chat);
+    if (!task || !listed.has(task.parent)) visit(chat, task ? 1 : 0);
+  }
+  for (const chat of chats) visit(chat, 1);  // a cycle, should the daemon ever report one
+  return out;
+}
+
 // ------------------------------------------------------------------ one chat
 
 function closeStream() {
@@ -114,8 +153,9 @@ async function selectChat(chat) {
   closeStream();
   state.chat = chat;
   state.turns = new Map(); state.tools = new Map(); state.perms = new Map();
-  state.timeline = [];
-  $("log").replaceChildren();
+  state.timeline = []; state.traceClosed = new Set(); state.tasks = new Map();
+  $("log").replaceChildren(); renderTasks();
+  $("parent-link").hidden = true;
   $("diff").hidden = true; $("timeline").hidden = true; $("usage").textContent = "";
   $("empty").hidden = true; $("chat-view").hidden = false;
   $("chat-title").textContent = chat;
@@ -127,6 +167,13 @@ async function selectChat(chat) {
   try {
     const detail = await api("inspect", { chat });
     since = Math.max(0, detail.chat.head_seq - HISTORY);
+    if (detail.parent && state.chat === chat) {
+      const link = $("parent-link");
+      link.textContent = `task of ${detail.parent}`;
+      link.href = `#${encodeURIComponent(detail.parent)}`;
+      link.dataset.chat = detail.parent;
+      link.hidden = false;
+    }
   } catch (error) { showError(error.message); }
   if (state.chat !== chat) return;  // another chat was picked meanwhile
   if (since > 0) $("log").append(el("div", "muted", `${since} earlier events not shown`));
@@ -144,7 +191,7 @@ async function selectChat(chat) {
     epoch = msg.epoch;
   });
   state.replaying = true;
-  on("replay_complete", () => { state.replaying = false; loadPickers(); });
+  on("replay_complete", () => { state.replaying = false; loadPickers(); loadTasks(); });
   on("delta", renderDelta);
   on("resync_required", (msg) => { $("log").replaceChildren(); state.turns.clear();
     renderNotice("info", `history restarted (${msg.reason})`); renderSnapshot(msg.snapshot); });
@@ -152,6 +199,7 @@ async function selectChat(chat) {
   on("goodbye", (msg) => renderNotice("warning", `daemon: ${msg.reason}`));
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) renderNotice("error", "stream closed"); };
   refreshChats();
+  if (traceShown()) showTrace(true);
 }
 
 function renderSnapshot(snapshot) {
@@ -207,6 +255,7 @@ function renderDelta(delta) {
       const b = turnBox(delta.turn);
       b.classList.add("running");
       b.append(el("div", "user", `› ${body.prompt}`));
+      if (!state.replaying) loadTrace();
       break;
     }
     case "text": appendText(box || turnBox(0), "text", body.text); break;
@@ -219,6 +268,7 @@ function renderDelta(delta) {
       details.append(summary, el("pre", "tool-body", JSON.stringify(body.acp || {}, null, 2)));
       (box || turnBox(0)).append(details);
       state.tools.set(body.tool_call_id, { details, status, started: delta.ts });
+      if (!state.replaying) loadTrace();
       break;
     }
     case "tool_update": {
@@ -230,6 +280,7 @@ function renderDelta(delta) {
           text += ` · ${(delta.ts - tool.started).toFixed(1)}s`;
         }
         tool.status.textContent = text;
+        if (!state.replaying) loadTrace();
       }
       tool.details.lastElementChild.textContent += "\n" + JSON.stringify(body.acp || {}, null, 2);
       break;
@@ -274,10 +325,23 @@ function renderDelta(delta) {
     case "mode": setOptions($("mode-picker"), body.available.map((m) => [m.id, m.name || m.id]), body.mode); break;
     case "config": setModelOption(body.options); break;
     case "diff": $("diff-button").hidden = false; break;
+    case "task": {
+      applyTask(body);
+      const line = el("div", "task-event");
+      line.append(`task ${body.event}: `, taskLink(body.task, body.title || body.task),
+        ` (${body.agent})`, body.error ? `: ${body.error}` : body.summary ? `: ${body.summary}` : "");
+      $("log").append(line);
+      if (!state.replaying) {
+        loadTasks();
+        if (body.event === "spawned") refreshChats();  // its chat, nested in the list
+      }
+      break;
+    }
     case "turn_ended": {
       const b = turnBox(delta.turn);
       b.classList.remove("running");
       b.append(el("div", "ended", body.error ? `ended: ${body.error}` : `ended: ${body.stop_reason}`));
+      if (!state.replaying) loadTrace();
       break;
     }
     default: break;
@@ -405,6 +469,265 @@ async function showDiff() {
   } catch (error) { showError(error.message); }
 }
 
+// ------------------------------------------------------------------ tasks
+
+function taskLink(task, text) {
+  // A link that opens the task's chat (a plain #chat link: a new tab opens it too).
+  const link = el("a", "task-open", text);
+  link.href = `#${encodeURIComponent(task)}`;
+  link.dataset.chat = task;
+  link.addEventListener("click", (event) => { event.preventDefault(); selectChat(task); });
+  return link;
+}
+
+function applyTask(info) {
+  const old = state.tasks.get(info.task) || {};
+  state.tasks.set(info.task, { ...old, ...info });
+  renderTasks();
+}
+
+async function loadTasks() {
+  const chat = state.chat;
+  if (!chat) return;
+  try {
+    const list = await api("tasks", { parent: chat });
+    if (chat !== state.chat) return;
+    for (const info of list.tasks || []) applyTask(info);
+  } catch (error) {
+    if (error.code !== "unknown_request") showError(error.message);
+  }
+}
+
+function renderTasks() {
+  const ul = $("task-list");
+  ul.replaceChildren();
+  for (const task of state.tasks.values()) {
+    const li = el("li", "task");
+    li.dataset.task = task.task;
+    li.dataset.state = task.state || "";
+    const badge = el("span", `badge task-state task-${cssName(task.state)}`, task.state || "?");
+    li.append(badge, el("span", "task-agent", task.agent || ""),
+      taskLink(task.task, task.title || task.task));
+    const note = task.error || task.summary || task.result || "";
+    if (note) li.append(el("div", "task-note", note));
+    ul.append(li);
+  }
+  $("tasks").hidden = state.tasks.size === 0;
+}
+
+// ------------------------------------------------------------------ trace
+
+function fmtDur(s) {
+  if (s === null || s === undefined || !Number.isFinite(s)) return "";
+  if (s < 1) return `${Math.round(s * 1000)}ms`;
+  if (s < 60) return `${s.toFixed(1)}s`;
+  const m = Math.floor(s / 60);
+  return `${m}m${String(Math.round(s - m * 60)).padStart(2, "0")}s`;
+}
+
+function fmtNum(n) {
+  return n === null || n === undefined ? "?" : Number(n).toLocaleString("en-US");
+}
+
+function cssName(value) {
+  // A class-name suffix from a daemon-given word (a status, an outcome).
+  return String(value || "none").toLowerCase().replace(/[^a-z0-9_-]/g, "_");
+}
+
+function traceShown() { return !$("trace").hidden; }
+
+function showTrace(on) {
+  $("trace").hidden = !on;
+  $("log").hidden = on;
+  $("trace-button").setAttribute("aria-pressed", String(on));
+  if (on) { $("trace").replaceChildren(el("div", "muted", "loading…")); loadTrace(); }
+  else scrollDown();
+}
+
+async function loadTrace() {
+  // One request at a time; a change meanwhile asks for one more when it is answered.
+  if (!state.chat || !traceShown()) return;
+  if (state.traceLoading) { state.traceAgain = true; return; }
+  state.traceLoading = true;
+  const chat = state.chat;
+  try {
+    const result = await api("trace", { chat, last: TRACE_TURNS });
+    if (chat === state.chat && traceShown()) renderTrace(result);
+  } catch (error) {
+    showError(error.message);
+  } finally {
+    state.traceLoading = false;
+    if (state.traceAgain) { state.traceAgain = false; loadTrace(); }
+  }
+}
+
+function renderTrace(result) {
+  const nodes = [];
+  const turns = result.turns || [];
+  if (!turns.length) nodes.push(el("div", "muted", "No turns yet."));
+  if (turns.length >= TRACE_TURNS) {
+    nodes.push(el("div", "muted", `the last ${TRACE_TURNS} turns, newest first (stoker trace shows any turn)`));
+  }
+  if (result.truncated) nodes.push(el("div", "muted", "The log no longer holds the start of older turns."));
+  for (const turn of [...turns].reverse()) nodes.push(traceTurn(turn));
+  $("trace").replaceChildren(...nodes);
+}
+
+function traceTurn(t) {
+  // One turn as a waterfall: its bar from when it could run to its end, the first output
+  // marked on it, then one bar per tool call on the same time axis. Text only.
+  // Fields at their default are left out of the daemon's JSON.
+  const calls = t.tool_calls || [];
+  const start = t.started || t.accepted || 0;
+  const accepted = t.accepted || start;
+  const running = t.ended === null || t.ended === undefined;
+  let end = t.ended;
+  if (running) {
+    end = Math.max(Date.now() / 1000, start, t.first_output || 0,
+      ...calls.map((c) => c.end || c.start || 0));
+  }
+  const total = Math.max(end - start, 1e-6);
+  const at = (time) => Math.min(100, Math.max(0, ((time - start) / total) * 100));
+  const outcome = running ? "running" : (t.outcome || "?");
+
+  const details = el("details", "trace-turn");
+  details.dataset.turn = t.turn;
+  details.open = !state.traceClosed.has(t.turn);
+  details.addEventListener("toggle", () => {
+    if (details.open) state.traceClosed.delete(t.turn); else state.traceClosed.add(t.turn);
+  });
+  const summary = el("summary");
+  summary.append(el("strong", null, `turn ${t.turn}`), el("span", null, t.agent || ""),
+    el("span", null, fmtDur(end - start)), el("span", `outcome outcome-${cssName(outcome)}`, outcome),
+    el("span", "trace-prompt", t.prompt || ""));
+  details.append(summary);
+
+  const meta = [];
+  meta.push(t.first_output ? `first output ${fmtDur(t.first_output - start)}` : "no output");
+  meta.push(`queued ${fmtDur(Math.max(0, start - accepted))}${t.queued ? ` (behind ${t.queued})` : ""}`);
+  if (t.input_tokens !== null && t.input_tokens !== undefined
+      || t.output_tokens !== null && t.output_tokens !== undefined) {
+    meta.push(`tokens ${fmtNum(t.input_tokens)} in / ${fmtNum(t.output_tokens)} out` +
+      (t.cached_tokens ? ` (${fmtNum(t.cached_tokens)} cached)` : ""));
+  } else {
+    meta.push("tokens not reported");
+  }
+  if (t.cost !== null && t.cost !== undefined) meta.push(`cost ${t.cost} ${t.cost_currency || ""}`.trim());
+  if (t.restarts) meta.push(`${t.restarts} restart${t.restarts === 1 ? "" : "s"}`);
+  details.append(el("div", "trace-meta", meta.join(" · ")));
+  if (t.error) details.append(el("div", "error", t.error));
+
+  const list = el("ol", "wf");
+  const row = (cls, label, duration, tip) => {
+    const li = el("li", `wf-row ${cls}`);
+    const track = el("span", "wf-track");
+    track.setAttribute("aria-hidden", "true");
+    li.append(el("span", "wf-label", label), track, el("span", "wf-dur", duration));
+    li.title = tip;
+    list.append(li);
+    return { li, track };
+  };
+  const bar = (track, from, to) => {
+    const node = el("span", "wf-bar");
+    node.style.left = `${at(from).toFixed(2)}%`;
+    node.style.width = `${Math.max(0, at(to) - at(from)).toFixed(2)}%`;
+    track.append(node);
+    return node;
+  };
+  const axis = el("li", "wf-row wf-axis");
+  axis.setAttribute("aria-hidden", "true");
+  const ticks = el("span", "wf-track");
+  ticks.append(el("span", null, "0"), el("span", null, fmtDur(total / 2)), el("span", null, fmtDur(total)));
+  axis.append(el("span", "wf-label"), ticks, el("span", "wf-dur"));
+  list.append(axis);
+
+  const turnRow = row(`wf-turn outcome-${cssName(outcome)}`, "turn", `${fmtDur(total)} ${outcome}`,
+    `turn ${t.turn}: ${fmtDur(total)}, ${outcome}`);
+  bar(turnRow.track, start, end);
+  if (t.first_output) {
+    const mark = el("span", "wf-first");
+    mark.style.left = `${at(t.first_output).toFixed(2)}%`;
+    mark.title = `first output ${fmtDur(t.first_output - start)}`;
+    turnRow.track.append(mark);
+  }
+  for (const call of calls) {
+    const closed = call.end !== null && call.end !== undefined;
+    const from = call.start || start;
+    const to = closed ? call.end : end;
+    const status = closed || running ? call.status || "pending" : "never closed";
+    const name = call.title || call.tool_call_id;
+    const { li, track } = row(`wf-tool status-${cssName(closed || running ? status : "unclosed")}`,
+      name, `${fmtDur(to - from)} ${status}`,
+      `${name}${call.kind ? ` (${call.kind})` : ""}: ${status}, ${fmtDur(to - from)}`);
+    li.dataset.tool = call.tool_call_id;
+    li.dataset.status = status;
+    bar(track, from, to);
+  }
+  details.append(list);
+  return details;
+}
+
+// ------------------------------------------------------------------ stats
+
+const STATS_COLUMNS = [
+  ["key", "", (r) => r.key],
+  ["turns", "turns", (r) => r.turns || 0],
+  ["failed", "failed", (r) => r.failed || 0],
+  ["cancelled", "cancelled", (r) => r.cancelled || 0],
+  ["duration_p50", "p50", (r) => fmtDur(r.duration_p50)],
+  ["duration_p95", "p95", (r) => fmtDur(r.duration_p95)],
+  ["ttft_p50", "first output p50", (r) => fmtDur(r.ttft_p50)],
+  ["ttft_p95", "first output p95", (r) => fmtDur(r.ttft_p95)],
+  ["tool_calls", "tools", (r) => r.tool_calls || 0],
+  ["input_tokens", "tokens in", (r) => fmtNum(r.input_tokens || 0)],
+  ["output_tokens", "tokens out", (r) => fmtNum(r.output_tokens || 0)],
+  ["cost", "cost", (r) => (r.cost ? String(r.cost) : "")],
+  ["restarts", "restarts", (r) => r.restarts || 0],
+  ["hibernations", "hibernated", (r) => r.hibernations || 0],
+];
+
+async function loadStats() {
+  const by = $("stats-by").value;
+  const since = Date.now() / 1000 - Number($("stats-since").value);
+  try {
+    const result = await api("stats", { by, since });
+    if ($("stats").hidden) return;
+    renderStats(result);
+  } catch (error) { showError(error.message); }
+}
+
+function renderStats(result) {
+  const label = { agent: "agent", project: "project", day: "day (UTC)" }[result.by] || result.by;
+  $("stats-note").textContent =
+    `since ${new Date(result.since * 1000).toLocaleString()}, ${result.chats || 0} chat(s)`;
+  const rows = result.rows || [];
+  if (!rows.length) {
+    $("stats-table").replaceChildren(el("div", "muted", "No turns in this period."));
+    return;
+  }
+  const table = el("table");
+  const head = el("tr");
+  for (const [field, title] of STATS_COLUMNS) {
+    const th = el("th", null, field === "key" ? label : title);
+    th.scope = "col";
+    head.append(th);
+  }
+  table.append(el("thead"), el("tbody"));
+  table.tHead.append(head);
+  for (const r of rows) {
+    const tr = el("tr");
+    tr.dataset.key = r.key;
+    for (const [field, , value] of STATS_COLUMNS) {
+      const cell = el(field === "key" ? "th" : "td", null, value(r));
+      if (field === "key") cell.scope = "row";
+      cell.dataset.field = field;
+      tr.append(cell);
+    }
+    table.tBodies[0].append(tr);
+  }
+  $("stats-table").replaceChildren(table);
+}
+
 // ------------------------------------------------------------------ wiring
 
 async function send() {
@@ -427,10 +750,12 @@ async function start() {
   }
   $("app").hidden = false;
   $("logout").hidden = false;
+  $("stats-button").hidden = false;
   $("logout").addEventListener("click", async () => {
     await fetch("/logout", { method: "POST", credentials: "same-origin" });
     closeStream();
     $("logout").hidden = true;
+    $("stats-button").hidden = true;
     showLogin();
   });
   try {
@@ -461,6 +786,23 @@ async function start() {
   $("diff-button").addEventListener("click", () => {
     if ($("diff").hidden) showDiff(); else $("diff").hidden = true;
   });
+  $("trace-button").addEventListener("click", () => showTrace(!traceShown()));
+  $("stats-button").addEventListener("click", () => {
+    const on = $("stats").hidden;
+    $("stats").hidden = !on;
+    $("stats-button").setAttribute("aria-pressed", String(on));
+    if (on) {
+      $("app").classList.remove("show-list");
+      $("stats-table").replaceChildren(el("div", "muted", "loading…"));
+      loadStats();
+    }
+  });
+  for (const id of ["stats-by", "stats-since"]) $(id).addEventListener("change", loadStats);
+  $("stats-refresh").addEventListener("click", loadStats);
+  $("parent-link").addEventListener("click", (event) => {
+    event.preventDefault();
+    selectChat($("parent-link").dataset.chat);
+  });
   $("timeline-button").addEventListener("click", () => {
     $("timeline").hidden = !$("timeline").hidden;
     if (!$("timeline").hidden) renderTimeline();
@@ -486,6 +828,11 @@ async function start() {
       if (first) first.focus();
     }
     if (event.altKey && event.key === "p") { event.preventDefault(); $("prompt").focus(); }
+    if (event.altKey && event.key === "t" && state.chat) {
+      event.preventDefault();
+      showTrace(!traceShown());
+      if (traceShown()) $("trace").focus();
+    }
   });
   await refreshChats();
   setInterval(refreshChats, 2000);
