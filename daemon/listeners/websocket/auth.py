@@ -40,6 +40,8 @@ import ipaddress
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from daemon.listeners.http.policy import bearer_tokens
+
 SUBPROTOCOL = "stoker"
 """The subprotocol the daemon selects when the client offers it."""
 BEARER_PREFIX = "stoker.bearer."
@@ -75,12 +77,7 @@ def presented_tokens(headers: Sequence[tuple[bytes, bytes]], subprotocols: Seque
                      ) -> list[bytes]:
     """Every credential the request carries: `Authorization: Bearer` values and
     `stoker.bearer.*` subprotocols."""
-    found: list[bytes] = []
-    for name, value in headers:
-        if name.lower() == b"authorization":
-            scheme, _, credential = value.strip().partition(b" ")
-            if scheme.lower() == b"bearer" and credential.strip():
-                found.append(credential.strip())
+    found = bearer_tokens(headers)
     for proto in subprotocols:
         if proto.startswith(BEARER_PREFIX) and len(proto) > len(BEARER_PREFIX):
             found.append(proto[len(BEARER_PREFIX):].encode("utf-8", errors="replace"))
