@@ -12,6 +12,8 @@
         computers    remote worktree hosts; the `computers` request
         websocket    the WebSocket listener, when enabled
         unix         the Unix socket listener
+        tasks        background tasks (child chats)
+        workflows    workflow runs, each an actor; their steps are tasks
         systemd      READY/STATUS/WATCHDOG/STOPPING (stopped first)
 
 Shutdown order is the reverse of the start: stop accepting; end every open turn and stop
@@ -62,13 +64,15 @@ from daemon.traces import service as traces
 from daemon.traces.metrics import Gauges, Metrics
 from daemon.traces.service import TraceService
 from daemon.version import VERSION
+from daemon.workflows import service as workflows
+from daemon.workflows.service import WorkflowService
 from daemon.workspaces import subsystem as workspaces
 from daemon.workspaces.service import WorkspaceService
 from daemon.workspaces.subsystem import Workspaces
 from protocol import messages as m
 
 REQUEST_TABLES: tuple[Routes[Any], ...] = (core.ROUTES, workspaces.ROUTES, ssh.ROUTES,
-                                           traces.ROUTES, tasks.ROUTES)
+                                           traces.ROUTES, tasks.ROUTES, workflows.ROUTES)
 """Every table of request handlers, in the order the tree's children register them."""
 
 SLOW_REQUESTS = slow_requests(*REQUEST_TABLES)
@@ -147,6 +151,7 @@ class Parts:
     core: Core
     traces: TraceService
     tasks: TaskService
+    workflows: WorkflowService
 
 
 def children(p: Parts) -> list[ChildSpec]:
@@ -201,6 +206,8 @@ def children(p: Parts) -> list[ChildSpec]:
         ChildSpec("traces", start=nothing, routes=traces.ROUTES.bind(p.traces)),
         ChildSpec("tasks", start=p.tasks.start, stop=p.tasks.stop,
                   routes=tasks.ROUTES.bind(p.tasks)),
+        ChildSpec("workflows", start=p.workflows.start, stop=p.workflows.stop,
+                  routes=workflows.ROUTES.bind(p.workflows)),
         # The doors open once everything behind them is up, and close first.
         ChildSpec("websocket", start=p.websocket.start, stop=p.websocket.stop_accepting),
         ChildSpec("unix", start=start_unix, stop=stop_unix),
@@ -353,7 +360,9 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
         watchdog=watchdog,
         ssh=SshService(executors=executors, instance=instance, pool=pool, settings=settings),
         workspaces=Workspaces(workspace_service), websocket=websocket, unix=unix,
-        core=the_core, traces=TraceService(store), tasks=task_service)
+        core=the_core, traces=TraceService(store), tasks=task_service,
+        workflows=WorkflowService(pool=pool, tasks=task_service, store=store,
+                                  settings=settings, config_dir=paths.config.parent))
     tree = Tree(children(parts), router)
     reloader.children = tree.reload
     return service, tree, unix

@@ -85,6 +85,8 @@ class TaskService:
         self._cancelling: set[str] = set()
         """Running tasks whose cancel was asked before their prompt was accepted."""
         self._nursery: trio.Nursery | None = None
+        self._max_running: dict[str, int] = {}
+        """Parents with their own limit of running tasks (a workflow run limits its own)."""
 
     @property
     def config(self) -> TasksConfig:
@@ -139,6 +141,10 @@ class TaskService:
             raise NotFound(f"no task {task_id!r}{whose}; list_tasks shows the tasks you "
                            "started")
         return task
+
+    def allow_running(self, parent: str, limit: int) -> None:
+        """Let `parent` run up to `limit` tasks at once instead of `tasks.max_running`."""
+        self._max_running[parent] = limit
 
     def depth_of(self, chat: str) -> int:
         task = self._tasks.get(chat)
@@ -309,7 +315,8 @@ class TaskService:
                     self._save(task)
         else:
             for task in limits.to_start(self._children.get(parent, []),
-                                        self.config.max_running):
+                                        self._max_running.get(parent,
+                                                              self.config.max_running)):
                 task.state = TaskState.RUNNING
                 self._soon(self._launch, task)
             self._notify(parent)

@@ -1,0 +1,324 @@
+"""Issue 18 (workflows): the real daemon, real echo agents, the real socket.
+
+A run's steps are tasks under the run's chat; these drive runs through the protocol
+(`workflow_run`, `workflow`, `workflows`, `workflow_cancel`, `workflow_resume`) and check
+them against the tasks the daemon reports (`tasks`), which are the agents' real turns."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import trio
+
+from daemon.client import Client, RequestFailed
+from protocol import deltas as d
+from protocol import messages as m
+from protocol.errors import ErrorCode
+from tests.support.harness import DaemonFactory, DaemonProcess, subscribe, wait_for_delta
+
+DIAMOND = """\
+agent = "echo"
+
+[inputs]
+topic = "caching"
+
+[steps.top]
+prompt = "plan {{ inputs.topic }}"
+
+[steps.left]
+needs = ["top"]
+prompt = "left after {{ steps.top.result }}"
+
+[steps.right]
+needs = ["top"]
+prompt = "right after {{ steps.top.result }}"
+
+[steps.bottom]
+needs = ["left", "right"]
+prompt = "join {{ steps.left.result }} / {{ steps.right.result }}"
+"""
+
+PIPELINE = """\
+agent = "echo"
+
+[steps.first]
+prompt = "first words"
+
+[steps.second]
+needs = ["first"]
+prompt = "/sleep 1500"
+
+[steps.third]
+needs = ["second"]
+prompt = "third after {{ steps.second.result }}"
+"""
+
+
+def write(daemon: DaemonProcess, name: str, text: str) -> Path:
+    path = Path(daemon.work) / name
+    path.write_text(text)
+    return path
+
+
+async def start_run(client: Client, path: Path, **inputs: str) -> m.WorkflowInfo:
+    info: m.WorkflowInfo = await client.request(m.WorkflowRun(
+        id=0, workflow=str(path), source=path.read_text(), inputs=inputs,
+        cwd=str(path.parent)))
+    return info
+
+
+async def wait_run(client: Client, run: str, until: str = "ended", timeout: float = 60.0
+                   ) -> m.WorkflowInfo:
+    """The run once it ended (`until="ended"`) or once a unit named `until` is running."""
+    info: m.WorkflowInfo = await client.request(m.GetWorkflow(id=0, run=run))
+    with trio.fail_after(timeout):
+        while True:
+            if until == "ended" and info.state != "running":
+                return info
+            if any(s.unit == until and s.state == "running" and s.task for s in info.steps):
+                return info
+            info = await client.request(m.GetWorkflow(id=0, run=run, wait=10,
+                                                      version=info.version))
+
+
+def units(info: m.WorkflowInfo) -> dict[str, m.WorkflowStepInfo]:
+    return {s.unit: s for s in info.steps}
+
+
+async def tasks_of(client: Client, info: m.WorkflowInfo) -> list[m.TaskInfo]:
+    if info.chat is None:
+        return []
+    listed: m.TaskList = await client.request(m.ListTasks(id=0, parent=info.chat))
+    return listed.tasks
+
+
+async def test_a_diamond_runs_each_step_once_after_its_needs(daemon: DaemonProcess) -> None:
+    path = write(daemon, "diamond.toml", DIAMOND)
+    async with daemon.client() as client:
+        run = await start_run(client, path)
+        done = await wait_run(client, run.run)
+        assert done.state == "done", done.reason
+        u = units(done)
+        assert u["top"].result == "plan caching"
+        assert u["left"].result == "left after plan caching"
+        assert u["bottom"].result == ("join left after plan caching / right after plan "
+                                      "caching")
+        assert all(s.state == "done" and s.attempts == 1 for s in done.steps)
+        assert (u["bottom"].started_at or 0) >= max(u["left"].ended_at or 0,
+                                                    u["right"].ended_at or 0)
+        assert (u["left"].started_at or 0) >= (u["top"].ended_at or 0)
+        tasks = await tasks_of(client, done)
+        assert sorted(t.task for t in tasks) == sorted(s.task or "" for s in done.steps)
+        assert all(t.state == "done" and t.cwd == done.cwd for t in tasks)
+        assert done.tokens > 0
+        listed: m.WorkflowList = await client.request(m.ListWorkflows(id=0))
+        assert [r.run for r in listed.runs] == [run.run]
+
+
+async def test_a_fan_out_of_five_runs_three_at_a_time(daemon: DaemonProcess) -> None:
+    path = write(daemon, "fan.toml", """\
+agent = "echo"
+concurrency = 3
+
+[inputs]
+items = { type = "list", default = ["1", "2", "3", "4", "5"] }
+
+[steps.each]
+for_each = "inputs.items"
+prompt = "/sleep 40{{ item }}"
+
+[steps.sum]
+needs = ["each"]
+prompt = "got {{ steps.each.result }}"
+""")
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, path)).run)
+        assert done.state == "done", done.reason
+        u = units(done)
+        assert [u[f"each[{i}]"].item for i in range(5)] == ["1", "2", "3", "4", "5"]
+        assert u["each"].result == "\n\n".join(f"slept 40{i}" for i in range(1, 6))
+        assert u["sum"].result.split() == ["got", *" ".join(
+            f"slept 40{i}" for i in range(1, 6)).split()]
+        tasks = [t for t in await tasks_of(client, done) if "each[" in t.title]
+        assert len(tasks) == 5
+        spans = sorted((t.started_at or 0, t.ended_at or 0) for t in tasks)
+        most = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+        assert most == 3, spans
+
+
+async def test_a_re_run_is_a_full_cache_hit_and_an_edit_reruns_only_its_dependents(
+        daemon: DaemonProcess) -> None:
+    path = write(daemon, "diamond.toml", DIAMOND)
+    async with daemon.client() as client:
+        first = await wait_run(client, (await start_run(client, path)).run)
+        assert first.state == "done"
+        again = await wait_run(client, (await start_run(client, path)).run)
+        assert again.state == "done"
+        assert {s.state for s in again.steps} == {"cached"}
+        assert again.chat is None  # not even a chat: no agent turn at all
+        assert [s.result for s in again.steps] == [s.result for s in first.steps]
+
+        path.write_text(DIAMOND.replace("left after", "LEFT after"))
+        edited = await wait_run(client, (await start_run(client, path)).run)
+        assert edited.state == "done"
+        states = {s.unit: s.state for s in edited.steps}
+        assert states == {"top": "cached", "left": "done", "right": "cached",
+                          "bottom": "done"}
+        assert units(edited)["bottom"].result.startswith("join LEFT after plan caching")
+        ran = await tasks_of(client, edited)
+        assert sorted(t.title for t in ran) == ["diamond bottom", "diamond left"]
+
+        path.write_text(DIAMOND.replace("caching", "caching"), encoding="utf-8")
+        other = await wait_run(client, (await start_run(client, path, topic="x")).run)
+        assert {s.state for s in other.steps} == {"done"}  # an input changes every spec
+
+
+async def test_bad_files_are_refused_naming_file_line_and_key(daemon: DaemonProcess) -> None:
+    cycle = write(daemon, "cycle.toml", 'agent = "echo"\n[steps.a]\nneeds = ["b"]\n'
+                  'prompt = "x"\n[steps.b]\nneeds = ["a"]\nprompt = "y"\n')
+    unknown = write(daemon, "unknown.toml", '[steps.a]\nagent = "nobody"\nprompt = "x"\n')
+    template = write(daemon, "template.toml",
+                     'agent = "echo"\n[steps.a]\nprompt = "{{ steps.zz.result }}"\n')
+    typed = write(daemon, "typed.toml", 'agent = "echo"\nbudget = "lots"\n'
+                  '[steps.a]\nprompt = "x"\n')
+    async with daemon.client() as client:
+        for path, where in ((cycle, ":3: steps.a.needs: a cycle: a -> b -> a"),
+                            (unknown, ":2: steps.a.agent: unknown agent 'nobody'"),
+                            (template, ":3: steps.a.prompt: bad template"),
+                            (typed, ":2: budget: must be an integer")):
+            with pytest.raises(RequestFailed) as caught:
+                await start_run(client, path)
+            assert caught.value.code == ErrorCode.BAD_REQUEST
+            assert caught.value.message.startswith(f"{path}{where}"), caught.value.message
+        with pytest.raises(RequestFailed, match="unknown input 'nope'"):
+            await start_run(client, write(daemon, "d.toml", DIAMOND), nope="1")
+        listed: m.WorkflowList = await client.request(m.ListWorkflows(id=0))
+        assert listed.runs == []
+        chats: m.ChatList = await client.request(m.ListChats(id=0))
+        assert chats.chats == []
+
+
+async def test_budget_exceeded_stops_the_run_with_no_step_left_running(
+        daemon: DaemonProcess) -> None:
+    path = write(daemon, "budget.toml", """\
+agent = "echo"
+budget = 5
+
+[steps.quick]
+prompt = "one two three four five six seven"
+
+[steps.slow]
+prompt = "/sleep 60000"
+
+[steps.after]
+needs = ["quick", "slow"]
+prompt = "never"
+""")
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, path)).run, timeout=30)
+        assert done.state == "failed"
+        assert done.reason is not None
+        assert done.reason.startswith("token budget exceeded: the run used "), done.reason
+        assert done.reason.endswith("of its budget of 5")
+        states = {s.unit: s.state for s in done.steps}
+        assert states == {"quick": "done", "slow": "cancelled", "after": "cancelled"}
+        tasks = await tasks_of(client, done)
+        assert sorted(t.state for t in tasks) == ["cancelled", "done"]
+
+
+async def test_a_step_that_fails_is_retried_then_fails_the_run_and_resume_reruns_it(
+        daemon: DaemonProcess) -> None:
+    path = write(daemon, "retry.toml", """\
+agent = "echo"
+
+[steps.ok]
+prompt = "fine"
+
+[steps.bad]
+prompt = "/error"
+retries = 1
+
+[steps.later]
+needs = ["bad", "ok"]
+prompt = "later"
+""")
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, path)).run)
+        assert done.state == "failed"
+        u = units(done)
+        assert (u["ok"].state, u["bad"].state, u["later"].state) == ("done", "failed",
+                                                                       "skipped")
+        assert u["bad"].attempts == 2
+        assert done.reason is not None
+        assert done.reason.startswith("step 'bad' failed")
+        resumed: m.WorkflowInfo = await client.request(m.WorkflowResume(id=0, run=done.run))
+        assert resumed.state == "running"
+        again = await wait_run(client, done.run)
+        assert again.state == "failed"
+        assert units(again)["ok"].task == u["ok"].task  # kept, not run again
+        assert units(again)["bad"].attempts == 2
+
+
+async def test_cancel_stops_a_run_and_its_running_steps(daemon: DaemonProcess) -> None:
+    path = write(daemon, "cancel.toml", 'agent = "echo"\n[steps.a]\nprompt = "/sleep 60000"\n'
+                 '[steps.b]\nneeds = ["a"]\nprompt = "x"\n')
+    async with daemon.client() as client:
+        run = await start_run(client, path)
+        await wait_run(client, run.run, until="a")
+        cancelled: m.WorkflowInfo = await client.request(m.WorkflowCancel(id=0,
+                                                                          run=run.run))
+        assert cancelled.state == "cancelled"
+        assert cancelled.reason == "cancelled"
+        assert {s.state for s in (await wait_run(client, run.run)).steps} == {"cancelled"}
+        assert [t.state for t in await tasks_of(client, cancelled)] == ["cancelled"]
+
+
+async def test_kill9_mid_run_resumes_and_finishes_each_step_once(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory()
+    daemon.start()
+    path = write(daemon, "pipeline.toml", PIPELINE)
+    async with daemon.client() as client:
+        run = await start_run(client, path)
+        before = await wait_run(client, run.run, until="second")
+        await subscribe(client, units(before)["second"].task or "", since=0)
+        await wait_for_delta(client, lambda x: isinstance(x.body, d.TurnStarted))
+    daemon.kill9()  # while the second step's turn runs
+    daemon.start()
+    async with daemon.client() as client:
+        done = await wait_run(client, run.run)
+        assert done.state == "done", done.reason
+        u = units(done)
+        assert u["first"].task == units(before)["first"].task
+        assert u["third"].result == "third after slept 1500"
+        assert all(s.attempts == 1 for s in done.steps)
+        tasks = await tasks_of(client, done)
+        finished = Counter(t.title for t in tasks if t.state == "done")
+        assert finished == {"pipeline first": 1, "pipeline second": 1, "pipeline third": 1}
+        # The daemon reclaimed the agent whose turn ran through the kill: it ran once.
+        assert [t.state for t in tasks] == ["done"] * 3
+
+
+async def test_a_stop_mid_step_resumes_running_the_cut_step_again(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory()
+    daemon.start()
+    path = write(daemon, "pipeline.toml", PIPELINE)
+    async with daemon.client() as client:
+        run = await start_run(client, path)
+        before = await wait_run(client, run.run, until="second")
+        await subscribe(client, units(before)["second"].task or "", since=0)
+        await wait_for_delta(client, lambda x: isinstance(x.body, d.TurnStarted))
+    daemon.stop()  # ends the running turn: its task ends interrupted
+    daemon.start()
+    async with daemon.client() as client:
+        done = await wait_run(client, run.run)
+        assert done.state == "done", done.reason
+        assert all(s.attempts == 1 for s in done.steps)  # an interruption is no attempt
+        tasks = await tasks_of(client, done)
+        assert [(t.title, t.state) for t in tasks if t.state != "done"] == [
+            ("pipeline second", "interrupted")]
+        assert Counter(t.title for t in tasks if t.state == "done") == {
+            "pipeline first": 1, "pipeline second": 1, "pipeline third": 1}
