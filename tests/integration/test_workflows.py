@@ -6,6 +6,7 @@ them against the tasks the daemon reports (`tasks`), which are the agents' real 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -322,3 +323,64 @@ async def test_a_stop_mid_step_resumes_running_the_cut_step_again(
             ("pipeline second", "interrupted")]
         assert Counter(t.title for t in tasks if t.state == "done") == {
             "pipeline first": 1, "pipeline second": 1, "pipeline third": 1}
+
+
+def test_the_cli_discovers_runs_follows_and_shows_a_workflow(daemon: DaemonProcess) -> None:
+    flows = Path(daemon.work) / ".stoker" / "workflows"
+    flows.mkdir(parents=True)
+    (flows / "fan.toml").write_text('''\
+description = "fan out over items, then sum up"
+agent = "echo"
+
+[inputs]
+items = { type = "list" }
+
+[steps.plan]
+prompt = "plan {{ inputs.items }}"
+
+[steps.each]
+needs = ["plan"]
+for_each = "inputs.items"
+prompt = "do {{ index }} {{ item }}"
+
+[steps.sum]
+needs = ["each"]
+prompt = "sum {{ steps.each.result }}"
+''')
+    (flows / "broken.toml").write_text('agent = "echo"\n[steps.a]\nprompt = "{{ nope }}"\n')
+    listed = daemon.cli("workflow", "ls", "--available")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:2] == ["broken", "invalid"]
+    assert lines[1].split()[:2] == ["fan", "ok"]
+    assert lines[1].endswith("fan out over items, then sum up")
+
+    ran = daemon.cli("workflow", "run", "fan", "--input", "items=x,y", "--follow")
+    assert ran.returncode == 0, ran.stderr
+    out = ran.stdout.splitlines()
+    assert "each[1] done" in out, ran.stdout
+    dag = out[out.index("sum done") + 1:]
+    assert dag[0].startswith("fan ")
+    assert dag[0].endswith(f": done, 3/3 steps, {dag[0].split()[-2]} tokens")
+    assert [line.split()[:3] for line in dag[1:]] == [
+        ["✓", "plan", "done"], ["✓", "each", "done"], ["✓", "each[0]", "x"],
+        ["✓", "each[1]", "y"], ["✓", "sum", "done"]]
+    run = dag[0].split()[1].rstrip(":")
+
+    shown = daemon.cli("workflow", "show", run, "--results")
+    assert shown.returncode == 0, shown.stderr
+    assert "--- each\ndo 0 x\n\ndo 1 y\n\n--- sum\nsum do 0 x do 1 y\n" in shown.stdout
+    assert daemon.cli("workflow", "ls").stdout.split()[:3] == [run, "fan", "done"]
+    as_json = json.loads(daemon.cli("workflow", "show", run, "--json").stdout)
+    assert [s["state"] for s in as_json["steps"]] == ["done"] * 5
+
+    again = daemon.cli("workflow", "run", "fan", "--input", "items=x,y")
+    assert again.returncode == 0, again.stderr
+    assert len(again.stdout.split()) == 1  # just the run id
+
+    bad = daemon.cli("workflow", "run", "broken")
+    assert bad.returncode == 1
+    assert f"{flows / 'broken.toml'}:3: steps.a.prompt: bad template" in bad.stderr
+    missing = daemon.cli("workflow", "run", "fan")
+    assert missing.returncode == 1
+    assert "input 'items' is required" in missing.stderr
