@@ -34,15 +34,25 @@ def render(step: Step, ctx: Mapping[str, Any]) -> str:
     return template.render(list(step.parts), ctx)
 
 
+def used_inputs(step: Step, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The inputs `step`'s prompt reads: only these are part of its spec, so changing
+    another input does not re-run it. (A fan-out item's spec has its item instead of the
+    list it came from: adding a file to the list runs only the new file's item.)"""
+    names = {r.path[1] for r in template.refs(list(step.parts))
+             if r.path[0] == "inputs" and len(r.path) == 2}
+    return {n: inputs[n] for n in sorted(names) if n in inputs}
+
+
 def cache_key(*, agent: str, prompt: str, workspace: str, base: str, cwd: str,
-              inputs: Mapping[str, Any], needs: Mapping[str, Sequence[str]]) -> str:
+              inputs: Mapping[str, Any], needs: Mapping[str, Sequence[str]],
+              item: str | None = None) -> str:
     """SHA-256 of a unit's resolved spec: its agent, rendered prompt, workspace and where
-    it starts (the run's directory and its git HEAD), the run's inputs, and the keys of the
-    units it needs (so a changed step changes every step after it, even one that does not
-    quote its result)."""
+    it starts (the run's directory and its git HEAD), the inputs it reads, its item (in a
+    fan-out), and the keys of the units it needs (so a changed step changes every step
+    after it, even one that does not quote its result)."""
     spec = {"agent": agent, "prompt": prompt, "workspace": workspace, "base": base,
             "cwd": cwd, "inputs": dict(sorted(inputs.items())),
-            "needs": {k: list(v) for k, v in sorted(needs.items())}}
+            "needs": {k: list(v) for k, v in sorted(needs.items())}, "item": item}
     blob = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -72,6 +82,8 @@ def step_state(wf: Workflow, step: str, units: Mapping[str, Unit]) -> UnitState:
         return head.state
     parts = [u for u in units.values() if u.step == step and u.index is not None]
     states = {u.state for u in parts}
+    if states == {UnitState.CACHED}:
+        return UnitState.CACHED
     if states <= FINISHED:
         return UnitState.DONE
     if states & {UnitState.WAITING, UnitState.PENDING, UnitState.RUNNING}:

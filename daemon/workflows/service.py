@@ -150,7 +150,9 @@ class WorkflowService:
             for name, step in wf.steps.items():
                 head = units[name]
                 if head.state is UnitState.WAITING:
-                    needs = {n: plan.step_state(wf, n, units) for n in step.needs}
+                    # The heads' states: a fan-out's is settled (below) before a step
+                    # after it looks, its result joined.
+                    needs = {n: units[n].state for n in step.needs}
                     bad = [(n, s) for n, s in needs.items() if s in ENDED - FINISHED]
                     if bad:
                         n, s = bad[0]
@@ -225,7 +227,8 @@ class WorkflowService:
         unit.prompt = plan.render(step, ctx)
         unit.key = plan.cache_key(agent=step.agent, prompt=unit.prompt,
                                   workspace=step.workspace, base=run.base, cwd=run.cwd,
-                                  inputs=run.inputs, needs=needs)
+                                  inputs=plan.used_inputs(step, run.inputs), needs=needs,
+                                  item=unit.item)
         cached = await records.cache_get(self._store, unit.key)
         if cached is not None:
             unit.result = cached

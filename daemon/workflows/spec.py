@@ -327,9 +327,8 @@ def parse(text: str, path: str, *, known_agents: Collection[str] | None = None,
                         description=c.str_(data, ("description",)),
                         concurrency=concurrency or DEFAULT_CONCURRENCY, budget=budget,
                         inputs=inputs, steps={n: steps[n] for n in order})
-    if not c.problems:
-        for step in workflow.steps.values():
-            _check_refs(c, workflow, step)
+    for step in workflow.steps.values():
+        _check_refs(c, workflow, step)
     if c.problems:
         raise WorkflowError(path, sorted(c.problems, key=lambda p: p.line))
     return workflow

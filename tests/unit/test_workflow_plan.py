@@ -25,8 +25,9 @@ def key(**changes: object) -> str:
 
 def test_the_cache_key_changes_with_every_part_of_the_spec() -> None:
     keys = {key(), key(agent="claude"), key(prompt="q"), key(workspace="worktree"),
-            key(base="def"), key(cwd="/v"), key(inputs={"x": 2}), key(needs={"a": ["k2"]})}
-    assert len(keys) == 8
+            key(base="def"), key(cwd="/v"), key(inputs={"x": 2}), key(needs={"a": ["k2"]}),
+            key(item="a.py")}
+    assert len(keys) == 9
     assert key() == key(inputs={"x": 1})
     assert len(key()) == 64
 
@@ -44,8 +45,10 @@ def test_backoff_grows_and_is_capped(attempt: int) -> None:
 def test_a_fan_out_is_done_when_its_items_are_and_failed_when_one_failed() -> None:
     units = {"a": Unit(run="r", unit="a", step="a", state=UnitState.DONE),
              "b": Unit(run="r", unit="b", step="b", state=UnitState.RUNNING)}
-    for i, state in enumerate((UnitState.DONE, UnitState.CACHED)):
+    for i, state in enumerate((UnitState.CACHED, UnitState.CACHED)):
         units[f"b[{i}]"] = Unit(run="r", unit=f"b[{i}]", step="b", index=i, state=state)
+    assert plan.step_state(WF, "b", units) is UnitState.CACHED
+    units["b[1]"].state = UnitState.DONE
     assert plan.step_state(WF, "b", units) is UnitState.DONE
     units["b[2]"] = Unit(run="r", unit="b[2]", step="b", index=2, state=UnitState.RUNNING)
     assert plan.step_state(WF, "b", units) is UnitState.RUNNING
@@ -75,3 +78,9 @@ def test_the_dag_is_drawn_by_depth_with_states_and_durations() -> None:
         "      ≡ fan[0] a.py  cached",
         "    ○ end            waiting        <- left, fan",
     ]
+
+
+def test_a_step_s_spec_holds_only_the_inputs_it_reads() -> None:
+    wf = spec.parse('agent = "e"\n[inputs]\na = "1"\nb = "2"\nl = ["x"]\n[steps.s]\n'
+                    'for_each = "inputs.l"\nprompt = "{{ inputs.a }} {{ item }}"\n', "f")
+    assert plan.used_inputs(wf.steps["s"], {"a": "1", "b": "2", "l": ["x"]}) == {"a": "1"}

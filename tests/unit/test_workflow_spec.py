@@ -78,10 +78,12 @@ def test_an_unknown_step_and_agent_and_a_bad_template_are_all_reported() -> None
             '[steps.b]\nagent = "echo"\nneeds = ["zz"]\nprompt = "{{ steps.a.result"\n')
     found = problems(text, {"echo", "claude"})
     assert [(line, key) for line, key, _ in found] == [
-        (2, "steps.a.agent"), (6, "steps.b.needs"), (7, "steps.b.prompt")]
+        (2, "steps.a.agent"), (3, "steps.a.prompt"), (6, "steps.b.needs"),
+        (7, "steps.b.prompt")]
     assert "unknown agent 'nope'; the agents are: claude, echo" in found[0][2]
-    assert "unknown step 'zz'" in found[1][2]
-    assert found[2][2].startswith("bad template: '{{' at character 0 is never closed")
+    assert "bad template: unknown input in '{{ inputs.missing }}'" in found[1][2]
+    assert "unknown step 'zz'" in found[2][2]
+    assert found[3][2].startswith("bad template: '{{' at character 0 is never closed")
 
 
 def test_template_references_are_checked_against_inputs_and_needs() -> None:
