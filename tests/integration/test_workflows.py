@@ -406,3 +406,42 @@ prompt = "sum {{ steps.each.result }}"
     missing = daemon.cli("workflow", "run", "fan")
     assert missing.returncode == 1
     assert "input 'items' is required" in missing.stderr
+
+
+async def test_a_step_over_its_timeout_is_cancelled_and_retried(daemon: DaemonProcess) -> None:
+    path = write(daemon, "slow.toml", 'agent = "echo"\n[steps.slow]\nprompt = "/sleep 60000"\n'
+                 'timeout = 0.5\nretries = 1\n')
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, path)).run)
+        assert done.state == "failed"
+        slow = units(done)["slow"]
+        assert (slow.state, slow.attempts, slow.error) == ("failed", 2,
+                                                           "timed out after 0.5 s")
+        tasks = await tasks_of(client, done)
+        assert [t.state for t in tasks] == ["cancelled", "cancelled"]
+        assert (tasks[1].started_at or 0) - (tasks[0].ended_at or 0) >= 1.0  # the backoff
+
+
+async def test_a_worktree_step_works_in_a_new_worktree_of_the_project(
+        daemon: DaemonProcess) -> None:
+    project = Path(daemon.work) / "project"
+    project.mkdir()
+    env = {**daemon.env(), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for git in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "base"]):
+        await trio.run_process(["git", *git], cwd=project, env=env, capture_stdout=True)
+    path = project / "wt.toml"
+    path.write_text('agent = "echo"\n[steps.write]\nworkspace = "worktree"\n'
+                    'prompt = "/write out.txt hello"\n')
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, path)).run)
+        assert done.state == "done", done.reason
+        [task] = await tasks_of(client, done)
+        assert task.workspace is not None
+        assert task.cwd != done.cwd
+        assert (Path(task.cwd) / "out.txt").read_text() == "hello"
+        assert not (project / "out.txt").exists()
+        await trio.run_process(["git", "commit", "-q", "--allow-empty", "-m", "next"],
+                               cwd=project, env=env)
+        moved = await wait_run(client, (await start_run(client, path)).run)
+        assert units(moved)["write"].state == "done"  # a new HEAD: a new spec
