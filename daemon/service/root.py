@@ -361,7 +361,7 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
         ssh=SshService(executors=executors, instance=instance, pool=pool, settings=settings),
         workspaces=Workspaces(workspace_service), websocket=websocket, unix=unix,
         core=the_core, traces=TraceService(store), tasks=task_service,
-        workflows=WorkflowService(pool=pool, tasks=task_service, store=store,
+        workflows=WorkflowService(pool=pool, hub=hub, tasks=task_service, store=store,
                                   settings=settings, config_dir=paths.config.parent))
     tree = Tree(children(parts), router)
     reloader.children = tree.reload

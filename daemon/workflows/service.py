@@ -30,6 +30,7 @@ import trio
 
 from daemon.actors.pool import Pool
 from daemon.actors.settings import Settings
+from daemon.channels.hub import Hub
 from daemon.errors import BadRequest, InvalidState, NotFound, StokerError
 from daemon.log import Log
 from daemon.router import Routes
@@ -45,6 +46,7 @@ from daemon.workflows.records import (
     UnitState,
 )
 from daemon.workflows.spec import Workflow, WorkflowError
+from protocol import deltas as d
 from protocol import messages as m
 
 MAX_RUNNING = 8
@@ -59,9 +61,10 @@ _TASK_UNFINISHED = ("queued", "running")
 
 
 class WorkflowService:
-    def __init__(self, *, pool: Pool, tasks: TaskService, store: Store, settings: Settings,
-                 config_dir: Path | None) -> None:
+    def __init__(self, *, pool: Pool, hub: Hub, tasks: TaskService, store: Store,
+                 settings: Settings, config_dir: Path | None) -> None:
         self._pool = pool
+        self._hub = hub
         self._tasks = tasks
         self._store = store
         self._settings = settings
@@ -379,6 +382,7 @@ class WorkflowService:
                 self._tasks.allow_running(run.chat, spec.MAX_CONCURRENCY)
                 records.save_run(self._store, run)
                 await self._store.flush()
+                self._publish(run, run.state.value)
             return run.chat
 
     # ================================================================== state changes
@@ -391,6 +395,15 @@ class WorkflowService:
             unit.ended = time.time()
         records.save_unit(self._store, unit)
         run.touch()
+        self._publish(run, unit.state.value, unit=unit.unit, error=error)
+
+    def _publish(self, run: Run, state: str, *, unit: str | None = None,
+                 error: str | None = None) -> None:
+        """A `workflow` delta on the run's chat's channel (once it has a chat)."""
+        if run.chat is None or self._hub.channel(run.chat) is None:
+            return
+        self._hub.publish(run.chat, 0, d.Workflow(run=run.id, state=state, unit=unit,
+                                                  error=error, tokens=run.tokens()))
 
     def _stop(self, run: Run, reason: str) -> None:
         """Stop `run`: nothing more starts, running units are cancelled; the run ends with
@@ -412,6 +425,7 @@ class WorkflowService:
         run.stopping = None
         records.save_run(self._store, run)
         run.touch()
+        self._publish(run, state.value, error=reason)
         self._log.info("run ended", run=run.id, state=state.value, reason=reason)
 
     def _poke(self) -> None:

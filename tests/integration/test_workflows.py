@@ -17,7 +17,13 @@ from daemon.client import Client, RequestFailed
 from protocol import deltas as d
 from protocol import messages as m
 from protocol.errors import ErrorCode
-from tests.support.harness import DaemonFactory, DaemonProcess, subscribe, wait_for_delta
+from tests.support.harness import (
+    DaemonFactory,
+    DaemonProcess,
+    replay,
+    subscribe,
+    wait_for_delta,
+)
 
 DIAMOND = """\
 agent = "echo"
@@ -116,6 +122,17 @@ async def test_a_diamond_runs_each_step_once_after_its_needs(daemon: DaemonProce
         assert done.tokens > 0
         listed: m.WorkflowList = await client.request(m.ListWorkflows(id=0))
         assert [r.run for r in listed.runs] == [run.run]
+        # The run's chat carries a `workflow` delta at each change, the run's end last.
+        assert done.chat is not None
+        flow = [x.body for x in await replay(client, done.chat)
+                if isinstance(x.body, d.Workflow)]
+        assert all(b.run == run.run for b in flow)
+        assert (flow[0].unit, flow[0].state) == (None, "running")
+        assert (flow[-1].unit, flow[-1].state, flow[-1].tokens) == (None, "done", done.tokens)
+        ended = [(b.unit, b.state) for b in flow if b.state == "done" and b.unit]
+        assert ended[0] == ("top", "done")
+        assert ended[-1] == ("bottom", "done")
+        assert sorted(ended[1:3]) == [("left", "done"), ("right", "done")]
 
 
 async def test_a_fan_out_of_five_runs_three_at_a_time(daemon: DaemonProcess) -> None:
