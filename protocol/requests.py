@@ -340,6 +340,10 @@ class WorkflowRun(_Request, tag="workflow_run", kw_only=True):
     """Input values as text (`--input k=v`), typed by the workflow's declarations."""
     cwd: FsPath | None = None
     """Where the steps work (workspace `inherit`); default: the file's directory."""
+    caller: str | None = None
+    """The chat acting (set by `stoker mcp`, tool `run_workflow`); requires `credential`.
+    The run then works in the caller's directory, and only the caller may read it."""
+    credential: str | None = None
 
 
 class ListWorkflows(_Request, tag="workflows", kw_only=True):
@@ -357,6 +361,9 @@ class GetWorkflow(_Request, tag="workflow", kw_only=True):
     run: str
     wait: float = 0.0
     version: int = -1
+    caller: str | None = None
+    """As in `workflow_run`: an agent may read only the runs it started."""
+    credential: str | None = None
 
 
 class WorkflowCancel(_Request, tag="workflow_cancel", kw_only=True):

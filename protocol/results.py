@@ -491,6 +491,8 @@ class WorkflowInfo(Struct):
     """Why it failed or stopped (a step's error, the token budget, a cancel)."""
     chat: str | None = None
     """The run's chat: its steps are its tasks (`stoker tasks CHAT`)."""
+    origin: str | None = None
+    """The chat whose agent started the run (through Stoker's MCP server), if one did."""
     ended_at: float | None = None
     tokens: int = 0
     budget: int | None = None

@@ -178,7 +178,8 @@ CREATE TABLE IF NOT EXISTS workflow_runs (
     state TEXT NOT NULL,
     reason TEXT,
     created REAL NOT NULL,
-    ended REAL
+    ended REAL,
+    origin TEXT
 );
 CREATE TABLE IF NOT EXISTS workflow_units (
     run TEXT NOT NULL,

@@ -90,6 +90,8 @@ class Run:
     reason: str | None = None
     chat: str | None = None
     ended: float | None = None
+    origin: str | None = None
+    """The chat whose agent started the run (MCP `run_workflow`), if one did."""
     units: dict[str, Unit] = field(default_factory=dict)
     version: int = 0
     changed: trio.Event = field(default_factory=trio.Event)
@@ -107,16 +109,17 @@ class Run:
         return sum(u.tokens + u.live_tokens for u in self.units.values())
 
 
-_RUN_COLUMNS = "id, name, path, source, inputs, cwd, base, chat, state, reason, created, ended"
+_RUN_COLUMNS = ("id, name, path, source, inputs, cwd, base, chat, state, reason, created,"
+                " ended, origin")
 _UNIT_COLUMNS = ("run, unit, step, idx, item, state, key, prompt, task, attempts, result,"
                  " tokens, error, started, ended")
 
 
 def save_run(store: Store, run: Run) -> None:
     store.execute(
-        f"INSERT OR REPLACE INTO workflow_runs({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT OR REPLACE INTO workflow_runs({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (run.id, run.name, run.path, run.source, json.dumps(run.inputs), run.cwd, run.base,
-         run.chat, run.state.value, run.reason, run.created, run.ended))
+         run.chat, run.state.value, run.reason, run.created, run.ended, run.origin))
 
 
 def save_unit(store: Store, unit: Unit) -> None:
@@ -155,12 +158,12 @@ def _enum(kind: type[_E], value: str, fallback: _E) -> _E:
 async def load(store: Store) -> list[Run]:
     runs: dict[str, Run] = {}
     for (id_, name, path, source, inputs, cwd, base, chat, state, reason, created,
-         ended) in await store.query(f"SELECT {_RUN_COLUMNS} FROM workflow_runs "
+         ended, origin) in await store.query(f"SELECT {_RUN_COLUMNS} FROM workflow_runs "
                                      "ORDER BY created"):
         runs[id_] = Run(id=id_, name=name, path=path, source=source,
                         inputs=json.loads(inputs), cwd=cwd, base=base, chat=chat,
                         state=_enum(RunState, state, RunState.FAILED), reason=reason,
-                        created=float(created), ended=ended)
+                        created=float(created), ended=ended, origin=origin)
     for (run, unit, step, idx, item, state, key, prompt, task, attempts, result, tokens,
          error, started, ended) in await store.query(
             f"SELECT {_UNIT_COLUMNS} FROM workflow_units ORDER BY rowid"):

@@ -31,11 +31,13 @@ import trio
 from daemon.actors.pool import Pool
 from daemon.actors.settings import Settings
 from daemon.channels.hub import Hub
-from daemon.errors import BadRequest, InvalidState, NotFound, StokerError
+from daemon.errors import BadRequest, InvalidState, LimitReached, NotFound, StokerError
 from daemon.log import Log
+from daemon.mcp import credentials
 from daemon.router import Routes
 from daemon.store.sqlite import Store
-from daemon.tasks.service import TaskService
+from daemon.tasks import limits
+from daemon.tasks.service import TaskService, Unauthorized
 from daemon.workflows import catalog, plan, records, spec
 from daemon.workflows.records import (
     ENDED,
@@ -443,8 +445,36 @@ class WorkflowService:
             raise NotFound(f"no workflow run {run_id!r}; `stoker workflow ls` lists them")
         return run
 
+    def _caller(self, req: m.WorkflowRun | m.GetWorkflow) -> str | None:
+        """The chat a request acts for (None: a client, which may act on any run)."""
+        if req.caller is None and req.credential is None:
+            return None
+        if req.caller is None or req.credential is None:
+            raise Unauthorized("give both caller and credential, or neither")
+        if not credentials.valid(req.caller, req.credential):
+            raise Unauthorized(f"the credential does not belong to chat {req.caller!r}")
+        return req.caller
+
+    def _caller_cwd(self, caller: str, given: str | None) -> str:
+        """Where an agent's run works: its own directory, or one inside it. An agent that is
+        itself a step of a run may not start runs (no workflow recursion)."""
+        if self._tasks.root_of(caller) in {r.chat for r in self._runs.values() if r.chat}:
+            raise LimitReached("a workflow step may not start workflows; do the work "
+                               "yourself or spawn a task")
+        home = self._pool.get_chat(caller).cwd
+        if given is None:
+            return home
+        cwd = os.path.realpath(given)
+        if not limits.inside(cwd, home):
+            raise BadRequest(f"{given} is outside your directory {home}")
+        return cwd
+
     async def run(self, req: m.WorkflowRun) -> m.WorkflowInfo:
-        cwd = os.path.realpath(req.cwd) if req.cwd else None
+        caller = self._caller(req)
+        if caller is not None:
+            cwd: str | None = self._caller_cwd(caller, req.cwd)
+        else:
+            cwd = os.path.realpath(req.cwd) if req.cwd else None
         path, source = self._source(req, cwd)
         cwd = cwd or os.path.dirname(path)
         if not os.path.isdir(cwd):
@@ -457,7 +487,8 @@ class WorkflowService:
         except ValueError as exc:
             raise BadRequest(f"{path}: inputs: {exc}") from None
         run = Run(id=secrets.token_hex(5), name=wf.name, path=path, source=source,
-                  inputs=inputs, cwd=cwd, base=await _git_head(cwd), created=time.time())
+                  inputs=inputs, cwd=cwd, base=await _git_head(cwd), created=time.time(),
+                  origin=caller)
         for name in wf.steps:
             run.units[name] = Unit(run=run.id, unit=name, step=name)
         self._runs[run.id] = run
@@ -503,7 +534,10 @@ class WorkflowService:
         return m.WorkflowFile(name=name, path=str(path), description=wf.description)
 
     async def get(self, req: m.GetWorkflow) -> m.WorkflowInfo:
+        caller = self._caller(req)
         run = self._get(req.run)
+        if caller is not None and run.origin != caller:
+            raise NotFound(f"no workflow run {req.run!r} of chat {caller!r}")
         if req.wait > 0 and run.version == req.version and run.state is RunState.RUNNING:
             with trio.move_on_after(min(req.wait, MAX_WAIT)):
                 await run.changed.wait()
@@ -550,7 +584,7 @@ class WorkflowService:
         wf = self._specs.get(run.id)
         if wf is None:
             try:
-                wf = spec.parse(run.source, run.path)
+                wf = self._specs[run.id] = spec.parse(run.source, run.path)
             except WorkflowError:
                 wf = None
         infos: list[m.WorkflowStepInfo] = []
@@ -567,7 +601,7 @@ class WorkflowService:
         return m.WorkflowInfo(
             run=run.id, name=run.name, path=run.path, state=run.state.value, cwd=run.cwd,
             created_at=run.created, version=run.version, reason=run.reason or run.stopping,
-            chat=run.chat, ended_at=run.ended, tokens=run.tokens(),
+            chat=run.chat, origin=run.origin, ended_at=run.ended, tokens=run.tokens(),
             budget=wf.budget if wf else None,
             concurrency=wf.concurrency if wf else spec.DEFAULT_CONCURRENCY,
             inputs=run.inputs, steps=infos)

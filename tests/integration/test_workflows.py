@@ -7,8 +7,10 @@ them against the tasks the daemon reports (`tasks`), which are the agents' real 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -20,8 +22,10 @@ from protocol.errors import ErrorCode
 from tests.support.harness import (
     DaemonFactory,
     DaemonProcess,
+    open_chat,
     replay,
     subscribe,
+    turn,
     wait_for_delta,
 )
 
@@ -462,3 +466,41 @@ async def test_a_worktree_step_works_in_a_new_worktree_of_the_project(
                                cwd=project, env=env)
         moved = await wait_run(client, (await start_run(client, path)).run)
         assert units(moved)["write"].state == "done"  # a new HEAD: a new spec
+
+
+async def test_an_agent_runs_a_workflow_through_mcp_but_a_step_may_not(
+        daemon: DaemonProcess) -> None:
+    flows = Path(daemon.work) / ".stoker" / "workflows"
+    flows.mkdir(parents=True)
+    (flows / "hello.toml").write_text(
+        'agent = "echo"\n[inputs]\nwho = "world"\n[steps.greet]\n'
+        'prompt = "hello {{ inputs.who }}"\n')
+    (flows / "nested.toml").write_text(
+        'agent = "echo"\n[steps.inner]\n'
+        "prompt = '/mcp run_workflow {\"workflow\": \"hello\"}'\n")
+
+    async def mcp(tool: str, arguments: dict[str, object]) -> dict[str, Any]:
+        text = (await turn(client, "boss", f"/mcp {tool} {json.dumps(arguments)}",
+                           timeout=90)).text
+        assert not text.startswith("error:"), text
+        data: dict[str, Any] = json.loads(text)
+        return data
+
+    async with daemon.client() as client:
+        await open_chat(client, "boss", cwd=daemon.work)
+        started = await mcp("run_workflow", {"workflow": "hello", "inputs": {"who": "mcp"}})
+        assert started["steps"] == ["greet"]
+        result = await mcp("workflow_result", {"run": started["run"], "wait_seconds": 60})
+        assert result["state"] == "done"
+        assert result["steps"] == [{"step": "greet", "state": "done", "result": "hello mcp"}]
+        info: m.WorkflowInfo = await client.request(m.GetWorkflow(id=0, run=started["run"]))
+        assert info.origin == "boss"
+        assert info.cwd == os.path.realpath(daemon.work)
+
+        nested = await mcp("run_workflow", {"workflow": "nested"})
+        outcome = await mcp("workflow_result", {"run": nested["run"], "wait_seconds": 90})
+        [inner] = outcome["steps"]
+        assert inner["result"].startswith("error:"), inner
+        assert "a workflow step may not start workflows" in inner["result"]
+        listed: m.WorkflowList = await client.request(m.ListWorkflows(id=0))
+        assert len(listed.runs) == 2  # the step started none
