@@ -5,7 +5,7 @@ A run is an actor (one trio task) that owns its units. It wakes at every change 
 ended, a request, a free slot in another run) and advances:
 
     waiting --its needs done--> pending (or cached: the spec's result is in the cache)
-    pending --a free slot (the run's concurrency, the daemon's MAX_RUNNING)--> running
+    pending --a free slot (the run's concurrency, workflows.max_running)--> running
     running --its task ended--> done | failed (after its retries) | cancelled
     waiting --a need failed--> skipped
 
@@ -50,9 +50,6 @@ from daemon.workflows.records import (
 from daemon.workflows.spec import Workflow, WorkflowError
 from protocol import deltas as d
 from protocol import messages as m
-
-MAX_RUNNING = 8
-"""Units running at once in the daemon, over every run."""
 
 MAX_WAIT = 3600.0
 BUDGET_POLL = 0.5
@@ -185,7 +182,7 @@ class WorkflowService:
             return
         free_here = wf.concurrency - len(running)
         for unit in units.values():
-            if free_here <= 0 or self._running() >= MAX_RUNNING:
+            if free_here <= 0 or self._running() >= self._settings.config.workflows.max_running:
                 break
             if unit.state is UnitState.PENDING:
                 unit.started = time.time()

@@ -504,3 +504,19 @@ async def test_an_agent_runs_a_workflow_through_mcp_but_a_step_may_not(
         assert "a workflow step may not start workflows" in inner["result"]
         listed: m.WorkflowList = await client.request(m.ListWorkflows(id=0))
         assert len(listed.runs) == 2  # the step started none
+
+
+async def test_the_daemon_wide_limit_holds_over_runs(daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config="[workflows]\nmax_running = 2\n")
+    daemon.start()
+    path = write(daemon, "pair.toml", 'agent = "echo"\n[inputs]\nn = "1"\n[steps.each]\n'
+                 'for_each = ["a", "b"]\nprompt = "/sleep 40{{ inputs.n }} {{ item }}"\n')
+    async with daemon.client() as client:
+        runs = [await start_run(client, path, n=n) for n in ("1", "2")]
+        done = [await wait_run(client, r.run) for r in runs]
+        assert [r.state for r in done] == ["done", "done"]
+        tasks = [t for r in done for t in await tasks_of(client, r)]
+        assert len(tasks) == 4
+        spans = sorted((t.started_at or 0, t.ended_at or 0) for t in tasks)
+        most = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+        assert most == 2, spans

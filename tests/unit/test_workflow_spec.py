@@ -3,6 +3,8 @@ validation naming file, line and key, dependency order, input binding."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -197,3 +199,41 @@ def test_rendering_is_substitution(pieces: list[str | list[str]], value: str) ->
             node[p[-1]] = value
     expected = "".join(p if isinstance(p, str) else value for p in pieces)
     assert template.render(template.parse(source), context) == expected
+
+
+@given(st.lists(st.lists(st.integers(min_value=0, max_value=7), max_size=3), min_size=1,
+                max_size=8))
+def test_steps_are_ordered_after_their_needs_and_every_cycle_is_refused(
+        needs: list[list[int]]) -> None:
+    """Any graph of steps: it parses iff it has no cycle, and then every step comes after
+    the steps it needs."""
+    n = len(needs)
+    graph = {f"s{i}": sorted({f"s{j % n}" for j in js if j % n != i})
+             for i, js in enumerate(needs)}
+    text = 'agent = "echo"\n' + "".join(
+        f'[steps.{name}]\nneeds = {json.dumps(deps)}\nprompt = "x"\n'
+        for name, deps in graph.items())
+
+    def cyclic() -> bool:
+        state: dict[str, int] = {}
+
+        def visit(v: str) -> bool:
+            if state.get(v) == 1:
+                return True
+            if state.get(v) == 2:
+                return False
+            state[v] = 1
+            found = any(visit(w) for w in graph[v])
+            state[v] = 2
+            return found
+
+        return any(visit(v) for v in graph)
+
+    if cyclic():
+        with pytest.raises(WorkflowError, match="a cycle: "):
+            spec.parse(text, "g.toml")
+        return
+    order = list(spec.parse(text, "g.toml").steps)
+    assert sorted(order) == sorted(graph)
+    for name, deps in graph.items():
+        assert all(order.index(d) < order.index(name) for d in deps)
