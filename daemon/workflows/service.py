@@ -315,7 +315,9 @@ class WorkflowService:
                 if unit.attempts <= step.retries:
                     self._set(run, unit, UnitState.RUNNING,
                               error=f"attempt {unit.attempts} {state}: {error}; retrying")
-                    await trio.sleep(plan.backoff(unit.attempts))
+                    with trio.move_on_after(plan.backoff(unit.attempts)):
+                        while not _stopping(run):  # a stop ends the backoff at once
+                            await run.changed.wait()
                     continue
                 unit.ended = time.time()
                 self._set(run, unit, UnitState.FAILED, error=error)

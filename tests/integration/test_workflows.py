@@ -520,3 +520,20 @@ async def test_the_daemon_wide_limit_holds_over_runs(daemon_factory: DaemonFacto
         spans = sorted((t.started_at or 0, t.ended_at or 0) for t in tasks)
         most = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
         assert most == 2, spans
+
+
+async def test_cancel_ends_a_step_waiting_to_retry_at_once(daemon: DaemonProcess) -> None:
+    path = write(daemon, "flaky.toml", 'agent = "echo"\n[steps.a]\nprompt = "/error"\n'
+                 'retries = 5\n')
+    async with daemon.client() as client:
+        run = await start_run(client, path)
+        info: m.WorkflowInfo = await client.request(m.GetWorkflow(id=0, run=run.run))
+        with trio.fail_after(30):
+            while not (units(info)["a"].error or "").endswith("retrying"):
+                info = await client.request(m.GetWorkflow(id=0, run=run.run, wait=10,
+                                                          version=info.version))
+        with trio.fail_after(5):  # well before the backoff of 1, 2, 4, 8 ... seconds ends
+            cancelled: m.WorkflowInfo = await client.request(
+                m.WorkflowCancel(id=0, run=run.run))
+        assert cancelled.state == "cancelled"
+        assert units(cancelled)["a"].state == "cancelled"
