@@ -175,22 +175,8 @@ class WorkflowService:
                         head.ended = time.time()
                         self._set(run, head, fan, error=error)
                         progress = True
-        budget = wf.budget
-        if budget is not None and run.tokens() >= budget:
-            self._stop(run, f"token budget exceeded: the run used {run.tokens()} tokens of "
-                       f"its budget of {budget}")
-            return
-        free_here = wf.concurrency - len(running)
-        for unit in units.values():
-            if free_here <= 0 or self._running() >= self._settings.config.workflows.max_running:
-                break
-            if unit.state is UnitState.PENDING:
-                unit.started = time.time()
-                self._set(run, unit, UnitState.RUNNING)
-                nursery.start_soon(self._drive, run, wf, unit)
-                free_here -= 1
         heads = [units[n] for n in wf.steps]
-        if all(h.state in ENDED for h in heads):
+        if all(h.state in ENDED for h in heads):  # done even if the last step went over
             failed = [h for h in heads if h.state not in FINISHED]
             if failed:
                 first = next((h for h in failed if h.state is not UnitState.SKIPPED),
@@ -199,6 +185,22 @@ class WorkflowService:
                           f"{first.state.value}: {first.error or 'no reason given'}")
             else:
                 self._end(run, RunState.DONE, None)
+            return
+        budget = wf.budget
+        if budget is not None and run.tokens() >= budget:
+            self._stop(run, f"token budget exceeded: the run used {run.tokens()} tokens of "
+                       f"its budget of {budget}")
+            return
+        limit = self._settings.config.workflows.max_running
+        free_here = wf.concurrency - len(running)
+        for unit in units.values():
+            if free_here <= 0 or self._running() >= limit:
+                break
+            if unit.state is UnitState.PENDING:
+                unit.started = time.time()
+                self._set(run, unit, UnitState.RUNNING)
+                nursery.start_soon(self._drive, run, wf, unit)
+                free_here -= 1
 
     async def _ready(self, run: Run, wf: Workflow, head: Unit) -> None:
         """`head`'s needs are done: render its prompt (each item's, for a fan-out) and see
