@@ -341,8 +341,10 @@ async def test_kill9_mid_run_resumes_and_finishes_each_step_once(
         tasks = await tasks_of(client, done)
         finished = Counter(t.title for t in tasks if t.state == "done")
         assert finished == {"pipeline first": 1, "pipeline second": 1, "pipeline third": 1}
-        # The daemon reclaimed the agent whose turn ran through the kill: it ran once.
-        assert [t.state for t in tasks] == ["done"] * 3
+        # The daemon reclaims the agent whose turn ran through the kill, so that step runs
+        # once; had its turn been cut instead, it would have run again in a new task.
+        assert [(t.title, t.state) for t in tasks if t.state != "done"] in (
+            [], [("pipeline second", "interrupted")])
 
 
 async def test_a_stop_mid_step_resumes_running_the_cut_step_again(
