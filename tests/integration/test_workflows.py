@@ -539,3 +539,21 @@ async def test_cancel_ends_a_step_waiting_to_retry_at_once(daemon: DaemonProcess
                 m.WorkflowCancel(id=0, run=run.run))
         assert cancelled.state == "cancelled"
         assert units(cancelled)["a"].state == "cancelled"
+
+
+async def test_a_cancelled_run_resumes_from_its_finished_steps(daemon: DaemonProcess) -> None:
+    path = write(daemon, "pipeline.toml", PIPELINE)
+    async with daemon.client() as client:
+        run = await start_run(client, path)
+        before = await wait_run(client, run.run, until="second")
+        cancelled: m.WorkflowInfo = await client.request(m.WorkflowCancel(id=0,
+                                                                          run=run.run))
+        assert [s.state for s in cancelled.steps] == ["done", "cancelled", "cancelled"]
+        resumed: m.WorkflowInfo = await client.request(m.WorkflowResume(id=0, run=run.run))
+        assert resumed.state == "running"
+        done = await wait_run(client, run.run)
+        assert done.state == "done", done.reason
+        assert units(done)["first"].task == units(before)["first"].task
+        assert units(done)["third"].result == "third after slept 1500"
+        with pytest.raises(RequestFailed, match="is done; run the workflow again"):
+            await client.request(m.WorkflowResume(id=0, run=run.run))
