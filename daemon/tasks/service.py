@@ -86,7 +86,8 @@ class TaskService:
         """Running tasks whose cancel was asked before their prompt was accepted."""
         self._nursery: trio.Nursery | None = None
         self._max_running: dict[str, int] = {}
-        """Parents with their own limit of running tasks (a workflow run limits its own)."""
+        """Parents driven by another service (a workflow run's chat): their own limit of
+        running tasks, and no result reports (they have no agent to read them)."""
 
     @property
     def config(self) -> TasksConfig:
@@ -142,9 +143,11 @@ class TaskService:
                            "started")
         return task
 
-    def allow_running(self, parent: str, limit: int) -> None:
-        """Let `parent` run up to `limit` tasks at once instead of `tasks.max_running`."""
-        self._max_running[parent] = limit
+    def drive(self, parent: str, max_running: int) -> None:
+        """`parent` is driven by another service (a workflow run, which collects its tasks'
+        results itself): it runs up to `max_running` tasks at once instead of
+        `tasks.max_running`, and is never prompted with their results (notify = "prompt")."""
+        self._max_running[parent] = max_running
 
     def depth_of(self, chat: str) -> int:
         task = self._tasks.get(chat)
@@ -285,7 +288,7 @@ class TaskService:
         task.state = limits.outcome(stop_reason, error)
         task.ended = time.time()
         self._cancelling.discard(task.id)
-        if self.config.notify == "prompt":
+        if self.config.notify == "prompt" and task.parent not in self._max_running:
             task.notified = False
         self._save(task)
         task.settled.set()

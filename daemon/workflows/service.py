@@ -108,7 +108,7 @@ class WorkflowService:
             return
         self._specs[run.id] = wf
         if run.chat is not None:
-            self._tasks.allow_running(run.chat, spec.MAX_CONCURRENCY)
+            self._tasks.drive(run.chat, spec.MAX_CONCURRENCY)
         if self._nursery is not None:
             self._nursery.start_soon(self._actor, run, wf)
 
@@ -382,7 +382,7 @@ class WorkflowService:
                     chat_id=None, agent=agent, cwd=run.cwd,
                     title=f"workflow {run.name} ({run.id})")
                 run.chat = info.chat
-                self._tasks.allow_running(run.chat, spec.MAX_CONCURRENCY)
+                self._tasks.drive(run.chat, spec.MAX_CONCURRENCY)
                 records.save_run(self._store, run)
                 await self._store.flush()
                 self._publish(run, run.state.value)

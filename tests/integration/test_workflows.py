@@ -557,3 +557,19 @@ async def test_a_cancelled_run_resumes_from_its_finished_steps(daemon: DaemonPro
         assert units(done)["third"].result == "third after slept 1500"
         with pytest.raises(RequestFailed, match="is done; run the workflow again"):
             await client.request(m.WorkflowResume(id=0, run=run.run))
+
+
+async def test_the_run_s_chat_is_never_prompted_with_its_steps_results(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config='[tasks]\nnotify = "prompt"\nmax_running = 1\n')
+    daemon.start()
+    path = write(daemon, "diamond.toml", DIAMOND)
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, path)).run)
+        assert done.state == "done", done.reason
+        assert done.chat is not None
+        tasks = await tasks_of(client, done)
+        spans = sorted((t.started_at or 0, t.ended_at or 0) for t in tasks)
+        assert spans[1][0] < spans[2][1]  # left and right ran together: not max_running
+        history = await replay(client, done.chat)
+        assert not [x for x in history if isinstance(x.body, d.TurnStarted)]
