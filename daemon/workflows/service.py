@@ -277,7 +277,7 @@ class WorkflowService:
                         return
                     unit.attempts += 1
                     try:
-                        chat = await self._run_chat(run, step.agent)
+                        chat = await self._run_chat(run, wf, step.agent)
                         info = await self._tasks.new(m.TaskNew(
                             id=0, parent=chat, prompt=unit.prompt, agent=step.agent,
                             title=f"{run.name} {unit.unit}",
@@ -373,13 +373,13 @@ class WorkflowService:
         except StokerError as exc:
             self._log.warning("cannot cancel a step's task", task=task, error=exc.message)
 
-    async def _run_chat(self, run: Run, agent: str) -> str:
+    async def _run_chat(self, run: Run, wf: Workflow, agent: str) -> str:
         """The run's chat, the parent of its steps' tasks, made at the first task."""
         lock = self._chat_locks.setdefault(run.id, trio.Lock())
         async with lock:
             if run.chat is None:
                 info = await self._pool.open_chat(
-                    chat_id=None, agent=agent, cwd=run.cwd,
+                    chat_id=None, agent=agent, cwd=run.cwd, policy=wf.policy,
                     title=f"workflow {run.name} ({run.id})")
                 run.chat = info.chat
                 self._tasks.drive(run.chat, spec.MAX_CONCURRENCY)

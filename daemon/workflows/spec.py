@@ -3,6 +3,7 @@
     name = "review"                  # optional; the file's stem by default
     concurrency = 3                  # steps of one run running at once
     budget = 200000                  # tokens the run may use (optional)
+    policy = "allow"                 # permission requests of the steps (ask, allow, deny)
     agent = "echo"                   # the default agent of the steps
 
     [inputs]
@@ -46,7 +47,8 @@ DEFAULT_CONCURRENCY = 3
 MAX_CONCURRENCY = 64
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
 _TOP_KEYS = ("name", "description", "concurrency", "budget", "agent", "workspace",
-             "timeout", "retries", "inputs", "steps")
+             "timeout", "retries", "policy", "inputs", "steps")
+POLICIES = ("ask", "allow", "deny")
 _STEP_KEYS = ("agent", "prompt", "needs", "workspace", "for_each", "timeout", "retries",
               "budget", "title")
 _INPUT_KEYS = ("type", "default", "description")
@@ -115,6 +117,9 @@ class Workflow:
     description: str = ""
     concurrency: int = DEFAULT_CONCURRENCY
     budget: int | None = None
+    policy: str | None = None
+    """The permission policy of the run's chat, which its steps' chats inherit (None: the
+    daemon's default)."""
     inputs: Mapping[str, Input] = field(default_factory=dict)
     steps: Mapping[str, Step] = field(default_factory=dict)
     """In an order where every step comes after the steps it needs."""
@@ -259,6 +264,10 @@ def parse(text: str, path: str, *, known_agents: Collection[str] | None = None,
         workspace_default = "inherit"
     timeout_default = c.seconds(data, ("timeout",))
     retries_default = c.int_(data, ("retries",), low=0, high=10) or 0
+    policy: str | None = c.str_(data, ("policy",)) or None
+    if policy is not None and policy not in POLICIES:
+        c.fail(("policy",), f"must be one of {', '.join(POLICIES)}, not {policy!r}")
+        policy = None
 
     inputs = _inputs(c, data.get("inputs", {}))
     raw_steps = data.get("steps")
@@ -326,6 +335,7 @@ def parse(text: str, path: str, *, known_agents: Collection[str] | None = None,
     workflow = Workflow(name=name, path=path, source=text,
                         description=c.str_(data, ("description",)),
                         concurrency=concurrency or DEFAULT_CONCURRENCY, budget=budget,
+                        policy=policy,
                         inputs=inputs, steps={n: steps[n] for n in order})
     for step in workflow.steps.values():
         _check_refs(c, workflow, step)

@@ -573,3 +573,16 @@ async def test_the_run_s_chat_is_never_prompted_with_its_steps_results(
         assert spans[1][0] < spans[2][1]  # left and right ran together: not max_running
         history = await replay(client, done.chat)
         assert not [x for x in history if isinstance(x.body, d.TurnStarted)]
+
+
+async def test_the_run_s_policy_answers_its_steps_permission_requests(
+        daemon: DaemonProcess) -> None:
+    path = write(daemon, "allowed.toml", 'agent = "echo"\npolicy = "allow"\n'
+                 '[steps.ask]\nprompt = "/permission"\n')
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, path)).run)
+        assert done.state == "done", done.reason
+        assert units(done)["ask"].result.startswith("permission: allow")
+        [task] = await tasks_of(client, done)
+        detail: m.ChatDetail = await client.request(m.Inspect(id=0, chat=task.task))
+        assert detail.chat.policy == "allow"

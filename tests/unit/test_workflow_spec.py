@@ -100,17 +100,18 @@ def test_template_references_are_checked_against_inputs_and_needs() -> None:
 
 
 def test_type_errors_name_the_key() -> None:
-    text = ('agent = "echo"\nconcurrency = "many"\n[inputs]\nn = { type = "int", '
+    text = ('agent = "echo"\nconcurrency = "many"\npolicy = "yolo"\n[inputs]\nn = { type = "int", '
             'default = "x" }\n[steps.a]\nprompt = "x"\ntimeout = -1\nretries = true\n'
             'for_each = 3\nworkspace = "elsewhere"\nbogus = 1\n')
     found = {key: (line, message) for line, key, message in problems(text)}
     assert found["concurrency"] == (2, "must be an integer, not a string")
-    assert found["inputs.n.default"][0] == 4
-    assert found["steps.a.timeout"][0] == 7
-    assert found["steps.a.retries"] == (8, "must be an integer, not a boolean")
-    assert found["steps.a.for_each"][0] == 9
-    assert found["steps.a.workspace"][0] == 10
-    assert found["steps.a.bogus"][0] == 11
+    assert found["policy"] == (3, "must be one of ask, allow, deny, not 'yolo'")
+    assert found["inputs.n.default"][0] == 5
+    assert found["steps.a.timeout"][0] == 8
+    assert found["steps.a.retries"] == (9, "must be an integer, not a boolean")
+    assert found["steps.a.for_each"][0] == 10
+    assert found["steps.a.workspace"][0] == 11
+    assert found["steps.a.bogus"][0] == 12
 
 
 def test_a_toml_syntax_error_keeps_its_line() -> None:
