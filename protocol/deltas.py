@@ -232,6 +232,21 @@ class Task(_Body, tag="task"):
     error: str | None = None
 
 
+class Workflow(_Body, tag="workflow"):
+    """A workflow run whose chat this is changed (docs/WORKFLOWS.md): with `unit`, that
+    unit (a step, or `NAME[i]`, an item of a fan-out) is now `state` (waiting, pending,
+    running, done, cached, failed, cancelled, skipped); without, the run is (running,
+    done, failed, cancelled; `error` says why it stopped). Published on the run's chat's
+    channel once it has one (a run whose every step is cached has none)."""
+
+    run: str
+    state: str
+    unit: str | None = None
+    error: str | None = None
+    tokens: int = 0
+    """The run's tokens so far."""
+
+
 DeltaBody = (
     TurnStarted
     | Text
@@ -255,6 +270,7 @@ DeltaBody = (
     | Raw
     | TurnEnded
     | Task
+    | Workflow
 )
 
 DELTA_KINDS: tuple[str, ...] = tuple(

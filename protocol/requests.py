@@ -321,6 +321,63 @@ class TaskCancel(_TaskRequest, tag="task_cancel", kw_only=True):
     """The task's id."""
 
 
+# --------------------------------------------------------------------------- workflows
+# Requests of the workflows subsystem (daemon/workflows/, docs/WORKFLOWS.md): a run of a
+# workflow file, each step a task under the run's chat.
+
+
+class WorkflowRun(_Request, tag="workflow_run", kw_only=True):
+    """Start a run of a workflow. The file is validated whole first: any problem (a cycle,
+    an unknown step or agent, a bad template, a type error) is a `bad_request` naming the
+    file, line and key, and nothing starts."""
+
+    workflow: FsPath
+    """The file's path, or the name of a discovered workflow (.stoker/workflows/NAME.toml
+    in `cwd` or above it, then the config dir's workflows/)."""
+    source: str | None = None
+    """The file's text, as the client read it (None: the daemon reads `workflow`)."""
+    inputs: dict[str, str] = {}
+    """Input values as text (`--input k=v`), typed by the workflow's declarations."""
+    cwd: FsPath | None = None
+    """Where the steps work (workspace `inherit`); default: the file's directory."""
+    caller: str | None = None
+    """The chat acting (set by `stoker mcp`, tool `run_workflow`); requires `credential`.
+    The run then works in the caller's directory, and only the caller may read it."""
+    credential: str | None = None
+
+
+class ListWorkflows(_Request, tag="workflows", kw_only=True):
+    """The runs, newest first; with `available`, also the workflow files discovered from
+    `cwd`."""
+
+    available: bool = False
+    cwd: FsPath | None = None
+
+
+class GetWorkflow(_Request, tag="workflow", kw_only=True):
+    """One run with its steps. `wait` > 0: answer once the run's `version` differs from
+    `version` (something changed) or it ended, or after `wait` seconds."""
+
+    run: str
+    wait: float = 0.0
+    version: int = -1
+    caller: str | None = None
+    """As in `workflow_run`: an agent may read only the runs it started."""
+    credential: str | None = None
+
+
+class WorkflowCancel(_Request, tag="workflow_cancel", kw_only=True):
+    """Cancel a run: its running steps are cancelled, nothing more starts."""
+
+    run: str
+
+
+class WorkflowResume(_Request, tag="workflow_resume", kw_only=True):
+    """Run a failed or cancelled run again: finished steps are kept, the others run."""
+
+    run: str
+
+
 Request = (
     Ping
     | GetStatus
@@ -355,4 +412,9 @@ Request = (
     | GetTask
     | TaskSend
     | TaskCancel
+    | WorkflowRun
+    | ListWorkflows
+    | GetWorkflow
+    | WorkflowCancel
+    | WorkflowResume
 )

@@ -14,11 +14,13 @@ from .requests import (
     DescribeAgent,
     GetStatus,
     GetTask,
+    GetWorkflow,
     Inspect,
     ListAgents,
     ListChats,
     ListComputers,
     ListTasks,
+    ListWorkflows,
     ListWorkspaces,
     OpenChat,
     Permit,
@@ -38,6 +40,9 @@ from .requests import (
     Trace,
     Unsubscribe,
     Warm,
+    WorkflowCancel,
+    WorkflowResume,
+    WorkflowRun,
     WorkspaceDiff,
     WorkspaceNew,
 )
@@ -444,6 +449,73 @@ class TaskList(Struct):
     """The agents tasks may use (the config's `tasks.agents`, else every available one)."""
 
 
+# --------------------------------------------------------------------------- workflows
+
+
+class WorkflowStepInfo(Struct):
+    """One unit of a run: a step, or one item of a `for_each` step."""
+
+    unit: str
+    """The step's name, or `NAME[i]` for item i of a for_each step."""
+    step: str
+    state: str
+    """waiting (for its needs), pending, running, done, cached (the result of an earlier
+    run with the same spec), failed, cancelled, skipped (a step it needs failed)."""
+    agent: str
+    needs: list[str] = []
+    index: int | None = None
+    item: str | None = None
+    task: str | None = None
+    """The task (chat) of its latest attempt: attach, log, inspect it like any chat."""
+    attempts: int = 0
+    tokens: int = 0
+    started_at: float | None = None
+    ended_at: float | None = None
+    error: str | None = None
+    result: str = ""
+
+
+class WorkflowInfo(Struct):
+    """A run of a workflow (docs/WORKFLOWS.md)."""
+
+    run: str
+    name: str
+    path: str
+    state: str
+    """running, done, failed, cancelled."""
+    cwd: str
+    created_at: float
+    version: int = 0
+    """Grows with every change of the run or its steps."""
+    reason: str | None = None
+    """Why it failed or stopped (a step's error, the token budget, a cancel)."""
+    chat: str | None = None
+    """The run's chat: its steps are its tasks (`stoker tasks CHAT`)."""
+    origin: str | None = None
+    """The chat whose agent started the run (through Stoker's MCP server), if one did."""
+    ended_at: float | None = None
+    tokens: int = 0
+    budget: int | None = None
+    concurrency: int = 3
+    inputs: dict[str, Any] = {}
+    steps: list[WorkflowStepInfo] = []
+
+
+class WorkflowFile(Struct):
+    """A discovered workflow file."""
+
+    name: str
+    path: str
+    description: str = ""
+    error: str | None = None
+    """Why it would not run (validation), if it would not."""
+
+
+class WorkflowList(Struct):
+    runs: list[WorkflowInfo] = []
+    available: list[WorkflowFile] = []
+
+
 RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     Ping: Pong,
     GetStatus: StatusResult,
@@ -478,5 +550,10 @@ RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     GetTask: TaskInfo,
     TaskSend: TaskInfo,
     TaskCancel: TaskInfo,
+    WorkflowRun: WorkflowInfo,
+    ListWorkflows: WorkflowList,
+    GetWorkflow: WorkflowInfo,
+    WorkflowCancel: WorkflowInfo,
+    WorkflowResume: WorkflowInfo,
 }
 """The type of `Reply.result` for each request type."""

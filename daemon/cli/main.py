@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "daemon.cli.mcp",
     "daemon.cli.tasks",
     "daemon.cli.web",
+    "daemon.cli.workflow",
 ]
 
 

@@ -10,7 +10,18 @@ from typing import Annotated, Any
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
-from daemon.cli.mcp_tools import AGENTS, CANCEL, LIST, RESULT, SEND, SPAWN, STATUS, StokerTools
+from daemon.cli.mcp_tools import (
+    AGENTS,
+    CANCEL,
+    LIST,
+    RESULT,
+    RUN_WORKFLOW,
+    SEND,
+    SPAWN,
+    STATUS,
+    WORKFLOW_RESULT,
+    StokerTools,
+)
 
 
 def server(tools: StokerTools) -> MCPServer[Any]:
@@ -65,5 +76,22 @@ def server(tools: StokerTools) -> MCPServer[Any]:
     @app.tool(description=AGENTS)
     async def list_agents() -> dict[str, Any]:
         return await tools.list_agents()
+
+    @app.tool(description=RUN_WORKFLOW)
+    async def run_workflow(
+        workflow: Annotated[str, Field(description=(
+            "The workflow's name (.stoker/workflows/NAME.toml) or a path to its file"))],
+        inputs: Annotated[dict[str, str] | None, Field(description=(
+            "Input values by name, as text (a list: comma-separated)"))] = None,
+    ) -> dict[str, Any]:
+        return await tools.run_workflow(workflow, inputs)
+
+    @app.tool(description=WORKFLOW_RESULT)
+    async def workflow_result(
+        run: Annotated[str, Field(description="The run id run_workflow returned")],
+        wait_seconds: Annotated[float, Field(description=(
+            "How long to wait for it to end (0: do not wait)"))] = 60.0,
+    ) -> dict[str, Any]:
+        return await tools.workflow_result(run, wait_seconds)
 
     return app

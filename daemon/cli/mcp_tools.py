@@ -23,6 +23,15 @@ SEND = ("Send a follow-up prompt to a finished task; it continues in the same ch
 LIST = "The tasks you started, oldest first, with their states and titles."
 CANCEL = "Cancel a task you started (queued or running) and the tasks it started."
 AGENTS = "The agents you may give tasks to (the `agent` of spawn_task)."
+RUN_WORKFLOW = (
+    "Start a workflow: a declared pipeline of agent steps (a .stoker/workflows/NAME.toml "
+    "file of your project, or a path to one) that Stoker runs in parallel with you. "
+    "Returns the run's id at once; collect the outcome with workflow_result. Steps whose "
+    "spec did not change since an earlier run reuse its results.")
+WORKFLOW_RESULT = (
+    "The outcome of a workflow run you started: its state (running, done, failed, "
+    "cancelled), why it stopped, and each step's state and result. Waits up to "
+    "wait_seconds for the run to end; if it is still running then, state says so.")
 
 
 
@@ -107,6 +116,34 @@ class StokerTools:
                             **({"reason": a.reason} if a.reason else {})}
                            for a in agents.agents if a.name in allowed],
                 "default": agents.default}
+
+
+    async def run_workflow(self, workflow: str, inputs: dict[str, str] | None = None
+                           ) -> dict[str, Any]:
+        from protocol import messages as m
+
+        info = await self.ask(m.WorkflowRun(id=0, workflow=workflow, inputs=inputs or {},
+                                            **self._who()))
+        return {"run": info.run, "name": info.name, "state": info.state,
+                "steps": [s.unit for s in info.steps]}
+
+    async def workflow_result(self, run: str, wait_seconds: float = 60.0) -> dict[str, Any]:
+        import trio
+
+        from protocol import messages as m
+
+        info = await self.ask(m.GetWorkflow(id=0, run=run, **self._who()))
+        with trio.move_on_after(max(0.0, wait_seconds)):
+            while info.state == "running":
+                info = await self.ask(m.GetWorkflow(id=0, run=run, wait=30.0,
+                                                    version=info.version, **self._who()))
+        out: dict[str, Any] = {"run": info.run, "state": info.state, "tokens": info.tokens}
+        if info.reason:
+            out["reason"] = info.reason
+        out["steps"] = [{"step": s.unit, "state": s.state,
+                         **({"result": s.result} if s.result else {}),
+                         **({"error": s.error} if s.error else {})} for s in info.steps]
+        return out
 
 
 def _status(info: Any) -> dict[str, Any]:

@@ -362,6 +362,17 @@ class TasksConfig(_Section):
                              "least 0")
 
 
+class WorkflowsConfig(_Section):
+    """Workflow runs (docs/WORKFLOWS.md)."""
+
+    max_running: int = 8
+    """Steps running at once over every run of the daemon; more wait `pending`."""
+
+    def __post_init__(self) -> None:
+        if self.max_running < 1:
+            raise ValueError("max_running must be at least 1")
+
+
 class Config(_Section):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     agents: dict[str, AgentConfig] = {}
@@ -373,6 +384,7 @@ class Config(_Section):
     terminals: TerminalsConfig = msgspec.field(default_factory=TerminalsConfig)
     computers: dict[str, ComputerConfig] = {}
     tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
+    workflows: WorkflowsConfig = msgspec.field(default_factory=WorkflowsConfig)
 
     def __post_init__(self) -> None:
         for name, agent in self.agents.items():

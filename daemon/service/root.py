@@ -14,6 +14,8 @@
         tasks        child chats: task requests, scheduling, results
         websocket    the WebSocket listener, when enabled
         unix         the Unix socket listener
+        tasks        background tasks (child chats)
+        workflows    workflow runs, each an actor; their steps are tasks
         systemd      READY/STATUS/WATCHDOG/STOPPING (stopped first)
 
 Shutdown order is the reverse of the start: stop accepting; end every open turn and stop
@@ -64,13 +66,15 @@ from daemon.traces import service as traces
 from daemon.traces.metrics import Gauges, Metrics
 from daemon.traces.service import TraceService
 from daemon.version import VERSION
+from daemon.workflows import service as workflows
+from daemon.workflows.service import WorkflowService
 from daemon.workspaces import subsystem as workspaces
 from daemon.workspaces.service import WorkspaceService
 from daemon.workspaces.subsystem import Workspaces
 from protocol import messages as m
 
 REQUEST_TABLES: tuple[Routes[Any], ...] = (core.ROUTES, workspaces.ROUTES, ssh.ROUTES,
-                                           traces.ROUTES, tasks.ROUTES)
+                                           traces.ROUTES, tasks.ROUTES, workflows.ROUTES)
 """Every table of request handlers, in the order the tree's children register them."""
 
 SLOW_REQUESTS = slow_requests(*REQUEST_TABLES)
@@ -149,6 +153,7 @@ class Parts:
     core: Core
     traces: TraceService
     tasks: TaskService
+    workflows: WorkflowService
 
 
 def children(p: Parts) -> list[ChildSpec]:
@@ -203,6 +208,8 @@ def children(p: Parts) -> list[ChildSpec]:
         ChildSpec("traces", start=nothing, routes=traces.ROUTES.bind(p.traces)),
         ChildSpec("tasks", start=p.tasks.start, stop=p.tasks.stop, reload=p.tasks.reload,
                   routes=tasks.ROUTES.bind(p.tasks)),
+        ChildSpec("workflows", start=p.workflows.start, stop=p.workflows.stop,
+                  routes=workflows.ROUTES.bind(p.workflows)),
         # The doors open once everything behind them is up, and close first.
         ChildSpec("websocket", start=p.websocket.start, stop=p.websocket.stop_accepting),
         ChildSpec("unix", start=start_unix, stop=stop_unix),
@@ -355,7 +362,9 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
         watchdog=watchdog,
         ssh=SshService(executors=executors, instance=instance, pool=pool, settings=settings),
         workspaces=Workspaces(workspace_service), websocket=websocket, unix=unix,
-        core=the_core, traces=TraceService(store), tasks=task_service)
+        core=the_core, traces=TraceService(store), tasks=task_service,
+        workflows=WorkflowService(pool=pool, hub=hub, tasks=task_service, store=store,
+                                  settings=settings, config_dir=paths.config.parent))
     tree = Tree(children(parts), router)
     reloader.children = tree.reload
     return service, tree, unix

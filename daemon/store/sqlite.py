@@ -185,6 +185,47 @@ CREATE TABLE IF NOT EXISTS tasks (
     ended REAL
 );
 CREATE INDEX IF NOT EXISTS tasks_parent ON tasks (parent);
+-- workflows subsystem (daemon/workflows/): runs, their steps (each a task) and the cache of
+-- step results by spec; its SQL is in daemon/workflows/records.py
+CREATE TABLE IF NOT EXISTS workflow_runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    source TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    cwd TEXT NOT NULL,
+    base TEXT NOT NULL DEFAULT '',
+    chat TEXT,
+    state TEXT NOT NULL,
+    reason TEXT,
+    created REAL NOT NULL,
+    ended REAL,
+    origin TEXT
+);
+CREATE TABLE IF NOT EXISTS workflow_units (
+    run TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    step TEXT NOT NULL,
+    idx INTEGER,
+    item TEXT,
+    state TEXT NOT NULL,
+    key TEXT NOT NULL DEFAULT '',
+    prompt TEXT NOT NULL DEFAULT '',
+    task TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT NOT NULL DEFAULT '',
+    tokens INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    started REAL,
+    ended REAL,
+    PRIMARY KEY (run, unit)
+);
+CREATE TABLE IF NOT EXISTS workflow_cache (
+    key TEXT PRIMARY KEY,
+    result TEXT NOT NULL,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+);
 """
 
 

@@ -85,6 +85,9 @@ class TaskService:
         """Running tasks whose cancel was asked before their prompt was accepted."""
         self._nursery: trio.Nursery | None = None
         self._socket = socket
+        self._max_running: dict[str, int] = {}
+        """Parents driven by another service (a workflow run's chat): their own limit of
+        running tasks, and no result reports (they have no agent to read them)."""
 
     async def offer_mcp(self, nursery: trio.Nursery) -> None:
         """Offer Stoker's MCP server to the sessions opened from now on. Its own child of the
@@ -155,6 +158,12 @@ class TaskService:
             raise NotFound(f"no task {task_id!r}{whose}; list_tasks shows the tasks you "
                            "started")
         return task
+
+    def drive(self, parent: str, max_running: int) -> None:
+        """`parent` is driven by another service (a workflow run, which collects its tasks'
+        results itself): it runs up to `max_running` tasks at once instead of
+        `tasks.max_running`, and is never prompted with their results (notify = "prompt")."""
+        self._max_running[parent] = max_running
 
     def depth_of(self, chat: str) -> int:
         task = self._tasks.get(chat)
@@ -295,7 +304,7 @@ class TaskService:
         task.state = limits.outcome(stop_reason, error)
         task.ended = time.time()
         self._cancelling.discard(task.id)
-        if self.config.notify == "prompt":
+        if self.config.notify == "prompt" and task.parent not in self._max_running:
             task.notified = False
         self._save(task)
         task.settled.set()
@@ -339,7 +348,8 @@ class TaskService:
                     self._save(task)
         else:
             for task in limits.to_start(self._children.get(parent, []),
-                                        self.config.max_running):
+                                        self._max_running.get(parent,
+                                                              self.config.max_running)):
                 task.state = TaskState.RUNNING
                 self._soon(self._launch, task)
             self._notify(parent)

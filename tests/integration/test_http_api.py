@@ -80,6 +80,7 @@ async def test_every_request_type_is_served_as_json(http: HttpDaemon, tmp_path: 
         ("stats", {}),
         ("task_new", {"parent": "h1", "prompt": "a task over http"}),
         ("tasks", {"parent": "h1"}),
+        ("workflows", {"available": True, "cwd": work}),
     ]
     results: dict[str, Any] = {}
     for tag, body in ok:
@@ -110,6 +111,11 @@ async def test_every_request_type_is_served_as_json(http: HttpDaemon, tmp_path: 
           ErrorCode.INVALID_STATE, ErrorCode.AGENT_ERROR}),
         ("permit", {"chat": "h1", "request": "no-such-request"}, {ErrorCode.NOT_FOUND}),
         ("workspace_restore", {"workspace": "no-such"}, {ErrorCode.UNKNOWN_WORKSPACE}),
+        ("workflow_run", {"workflow": "no-such-workflow", "cwd": work},
+         {ErrorCode.NOT_FOUND}),
+        ("workflow", {"run": "no-such"}, {ErrorCode.NOT_FOUND}),
+        ("workflow_cancel", {"run": "no-such"}, {ErrorCode.NOT_FOUND}),
+        ("workflow_resume", {"run": "no-such"}, {ErrorCode.NOT_FOUND}),
     ]
     for tag, body, codes in refused:
         response = await http.call(tag, body)

@@ -14,12 +14,14 @@ async def test_the_tools_a_model_sees() -> None:
     app = server(StokerTools("/nonexistent.sock", "boss", "credential"))
     tools = {tool.name: tool for tool in await app.list_tools()}
     assert set(tools) == {"spawn_task", "task_status", "task_result", "send_to_task",
-                          "list_tasks", "cancel_task", "list_agents"}
+                          "list_tasks", "cancel_task", "list_agents", "run_workflow",
+                          "workflow_result"}
     required = {name: set(tool.input_schema.get("required", [])) for name, tool in
                 tools.items()}
     assert required == {"spawn_task": {"agent", "prompt"}, "task_status": {"id"},
                         "task_result": {"id"}, "send_to_task": {"id", "prompt"},
-                        "list_tasks": set(), "cancel_task": {"id"}, "list_agents": set()}
+                        "list_tasks": set(), "cancel_task": {"id"}, "list_agents": set(),
+                        "run_workflow": {"workflow"}, "workflow_result": {"run"}}
     optional = set(tools["spawn_task"].input_schema["properties"]) - required["spawn_task"]
     assert optional == {"title", "workspace"}
     assert "wait_seconds" in tools["task_result"].input_schema["properties"]

@@ -22,7 +22,9 @@ SLOW_BEFORE = (m.SetMode, m.SetConfig, m.Authenticate, m.CloseChat, m.Reload, m.
                m.ListChats, m.GetStatus, m.Permit, m.Cancel, m.DescribeAgent, m.Warm,
                m.WorkspaceNew, m.CloseWorkspace, m.RestoreWorkspace, m.WorkspaceDiff,
                m.Reap, m.ListComputers, m.Trace, m.Stats,
-               m.TaskNew, m.GetTask, m.TaskSend, m.TaskCancel)
+               m.TaskNew, m.GetTask, m.TaskSend, m.TaskCancel,
+               m.WorkflowRun, m.ListWorkflows, m.GetWorkflow, m.WorkflowCancel,
+               m.WorkflowResume)
 """The slow requests as the connection listed them before the router, then the ones added
 since (order included: docs/PROTOCOL.md shows them in this order)."""
 
@@ -116,4 +118,5 @@ def test_slow_flags_are_as_before(tmp_path: Path) -> None:
         assert route.slow == (route.request in SLOW_BEFORE), route.request
     stats = router.statistics()
     assert stats.routes == len(typing.get_args(m.Request)) - len(CONNECTION_REQUESTS)
-    assert set(stats.owners) == {"core", "workspaces", "computers", "traces", "tasks"}
+    assert set(stats.owners) == {"core", "workspaces", "computers", "traces", "tasks",
+                                 "workflows"}
