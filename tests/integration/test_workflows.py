@@ -586,3 +586,61 @@ async def test_the_run_s_policy_answers_its_steps_permission_requests(
         [task] = await tasks_of(client, done)
         detail: m.ChatDetail = await client.request(m.Inspect(id=0, chat=task.task))
         assert detail.chat.policy == "allow"
+
+
+ONE_STEP = 'agent = "echo"\n[steps.only]\nprompt = "kept words"\n'
+SLOW_STEP = 'agent = "echo"\n[steps.a]\nprompt = "/sleep 60000"\n'
+
+
+async def run_ids(client: Client) -> dict[str, str]:
+    listed: m.WorkflowList = await client.request(m.ListWorkflows(id=0))
+    return {r.run: r.state for r in listed.runs}
+
+
+async def test_retention_at_start_drops_done_runs_and_the_cache_but_keeps_resumable_ones(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory()
+    daemon.start()
+    quick = write(daemon, "quick.toml", ONE_STEP)
+    slow = write(daemon, "slow.toml", SLOW_STEP)
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, quick)).run)
+        assert done.state == "done", done.reason
+        stopped = await start_run(client, slow)
+        await wait_run(client, stopped.run, until="a")
+        cancelled: m.WorkflowInfo = await client.request(m.WorkflowCancel(id=0,
+                                                                          run=stopped.run))
+        assert cancelled.state == "cancelled"
+    daemon.stop()
+    daemon.write_config('[workflows]\nrun_retention = "1ms"\ncache_retention = "1ms"\n')
+    daemon.start()
+    async with daemon.client() as client:
+        # Pruned before the daemon answered anything: the done run is gone, the cancelled
+        # one (resumable) is kept, and the cache is empty, so the step runs again.
+        assert await run_ids(client) == {stopped.run: "cancelled"}
+        with pytest.raises(RequestFailed, match="no workflow run"):
+            await client.request(m.GetWorkflow(id=0, run=done.run))
+        again = await wait_run(client, (await start_run(client, quick)).run)
+        assert [(s.state, s.result) for s in again.steps] == [("done", "kept words")]
+
+
+async def test_retention_while_running_never_drops_a_running_run(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config='[workflows]\nrun_retention = "1s"\n'
+                                   'cache_retention = "1s"\n')
+    daemon.start()
+    quick = write(daemon, "quick.toml", ONE_STEP)
+    slow = write(daemon, "slow.toml", SLOW_STEP)
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, quick)).run)
+        assert done.state == "done", done.reason
+        running = await start_run(client, slow)
+        await wait_run(client, running.run, until="a")
+        with trio.fail_after(30):  # pruned at its deadline, a second after it ended
+            while done.run in await run_ids(client):
+                await trio.sleep(0.05)
+        assert await run_ids(client) == {running.run: "running"}
+        # Its cache entry went in the same pass: the same spec runs again.
+        again = await wait_run(client, (await start_run(client, quick)).run)
+        assert [s.state for s in again.steps] == ["done"]
+        await client.request(m.WorkflowCancel(id=0, run=running.run))
