@@ -237,9 +237,12 @@ class WorkflowService:
         step = wf.steps[head.step]
         before = wf.ancestors(step.name)
         results = {n: run.units[n].result for n in before}
+        lists = {n: [u.result for u in self._items(run, n)] for n in before
+                 if wf.steps[n].for_each is not None}
         needs = {n: self._keys(run, n) for n in step.needs}
         if step.for_each is None:
-            await self._resolve(run, wf, head, plan.context(run.inputs, results), needs)
+            await self._resolve(run, wf, head, plan.context(run.inputs, results,
+                                                            lists=lists), needs)
             return
         items = plan.items(step, run.inputs, results)
         for i, item in enumerate(items):
@@ -250,7 +253,7 @@ class WorkflowService:
             if unit.state in FINISHED:  # kept by a resume
                 continue
             await self._resolve(run, wf, unit, plan.context(run.inputs, results, item=item,
-                                                            index=i), needs)
+                                                            index=i, lists=lists), needs)
         head.started = time.time()
         self._set(run, head, UnitState.RUNNING)
 

@@ -644,3 +644,16 @@ async def test_retention_while_running_never_drops_a_running_run(
         again = await wait_run(client, (await start_run(client, quick)).run)
         assert [s.state for s in again.steps] == ["done"]
         await client.request(m.WorkflowCancel(id=0, run=running.run))
+
+
+async def test_a_fan_out_s_results_are_read_one_by_one(daemon: DaemonProcess) -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "WORKFLOWS.md").read_text()
+    section = doc.split("**Reading a fan-out's results one by one**", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = write(daemon, "results.toml", example)
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, path)).run)
+        assert done.state == "done", done.reason
+        # The echo agent answers the prompt's words (its line break becomes a space).
+        assert units(done)["report"].result == (
+            'first: review store.py all: ["review store.py", "review pool.py"]')
