@@ -657,3 +657,54 @@ async def test_a_fan_out_s_results_are_read_one_by_one(daemon: DaemonProcess) ->
         # The echo agent answers the prompt's words (its line break becomes a space).
         assert units(done)["report"].result == (
             'first: review store.py all: ["review store.py", "review pool.py"]')
+
+
+async def test_a_for_each_fans_out_over_an_earlier_step_s_result_lines(
+        daemon: DaemonProcess) -> None:
+    path = write(daemon, "lines.toml", """\
+agent = "echo"
+
+[steps.list]
+prompt = "/lines store.py pool.py hub.py"
+
+[steps.each]
+needs = ["list"]
+for_each = "steps.list.lines"
+prompt = "review {{ item }} ({{ index }})"
+
+[steps.last]
+needs = ["each"]
+prompt = "then {{ steps.each.results.2 }}"
+""")
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, path)).run)
+        assert done.state == "done", done.reason
+        u = units(done)
+        assert u["list"].result == "store.py\npool.py\nhub.py"
+        files = ["store.py", "pool.py", "hub.py"]
+        assert [(u[f"each[{i}]"].item, u[f"each[{i}]"].result) for i in range(3)] == [
+            (f, f"review {f} ({i})") for i, f in enumerate(files)]
+        assert "each[3]" not in u
+        assert u["last"].result == "then review hub.py (2)"
+        again = await wait_run(client, (await start_run(client, path)).run)
+        assert {s.state for s in again.steps} == {"cached"}
+
+
+async def test_a_step_s_budget_cuts_its_turn_on_usage_reported_mid_turn(
+        daemon: DaemonProcess) -> None:
+    # `/meta-usage 60000` reports 107 tokens at once, then would answer a minute later.
+    step = write(daemon, "step_budget.toml", 'agent = "echo"\n[steps.a]\nbudget = 50\n'
+                 'prompt = "/meta-usage 60000"\n')
+    whole = write(daemon, "run_budget.toml", 'agent = "echo"\nbudget = 50\n[steps.a]\n'
+                  'prompt = "/meta-usage 60000"\n')
+    async with daemon.client() as client:
+        failed = await wait_run(client, (await start_run(client, step)).run, timeout=30)
+        assert failed.state == "failed"
+        assert failed.reason == ("step 'a' failed: used 107 tokens, over the step's budget "
+                                 "of 50")
+        assert [t.state for t in await tasks_of(client, failed)] == ["cancelled"]
+        stopped = await wait_run(client, (await start_run(client, whole)).run, timeout=30)
+        assert stopped.state == "failed"
+        assert stopped.reason is not None
+        assert stopped.reason.startswith("token budget exceeded: the run used 107 tokens")
+        assert [t.state for t in await tasks_of(client, stopped)] == ["cancelled"]
