@@ -90,7 +90,7 @@ class WorkflowService:
             self._log.info("loaded", runs=len(self._runs),
                            running=sum(r.state is RunState.RUNNING
                                        for r in self._runs.values()))
-            wake = await self._prune()  # before the first request sees the runs
+            wake = await self._prune_safely()  # before the first request sees the runs
             nursery.start_soon(self._pruner, wake)
             task_status.started()
             await trio.sleep_forever()
@@ -99,11 +99,15 @@ class WorkflowService:
         """Retention (retention.py): sleep until the next deadline, prune, again."""
         while True:
             await trio.sleep_until(trio.current_time() + wake)
-            try:
-                wake = await self._prune()
-            except Exception:
-                self._log.exception("pruning workflow runs failed")
-                wake = retention.MAX_SLEEP
+            wake = await self._prune_safely()
+
+    async def _prune_safely(self) -> float:
+        """`_prune`; a failure is logged and tried again later, never fatal."""
+        try:
+            return await self._prune()
+        except Exception:
+            self._log.exception("pruning workflow runs failed")
+            return retention.MAX_SLEEP
 
     async def _prune(self) -> float:
         """Delete the expired runs and cache entries; the seconds until the next look."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from daemon.config.file import Duration, WorkflowsConfig
 from daemon.workflows import retention
 from daemon.workflows.records import Run, RunState
@@ -46,7 +48,5 @@ def test_the_next_wake_is_the_earliest_deadline_bounded_by_the_retentions() -> N
 
 
 def test_the_retentions_must_be_positive() -> None:
-    import pytest
-
     with pytest.raises(ValueError, match="more than 0"):
         WorkflowsConfig(cache_retention=Duration(0))
