@@ -367,10 +367,21 @@ class WorkflowsConfig(_Section):
 
     max_running: int = 8
     """Steps running at once over every run of the daemon; more wait `pending`."""
+    run_retention: Duration = Duration(14 * 86400.0)
+    """A `done` run (and its steps) is deleted this long after it ended."""
+    resumable_retention: Duration | None = None
+    """A `failed` or `cancelled` run can be resumed; it is deleted this long after it
+    ended. None: kept until it is resumed (and then done)."""
+    cache_retention: Duration = Duration(30 * 86400.0)
+    """A cached step result neither written nor used for this long is dropped."""
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
             raise ValueError("max_running must be at least 1")
+        if self.run_retention <= 0 or self.cache_retention <= 0 or (
+                self.resumable_retention is not None and self.resumable_retention <= 0):
+            raise ValueError("run_retention, resumable_retention and cache_retention must "
+                             "be more than 0")
 
 
 class Config(_Section):

@@ -82,6 +82,7 @@ stripped, and interpreted:
 ``plain text``         echoed word by word: chunks ``w1``, `` w2``, ... (a slash word that is
                        not a command below is plain text too)
 ``/chunks N``          N chunks ``c0``, `` c1`` ... `` c{N-1}``; cancellable
+``/lines W1 W2 ...``   each word on its own line: chunks ``W1``, ``\nW2`` ...; cancellable
 ``/sleep MS``          after MS ms one chunk ``slept MS``; cancellable
 ``/slow MS``           silent for MS ms (requests are still answered), then ``slow MS``;
                        cancellable
@@ -130,6 +131,8 @@ stripped, and interpreted:
 ``/meta-usage``        an empty ``agent_message_chunk`` whose ``_meta.usage`` reports one call's
                        tokens (inputTokens 100, outputTokens 7, totalTokens 107,
                        cachedReadTokens 3), as qwen does; chunk ``metered``
+``/meta-usage MS``     the same report, then MS ms later the chunk ``metered`` (usage
+                       reported mid-turn); cancellable
 ``/ask METHOD``        sends a request METHOD (params ``{sessionId}``) to the client; chunk
                        ``error CODE: MESSAGE`` or ``result JSON``
 ``/spawn SECONDS``     starts ``sleep SECONDS`` in a new session (it leaves the agent's process

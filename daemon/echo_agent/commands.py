@@ -69,6 +69,7 @@ class LocalCommands:
             "/transient": self._cmd_transient,
             "/spawn": self._cmd_spawn,
             "/meta-usage": self._cmd_meta_usage,
+            "/lines": self._cmd_lines,
         }
 
     def _cmd_chunks(self, turn: Turn, arg: str) -> None:
@@ -253,13 +254,22 @@ class LocalCommands:
         raise RpcError(INTERNAL_ERROR, f"echo: rate limit exceeded (429 Too Many Requests), "
                                        f"failure {failed + 1} of {count}")
 
+    def _cmd_lines(self, turn: Turn, arg: str) -> None:
+        words = arg.split()
+        if not words:
+            raise Usage("usage: /lines WORD...")
+        self._wire.stream(turn, (w if i == 0 else "\n" + w for i, w in enumerate(words)))
+
     def _cmd_meta_usage(self, turn: Turn, arg: str) -> None:
+        ms = int_arg(arg, "usage: /meta-usage [MS] (0 <= MS <= 10^9)", high=MAX_MS) \
+            if arg else 0
         usage = {"inputTokens": 100, "outputTokens": 7, "totalTokens": 107,
                  "thoughtTokens": 0, "cachedReadTokens": 3}
         self._wire.update(turn.session.session_id, {
             "sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": ""},
             "_meta": {"usage": usage, "durationMs": 5}})
-        self._wire.chunk(turn, "metered")
+        if ms == 0 or not turn.cancel.wait(ms / 1000):
+            self._wire.chunk(turn, "metered")
 
     def _cmd_spawn(self, turn: Turn, arg: str) -> None:
         import subprocess

@@ -21,9 +21,15 @@ def unit_name(step: str, index: int) -> str:
 
 
 def context(inputs: Mapping[str, Any], results: Mapping[str, str], *,
-            item: str | None = None, index: int | None = None) -> dict[str, Any]:
+            item: str | None = None, index: int | None = None,
+            lists: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """What a prompt may quote: `steps.NAME.result` (a fan-out's joined) and
+    `steps.NAME.results` (its items' results, a list; a plain step's is its one result)."""
+    lists = lists or {}
     ctx: dict[str, Any] = {"inputs": dict(inputs),
-                           "steps": {name: {"result": r} for name, r in results.items()}}
+                           "steps": {name: {"result": r,
+                                            "results": list(lists.get(name, [r]))}
+                                     for name, r in results.items()}}
     if item is not None:
         ctx["item"] = item
         ctx["index"] = index

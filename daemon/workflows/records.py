@@ -141,8 +141,30 @@ def cache_put(store: Store, key: str, result: str, tokens: int) -> None:
 
 
 async def cache_get(store: Store, key: str) -> str | None:
+    """The cached result of `key`; a hit marks the entry used now (the column `created`
+    holds when it was last written or used: retention drops entries unused for long)."""
     rows = await store.query("SELECT result FROM workflow_cache WHERE key = ?", (key,))
-    return str(rows[0][0]) if rows else None
+    if not rows:
+        return None
+    store.execute("UPDATE workflow_cache SET created = ? WHERE key = ?", (time.time(), key))
+    return str(rows[0][0])
+
+
+async def cache_oldest(store: Store) -> float | None:
+    """When the least recently written or used cache entry was (None: the cache is empty)."""
+    rows = await store.query("SELECT MIN(created) FROM workflow_cache")
+    return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+def cache_prune(store: Store, before: float) -> None:
+    """Drop the cache entries neither written nor used since `before`."""
+    store.execute("DELETE FROM workflow_cache WHERE created < ?", (before,))
+
+
+def delete_run(store: Store, run: str) -> None:
+    """Delete a run and its units (its steps' tasks are the tasks subsystem's)."""
+    store.execute("DELETE FROM workflow_units WHERE run = ?", (run,))
+    store.execute("DELETE FROM workflow_runs WHERE id = ?", (run,))
 
 
 _E = TypeVar("_E", bound=enum.StrEnum)

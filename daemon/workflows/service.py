@@ -38,7 +38,7 @@ from daemon.router import Routes
 from daemon.store.sqlite import Store
 from daemon.tasks import limits
 from daemon.tasks.service import TaskService, Unauthorized
-from daemon.workflows import catalog, plan, records, spec
+from daemon.workflows import catalog, plan, records, retention, spec
 from daemon.workflows.records import (
     ENDED,
     FINISHED,
@@ -90,8 +90,41 @@ class WorkflowService:
             self._log.info("loaded", runs=len(self._runs),
                            running=sum(r.state is RunState.RUNNING
                                        for r in self._runs.values()))
+            wake = await self._prune_safely()  # before the first request sees the runs
+            nursery.start_soon(self._pruner, wake)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _pruner(self, wake: float) -> None:
+        """Retention (retention.py): sleep until the next deadline, prune, again."""
+        while True:
+            await trio.sleep_until(trio.current_time() + wake)
+            wake = await self._prune_safely()
+
+    async def _prune_safely(self) -> float:
+        """`_prune`; a failure is logged and tried again later, never fatal."""
+        try:
+            return await self._prune()
+        except Exception:
+            self._log.exception("pruning workflow runs failed")
+            return retention.MAX_SLEEP
+
+    async def _prune(self) -> float:
+        """Delete the expired runs and cache entries; the seconds until the next look."""
+        config = self._settings.config.workflows
+        now = time.time()
+        gone = retention.expired(self._runs.values(), now, config)
+        for run in gone:  # no await in this loop: a resume cannot slip in between
+            del self._runs[run.id]
+            self._specs.pop(run.id, None)
+            self._chat_locks.pop(run.id, None)
+            records.delete_run(self._store, run.id)
+        records.cache_prune(self._store, retention.cache_cutoff(now, config))
+        await self._store.flush()
+        if gone:
+            self._log.info("pruned runs", runs=len(gone))
+        oldest = await records.cache_oldest(self._store)
+        return retention.next_wake(self._runs.values(), oldest, now, config)
 
     async def stop(self) -> None:
         """Stop driving runs; they stay `running` in the store and go on at the next start
@@ -208,9 +241,12 @@ class WorkflowService:
         step = wf.steps[head.step]
         before = wf.ancestors(step.name)
         results = {n: run.units[n].result for n in before}
+        lists = {n: [u.result for u in self._items(run, n)] for n in before
+                 if wf.steps[n].for_each is not None}
         needs = {n: self._keys(run, n) for n in step.needs}
         if step.for_each is None:
-            await self._resolve(run, wf, head, plan.context(run.inputs, results), needs)
+            await self._resolve(run, wf, head, plan.context(run.inputs, results,
+                                                            lists=lists), needs)
             return
         items = plan.items(step, run.inputs, results)
         for i, item in enumerate(items):
@@ -221,7 +257,7 @@ class WorkflowService:
             if unit.state in FINISHED:  # kept by a resume
                 continue
             await self._resolve(run, wf, unit, plan.context(run.inputs, results, item=item,
-                                                            index=i), needs)
+                                                            index=i, lists=lists), needs)
         head.started = time.time()
         self._set(run, head, UnitState.RUNNING)
 

@@ -497,7 +497,8 @@ def _check_refs(c: _Checker, wf: Workflow, step: Step) -> None:
             if p[1] not in wf.inputs:
                 c.fail(keys, f"bad template: unknown input in '{{{{ {ref} }}}}'; the inputs "
                        f"are: {', '.join(wf.inputs) or 'none'}")
-        elif p[0] == "steps" and len(p) == 3 and p[2] == "result":
+        elif p[0] == "steps" and ((len(p) == 3 and p[2] in ("result", "results"))
+                                  or (len(p) == 4 and p[2] == "results" and p[3].isdigit())):
             if p[1] not in wf.steps:
                 c.fail(keys, f"bad template: unknown step in '{{{{ {ref} }}}}'")
             elif p[1] not in before:
@@ -509,7 +510,8 @@ def _check_refs(c: _Checker, wf: Workflow, step: Step) -> None:
                        "with for_each")
         else:
             c.fail(keys, f"bad template: '{{{{ {ref} }}}}' is none of inputs.NAME, "
-                   "steps.NAME.result, item, index")
+                   "steps.NAME.result, steps.NAME.results, steps.NAME.results.N, item, "
+                   "index")
 
 
 def bind(wf: Workflow, given: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """A tiny, safe templater for step prompts: `{{ inputs.name }}`, `{{ steps.a.result }}`,
-`{{ item }}`, `{{ index }}`. A placeholder is a dotted path looked up in a dict; there are no
-expressions, filters or calls, so rendering can neither run code nor fail on a valid
-template. `{{{{` stands for a literal `{{`. Pure."""
+`{{ steps.a.results.0 }}`, `{{ item }}`, `{{ index }}`. A placeholder is a dotted path looked
+up in a dict (a number picks a list's item; past its end is ""), optionally followed by the
+one filter, `| json` (the value as JSON). There are no expressions or calls, so rendering
+can neither run code nor fail on a valid template. `{{{{` stands for a literal `{{`. Pure."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,7 +14,8 @@ from typing import Any
 
 _OPEN = "{{"
 _CLOSE = "}}"
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
+_IDENT = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_-]*|[0-9]+)\Z")
+FILTERS = ("json",)
 
 
 class TemplateError(ValueError):
@@ -22,6 +25,7 @@ class TemplateError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Ref:
     path: tuple[str, ...]
+    filter: str | None = None
 
     def __str__(self) -> str:
         return ".".join(self.path)
@@ -54,15 +58,19 @@ def parse(text: str) -> list[Part]:
         inner = text[j + 2:end].strip()
         if not inner:
             raise TemplateError(f"empty placeholder at character {j}")
+        inner, bar, filt = (x.strip() for x in inner.partition("|"))
+        if bar and filt not in FILTERS:
+            raise TemplateError(f"unknown filter {filt!r} at character {j}; the filters "
+                                f"are: {', '.join(FILTERS)}")
         path = tuple(inner.split("."))
         for name in path:
             if not _IDENT.match(name):
                 raise TemplateError(f"'{{{{ {inner} }}}}' at character {j} is not a dotted "
                                     "name like inputs.topic or steps.plan.result")
-        if literal:
+        if any(literal):
             parts.append("".join(literal))
-            literal = []
-        parts.append(Ref(path))
+        literal = []
+        parts.append(Ref(path, filt or None))
         i = end + 2
     tail = "".join(literal)
     if tail:
@@ -75,12 +83,16 @@ def refs(parts: list[Part]) -> list[Ref]:
 
 
 def lookup(context: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    """The value at `path` in nested mappings (KeyError if absent)."""
+    """The value at `path` in nested mappings (KeyError if absent); a number picks a
+    list's item ("" past its end: how many items a fan-out has is known only when it ran)."""
     value: Any = context
     for name in path:
-        if not isinstance(value, Mapping):
+        if isinstance(value, list) and name.isdigit():
+            value = value[int(name)] if int(name) < len(value) else ""
+        elif isinstance(value, Mapping):
+            value = value[name]
+        else:
             raise KeyError(".".join(path))
-        value = value[name]
     return value
 
 
@@ -95,5 +107,11 @@ def text_of(value: Any) -> str:
 def render(parts: list[Part], context: Mapping[str, Any]) -> str:
     """`parts` with each placeholder replaced by its value in `context` (a list renders as
     one item a line). The caller validated every path, so a missing one is a KeyError."""
-    return "".join(p if isinstance(p, str) else text_of(lookup(context, p.path))
+    return "".join(p if isinstance(p, str) else _show(p, lookup(context, p.path))
                    for p in parts)
+
+
+def _show(ref: Ref, value: Any) -> str:
+    if ref.filter == "json":
+        return json.dumps(value, ensure_ascii=False)
+    return text_of(value)

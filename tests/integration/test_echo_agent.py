@@ -856,6 +856,18 @@ async def test_other_session_updates(tmp_path: Path) -> None:
                 peer.stderr_text
             )
 
+            _, text = await run("/lines alpha  beta gamma")
+            assert text == "alpha\nbeta\ngamma"
+            _, text = await run("/lines")
+            assert text == "error: usage: /lines WORD..."
+
+            # With MS, the usage is reported first and the turn ends MS ms later.
+            start = len(peer.messages)
+            assert (await peer.prompt(sid, "/meta-usage 50"))["stopReason"] == "end_turn"
+            metered = peer.updates(sid, start=start)
+            assert metered[0]["_meta"]["usage"]["totalTokens"] == 107
+            assert peer.agent_text(sid, start) == "metered"
+
             _, text = await run("/bigline 300")
             assert text == "x" * 300 * 1024
             assert len(chunk_texts(peer, sid)[-1]) == 300 * 1024

@@ -586,3 +586,125 @@ async def test_the_run_s_policy_answers_its_steps_permission_requests(
         [task] = await tasks_of(client, done)
         detail: m.ChatDetail = await client.request(m.Inspect(id=0, chat=task.task))
         assert detail.chat.policy == "allow"
+
+
+ONE_STEP = 'agent = "echo"\n[steps.only]\nprompt = "kept words"\n'
+SLOW_STEP = 'agent = "echo"\n[steps.a]\nprompt = "/sleep 60000"\n'
+
+
+async def run_ids(client: Client) -> dict[str, str]:
+    listed: m.WorkflowList = await client.request(m.ListWorkflows(id=0))
+    return {r.run: r.state for r in listed.runs}
+
+
+async def test_retention_at_start_drops_done_runs_and_the_cache_but_keeps_resumable_ones(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory()
+    daemon.start()
+    quick = write(daemon, "quick.toml", ONE_STEP)
+    slow = write(daemon, "slow.toml", SLOW_STEP)
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, quick)).run)
+        assert done.state == "done", done.reason
+        stopped = await start_run(client, slow)
+        await wait_run(client, stopped.run, until="a")
+        cancelled: m.WorkflowInfo = await client.request(m.WorkflowCancel(id=0,
+                                                                          run=stopped.run))
+        assert cancelled.state == "cancelled"
+    daemon.stop()
+    daemon.write_config('[workflows]\nrun_retention = "1ms"\ncache_retention = "1ms"\n')
+    daemon.start()
+    async with daemon.client() as client:
+        # Pruned before the daemon answered anything: the done run is gone, the cancelled
+        # one (resumable) is kept, and the cache is empty, so the step runs again.
+        assert await run_ids(client) == {stopped.run: "cancelled"}
+        with pytest.raises(RequestFailed, match="no workflow run"):
+            await client.request(m.GetWorkflow(id=0, run=done.run))
+        again = await wait_run(client, (await start_run(client, quick)).run)
+        assert [(s.state, s.result) for s in again.steps] == [("done", "kept words")]
+
+
+async def test_retention_while_running_never_drops_a_running_run(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config='[workflows]\nrun_retention = "1s"\n'
+                                   'cache_retention = "1s"\n')
+    daemon.start()
+    quick = write(daemon, "quick.toml", ONE_STEP)
+    slow = write(daemon, "slow.toml", SLOW_STEP)
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, quick)).run)
+        assert done.state == "done", done.reason
+        running = await start_run(client, slow)
+        await wait_run(client, running.run, until="a")
+        with trio.fail_after(30):  # pruned at its deadline, a second after it ended
+            while done.run in await run_ids(client):
+                await trio.sleep(0.05)
+        assert await run_ids(client) == {running.run: "running"}
+        # Its cache entry went in the same pass: the same spec runs again.
+        again = await wait_run(client, (await start_run(client, quick)).run)
+        assert [s.state for s in again.steps] == ["done"]
+        await client.request(m.WorkflowCancel(id=0, run=running.run))
+
+
+async def test_a_fan_out_s_results_are_read_one_by_one(daemon: DaemonProcess) -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "WORKFLOWS.md").read_text()
+    section = doc.split("**Reading a fan-out's results one by one**", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = write(daemon, "results.toml", example)
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, path)).run)
+        assert done.state == "done", done.reason
+        # The echo agent answers the prompt's words (its line break becomes a space).
+        assert units(done)["report"].result == (
+            'first: review store.py all: ["review store.py", "review pool.py"]')
+
+
+async def test_a_for_each_fans_out_over_an_earlier_step_s_result_lines(
+        daemon: DaemonProcess) -> None:
+    path = write(daemon, "lines.toml", """\
+agent = "echo"
+
+[steps.list]
+prompt = "/lines store.py pool.py hub.py"
+
+[steps.each]
+needs = ["list"]
+for_each = "steps.list.lines"
+prompt = "review {{ item }} ({{ index }})"
+
+[steps.last]
+needs = ["each"]
+prompt = "then {{ steps.each.results.2 }}"
+""")
+    async with daemon.client() as client:
+        done = await wait_run(client, (await start_run(client, path)).run)
+        assert done.state == "done", done.reason
+        u = units(done)
+        assert u["list"].result == "store.py\npool.py\nhub.py"
+        files = ["store.py", "pool.py", "hub.py"]
+        assert [(u[f"each[{i}]"].item, u[f"each[{i}]"].result) for i in range(3)] == [
+            (f, f"review {f} ({i})") for i, f in enumerate(files)]
+        assert "each[3]" not in u
+        assert u["last"].result == "then review hub.py (2)"
+        again = await wait_run(client, (await start_run(client, path)).run)
+        assert {s.state for s in again.steps} == {"cached"}
+
+
+async def test_a_step_s_budget_cuts_its_turn_on_usage_reported_mid_turn(
+        daemon: DaemonProcess) -> None:
+    # `/meta-usage 60000` reports 107 tokens at once, then would answer a minute later.
+    step = write(daemon, "step_budget.toml", 'agent = "echo"\n[steps.a]\nbudget = 50\n'
+                 'prompt = "/meta-usage 60000"\n')
+    whole = write(daemon, "run_budget.toml", 'agent = "echo"\nbudget = 50\n[steps.a]\n'
+                  'prompt = "/meta-usage 60000"\n')
+    async with daemon.client() as client:
+        failed = await wait_run(client, (await start_run(client, step)).run, timeout=30)
+        assert failed.state == "failed"
+        assert failed.reason == ("step 'a' failed: used 107 tokens, over the step's budget "
+                                 "of 50")
+        assert [t.state for t in await tasks_of(client, failed)] == ["cancelled"]
+        stopped = await wait_run(client, (await start_run(client, whole)).run, timeout=30)
+        assert stopped.state == "failed"
+        assert stopped.reason is not None
+        assert stopped.reason.startswith("token budget exceeded: the run used 107 tokens")
+        assert [t.state for t in await tasks_of(client, stopped)] == ["cancelled"]

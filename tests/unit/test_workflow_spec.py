@@ -169,8 +169,30 @@ def test_template_renders_paths_and_lists() -> None:
         "a 1\n2 b true{{ literal")
 
 
+def test_a_number_picks_a_list_item_and_json_quotes_a_value() -> None:
+    parts = template.parse("{{ steps.r.results.1 }}|{{ steps.r.results.9 }}|"
+                           "{{ steps.r.results | json }}|{{ inputs.t|json }}")
+    assert parts[0] == Ref(("steps", "r", "results", "1"))
+    assert parts[4] == Ref(("steps", "r", "results"), "json")
+    context = {"steps": {"r": {"results": ["a", 'b "two"\nlines']}}, "inputs": {"t": "x"}}
+    assert template.render(parts, context) == (
+        'b "two"\nlines||["a", "b \\"two\\"\\nlines"]|"x"')
+
+
+def test_results_are_checked_like_result() -> None:
+    text = ('agent = "echo"\n[steps.a]\nfor_each = ["1", "2"]\nprompt = "{{ item }}"\n'
+            '[steps.b]\nneeds = ["a"]\n'
+            'prompt = "{{ steps.a.results | json }} {{ steps.a.results.0 }}"\n'
+            '[steps.c]\nprompt = "{{ steps.a.results.x }} {{ steps.b.results }}"\n')
+    found = problems(text)
+    assert [key for _, key, _ in found] == ["steps.c.prompt"] * 2
+    messages = " | ".join(m for _, _, m in found)
+    assert "'{{ steps.a.results.x }}' is none of" in messages
+    assert "add 'b' to its needs" in messages
+
+
 @pytest.mark.parametrize("bad", ["{{", "{{ }}", "x }}", "{{ a b }}", "{{ a.__class__() }}",
-                                 "{{ 1x }}"])
+                                 "{{ 1x }}", "{{ a | upper }}", "{{ a | json | json }}"])
 def test_bad_templates_are_refused(bad: str) -> None:
     with pytest.raises(TemplateError):
         template.parse(bad)
