@@ -7,6 +7,7 @@ message the daemon sent qwen is schema-checked when the test ends (the rig)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,9 @@ def call_stoker(body: JSON, tool: str, arguments: JSON) -> ToolCall:
     raise AssertionError(f"no way to call {tool} among {names}")
 
 
+APPLIED = re.compile(r"/stoker\] applied \d+ tools")
+
+
 async def wait_mcp_discovered(home: Path, timeout: float = 90.0) -> None:
     """qwen starts the MCP servers of a session in the background after session/new and
     registers their tools only once each answered `tools/list` (seconds later: Stoker's
@@ -82,7 +86,8 @@ async def wait_mcp_discovered(home: Path, timeout: float = 90.0) -> None:
         while True:
             for log in (home / ".qwen" / "debug").glob("*.txt"):
                 try:
-                    if "/stoker] applied 7 tools" in log.read_text(errors="replace"):
+                    # (As many tools as the server lists: 9 with the workflow tools.)
+                    if APPLIED.search(log.read_text(errors="replace")):
                         return
                 except OSError:
                     continue
