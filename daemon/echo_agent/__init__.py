@@ -130,6 +130,9 @@ stripped, and interpreted:
 ``/meta-usage``        an empty ``agent_message_chunk`` whose ``_meta.usage`` reports one call's
                        tokens (inputTokens 100, outputTokens 7, totalTokens 107,
                        cachedReadTokens 3), as qwen does; chunk ``metered``
+``/tool-open [CMD ..]`` a ``tool_call`` (kind other, "open tool", pending) never updated,
+                       then runs CMD (one of the commands above, e.g. ``/crash``,
+                       ``/hang``, ``/sleep MS``); without CMD chunk ``tool left open``
 ``/ask METHOD``        sends a request METHOD (params ``{sessionId}``) to the client; chunk
                        ``error CODE: MESSAGE`` or ``result JSON``
 ``/spawn SECONDS``     starts ``sleep SECONDS`` in a new session (it leaves the agent's process
