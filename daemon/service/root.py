@@ -349,6 +349,7 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
     metrics.attach(Gauges(actors_by_state=lambda: pool.counts().by_state,
                           agent_rss_by_agent=pool.rss_by_agent, hub=hub.statistics,
                           store=lambda: store.statistics()))  # read at scrape time
+    store.time_commits(metrics.store_commit_seconds.observe)
     task_service = TaskService(pool=pool, hub=hub, store=store, settings=settings,
                                workspaces=workspace_service,
                                socket=str(sock_path or paths.socket))
