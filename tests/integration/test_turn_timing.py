@@ -118,3 +118,38 @@ async def test_a_stale_killed_turn_closes_its_open_tool_calls(
         assert (await turn(client, info.chat, "after", timeout=20)).text == "after"
         deltas = await replay(client, info.chat)
         assert closed_tool_calls(deltas, hung.turn) == ["failed"]
+
+
+async def test_a_timed_out_turn_closes_its_open_tool_calls(
+        daemon_factory: DaemonFactory) -> None:
+    """`lifecycle.turn_timeout` cancels the turn, which ends with an error naming the
+    timeout: its open tool call ends `failed` (only a turn ending `cancelled` closes its
+    tools as `cancelled`)."""
+    daemon = daemon_factory(config=FAST_LIFECYCLE + 'turn_timeout = "1s"\n')
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "timeout-tool", cwd=daemon.work)
+        timed_out = await turn(client, info.chat, "/tool-open /sleep 60000", timeout=20)
+        assert timed_out.ended.error is not None
+        assert "turn timed out" in timed_out.ended.error
+        deltas = await replay(client, info.chat)
+        assert closed_tool_calls(deltas, timed_out.turn) == ["failed"]
+
+
+async def test_a_turn_ended_by_a_shutdown_closes_its_open_tool_calls(
+        daemon_factory: DaemonFactory) -> None:
+    """The daemon stops mid-turn: the log it leaves ends the turn with the tool closed."""
+    daemon = daemon_factory(config=FAST_LIFECYCLE)
+    daemon.start()
+    async with daemon.client() as client:
+        info = await open_chat(client, "shutdown-tool", cwd=daemon.work)
+        await subscribe(client, info.chat)
+        accepted = await client.request(m.Prompt(id=0, chat=info.chat,
+                                                 text="/tool-open /sleep 60000"))
+        await wait_for_body(client, d.ToolCall)
+    assert daemon.stop() == 0
+    daemon.start()
+    async with daemon.client() as client:
+        deltas = await replay(client, info.chat)
+    # The shutdown ends the turn with an error (not a cancel): the tool call failed.
+    assert closed_tool_calls(deltas, accepted.turn) == ["failed"]
