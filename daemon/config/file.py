@@ -384,6 +384,16 @@ class WorkflowsConfig(_Section):
                              "be more than 0")
 
 
+class TracesConfig(_Section):
+    otlp_endpoint: str = ""
+    """Export OpenTelemetry spans (a turn, its tool calls) over OTLP/HTTP to this URL (e.g.
+    ``http://127.0.0.1:4318/v1/traces``); empty: off. Needs the `otel` extra; read at start."""
+
+    def __post_init__(self) -> None:
+        if self.otlp_endpoint and not self.otlp_endpoint.startswith(("http://", "https://")):
+            raise ValueError("otlp_endpoint must be an http:// or https:// URL")
+
+
 class Config(_Section):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     agents: dict[str, AgentConfig] = {}
@@ -396,6 +406,7 @@ class Config(_Section):
     computers: dict[str, ComputerConfig] = {}
     tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
     workflows: WorkflowsConfig = msgspec.field(default_factory=WorkflowsConfig)
+    traces: TracesConfig = msgspec.field(default_factory=TracesConfig)
 
     def __post_init__(self) -> None:
         for name, agent in self.agents.items():

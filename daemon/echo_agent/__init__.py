@@ -133,6 +133,9 @@ stripped, and interpreted:
                        cachedReadTokens 3), as qwen does; chunk ``metered``
 ``/meta-usage MS``     the same report, then MS ms later the chunk ``metered`` (usage
                        reported mid-turn); cancellable
+``/tool-open [CMD ..]`` a ``tool_call`` (kind other, "open tool", pending) never updated,
+                       then runs CMD (one of the commands above, e.g. ``/crash``,
+                       ``/hang``, ``/sleep MS``); without CMD chunk ``tool left open``
 ``/ask METHOD``        sends a request METHOD (params ``{sessionId}``) to the client; chunk
                        ``error CODE: MESSAGE`` or ``result JSON``
 ``/spawn SECONDS``     starts ``sleep SECONDS`` in a new session (it leaves the agent's process

@@ -70,6 +70,7 @@ class LocalCommands:
             "/spawn": self._cmd_spawn,
             "/meta-usage": self._cmd_meta_usage,
             "/lines": self._cmd_lines,
+            "/tool-open": self._cmd_tool_open,
         }
 
     def _cmd_chunks(self, turn: Turn, arg: str) -> None:
@@ -131,6 +132,29 @@ class LocalCommands:
             },
         )
         self._wire.chunk(turn, "tool done")
+
+    def _cmd_tool_open(self, turn: Turn, arg: str) -> None:
+        """``/tool-open [COMMAND ...]``: announce a pending tool call that is never updated,
+        then run the rest as another of these commands (``/tool-open /crash``,
+        ``/tool-open /hang``): a turn that ends with a tool call still open."""
+        self._wire.update(
+            turn.session.session_id,
+            {
+                "sessionUpdate": "tool_call",
+                "toolCallId": self._state.new_tool_call_id(),
+                "title": "open tool",
+                "kind": "other",
+                "status": "pending",
+            },
+        )
+        word, _, rest = arg.partition(" ")
+        if not word:
+            self._wire.chunk(turn, "tool left open")
+            return
+        command = self.table().get(word)
+        if command is None or command == self._cmd_tool_open:
+            raise Usage("usage: /tool-open [COMMAND ...] (a command of this agent's own)")
+        command(turn, rest.strip())
 
     def _cmd_remember(self, turn: Turn, arg: str) -> None:
         if not arg:

@@ -62,6 +62,7 @@ from daemon.store import meta
 from daemon.store.sqlite import Store
 from daemon.tasks import service as tasks
 from daemon.tasks.service import TaskService
+from daemon.traces import otel
 from daemon.traces import service as traces
 from daemon.traces.metrics import Gauges, Metrics
 from daemon.traces.service import TraceService
@@ -326,7 +327,8 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
     """Make every part and the tree (no I/O: each part does its own when its child
     starts). The router is complete when this returns."""
     metrics = Metrics()
-    hub = Hub(store, ring_size=config.channels.ring_size, tap=metrics.observe)
+    hub_tap, _spans = otel.tap(metrics.observe, config.traces.otlp_endpoint, Log("traces"))
+    hub = Hub(store, ring_size=config.channels.ring_size, tap=hub_tap)
     settings = Settings(config, registry(config))
     executors: dict[str | None, Executor] = {None: LocalExecutor(instance)}
 
@@ -349,6 +351,7 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
     metrics.attach(Gauges(actors_by_state=lambda: pool.counts().by_state,
                           agent_rss_by_agent=pool.rss_by_agent, hub=hub.statistics,
                           store=lambda: store.statistics()))  # read at scrape time
+    store.time_commits(metrics.store_commit_seconds.observe)
     task_service = TaskService(pool=pool, hub=hub, store=store, settings=settings,
                                workspaces=workspace_service,
                                socket=str(sock_path or paths.socket))

@@ -48,6 +48,7 @@ import contextvars
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -364,6 +365,8 @@ class Store:
         self.write_errors = 0
         self.dropped = 0
         """Writes enqueued after the store failed, which can never be committed."""
+        self._commit_timer: Callable[[float], None] | None = None
+        """`time_commits`' observer."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -508,6 +511,12 @@ class Store:
         self._delta_waiting.set()
         return self._submitted
 
+    def time_commits(self, observe: Callable[[float], None]) -> None:
+        """Call `observe(seconds)` in the writer task after each commit: how long the batch
+        took from its hand-over to the writer thread to its commit (for metrics; it must be
+        cheap and never raise)."""
+        self._commit_timer = observe
+
     def on_commit(self, callback: Callable[[int], None]) -> None:
         """Call `callback(ticket)` after each commit: everything enqueued up to `ticket`
         (`append_delta`'s return value) is committed. Runs in the writer task, so it must
@@ -646,9 +655,12 @@ class Store:
             if ops or deltas:
                 # Not cancellable: a half-applied batch must still be committed or rolled back
                 # in its thread; shutdown flushes before cancelling this task anyway.
+                began = time.perf_counter()
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(self._commit_sync, ops, deltas,
                                                   limiter=self._threads)
+                if self._commit_timer is not None:
+                    self._commit_timer(time.perf_counter() - began)
             self._committed = target
             self._unavailable = None
             if deltas:

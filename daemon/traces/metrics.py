@@ -2,7 +2,8 @@
 
 Most figures are derived from the deltas as the hub publishes them (`observe`, called once
 per delta on the hub's hot path, so it does the least it can: one dict lookup and a few
-`isinstance` checks, real work only at a turn's first output, its end and a tool's end).
+`isinstance` checks, real work only at a turn's end and a tool's end). The time to first
+output is the one `stoker trace` shows: from the marks `turn_ended.timing` carries.
 The rest is read when Prometheus scrapes (`Gauges`): actors by state, agents' memory,
 subscribers, the store's queue.
 
@@ -29,6 +30,29 @@ OUTPUT = (d.Text, d.Reasoning, d.Content, d.ToolCall)
 FINAL_TOOL_STATES = frozenset({"completed", "failed", "cancelled"})
 TOOL_KINDS = frozenset({"read", "edit", "delete", "move", "search", "execute", "think",
                         "fetch", "switch_mode", "other"})
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+RESTART_REASONS: tuple[tuple[str, str], ...] = (
+    # (a phrase of the crashed Status's reason, its class): first match wins.
+    ("unresponsive", "unresponsive"),
+    ("protocol error", "protocol_error"),
+    ("ignored session/cancel", "cancel_ignored"),
+    ("did not answer initialize", "start_timeout"),
+    ("refused the session setup", "start_refused"),
+    ("killed by", "signal"),
+    ("exited with status", "exit"),
+    ("lost the connection", "connection_lost"),
+    ("cut off", "connection_lost"),
+)
+"""The reason classes of `stoker_agent_restarts` (plus `other`): a bounded label set derived
+from the reason text the actor gives its `crashed` state."""
+
+
+def restart_reason(text: str) -> str:
+    """The bounded class of a crash reason text (see RESTART_REASONS), else ``other``."""
+    for phrase, reason in RESTART_REASONS:
+        if phrase in text:
+            return reason
+    return "other"
 
 
 @dataclass(slots=True)
@@ -36,7 +60,8 @@ class _Turn:
     turn: int
     agent: str
     started: float
-    first_output: bool = False
+    first_output: float | None = None
+    """The first output delta's ts (used when the turn's end carries no timing)."""
     tools: dict[str, tuple[float, str]] = field(default_factory=dict)
     """Open tool calls: id -> (start, kind)."""
 
@@ -74,12 +99,21 @@ class Metrics:
             "stoker_agent_transitions", "Agent state changes: crashed, restarting, "
             "hibernated, starting (a wake or a first start), failed", ["agent", "state"],
             registry=r)
+        self.restarts = Counter(
+            "stoker_agent_restarts", "Agent restarts after a failure, by agent and reason "
+            "class (" + ", ".join(sorted({r for _, r in RESTART_REASONS})) + ", other)",
+            ["agent", "reason"], registry=r)
+        self.store_commit_seconds = Histogram(
+            "stoker_store_commit_seconds", "Store commits: one batch from its hand-over to "
+            "the writer thread to its commit", buckets=COMMIT_BUCKETS, registry=r)
         self.tokens = Counter("stoker_tokens", "Tokens the agents reported, by direction",
                               ["agent", "direction"], registry=r)
         self._turns: dict[str, _Turn] = {}
         """The running turn of each chat."""
         self._queued: dict[str, dict[int, str]] = {}
         """Turns accepted behind the running one: chat -> {turn: agent}, in order."""
+        self._crashed: dict[str, str] = {}
+        """The reason class of each chat's last crash, until it restarts or gives up."""
         self._gauges: Gauges | None = None
         self._scraped: dict[str, int] = {}
 
@@ -89,8 +123,8 @@ class Metrics:
         """One published delta (synchronous, never raises on odd input)."""
         if isinstance(body, d.Text):  # by far the most frequent: fast path
             current = self._turns.get(chat)
-            if current is not None and not current.first_output:
-                self._first_output(current, ts)
+            if current is not None and current.first_output is None:
+                current.first_output = ts
             return
         if isinstance(body, d.TurnStarted):
             # Running from here unless another turn runs: then its clock starts when the
@@ -104,6 +138,13 @@ class Metrics:
         if isinstance(body, d.Status):
             if body.state in ("crashed", "restarting", "hibernated", "starting", "failed"):
                 self.transitions.labels(body.agent, body.state).inc()
+                if body.state == "crashed":
+                    self._crashed[chat] = restart_reason(body.reason)
+                elif body.state == "restarting":
+                    reason = self._crashed.pop(chat, "other")
+                    self.restarts.labels(body.agent, reason).inc()
+                elif body.state == "failed":
+                    self._crashed.pop(chat, None)
             return
         if isinstance(body, d.TurnEnded) and (current is None or current.turn != turn):
             # A queued turn that ended before it ran (cancelled, or the chat closed).
@@ -113,8 +154,8 @@ class Metrics:
             return
         if current is None:
             return
-        if isinstance(body, OUTPUT) and not current.first_output:
-            self._first_output(current, ts)
+        if isinstance(body, OUTPUT) and current.first_output is None:
+            current.first_output = ts
         if isinstance(body, d.ToolCall):
             kind = str(body.acp.get("kind") or "other")
             current.tools[body.tool_call_id] = (ts, kind if kind in TOOL_KINDS else "other")
@@ -134,6 +175,9 @@ class Metrics:
             outcome = body.stop_reason or "error"
             self.turns.labels(current.agent, outcome).inc()
             self.turn_seconds.labels(current.agent).observe(max(0.0, ts - current.started))
+            ttft = _ttft(body.timing, current)
+            if ttft is not None:
+                self.ttft_seconds.labels(current.agent).observe(ttft)
             if current.tools:
                 self.tool_unclosed.labels(current.agent).inc(len(current.tools))
             del self._turns[chat]
@@ -141,10 +185,6 @@ class Metrics:
             if queued:
                 nxt = min(queued)
                 self._turns[chat] = _Turn(turn=nxt, agent=queued.pop(nxt), started=ts)
-
-    def _first_output(self, current: _Turn, ts: float) -> None:
-        current.first_output = True
-        self.ttft_seconds.labels(current.agent).observe(max(0.0, ts - current.started))
 
     def _tool_ended(self, current: _Turn, tool: str, status: str, ts: float) -> None:
         opened = current.tools.pop(tool, None)
@@ -166,8 +206,20 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def _ttft(timing: d.TurnTiming | None, current: _Turn) -> float | None:
+    """Time to first output, as `stoker trace` reports it: from the actor's marks (the
+    prompt reaching the agent, its first output), else from the deltas' stamps."""
+    if timing is not None and timing.first_output is not None:
+        start = max(timing.accepted, timing.started or timing.accepted)
+        return max(0.0, timing.first_output - start)
+    if current.first_output is not None:
+        return max(0.0, current.first_output - current.started)
+    return None
+
+
 class _Scraped(Collector):
-    NAMES = ("stoker_actors", "stoker_agent_rss_bytes", "stoker_deltas_published",
+    NAMES = ("stoker_actors", "stoker_turns_running", "stoker_turns_queued",
+             "stoker_agent_rss_bytes", "stoker_deltas_published",
              "stoker_subscribers_lagged", "stoker_subscribers_live",
              "stoker_store_pending_writes", "stoker_store_write_errors")
 
@@ -207,4 +259,9 @@ class _Scraped(Collector):
         errors = GaugeMetricFamily("stoker_store_write_errors", "Database write errors "
                                    "since start")
         errors.add_metric([], store.get("write_errors", 0))
-        return [actors, rss, published, lagged, live, pending, errors]
+        running = GaugeMetricFamily("stoker_turns_running", "Turns running now")
+        running.add_metric([], len(self._metrics._turns))
+        queued = GaugeMetricFamily("stoker_turns_queued", "Prompts accepted and waiting "
+                                   "behind a chat's running turn now (the turn queue depth)")
+        queued.add_metric([], sum(len(q) for q in self._metrics._queued.values()))
+        return [actors, running, queued, rss, published, lagged, live, pending, errors]

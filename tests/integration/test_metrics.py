@@ -8,6 +8,7 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.traces.metrics import OUTPUT
 from tests.support.harness import DaemonFactory, open_chat, turn, wait_state
 from tests.support.http_client import CONFIG, start_http_daemon
 
@@ -61,3 +62,58 @@ async def test_metrics_are_off_by_default(daemon_factory: DaemonFactory) -> None
         response = await web.get("/metrics", headers=http.auth)
     assert response.status_code == 404
     assert "[websocket] metrics = true" in response.text
+
+
+LIFECYCLE = ('\n[lifecycle]\nsweep_interval = "100ms"\nrestart_backoff = "100ms"\n'
+             'restart_backoff_max = "1s"\nprobe_interval = "300ms"\nstale_grace = "1s"\n')
+
+
+async def test_exact_counts_after_a_scripted_run(daemon_factory: DaemonFactory) -> None:
+    """n = 3 turns that end well, k = 3 failures (an agent error, a crash, a hang killed as
+    stale), r = 2 restarts (one per reason class): the scrape counts exactly that, and its
+    time to first output is the turns' own marks (`turn_ended.timing`)."""
+    http = await start_http_daemon(daemon_factory, CONFIG + "metrics = true\n" + LIFECYCLE)
+    script = ["hello there", "/tool", "/chunks 3", "/error", "/crash", "/hang"]
+    results = []
+    async with http.proc.client() as client:
+        info = await open_chat(client, "scripted", cwd=http.proc.work)
+        for text in script:
+            results.append(await turn(client, info.chat, text, timeout=30))
+            await wait_state(client, info.chat, "ready", timeout=30)
+    outcomes = [r.ended.stop_reason or "error" for r in results]
+    assert outcomes == ["end_turn"] * 3 + ["error"] * 3
+    async with http.client() as web:
+        response = await web.get("/metrics", headers=http.auth)
+    assert response.status_code == 200, response.text
+    found = samples(response.text)
+    assert get(found, "stoker_turns_total", agent="echo", outcome="end_turn") == 3
+    assert get(found, "stoker_turns_total", agent="echo", outcome="error") == 3
+    assert get(found, "stoker_turn_duration_seconds_count", agent="echo") == 6
+    assert get(found, "stoker_agent_restarts_total", agent="echo", reason="exit") == 1
+    assert get(found, "stoker_agent_restarts_total", agent="echo",
+               reason="unresponsive") == 1
+    restarts = {k: v for k, v in found.items() if k[0] == "stoker_agent_restarts_total"}
+    assert sum(restarts.values()) == 2, restarts
+    assert get(found, "stoker_agent_transitions_total", agent="echo", state="crashed") == 2
+    assert get(found, "stoker_turns_running") == 0
+    assert get(found, "stoker_turns_queued") == 0
+    assert get(found, "stoker_store_commit_seconds_count") > 0
+    assert get(found, "stoker_store_commit_seconds_bucket", le="+Inf") == get(
+        found, "stoker_store_commit_seconds_count")
+    # Time to first output: each sample is a turn's first output minus its start, from
+    # the marks on its turn_ended; the mark is taken as the first output delta is published.
+    expected = []
+    for result in results:
+        timing = result.ended.timing
+        assert timing is not None
+        if timing.first_output is None:
+            continue
+        first = next(x for x in result.deltas if isinstance(x.body, OUTPUT))
+        assert timing.first_output <= first.ts < timing.first_output + 1.0
+        assert timing.started is not None
+        expected.append(timing.first_output - max(timing.accepted, timing.started))
+    # Every turn but the agent's error and the hang (which wrote nothing) had output.
+    assert len(expected) == 4
+    assert get(found, "stoker_turn_first_output_seconds_count", agent="echo") == 4
+    assert abs(get(found, "stoker_turn_first_output_seconds_sum", agent="echo")
+               - sum(expected)) < 1e-6
