@@ -628,6 +628,12 @@ def _workflows_session(http: HttpDaemon, page: Any) -> None:
     page.locator(".flow-event .run-open").last.click()
     expect(page.locator("#workflows")).to_be_visible()
     expect(page.locator("#flow-run")).to_have_attribute("data-run", first["run"])
+    # The address names the run: a reload (or the link elsewhere) opens it again.
+    assert page.url.endswith(f"#workflows/{first['run']}")
+    page.reload()
+    expect(page.locator("#workflows")).to_be_visible()
+    expect(page.locator("#flow-run")).to_have_attribute("data-run", first["run"])
+    expect(units).to_have_count(6)
 
     # Phone-sized: the panel fits the screen.
     page.set_viewport_size({"width": 390, "height": 800})
@@ -704,6 +710,8 @@ def _workflow_run_session(http: HttpDaemon, page: Any) -> None:
     expect(page.locator("#flow-run-state")).to_have_text("cancelled")
     expect(second).to_have_attribute("data-state", "cancelled")
     expect(page.locator("#flow-cancel")).to_be_hidden()
+    # An opened result stays open across the redraws of the run's changes.
+    expect(page.locator('#flow-dag li[data-unit="first"] .flow-result pre')).to_be_visible()
     assert _api(http, "workflow", {"run": run})["state"] == "cancelled"
     page.click("#flow-resume")
     expect(page.locator("#flow-run-state")).to_have_text("running")

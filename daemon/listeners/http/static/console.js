@@ -10,7 +10,8 @@ const state = {
   chat: null, source: null, chats: [], agents: [], turns: new Map(), tools: new Map(),
   perms: new Map(), timeline: [], summary: null, traceClosed: new Set(),
   tasks: new Map(), allTasks: new Map(),
-  flows: { details: new Map(), current: null, follow: null, timer: null, available: [] },
+  flows: { details: new Map(), current: null, follow: null, timer: null, available: [],
+    openResults: new Set() },
 };
 
 function el(tag, cls, text) {
@@ -763,14 +764,27 @@ function showWorkflows(on) {
     $("app").classList.remove("show-list");
     $("chat-view").hidden = true;
     $("empty").hidden = true;
+    setRunHash();
     loadRuns();
-    flows.timer = setInterval(loadRuns, 2000);
+    flows.timer = setInterval(() => {
+      loadRuns();
+      // A running run's durations grow between its changes.
+      const info = flows.details.get(flows.current);
+      if (info && info.state === "running") renderRun(info);
+    }, 2000);
     if (flows.current) followRun(flows.current);
   } else {
     stopFollowing();
     $("chat-view").hidden = !state.chat;
     $("empty").hidden = !!state.chat;
+    history.replaceState(null, "", state.chat ? `#${encodeURIComponent(state.chat)}` : "#");
   }
+}
+
+function setRunHash() {
+  // #workflows, or #workflows/RUN: a chat id holds no '/', so the two never meet.
+  const run = state.flows.current;
+  history.replaceState(null, "", run ? `#workflows/${encodeURIComponent(run)}` : "#workflows");
 }
 
 function stopFollowing() {
@@ -863,7 +877,9 @@ function renderRuns(runs) {
 }
 
 function selectRun(run) {
+  if (state.flows.current !== run) state.flows.openResults = new Set();
   state.flows.current = run;
+  setRunHash();
   for (const li of $("flow-runs").children) li.classList.toggle("current", li.dataset.run === run);
   const known = state.flows.details.get(run);
   if (known) renderRun(known); else $("flow-run").hidden = true;
@@ -917,7 +933,15 @@ function renderRun(info) {
   $("flow-resume").hidden = !(info.state === "failed" || info.state === "cancelled");
   $("flow-run-reason").hidden = !info.reason;
   $("flow-run-reason").textContent = info.reason || "";
+  const focused = document.activeElement && document.activeElement.closest
+    ? document.activeElement.closest("#flow-dag li") : null;
   $("flow-dag").replaceChildren(...dagRows(info));
+  if (focused) {
+    // Keep the keyboard where it was across a redraw.
+    const again = $("flow-dag").querySelector(
+      `li[data-unit="${CSS.escape(focused.dataset.unit)}"] .flow-label`);
+    if (again && again.tagName === "A") again.focus();
+  }
   // The list row follows too, between its own refreshes.
   const row = $("flow-runs").querySelector(`li[data-run="${CSS.escape(info.run)}"]`);
   if (row) {
@@ -973,6 +997,11 @@ function dagRows(info) {
     if (s.error) li.append(el("div", "flow-error error", s.error));
     if (s.result) {
       const result = el("details", "flow-result");
+      const open = state.flows.openResults;
+      result.open = open.has(s.unit);
+      result.addEventListener("toggle", () => {
+        if (result.open) open.add(s.unit); else open.delete(s.unit);
+      });
       result.append(el("summary", null, "result"), el("pre", null, s.result));
       li.append(result);
     }
@@ -1200,7 +1229,11 @@ async function start() {
   await refreshChats();
   setInterval(refreshChats, 2000);
   const wanted = decodeURIComponent(location.hash.slice(1));
-  if (wanted) selectChat(wanted);
+  if (wanted === "workflows" || wanted.startsWith("workflows/")) {
+    const run = wanted.slice("workflows/".length);
+    if (run) state.flows.current = run;
+    showWorkflows(true);
+  } else if (wanted) selectChat(wanted);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
