@@ -660,7 +660,8 @@ def _workflow_run_session(http: HttpDaemon, page: Any) -> None:
     (project / ".stoker" / "workflows" / "broken.toml").write_text(
         'agent = "echo"\n[steps.a]\nneeds = ["zz"]\nprompt = "x"\n')
     problems = _open_console(http, page, "starter")
-    page.click("#flows-button")
+    page.keyboard.press("Alt+w")
+    expect(page.locator("#flows-button")).to_have_attribute("aria-pressed", "true")
     expect(page.locator("#flow-runs")).to_contain_text("No runs yet.")
 
     # Find the project's workflows; each says what it is, or why it would not run.

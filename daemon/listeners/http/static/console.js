@@ -1220,6 +1220,11 @@ async function start() {
       if (first) first.focus();
     }
     if (event.altKey && event.key === "p") { event.preventDefault(); $("prompt").focus(); }
+    if (event.altKey && event.key === "w" && !$("app").hidden) {
+      event.preventDefault();
+      showWorkflows(!flowsShown());
+      if (flowsShown()) ($("flow-runs").querySelector("li.current") || $("flows-button")).focus();
+    }
     if (event.altKey && event.key === "t" && state.chat) {
       event.preventDefault();
       showTrace(!traceShown());
