@@ -635,6 +635,27 @@ def _workflows_session(http: HttpDaemon, page: Any) -> None:
     expect(page.locator("#flow-run")).to_have_attribute("data-run", first["run"])
     expect(units).to_have_count(6)
 
+    # A failed run says why, offers Resume (not Cancel), and marks what it skipped.
+    failing = Path(http.proc.work) / "failing.toml"
+    failing.write_text('agent = "echo"\n[steps.stuck]\nprompt = "/sleep 600000"\n'
+                       'timeout = 1\n[steps.after]\nneeds = ["stuck"]\nprompt = "x"\n')
+    failed = _wait_run(http, _api(http, "workflow_run", {"workflow": str(failing)})["run"])
+    assert failed["state"] == "failed", failed
+    failed_row = page.locator(f'#flow-runs li[data-run="{failed["run"]}"]')
+    expect(failed_row).to_have_attribute("data-state", "failed")
+    expect(failed_row.locator(".flow-steps")).to_have_text("0/2 steps")
+    failed_row.click()
+    expect(page.locator("#flow-run-reason")).to_have_text(failed["reason"])
+    expect(page.locator("#flow-resume")).to_be_visible()
+    expect(page.locator("#flow-cancel")).to_be_hidden()
+    stuck = page.locator('#flow-dag li[data-unit="stuck"]')
+    expect(stuck).to_have_attribute("data-state", "failed")
+    expect(stuck.locator(".flow-error")).to_contain_text("timed out")
+    expect(page.locator('#flow-dag li[data-unit="after"]')).to_have_attribute(
+        "data-state", "skipped")
+    expect(page.locator('#flow-runs li[data-run]')).to_have_count(2)
+    row.click()
+
     # Phone-sized: the panel fits the screen.
     page.set_viewport_size({"width": 390, "height": 800})
     expect(page.locator("#flow-dag")).to_be_visible()
