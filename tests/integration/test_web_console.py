@@ -610,6 +610,8 @@ def _workflows_session(http: HttpDaemon, page: Any) -> None:
         "review[0] store.py")
     expect(page.locator("#flow-cancel")).to_be_hidden()
     expect(page.locator("#flow-resume")).to_be_hidden()
+    expect(page.locator("#flow-run-inputs")).to_have_text(
+        'inputs: topic=error handling · files=["store.py","pool.py","hub.py"]')
     summary.locator("summary").click()
     expect(summary.locator(".flow-result pre")).to_contain_text("summarize: review store.py")
 
@@ -723,6 +725,8 @@ def _workflow_run_session(http: HttpDaemon, page: Any) -> None:
     assert runs[0]["cwd"] == str(project)
     expect(page.locator(f'#flow-runs li[data-run="{run}"] .flow-steps')).to_have_text(
         "1/3 steps")
+    expect(page.locator("#flow-run-inputs")).to_have_text("inputs: topic=<i>t</i>")
+    expect(page.locator("#flow-run-origin")).to_be_hidden()  # a client started it
     page.locator('#flow-dag li[data-unit="first"] .flow-result summary').click()
     expect(page.locator('#flow-dag li[data-unit="first"] .flow-result pre')).to_have_text(
         "first about <i>t</i>")

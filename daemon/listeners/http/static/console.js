@@ -929,6 +929,17 @@ function renderRun(info) {
     chat.href = `#${encodeURIComponent(info.chat)}`;
     chat.dataset.chat = info.chat;
   }
+  const origin = $("flow-run-origin");
+  origin.hidden = !info.origin;
+  if (info.origin) {
+    origin.textContent = `started by ${info.origin}`;
+    origin.href = `#${encodeURIComponent(info.origin)}`;
+    origin.dataset.chat = info.origin;
+  }
+  const inputs = Object.entries(info.inputs || {});
+  $("flow-run-inputs").hidden = !inputs.length;
+  $("flow-run-inputs").textContent = inputs.length ? "inputs: " + inputs.map(([k, v]) =>
+    `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" · ") : "";
   $("flow-cancel").hidden = info.state !== "running";
   $("flow-resume").hidden = !(info.state === "failed" || info.state === "cancelled");
   $("flow-run-reason").hidden = !info.reason;
@@ -1110,10 +1121,12 @@ function wireWorkflows() {
   $("flow-start").addEventListener("submit", (event) => { event.preventDefault(); startRun(); });
   $("flow-cancel").addEventListener("click", () => runAction("workflow_cancel"));
   $("flow-resume").addEventListener("click", () => runAction("workflow_resume"));
-  $("flow-run-chat").addEventListener("click", (event) => {
-    event.preventDefault();
-    selectChat($("flow-run-chat").dataset.chat);
-  });
+  for (const id of ["flow-run-chat", "flow-run-origin"]) {
+    $(id).addEventListener("click", (event) => {
+      event.preventDefault();
+      selectChat($(id).dataset.chat);
+    });
+  }
 }
 
 // ------------------------------------------------------------------ wiring
