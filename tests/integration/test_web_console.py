@@ -1,7 +1,8 @@
 """The web console: the login (`stoker web`'s one-time code -> session cookie) over httpx,
 and the console itself in a real headless Chromium driven by Playwright: load it, watch a
 chat stream live, answer a permission with a click, cancel a turn, open a workspace diff,
-read a chat's trace as waterfalls, follow its tasks live and open them, read the stats.
+read a chat's trace as waterfalls, follow its tasks live and open them, read the stats,
+list workflow runs and draw a run's DAG, start one, follow it live, cancel and resume it.
 
 The browser tests use the system's Chromium (Debian's `chromium`; scripts/test installs it
 when it can) and skip, saying why, when it or Playwright is missing. On a failure the page
@@ -522,4 +523,230 @@ def _stats_session(http: HttpDaemon, page: Any, tmp_path: Path) -> None:
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.click("#stats-button")
     expect(page.locator("#stats")).to_be_hidden()
+    assert problems == []
+
+
+# ------------------------------------------------------------------------- workflows
+
+_SLOW_FLOW = """\
+description = "a slow middle step, <b>bold</b> in text only"
+agent = "echo"
+
+[inputs]
+topic = "x"
+
+[steps.first]
+prompt = "first about {{ inputs.topic }}"
+
+[steps.second]
+needs = ["first"]
+prompt = "/sleep 600000"
+
+[steps.third]
+needs = ["second"]
+prompt = "third after {{ steps.second.result }}"
+"""
+
+
+def _wait_run(http: HttpDaemon, run: str, timeout: float = 60.0) -> Any:
+    """The run once it ended (the daemon's long poll: no sleeping)."""
+    deadline = time.monotonic() + timeout
+    version = -1
+    while True:
+        info = _api(http, "workflow", {"run": run, "wait": 5, "version": version})
+        if info["state"] != "running":
+            return info
+        assert time.monotonic() < deadline, info
+        version = info["version"]
+
+
+def test_console_workflows_list_and_dag_with_links_to_the_tasks(
+        daemon_factory: DaemonFactory, browser_page: Any, tmp_path: Path) -> None:
+    http = _start(daemon_factory)
+    with _screenshot_on_failure(browser_page, tmp_path, "workflows"):
+        _workflows_session(http, browser_page)
+
+
+def _workflows_session(http: HttpDaemon, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    # The worked example of docs/WORKFLOWS.md, run to its end by another client.
+    doc = (Path(__file__).parents[2] / "docs" / "WORKFLOWS.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = Path(http.proc.work) / "review.toml"
+    path.write_text(example)
+    first = _api(http, "workflow_run", {"workflow": str(path), "cwd": str(http.proc.work)})
+    done = _wait_run(http, first["run"])
+    assert done["state"] == "done", done
+    problems = _open_console(http, page, "watcher")
+
+    page.click("#flows-button")
+    expect(page.locator("#flows-button")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#chat-view")).to_be_hidden()
+    row = page.locator(f'#flow-runs li[data-run="{first["run"]}"]')
+    expect(row).to_have_attribute("data-state", "done")
+    expect(row.locator(".flow-name")).to_have_text("review")
+    expect(row.locator(".flow-steps")).to_have_text("3/3 steps")
+    expect(row.locator(".flow-dur")).to_have_text(re.compile(rf"^{_DUR}$"))
+    expect(row.locator(".flow-path")).to_have_text(str(path))
+
+    # The run's DAG: each step levelled under what it needs, a fan-out's items under it.
+    row.click()
+    run = page.locator("#flow-run")
+    expect(run).to_have_attribute("data-run", first["run"])
+    expect(page.locator("#flow-run-state")).to_have_text("done")
+    units = page.locator("#flow-dag li.flow-unit")
+    expect(units).to_have_count(6)
+    assert units.evaluate_all("(l) => l.map((e) => e.dataset.unit)") == [
+        "plan", "review", "review[0]", "review[1]", "review[2]", "summary"]
+    margins = units.evaluate_all("(l) => l.map((e) => parseFloat(getComputedStyle(e).marginLeft))")
+    assert margins[0] < margins[1] < margins[2] == margins[3] == margins[4]
+    assert margins[1] < margins[5] < margins[2]
+    summary = page.locator('#flow-dag li[data-unit="summary"]')
+    expect(summary).to_have_attribute("data-state", "done")
+    expect(summary.locator(".flow-needs")).to_have_text("← review")
+    expect(summary.locator(".flow-unit-dur")).to_have_text(re.compile(rf"^{_DUR}$"))
+    expect(page.locator('#flow-dag li[data-unit="review[0]"] .flow-label')).to_have_text(
+        "review[0] store.py")
+    expect(page.locator("#flow-cancel")).to_be_hidden()
+    expect(page.locator("#flow-resume")).to_be_hidden()
+    expect(page.locator("#flow-run-inputs")).to_have_text(
+        'inputs: topic=error handling · files=["store.py","pool.py","hub.py"]')
+    summary.locator("summary").click()
+    expect(summary.locator(".flow-result pre")).to_contain_text("summarize: review store.py")
+
+    # A step links to its task's chat; the run's chat links back to the run.
+    plan_task = next(s["task"] for s in done["steps"] if s["unit"] == "plan")
+    page.locator('#flow-dag li[data-unit="plan"] .flow-label').click()
+    expect(page.locator("#workflows")).to_be_hidden()
+    expect(page.locator("#chat-title")).to_have_text(plan_task)
+    expect(page.locator('.turn[data-turn="1"] .text')).to_have_text(
+        "plan a review of error handling")
+    page.click("#flows-button")
+    page.click("#flow-run-chat")
+    expect(page.locator("#chat-title")).to_have_text(done["chat"])
+    event = page.locator(".flow-event").filter(has_text="summary done")
+    expect(event).to_have_count(1)
+    page.locator(".flow-event .run-open").last.click()
+    expect(page.locator("#workflows")).to_be_visible()
+    expect(page.locator("#flow-run")).to_have_attribute("data-run", first["run"])
+    # The address names the run: a reload (or the link elsewhere) opens it again.
+    assert page.url.endswith(f"#workflows/{first['run']}")
+    page.reload()
+    expect(page.locator("#workflows")).to_be_visible()
+    expect(page.locator("#flow-run")).to_have_attribute("data-run", first["run"])
+    expect(units).to_have_count(6)
+
+    # A failed run says why, offers Resume (not Cancel), and marks what it skipped.
+    failing = Path(http.proc.work) / "failing.toml"
+    failing.write_text('agent = "echo"\n[steps.stuck]\nprompt = "/sleep 600000"\n'
+                       'timeout = 1\n[steps.after]\nneeds = ["stuck"]\nprompt = "x"\n')
+    failed = _wait_run(http, _api(http, "workflow_run", {"workflow": str(failing)})["run"])
+    assert failed["state"] == "failed", failed
+    failed_row = page.locator(f'#flow-runs li[data-run="{failed["run"]}"]')
+    expect(failed_row).to_have_attribute("data-state", "failed")
+    expect(failed_row.locator(".flow-steps")).to_have_text("0/2 steps")
+    failed_row.click()
+    expect(page.locator("#flow-run-reason")).to_have_text(failed["reason"])
+    expect(page.locator("#flow-resume")).to_be_visible()
+    expect(page.locator("#flow-cancel")).to_be_hidden()
+    stuck = page.locator('#flow-dag li[data-unit="stuck"]')
+    expect(stuck).to_have_attribute("data-state", "failed")
+    expect(stuck.locator(".flow-error")).to_contain_text("timed out")
+    expect(page.locator('#flow-dag li[data-unit="after"]')).to_have_attribute(
+        "data-state", "skipped")
+    expect(page.locator('#flow-runs li[data-run]')).to_have_count(2)
+    row.click()
+
+    # Phone-sized: the panel fits the screen.
+    page.set_viewport_size({"width": 390, "height": 800})
+    expect(page.locator("#flow-dag")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert problems == []
+
+
+def test_console_starts_follows_cancels_and_resumes_a_workflow_run(
+        daemon_factory: DaemonFactory, browser_page: Any, tmp_path: Path) -> None:
+    http = _start(daemon_factory)
+    with _screenshot_on_failure(browser_page, tmp_path, "workflow-run"):
+        _workflow_run_session(http, browser_page)
+
+
+def _workflow_run_session(http: HttpDaemon, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    project = Path(http.proc.work) / "proj"
+    (project / ".stoker" / "workflows").mkdir(parents=True)
+    (project / ".git").mkdir()  # discovery stops at the project's root
+    flow = project / ".stoker" / "workflows" / "slow.toml"
+    flow.write_text(_SLOW_FLOW)
+    (project / ".stoker" / "workflows" / "broken.toml").write_text(
+        'agent = "echo"\n[steps.a]\nneeds = ["zz"]\nprompt = "x"\n')
+    problems = _open_console(http, page, "starter")
+    page.keyboard.press("Alt+w")
+    expect(page.locator("#flows-button")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#flow-runs")).to_contain_text("No runs yet.")
+
+    # Find the project's workflows; each says what it is, or why it would not run.
+    page.click("#flows-new")
+    page.fill("#flow-cwd", str(project))
+    page.click("#flow-find")
+    expect(page.locator("#flow-pick option")).to_have_count(2)
+    page.select_option("#flow-pick", str(flow))
+    expect(page.locator("#flow-about")).to_contain_text("<b>bold</b> in text only")
+    page.select_option("#flow-pick", label="broken (does not validate)")
+    expect(page.locator("#flow-about .flow-file-error")).to_contain_text("zz")
+
+    # A bad input is refused, saying why, and starts nothing.
+    page.select_option("#flow-pick", str(flow))
+    page.fill("#flow-inputs", "nosuch=1")
+    page.click("#flow-go")
+    expect(page.locator("#flow-problem")).to_contain_text("unknown input 'nosuch'")
+    # (The browser logs the refused request: that error is expected.)
+    assert problems == ["console error: Failed to load resource: the server responded with "
+                        "a status of 400 ()"]
+    problems.clear()
+    assert _api(http, "workflows", {}).get("runs", []) == []
+
+    # Started from the console: its view opens and follows the run live.
+    page.fill("#flow-inputs", "topic=<i>t</i>")
+    page.click("#flow-go")
+    expect(page.locator("#flow-start")).to_be_hidden()
+    second = page.locator('#flow-dag li[data-unit="second"]')
+    expect(second).to_have_attribute("data-state", "running")
+    expect(page.locator('#flow-dag li[data-unit="first"]')).to_have_attribute("data-state", "done")
+    expect(page.locator('#flow-dag li[data-unit="third"]')).to_have_attribute(
+        "data-state", "waiting")
+    expect(page.locator("#flow-run-state")).to_have_text("running")
+    runs = _api(http, "workflows", {})["runs"]
+    assert len(runs) == 1
+    assert runs[0]["inputs"] == {"topic": "<i>t</i>"}
+    run = runs[0]["run"]
+    assert runs[0]["cwd"] == str(project)
+    expect(page.locator(f'#flow-runs li[data-run="{run}"] .flow-steps')).to_have_text(
+        "1/3 steps")
+    expect(page.locator("#flow-run-inputs")).to_have_text("inputs: topic=<i>t</i>")
+    expect(page.locator("#flow-run-origin")).to_be_hidden()  # a client started it
+    page.locator('#flow-dag li[data-unit="first"] .flow-result summary').click()
+    expect(page.locator('#flow-dag li[data-unit="first"] .flow-result pre')).to_have_text(
+        "first about <i>t</i>")
+
+    # Cancel, then resume: the running step is cancelled, then runs again.
+    page.click("#flow-cancel")
+    expect(page.locator("#flow-run-state")).to_have_text("cancelled")
+    expect(second).to_have_attribute("data-state", "cancelled")
+    expect(page.locator("#flow-cancel")).to_be_hidden()
+    # An opened result stays open across the redraws of the run's changes.
+    expect(page.locator('#flow-dag li[data-unit="first"] .flow-result pre')).to_be_visible()
+    assert _api(http, "workflow", {"run": run})["state"] == "cancelled"
+    page.click("#flow-resume")
+    expect(page.locator("#flow-run-state")).to_have_text("running")
+    expect(second).to_have_attribute("data-state", "running")
+    expect(page.locator('#flow-dag li[data-unit="first"]')).to_have_attribute("data-state", "done")
+    # A change made by another client shows too (the view follows the run).
+    _api(http, "workflow_cancel", {"run": run})
+    expect(page.locator("#flow-run-state")).to_have_text("cancelled")
+    expect(page.locator(f'#flow-runs li[data-run="{run}"]')).to_have_attribute(
+        "data-state", "cancelled")
+    assert page.locator("#workflows b, #workflows i").count() == 0
     assert problems == []

@@ -10,6 +10,8 @@ const state = {
   chat: null, source: null, chats: [], agents: [], turns: new Map(), tools: new Map(),
   perms: new Map(), timeline: [], summary: null, traceClosed: new Set(),
   tasks: new Map(), allTasks: new Map(),
+  flows: { details: new Map(), current: null, follow: null, timer: null, available: [],
+    openResults: new Set() },
 };
 
 function el(tag, cls, text) {
@@ -27,9 +29,9 @@ function showError(message) {
   showError.timer = setTimeout(() => { box.hidden = true; }, 6000);
 }
 
-async function api(type, body = {}) {
+async function api(type, body = {}, signal = undefined) {
   const response = await fetch(`/api/${type}`, {
-    method: "POST", credentials: "same-origin",
+    method: "POST", credentials: "same-origin", signal,
     headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   });
   let data = {};
@@ -150,6 +152,7 @@ function closeStream() {
 }
 
 async function selectChat(chat) {
+  showWorkflows(false);
   closeStream();
   state.chat = chat;
   state.turns = new Map(); state.tools = new Map(); state.perms = new Map();
@@ -335,6 +338,14 @@ function renderDelta(delta) {
         loadTasks();
         if (body.event === "spawned") refreshChats();  // its chat, nested in the list
       }
+      break;
+    }
+    case "workflow": {
+      const line = el("div", "task-event flow-event");
+      line.append("workflow ", runLink(body.run, `run ${body.run}`),
+        body.unit ? `: ${body.unit} ${body.state}` : `: ${body.state}`,
+        body.error ? `: ${body.error}` : "");
+      $("log").append(line);
       break;
     }
     case "turn_ended": {
@@ -728,6 +739,396 @@ function renderStats(result) {
   $("stats-table").replaceChildren(table);
 }
 
+// ------------------------------------------------------------------ workflows
+
+// A run's list row and its DAG come from `workflows` (the runs) and `workflow` (one run
+// with its steps). The open run is followed by long polls: `workflow` with `wait` and the
+// version last seen answers at the run's next change (as `stoker workflow show --follow`).
+const FLOW_WAIT = 25;
+const FLOW_DETAILS = 30;  // the newest runs whose steps the list counts
+const FLOW_MARK = {
+  done: "✓", cached: "≡", running: "▶", pending: "◌", waiting: "○", failed: "✗",
+  cancelled: "⊘", skipped: "–",
+};
+
+function flowsShown() { return !$("workflows").hidden; }
+
+function showWorkflows(on) {
+  if (on === flowsShown()) return;
+  $("workflows").hidden = !on;
+  $("flows-button").setAttribute("aria-pressed", String(on));
+  const flows = state.flows;
+  clearInterval(flows.timer);
+  flows.timer = null;
+  if (on) {
+    $("app").classList.remove("show-list");
+    $("chat-view").hidden = true;
+    $("empty").hidden = true;
+    setRunHash();
+    loadRuns();
+    flows.timer = setInterval(() => {
+      loadRuns();
+      // A running run's durations grow between its changes.
+      const info = flows.details.get(flows.current);
+      if (info && info.state === "running") renderRun(info);
+    }, 2000);
+    if (flows.current) followRun(flows.current);
+  } else {
+    stopFollowing();
+    $("chat-view").hidden = !state.chat;
+    $("empty").hidden = !!state.chat;
+    history.replaceState(null, "", state.chat ? `#${encodeURIComponent(state.chat)}` : "#");
+  }
+}
+
+function setRunHash() {
+  // #workflows, or #workflows/RUN: a chat id holds no '/', so the two never meet.
+  const run = state.flows.current;
+  history.replaceState(null, "", run ? `#workflows/${encodeURIComponent(run)}` : "#workflows");
+}
+
+function stopFollowing() {
+  const follow = state.flows.follow;
+  state.flows.follow = null;
+  if (follow) follow.abort.abort();
+}
+
+function runDuration(info) {
+  const end = info.ended_at || (info.state === "running" ? Date.now() / 1000 : info.created_at);
+  return fmtDur(Math.max(0, end - info.created_at));
+}
+
+function stepCounts(info) {
+  // Steps, as `stoker workflow ls` counts them: a fan-out is one step, its items not.
+  const steps = (info.steps || []).filter((s) => s.index === null || s.index === undefined);
+  const done = steps.filter((s) => s.state === "done" || s.state === "cached").length;
+  return `${done}/${steps.length} steps`;
+}
+
+function runLink(run, text) {
+  const link = el("a", "run-open", text);
+  link.href = "#";
+  link.dataset.run = run;
+  link.addEventListener("click", (event) => {
+    event.preventDefault();
+    showWorkflows(true);
+    selectRun(run);
+  });
+  return link;
+}
+
+async function loadRuns() {
+  if (!flowsShown() || state.flows.loading) return;
+  state.flows.loading = true;
+  try {
+    const list = await api("workflows", {});
+    const runs = list.runs || [];
+    // The steps of the newest runs, read again only when a run changed (its version).
+    await Promise.all(runs.slice(0, FLOW_DETAILS).map(async (info) => {
+      const known = state.flows.details.get(info.run);
+      if (known && known.version === info.version) return;
+      try {
+        state.flows.details.set(info.run, await api("workflow", { run: info.run }));
+      } catch (error) { if (error.code !== "not_found") throw error; }
+    }));
+    if (flowsShown()) renderRuns(runs);
+  } catch (error) {
+    if (error.code !== "unauthorized") showError(error.message);
+  } finally {
+    state.flows.loading = false;
+  }
+}
+
+function renderRuns(runs) {
+  const ul = $("flow-runs");
+  const focused = document.activeElement && document.activeElement.dataset
+    ? document.activeElement.dataset.run : null;
+  const items = [];
+  for (const summary of runs) {
+    const info = state.flows.details.get(summary.run) || summary;
+    const li = el("li", "flow-row");
+    li.tabIndex = 0;
+    li.dataset.run = info.run;
+    li.dataset.state = info.state;
+    if (info.run === state.flows.current) li.classList.add("current");
+    const name = el("div", "name");
+    name.append(el("span", `badge flow-state flow-${cssName(info.state)}`, info.state), " ",
+      el("strong", "flow-name", info.name), " ", el("span", "muted", info.run));
+    const meta = el("div", "meta");
+    meta.append(el("span", "flow-steps", info.steps ? stepCounts(info) : ""),
+      " · ", el("span", "flow-dur", runDuration(info)),
+      ` · ${new Date(info.created_at * 1000).toLocaleString()}`,
+      " · ", el("span", "flow-path", info.path));
+    li.append(name, meta);
+    li.addEventListener("click", () => selectRun(info.run));
+    li.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") selectRun(info.run);
+      if (event.key === "ArrowDown" && li.nextSibling) li.nextSibling.focus();
+      if (event.key === "ArrowUp" && li.previousSibling) li.previousSibling.focus();
+    });
+    items.push(li);
+  }
+  if (!items.length) items.push(el("li", "muted", "No runs yet."));
+  ul.replaceChildren(...items);
+  if (focused) {
+    const again = ul.querySelector(`li[data-run="${CSS.escape(focused)}"]`);
+    if (again) again.focus();
+  }
+}
+
+function selectRun(run) {
+  if (state.flows.current !== run) state.flows.openResults = new Set();
+  state.flows.current = run;
+  setRunHash();
+  for (const li of $("flow-runs").children) li.classList.toggle("current", li.dataset.run === run);
+  const known = state.flows.details.get(run);
+  if (known) renderRun(known); else $("flow-run").hidden = true;
+  followRun(run);
+}
+
+async function followRun(run) {
+  // Read the run, then ask again at each change until it ends (or another run is picked).
+  stopFollowing();
+  const follow = { run, abort: new AbortController() };
+  state.flows.follow = follow;
+  let version = -1;
+  while (state.flows.follow === follow) {
+    let info;
+    try {
+      info = await api("workflow", { run, wait: version < 0 ? 0 : FLOW_WAIT, version },
+        follow.abort.signal);
+    } catch (error) {
+      if (state.flows.follow !== follow) return;
+      showError(error.message);
+      state.flows.follow = null;
+      return;
+    }
+    if (state.flows.follow !== follow) return;
+    state.flows.details.set(run, info);
+    renderRun(info);
+    if (info.state !== "running") { state.flows.follow = null; return; }
+    version = info.version;
+  }
+}
+
+function renderRun(info) {
+  if (info.run !== state.flows.current) return;
+  $("flow-run").hidden = false;
+  $("flow-run").dataset.run = info.run;
+  $("flow-run").dataset.state = info.state;
+  $("flow-run-title").textContent = `${info.name} ${info.run}`;
+  $("flow-run-state").textContent = info.state;
+  $("flow-run-state").className = `badge flow-state flow-${cssName(info.state)}`;
+  const tokens = `${fmtNum(info.tokens || 0)} tokens${info.budget ? ` of ${fmtNum(info.budget)}` : ""}`;
+  $("flow-run-meta").textContent =
+    `${stepCounts(info)} · ${runDuration(info)} · ${tokens} · ${info.cwd}`;
+  const chat = $("flow-run-chat");
+  chat.hidden = !info.chat;
+  if (info.chat) {
+    chat.textContent = `chat ${info.chat}`;
+    chat.href = `#${encodeURIComponent(info.chat)}`;
+    chat.dataset.chat = info.chat;
+  }
+  const origin = $("flow-run-origin");
+  origin.hidden = !info.origin;
+  if (info.origin) {
+    origin.textContent = `started by ${info.origin}`;
+    origin.href = `#${encodeURIComponent(info.origin)}`;
+    origin.dataset.chat = info.origin;
+  }
+  const inputs = Object.entries(info.inputs || {});
+  $("flow-run-inputs").hidden = !inputs.length;
+  $("flow-run-inputs").textContent = inputs.length ? "inputs: " + inputs.map(([k, v]) =>
+    `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" · ") : "";
+  $("flow-cancel").hidden = info.state !== "running";
+  $("flow-resume").hidden = !(info.state === "failed" || info.state === "cancelled");
+  $("flow-run-reason").hidden = !info.reason;
+  $("flow-run-reason").textContent = info.reason || "";
+  const focused = document.activeElement && document.activeElement.closest
+    ? document.activeElement.closest("#flow-dag li") : null;
+  $("flow-dag").replaceChildren(...dagRows(info));
+  if (focused) {
+    // Keep the keyboard where it was across a redraw.
+    const again = $("flow-dag").querySelector(
+      `li[data-unit="${CSS.escape(focused.dataset.unit)}"] .flow-label`);
+    if (again && again.tagName === "A") again.focus();
+  }
+  // The list row follows too, between its own refreshes.
+  const row = $("flow-runs").querySelector(`li[data-run="${CSS.escape(info.run)}"]`);
+  if (row) {
+    row.dataset.state = info.state;
+    const badge = row.querySelector(".flow-state");
+    badge.textContent = info.state;
+    badge.className = `badge flow-state flow-${cssName(info.state)}`;
+    row.querySelector(".flow-steps").textContent = stepCounts(info);
+    row.querySelector(".flow-dur").textContent = runDuration(info);
+  }
+}
+
+function dagRows(info) {
+  // The DAG as a levelled list, as `stoker workflow show` draws it: each step indented one
+  // level below the deepest step it needs, named with what it needs; a fan-out's items
+  // under it. Everything the file or an agent wrote is text.
+  const steps = info.steps || [];
+  const byStep = new Map();
+  for (const s of steps) if (s.index === null || s.index === undefined) byStep.set(s.step, s);
+  const level = new Map();
+  const depth = (name, seen = new Set()) => {
+    if (level.has(name)) return level.get(name);
+    if (seen.has(name)) return 0;
+    seen.add(name);
+    const step = byStep.get(name);
+    const needs = step ? step.needs || [] : [];
+    const d = needs.length ? 1 + Math.max(...needs.map((n) => depth(n, seen))) : 0;
+    level.set(name, d);
+    return d;
+  };
+  const rows = [];
+  for (const s of steps) {
+    const item = !(s.index === null || s.index === undefined);
+    const indent = depth(s.step) + (item ? 2 : 0);
+    const li = el("li", `flow-unit flow-${cssName(s.state)}${item ? " flow-item" : ""}`);
+    li.dataset.unit = s.unit;
+    li.dataset.state = s.state;
+    li.style.marginLeft = `${Math.min(indent, 8) * 1.1}rem`;
+    const head = el("div", "flow-unit-head");
+    const mark = el("span", "flow-mark", FLOW_MARK[s.state] || "?");
+    mark.setAttribute("aria-hidden", "true");
+    const label = item ? `${s.unit}${s.item !== null && s.item !== undefined ? " " + s.item : ""}` : s.unit;
+    head.append(mark, s.task ? taskLink(s.task, label) : el("span", "flow-label", label));
+    head.lastChild.classList.add("flow-label");
+    head.append(el("span", `flow-unit-state flow-${cssName(s.state)}`, s.state));
+    const started = s.started_at;
+    const ended = s.ended_at || (s.state === "running" ? Date.now() / 1000 : null);
+    if (started && ended && s.state !== "cached") head.append(el("span", "flow-unit-dur", fmtDur(ended - started)));
+    if (s.attempts > 1) head.append(el("span", "muted", `${s.attempts} attempts`));
+    if (s.tokens) head.append(el("span", "muted", `${fmtNum(s.tokens)} tokens`));
+    if (!item && (s.needs || []).length) head.append(el("span", "flow-needs muted", `← ${s.needs.join(", ")}`));
+    li.append(head);
+    if (s.error) li.append(el("div", "flow-error error", s.error));
+    if (s.result) {
+      const result = el("details", "flow-result");
+      const open = state.flows.openResults;
+      result.open = open.has(s.unit);
+      result.addEventListener("toggle", () => {
+        if (result.open) open.add(s.unit); else open.delete(s.unit);
+      });
+      result.append(el("summary", null, "result"), el("pre", null, s.result));
+      li.append(result);
+    }
+    rows.push(li);
+  }
+  if (!rows.length) rows.push(el("li", "muted", "No steps (the run's file no longer parses)."));
+  return rows;
+}
+
+async function runAction(type) {
+  const run = state.flows.current;
+  if (!run) return;
+  try {
+    const info = await api(type, { run });
+    state.flows.details.set(run, info);
+    renderRun(info);
+    followRun(run);
+  } catch (error) { showError(error.message); }
+}
+
+// ---- starting a run
+
+async function findWorkflows() {
+  const cwd = $("flow-cwd").value.trim();
+  $("flow-problem").hidden = true;
+  try {
+    const list = await api("workflows", cwd ? { available: true, cwd } : { available: true });
+    state.flows.available = list.available || [];
+  } catch (error) { showError(error.message); return; }
+  const pick = $("flow-pick");
+  const options = state.flows.available.map((w) => {
+    const option = el("option", null, w.error ? `${w.name} (does not validate)` : w.name);
+    option.value = w.path;
+    return option;
+  });
+  if (!options.length) {
+    const none = el("option", null, "no workflows found");
+    none.value = "";
+    options.push(none);
+  }
+  pick.replaceChildren(...options);
+  describeWorkflow();
+}
+
+function describeWorkflow() {
+  const found = state.flows.available.find((w) => w.path === $("flow-pick").value);
+  const about = $("flow-about");
+  about.replaceChildren();
+  if (!found) return;
+  about.append(el("div", null, found.description || ""), el("div", "flow-path", found.path));
+  if (found.error) about.append(el("div", "error flow-file-error", found.error));
+}
+
+function parseInputs(text) {
+  const inputs = {};
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (!line) continue;
+    const at = line.indexOf("=");
+    if (at <= 0) throw new Error(`an input is name=value: ${line}`);
+    inputs[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+  }
+  return inputs;
+}
+
+async function startRun() {
+  const problem = $("flow-problem");
+  problem.hidden = true;
+  const workflow = $("flow-pick").value;
+  if (!workflow) { problem.textContent = "Find a workflow first."; problem.hidden = false; return; }
+  const body = { workflow };
+  const cwd = $("flow-cwd").value.trim();
+  if (cwd) body.cwd = cwd;
+  try {
+    body.inputs = parseInputs($("flow-inputs").value);
+    const info = await api("workflow_run", body);
+    state.flows.details.set(info.run, info);
+    $("flow-start").hidden = true;
+    $("flows-new").setAttribute("aria-expanded", "false");
+    selectRun(info.run);
+    loadRuns();
+  } catch (error) {
+    // A validation error names every problem, one a line (file:line: key: message).
+    problem.textContent = error.message;
+    problem.hidden = false;
+  }
+}
+
+function wireWorkflows() {
+  $("flows-button").addEventListener("click", () => showWorkflows(!flowsShown()));
+  $("flows-refresh").addEventListener("click", () => {
+    loadRuns();
+    if (state.flows.current) followRun(state.flows.current);
+  });
+  $("flows-new").addEventListener("click", () => {
+    const on = $("flow-start").hidden;
+    $("flow-start").hidden = !on;
+    $("flows-new").setAttribute("aria-expanded", String(on));
+    if (on) {
+      if (!$("flow-cwd").value) $("flow-cwd").value = $("new-cwd").value;
+      findWorkflows();
+    }
+  });
+  $("flow-find").addEventListener("click", findWorkflows);
+  $("flow-pick").addEventListener("change", describeWorkflow);
+  $("flow-start").addEventListener("submit", (event) => { event.preventDefault(); startRun(); });
+  $("flow-cancel").addEventListener("click", () => runAction("workflow_cancel"));
+  $("flow-resume").addEventListener("click", () => runAction("workflow_resume"));
+  for (const id of ["flow-run-chat", "flow-run-origin"]) {
+    $(id).addEventListener("click", (event) => {
+      event.preventDefault();
+      selectChat($(id).dataset.chat);
+    });
+  }
+}
+
 // ------------------------------------------------------------------ wiring
 
 async function send() {
@@ -751,11 +1152,14 @@ async function start() {
   $("app").hidden = false;
   $("logout").hidden = false;
   $("stats-button").hidden = false;
+  $("flows-button").hidden = false;
   $("logout").addEventListener("click", async () => {
     await fetch("/logout", { method: "POST", credentials: "same-origin" });
     closeStream();
     $("logout").hidden = true;
     $("stats-button").hidden = true;
+    $("flows-button").hidden = true;
+    showWorkflows(false);
     showLogin();
   });
   try {
@@ -797,6 +1201,7 @@ async function start() {
       loadStats();
     }
   });
+  wireWorkflows();
   for (const id of ["stats-by", "stats-since"]) $(id).addEventListener("change", loadStats);
   $("stats-refresh").addEventListener("click", loadStats);
   $("parent-link").addEventListener("click", (event) => {
@@ -828,6 +1233,11 @@ async function start() {
       if (first) first.focus();
     }
     if (event.altKey && event.key === "p") { event.preventDefault(); $("prompt").focus(); }
+    if (event.altKey && event.key === "w" && !$("app").hidden) {
+      event.preventDefault();
+      showWorkflows(!flowsShown());
+      if (flowsShown()) ($("flow-runs").querySelector("li.current") || $("flows-button")).focus();
+    }
     if (event.altKey && event.key === "t" && state.chat) {
       event.preventDefault();
       showTrace(!traceShown());
@@ -837,7 +1247,11 @@ async function start() {
   await refreshChats();
   setInterval(refreshChats, 2000);
   const wanted = decodeURIComponent(location.hash.slice(1));
-  if (wanted) selectChat(wanted);
+  if (wanted === "workflows" || wanted.startsWith("workflows/")) {
+    const run = wanted.slice("workflows/".length);
+    if (run) state.flows.current = run;
+    showWorkflows(true);
+  } else if (wanted) selectChat(wanted);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
