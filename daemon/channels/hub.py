@@ -39,7 +39,8 @@ from daemon.channels.frames import (
 )
 from daemon.channels.replay import Source, next_source
 from daemon.log import Log
-from daemon.store.sqlite import DatabaseUnusable, Store
+from daemon.store.faults import DatabaseUnusable
+from daemon.store.sqlite import Store
 from protocol import deltas as d
 from protocol.framing import FrameTooLarge
 from protocol.messages import (

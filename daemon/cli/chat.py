@@ -188,7 +188,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from daemon.errors import ConfigError
     from daemon.listeners.unix import DaemonAlreadyRunning
     from daemon.service.root import serve
-    from daemon.store.sqlite import DatabaseUnusable
+    from daemon.store.faults import DatabaseUnusable
 
     paths = paths_from(args)
     try:

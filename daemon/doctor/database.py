@@ -19,7 +19,7 @@ from pathlib import Path
 import trio
 
 from daemon.doctor.report import Check
-from daemon.store.sqlite import EMPTY_FAULT, DatabaseUnusable, is_damage, quick_check
+from daemon.store.faults import EMPTY_FAULT, DatabaseUnusable, is_damage, quick_check
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from daemon.channels.hub import Hub
 from daemon.channels.replay import start_cursor
 from daemon.errors import BadRequest, LimitReached, StokerError, UnknownChat
 from daemon.log import Log
-from daemon.store.sqlite import FLUSH_PATIENCE, STORAGE_PATIENCE
+from daemon.store.faults import FLUSH_PATIENCE, STORAGE_PATIENCE
 from protocol import messages as m
 from protocol.codec import ServerCodec
 from protocol.errors import ErrorCode

@@ -1,7 +1,9 @@
 """The durable store: one SQLite database (WAL) behind one writer thread and one reader.
 
-`sqlite` owns the connections, the schema and its migrations, batched commits and the
-delta log; `meta` the instance id and the clean-exit marker. The SQL of each other table
+`sqlite` owns the connections, migrations, batched commits and the delta log; `schema` the
+tables; `faults` what can go wrong with the file (unavailable, unusable) and what the
+operator is told; `meta` the instance id and the clean-exit marker. The SQL of each other table
 lives in the records module of the package that owns that table (`actors.records`,
-`workspaces.records`). Imports nothing above `daemon.log`.
+`workspaces.records`, `tasks.records`, `workflows.records`). Imports nothing above
+`daemon.log` and `daemon.errors`.
 """

@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import secrets
 
-from daemon.store.sqlite import FLUSH_PATIENCE, STORAGE_PATIENCE, StorageUnavailable, Store
+from daemon.store.faults import FLUSH_PATIENCE, STORAGE_PATIENCE, StorageUnavailable
+from daemon.store.sqlite import Store
 
 
 async def instance_id(store: Store) -> str:

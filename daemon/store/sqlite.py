@@ -44,7 +44,6 @@ commit that never came: start-up hung and SIGTERM was ignored.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 import sqlite3
 import threading
@@ -56,266 +55,24 @@ from typing import Any
 
 import trio
 
-from daemon.errors import StokerError
 from daemon.log import Log
-from protocol.errors import ErrorCode
-
-SCHEMA_VERSION = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS chats (
-    id TEXT PRIMARY KEY,
-    agent TEXT NOT NULL,
-    cwd TEXT NOT NULL,
-    workspace TEXT,
-    computer TEXT,
-    policy TEXT,
-    title TEXT,
-    mcp BLOB,
-    epoch TEXT NOT NULL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    closed INTEGER NOT NULL DEFAULT 0,
-    next_turn INTEGER NOT NULL DEFAULT 1,
-    head_seq INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS actors (
-    chat TEXT NOT NULL,
-    agent TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    session_id TEXT,
-    generation INTEGER NOT NULL DEFAULT 0,
-    pid INTEGER,
-    pgid INTEGER,
-    pid_start REAL,
-    computer TEXT,
-    marker TEXT,
-    info BLOB,
-    usage BLOB,
-    turns INTEGER NOT NULL DEFAULT 0,
-    last_activity REAL,
-    updated REAL NOT NULL,
-    PRIMARY KEY (chat, agent)
-);
-CREATE TABLE IF NOT EXISTS deltas (
-    chat TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (chat, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS prompts (
-    chat TEXT NOT NULL,
-    turn INTEGER NOT NULL,
-    agent TEXT NOT NULL,
-    content BLOB NOT NULL,
-    by TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    created REAL NOT NULL,
-    PRIMARY KEY (chat, turn)
-);
-CREATE TABLE IF NOT EXISTS transitions (
-    chat TEXT NOT NULL,
-    agent TEXT NOT NULL,
-    ts REAL NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    generation INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS transitions_ts ON transitions (ts);
-CREATE INDEX IF NOT EXISTS transitions_chat ON transitions (chat, agent, ts);
--- workspaces subsystem (daemon/workspaces.py): one git worktree per workspace, and a
--- tombstone per soft delete (the reaper's journal: an interrupted delete is finished from it)
-CREATE TABLE IF NOT EXISTS workspaces (
-    id TEXT PRIMARY KEY,
-    project TEXT NOT NULL,
-    path TEXT NOT NULL,
-    branch TEXT NOT NULL,
-    base TEXT NOT NULL,
-    computer TEXT,
-    state TEXT NOT NULL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    orphaned_at REAL,
-    reason TEXT NOT NULL DEFAULT '',
-    detail TEXT NOT NULL DEFAULT '',
-    common_dir TEXT NOT NULL DEFAULT '',
-    diff_hash TEXT NOT NULL DEFAULT '',
-    tombstone TEXT
-);
-CREATE TABLE IF NOT EXISTS tombstones (
-    id TEXT PRIMARY KEY,
-    workspace TEXT,
-    path TEXT NOT NULL,
-    trash TEXT NOT NULL,
-    computer TEXT,
-    common_dir TEXT NOT NULL DEFAULT '',
-    branch TEXT NOT NULL DEFAULT '',
-    head TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    created REAL NOT NULL,
-    trashed_at REAL,
-    purged_at REAL
-);
--- tasks subsystem (daemon/tasks/): a task is a chat with a parent; its SQL is in
--- daemon/tasks/records.py
-CREATE TABLE IF NOT EXISTS tasks (
-    id TEXT PRIMARY KEY,
-    parent TEXT NOT NULL,
-    agent TEXT NOT NULL,
-    title TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    depth INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    prompt TEXT NOT NULL DEFAULT '',
-    turn INTEGER,
-    since INTEGER NOT NULL DEFAULT 0,
-    result TEXT NOT NULL DEFAULT '',
-    stop_reason TEXT,
-    error TEXT,
-    notified INTEGER NOT NULL DEFAULT 1,
-    tokens INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL,
-    started REAL,
-    ended REAL
-);
-CREATE INDEX IF NOT EXISTS tasks_parent ON tasks (parent);
--- workflows subsystem (daemon/workflows/): runs, their steps (each a task) and the cache of
--- step results by spec; its SQL is in daemon/workflows/records.py
-CREATE TABLE IF NOT EXISTS workflow_runs (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    path TEXT NOT NULL,
-    source TEXT NOT NULL,
-    inputs TEXT NOT NULL,
-    cwd TEXT NOT NULL,
-    base TEXT NOT NULL DEFAULT '',
-    chat TEXT,
-    state TEXT NOT NULL,
-    reason TEXT,
-    created REAL NOT NULL,
-    ended REAL,
-    origin TEXT
-);
-CREATE TABLE IF NOT EXISTS workflow_units (
-    run TEXT NOT NULL,
-    unit TEXT NOT NULL,
-    step TEXT NOT NULL,
-    idx INTEGER,
-    item TEXT,
-    state TEXT NOT NULL,
-    key TEXT NOT NULL DEFAULT '',
-    prompt TEXT NOT NULL DEFAULT '',
-    task TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    result TEXT NOT NULL DEFAULT '',
-    tokens INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    started REAL,
-    ended REAL,
-    PRIMARY KEY (run, unit)
-);
-CREATE TABLE IF NOT EXISTS workflow_cache (
-    key TEXT PRIMARY KEY,
-    result TEXT NOT NULL,
-    tokens INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL
-);
-"""
-
-
-class StoreClosed(RuntimeError):
-    """A write was attempted after the store closed (a shutdown-ordering bug)."""
-
-
-class StorageUnavailable(StokerError):
-    """The store cannot commit (a full disk, an I/O error) and did not recover within the
-    caller's patience. The store keeps retrying and recovers by itself."""
-
-    code = ErrorCode.STORAGE_UNAVAILABLE
-
-
-STORAGE_PATIENCE = 5.0
-"""How long a client's request waits for a store that cannot commit before it is answered
-`storage_unavailable`."""
-
-FLUSH_PATIENCE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "FLUSH_PATIENCE", default=None)
-"""Set (by a connection, around a client's request) to bound how long `flush` waits while
-the store cannot commit; None (background work) waits until it can."""
+from daemon.store.faults import (
+    EMPTY_FAULT,
+    FLUSH_PATIENCE,
+    STORAGE_PATIENCE,
+    DatabaseUnusable,
+    StorageUnavailable,
+    StoreClosed,
+    empty_file,
+    is_damage,
+    quick_check,
+    unusable,
+)
+from daemon.store.schema import SCHEMA, SCHEMA_VERSION
 
 
 class _GaveUp(Exception):
     """The store closed while a batch could not be committed (shutdown on a full disk)."""
-
-
-DAMAGE_ADVICE = ("restore it from a backup, or move it aside (with its -wal and -shm files) "
-                 "to start with an empty database; see \"Backup and restore\" in "
-                 "docs/OPERATIONS.md")
-"""What an operator can do about a damaged database file."""
-
-SQLITE_CORRUPT = 11
-SQLITE_NOTADB = 26
-
-
-class DatabaseUnusable(Exception):
-    """The database file cannot be used: damaged, not a database, or not openable.
-
-    The message is for the operator and is complete on its own: the file, the fault, and
-    what to do (`advice`; `DAMAGE_ADVICE` unless said otherwise).
-    """
-
-    def __init__(self, path: Path, fault: str, advice: str = DAMAGE_ADVICE) -> None:
-        super().__init__(f"the database {path} cannot be used: {fault}. To fix it: {advice}")
-        self.path = path
-        self.fault = fault
-        self.advice = advice
-
-
-def is_damage(exc: BaseException) -> bool:
-    """Whether `exc` says the file itself is bad (SQLITE_CORRUPT, SQLITE_NOTADB, with any
-    extended code), which no retry can fix."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
-
-
-def unusable(path: Path, exc: BaseException) -> DatabaseUnusable:
-    """The `DatabaseUnusable` that `exc`, met on the database `path`, amounts to."""
-    if is_damage(exc):
-        return DatabaseUnusable(path, f"it is damaged ({exc})")
-    if isinstance(exc, sqlite3.Error):
-        return DatabaseUnusable(path, f"SQLite failed ({exc})",
-                                "check the file, its directory (owner, mode) and free space; "
-                                "if it is damaged, " + DAMAGE_ADVICE)
-    return DatabaseUnusable(path, f"the store failed ({type(exc).__name__}: {exc})",
-                            "this is a bug in Stoker; please report it with the log")
-
-
-def quick_check(conn: sqlite3.Connection) -> str | None:
-    """None when `PRAGMA quick_check` finds the database sound, else its first findings.
-    Damage bad enough to stop the check raises, as any other statement would."""
-    rows = conn.execute("PRAGMA quick_check").fetchall()
-    if rows == [("ok",)]:
-        return None
-    return "; ".join(str(row[0]) for row in rows[:3])
-
-
-def empty_file(path: Path) -> bool:
-    """Whether `path` exists with 0 bytes: what SQLite would take for a new, empty database,
-    but which an existing state dir only holds after its contents were lost."""
-    try:
-        return path.stat().st_size == 0
-    except FileNotFoundError:
-        return False
-
-
-EMPTY_FAULT = "the file is empty (0 bytes), so whatever it held is gone"
 
 
 class Store:

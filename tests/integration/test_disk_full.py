@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from daemon.client import Client, RequestFailed
-from daemon.store.sqlite import STORAGE_PATIENCE
+from daemon.store.faults import STORAGE_PATIENCE
 from protocol import deltas as d
 from protocol import messages as m
 from tests.support.harness import DaemonFactory, open_chat, subscribe, turn, wait_log

@@ -41,7 +41,8 @@ from daemon.channels.hub import Hub
 from daemon.config.agents import AgentSpec
 from daemon.config.file import parse
 from daemon.execution.local import ExitStatus, ProcessIdentity, SpawnError
-from daemon.store.sqlite import SCHEMA, Store
+from daemon.store.schema import SCHEMA
+from daemon.store.sqlite import Store
 from protocol import deltas as d
 from protocol.messages import TextBlock
 

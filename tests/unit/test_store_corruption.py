@@ -16,7 +16,8 @@ import pytest
 import trio
 
 from daemon.doctor.database import database_facts, database_verdict
-from daemon.store.sqlite import DatabaseUnusable, Store
+from daemon.store.faults import DatabaseUnusable
+from daemon.store.sqlite import Store
 from tests.support.corrupt import (
     checkpoint,
     damage,
