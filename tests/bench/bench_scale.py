@@ -31,7 +31,7 @@ import trio
 
 from daemon.actors.lifecycle import ActorFacts, State, choose_evictions
 from daemon.client import RequestFailed
-from daemon.execution.local import PROCESSES
+from daemon.execution.processes import PROCESSES
 from protocol import messages as m
 from tests.support.harness import subscribe
 

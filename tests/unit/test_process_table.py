@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from daemon.execution import local
-from daemon.execution.local import LocalExecutor, LocalProcess, ProcessTable
+from daemon.execution.local import LocalExecutor, LocalProcess
+from daemon.execution.processes import ProcessTable
 
 TREE = [sys.executable, "-c",
         "import subprocess, sys, time; "
