@@ -128,8 +128,15 @@ async def test_a_diamond_runs_each_step_once_after_its_needs(daemon: DaemonProce
         assert [r.run for r in listed.runs] == [run.run]
         # The run's chat carries a `workflow` delta at each change, the run's end last.
         assert done.chat is not None
-        flow = [x.body for x in await replay(client, done.chat)
-                if isinstance(x.body, d.Workflow)]
+        # The run's last delta is published as it ends and reaches the log (and a replay)
+        # once committed, a moment after the run reads as done: wait for it.
+        with trio.fail_after(20):
+            while True:
+                flow = [x.body for x in await replay(client, done.chat)
+                        if isinstance(x.body, d.Workflow)]
+                if flow and flow[-1].unit is None and flow[-1].state == "done":
+                    break
+                await trio.sleep(0.05)
         assert all(b.run == run.run for b in flow)
         assert (flow[0].unit, flow[0].state) == (None, "running")
         assert (flow[-1].unit, flow[-1].state, flow[-1].tokens) == (None, "done", done.tokens)
