@@ -20,8 +20,12 @@ Policy = Literal["ask", "allow", "deny"]
 """A chat's permission policy: `ask` a client, or `allow`/`deny` at once."""
 
 
-class _Body(msgspec.Struct, tag_field="kind", omit_defaults=True):
-    """Base of every delta body."""
+class _Body(msgspec.Struct, tag_field="kind", omit_defaults=True, gc=False):
+    """Base of every delta body.
+
+    `gc=False` (inherited): bodies hold only strings, numbers, decoded JSON and other
+    bodies, never a reference back, so they cannot form a cycle and the cyclic collector
+    need not track them; the daemon makes several per delta (docs/PERFORMANCE.md, ingest)."""
 
 
 class TurnStarted(_Body, tag="turn_started"):
@@ -185,7 +189,7 @@ class Raw(_Body, tag="raw"):
     acp: Any = None
 
 
-class TurnTiming(msgspec.Struct, omit_defaults=True):
+class TurnTiming(msgspec.Struct, omit_defaults=True, gc=False):
     """Where a turn's time and tokens went (unix times, as the deltas' `ts`)."""
 
     accepted: float
@@ -279,7 +283,8 @@ DELTA_KINDS: tuple[str, ...] = tuple(
 )
 
 
-class Delta(msgspec.Struct, tag="delta", tag_field="type"):
+# gc=False: acyclic, like the bodies (see `_Body`).
+class Delta(msgspec.Struct, tag="delta", tag_field="type", gc=False):
     """One numbered event of a chat's channel."""
 
     chat: str

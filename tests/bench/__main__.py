@@ -25,6 +25,7 @@ SCENARIOS: dict[str, str] = {
     "turn": "tests.bench.bench_turn",
     "cold": "tests.bench.bench_cold",
     "fanout": "tests.bench.bench_fanout",
+    "ingest": "tests.bench.bench_ingest",
     "replay": "tests.bench.bench_replay",
     "scale": "tests.bench.bench_scale",
     "restart": "tests.bench.bench_restart",
