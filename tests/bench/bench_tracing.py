@@ -19,18 +19,24 @@ being measured.
 What no daemon switch turns off, the per-delta bookkeeping of the running turn for
 `turn_ended.timing` (`backend.core._note`), is timed in process instead, together with the
 metrics' tap: ns per text delta (the common case) and per tool-call delta, and that cost as
-a share of the daemon's CPU per delta measured above.
+a share of the daemon's CPU per delta measured above. And the tap alone where it is called:
+`Hub.publish` of a text delta over a real store, without and with the tap, alternating
+(40 rounds of 5,000; the loop thread's CPU).
 """
 
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from daemon.actors import mailbox as mb
 from daemon.actors.backend.core import _note
+from daemon.channels.hub import Hub, new_epoch
+from daemon.store.sqlite import Store
 from daemon.traces.metrics import Metrics
 from protocol import deltas as d
 from protocol import messages as m
@@ -108,6 +114,35 @@ def _hook_ns(rounds: int = 200_000) -> dict[str, float]:
     return {"observe_text": best(observe_text) - loop, "note_text": best(note_text) - loop,
             "observe_tool": best(observe_tool) - loop, "note_tool": best(note_tool) - loop,
             "turn": best(whole_turns) * 50}
+
+
+async def _publish_ns(rounds: int, count: int = 20_000) -> dict[str, list[float]]:
+    """`Hub.publish` of a text delta with no tap and with the metrics' tap, each hub over
+    its own real store, alternating round by round: ns per delta of the loop thread's CPU
+    (`thread_time`: the writer thread's commits excluded; they do not see the tap)."""
+    out: dict[str, list[float]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        async with Store.open(Path(tmp) / "off.sqlite") as s_off, \
+                Store.open(Path(tmp) / "on.sqlite") as s_on:
+            metrics = Metrics()
+            hubs = {"off": Hub(s_off, ring_size=8192),
+                    "on": Hub(s_on, ring_size=8192, tap=metrics.observe)}
+            stores = {"off": s_off, "on": s_on}
+            for hub in hubs.values():
+                hub.open_channel("c", new_epoch())
+                hub.publish("c", 1, d.TurnStarted(agent="echo", prompt=PROMPT))
+            text = d.Text(text=" chunk")
+            for index in range(rounds + 1):
+                for name in ("off", "on") if index % 2 else ("on", "off"):
+                    hub = hubs[name]
+                    began = time.thread_time()
+                    for _ in range(count):
+                        hub.publish("c", 1, text)
+                    spent = time.thread_time() - began
+                    await stores[name].flush()
+                    if index:  # the first round warms up
+                        out[name].append(spent / count * 1e9)
+    return out
 
 
 async def _turns(daemon: BenchDaemon, client: TimedClient, chat: str,
@@ -228,6 +263,17 @@ async def run(ctx: Context) -> Result:
     per_turn_ns = med("off", "turn_cpu") * 1e9
     result.add("tap + _note per warm turn, share of the daemon's CPU per turn",
                hooks["turn"] / per_turn_ns * 100, "%", target="<= 5 %", check=_at_most(5.0))
+    published = await _publish_ns(40, 5000)
+    detail["publish_ns"] = published
+    for name in ("off", "on"):
+        result.add(f"in process: Hub.publish per text delta, tap {name}",
+                   median(published[name]), "ns", note=f"min {min(published[name]):.0f}")
+    per_round = [a / b for a, b in zip(published["on"], published["off"], strict=True)]
+    best = min(published["on"]) / min(published["off"])
+    result.add("in process: Hub.publish per text delta: cost on/off",
+               median(published["on"]) / median(published["off"]), "x", target="<= 1.05",
+               check=_at_most(1.05), note=f"min/min {best:.3f}, rounds "
+               f"{min(per_round):.3f}..{max(per_round):.3f}")
     if found is not None:
         result.add("otel: spans received by the collector", float(spans), "")
     result.detail = detail
