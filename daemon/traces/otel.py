@@ -183,7 +183,7 @@ async def shutdown(spans: TurnSpans | None, log: Log, timeout: float = 5.0) -> N
         return bool(flushed)
 
     try:
-        with trio.move_on_after(timeout + 1):
+        with trio.move_on_after(timeout):
             flushed = await trio.to_thread.run_sync(flush_and_stop, abandon_on_cancel=True)
             if not flushed:
                 log.warning("some turn spans were not exported before the daemon stopped")
