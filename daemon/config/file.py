@@ -388,6 +388,11 @@ class TracesConfig(_Section):
     otlp_endpoint: str = ""
     """Export OpenTelemetry spans (a turn, its tool calls) over OTLP/HTTP to this URL (e.g.
     ``http://127.0.0.1:4318/v1/traces``); empty: off. Needs the `otel` extra; read at start."""
+    metrics: bool = True
+    """Collect the Prometheus metrics derived from the published deltas (turns, durations,
+    time to first output, tool calls, restarts, tokens, store commits). Off: the hub calls
+    no metrics hook per delta, those metrics stay at zero and `stoker_metrics_collecting`
+    says 0 (the scrape-time gauges are still served). Read at start."""
 
     def __post_init__(self) -> None:
         if self.otlp_endpoint and not self.otlp_endpoint.startswith(("http://", "https://")):

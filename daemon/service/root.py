@@ -113,13 +113,16 @@ class Service:
     hub for subscriptions, the router for every other request."""
 
     def __init__(self, *, hub: Hub, router: Router, core: Core, reloader: Reloader,
-                 metrics: Metrics, settings: Settings) -> None:
+                 metrics: Metrics, settings: Settings,
+                 spans: otel.TurnSpans | None = None) -> None:
         self.hub = hub
         self.router = router
         self.core = core
         self.reloader = reloader
         self.metrics = metrics
         self.settings = settings
+        self.spans = spans
+        """The OpenTelemetry turn spans, when exported (flushed at the daemon's stop)."""
 
     async def handle(self, request: Any, client: str) -> Any:
         return await self.router.handle(request, client)
@@ -313,6 +316,8 @@ async def _serve_locked(paths: Paths, config: Config, log: Log,
                     log.info("shutting down", signal=signal.Signals(signum).name)
                     break
                 await tree.stop()
+                # Every turn has ended (the pool's stop): export their spans before exit.
+                await otel.shutdown(service.spans, Log("traces"))
                 root.cancel_scope.cancel()
             await meta.swap_clean_exit(store, "1")
         unix.unlink()
@@ -326,8 +331,10 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
            ) -> tuple[Service, Tree, UnixListener]:
     """Make every part and the tree (no I/O: each part does its own when its child
     starts). The router is complete when this returns."""
-    metrics = Metrics()
-    hub_tap, _spans = otel.tap(metrics.observe, config.traces.otlp_endpoint, Log("traces"))
+    collecting = config.traces.metrics
+    metrics = Metrics(collecting=collecting)
+    hub_tap, spans = otel.tap(metrics.observe if collecting else None,
+                              config.traces.otlp_endpoint, Log("traces"))
     hub = Hub(store, ring_size=config.channels.ring_size, tap=hub_tap)
     settings = Settings(config, registry(config))
     executors: dict[str | None, Executor] = {None: LocalExecutor(instance)}
@@ -347,11 +354,12 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
     the_core = Core(paths=paths, settings=settings, pool=pool, workspaces=workspace_service,
                     reload=reloader.reload, websocket_url=lambda: websocket.url)
     service = Service(hub=hub, router=router, core=the_core, reloader=reloader,
-                      metrics=metrics, settings=settings)
+                      metrics=metrics, settings=settings, spans=spans)
     metrics.attach(Gauges(actors_by_state=lambda: pool.counts().by_state,
                           agent_rss_by_agent=pool.rss_by_agent, hub=hub.statistics,
                           store=lambda: store.statistics()))  # read at scrape time
-    store.time_commits(metrics.store_commit_seconds.observe)
+    if collecting:
+        store.time_commits(metrics.store_commit_seconds.observe)
     task_service = TaskService(pool=pool, hub=hub, store=store, settings=settings,
                                workspaces=workspace_service,
                                socket=str(sock_path or paths.socket))

@@ -77,7 +77,10 @@ class Gauges:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, collecting: bool = True) -> None:
+        self.collecting = collecting
+        """`[traces] metrics`: whether `observe` is the hub's tap (else the event-derived
+        metrics stay at zero; `stoker_metrics_collecting` says so)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.turns = Counter("stoker_turns", "Turns ended, by agent and outcome "
@@ -218,7 +221,8 @@ def _ttft(timing: d.TurnTiming | None, current: _Turn) -> float | None:
 
 
 class _Scraped(Collector):
-    NAMES = ("stoker_actors", "stoker_turns_running", "stoker_turns_queued",
+    NAMES = ("stoker_metrics_collecting", "stoker_actors", "stoker_turns_running",
+             "stoker_turns_queued",
              "stoker_agent_rss_bytes", "stoker_deltas_published",
              "stoker_subscribers_lagged", "stoker_subscribers_live",
              "stoker_store_pending_writes", "stoker_store_write_errors")
@@ -264,4 +268,8 @@ class _Scraped(Collector):
         queued = GaugeMetricFamily("stoker_turns_queued", "Prompts accepted and waiting "
                                    "behind a chat's running turn now (the turn queue depth)")
         queued.add_metric([], sum(len(q) for q in self._metrics._queued.values()))
-        return [actors, running, queued, rss, published, lagged, live, pending, errors]
+        collecting = GaugeMetricFamily(
+            "stoker_metrics_collecting", "1 when the metrics derived from the deltas are "
+            "collected, 0 when `[traces] metrics = false` turned them off")
+        collecting.add_metric([], 1 if self._metrics.collecting else 0)
+        return [collecting, actors, running, queued, rss, published, lagged, live, pending, errors]

@@ -6,7 +6,8 @@ Like the Prometheus metrics, the spans are derived from the deltas as the hub pu
 them (`TurnSpans.observe`, chained after the metrics' tap only when OTLP is on): a turn's
 start and its tool calls are noted, and its spans are made at its end with their recorded
 start and end times, so the hot path never touches the SDK. The SDK's batch processor
-exports from its own thread.
+exports from its own thread; the daemon's stop path flushes and shuts it down (`shutdown`,
+after every turn has ended), so the spans of the turns a shutdown ends are exported too.
 
 The daemon runs without the packages installed: `tap` then logs a warning (when an
 endpoint is configured) and returns the metrics' tap alone.
@@ -17,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 from daemon.log import Log
 from protocol import deltas as d
@@ -127,14 +130,17 @@ def otlp_provider(endpoint: str) -> TracerProvider:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": "stoker"}))
+    # Shut down by the daemon's stop path (`shutdown`, bounded), not by an exit hook.
+    provider = TracerProvider(resource=Resource.create({"service.name": "stoker"}),
+                              shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     return provider
 
 
-def tap(metrics_tap: Tap, endpoint: str, log: Log) -> tuple[Tap, TurnSpans | None]:
-    """The hub's tap: the metrics' alone, or followed by the turn spans when `endpoint` is
-    set and the OpenTelemetry packages are installed."""
+def tap(metrics_tap: Tap | None, endpoint: str, log: Log
+        ) -> tuple[Tap | None, TurnSpans | None]:
+    """The hub's tap: the metrics' alone (None when `[traces] metrics = false`), or followed
+    by the turn spans when `endpoint` is set and the OpenTelemetry packages are installed."""
     if not endpoint:
         return metrics_tap, None
     try:
@@ -146,11 +152,40 @@ def tap(metrics_tap: Tap, endpoint: str, log: Log) -> tuple[Tap, TurnSpans | Non
     log.info("exporting turn spans over OTLP", endpoint=endpoint)
     observe = spans.observe
 
-    def both(chat: str, ts: float, turn: int, body: d.DeltaBody) -> None:
-        metrics_tap(chat, ts, turn, body)
+    def spans_only(chat: str, ts: float, turn: int, body: d.DeltaBody) -> None:
         try:
             observe(chat, ts, turn, body)
         except Exception as exc:  # a span problem must never break publishing
             log.error("turn span failed", error=repr(exc))
 
+    if metrics_tap is None:
+        return spans_only, spans
+    first = metrics_tap
+
+    def both(chat: str, ts: float, turn: int, body: d.DeltaBody) -> None:
+        first(chat, ts, turn, body)
+        spans_only(chat, ts, turn, body)
+
     return both, spans
+
+
+async def shutdown(spans: TurnSpans | None, log: Log, timeout: float = 5.0) -> None:
+    """At the daemon's stop: export what the batch processor still holds and stop it (in a
+    thread: the exporter's HTTP post blocks), at most `timeout` seconds. The spans of the
+    turns the shutdown ended were made when their `turn_ended` was published, before this."""
+    if spans is None:
+        return
+    provider = spans.provider
+
+    def flush_and_stop() -> bool:
+        flushed = provider.force_flush(int(timeout * 1000))
+        provider.shutdown()
+        return bool(flushed)
+
+    try:
+        with trio.move_on_after(timeout):
+            flushed = await trio.to_thread.run_sync(flush_and_stop, abandon_on_cancel=True)
+            if not flushed:
+                log.warning("some turn spans were not exported before the daemon stopped")
+    except Exception as exc:
+        log.error("stopping the span exporter failed", error=repr(exc))

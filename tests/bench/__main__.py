@@ -31,6 +31,7 @@ SCENARIOS: dict[str, str] = {
     "restart": "tests.bench.bench_restart",
     "stall": "tests.bench.bench_stall",
     "tasks": "tests.bench.bench_tasks",
+    "tracing": "tests.bench.bench_tracing",
 }
 
 

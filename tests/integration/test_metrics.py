@@ -51,6 +51,7 @@ async def test_metrics_scraped_after_real_turns(daemon_factory: DaemonFactory) -
         assert get(found, "stoker_actors", state="ready") == 1
         assert get(found, "stoker_agent_rss_bytes", agent="echo") > 0
         assert get(found, "stoker_deltas_published") > 10
+        assert get(found, "stoker_metrics_collecting") == 1
         # The API's token rules: no token, no metrics.
         refused = await web.get("/metrics")
         assert refused.status_code == 401
@@ -117,3 +118,21 @@ async def test_exact_counts_after_a_scripted_run(daemon_factory: DaemonFactory) 
     assert get(found, "stoker_turn_first_output_seconds_count", agent="echo") == 4
     assert abs(get(found, "stoker_turn_first_output_seconds_sum", agent="echo")
                - sum(expected)) < 1e-6
+
+
+async def test_metrics_collection_can_be_turned_off(daemon_factory: DaemonFactory) -> None:
+    """`[traces] metrics = false`: no hook per delta; the scrape says so and counts no
+    turns, while the scrape-time gauges are still read."""
+    http = await start_http_daemon(
+        daemon_factory, CONFIG + "metrics = true\n\n[traces]\nmetrics = false\n")
+    async with http.proc.client() as client:
+        info = await open_chat(client, "unmeasured", cwd=http.proc.work)
+        await turn(client, info.chat, "hello")
+    async with http.client() as web:
+        response = await web.get("/metrics", headers=http.auth)
+    assert response.status_code == 200, response.text
+    found = samples(response.text)
+    assert get(found, "stoker_metrics_collecting") == 0
+    assert get(found, "stoker_turns_total", agent="echo", outcome="end_turn") == 0
+    assert get(found, "stoker_actors", state="ready") == 1
+    assert get(found, "stoker_deltas_published") > 0

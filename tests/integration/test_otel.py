@@ -16,7 +16,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from protocol import deltas as d
-from tests.support.harness import DaemonFactory, open_chat, turn
+from protocol import messages as m
+from tests.support.harness import DaemonFactory, open_chat, subscribe, turn, wait_for_delta
 
 
 class Collector:
@@ -126,3 +127,30 @@ async def test_no_endpoint_no_export(daemon_factory: DaemonFactory) -> None:
         info = await open_chat(client, "plain", cwd=daemon.work)
         await turn(client, info.chat, "/tool")
     assert "OTLP" not in daemon.log_text()
+
+
+async def test_spans_flushed_at_sigterm(daemon_factory: DaemonFactory) -> None:
+    """The batch processor would wait ten minutes: the spans reach the collector only
+    because the daemon's stop path flushes it, before the daemon exits. Both the turn that
+    ended just before SIGTERM and the one the shutdown ended are exported."""
+    with collector() as (found, endpoint):
+        daemon = daemon_factory(config=f'[traces]\notlp_endpoint = "{endpoint}"\n',
+                                env={"OTEL_BSP_SCHEDULE_DELAY": "600000"})
+        daemon.start()
+        async with daemon.client() as client:
+            info = await open_chat(client, "flushed", cwd=daemon.work)
+            done = await turn(client, info.chat, "/tool")
+            await subscribe(client, info.chat)
+            running: m.PromptAccepted = await client.request(
+                m.Prompt(id=0, chat=info.chat, text="/sleep 600000"))
+            await wait_for_delta(client, lambda x: x.turn == running.turn
+                                 and isinstance(x.body, d.TurnStarted))
+            assert found.spans == []  # nothing exported yet: the delay holds them
+            assert daemon.stop() == 0
+        # No waiting: the export finished before the daemon exited.
+        turns = {attrs(s)["stoker.turn"]: s for _, s in found.spans
+                 if s.name == "turn" and attrs(s).get("stoker.chat") == info.chat}
+    assert set(turns) == {done.turn, running.turn}
+    assert attrs(turns[done.turn])["stoker.outcome"] == "end_turn"
+    assert attrs(turns[running.turn])["stoker.outcome"] != "end_turn"
+    assert [s.name for _, s in found.spans].count("tool_call") == 1
