@@ -87,10 +87,21 @@ find_uv() {
 
 PY="$(pick_python)"
 STAMP="$VENV/.stoker-synced"
-have=""
-[ -f "$STAMP" ] && [ -x "$VENV/bin/python" ] && have="$(cat "$STAMP")"
-if [ "$have" != "$(stamp_of "$GROUPS_WANTED" "$PY")" ] &&
-    { [ "$GROUPS_WANTED" != runtime ] || [ "$have" != "$(stamp_of dev "$PY")" ]; }; then
+needs_setup() {
+    local have=""
+    [ -f "$STAMP" ] && [ -x "$VENV/bin/python" ] && have="$(cat "$STAMP")"
+    [ "$have" != "$(stamp_of "$GROUPS_WANTED" "$PY")" ] &&
+        { [ "$GROUPS_WANTED" != runtime ] || [ "$have" != "$(stamp_of dev "$PY")" ]; }
+}
+# Two scripts started together on a fresh checkout (scripts/test beside scripts/bench) must
+# not both install uv and sync .venv: the second waits for the first (flock), then finds the
+# stamp current. The lock is held only while setting up.
+if needs_setup && command -v flock >/dev/null 2>&1; then
+    mkdir -p "$ROOT/.cache"
+    exec 9>"$ROOT/.cache/setup.lock"
+    flock 9
+fi
+if needs_setup; then
     started=$SECONDS
     echo "stoker: setting up $VENV from uv.lock ($GROUPS_WANTED, $("$PY" -V 2>&1))" >&2
     UV="$(find_uv)"
@@ -111,4 +122,5 @@ if [ "$have" != "$(stamp_of "$GROUPS_WANTED" "$PY")" ] &&
     stamp_of "$GROUPS_WANTED" "$PY" >"$STAMP"
     echo "stoker: $VENV is ready ($((SECONDS - started)) s)" >&2
 fi
+{ exec 9>&-; } 2>/dev/null || true
 export PATH="$VENV/bin:$PATH"
