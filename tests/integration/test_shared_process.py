@@ -1,0 +1,185 @@
+"""Issue 23: shared agent processes. Many chats' ACP sessions on one warm echo-agent
+process (`process = "shared"`), against the real daemon: routing by session, a `kill -9`
+of the shared process mid-turn, cancel and a stuck session without harm to the
+neighbours, eviction down to the process's stop, a second process past
+`sessions_per_process`, and bad config values."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import pytest
+import trio
+
+from daemon.client import Client
+from daemon.config import file as config_file
+from daemon.config.agents import registry
+from daemon.errors import ConfigError
+from protocol import deltas as d
+from protocol import messages as m
+from tests.support.harness import (
+    DaemonFactory,
+    DaemonProcess,
+    actor,
+    agent_pid,
+    open_chat,
+    replay,
+    subscribe,
+    wait_actor,
+)
+
+FAST = {"sweep_interval": "100ms", "restart_backoff": "100ms", "restart_backoff_max": "1s",
+        "idle_ttl": "1h"}
+
+
+def shared_config(agent: dict[str, Any] | None = None, **lifecycle: Any) -> str:
+    """The built-in echo agent made shared, with a fast `[lifecycle]` for tests."""
+    keys = {"command": [sys.executable, "-m", "daemon.echo_agent"], "process": "shared",
+            **(agent or {})}
+    merged = {**FAST, **lifecycle}
+    return ("[agents.echo]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
+            + "[lifecycle]\n" + "".join(f"{k} = {json.dumps(v)}\n"
+                                        for k, v in merged.items()))
+
+
+async def open_chats(client: Client, daemon: DaemonProcess, count: int) -> list[str]:
+    chats = []
+    for index in range(count):
+        info = await open_chat(client, f"c{index}", cwd=daemon.work)
+        await subscribe(client, info.chat)
+        chats.append(info.chat)
+    return chats
+
+
+async def prompt(client: Client, chat: str, text: str) -> int:
+    accepted: m.PromptAccepted = await client.request(m.Prompt(id=0, chat=chat, text=text))
+    return accepted.turn
+
+
+async def run_turns(client: Client, prompts: dict[str, str], timeout: float
+                    ) -> dict[str, tuple[d.TurnEnded, str]]:
+    """Send every chat its prompt at once; each chat's turn_ended and the text its deltas
+    carried (a chat's deltas counted for it alone)."""
+    turns = {chat: await prompt(client, chat, text) for chat, text in prompts.items()}
+    ends: dict[str, d.TurnEnded] = {}
+    texts: dict[str, str] = {chat: "" for chat in prompts}
+    with trio.fail_after(timeout):
+        while len(ends) < len(prompts):
+            event = await client.next_event()
+            if not isinstance(event, d.Delta) or event.chat not in turns:
+                continue
+            if event.turn != turns[event.chat]:
+                continue
+            if isinstance(event.body, d.Text):
+                texts[event.chat] += event.body.text
+            elif isinstance(event.body, d.TurnEnded):
+                assert event.chat not in ends, f"{event.chat}: turn ended twice"
+                ends[event.chat] = event.body
+    return {chat: (ends[chat], texts[chat]) for chat in prompts}
+
+
+async def every_turn_ended_once(client: Client, chat: str) -> list[d.Delta]:
+    assert client.socket_path is not None
+    async with Client.connect(client.socket_path, client="audit") as audit:
+        deltas = await replay(audit, chat)
+    started = [x.turn for x in deltas if isinstance(x.body, d.TurnStarted)]
+    ended = [x.turn for x in deltas if isinstance(x.body, d.TurnEnded)]
+    assert sorted(started) == sorted(ended), (chat, started, ended)
+    assert len(ended) == len(set(ended)), f"{chat}: a turn ended twice: {ended}"
+    return deltas
+
+
+async def test_eight_chats_share_one_process_and_each_sees_only_its_own_deltas(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=shared_config())
+    daemon.start()
+    async with daemon.client() as client:
+        chats = await open_chats(client, daemon, 8)
+        pids = {chat: await agent_pid(client, chat) for chat in chats}
+        assert len(set(pids.values())) == 1, pids
+        # Interleaved: every chat streams at once, each its own words.
+        words = 40
+        prompts = {chat: " ".join(f"{chat}-w{i}" for i in range(words)) for chat in chats}
+        results = await run_turns(client, prompts, timeout=30 + 2 * len(chats))
+        for chat, (ended, text) in results.items():
+            assert ended.error is None, (chat, ended.error)
+            assert text == prompts[chat], (chat, text[:200])
+        # Each chat has a session of its own on the one process.
+        detail = {chat: await actor(client, chat) for chat in chats}
+        assert len({a.session_id for a in detail.values()}) == len(chats)
+        assert {a.pid for a in detail.values()} == set(pids.values())
+        for chat in chats:
+            await every_turn_ended_once(client, chat)
+
+
+async def test_kill_9_of_the_shared_process_ends_each_open_turn_once_and_sessions_resume(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=shared_config())
+    daemon.start()
+    async with daemon.client() as client:
+        chats = await open_chats(client, daemon, 8)
+        for chat in chats:
+            assert (await run_turns(client, {chat: f"/remember {chat}-memo"}, 30))[chat][
+                1] == f"remembered {chat}-memo"
+        details = [await actor(client, chat) for chat in chats]
+        pids = {a.pid for a in details}
+        assert len(pids) == 1, pids
+        pid = pids.pop()
+        assert pid is not None
+        sessions = {a.session_id for a in details}
+        turns = {chat: await prompt(client, chat, "/slow 60000") for chat in chats}
+        for chat in chats:
+            await wait_actor(client, chat, lambda a: a.state == "busy")
+        os.kill(pid, signal.SIGKILL)
+        ends: dict[str, d.TurnEnded] = {}
+        with trio.fail_after(30):
+            while len(ends) < len(chats):
+                event = await client.next_event()
+                if (isinstance(event, d.Delta) and isinstance(event.body, d.TurnEnded)
+                        and event.turn == turns.get(event.chat)):
+                    assert event.chat not in ends, f"{event.chat}: turn ended twice"
+                    ends[event.chat] = event.body
+        for chat, ended in ends.items():
+            assert ended.error is not None, chat
+            assert "killed by SIGKILL" in ended.error, (chat, ended.error)
+            assert "shared process" in ended.error
+        # Every chat's next prompt works, on its own session, resumed on a new process.
+        recalled = await run_turns(client, {chat: "/recall" for chat in chats},
+                                   timeout=30 + 2 * len(chats))
+        for chat, (ended, text) in recalled.items():
+            assert ended.error is None, (chat, ended.error)
+            assert text == f"{chat}-memo", (chat, text)
+        after = [await actor(client, chat) for chat in chats]
+        assert {a.session_id for a in after} == sessions
+        new_pids = {a.pid for a in after}
+        assert len(new_pids) == 1, new_pids
+        assert pid not in new_pids
+        for chat in chats:
+            await every_turn_ended_once(client, chat)
+
+
+def test_bad_shared_process_values_are_rejected_naming_file_line_and_key() -> None:
+    base = '[agents.q]\ncommand = ["qwen", "--acp"]\n'
+    cases = {
+        'process = "forked"': ("cfg.toml:3: [agents.q] process: 'forked' is not a choice; "
+                               'use "per-chat" or "shared"'),
+        'shared_by = "host"': ("cfg.toml:3: [agents.q] shared_by: 'host' is not a choice; "
+                               'use "computer" or "cwd"'),
+        "sessions_per_process = 0": ("cfg.toml:3: [agents.q] sessions_per_process: 0 must be "
+                                     "a whole number of at least 1"),
+        'sessions_per_process = "many"': ("cfg.toml:3: [agents.q] sessions_per_process: "
+                                          "'many' must be a whole number of at least 1"),
+    }
+    for line, message in cases.items():
+        with pytest.raises(ConfigError) as error:
+            config_file.parse(base + line + "\n", source="cfg.toml")
+        assert error.value.message == message
+    good = config_file.parse(base + 'process = "shared"\nshared_by = "cwd"\n'
+                             "sessions_per_process = 4\n", source="cfg.toml")
+    spec = registry(good)["q"]
+    assert (spec.shared, spec.shared_by, spec.sessions_per_process) == (True, "cwd", 4)
+    assert not registry(config_file.parse(base))["q"].shared
