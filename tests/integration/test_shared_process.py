@@ -30,6 +30,8 @@ from tests.support.harness import (
     replay,
     subscribe,
     wait_actor,
+    wait_for_delta,
+    wait_gone,
 )
 
 FAST = {"sweep_interval": "100ms", "restart_backoff": "100ms", "restart_backoff_max": "1s",
@@ -183,3 +185,125 @@ def test_bad_shared_process_values_are_rejected_naming_file_line_and_key() -> No
     spec = registry(good)["q"]
     assert (spec.shared, spec.shared_by, spec.sessions_per_process) == (True, "cwd", 4)
     assert not registry(config_file.parse(base))["q"].shared
+
+
+def statuses(deltas: list[d.Delta]) -> list[str]:
+    return [x.body.state for x in deltas if isinstance(x.body, d.Status)]
+
+
+async def test_cancel_in_one_chat_leaves_the_others_turns_running(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=shared_config())
+    daemon.start()
+    async with daemon.client() as client:
+        chats = await open_chats(client, daemon, 3)
+        pid = await agent_pid(client, chats[0])
+        first, others = chats[0], chats[1:]
+        turns = {first: await prompt(client, first, "/slow 60000")}
+        for chat in others:
+            turns[chat] = await prompt(client, chat, "/slow 3000")
+        for chat in chats:
+            await wait_actor(client, chat, lambda a: a.state == "busy")
+        await client.request(m.Cancel(id=0, chat=first, turn=turns[first]))
+        order: list[str] = []
+        ends: dict[str, d.TurnEnded] = {}
+        texts: dict[str, str] = {chat: "" for chat in chats}
+        with trio.fail_after(30):
+            while len(ends) < len(chats):
+                event = await client.next_event()
+                if not isinstance(event, d.Delta) or event.turn != turns.get(event.chat):
+                    continue
+                if isinstance(event.body, d.Text):
+                    texts[event.chat] += event.body.text
+                elif isinstance(event.body, d.TurnEnded):
+                    order.append(event.chat)
+                    ends[event.chat] = event.body
+        assert order[0] == first, order
+        assert ends[first].stop_reason == "cancelled"
+        for chat in others:
+            assert ends[chat].error is None, ends[chat].error
+            assert ends[chat].stop_reason == "end_turn"
+            assert texts[chat] == "slow 3000"
+        assert {(await actor(client, chat)).pid for chat in chats} == {pid}
+        for chat in chats:
+            assert "crashed" not in statuses(await every_turn_ended_once(client, chat))
+
+
+async def test_a_stuck_session_is_cancelled_without_killing_its_neighbours(
+        daemon_factory: DaemonFactory) -> None:
+    """`/stall`: one session silent and deaf to session/cancel while the process answers
+    probes. Its turn ends stale, its generation (not the process) is replaced and its
+    session resumed; the neighbour's turns run on throughout on the same process."""
+    daemon = daemon_factory(config=shared_config(probe_interval="300ms", stale_grace="1s"))
+    daemon.start()
+    async with daemon.client("a") as ca, daemon.client("b") as cb:
+        stuck = (await open_chat(ca, "stuck", cwd=daemon.work)).chat
+        busy = (await open_chat(cb, "busy", cwd=daemon.work)).chat
+        await subscribe(ca, stuck)
+        await subscribe(cb, busy)
+        assert (await run_turns(ca, {stuck: "/remember mine"}, 30))[stuck][1] == (
+            "remembered mine")
+        pid = (await actor(ca, stuck)).pid
+        session = (await actor(ca, stuck)).session_id
+        stalled = await prompt(ca, stuck, "/stall")
+        ended: list[d.TurnEnded] = []
+
+        async def watch() -> None:
+            delta = await wait_for_delta(
+                ca, lambda e: e.chat == stuck and e.turn == stalled
+                and isinstance(e.body, d.TurnEnded), timeout=30)
+            assert isinstance(delta.body, d.TurnEnded)
+            ended.append(delta.body)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            neighbour_turns = 0
+            while not ended or neighbour_turns < 2:
+                result = await run_turns(cb, {busy: "/slow 200"}, 30)
+                assert result[busy][0].error is None, result[busy][0].error
+                neighbour_turns += 1
+        error = ended[0].error
+        assert error is not None
+        assert "session unresponsive" in error, error
+        # The stuck chat's next prompt works on the same process, its session resumed.
+        recalled = await run_turns(ca, {stuck: "/recall"}, 30)
+        assert recalled[stuck][0].error is None, recalled[stuck][0].error
+        assert recalled[stuck][1] == "mine"
+        assert (await actor(ca, stuck)).session_id == session
+        assert (await actor(cb, busy)).pid == pid
+        assert (await actor(ca, stuck)).pid == pid
+        assert "crashed" not in statuses(await every_turn_ended_once(cb, busy))
+        await every_turn_ended_once(ca, stuck)
+
+
+async def test_an_unresponsive_shared_process_is_killed_ending_every_chats_turn(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=shared_config(probe_interval="300ms", stale_grace="1s"))
+    daemon.start()
+    async with daemon.client() as client:
+        chats = await open_chats(client, daemon, 3)
+        pids = {await agent_pid(client, chat) for chat in chats}
+        assert len(pids) == 1, pids
+        pid = pids.pop()
+        turns = {chats[0]: await prompt(client, chats[0], "/hang")}
+        for chat in chats[1:]:
+            turns[chat] = await prompt(client, chat, "/slow 60000")
+        ends: dict[str, d.TurnEnded] = {}
+        with trio.fail_after(30):
+            while len(ends) < len(chats):
+                event = await client.next_event()
+                if (isinstance(event, d.Delta) and isinstance(event.body, d.TurnEnded)
+                        and event.turn == turns.get(event.chat)):
+                    assert event.chat not in ends
+                    ends[event.chat] = event.body
+        for chat, body in ends.items():
+            assert body.error is not None, chat
+            assert "unresponsive" in body.error, (chat, body.error)
+        await wait_gone([pid])
+        after = await run_turns(client, {chat: "again" for chat in chats}, 30)
+        for chat, (body, text) in after.items():
+            assert body.error is None, (chat, body.error)
+            assert text == "again"
+        new = {(await actor(client, chat)).pid for chat in chats}
+        assert len(new) == 1, new
+        assert pid not in new

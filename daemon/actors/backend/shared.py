@@ -21,6 +21,7 @@ process once one holds `sessions_per_process` sessions, and per key the restart 
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import secrets
 from collections.abc import Awaitable, Callable
@@ -263,8 +264,10 @@ class SharedHost:
         session = view.session_id
         if session is not None and self._routes.get(session) is view:
             del self._routes[session]
-            if close_session and self._closes_sessions() and self._nursery is not None:
-                self._nursery.start_soon(self._close_session, session)
+            if (close_session and self.ending is None and self._nursery is not None
+                    and self._closes_sessions()):
+                with contextlib.suppress(RuntimeError):  # the host is stopping: no need
+                    self._nursery.start_soon(self._close_session, session)
         if not self._views:
             self._empty.set()
 
