@@ -21,6 +21,7 @@ from daemon.config.agents import registry
 from daemon.errors import ConfigError
 from protocol import deltas as d
 from protocol import messages as m
+from tests.support.acp_tee import ClientSchema, read_trace, tee_command, traces
 from tests.support.harness import (
     DaemonFactory,
     DaemonProcess,
@@ -28,6 +29,7 @@ from tests.support.harness import (
     agent_pid,
     open_chat,
     replay,
+    short_tmpdir,
     subscribe,
     wait_actor,
     wait_for_delta,
@@ -114,6 +116,11 @@ async def test_eight_chats_share_one_process_and_each_sees_only_its_own_deltas(
         detail = {chat: await actor(client, chat) for chat in chats}
         assert len({a.session_id for a in detail.values()}) == len(chats)
         assert {a.pid for a in detail.values()} == set(pids.values())
+        for a in detail.values():
+            assert a.process is not None
+            assert a.process.sessions == len(chats)
+            assert a.process.pid == a.pid
+            assert a.rss is not None  # this chat's share of the process's RSS
         for chat in chats:
             await every_turn_ended_once(client, chat)
 
@@ -307,3 +314,82 @@ async def test_an_unresponsive_shared_process_is_killed_ending_every_chats_turn(
         new = {(await actor(client, chat)).pid for chat in chats}
         assert len(new) == 1, new
         assert pid not in new
+
+
+async def test_idle_chats_close_their_sessions_and_the_process_stops_with_the_last(
+        daemon_factory: DaemonFactory) -> None:
+    """Eviction: each chat idling out closes its session (`session/close`) and leaves; the
+    process stops when its last session has gone. Everything the daemon sent to the shared
+    agent is valid ACP (recorded by the tee)."""
+    traces_dir = short_tmpdir("shtee")
+    prefix = traces_dir / "shared"
+    command = tee_command(prefix, [sys.executable, "-m", "daemon.echo_agent"])
+    daemon = daemon_factory(config=shared_config({"command": command}, idle_ttl="1s"))
+    daemon.start()
+    async with daemon.client() as client:
+        chats = await open_chats(client, daemon, 3)
+        results = await run_turns(client, {chat: f"hi {chat}" for chat in chats}, 30)
+        assert all(ended.error is None for ended, _ in results.values())
+        details = [await actor(client, chat) for chat in chats]
+        pids = {a.pid for a in details}
+        assert len(pids) == 1, pids
+        for a in details:
+            assert a.process is not None
+            assert a.process.pid in pids
+        sessions = {a.session_id for a in details}
+        for chat in chats:
+            hibernated = await wait_actor(client, chat, lambda a: a.state == "hibernated")
+            assert hibernated.process is None
+        await wait_gone([pid for pid in pids if pid is not None])
+        recorded = traces(traces_dir)
+        assert len(recorded) == 1, recorded  # one agent process served the three chats
+        sent, received = read_trace(recorded[0])
+        closed = {m["params"]["sessionId"] for m in sent if m.get("method") == "session/close"}
+        assert closed == sessions
+        assert sum(1 for m in sent if m.get("method") == "initialize") == 1
+        ClientSchema().validate(sent, received)
+        # The next prompt starts a process again and resumes the chat's session.
+        again = await run_turns(client, {chats[0]: "back"}, 30)
+        assert again[chats[0]][0].error is None
+        assert (await actor(client, chats[0])).session_id in sessions
+
+
+async def test_past_sessions_per_process_another_process_starts(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=shared_config({"sessions_per_process": 2}))
+    daemon.start()
+    async with daemon.client() as client:
+        chats = await open_chats(client, daemon, 5)
+        pids = {chat: await agent_pid(client, chat) for chat in chats}
+        by_pid: dict[int, list[str]] = {}
+        for chat, pid in pids.items():
+            by_pid.setdefault(pid, []).append(chat)
+        assert sorted(len(c) for c in by_pid.values()) == [1, 2, 2], by_pid
+        listing: m.ChatList = await client.request(m.ListChats(id=0))
+        processes = {c.chat: c.process for c in listing.chats}
+        for chat, pid in pids.items():
+            process = processes[chat]
+            assert process is not None
+            assert process.pid == pid
+            assert process.sessions == len(by_pid[pid])
+        assert len({p.id for p in processes.values() if p is not None}) == 3
+        # Chats on different processes still stream at once, each its own words.
+        results = await run_turns(client, {chat: f"{chat} one two" for chat in chats}, 30)
+        for chat, (ended, text) in results.items():
+            assert ended.error is None
+            assert text == f"{chat} one two"
+
+
+async def test_shared_by_cwd_gives_each_working_directory_its_process(
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=shared_config({"shared_by": "cwd"}))
+    daemon.start()
+    async with daemon.client() as client:
+        other = daemon.work / "other"
+        other.mkdir()
+        pids: dict[str, int] = {}
+        for name, cwd in (("a1", daemon.work), ("a2", daemon.work), ("b1", other)):
+            await open_chat(client, name, cwd=cwd)
+            pids[name] = await agent_pid(client, name)
+        assert pids["a1"] == pids["a2"]
+        assert pids["b1"] != pids["a1"]
