@@ -393,3 +393,39 @@ async def test_shared_by_cwd_gives_each_working_directory_its_process(
             pids[name] = await agent_pid(client, name)
         assert pids["a1"] == pids["a2"]
         assert pids["b1"] != pids["a1"]
+
+
+async def test_each_chats_permissions_files_and_terminals_stay_its_own(
+        daemon_factory: DaemonFactory) -> None:
+    """The agent's requests are routed by session: a permission request reaches its chat
+    only, and fs/* and terminal/* are confined to the asking chat's directory."""
+    daemon = daemon_factory(config=shared_config())
+    daemon.start()
+    async with daemon.client() as client:
+        dirs = {name: daemon.work / name for name in ("a", "b")}
+        for name, path in dirs.items():
+            path.mkdir()
+            await open_chat(client, name, cwd=path)
+            await subscribe(client, name)
+        assert await agent_pid(client, "a") == await agent_pid(client, "b")
+        asking = await prompt(client, "a", "/permission")
+        request = await wait_for_delta(
+            client, lambda e: isinstance(e.body, d.PermissionRequest), timeout=30)
+        assert request.chat == "a"
+        assert request.turn == asking
+        # Meanwhile b works in its own directory, and only there.
+        wrote = await run_turns(client, {"b": "/write notes.txt hello"}, 30)
+        assert wrote["b"][1] == f"wrote {dirs['b']}/notes.txt"
+        assert (dirs["b"] / "notes.txt").read_text() == "hello"
+        ran = await run_turns(client, {"b": "/terminal pwd"}, 30)
+        assert ran["b"][1].startswith(str(dirs["b"])), ran["b"][1]
+        assert isinstance(request.body, d.PermissionRequest)
+        await client.request(m.Permit(id=0, chat="a", request=request.body.request,
+                                      option="allow"))
+        answered = await wait_for_delta(
+            client, lambda e: e.chat == "a" and e.turn == asking
+            and isinstance(e.body, d.Text), timeout=30)
+        assert isinstance(answered.body, d.Text)
+        assert answered.body.text == "permission: allow"
+        denied = await run_turns(client, {"a": f"/read {dirs['b']}/notes.txt"}, 30)
+        assert denied["a"][1].startswith("error:"), denied["a"][1]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import os
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from daemon.acp.rpc import (
     LineTooLong,
     RpcError,
 )
-from daemon.actors.backend.probe import INITIALIZE_PARAMS, agent_env, probe_directory
+from daemon.actors.backend.probe import INITIALIZE_PARAMS, agent_env
 from daemon.actors.backend.stderr import StderrLimiter, drain_stderr, read_to_end
 from daemon.actors.lifecycle import GiveUp, recent_restarts, restart_decision
 from daemon.actors.settings import Settings
@@ -421,7 +422,8 @@ class SharedHost:
         spec = self.spec
         daemon = hosts.settings.config.daemon
         marker = f"{hosts.instance}:shared:{spec.name}:{secrets.token_hex(4)}"
-        cwd = self.key.cwd or probe_directory(spec)
+        # Per computer: the home directory ("~" on a remote computer is its login one).
+        cwd = self.key.cwd or (os.path.expanduser("~") if self.key.computer is None else "~")
         proc = await self._executor.spawn(list(spec.command), env=agent_env(spec), cwd=cwd,
                                           actor=marker)
         self.process = proc
