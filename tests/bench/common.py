@@ -165,7 +165,7 @@ sweep_interval = "{sweep_interval}"
 probe_interval = "1h"
 restart_backoff = "{restart_backoff}"
 restart_max = {restart_max}
-
+{lifecycle_extra}
 [websocket]
 enabled = {websocket}
 host = "127.0.0.1"
@@ -176,11 +176,12 @@ port = 0
 def bench_config(*, ring_size: int = 8192, max_warm: int = 16, idle_ttl: str = "30m",
                  sweep_interval: str = "5s", websocket: bool = False,
                  restart_backoff: str = "0.5s", restart_max: int = 5,
-                 extra: str = "") -> str:
+                 extra: str = "", lifecycle_extra: str = "") -> str:
     """The daemon's defaults except where a scenario needs otherwise. Heartbeats and probes
-    are pushed out of the way so they do not land inside a measurement."""
+    are pushed out of the way so they do not land inside a measurement. `lifecycle_extra`:
+    more lines for the `[lifecycle]` table."""
     return BENCH_CONFIG.format(ring_size=ring_size, max_warm=max_warm, idle_ttl=idle_ttl,
-                               sweep_interval=sweep_interval,
+                               sweep_interval=sweep_interval, lifecycle_extra=lifecycle_extra,
                                restart_backoff=restart_backoff, restart_max=restart_max,
                                websocket="true" if websocket else "false") + extra
 

@@ -33,10 +33,16 @@ JSON = dict[str, Any]
 
 @dataclass(frozen=True)
 class Text:
-    """An assistant text reply, streamed in `chunks` pieces (roughly equal)."""
+    """An assistant text reply, streamed in `chunks` pieces (roughly equal).
+
+    With `hold`, only the first piece is sent at once: the rest waits until the event is set
+    (or `hold_timeout` passed), so a turn stays open, streaming, for as long as a test or a
+    benchmark needs (e.g. to `kill -9` the agent in the middle of it)."""
 
     text: str
     chunks: int = 3
+    hold: threading.Event | None = field(default=None, compare=False)
+    hold_timeout: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -335,6 +341,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         reply = self.llm._next_reply(path, body)
         if not body.get("stream"):
+            if isinstance(reply, Text) and reply.hold is not None:
+                reply.hold.wait(reply.hold_timeout)
             self._send_json(200, completion(body, reply, self.llm.model))
             return
         self.send_response(200)
@@ -343,8 +351,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
-            for event in stream_events(body, reply, self.llm.model):
+            for index, event in enumerate(stream_events(body, reply, self.llm.model)):
                 self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+                if index == 1 and isinstance(reply, Text) and reply.hold is not None:
+                    reply.hold.wait(reply.hold_timeout)  # the first piece is out
             self._chunk(b"data: [DONE]\n\n")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()

@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from daemon.client import Client
+from daemon.config.file import AgentConfig
 from protocol import deltas as d
 from protocol import messages as m
 from tests.e2e.agents import Installed, NpmTool, ensure
@@ -35,9 +36,26 @@ def toml_value(value: object) -> str:
     return json.dumps(value)
 
 
-def agent_table(name: str, command: list[str], env: dict[str, str]) -> str:
+def agent_table(name: str, command: list[str], env: dict[str, str],
+                **settings: str | int) -> str:
+    """`[agents.NAME]` with its command and env, plus any other keys (e.g.
+    `process="shared"`)."""
+    extra = "".join(f"{key} = {toml_value(value)}\n" for key, value in settings.items())
     return (f"[agents.{name}]\ncommand = {toml_value(command)}\n"
-            f"env = {toml_value(env)}\n")
+            f"env = {toml_value(env)}\n{extra}")
+
+
+SHARED = {"process": "shared"}
+"""The agent-table keys of a shared agent process (issue 23)."""
+
+
+def shared_process_missing() -> str | None:
+    """Why this daemon cannot run an agent in a shared process, or None when it can: the
+    config has no `process` key for agents before issue 23's core."""
+    if "process" in AgentConfig.__struct_fields__:
+        return None
+    return ('this daemon has no `process = "shared"` agent setting yet '
+            "(issue 23's shared agent processes are not merged)")
 
 
 @dataclass

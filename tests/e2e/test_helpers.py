@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,28 @@ def test_streamed_text_tool_call_and_default() -> None:
         assert [x["id"] for x in models["data"]] == ["fake-model"]
     with pytest.raises(AssertionError):
         _ = llm.port  # closed
+
+
+def test_a_held_reply_sends_its_first_piece_then_waits_for_the_gate() -> None:
+    gate = threading.Event()
+    with FakeLLM() as llm:
+        llm.script(Text("one two three", chunks=3, hold=gate))
+        conn = http.client.HTTPConnection("127.0.0.1", llm.port, timeout=10)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(
+            {"stream": True, "messages": [], "tools": TOOLS}))
+        response = conn.getresponse()
+        seen = b""
+        while seen.count(b"\n\n") < 2:  # the role and the first piece ("one t") arrive
+            seen += response.read1(4096)
+        assert seen.count(b"data: ") == 2
+        assert b"one t" in seen
+        assert b"wo th" not in seen
+        gate.set()
+        seen += response.read()
+        conn.close()
+        text = "".join(e["choices"][0]["delta"].get("content") or ""
+                       for e in _events(seen)[:-1] if e["choices"])
+        assert text == "one two three"
 
 
 def test_a_broken_script_answers_and_is_reported() -> None:
