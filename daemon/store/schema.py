@@ -1,5 +1,5 @@
 """The database's tables: one schema, created at start with `IF NOT EXISTS`; columns added
-later are added by `Store._migrate`. Each subsystem's tables are commented with the module that
+later are added by `opening.migrate`. Each subsystem's tables are commented with the module that
 writes them.
 """
 

@@ -56,19 +56,16 @@ from typing import Any
 import trio
 
 from daemon.log import Log
+from daemon.store import opening
 from daemon.store.faults import (
-    EMPTY_FAULT,
     FLUSH_PATIENCE,
     STORAGE_PATIENCE,
     DatabaseUnusable,
     StorageUnavailable,
     StoreClosed,
-    empty_file,
     is_damage,
-    quick_check,
     unusable,
 )
-from daemon.store.schema import SCHEMA, SCHEMA_VERSION
 
 
 class _GaveUp(Exception):
@@ -162,60 +159,10 @@ class Store:
         if body_error is not None:
             raise body_error
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=30.0
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
-
     def _open_sync(self) -> None:
-        """Open both connections on a sound database, or raise `DatabaseUnusable` (and
-        leave nothing open): a damaged file is refused before anything is written to it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if empty_file(self.path):
-            raise DatabaseUnusable(self.path, EMPTY_FAULT)
-        existed = self.path.exists()
-        writer: sqlite3.Connection | None = None
-        try:
-            writer = self._connect()
-            found = quick_check(writer) if existed else None
-            if found is not None:
-                raise DatabaseUnusable(self.path, f"PRAGMA quick_check found damage: {found}")
-            writer.executescript(SCHEMA)
-            self._migrate(writer)
-            row = writer.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                writer.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)",
-                               (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise DatabaseUnusable(
-                    self.path, f"its schema version {row[0]} is newer than this daemon's "
-                    f"{SCHEMA_VERSION}", "upgrade stoker, or use another state dir")
-            with contextlib.suppress(OSError):
-                self.path.chmod(0o600)
-            self._reader = self._connect()
-        except BaseException as exc:
-            if writer is not None:
-                writer.close()
-            if isinstance(exc, sqlite3.Error):
-                raise unusable(self.path, exc) from None
-            raise
-        self._writer = writer
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        """Columns added after a table first shipped (CREATE TABLE IF NOT EXISTS does not
-        add them to an existing database)."""
-        added = {"actors": [("marker", "TEXT")],
-                 "tasks": [("tokens", "INTEGER NOT NULL DEFAULT 0")]}
-        for table, columns in added.items():
-            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-            for name, kind in columns:
-                if name not in have:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        """Open both connections on a sound database (opening.py), or raise
+        `DatabaseUnusable` and leave nothing open."""
+        self._writer, self._reader = opening.open_connections(self.path)
 
     def _close_sync(self) -> None:
         for conn in (self._writer, self._reader):

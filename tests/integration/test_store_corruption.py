@@ -11,6 +11,9 @@ import json
 import shutil
 import sqlite3
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -56,15 +59,36 @@ def doctor_row(daemon: DaemonProcess) -> tuple[str, str]:
     return str(status), str(detail)
 
 
+@pytest.fixture(scope="module")
+def filled_database() -> Iterator[Path]:
+    """A database the real daemon wrote (`fill`), stopped cleanly and checkpointed: made
+    once for the module; each test damages its own copy of it."""
+    daemon = DaemonProcess()
+    try:
+        daemon.start()
+        trio.run(fill, daemon)
+        assert daemon.stop() == 0
+        db = daemon.state_dir / "stoker.db"
+        checkpoint(db)
+        saved = Path(tempfile.mkdtemp(prefix="stkdb")) / "stoker.db"
+        shutil.copyfile(db, saved)
+    finally:
+        with contextlib.suppress(AssertionError):  # it failed to start or stop: said above
+            daemon.stop()
+        leaked = daemon.cleanup()
+        daemon.remove()
+    assert not leaked, f"agent processes outlived the daemon: {leaked}"
+    yield saved
+    shutil.rmtree(saved.parent, ignore_errors=True)
+
+
 @pytest.mark.parametrize("how", ["middle", "header", "truncated", "empty"])
 async def test_the_daemon_refuses_a_damaged_database_and_says_why(
-        daemon_factory: DaemonFactory, how: str) -> None:
+        daemon_factory: DaemonFactory, filled_database: Path, how: str) -> None:
     daemon = daemon_factory()
-    daemon.start()
-    await fill(daemon)
-    assert daemon.stop() == 0
+    daemon.state_dir.mkdir(mode=0o700, parents=True)
     db = daemon.state_dir / "stoker.db"
-    checkpoint(db)
+    shutil.copyfile(filled_database, db)
     damage(db, how)
     logged = len(daemon.log_text())
 

@@ -99,8 +99,10 @@ def _screenshot_on_failure(page: Any, tmp_path: Path, name: str) -> Iterator[Non
         raise
 
 
-@pytest.fixture
-def browser_page() -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def chromium_browser() -> Iterator[Any]:
+    """One headless Chromium for the module's browser tests (starting one costs seconds);
+    each test gets its own context (`browser_page`): cookies and storage are not shared."""
     executable = _chromium()
     if executable is None:
         pytest.skip("no system Chromium (apt-get install chromium; scripts/test does it "
@@ -117,12 +119,22 @@ def browser_page() -> Iterator[Any]:
                                         args=["--no-sandbox", "--disable-gpu"])
         except Exception as exc:
             pytest.skip(f"Chromium did not start under Playwright: {exc}")
-        page = browser.new_page(viewport={"width": 1100, "height": 800})
-        page.set_default_timeout(30_000)
         try:
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def browser_page(chromium_browser: Any) -> Iterator[Any]:
+    """A page in a fresh browser context (a new profile: no cookie of an earlier test)."""
+    context = chromium_browser.new_context(viewport={"width": 1100, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        yield page
+    finally:
+        context.close()
 
 
 def _git_project(path: Path) -> Path:
