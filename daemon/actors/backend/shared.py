@@ -91,7 +91,16 @@ class _SessionOf(msgspec.Struct, rename="camel"):
     session_id: str | None = None
 
 
+class _Routed(msgspec.Struct):
+    """A line's envelope with only the session its params name (one pass)."""
+
+    id: int | str | msgspec.UnsetType | None = msgspec.UNSET
+    method: str | msgspec.UnsetType = msgspec.UNSET
+    params: _SessionOf | msgspec.UnsetType = msgspec.UNSET
+
+
 _envelope = msgspec.json.Decoder(_Envelope)
+_routed = msgspec.json.Decoder(_Routed)
 _session_of = msgspec.json.Decoder(_SessionOf)
 
 
@@ -346,31 +355,36 @@ class SharedHost:
 
     def _on_line(self, line: bytes) -> bool:
         """Every line from the agent: a notification goes to the session it names (its text
-        chunks down the chat's hot path); requests and responses go the general way."""
+        chunks down the chat's own hot path); requests and responses go the general way.
+        One typed pass finds the session; the params are kept raw only for a line the
+        chat's hot path declines."""
         try:
-            envelope = _envelope.decode(line)
+            routed = _routed.decode(line)
         except (msgspec.ValidationError, msgspec.DecodeError):
             return False
-        if envelope.id is not msgspec.UNSET or envelope.method is msgspec.UNSET:
+        method = routed.method
+        if routed.id is not msgspec.UNSET or method is msgspec.UNSET:
             return False
-        params = None if envelope.params is msgspec.UNSET else envelope.params
-        self._notify(envelope.method, params, line)
+        session = None if routed.params is msgspec.UNSET else routed.params.session_id
+        view = self._view_of(session, method)
+        if view is not None and not view.take_line(line):
+            params = _envelope.decode(line).params
+            view.take_notification(method, None if params is msgspec.UNSET else params)
         return True
 
     def _on_notification(self, method: str, params: msgspec.Raw | None) -> None:
-        self._notify(method, params, None)
+        view = self._view_of(session_of(params), method)
+        if view is not None:
+            view.take_notification(method, params)
 
-    def _notify(self, method: str, params: msgspec.Raw | None, line: bytes | None) -> None:
-        session = session_of(params)
+    def _view_of(self, session: str | None, method: str) -> SessionView | None:
         view = self._routes.get(session) if session is not None else None
         if view is None:
             self.log.debug("notification for no attached session", method=method,
                            session=session)
-            return
+            return None
         view.heard()
-        if line is not None and view.take_line(line):
-            return
-        view.take_notification(method, params)
+        return view
 
     async def _on_request(self, method: str, params: msgspec.Raw | None) -> Any:
         session = session_of(params)
