@@ -248,7 +248,8 @@ class SharedHost:
         self.crashed = False
         self._views: set[SessionView] = set()
         self._routes: dict[str, SessionView] = {}
-        self._empty = trio.Event()
+        self._emptied = trio.Event()
+        """Set when the last session leaves (the linger starts)."""
         self._scope = trio.CancelScope()
         self._ping: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
@@ -264,7 +265,6 @@ class SharedHost:
     def attach(self, view_args: dict[str, Any]) -> SessionView:
         view = SessionView(self, **view_args)
         self._views.add(view)
-        self._empty = trio.Event()
         return view
 
     def detach(self, view: SessionView, *, close_session: bool = False) -> None:
@@ -279,7 +279,7 @@ class SharedHost:
                 with contextlib.suppress(RuntimeError):  # the host is stopping: no need
                     self._nursery.start_soon(self._close_session, session)
         if not self._views:
-            self._empty.set()
+            self._emptied.set()
 
     def route(self, view: SessionView, session: str) -> None:
         """`session` is `view`'s from now on (a view has one session at a time)."""
@@ -466,11 +466,14 @@ class SharedHost:
                                   ) from None
 
     async def _linger(self) -> None:
-        """Stop the process `LINGER` after its last session left, unless one came back."""
+        """Stop the process `LINGER` after its last session left, unless one is back."""
         while True:
-            await self._empty.wait()
+            if self._views:
+                self._emptied = trio.Event()
+                await self._emptied.wait()
+                continue
             await trio.sleep(LINGER)
-            if not self._views and self._empty.is_set():
+            if not self._views:
                 self.log.info("no session left; stopping the shared process")
                 self._end("no session left", "")
                 return

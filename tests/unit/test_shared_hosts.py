@@ -1,0 +1,99 @@
+"""Shared agent processes in-process over the fake executor, in virtual time: one process
+for many chats, a crash restarts it once (after the backoff) for all of them, every turn
+ends once, and the process stops exactly a linger after its last session left."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from pathlib import Path
+
+import trio
+
+from daemon.actors import mailbox as mb
+from daemon.actors.backend.shared import LINGER
+from daemon.actors.lifecycle import State
+from daemon.execution.local import ExitStatus
+from protocol.messages import TextBlock
+from tests.support.fake_executor import FAKE, Knobs, Rig, rig
+
+
+def share(r: Rig, sessions_per_process: int = 16) -> None:
+    """The fake agent, shared."""
+    r.settings.agents[FAKE] = dataclasses.replace(
+        r.settings.agents[FAKE], process="shared", sessions_per_process=sessions_per_process)
+
+
+async def prompt(r: Rig, chat: str, text: str = "hi") -> int:
+    assert r.pool is not None
+    accepted = await r.pool.prompt(chat_id=chat, content=[TextBlock(text=text)], agent=None,
+                                   by="test")
+    return accepted.turn
+
+
+async def open_chats(r: Rig, tmp_path: Path, count: int) -> list[str]:
+    assert r.pool is not None
+    chats = [f"c{i}" for i in range(count)]
+    for chat in chats:
+        await r.pool.open_chat(chat_id=chat, agent=None, cwd=str(tmp_path))
+    return chats
+
+
+async def test_a_crash_restarts_one_process_for_all_its_chats_after_the_backoff(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    knobs = Knobs(prompt_delay=100.0)
+    async with rig(tmp_path, knobs, restart_backoff=2.0, idle_ttl=3600.0) as r:
+        share(r)
+        await r.start_pool()
+        chats = await open_chats(r, tmp_path, 4)
+        turns = {chat: await prompt(r, chat) for chat in chats}
+        for chat in chats:
+            await r.hub.wait_state(chat, State.BUSY)
+        assert len(r.executor.spawned) == 1
+        crashed_at = trio.current_time()
+        r.executor.spawned[0].die(ExitStatus(code=None, signal=signal.SIGKILL))
+        for chat, turn in turns.items():
+            ended = await r.hub.wait_turn_end(chat, turn)
+            assert ended.error is not None
+            assert "killed by SIGKILL" in ended.error
+        knobs.prompt_delay = 0.0
+        again = {chat: await prompt(r, chat) for chat in chats}
+        for chat, turn in again.items():
+            assert (await r.hub.wait_turn_end(chat, turn)).stop_reason == "end_turn"
+            assert [len(e) for e in r.hub.turn_ends(chat).values()] == [1, 1]
+        # One new process for the four chats, started after the process's own backoff.
+        assert len(r.executor.spawned) == 2
+        assert r.executor.spawn_times[1] >= crashed_at + 2.0
+        assert r.executor.methods.count("initialize") == 2
+        assert r.executor.methods.count("session/resume") == 4
+
+
+async def test_the_process_stops_a_linger_after_its_last_session_left(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    async with rig(tmp_path, Knobs(close_delay=0.0), idle_ttl=3600.0) as r:
+        share(r)
+        pool = await r.start_pool()
+        chats = await open_chats(r, tmp_path, 2)
+        for chat in chats:
+            await r.hub.wait_turn_end(chat, await prompt(r, chat))
+        process = r.executor.spawned[0]
+        for chat in chats:
+            for ref in pool.actors_of(chat):
+                ref.send(mb.Hibernate(reason="test"))
+            await r.hub.wait_state(chat, State.HIBERNATED)
+        left = trio.current_time()
+        assert process.alive
+        await process.exited.wait()
+        assert trio.current_time() - left >= LINGER
+        assert r.executor.methods.count("session/close") == 2
+
+
+async def test_sessions_per_process_starts_another_process(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    async with rig(tmp_path, idle_ttl=3600.0) as r:
+        share(r, sessions_per_process=2)
+        await r.start_pool()
+        chats = await open_chats(r, tmp_path, 5)
+        for chat in chats:
+            await r.hub.wait_turn_end(chat, await prompt(r, chat))
+        assert len(r.executor.spawned) == 3
