@@ -97,3 +97,37 @@ async def test_sessions_per_process_starts_another_process(
         for chat in chats:
             await r.hub.wait_turn_end(chat, await prompt(r, chat))
         assert len(r.executor.spawned) == 3
+
+
+async def test_a_process_that_keeps_dying_at_start_fails_its_chats_within_the_limits(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    async with rig(tmp_path, Knobs(crash_on_start=True), restart_max=3,
+                   restart_window=600.0, restart_backoff=1.0, idle_ttl=3600.0) as r:
+        share(r)
+        await r.start_pool()
+        chats = await open_chats(r, tmp_path, 3)
+        turns = {chat: await prompt(r, chat) for chat in chats}
+        for chat in chats:
+            await r.hub.wait_state(chat, State.FAILED)
+            ended = r.hub.turn_ends(chat)[turns[chat]]
+            assert len(ended) == 1
+            assert ended[0].error is not None
+        # The chats retried together: the process was started once per round, not once
+        # per chat, and never more often than its own restart limit allows.
+        assert len(r.executor.spawned) <= 3 + 1, r.executor.spawn_times
+
+
+async def test_shutdown_ends_every_chats_turn_and_stops_the_shared_process(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    async with rig(tmp_path, Knobs(prompt_delay=1000.0), idle_ttl=3600.0) as r:
+        share(r)
+        pool = await r.start_pool()
+        chats = await open_chats(r, tmp_path, 3)
+        turns = {chat: await prompt(r, chat) for chat in chats}
+        for chat in chats:
+            await r.hub.wait_state(chat, State.BUSY)
+        await pool.shutdown()
+        for chat, turn in turns.items():
+            assert [e.error for e in r.hub.turn_ends(chat)[turn]] == ["daemon shutting down"]
+        await r.executor.spawned[0].exited.wait()
+        assert not r.executor.live

@@ -543,8 +543,9 @@ class SharedHosts:
         self.instance = instance
         self._hosts: dict[HostKey, list[SharedHost]] = {}
         self._restarts: dict[HostKey, list[float]] = {}
-        self._crashed: set[HostKey] = set()
-        """Keys whose last process crashed: the next start waits for the backoff."""
+        self._crashed: dict[HostKey, float] = {}
+        """Keys whose last process crashed, and when: the next start comes no sooner than
+        the backoff after it (the chats' own backoff usually covers it already)."""
         self._numbers = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._log = Log("shared")
@@ -590,7 +591,8 @@ class SharedHosts:
     def _start(self, key: HostKey, spec: AgentSpec, executor: Executor) -> SharedHost:
         lc = self.settings.config.lifecycle
         delay = 0.0
-        if key in self._crashed:
+        crashed_at = self._crashed.pop(key, None)
+        if crashed_at is not None:
             now = trio.current_time()
             history = recent_restarts(self._restarts.get(key, []), now=now,
                                       window=float(lc.restart_window))
@@ -599,11 +601,9 @@ class SharedHosts:
                 backoff=float(lc.restart_backoff), backoff_max=float(lc.restart_backoff_max))
             if isinstance(decision, GiveUp):
                 self._restarts.pop(key, None)
-                self._crashed.discard(key)
                 raise HostUnavailable(f"the shared {key.agent} process {decision.reason}")
-            delay = decision.delay
+            delay = max(0.0, crashed_at + decision.delay - now)
             self._restarts[key] = [*history, now]
-            self._crashed.discard(key)
         host = SharedHost(self, key, spec, executor, next(self._numbers), delay)
         self._hosts.setdefault(key, []).append(host)
         if self._nursery is None:
@@ -619,4 +619,4 @@ class SharedHosts:
         if not hosts:
             self._hosts.pop(host.key, None)
         if host.crashed or host.failure is not None:
-            self._crashed.add(host.key)
+            self._crashed[host.key] = trio.current_time()
