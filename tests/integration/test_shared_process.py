@@ -121,6 +121,13 @@ async def test_eight_chats_share_one_process_and_each_sees_only_its_own_deltas(
             assert a.process.sessions == len(chats)
             assert a.process.pid == a.pid
             assert a.rss is not None  # this chat's share of the process's RSS
+        agents: m.AgentsResult = await client.request(m.ListAgents(id=0))
+        assert {a.name: a.process for a in agents.agents}["echo"] == "shared"
+        listing = daemon.cli("ls")
+        assert f"{pids[chats[0]]}*" in listing.stdout
+        assert "a shared agent process" in listing.stdout
+        shown = daemon.cli("inspect", chats[0]).stdout
+        assert f"shared echo@local#1 (pid {pids[chats[0]]}, {len(chats)} sessions)" in shown
         for chat in chats:
             await every_turn_ended_once(client, chat)
 
