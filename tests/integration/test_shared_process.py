@@ -27,6 +27,7 @@ from tests.support.harness import (
     DaemonProcess,
     actor,
     agent_pid,
+    alive,
     open_chat,
     replay,
     short_tmpdir,
@@ -436,3 +437,35 @@ async def test_each_chats_permissions_files_and_terminals_stay_its_own(
         assert answered.body.text == "permission: allow"
         denied = await run_turns(client, {"a": f"/read {dirs['b']}/notes.txt"}, 30)
         assert denied["a"][1].startswith("error:"), denied["a"][1]
+
+
+async def test_a_daemon_kill_9_reclaims_the_shared_process_and_every_chat_resumes(
+        daemon_factory: DaemonFactory) -> None:
+    """Every chat's record names the shared process: the next daemon kills it once (the
+    agent ignores EOF, so it really is an orphan) and each chat resumes its session on a
+    new one."""
+    command = [sys.executable, "-m", "daemon.echo_agent", "--linger"]
+    daemon = daemon_factory(config=shared_config({"command": command}))
+    daemon.start()
+    async with daemon.client() as client:
+        chats = await open_chats(client, daemon, 3)
+        for chat in chats:
+            assert (await run_turns(client, {chat: f"/remember {chat}-word"}, 30))[chat][
+                1] == f"remembered {chat}-word"
+        pids = {(await actor(client, chat)).pid for chat in chats}
+    assert len(pids) == 1, pids
+    pid = pids.pop()
+    assert pid is not None
+    daemon.kill9()
+    assert alive(pid)
+    daemon.start()
+    assert not alive(pid)  # reclaimed before the daemon accepts clients
+    async with daemon.client() as client:
+        for chat in chats:
+            await subscribe(client, chat)
+            assert "reclaimed" in (await actor(client, chat)).reason
+        recalled = await run_turns(client, {chat: "/recall" for chat in chats}, 30)
+        for chat, (ended, text) in recalled.items():
+            assert ended.error is None, ended.error
+            assert text == f"{chat}-word"
+        assert len({(await actor(client, chat)).pid for chat in chats}) == 1
