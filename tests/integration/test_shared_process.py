@@ -469,3 +469,31 @@ async def test_a_daemon_kill_9_reclaims_the_shared_process_and_every_chat_resume
             assert ended.error is None, ended.error
             assert text == f"{chat}-word"
         assert len({(await actor(client, chat)).pid for chat in chats}) == 1
+
+
+async def test_a_session_waiting_on_a_permission_or_in_a_tool_call_is_not_stuck(
+        daemon_factory: DaemonFactory) -> None:
+    """Silence while a permission waits for a human, or while a tool call is open, is not
+    a stuck session: the process's answers to probes count for it (as per-chat)."""
+    daemon = daemon_factory(config=shared_config(probe_interval="300ms", stale_grace="1s"))
+    daemon.start()
+    async with daemon.client() as client:
+        chats = await open_chats(client, daemon, 2)
+        asking, tooling = chats
+        assert await agent_pid(client, asking) == await agent_pid(client, tooling)
+        waiting = await prompt(client, asking, "/permission")
+        request = await wait_for_delta(
+            client, lambda e: isinstance(e.body, d.PermissionRequest), timeout=30)
+        # Far past the stale threshold (1.3 s) in a silent, open tool call.
+        tool = await run_turns(client, {tooling: "/tool-open /sleep 3000"}, 30)
+        assert tool[tooling][0].error is None, tool[tooling][0].error
+        assert tool[tooling][1] == "slept 3000"
+        assert isinstance(request.body, d.PermissionRequest)
+        await client.request(m.Permit(id=0, chat=asking, request=request.body.request,
+                                      option="allow"))
+        ended = await wait_for_delta(
+            client, lambda e: e.chat == asking and e.turn == waiting
+            and isinstance(e.body, d.TurnEnded), timeout=30)
+        assert isinstance(ended.body, d.TurnEnded)
+        assert ended.body.error is None, ended.body.error
+        assert "session unresponsive" not in daemon.log_text()

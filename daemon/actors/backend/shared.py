@@ -126,7 +126,8 @@ class SessionView(JsonRpcConnection):
 
     def __init__(self, host: SharedHost, *, chat: str, on_request: RequestHandler,
                  on_notification: NotificationHandler, on_line: Callable[[bytes], bool],
-                 on_lost: Callable[[str, str], None], touch: Callable[[], None]) -> None:
+                 on_lost: Callable[[str, str], None], touch: Callable[[], None],
+                 engaged: Callable[[], bool]) -> None:
         self.host = host
         self.chat = chat
         self.session_id: str | None = None
@@ -135,6 +136,10 @@ class SessionView(JsonRpcConnection):
         self.take_line = on_line
         self._on_lost = on_lost
         self._touch = touch
+        self._engaged = engaged
+        self._serving = 0
+        """Requests of the agent's for this session being answered (a permission waiting
+        for a human, a terminal being waited for)."""
         self._heard = trio.current_time()
         self._detached: str | None = None
 
@@ -142,8 +147,16 @@ class SessionView(JsonRpcConnection):
 
     @property
     def last_traffic(self) -> float:
+        """When this session was last heard. While it waits on something that is not
+        silence (a request of the agent's being answered, a permission, a tool call still
+        open), the process's own traffic counts for it, as in a process of its own: a
+        probe answered means alive."""
         rpc = self.host.rpc
-        if rpc is not None and rpc.throttled:
+        if rpc is None:
+            return self._heard
+        if self._serving or self._engaged():
+            return max(self._heard, rpc.last_traffic)
+        if rpc.throttled:
             return trio.current_time()
         return self._heard
 
@@ -190,6 +203,16 @@ class SessionView(JsonRpcConnection):
         self.detach(reason)
 
     # ------------------------------------------------------------------ for the host
+
+    async def answer(self, method: str, params: msgspec.Raw | None) -> Any:
+        """Answer a request the agent made for this session."""
+        self.heard()
+        self._serving += 1
+        try:
+            return await self.serve_request(method, params)
+        finally:
+            self._serving -= 1
+            self.heard()
 
     def heard(self) -> None:
         self._heard = trio.current_time()
@@ -393,8 +416,7 @@ class SharedHost:
             what = f"session {session!r}" if session else "no sessionId"
             raise RpcError(INVALID_PARAMS, f"{method}: {what} is not a session of a chat on "
                                            f"this connection")
-        view.heard()
-        return await view.serve_request(method, params)
+        return await view.answer(method, params)
 
     # ------------------------------------------------------------------ the process life
 
