@@ -35,6 +35,7 @@ from tests.support.harness import (
     wait_actor,
     wait_for_delta,
     wait_gone,
+    wait_log,
 )
 
 FAST = {"sweep_interval": "100ms", "restart_backoff": "100ms", "restart_backoff_max": "1s",
@@ -497,3 +498,37 @@ async def test_a_session_waiting_on_a_permission_or_in_a_tool_call_is_not_stuck(
         assert isinstance(ended.body, d.TurnEnded)
         assert ended.body.error is None, ended.body.error
         assert "session unresponsive" not in daemon.log_text()
+
+
+async def test_a_reload_into_shared_mode_recycles_warm_chats_onto_one_process(
+        daemon_factory: DaemonFactory) -> None:
+    per_chat = shared_config({"process": "per-chat"})
+    daemon = daemon_factory(config=per_chat)
+    daemon.start()
+    async with daemon.client() as client:
+        chats = await open_chats(client, daemon, 3)
+        for chat in chats:
+            await run_turns(client, {chat: f"/remember {chat}-x"}, 30)
+        before = {(await actor(client, chat)).pid for chat in chats}
+        assert len(before) == 3
+        daemon.write_config(shared_config())
+        mark = len(daemon.log_text())
+        reload = await trio.to_thread.run_sync(lambda: daemon.cli("reload"))
+        assert reload.returncode == 0, reload.stderr
+        line = await wait_log(daemon, r'event="config reloaded" .*', after=mark)
+        assert "recycled=3" in line.group(0)
+        for chat in chats:
+            await wait_actor(client, chat, lambda a: a.state == "hibernated")
+        recalled = await run_turns(client, {chat: "/recall" for chat in chats}, 30)
+        for chat, (ended, text) in recalled.items():
+            assert ended.error is None, ended.error
+            assert text == f"{chat}-x"
+        after = {(await actor(client, chat)).pid for chat in chats}
+        assert len(after) == 1, after
+        assert not after & before
+        # A reload refusing a bad value keeps the running config (and its shared process).
+        daemon.write_config(shared_config({"sessions_per_process": 0}))
+        refused = await trio.to_thread.run_sync(lambda: daemon.cli("reload"))
+        assert refused.returncode == 1
+        assert "sessions_per_process: 0 must be a whole number of at least 1" in refused.stderr
+        assert {(await actor(client, chat)).pid for chat in chats} == after
