@@ -30,8 +30,8 @@ from daemon.actors.backend import events as ev
 from daemon.actors.backend.agent_services import AgentServices
 from daemon.actors.backend.core import Core, StateListener, TurnListener
 from daemon.actors.backend.generation import Ending, EndKind, Generation
+from daemon.actors.backend.hosts import SharedHosts
 from daemon.actors.backend.session import Control, Session
-from daemon.actors.backend.shared import SharedHosts
 from daemon.actors.backend.turns import Turns
 from daemon.actors.lifecycle import (
     GiveUp,

@@ -22,8 +22,9 @@ import trio
 
 from daemon.acp.rpc import ConnectionLost, JsonRpcConnection, LineTooLong, RpcError
 from daemon.actors.backend.core import Core
+from daemon.actors.backend.hosts import SharedHosts
 from daemon.actors.backend.probe import agent_env
-from daemon.actors.backend.shared import SessionView, SharedHosts
+from daemon.actors.backend.shared import SessionView
 from daemon.actors.backend.stderr import StderrLimiter, drain_stderr
 from daemon.actors.backend.stderr import read_to_end as _stderr_read
 from daemon.errors import StokerError

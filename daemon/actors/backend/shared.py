@@ -13,16 +13,14 @@ session is answered with an error.
 When the process ends (a crash, `kill -9`, killed as unresponsive), every attached chat's
 generation ends as a crash with the cause; each chat's restart attaches to the key's next
 process and resumes its session. A process whose last session has left stops after
-`LINGER`. `SharedHosts` is the registry: hosts keyed by (agent, computer[, cwd]), another
-process once one holds `sessions_per_process` sessions, and per key the restart policy
-(backoff and intensity, as for a chat's generations).
+`LINGER`. `hosts.SharedHosts` is the registry (hosts keyed by (agent, computer[, cwd]),
+another process past `sessions_per_process`, the restart policy per key).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -41,7 +39,6 @@ from daemon.acp.rpc import (
 )
 from daemon.actors.backend.probe import INITIALIZE_PARAMS, agent_env
 from daemon.actors.backend.stderr import StderrLimiter, drain_stderr, read_to_end
-from daemon.actors.lifecycle import GiveUp, recent_restarts, restart_decision
 from daemon.actors.settings import Settings
 from daemon.channels.hub import Hub
 from daemon.config.agents import AgentSpec
@@ -248,9 +245,15 @@ class SessionView(JsonRpcConnection):
 class SharedHost:
     """One life of a shared agent process and the sessions on it."""
 
-    def __init__(self, hosts: SharedHosts, key: HostKey, spec: AgentSpec,
-                 executor: Executor, number: int, delay: float) -> None:
-        self._hosts = hosts
+    def __init__(self, key: HostKey, spec: AgentSpec, executor: Executor, *,
+                 settings: Settings, hub: Hub, instance: str, number: int, delay: float,
+                 on_end: Callable[[SharedHost], None]) -> None:
+        self._settings = settings
+        self._hub = hub
+        self._instance = instance
+        self._on_end = on_end
+        """Told when the process is ending (the registry then starts another for the
+        next attach)."""
         self.key = key
         self.spec = spec
         self._executor = executor
@@ -423,8 +426,7 @@ class SharedHost:
     async def run(self) -> None:
         """Start the process, serve its sessions, stop it: when its last session has left
         (after `LINGER`), when it dies or is killed, or when the daemon stops."""
-        settings = self._hosts.settings
-        daemon = settings.config.daemon
+        daemon = self._settings.config.daemon
         try:
             with self._scope:
                 if self._delay > 0:
@@ -454,10 +456,9 @@ class SharedHost:
                 await self._finish(float(daemon.stop_grace))
 
     async def _start(self, nursery: trio.Nursery) -> None:
-        hosts = self._hosts
         spec = self.spec
-        daemon = hosts.settings.config.daemon
-        marker = f"{hosts.instance}:shared:{spec.name}:{secrets.token_hex(4)}"
+        daemon = self._settings.config.daemon
+        marker = f"{self._instance}:shared:{spec.name}:{secrets.token_hex(4)}"
         # Per computer: the home directory ("~" on a remote computer is its login one).
         cwd = self.key.cwd or (os.path.expanduser("~") if self.key.computer is None else "~")
         proc = await self._executor.spawn(list(spec.command), env=agent_env(spec), cwd=cwd,
@@ -468,7 +469,7 @@ class SharedHost:
         rpc = JsonRpcConnection(
             proc.stdin, proc.stdout, on_request=self._on_request,
             on_notification=self._on_notification, on_line=self._on_line,
-            throttle=hosts.hub.wait_for_room, max_line=int(daemon.max_line), log=self.log,
+            throttle=self._hub.wait_for_room, max_line=int(daemon.max_line), log=self.log,
             name=f"shared agent {self.id}")
         self.rpc = rpc
         stderr_done = trio.Event()
@@ -527,7 +528,7 @@ class SharedHost:
         self._end(reason, f"agent crashed: {reason}")
 
     async def _drain_stderr(self, stream: trio.abc.ReceiveStream, done: trio.Event) -> None:
-        config = self._hosts.settings.config.daemon
+        config = self._settings.config.daemon
         limiter = StderrLimiter(rate=float(config.stderr_log_rate),
                                 burst=config.stderr_log_burst)
         try:
@@ -537,7 +538,7 @@ class SharedHost:
 
     async def _finish(self, grace: float) -> None:
         """Tell every chat still attached, then stop what is left of the process."""
-        self._hosts.forget(self)
+        self._on_end(self)
         reason, turn_error = self.ending or (
             str(self.failure) if self.failure else "the daemon is stopping", "")
         self.started.set()
@@ -554,91 +555,3 @@ class SharedHost:
             with trio.move_on_after(grace + 5):
                 status = await proc.stop(grace)
                 self.log.info("shared agent stopped", status=status.describe())
-
-
-class SharedHosts:
-    """The registry and supervisor of the shared processes (a child of the pool)."""
-
-    def __init__(self, *, settings: Settings, hub: Hub, instance: str) -> None:
-        self.settings = settings
-        self.hub = hub
-        self.instance = instance
-        self._hosts: dict[HostKey, list[SharedHost]] = {}
-        self._restarts: dict[HostKey, list[float]] = {}
-        self._crashed: dict[HostKey, float] = {}
-        """Keys whose last process crashed, and when: the next start comes no sooner than
-        the backoff after it (the chats' own backoff usually covers it already)."""
-        self._numbers = itertools.count(1)
-        self._nursery: trio.Nursery | None = None
-        self._log = Log("shared")
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
-
-    def hosts(self) -> list[SharedHost]:
-        return [host for hosts in self._hosts.values() for host in hosts]
-
-    def key_for(self, spec: AgentSpec, computer: str | None, cwd: str) -> HostKey:
-        return HostKey(spec.name, computer, cwd if spec.shared_by == "cwd" else None)
-
-    async def attach(self, spec: AgentSpec, *, executor: Executor, computer: str | None,
-                     cwd: str, **view_args: Any) -> SessionView:
-        """A view on a started shared process for one chat's session: an existing process
-        of the key with room, else a new one. Raises `HostUnavailable` (or the executor's
-        `SpawnError`) when none can be started."""
-        key = self.key_for(spec, computer, cwd)
-        hosts = self._hosts.setdefault(key, [])
-        host = next((h for h in hosts if h.accepting and h.spec == spec), None)
-        if host is None:
-            host = self._start(key, spec, executor)
-        view = host.attach(view_args)
-        try:
-            await host.started.wait()
-        except BaseException:
-            host.detach(view)
-            raise
-        if host.failure is not None:
-            host.detach(view)
-            raise host.failure
-        if host.ending is not None or view.closed:
-            host.detach(view)
-            raise HostUnavailable(f"shared agent process {host.id} ended: "
-                                  f"{host.ending[0] if host.ending else 'process gone'}")
-        return view
-
-    def _start(self, key: HostKey, spec: AgentSpec, executor: Executor) -> SharedHost:
-        lc = self.settings.config.lifecycle
-        delay = 0.0
-        crashed_at = self._crashed.pop(key, None)
-        if crashed_at is not None:
-            now = trio.current_time()
-            history = recent_restarts(self._restarts.get(key, []), now=now,
-                                      window=float(lc.restart_window))
-            decision = restart_decision(
-                history, now=now, max_restarts=lc.restart_max, window=float(lc.restart_window),
-                backoff=float(lc.restart_backoff), backoff_max=float(lc.restart_backoff_max))
-            if isinstance(decision, GiveUp):
-                self._restarts.pop(key, None)
-                raise HostUnavailable(f"the shared {key.agent} process {decision.reason}")
-            delay = max(0.0, crashed_at + decision.delay - now)
-            self._restarts[key] = [*history, now]
-        host = SharedHost(self, key, spec, executor, next(self._numbers), delay)
-        self._hosts.setdefault(key, []).append(host)
-        if self._nursery is None:
-            raise HostUnavailable("the daemon is not running")
-        self._nursery.start_soon(host.run)
-        return host
-
-    def forget(self, host: SharedHost) -> None:
-        """The host's process is ending: later attaches start another one."""
-        hosts = self._hosts.get(host.key, [])
-        if host in hosts:
-            hosts.remove(host)
-        if not hosts:
-            self._hosts.pop(host.key, None)
-        if host.crashed or host.failure is not None:
-            self._crashed[host.key] = trio.current_time()
