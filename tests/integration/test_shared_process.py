@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -37,6 +39,7 @@ from tests.support.harness import (
     wait_gone,
     wait_log,
 )
+from tests.support.remote_rig import SshServer, start_remote
 
 FAST = {"sweep_interval": "100ms", "restart_backoff": "100ms", "restart_backoff_max": "1s",
         "idle_ttl": "1h"}
@@ -532,3 +535,57 @@ async def test_a_reload_into_shared_mode_recycles_warm_chats_onto_one_process(
         assert refused.returncode == 1
         assert "sessions_per_process: 0 must be a whole number of at least 1" in refused.stderr
         assert {(await actor(client, chat)).pid for chat in chats} == after
+
+
+@pytest.fixture
+def sshd() -> Iterator[SshServer]:
+    """Request it *before* `daemon_factory` (it must outlive the daemon)."""
+    server = SshServer()
+    yield server
+    server.stop()
+    if os.environ.get("STOKER_KEEP_TEST_DIRS") != "1":
+        subprocess.run(["rm", "-rf", str(server.base)], check=False)
+
+
+async def test_chats_share_one_process_on_a_remote_computer(
+        sshd: SshServer, daemon_factory: DaemonFactory) -> None:
+    """Over SSH: one remote process (in the login directory) for three chats, each chat's
+    files in its own remote directory, and a kill -9 of it resumed by every chat."""
+    daemon = start_remote(sshd, daemon_factory, extra='process = "shared"\n',
+                          lifecycle='idle_ttl = "1h"\n')
+    async with daemon.client() as client:
+        chats = []
+        for name in ("r1", "r2", "r3"):
+            cwd = sshd.work / name
+            cwd.mkdir()
+            await open_chat(client, name, agent="recho", cwd=cwd)
+            await subscribe(client, name)
+            chats.append(name)
+        wrote = await run_turns(client, {chat: f"/write mine.txt {chat}" for chat in chats}, 60)
+        for chat, (ended, text) in wrote.items():
+            assert ended.error is None, ended.error
+            assert text == f"wrote {sshd.work / chat}/mine.txt"
+            assert (sshd.work / chat / "mine.txt").read_text() == chat
+        pids = {(await actor(client, chat, "recho")).pid for chat in chats}
+        assert len(pids) == 1, pids
+        pid = pids.pop()
+        assert pid is not None
+        turns = {chat: await prompt(client, chat, "/slow 60000") for chat in chats}
+        for chat in chats:
+            await wait_actor(client, chat, lambda a: a.state == "busy", agent="recho")
+        os.kill(pid, signal.SIGKILL)
+        ends: dict[str, d.TurnEnded] = {}
+        with trio.fail_after(30):
+            while len(ends) < len(chats):
+                event = await client.next_event()
+                if (isinstance(event, d.Delta) and isinstance(event.body, d.TurnEnded)
+                        and event.turn == turns.get(event.chat)):
+                    ends[event.chat] = event.body
+        assert all(body.error is not None for body in ends.values()), ends
+        read = await run_turns(client, {chat: "/read mine.txt" for chat in chats}, 60)
+        for chat, (ended, text) in read.items():
+            assert ended.error is None, ended.error
+            assert text == chat
+        after = {(await actor(client, chat, "recho")).pid for chat in chats}
+        assert len(after) == 1, after
+        assert pid not in after
