@@ -8,10 +8,13 @@ import dataclasses
 import signal
 from pathlib import Path
 
+import msgspec
+import pytest
 import trio
 
+from daemon.acp.rpc import INVALID_PARAMS, RpcError
 from daemon.actors import mailbox as mb
-from daemon.actors.backend.shared import LINGER
+from daemon.actors.backend.shared import LINGER, HostKey, SessionView, SharedHost
 from daemon.actors.lifecycle import State
 from daemon.execution.local import ExitStatus
 from protocol.messages import TextBlock
@@ -131,3 +134,45 @@ async def test_shutdown_ends_every_chats_turn_and_stops_the_shared_process(
             assert [e.error for e in r.hub.turn_ends(chat)[turn]] == ["daemon shutting down"]
         await r.executor.spawned[0].exited.wait()
         assert not r.executor.live
+
+
+async def test_the_agents_lines_reach_the_session_they_name_and_no_other(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    async with rig(tmp_path) as r:
+        spec = dataclasses.replace(r.settings.agents[FAKE], process="shared")
+        host = SharedHost(HostKey(FAKE, None, None), spec, r.executor, settings=r.settings,
+                          hub=r.hub, instance="test", number=1, delay=0.0,
+                          on_end=lambda host: None)
+        got: dict[str, list[object]] = {"a": [], "b": []}
+
+        def view(name: str) -> SessionView:
+            async def serve(method: str, params: msgspec.Raw | None) -> object:
+                got[name].append(("request", method))
+                return {"served": name}
+
+            made = host.attach({
+                "chat": name, "on_request": serve,
+                "on_notification": lambda method, params: got[name].append(method),
+                "on_line": lambda line: False, "on_lost": lambda reason, error: None,
+                "touch": lambda: None, "engaged": lambda: False})
+            host.route(made, f"s-{name}")
+            return made
+
+        view("a")
+        view("b")
+        update = (b'{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s-b",'
+                  b'"update":{"sessionUpdate":"plan","entries":[]}}}')
+        assert host._on_line(update)
+        assert got == {"a": [], "b": ["session/update"]}
+        # Lines naming no attached session are dropped; requests and responses go on to
+        # the connection's general path.
+        assert host._on_line(update.replace(b"s-b", b"s-zzz"))
+        assert not host._on_line(b'{"jsonrpc":"2.0","id":7,"result":{}}')
+        assert await host._on_request("fs/read_text_file", msgspec.Raw(
+            b'{"sessionId":"s-a","path":"/x"}')) == {"served": "a"}
+        assert got["a"] == [("request", "fs/read_text_file")]
+        for params in (b'{"sessionId":"s-zzz","path":"/x"}', b'{"path":"/x"}'):
+            with pytest.raises(RpcError) as refused:
+                await host._on_request("fs/read_text_file", msgspec.Raw(params))
+            assert refused.value.code == INVALID_PARAMS
+            assert "is not a session of a chat on this connection" in refused.value.message
