@@ -6,6 +6,11 @@ until something ends it. Whatever ends it records why (`Ending`; the first reaso
 cancels its nursery; its `finally` stops the process tree (after a crash whose leader has
 exited, the actor reports the crash first and then calls `teardown`). The actor decides what comes
 next from the `Ending` (restart with backoff, hibernate, fail, close).
+
+An agent with `process = "shared"` is not spawned: the generation attaches to a shared
+process (`hosts.SharedHosts`) and speaks through its session's view of the connection
+(`shared.SessionView`); the process ending under it ends the generation as a crash, and the
+generation's end detaches it (the process stays for the other chats).
 """
 
 from __future__ import annotations
@@ -81,7 +86,7 @@ class Generation:
         self._core = core
         self._hosts = hosts if core.spec.shared else None
         """Set when the agent's processes are shared: this generation attaches to one
-        (`shared.SharedHosts`) instead of spawning its own."""
+        (`hosts.SharedHosts`) instead of spawning its own."""
         self._computer = computer
         self.view: SessionView | None = None
         """The chat's view of its shared process (shared mode only)."""
