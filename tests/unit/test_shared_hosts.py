@@ -176,3 +176,55 @@ async def test_the_agents_lines_reach_the_session_they_name_and_no_other(
                 await host._on_request("fs/read_text_file", msgspec.Raw(params))
             assert refused.value.code == INVALID_PARAMS
             assert "is not a session of a chat on this connection" in refused.value.message
+
+
+async def test_a_silent_session_on_a_process_that_answers_is_cancelled_alone_on_time(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """Both sessions go silent (the agent keeps answering probes and ignores the cancel):
+    each turn ends stale one probe interval plus the grace into its silence, each chat's
+    generation is replaced after the cancel grace, and the one process lives on."""
+    knobs = Knobs(prompt_delay=1000.0, ignore_cancel=True, close_delay=0.0)
+    async with rig(tmp_path, knobs, probe_interval=10.0, stale_grace=20.0,
+                   idle_ttl=3600.0) as r:
+        share(r)
+        await r.start_pool()
+        chats = await open_chats(r, tmp_path, 2)
+        turns = {chat: await prompt(r, chat) for chat in chats}
+        started = trio.current_time()
+        for chat, turn in turns.items():
+            ended = await r.hub.wait_turn_end(chat, turn)
+            assert ended.error is not None
+            assert "session unresponsive" in ended.error
+        assert 30.0 <= trio.current_time() - started < 31.0
+        for chat in chats:
+            await r.hub.wait_state(chat, State.READY, count=2)
+        assert len(r.executor.spawned) == 1
+        assert r.executor.live == r.executor.spawned
+        assert r.executor.methods.count("session/close") == 2
+        assert r.executor.methods.count("session/resume") == 2
+
+
+async def test_a_process_that_stops_answering_is_killed_ending_every_turn(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    knobs = Knobs(hang_on_prompt=True)
+    async with rig(tmp_path, knobs, probe_interval=10.0, stale_grace=20.0,
+                   idle_ttl=3600.0) as r:
+        share(r)
+        pool = await r.start_pool()
+        chats = await open_chats(r, tmp_path, 3)
+        for chat in chats:  # every session set up on the one process before it hangs
+            await pool.warm(chat)
+        knobs.hang_on_prompt = False  # for the next process
+        started = trio.current_time()
+        turns = {chat: await prompt(r, chat) for chat in chats}
+        for chat, turn in turns.items():
+            ended = await r.hub.wait_turn_end(chat, turn)
+            assert ended.error is not None
+            assert "agent unresponsive" in ended.error
+        # A probe interval plus the grace, then at most 2 s for the cancel (as per-chat).
+        assert 30.0 <= trio.current_time() - started <= 32.0
+        assert not r.executor.spawned[0].alive
+        again = {chat: await prompt(r, chat) for chat in chats}
+        for chat, turn in again.items():
+            assert (await r.hub.wait_turn_end(chat, turn)).stop_reason == "end_turn"
+        assert len(r.executor.spawned) == 2
