@@ -153,21 +153,21 @@ async def test_the_agents_lines_reach_the_session_they_name_and_no_other(
             made = host.attach({
                 "chat": name, "on_request": serve,
                 "on_notification": lambda method, params: got[name].append(method),
-                "on_line": lambda line: False, "on_lost": lambda reason, error: None,
+                "on_lost": lambda reason, error: None,
                 "touch": lambda: None, "engaged": lambda: False})
             host.route(made, f"s-{name}")
             return made
 
         view("a")
         view("b")
-        update = (b'{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s-b",'
-                  b'"update":{"sessionUpdate":"plan","entries":[]}}}')
-        assert host._on_line(update)
+        update = b'{"sessionId":"s-b","update":{"sessionUpdate":"plan","entries":[]}}'
+        host._on_notification("session/update", msgspec.Raw(update))
         assert got == {"a": [], "b": ["session/update"]}
-        # Lines naming no attached session are dropped; requests and responses go on to
-        # the connection's general path.
-        assert host._on_line(update.replace(b"s-b", b"s-zzz"))
-        assert not host._on_line(b'{"jsonrpc":"2.0","id":7,"result":{}}')
+        # Notifications naming no attached session (or none) are dropped.
+        host._on_notification("session/update", msgspec.Raw(update.replace(b"s-b", b"s-z")))
+        host._on_notification("_x/ping", msgspec.Raw(b"{}"))
+        host._on_notification("_x/ping", None)
+        assert got == {"a": [], "b": ["session/update"]}
         assert await host._on_request("fs/read_text_file", msgspec.Raw(
             b'{"sessionId":"s-a","path":"/x"}')) == {"served": "a"}
         assert got["a"] == [("request", "fs/read_text_file")]

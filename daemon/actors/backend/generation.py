@@ -202,7 +202,7 @@ class Generation:
         view = await hosts.attach(
             core.spec, executor=core.executor, computer=self._computer, cwd=core.cwd,
             chat=core.chat, on_request=self._on_request, on_notification=self._on_notification,
-            on_line=self._on_line, on_lost=self._lost, touch=core.touch,
+            on_lost=self._lost, touch=core.touch,
             engaged=lambda: bool(len(core.permissions) or (
                 core.current is not None and core.current.open_tools)))
         self.view = core.shared = view

@@ -78,26 +78,10 @@ class ProcessShare:
     sessions: int
 
 
-class _Envelope(msgspec.Struct):
-    id: int | str | msgspec.UnsetType | None = msgspec.UNSET
-    method: str | msgspec.UnsetType = msgspec.UNSET
-    params: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
-
-
 class _SessionOf(msgspec.Struct, rename="camel"):
     session_id: str | None = None
 
 
-class _Routed(msgspec.Struct):
-    """A line's envelope with only the session its params name (one pass)."""
-
-    id: int | str | msgspec.UnsetType | None = msgspec.UNSET
-    method: str | msgspec.UnsetType = msgspec.UNSET
-    params: _SessionOf | msgspec.UnsetType = msgspec.UNSET
-
-
-_envelope = msgspec.json.Decoder(_Envelope)
-_routed = msgspec.json.Decoder(_Routed)
 _session_of = msgspec.json.Decoder(_SessionOf)
 
 
@@ -122,7 +106,7 @@ class SessionView(JsonRpcConnection):
     probe's answer counts for the process, `process_heard_since`, not for the session)."""
 
     def __init__(self, host: SharedHost, *, chat: str, on_request: RequestHandler,
-                 on_notification: NotificationHandler, on_line: Callable[[bytes], bool],
+                 on_notification: NotificationHandler,
                  on_lost: Callable[[str, str], None], touch: Callable[[], None],
                  engaged: Callable[[], bool]) -> None:
         self.host = host
@@ -130,7 +114,6 @@ class SessionView(JsonRpcConnection):
         self.session_id: str | None = None
         self.serve_request = on_request
         self.take_notification = on_notification
-        self.take_line = on_line
         self._on_lost = on_lost
         self._touch = touch
         self._engaged = engaged
@@ -379,26 +362,10 @@ class SharedHost:
 
     # ------------------------------------------------------------------ routing
 
-    def _on_line(self, line: bytes) -> bool:
-        """Every line from the agent: a notification goes to the session it names (its text
-        chunks down the chat's own hot path); requests and responses go the general way.
-        One typed pass finds the session; the params are kept raw only for a line the
-        chat's hot path declines."""
-        try:
-            routed = _routed.decode(line)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            return False
-        method = routed.method
-        if routed.id is not msgspec.UNSET or method is msgspec.UNSET:
-            return False
-        session = None if routed.params is msgspec.UNSET else routed.params.session_id
-        view = self._view_of(session, method)
-        if view is not None and not view.take_line(line):
-            params = _envelope.decode(line).params
-            view.take_notification(method, None if params is msgspec.UNSET else params)
-        return True
-
     def _on_notification(self, method: str, params: msgspec.Raw | None) -> None:
+        """Every notification from the agent goes to the session it names (through the
+        connection's general path: its envelope, then the params' `sessionId`, then the
+        chat's own decoding of the update)."""
         view = self._view_of(session_of(params), method)
         if view is not None:
             view.take_notification(method, params)
@@ -468,7 +435,7 @@ class SharedHost:
                       command=" ".join(spec.command))
         rpc = JsonRpcConnection(
             proc.stdin, proc.stdout, on_request=self._on_request,
-            on_notification=self._on_notification, on_line=self._on_line,
+            on_notification=self._on_notification,
             throttle=self._hub.wait_for_room, max_line=int(daemon.max_line), log=self.log,
             name=f"shared agent {self.id}")
         self.rpc = rpc
