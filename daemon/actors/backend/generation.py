@@ -87,14 +87,14 @@ class Generation:
         self._on_request = on_request
         self._on_notification = on_notification
         self._on_line = on_line
-        self.view: SessionView | None = None
-        """The chat's view of its shared process (shared mode only)."""
         self.number = core.generation
         self.log = core.log.bind(gen=core.generation)
         self.ending: Ending | None = None
         self.process: AgentProcess | None = None
         self.rpc: JsonRpcConnection | None = None
         self.terminals: TerminalManager | None = None
+        self.view: SessionView | None = None
+        """The chat's view of its shared process (shared mode only)."""
         self.nursery: trio.Nursery | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self._leftover: AgentProcess | None = None
