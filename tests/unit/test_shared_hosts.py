@@ -171,11 +171,13 @@ async def test_the_agents_lines_reach_the_session_they_name_and_no_other(
         assert await host._on_request("fs/read_text_file", msgspec.Raw(
             b'{"sessionId":"s-a","path":"/x"}')) == {"served": "a"}
         assert got["a"] == [("request", "fs/read_text_file")]
-        for params in (b'{"sessionId":"s-zzz","path":"/x"}', b'{"path":"/x"}'):
+        for params, why in ((b'{"sessionId":"s-zzz","path":"/x"}',
+                             "session 's-zzz' is not a session of a chat on this connection"),
+                            (b'{"path":"/x"}', "the request names no sessionId")):
             with pytest.raises(RpcError) as refused:
                 await host._on_request("fs/read_text_file", msgspec.Raw(params))
             assert refused.value.code == INVALID_PARAMS
-            assert "is not a session of a chat on this connection" in refused.value.message
+            assert why in refused.value.message
 
 
 async def test_a_silent_session_on_a_process_that_answers_is_cancelled_alone_on_time(

@@ -383,9 +383,11 @@ class SharedHost:
         session = session_of(params)
         view = self._routes.get(session) if session is not None else None
         if view is None:
-            what = f"session {session!r}" if session else "no sessionId"
-            raise RpcError(INVALID_PARAMS, f"{method}: {what} is not a session of a chat on "
-                                           f"this connection")
+            if not session:
+                raise RpcError(INVALID_PARAMS, f"{method}: the request names no sessionId "
+                                               "(this connection serves several sessions)")
+            raise RpcError(INVALID_PARAMS, f"{method}: session {session!r} is not a session "
+                                           "of a chat on this connection")
         return await view.answer(method, params)
 
     # ------------------------------------------------------------------ the process life
