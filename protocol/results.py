@@ -187,6 +187,8 @@ class AgentInfo(Struct):
     source: Literal["builtin", "config"]
     reason: str = ""
     computer: str | None = None
+    process: Literal["per-chat", "shared"] = "per-chat"
+    """`shared`: its chats share agent processes (docs/SHARED_PROCESSES.md)."""
 
 
 class AgentsResult(Struct):

@@ -7,6 +7,7 @@ its book of chats, `restore` what start-up takes over from the last daemon life,
 the facts gathered for the sweep. `lifecycle` holds the pure decisions (states and the table
 of their legal transitions, eviction, liveness, restart intensity); `mailbox` the messages
 an actor accepts; `records` every SQL statement on the chats, actors, prompts and
-transitions tables; `settings` the live config; `backend` the actor itself. May import
+transitions tables; `settings` the live config; `descriptions` what agents say about themselves
+(`describe_agent`); `backend` the actor itself (and the shared agent processes). May import
 `config`, `store`, `channels`, `execution` and `acp`; never a listener or the service.
 """

@@ -30,8 +30,8 @@ import trio
 from daemon.actors import mailbox as mb
 from daemon.actors import records
 from daemon.actors.backend.actor import BackendActor
+from daemon.actors.backend.hosts import SharedHosts
 from daemon.actors.backend.probe import description_of
-from daemon.actors.backend.shared import SharedHosts
 from daemon.actors.backend.turns import content_problem, summarize
 from daemon.actors.chats import ChatBook, check_chat_id, summary
 from daemon.actors.descriptions import Descriptions

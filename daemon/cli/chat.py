@@ -261,11 +261,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_agents(args: argparse.Namespace) -> int:
     def render(result: m.AgentsResult) -> None:
-        rows = [["NAME", "AVAILABLE", "SOURCE", "COMMAND"]]
+        rows = [["NAME", "AVAILABLE", "SOURCE", "PROCESS", "COMMAND"]]
         for a in result.agents:
             mark = "yes" if a.available else f"no ({a.reason})"
             name = f"{a.name}*" if a.name == result.default else a.name
-            rows.append([name, mark, a.source, " ".join(a.command)])
+            rows.append([name, mark, a.source, a.process, " ".join(a.command)])
         print_table(rows)
 
     return show(args, m.ListAgents(id=0), render)

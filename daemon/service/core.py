@@ -61,7 +61,8 @@ class Core:
             ok, why = spec.available()
             agents.append(m.AgentInfo(name=spec.name, command=list(spec.command), available=ok,
                                       source="config" if spec.source == "config" else "builtin",
-                                      reason=why, computer=spec.computer))
+                                      reason=why, computer=spec.computer,
+                                      process="shared" if spec.shared else "per-chat"))
         return m.AgentsResult(agents=agents, default=self.settings.config.daemon.default_agent)
 
     async def status(self) -> m.StatusResult:

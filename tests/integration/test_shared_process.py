@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ from tests.support.harness import (
     DaemonProcess,
     actor,
     agent_pid,
+    alive,
     open_chat,
     replay,
     short_tmpdir,
@@ -34,7 +37,9 @@ from tests.support.harness import (
     wait_actor,
     wait_for_delta,
     wait_gone,
+    wait_log,
 )
+from tests.support.remote_rig import SshServer, start_remote
 
 FAST = {"sweep_interval": "100ms", "restart_backoff": "100ms", "restart_backoff_max": "1s",
         "idle_ttl": "1h"}
@@ -121,6 +126,13 @@ async def test_eight_chats_share_one_process_and_each_sees_only_its_own_deltas(
             assert a.process.sessions == len(chats)
             assert a.process.pid == a.pid
             assert a.rss is not None  # this chat's share of the process's RSS
+        agents: m.AgentsResult = await client.request(m.ListAgents(id=0))
+        assert {a.name: a.process for a in agents.agents}["echo"] == "shared"
+        listing = daemon.cli("ls")
+        assert f"{pids[chats[0]]}*" in listing.stdout
+        assert "a shared agent process" in listing.stdout
+        shown = daemon.cli("inspect", chats[0]).stdout
+        assert f"shared echo@local#1 (pid {pids[chats[0]]}, {len(chats)} sessions)" in shown
         for chat in chats:
             await every_turn_ended_once(client, chat)
 
@@ -328,19 +340,18 @@ async def test_idle_chats_close_their_sessions_and_the_process_stops_with_the_la
     daemon.start()
     async with daemon.client() as client:
         chats = await open_chats(client, daemon, 3)
-        results = await run_turns(client, {chat: f"hi {chat}" for chat in chats}, 30)
+        # (Nothing here reads the chats while warm: they idle out after a second.)
+        results = await run_turns(client, {chat: "/pid" for chat in chats}, 30)
         assert all(ended.error is None for ended, _ in results.values())
-        details = [await actor(client, chat) for chat in chats]
-        pids = {a.pid for a in details}
+        pids = {int(text) for _, text in results.values()}
         assert len(pids) == 1, pids
-        for a in details:
-            assert a.process is not None
-            assert a.process.pid in pids
-        sessions = {a.session_id for a in details}
+        sessions = set()
         for chat in chats:
             hibernated = await wait_actor(client, chat, lambda a: a.state == "hibernated")
             assert hibernated.process is None
-        await wait_gone([pid for pid in pids if pid is not None])
+            sessions.add(hibernated.session_id)
+        assert len(sessions) == len(chats)
+        await wait_gone(pids)
         recorded = traces(traces_dir)
         assert len(recorded) == 1, recorded  # one agent process served the three chats
         sent, received = read_trace(recorded[0])
@@ -429,3 +440,151 @@ async def test_each_chats_permissions_files_and_terminals_stay_its_own(
         assert answered.body.text == "permission: allow"
         denied = await run_turns(client, {"a": f"/read {dirs['b']}/notes.txt"}, 30)
         assert denied["a"][1].startswith("error:"), denied["a"][1]
+
+
+async def test_a_daemon_kill_9_reclaims_the_shared_process_and_every_chat_resumes(
+        daemon_factory: DaemonFactory) -> None:
+    """Every chat's record names the shared process: the next daemon kills it once (the
+    agent ignores EOF, so it really is an orphan) and each chat resumes its session on a
+    new one."""
+    command = [sys.executable, "-m", "daemon.echo_agent", "--linger"]
+    daemon = daemon_factory(config=shared_config({"command": command}))
+    daemon.start()
+    async with daemon.client() as client:
+        chats = await open_chats(client, daemon, 3)
+        for chat in chats:
+            assert (await run_turns(client, {chat: f"/remember {chat}-word"}, 30))[chat][
+                1] == f"remembered {chat}-word"
+        pids = {(await actor(client, chat)).pid for chat in chats}
+    assert len(pids) == 1, pids
+    pid = pids.pop()
+    assert pid is not None
+    daemon.kill9()
+    assert alive(pid)
+    daemon.start()
+    assert not alive(pid)  # reclaimed before the daemon accepts clients
+    async with daemon.client() as client:
+        for chat in chats:
+            await subscribe(client, chat)
+            assert "reclaimed" in (await actor(client, chat)).reason
+        recalled = await run_turns(client, {chat: "/recall" for chat in chats}, 30)
+        for chat, (ended, text) in recalled.items():
+            assert ended.error is None, ended.error
+            assert text == f"{chat}-word"
+        assert len({(await actor(client, chat)).pid for chat in chats}) == 1
+
+
+async def test_a_session_waiting_on_a_permission_or_in_a_tool_call_is_not_stuck(
+        daemon_factory: DaemonFactory) -> None:
+    """Silence while a permission waits for a human, or while a tool call is open, is not
+    a stuck session: the process's answers to probes count for it (as per-chat)."""
+    daemon = daemon_factory(config=shared_config(probe_interval="300ms", stale_grace="1s"))
+    daemon.start()
+    async with daemon.client() as client:
+        chats = await open_chats(client, daemon, 2)
+        asking, tooling = chats
+        assert await agent_pid(client, asking) == await agent_pid(client, tooling)
+        waiting = await prompt(client, asking, "/permission")
+        request = await wait_for_delta(
+            client, lambda e: isinstance(e.body, d.PermissionRequest), timeout=30)
+        # Far past the stale threshold (1.3 s) in a silent, open tool call.
+        tool = await run_turns(client, {tooling: "/tool-open /sleep 3000"}, 30)
+        assert tool[tooling][0].error is None, tool[tooling][0].error
+        assert tool[tooling][1] == "slept 3000"
+        assert isinstance(request.body, d.PermissionRequest)
+        await client.request(m.Permit(id=0, chat=asking, request=request.body.request,
+                                      option="allow"))
+        ended = await wait_for_delta(
+            client, lambda e: e.chat == asking and e.turn == waiting
+            and isinstance(e.body, d.TurnEnded), timeout=30)
+        assert isinstance(ended.body, d.TurnEnded)
+        assert ended.body.error is None, ended.body.error
+        assert "session unresponsive" not in daemon.log_text()
+
+
+async def test_a_reload_into_shared_mode_recycles_warm_chats_onto_one_process(
+        daemon_factory: DaemonFactory) -> None:
+    per_chat = shared_config({"process": "per-chat"})
+    daemon = daemon_factory(config=per_chat)
+    daemon.start()
+    async with daemon.client() as client:
+        chats = await open_chats(client, daemon, 3)
+        for chat in chats:
+            await run_turns(client, {chat: f"/remember {chat}-x"}, 30)
+        before = {(await actor(client, chat)).pid for chat in chats}
+        assert len(before) == 3
+        daemon.write_config(shared_config())
+        mark = len(daemon.log_text())
+        reload = await trio.to_thread.run_sync(lambda: daemon.cli("reload"))
+        assert reload.returncode == 0, reload.stderr
+        line = await wait_log(daemon, r'event="config reloaded" .*', after=mark)
+        assert "recycled=3" in line.group(0)
+        for chat in chats:
+            await wait_actor(client, chat, lambda a: a.state == "hibernated")
+        recalled = await run_turns(client, {chat: "/recall" for chat in chats}, 30)
+        for chat, (ended, text) in recalled.items():
+            assert ended.error is None, ended.error
+            assert text == f"{chat}-x"
+        after = {(await actor(client, chat)).pid for chat in chats}
+        assert len(after) == 1, after
+        assert not after & before
+        # A reload refusing a bad value keeps the running config (and its shared process).
+        daemon.write_config(shared_config({"sessions_per_process": 0}))
+        refused = await trio.to_thread.run_sync(lambda: daemon.cli("reload"))
+        assert refused.returncode == 1
+        assert "sessions_per_process: 0 must be a whole number of at least 1" in refused.stderr
+        assert {(await actor(client, chat)).pid for chat in chats} == after
+
+
+@pytest.fixture
+def sshd() -> Iterator[SshServer]:
+    """Request it *before* `daemon_factory` (it must outlive the daemon)."""
+    server = SshServer()
+    yield server
+    server.stop()
+    if os.environ.get("STOKER_KEEP_TEST_DIRS") != "1":
+        subprocess.run(["rm", "-rf", str(server.base)], check=False)
+
+
+async def test_chats_share_one_process_on_a_remote_computer(
+        sshd: SshServer, daemon_factory: DaemonFactory) -> None:
+    """Over SSH: one remote process (in the login directory) for three chats, each chat's
+    files in its own remote directory, and a kill -9 of it resumed by every chat."""
+    daemon = start_remote(sshd, daemon_factory, extra='process = "shared"\n',
+                          lifecycle='idle_ttl = "1h"\n')
+    async with daemon.client() as client:
+        chats = []
+        for name in ("r1", "r2", "r3"):
+            cwd = sshd.work / name
+            cwd.mkdir()
+            await open_chat(client, name, agent="recho", cwd=cwd)
+            await subscribe(client, name)
+            chats.append(name)
+        wrote = await run_turns(client, {chat: f"/write mine.txt {chat}" for chat in chats}, 60)
+        for chat, (ended, text) in wrote.items():
+            assert ended.error is None, ended.error
+            assert text == f"wrote {sshd.work / chat}/mine.txt"
+            assert (sshd.work / chat / "mine.txt").read_text() == chat
+        pids = {(await actor(client, chat, "recho")).pid for chat in chats}
+        assert len(pids) == 1, pids
+        pid = pids.pop()
+        assert pid is not None
+        turns = {chat: await prompt(client, chat, "/slow 60000") for chat in chats}
+        for chat in chats:
+            await wait_actor(client, chat, lambda a: a.state == "busy", agent="recho")
+        os.kill(pid, signal.SIGKILL)
+        ends: dict[str, d.TurnEnded] = {}
+        with trio.fail_after(30):
+            while len(ends) < len(chats):
+                event = await client.next_event()
+                if (isinstance(event, d.Delta) and isinstance(event.body, d.TurnEnded)
+                        and event.turn == turns.get(event.chat)):
+                    ends[event.chat] = event.body
+        assert all(body.error is not None for body in ends.values()), ends
+        read = await run_turns(client, {chat: "/read mine.txt" for chat in chats}, 60)
+        for chat, (ended, text) in read.items():
+            assert ended.error is None, ended.error
+            assert text == chat
+        after = {(await actor(client, chat, "recho")).pid for chat in chats}
+        assert len(after) == 1, after
+        assert pid not in after

@@ -33,6 +33,7 @@ from daemon.store.sqlite import Store
 from protocol import deltas as d
 
 if TYPE_CHECKING:
+    from daemon.actors.backend.hosts import SharedHosts
     from daemon.actors.backend.shared import SessionView
 
 _NOT_OUTPUT: frozenset[type[d.DeltaBody]] = frozenset(
@@ -91,6 +92,10 @@ class Core:
         """The running generation's agent process (from its spawn to its stop)."""
         self.terminals: TerminalManager | None = None
         """The running generation's terminals."""
+        self.hosts: SharedHosts | None = None
+        """Where the generations of a shared agent attach (`process = "shared"`)."""
+        self.computer: str | None = None
+        """The computer the chat's agent runs on (None: here)."""
         self.shared: SessionView | None = None
         """The running generation's view of its shared process (shared mode only)."""
         self.permissions = Permissions(self)

@@ -6,6 +6,11 @@ until something ends it. Whatever ends it records why (`Ending`; the first reaso
 cancels its nursery; its `finally` stops the process tree (after a crash whose leader has
 exited, the actor reports the crash first and then calls `teardown`). The actor decides what comes
 next from the `Ending` (restart with backoff, hibernate, fail, close).
+
+An agent with `process = "shared"` is not spawned: the generation attaches to a shared
+process (`hosts.SharedHosts`) and speaks through its session's view of the connection
+(`shared.SessionView`); the process ending under it ends the generation as a crash, and the
+generation's end detaches it (the process stays for the other chats).
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import trio
 
 from daemon.acp.rpc import ConnectionLost, JsonRpcConnection, LineTooLong, RpcError
 from daemon.actors.backend.core import Core
+from daemon.actors.backend.hosts import SharedHosts
 from daemon.actors.backend.probe import agent_env
-from daemon.actors.backend.shared import SessionView, SharedHosts
+from daemon.actors.backend.shared import SessionView
 from daemon.actors.backend.stderr import StderrLimiter, drain_stderr
 from daemon.actors.backend.stderr import read_to_end as _stderr_read
 from daemon.errors import StokerError
@@ -75,15 +81,9 @@ class Generation:
     `end` change them."""
 
     def __init__(self, core: Core, *, on_request: RequestHandler,
-                 on_notification: NotificationHandler, on_line: Callable[[bytes], bool],
-                 hosts: SharedHosts | None = None, computer: str | None = None) -> None:
+                 on_notification: NotificationHandler, on_line: Callable[[bytes], bool]
+                 ) -> None:
         self._core = core
-        self._hosts = hosts if core.spec.shared else None
-        """Set when the agent's processes are shared: this generation attaches to one
-        (`shared.SharedHosts`) instead of spawning its own."""
-        self._computer = computer
-        self.view: SessionView | None = None
-        """The chat's view of its shared process (shared mode only)."""
         self._on_request = on_request
         self._on_notification = on_notification
         self._on_line = on_line
@@ -93,6 +93,8 @@ class Generation:
         self.process: AgentProcess | None = None
         self.rpc: JsonRpcConnection | None = None
         self.terminals: TerminalManager | None = None
+        self.view: SessionView | None = None
+        """The chat's view of its shared process (shared mode only)."""
         self.nursery: trio.Nursery | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self._leftover: AgentProcess | None = None
@@ -134,17 +136,65 @@ class Generation:
         core = self._core
         marker = f"{core.instance}:{core.chat}:{core.agent}:{secrets.token_hex(4)}"
         env = agent_env(core.spec)
+        if core.hosts is not None and core.spec.shared:
+            return await self._run_shared(core.hosts, setup, env, marker)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 try:
-                    if self._hosts is not None:
-                        rpc = await self._attach(self._hosts)
-                    else:
-                        rpc = await self._spawn(nursery, env, marker)
+                    proc = await core.executor.spawn(list(core.spec.command), env=env,
+                                                     cwd=core.cwd, actor=marker)
                 except SpawnError as exc:
                     # Transient (e.g. its computer is unreachable): retried under the
                     # restart policy. Otherwise a missing binary or directory.
+                    kind = EndKind.START_FAILED if exc.transient else EndKind.SPAWN_FAILED
+                    self.ending = Ending(kind, str(exc), str(exc))
+                    return self.ending
+                self.process = core.agent_process = proc
+                core.persist()
+                self.log.info("agent started", pid=proc.identity.pid,
+                              command=" ".join(core.spec.command))
+                rpc = JsonRpcConnection(
+                    proc.stdin, proc.stdout, on_request=self._on_request,
+                    on_notification=self._on_notification, on_traffic=core.touch,
+                    on_line=self._on_line, throttle=core.hub.wait_for_room,
+                    max_line=int(core.settings.config.daemon.max_line),
+                    log=self.log, name=f"agent {core.agent}")
+                self.rpc = rpc
+                terminals_config = core.settings.config.terminals
+                self.terminals = core.terminals = TerminalManager(
+                    executor=core.executor, root=core.cwd, env=env,
+                    publish=core.publish_current, on_activity=core.touch,
+                    default_limit=int(terminals_config.output_limit),
+                    max_count=terminals_config.max_per_chat, actor=marker, log=self.log)
+                self.terminals.attach(nursery)
+                stderr_done = trio.Event()
+                nursery.start_soon(self._drain_stderr, proc.stderr, stderr_done)
+                nursery.start_soon(self._watch, proc, rpc, stderr_done)
+                try:
+                    await setup(self, rpc)
+                except (RpcError, trio.TooSlowError, StokerError) as exc:
+                    reason = _describe_start_error(exc)
+                    self.end(Ending(EndKind.START_FAILED, reason, reason))
+                except ConnectionLost:
+                    await self.await_watcher()
+                await _until_cancelled()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish()
+        return self.ending or Ending(EndKind.CRASH, "generation ended unexpectedly")
+
+    async def _run_shared(self, hosts: SharedHosts, setup: Setup, env: dict[str, str],
+                          marker: str) -> Ending:
+        """`run` for a shared agent: attach to a shared process instead of spawning one;
+        the rest (terminals, session setup, holding until ended) as `run`."""
+        core = self._core
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                try:
+                    rpc = await self._attach(hosts)
+                except SpawnError as exc:
                     kind = EndKind.START_FAILED if exc.transient else EndKind.SPAWN_FAILED
                     self.ending = Ending(kind, str(exc), str(exc))
                     return self.ending
@@ -168,35 +218,15 @@ class Generation:
                 await self._finish()
         return self.ending or Ending(EndKind.CRASH, "generation ended unexpectedly")
 
-    async def _spawn(self, nursery: trio.Nursery, env: dict[str, str], marker: str
-                     ) -> JsonRpcConnection:
-        """A process of its own, its connection, stderr drain and exit watch."""
-        core = self._core
-        proc = await core.executor.spawn(list(core.spec.command), env=env, cwd=core.cwd,
-                                         actor=marker)
-        self.process = core.agent_process = proc
-        core.persist()
-        self.log.info("agent started", pid=proc.identity.pid,
-                      command=" ".join(core.spec.command))
-        rpc = JsonRpcConnection(
-            proc.stdin, proc.stdout, on_request=self._on_request,
-            on_notification=self._on_notification, on_traffic=core.touch,
-            on_line=self._on_line, throttle=core.hub.wait_for_room,
-            max_line=int(core.settings.config.daemon.max_line),
-            log=self.log, name=f"agent {core.agent}")
-        self.rpc = rpc
-        stderr_done = trio.Event()
-        nursery.start_soon(self._drain_stderr, proc.stderr, stderr_done)
-        nursery.start_soon(self._watch, proc, rpc, stderr_done)
-        return rpc
-
     async def _attach(self, hosts: SharedHosts) -> JsonRpcConnection:
         """A session's view of a shared process (started, `initialize` answered)."""
         core = self._core
         view = await hosts.attach(
-            core.spec, executor=core.executor, computer=self._computer, cwd=core.cwd,
+            core.spec, executor=core.executor, computer=core.computer, cwd=core.cwd,
             chat=core.chat, on_request=self._on_request, on_notification=self._on_notification,
-            on_line=self._on_line, on_lost=self._lost, touch=core.touch)
+            on_lost=self._lost, touch=core.touch,
+            engaged=lambda: bool(len(core.permissions) or (
+                core.current is not None and core.current.open_tools)))
         self.view = core.shared = view
         core.agent_process = view.host.process
         core.persist()

@@ -13,16 +13,14 @@ session is answered with an error.
 When the process ends (a crash, `kill -9`, killed as unresponsive), every attached chat's
 generation ends as a crash with the cause; each chat's restart attaches to the key's next
 process and resumes its session. A process whose last session has left stops after
-`LINGER`. `SharedHosts` is the registry: hosts keyed by (agent, computer[, cwd]), another
-process once one holds `sessions_per_process` sessions, and per key the restart policy
-(backoff and intensity, as for a chat's generations).
+`LINGER`. `hosts.SharedHosts` is the registry (hosts keyed by (agent, computer[, cwd]),
+another process past `sessions_per_process`, the restart policy per key).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -41,7 +39,6 @@ from daemon.acp.rpc import (
 )
 from daemon.actors.backend.probe import INITIALIZE_PARAMS, agent_env
 from daemon.actors.backend.stderr import StderrLimiter, drain_stderr, read_to_end
-from daemon.actors.lifecycle import GiveUp, recent_restarts, restart_decision
 from daemon.actors.settings import Settings
 from daemon.channels.hub import Hub
 from daemon.config.agents import AgentSpec
@@ -81,17 +78,10 @@ class ProcessShare:
     sessions: int
 
 
-class _Envelope(msgspec.Struct):
-    id: int | str | msgspec.UnsetType | None = msgspec.UNSET
-    method: str | msgspec.UnsetType = msgspec.UNSET
-    params: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
-
-
 class _SessionOf(msgspec.Struct, rename="camel"):
     session_id: str | None = None
 
 
-_envelope = msgspec.json.Decoder(_Envelope)
 _session_of = msgspec.json.Decoder(_SessionOf)
 
 
@@ -116,16 +106,20 @@ class SessionView(JsonRpcConnection):
     probe's answer counts for the process, `process_heard_since`, not for the session)."""
 
     def __init__(self, host: SharedHost, *, chat: str, on_request: RequestHandler,
-                 on_notification: NotificationHandler, on_line: Callable[[bytes], bool],
-                 on_lost: Callable[[str, str], None], touch: Callable[[], None]) -> None:
+                 on_notification: NotificationHandler,
+                 on_lost: Callable[[str, str], None], touch: Callable[[], None],
+                 engaged: Callable[[], bool]) -> None:
         self.host = host
         self.chat = chat
         self.session_id: str | None = None
         self.serve_request = on_request
         self.take_notification = on_notification
-        self.take_line = on_line
         self._on_lost = on_lost
         self._touch = touch
+        self._engaged = engaged
+        self._serving = 0
+        """Requests of the agent's for this session being answered (a permission waiting
+        for a human, a terminal being waited for)."""
         self._heard = trio.current_time()
         self._detached: str | None = None
 
@@ -133,8 +127,16 @@ class SessionView(JsonRpcConnection):
 
     @property
     def last_traffic(self) -> float:
+        """When this session was last heard. While it waits on something that is not
+        silence (a request of the agent's being answered, a permission, a tool call still
+        open), the process's own traffic counts for it, as in a process of its own: a
+        probe answered means alive."""
         rpc = self.host.rpc
-        if rpc is not None and rpc.throttled:
+        if rpc is None:
+            return self._heard
+        if self._serving or self._engaged():
+            return max(self._heard, rpc.last_traffic)
+        if rpc.throttled:
             return trio.current_time()
         return self._heard
 
@@ -182,6 +184,16 @@ class SessionView(JsonRpcConnection):
 
     # ------------------------------------------------------------------ for the host
 
+    async def answer(self, method: str, params: msgspec.Raw | None) -> Any:
+        """Answer a request the agent made for this session."""
+        self.heard()
+        self._serving += 1
+        try:
+            return await self.serve_request(method, params)
+        finally:
+            self._serving -= 1
+            self.heard()
+
     def heard(self) -> None:
         self._heard = trio.current_time()
         self._touch()
@@ -216,9 +228,15 @@ class SessionView(JsonRpcConnection):
 class SharedHost:
     """One life of a shared agent process and the sessions on it."""
 
-    def __init__(self, hosts: SharedHosts, key: HostKey, spec: AgentSpec,
-                 executor: Executor, number: int, delay: float) -> None:
-        self._hosts = hosts
+    def __init__(self, key: HostKey, spec: AgentSpec, executor: Executor, *,
+                 settings: Settings, hub: Hub, instance: str, number: int, delay: float,
+                 on_end: Callable[[SharedHost], None]) -> None:
+        self._settings = settings
+        self._hub = hub
+        self._instance = instance
+        self._on_end = on_end
+        """Told when the process is ending (the registry then starts another for the
+        next attach)."""
         self.key = key
         self.spec = spec
         self._executor = executor
@@ -239,7 +257,8 @@ class SharedHost:
         self.crashed = False
         self._views: set[SessionView] = set()
         self._routes: dict[str, SessionView] = {}
-        self._empty = trio.Event()
+        self._emptied = trio.Event()
+        """Set when the last session leaves (the linger starts)."""
         self._scope = trio.CancelScope()
         self._ping: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
@@ -255,7 +274,6 @@ class SharedHost:
     def attach(self, view_args: dict[str, Any]) -> SessionView:
         view = SessionView(self, **view_args)
         self._views.add(view)
-        self._empty = trio.Event()
         return view
 
     def detach(self, view: SessionView, *, close_session: bool = False) -> None:
@@ -270,7 +288,7 @@ class SharedHost:
                 with contextlib.suppress(RuntimeError):  # the host is stopping: no need
                     self._nursery.start_soon(self._close_session, session)
         if not self._views:
-            self._empty.set()
+            self._emptied.set()
 
     def route(self, view: SessionView, session: str) -> None:
         """`session` is `view`'s from now on (a view has one session at a time)."""
@@ -344,51 +362,40 @@ class SharedHost:
 
     # ------------------------------------------------------------------ routing
 
-    def _on_line(self, line: bytes) -> bool:
-        """Every line from the agent: a notification goes to the session it names (its text
-        chunks down the chat's hot path); requests and responses go the general way."""
-        try:
-            envelope = _envelope.decode(line)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            return False
-        if envelope.id is not msgspec.UNSET or envelope.method is msgspec.UNSET:
-            return False
-        params = None if envelope.params is msgspec.UNSET else envelope.params
-        self._notify(envelope.method, params, line)
-        return True
-
     def _on_notification(self, method: str, params: msgspec.Raw | None) -> None:
-        self._notify(method, params, None)
+        """Every notification from the agent goes to the session it names (through the
+        connection's general path: its envelope, then the params' `sessionId`, then the
+        chat's own decoding of the update)."""
+        view = self._view_of(session_of(params), method)
+        if view is not None:
+            view.take_notification(method, params)
 
-    def _notify(self, method: str, params: msgspec.Raw | None, line: bytes | None) -> None:
-        session = session_of(params)
+    def _view_of(self, session: str | None, method: str) -> SessionView | None:
         view = self._routes.get(session) if session is not None else None
         if view is None:
             self.log.debug("notification for no attached session", method=method,
                            session=session)
-            return
+            return None
         view.heard()
-        if line is not None and view.take_line(line):
-            return
-        view.take_notification(method, params)
+        return view
 
     async def _on_request(self, method: str, params: msgspec.Raw | None) -> Any:
         session = session_of(params)
         view = self._routes.get(session) if session is not None else None
         if view is None:
-            what = f"session {session!r}" if session else "no sessionId"
-            raise RpcError(INVALID_PARAMS, f"{method}: {what} is not a session of a chat on "
-                                           f"this connection")
-        view.heard()
-        return await view.serve_request(method, params)
+            if not session:
+                raise RpcError(INVALID_PARAMS, f"{method}: the request names no sessionId "
+                                               "(this connection serves several sessions)")
+            raise RpcError(INVALID_PARAMS, f"{method}: session {session!r} is not a session "
+                                           "of a chat on this connection")
+        return await view.answer(method, params)
 
     # ------------------------------------------------------------------ the process life
 
     async def run(self) -> None:
         """Start the process, serve its sessions, stop it: when its last session has left
         (after `LINGER`), when it dies or is killed, or when the daemon stops."""
-        settings = self._hosts.settings
-        daemon = settings.config.daemon
+        daemon = self._settings.config.daemon
         try:
             with self._scope:
                 if self._delay > 0:
@@ -418,10 +425,9 @@ class SharedHost:
                 await self._finish(float(daemon.stop_grace))
 
     async def _start(self, nursery: trio.Nursery) -> None:
-        hosts = self._hosts
         spec = self.spec
-        daemon = hosts.settings.config.daemon
-        marker = f"{hosts.instance}:shared:{spec.name}:{secrets.token_hex(4)}"
+        daemon = self._settings.config.daemon
+        marker = f"{self._instance}:shared:{spec.name}:{secrets.token_hex(4)}"
         # Per computer: the home directory ("~" on a remote computer is its login one).
         cwd = self.key.cwd or (os.path.expanduser("~") if self.key.computer is None else "~")
         proc = await self._executor.spawn(list(spec.command), env=agent_env(spec), cwd=cwd,
@@ -431,8 +437,8 @@ class SharedHost:
                       command=" ".join(spec.command))
         rpc = JsonRpcConnection(
             proc.stdin, proc.stdout, on_request=self._on_request,
-            on_notification=self._on_notification, on_line=self._on_line,
-            throttle=hosts.hub.wait_for_room, max_line=int(daemon.max_line), log=self.log,
+            on_notification=self._on_notification,
+            throttle=self._hub.wait_for_room, max_line=int(daemon.max_line), log=self.log,
             name=f"shared agent {self.id}")
         self.rpc = rpc
         stderr_done = trio.Event()
@@ -452,11 +458,14 @@ class SharedHost:
                                   ) from None
 
     async def _linger(self) -> None:
-        """Stop the process `LINGER` after its last session left, unless one came back."""
+        """Stop the process `LINGER` after its last session left, unless one is back."""
         while True:
-            await self._empty.wait()
+            if self._views:
+                self._emptied = trio.Event()
+                await self._emptied.wait()
+                continue
             await trio.sleep(LINGER)
-            if not self._views and self._empty.is_set():
+            if not self._views:
                 self.log.info("no session left; stopping the shared process")
                 self._end("no session left", "")
                 return
@@ -488,7 +497,7 @@ class SharedHost:
         self._end(reason, f"agent crashed: {reason}")
 
     async def _drain_stderr(self, stream: trio.abc.ReceiveStream, done: trio.Event) -> None:
-        config = self._hosts.settings.config.daemon
+        config = self._settings.config.daemon
         limiter = StderrLimiter(rate=float(config.stderr_log_rate),
                                 burst=config.stderr_log_burst)
         try:
@@ -498,7 +507,7 @@ class SharedHost:
 
     async def _finish(self, grace: float) -> None:
         """Tell every chat still attached, then stop what is left of the process."""
-        self._hosts.forget(self)
+        self._on_end(self)
         reason, turn_error = self.ending or (
             str(self.failure) if self.failure else "the daemon is stopping", "")
         self.started.set()
@@ -515,91 +524,3 @@ class SharedHost:
             with trio.move_on_after(grace + 5):
                 status = await proc.stop(grace)
                 self.log.info("shared agent stopped", status=status.describe())
-
-
-class SharedHosts:
-    """The registry and supervisor of the shared processes (a child of the pool)."""
-
-    def __init__(self, *, settings: Settings, hub: Hub, instance: str) -> None:
-        self.settings = settings
-        self.hub = hub
-        self.instance = instance
-        self._hosts: dict[HostKey, list[SharedHost]] = {}
-        self._restarts: dict[HostKey, list[float]] = {}
-        self._crashed: set[HostKey] = set()
-        """Keys whose last process crashed: the next start waits for the backoff."""
-        self._numbers = itertools.count(1)
-        self._nursery: trio.Nursery | None = None
-        self._log = Log("shared")
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
-
-    def hosts(self) -> list[SharedHost]:
-        return [host for hosts in self._hosts.values() for host in hosts]
-
-    def key_for(self, spec: AgentSpec, computer: str | None, cwd: str) -> HostKey:
-        return HostKey(spec.name, computer, cwd if spec.shared_by == "cwd" else None)
-
-    async def attach(self, spec: AgentSpec, *, executor: Executor, computer: str | None,
-                     cwd: str, **view_args: Any) -> SessionView:
-        """A view on a started shared process for one chat's session: an existing process
-        of the key with room, else a new one. Raises `HostUnavailable` (or the executor's
-        `SpawnError`) when none can be started."""
-        key = self.key_for(spec, computer, cwd)
-        hosts = self._hosts.setdefault(key, [])
-        host = next((h for h in hosts if h.accepting and h.spec == spec), None)
-        if host is None:
-            host = self._start(key, spec, executor)
-        view = host.attach(view_args)
-        try:
-            await host.started.wait()
-        except BaseException:
-            host.detach(view)
-            raise
-        if host.failure is not None:
-            host.detach(view)
-            raise host.failure
-        if host.ending is not None or view.closed:
-            host.detach(view)
-            raise HostUnavailable(f"shared agent process {host.id} ended: "
-                                  f"{host.ending[0] if host.ending else 'process gone'}")
-        return view
-
-    def _start(self, key: HostKey, spec: AgentSpec, executor: Executor) -> SharedHost:
-        lc = self.settings.config.lifecycle
-        delay = 0.0
-        if key in self._crashed:
-            now = trio.current_time()
-            history = recent_restarts(self._restarts.get(key, []), now=now,
-                                      window=float(lc.restart_window))
-            decision = restart_decision(
-                history, now=now, max_restarts=lc.restart_max, window=float(lc.restart_window),
-                backoff=float(lc.restart_backoff), backoff_max=float(lc.restart_backoff_max))
-            if isinstance(decision, GiveUp):
-                self._restarts.pop(key, None)
-                self._crashed.discard(key)
-                raise HostUnavailable(f"the shared {key.agent} process {decision.reason}")
-            delay = decision.delay
-            self._restarts[key] = [*history, now]
-            self._crashed.discard(key)
-        host = SharedHost(self, key, spec, executor, next(self._numbers), delay)
-        self._hosts.setdefault(key, []).append(host)
-        if self._nursery is None:
-            raise HostUnavailable("the daemon is not running")
-        self._nursery.start_soon(host.run)
-        return host
-
-    def forget(self, host: SharedHost) -> None:
-        """The host's process is ending: later attaches start another one."""
-        hosts = self._hosts.get(host.key, [])
-        if host in hosts:
-            hosts.remove(host)
-        if not hosts:
-            self._hosts.pop(host.key, None)
-        if host.crashed or host.failure is not None:
-            self._crashed.add(host.key)
