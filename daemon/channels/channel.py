@@ -17,13 +17,14 @@ connection closed once `hard_max_bytes` is passed.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import trio
 
 from daemon.channels.frames import Entry, Mode, log_prefix
 from daemon.channels.view import ChatView
+from protocol.deltas import DeltaBody
 
 
 class Ring:
@@ -49,6 +50,28 @@ class Ring:
         self.last = seq
         if self.count < self.size:
             self.count += 1
+
+    def extend(self, entries: list[Entry]) -> None:
+        """`append` each of `entries` (seqs consecutive), by slices of the slot list."""
+        if not entries:
+            return
+        seq = entries[0].seq
+        if self.count and seq != self.last + 1:
+            self.count = 0  # not contiguous (cannot happen): start over rather than lie
+        size = self.size
+        if len(entries) > size:
+            entries = entries[-size:]
+            seq = entries[0].seq
+        slots = self._slots
+        at = seq % size
+        room = size - at
+        if len(entries) <= room:
+            slots[at:at + len(entries)] = entries
+        else:
+            slots[at:] = entries[:room]
+            slots[:len(entries) - room] = entries[room:]
+        self.last = entries[-1].seq
+        self.count = min(size, self.count + len(entries))
 
     @property
     def first(self) -> int:
@@ -81,8 +104,9 @@ class Channel:
         have seen, and the head every reply and replay goes by."""
         self.numbered = head
         """Seq of the last delta published (numbered, maybe not yet committed)."""
-        self.undelivered: deque[tuple[int, Entry]] = deque()
-        """Published deltas waiting for their commit, with the store's ticket of each."""
+        self.undelivered: deque[tuple[int, int, list[Entry], Sequence[DeltaBody]]] = deque()
+        """Published batches of deltas waiting for their commit: the store's ticket of
+        each, its turn, its entries and their bodies."""
         self.log_prefix = log_prefix(chat)
         """What the log leaves out of each delta's payload (`frames.logged_tail`)."""
         self.floor = floor
@@ -159,6 +183,24 @@ class Outbox:
         if not self._event.is_set():
             self._event.set()
         return True
+
+    def offer_many(self, frames: list[bytes], size: int) -> int:
+        """`offer` each of `frames` (`size` bytes in all) in order until one is refused;
+        returns how many were queued."""
+        queued = self.frames
+        if (len(queued) + len(frames) <= self.max_frames
+                and self.nbytes + size <= self.max_bytes):
+            queued.extend(frames)
+            self.nbytes += size
+            if not self._event.is_set():
+                self._event.set()
+            return len(frames)
+        taken = 0
+        for frame in frames:
+            if not self.offer(frame):
+                break
+            taken += 1
+        return taken
 
     def put(self, frame: bytes) -> None:
         """Queue a control frame unconditionally (up to the hard limit)."""

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from protocol import deltas as d
 from protocol.messages import PendingPermission, Snapshot
 
@@ -49,6 +51,25 @@ class ChatView:
         elif kind is d.PermissionResolved:
             assert isinstance(body, d.PermissionResolved)
             self.permissions.pop(body.request, None)
+
+    def apply_batch(self, first: int, turn: int, bodies: Sequence[d.DeltaBody]) -> None:
+        """`apply` each of a batch of one turn's deltas (seqs from `first` on): its text
+        chunks gathered in one step."""
+        parts: list[str] | None = None
+        for index, body in enumerate(bodies):
+            if type(body) is d.Text:
+                if parts is None:
+                    open_turn = self.turns.get(turn)
+                    if open_turn is None:
+                        continue
+                    parts = open_turn[1]
+                parts.append(body.text)
+            else:
+                self.apply(first + index, turn, body)
+                parts = None  # the turn may have started or ended
+        open_turn = self.turns.get(turn)
+        if open_turn is not None and len(open_turn[1]) > 512:
+            open_turn[1][:] = ["".join(open_turn[1])]
 
     def snapshot(self, chat: str) -> Snapshot:
         turn = min(self.turns) if self.turns else None

@@ -92,6 +92,8 @@ class Store:
         self._reader: sqlite3.Connection | None = None
         self._ops: list[tuple[str, Any, bool]] = []
         self._deltas: list[tuple[str, int, float, bytes]] = []
+        self._deltas_bytes = 0
+        """The size of the rows in `_deltas`."""
         self._uncommitted_deltas = 0
         self._uncommitted_bytes = 0
         """Deltas (and their bytes) enqueued or in the commit under way."""
@@ -261,9 +263,28 @@ class Store:
             self.dropped += 1
             return self._submitted + 1  # never committed: the daemon is stopping
         self._deltas.append((chat, seq, ts, data))
+        self._deltas_bytes += len(data)
         self._uncommitted_deltas += 1
         self._uncommitted_bytes += len(data)
         self._submitted += 1
+        self._work.set()
+        self._delta_waiting.set()
+        return self._submitted
+
+    def append_deltas(self, rows: list[tuple[str, int, float, bytes]], nbytes: int) -> int:
+        """`append_delta` for a batch of rows, `nbytes` their data's total size: one ticket
+        for the lot (they are always committed together: the writer takes the queue
+        between two awaits, and this adds to it in one step)."""
+        if self._closed:
+            raise StoreClosed("the store is closed")
+        if self._failure is not None:
+            self.dropped += len(rows)
+            return self._submitted + 1  # never committed: the daemon is stopping
+        self._deltas.extend(rows)
+        self._deltas_bytes += nbytes
+        self._uncommitted_deltas += len(rows)
+        self._uncommitted_bytes += nbytes
+        self._submitted += len(rows)
         self._work.set()
         self._delta_waiting.set()
         return self._submitted
@@ -373,7 +394,7 @@ class Store:
                             error=str(self._failure))
             self._ops.clear()
             self._deltas.clear()
-            self._uncommitted_deltas = self._uncommitted_bytes = 0
+            self._uncommitted_deltas = self._uncommitted_bytes = self._deltas_bytes = 0
             event, self._committed_changed = self._committed_changed, trio.Event()
             event.set()
             if self._scope is not None:
@@ -408,6 +429,7 @@ class Store:
             self._delta_waiting = trio.Event()
             ops, self._ops = self._ops, []
             deltas, self._deltas = self._deltas, []
+            nbytes, self._deltas_bytes = self._deltas_bytes, 0
             target = self._submitted
             if ops or deltas:
                 # Not cancellable: a half-applied batch must still be committed or rolled back
@@ -422,7 +444,7 @@ class Store:
             self._unavailable = None
             if deltas:
                 self._uncommitted_deltas -= len(deltas)
-                self._uncommitted_bytes -= sum(len(row[3]) for row in deltas)
+                self._uncommitted_bytes -= nbytes
             for callback in self._on_commit:
                 try:
                     callback(target)
