@@ -44,6 +44,8 @@ commit that never came: start-up hung and SIGTERM was ignored.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import math
 import sqlite3
 import threading
@@ -70,6 +72,17 @@ from daemon.store.faults import (
 )
 from daemon.store.schema import SCHEMA, SCHEMA_VERSION
 
+_INSERT_DELTAS = "INSERT OR REPLACE INTO deltas(chat, seq, ts, data) VALUES "
+ROWS_PER_INSERT = 256
+"""Deltas inserted by one statement (at most; fewer where SQLite allows fewer parameters)."""
+
+
+@functools.cache
+def _insert_deltas_sql(rows: int) -> str:
+    """One INSERT of `rows` deltas (made once per size: the connection caches the prepared
+    statement by its text)."""
+    return _INSERT_DELTAS + ",".join(["(?,?,?,?)"] * rows)
+
 
 class _GaveUp(Exception):
     """The store closed while a batch could not be committed (shutdown on a full disk)."""
@@ -90,6 +103,7 @@ class Store:
         self._log = Log("store")
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._rows_per_insert = ROWS_PER_INSERT
         self._ops: list[tuple[str, Any, bool]] = []
         self._deltas: list[tuple[str, int, float, bytes]] = []
         self._deltas_bytes = 0
@@ -196,6 +210,8 @@ class Store:
                 raise DatabaseUnusable(
                     self.path, f"its schema version {row[0]} is newer than this daemon's "
                     f"{SCHEMA_VERSION}", "upgrade stoker, or use another state dir")
+            limit = writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            self._rows_per_insert = max(1, min(ROWS_PER_INSERT, limit // 4))
             with contextlib.suppress(OSError):
                 self.path.chmod(0o600)
             self._reader = self._connect()
@@ -463,10 +479,7 @@ class Store:
             try:
                 conn.execute("BEGIN")
                 if deltas:
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO deltas(chat, seq, ts, data) VALUES (?,?,?,?)",
-                        deltas,
-                    )
+                    self._insert_deltas(conn, deltas)
                 for sql, params, many in ops:
                     try:
                         if many:
@@ -495,6 +508,22 @@ class Store:
                 self._log.error("commit failed; retrying", error=str(exc), attempt=attempt)
                 if self._give_up.wait(min(2.0, 0.05 * 2**attempt)):
                     raise _GaveUp from exc
+
+    def _insert_deltas(self, conn: sqlite3.Connection,
+                       deltas: list[tuple[str, int, float, bytes]]) -> None:
+        """Insert a batch of deltas by multi-row INSERTs of up to `_rows_per_insert` rows
+        (then halving, so a handful of statement sizes serve every batch). `executemany`
+        steps once per row, and each step releases and takes back the GIL: against a busy
+        event loop the writer waited for the GIL row by row (measured: 13 us per row
+        against 3 with 256-row statements, and twice the CPU)."""
+        chain = itertools.chain.from_iterable
+        start, left, size = 0, len(deltas), self._rows_per_insert
+        while left:
+            while size > left:
+                size //= 2
+            conn.execute(_insert_deltas_sql(size), list(chain(deltas[start:start + size])))
+            start += size
+            left -= size
 
     # ------------------------------------------------------------------ reads
 

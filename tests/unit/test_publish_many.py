@@ -176,3 +176,19 @@ async def test_the_reader_hands_runs_of_lines_to_on_lines_in_order() -> None:
                                 b'{"jsonrpc":"2.0","method":"n2"}\nc4\nc5\n')
         await peer_out.aclose()
     assert seen == ["batch:c1,c2", "n1", "batch:c3", "n2", "batch:c4,c5"]
+
+
+@pytest.mark.parametrize("per_insert", [1, 5, 256])
+async def test_a_batch_of_any_size_is_logged_whole(tmp_path: Path, per_insert: int) -> None:
+    """The writer inserts a batch by multi-row statements of at most `per_insert` rows, then
+    halving: every row lands, whatever the batch's size."""
+    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0) as store:
+        store._rows_per_insert = per_insert
+        seq = 0
+        for size in (1, 3, 255, 256, 257, 700, 2):
+            rows = [("c", s, float(s), b"d%d" % s) for s in range(seq + 1, seq + size + 1)]
+            store.append_deltas(rows, sum(len(r[3]) for r in rows))
+            seq += size
+        await store.flush()
+        logged = await store.read_deltas("c", 0, seq, limit=seq)
+        assert logged == [(s, float(s), b"d%d" % s) for s in range(1, seq + 1)]
