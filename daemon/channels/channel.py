@@ -184,23 +184,22 @@ class Outbox:
             self._event.set()
         return True
 
-    def offer_many(self, frames: list[bytes], size: int) -> int:
-        """`offer` each of `frames` (`size` bytes in all) in order until one is refused;
-        returns how many were queued."""
+    def offer_batch(self, frames: list[bytes], size: int) -> bool:
+        """Queue all of `frames` (`size` bytes in all: what one commit delivered) if the
+        queue is under its bound as they come; False means the subscriber lags. The bound
+        holds at the batch, not frame by frame: a commit delivers thousands of deltas at
+        once under a flood, more than `max_frames`, to a subscriber that reads as fast as
+        it can (measured: 29-43 lags per 100k-delta turn). So the queue may pass its
+        bound by one commit's deltas, which the store bounds (`Store.max_pending`), and
+        whose bytes are the ring's own (a frame is shared by every subscriber)."""
         queued = self.frames
-        if (len(queued) + len(frames) <= self.max_frames
-                and self.nbytes + size <= self.max_bytes):
-            queued.extend(frames)
-            self.nbytes += size
-            if not self._event.is_set():
-                self._event.set()
-            return len(frames)
-        taken = 0
-        for frame in frames:
-            if not self.offer(frame):
-                break
-            taken += 1
-        return taken
+        if len(queued) >= self.max_frames or self.nbytes >= self.max_bytes:
+            return False
+        queued.extend(frames)
+        self.nbytes += size
+        if not self._event.is_set():
+            self._event.set()
+        return True
 
     def put(self, frame: bytes) -> None:
         """Queue a control frame unconditionally (up to the hard limit)."""

@@ -20,6 +20,7 @@ property tests exercise.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -212,17 +213,22 @@ class Hub:
         settled: list[str] = []
         for chat, ch in self._unsettled.items():
             waiting = ch.undelivered
+            ready: list[list[Entry]] = []
             while waiting and waiting[0][0] <= ticket:
                 _, turn, entries, bodies = waiting.popleft()
-                self._deliver(ch, turn, entries, bodies)
+                self._settle(ch, turn, entries, bodies)
+                ready.append(entries)
+            if ready:
+                self._fan_out(ch, ready[0] if len(ready) == 1 else
+                              list(itertools.chain.from_iterable(ready)))
             if not waiting:
                 settled.append(chat)
         for chat in settled:
             del self._unsettled[chat]
 
-    def _deliver(self, ch: Channel, turn: int, entries: list[Entry],
-                 bodies: Sequence[d.DeltaBody]) -> None:
-        """Hand a committed batch to the ring, the view and every live subscriber."""
+    def _settle(self, ch: Channel, turn: int, entries: list[Entry],
+                bodies: Sequence[d.DeltaBody]) -> None:
+        """A committed batch joins the ring, the view and the head."""
         first = entries[0].seq
         ch.ring.extend(entries)
         ch.view.apply_batch(first, turn, bodies)
@@ -230,11 +236,17 @@ class Hub:
             ch.floor = first
         ch.head = entries[-1].seq
         self.delivered += len(entries)
+
+    def _fan_out(self, ch: Channel, entries: list[Entry]) -> None:
+        """Offer what one commit delivered to every live subscriber, as one batch
+        (`Outbox.offer_batch`); one whose queue is at its bound lags from the batch's
+        first delta."""
         live = ch.live
         if not live:
             return
         frames: dict[Mode, tuple[list[bytes], int]] = {}
         lagged: list[Subscription] | None = None
+        last = entries[-1].seq
         for sub in live:
             mode = sub.mode
             made = frames.get(mode)
@@ -242,10 +254,9 @@ class Hub:
                 rendered = ([entry.frame for entry in entries] if mode == "framed"
                             else [entry.render(mode) for entry in entries])
                 made = frames[mode] = (rendered, sum(map(len, rendered)))
-            taken = sub.outbox.offer_many(*made)
-            if taken:
-                sub.cursor = first + taken - 1
-            if taken < len(entries):
+            if sub.outbox.offer_batch(*made):
+                sub.cursor = last
+            else:
                 if lagged is None:
                     lagged = []
                 lagged.append(sub)

@@ -85,27 +85,37 @@ async def test_a_batch_is_all_or_nothing(tmp_path: Path) -> None:
         assert hub.statistics()["published"] == 1
 
 
-async def test_a_batch_larger_than_the_room_lags_and_catches_up_in_order(
+async def test_a_commit_is_queued_whole_while_the_queue_is_under_its_bound(
         tmp_path: Path) -> None:
+    """A subscriber that takes what it is given is not lagged by a commit larger than its
+    queue's bound; one whose queue is still at the bound when the next commit comes is,
+    and gets the rest by catch-up, in order, once."""
     async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0) as store:
         hub = Hub(store, ring_size=4096)
         hub.open_channel("c", new_epoch())
         outbox = Outbox(max_frames=100, max_bytes=1 << 20, hard_max_bytes=1 << 30)
         await _live(hub, "c", outbox)
         hub.publish_many("c", 1, [d.Text(text=str(i)) for i in range(250)])
+        hub.publish("c", 1, d.Text(text="same commit"))
         await store.flush()
+        assert len(outbox.frames) == 251
+        assert hub.lag_events == 0
+        hub.publish_many("c", 1, [d.Text(text=str(i)) for i in range(30)])
+        await store.flush()  # the queue is still past its bound: lags
+        assert (len(outbox.frames), hub.lag_events) == (251, 1)
         seqs: list[int] = []
-        lagged = 0
+        lagged: list[m.Lagged] = []
         with trio.fail_after(5):
-            while len(seqs) < 250:
+            while len(seqs) < 281:
                 for message in _messages(outbox):
                     if isinstance(message, d.Delta):
                         seqs.append(message.seq)
-                    lagged += isinstance(message, m.Lagged)
+                    elif isinstance(message, m.Lagged):
+                        lagged.append(message)
                 for sub in list(outbox.lagging):
                     await hub.catch_up(sub)
-        assert seqs == list(range(1, 251))
-        assert lagged == 1
+        assert seqs == list(range(1, 282))
+        assert [(x.from_seq, x.missed) for x in lagged] == [(252, 30)]
 
 
 @given(size=st.integers(1, 40), start=st.integers(0, 1000),
