@@ -22,7 +22,7 @@ from typing import Literal
 
 import trio
 
-from daemon.channels.frames import Entry, Mode, log_prefix
+from daemon.channels.frames import Entry, Mode, log_prefix, tail_offset
 from daemon.channels.view import ChatView
 from protocol.deltas import DeltaBody
 
@@ -93,8 +93,8 @@ class Ring:
 
 
 class Channel:
-    __slots__ = ("chat", "epoch", "floor", "head", "live", "log_prefix", "numbered", "ring",
-                 "undelivered", "view")
+    __slots__ = ("chat", "epoch", "floor", "head", "live", "log_prefix", "log_tail_at",
+                 "numbered", "ring", "undelivered", "view")
 
     def __init__(self, chat: str, epoch: str, head: int, floor: int, ring_size: int) -> None:
         self.chat = chat
@@ -109,6 +109,8 @@ class Channel:
         each, its turn, its entries and their bodies."""
         self.log_prefix = log_prefix(chat)
         """What the log leaves out of each delta's payload (`frames.logged_tail`)."""
+        self.log_tail_at = tail_offset(self.log_prefix)
+        """Where a payload's logged tail starts, less its seq's size."""
         self.floor = floor
         """Lowest seq retained anywhere (log or ring). head+1 when nothing is retained."""
         self.ring = Ring(ring_size)

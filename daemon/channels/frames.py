@@ -65,13 +65,19 @@ class Entry(msgspec.Struct, gc=False):
 _DELTA_HEAD = b"\x86\xa4type\xa5delta\xa4chat"
 """How every `Delta` payload begins: a map of six entries, the tag, the `chat` key."""
 _TS_KEY = b"\xa2ts"
-_TURN_KEY = b"\xa4turn"
+TURN_KEY = b"\xa4turn"
+"""Where a logged tail starts (`logged_tail`)."""
 
 
 def log_prefix(chat: str) -> bytes:
     """The bytes of each of `chat`'s delta payloads up to its seq value (made once per
     channel): what `logged_tail` leaves out and `logged_payload` puts back."""
     return _DELTA_HEAD + msgpack_encoder.encode(chat) + b"\xa3seq"
+
+
+def tail_offset(prefix: bytes) -> int:
+    """Where the tail of a payload beginning with `prefix` starts, less its seq's size."""
+    return len(prefix) + len(_TS_KEY) + 9  # the ts: a float64
 
 
 def logged_tail(payload: bytes, prefix: bytes, seq: int) -> bytes:
@@ -82,8 +88,8 @@ def logged_tail(payload: bytes, prefix: bytes, seq: int) -> bytes:
     # msgpack's size of a non-negative int (fixint, uint8, uint16, uint32, uint64)
     seq_size = (1 if seq < 0x80 else 2 if seq < 0x100 else 3 if seq < 0x10000
                 else 5 if seq < 0x100000000 else 9)
-    start = len(prefix) + seq_size + len(_TS_KEY) + 9  # float64
-    if payload.startswith(_TURN_KEY, start):
+    start = tail_offset(prefix) + seq_size
+    if payload.startswith(TURN_KEY, start):
         return payload[start:]
     return payload
 

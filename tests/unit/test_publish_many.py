@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from daemon.acp.rpc import JsonRpcConnection
 from daemon.channels.channel import Outbox, Ring
-from daemon.channels.frames import Entry
+from daemon.channels.frames import Entry, logged_payload
 from daemon.channels.hub import Hub, new_epoch
 from daemon.channels.view import ChatView
 from daemon.store.sqlite import Store
@@ -202,3 +202,25 @@ async def test_a_batch_of_any_size_is_logged_whole(tmp_path: Path, per_insert: i
         await store.flush()
         logged = await store.read_deltas("c", 0, seq, limit=seq)
         assert logged == [(s, float(s), b"d%d" % s) for s in range(1, seq + 1)]
+
+
+async def test_a_batch_logs_each_delta_as_its_tail(tmp_path: Path) -> None:
+    """`publish_many` cuts each payload's logged tail itself (`logged_tail`, inlined): the
+    rows rebuild every delta, across the seqs where msgpack's int size changes."""
+    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0) as store:
+        hub = Hub(store, ring_size=64)
+        channel = hub.open_channel("c", new_epoch(), head=60)
+        sent = [d.Text(text=f"t{i}") for i in range(100)]
+        expected: dict[int, d.DeltaBody] = {}
+        for head in (60, 200, 65_500):  # 61..160, 201..300, 65501..65600
+            channel.numbered = channel.head = head
+            hub.publish_many("c", 7, sent)
+            expected.update((head + 1 + i, body) for i, body in enumerate(sent))
+        await store.flush()
+        rows = await store.read_deltas("c", 0, 1 << 20, limit=1000)
+        assert len(rows) == 300
+        decode = msgspec.msgpack.Decoder(d.Delta).decode
+        for seq, ts, data in rows:
+            assert data[:1] != b"\x86"  # the tail, not the whole payload
+            delta = decode(logged_payload(channel.log_prefix, seq, ts, data))
+            assert (delta.seq, delta.turn, delta.body) == (seq, 7, expected[seq])
