@@ -155,7 +155,8 @@ class Hub:
         A batch (the text chunks of one read of an agent's output) costs one clock read
         (every delta of it has the same `ts`), one hand-over to the store (one ticket: the
         batch is committed as a whole) and one delivery once committed. All or nothing:
-        a body too large to frame raises before anything is numbered or logged."""
+        a body too large to frame raises before anything is numbered or logged. The hub
+        keeps `bodies` until the batch is delivered: the caller must not change it."""
         ch = self._channels[chat]
         seq = ch.numbered
         ts = self._clock()
