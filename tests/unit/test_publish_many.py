@@ -224,3 +224,13 @@ async def test_a_batch_logs_each_delta_as_its_tail(tmp_path: Path) -> None:
             assert data[:1] != b"\x86"  # the tail, not the whole payload
             delta = decode(logged_payload(channel.log_prefix, seq, ts, data))
             assert (delta.seq, delta.turn, delta.body) == (seq, 7, expected[seq])
+
+
+def test_take_returns_queued_frames_in_order_up_to_about_max_bytes() -> None:
+    outbox = Outbox(max_frames=100, max_bytes=1 << 20, hard_max_bytes=1 << 30)
+    frames = [bytes([i]) * 10 for i in range(20)]
+    assert outbox.offer_batch(frames, 200)
+    assert outbox.take(25) == frames[:3]  # past 25 bytes with the third
+    assert outbox.take(1) == frames[3:4]  # at least one
+    assert outbox.take(1 << 20) == frames[4:]  # all the rest at once
+    assert (outbox.nbytes, outbox.sent_frames, len(outbox.frames)) == (0, 20, 0)
