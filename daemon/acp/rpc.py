@@ -116,6 +116,9 @@ class FollowUp:
 
 RequestHandler = Callable[[str, msgspec.Raw | None], Awaitable[Any]]
 NotificationHandler = Callable[[str, msgspec.Raw | None], None]
+LinesHandler = Callable[[list[bytes], int], int]
+"""`on_lines(lines, start)`: consume the notifications it knows from `lines[start]` on, in
+order; return the index of the first line it left (`start`: none)."""
 
 EMPTY_OBJECT = msgspec.Raw(b"{}")
 
@@ -187,7 +190,7 @@ class JsonRpcConnection:
         on_request: RequestHandler,
         on_notification: NotificationHandler,
         on_traffic: Callable[[], None] | None = None,
-        on_line: Callable[[bytes], bool] | None = None,
+        on_lines: LinesHandler | None = None,
         throttle: Callable[[], Awaitable[None]] | None = None,
         max_line: int = 64 * 1024 * 1024,
         log: Log | None = None,
@@ -199,10 +202,12 @@ class JsonRpcConnection:
         self._on_request = on_request
         self._on_notification = on_notification
         self._on_traffic = on_traffic
-        self._on_line = on_line
-        """Tried first on every line; True means it consumed the line as a notification.
-        The backend's hot path: a streamed text chunk in one typed decode of the whole line
-        instead of the envelope here and the params there."""
+        self._on_lines = on_lines
+        """Tried first on every line not yet consumed of each read: it consumes a run of
+        notifications from there (none: the line goes the general way). The backend's hot
+        path: the streamed text chunks of one read, each in one typed decode of the whole
+        line instead of the envelope here and the params there, published as one batch.
+        If it raises, the line it was given is lost (logged) and the next is tried."""
         self._throttle = throttle
         """Awaited after each read's lines: backpressure (the peer's output waits in its
         pipe while what it said so far cannot be stored)."""
@@ -340,24 +345,30 @@ class JsonRpcConnection:
 
     async def _read(self, nursery: trio.Nursery) -> None:
         dispatch = self._dispatch
-        on_line = self._on_line
+        on_lines = self._on_lines
         async for batch in read_line_batches(self._receive, self._max_line):
             # Traffic is noted once per read: the lines of one read arrived together.
             self.lines_in += len(batch)
             self._last_traffic = trio.current_time()
             if self._on_traffic is not None:
                 self._on_traffic()
-            for line in batch:
+            index, end = 0, len(batch)
+            while index < end:
+                if on_lines is not None:
+                    try:
+                        after = on_lines(batch, index)
+                    except Exception:
+                        self._log.exception("notification handler failed", peer=self._name)
+                        index += 1
+                        continue
+                    if after > index:
+                        index = after
+                        continue
+                line = batch[index]
+                index += 1
                 # `isspace` rather than `strip()`: no copy of every line.
                 if not line or line.isspace():
                     continue
-                if on_line is not None:
-                    try:
-                        if on_line(line):
-                            continue
-                    except Exception:
-                        self._log.exception("notification handler failed", peer=self._name)
-                        continue
                 dispatch(line, nursery)
             if self._throttle is not None:
                 # Backpressure (the store cannot keep up): read no more until it may.

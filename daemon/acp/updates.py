@@ -82,7 +82,7 @@ def decode_chunk_line(line: bytes) -> d.Text | d.Reasoning | d.UserText | None:
     an agent, thought or user chunk with text content; None for any other line.
 
     The hot path of a streaming turn, in one typed decode of the line (the general path
-    decodes the envelope, then the params: see `JsonRpcConnection`'s `on_line`). What it
+    decodes the envelope, then the params: see `JsonRpcConnection`'s `on_lines`). What it
     accepts decodes to the same body `decode_session_update` makes; a line it declines
     (another kind, another content, a shape it does not match) costs a decode that stops
     at the first mismatch, and goes the general way."""

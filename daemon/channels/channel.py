@@ -17,13 +17,14 @@ connection closed once `hard_max_bytes` is passed.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import trio
 
-from daemon.channels.frames import Entry, Mode, log_prefix
+from daemon.channels.frames import Entry, Mode, log_prefix, tail_offset
 from daemon.channels.view import ChatView
+from protocol.deltas import DeltaBody
 
 
 class Ring:
@@ -50,6 +51,28 @@ class Ring:
         if self.count < self.size:
             self.count += 1
 
+    def extend(self, entries: list[Entry]) -> None:
+        """`append` each of `entries` (seqs consecutive), by slices of the slot list."""
+        if not entries:
+            return
+        seq = entries[0].seq
+        if self.count and seq != self.last + 1:
+            self.count = 0  # not contiguous (cannot happen): start over rather than lie
+        size = self.size
+        if len(entries) > size:
+            entries = entries[-size:]
+            seq = entries[0].seq
+        slots = self._slots
+        at = seq % size
+        room = size - at
+        if len(entries) <= room:
+            slots[at:at + len(entries)] = entries
+        else:
+            slots[at:] = entries[:room]
+            slots[:len(entries) - room] = entries[room:]
+        self.last = entries[-1].seq
+        self.count = min(size, self.count + len(entries))
+
     @property
     def first(self) -> int:
         """Seq of the oldest entry (`last + 1` when empty)."""
@@ -70,8 +93,8 @@ class Ring:
 
 
 class Channel:
-    __slots__ = ("chat", "epoch", "floor", "head", "live", "log_prefix", "numbered", "ring",
-                 "undelivered", "view")
+    __slots__ = ("chat", "epoch", "floor", "head", "live", "log_prefix", "log_tail_at",
+                 "numbered", "ring", "undelivered", "view")
 
     def __init__(self, chat: str, epoch: str, head: int, floor: int, ring_size: int) -> None:
         self.chat = chat
@@ -81,10 +104,13 @@ class Channel:
         have seen, and the head every reply and replay goes by."""
         self.numbered = head
         """Seq of the last delta published (numbered, maybe not yet committed)."""
-        self.undelivered: deque[tuple[int, Entry]] = deque()
-        """Published deltas waiting for their commit, with the store's ticket of each."""
+        self.undelivered: deque[tuple[int, int, list[Entry], Sequence[DeltaBody]]] = deque()
+        """Published batches of deltas waiting for their commit: the store's ticket of
+        each, its turn, its entries and their bodies."""
         self.log_prefix = log_prefix(chat)
         """What the log leaves out of each delta's payload (`frames.logged_tail`)."""
+        self.log_tail_at = tail_offset(self.log_prefix)
+        """Where a payload's logged tail starts, less its seq's size."""
         self.floor = floor
         """Lowest seq retained anywhere (log or ring). head+1 when nothing is retained."""
         self.ring = Ring(ring_size)
@@ -160,6 +186,23 @@ class Outbox:
             self._event.set()
         return True
 
+    def offer_batch(self, frames: list[bytes], size: int) -> bool:
+        """Queue all of `frames` (`size` bytes in all: what one commit delivered) if the
+        queue is under its bound as they come; False means the subscriber lags. The bound
+        holds at the batch, not frame by frame: a commit delivers thousands of deltas at
+        once under a flood, more than `max_frames`, to a subscriber that reads as fast as
+        it can (measured: 29-43 lags per 100k-delta turn). So the queue may pass its
+        bound by one commit's deltas, which the store bounds (`Store.max_pending`), and
+        whose bytes are the ring's own (a frame is shared by every subscriber)."""
+        queued = self.frames
+        if len(queued) >= self.max_frames or self.nbytes >= self.max_bytes:
+            return False
+        queued.extend(frames)
+        self.nbytes += size
+        if not self._event.is_set():
+            self._event.set()
+        return True
+
     def put(self, frame: bytes) -> None:
         """Queue a control frame unconditionally (up to the hard limit)."""
         if self.nbytes + len(frame) > self.hard_max_bytes:
@@ -184,7 +227,13 @@ class Outbox:
     def take(self, max_bytes: int) -> list[bytes]:
         """Remove and return queued frames up to about `max_bytes` (at least one)."""
         frames = self.frames
-        out: list[bytes] = []
+        if self.nbytes <= max_bytes:  # all of it (the common case): no loop per frame
+            out = list(frames)
+            frames.clear()
+            self.nbytes = 0
+            self.sent_frames += len(out)
+            return out
+        out = []
         size = 0
         while frames and (size < max_bytes or not out):
             frame = frames.popleft()

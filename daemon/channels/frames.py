@@ -40,31 +40,33 @@ def encode_message(message: object, mode: Mode) -> bytes:
 
 
 
-class Entry:
-    """One delta in the ring, with its encodings (JSON made on first use)."""
+class Entry(msgspec.Struct, gc=False):
+    """One delta in the ring, with its encodings (JSON made on first use).
 
-    __slots__ = ("_json", "delta", "frame", "seq")
+    Out of the cyclic collector (`gc=False`: it holds a delta, bytes and an int, never a
+    cycle): the ring keeps thousands and a streaming turn makes one per delta, which as
+    tracked objects set off collections that walked the whole ring."""
 
-    def __init__(self, seq: int, delta: d.Delta, frame: bytes) -> None:
-        self.seq = seq
-        self.delta = delta
-        self.frame = frame
-        self._json: bytes | None = None
+    seq: int
+    delta: d.Delta
+    frame: bytes
+    json: bytes | None = None
 
     def render(self, mode: Mode) -> bytes:
         if mode == "framed":
             return self.frame
         if mode == "msgpack":
             return self.frame[HEADER_SIZE:]
-        if self._json is None:
-            self._json = _json_encoder.encode(self.delta)
-        return self._json
+        if self.json is None:
+            self.json = _json_encoder.encode(self.delta)
+        return self.json
 
 
 _DELTA_HEAD = b"\x86\xa4type\xa5delta\xa4chat"
 """How every `Delta` payload begins: a map of six entries, the tag, the `chat` key."""
 _TS_KEY = b"\xa2ts"
-_TURN_KEY = b"\xa4turn"
+TURN_KEY = b"\xa4turn"
+"""Where a logged tail starts (`logged_tail`)."""
 
 
 def log_prefix(chat: str) -> bytes:
@@ -73,13 +75,21 @@ def log_prefix(chat: str) -> bytes:
     return _DELTA_HEAD + msgpack_encoder.encode(chat) + b"\xa3seq"
 
 
+def tail_offset(prefix: bytes) -> int:
+    """Where the tail of a payload beginning with `prefix` starts, less its seq's size."""
+    return len(prefix) + len(_TS_KEY) + 9  # the ts: a float64
+
+
 def logged_tail(payload: bytes, prefix: bytes, seq: int) -> bytes:
     """What the log stores of a delta's msgpack payload: its fields after chat, seq and ts
     (turn and body), since the row holds those three already (82 -> ~33 bytes for a short
     text chunk). If the payload is not laid out as expected (a `ts` that is not a float),
     the whole of it, which `logged_payload` also reads."""
-    start = len(prefix) + len(msgpack_encoder.encode(seq)) + len(_TS_KEY) + 9  # float64
-    if payload.startswith(_TURN_KEY, start):
+    # msgpack's size of a non-negative int (fixint, uint8, uint16, uint32, uint64)
+    seq_size = (1 if seq < 0x80 else 2 if seq < 0x100 else 3 if seq < 0x10000
+                else 5 if seq < 0x100000000 else 9)
+    start = tail_offset(prefix) + seq_size
+    if payload.startswith(TURN_KEY, start):
         return payload[start:]
     return payload
 

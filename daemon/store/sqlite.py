@@ -44,6 +44,8 @@ commit that never came: start-up hung and SIGTERM was ignored.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import math
 import sqlite3
 import threading
@@ -67,6 +69,17 @@ from daemon.store.faults import (
     unusable,
 )
 
+_INSERT_DELTAS = "INSERT OR REPLACE INTO deltas(chat, seq, ts, data) VALUES "
+ROWS_PER_INSERT = 256
+"""Deltas inserted by one statement (at most; fewer where SQLite allows fewer parameters)."""
+
+
+@functools.cache
+def _insert_deltas_sql(rows: int) -> str:
+    """One INSERT of `rows` deltas (made once per size: the connection caches the prepared
+    statement by its text)."""
+    return _INSERT_DELTAS + ",".join(["(?,?,?,?)"] * rows)
+
 
 class _GaveUp(Exception):
     """The store closed while a batch could not be committed (shutdown on a full disk)."""
@@ -87,8 +100,11 @@ class Store:
         self._log = Log("store")
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._rows_per_insert = ROWS_PER_INSERT
         self._ops: list[tuple[str, Any, bool]] = []
         self._deltas: list[tuple[str, int, float, bytes]] = []
+        self._deltas_bytes = 0
+        """The size of the rows in `_deltas`."""
         self._uncommitted_deltas = 0
         self._uncommitted_bytes = 0
         """Deltas (and their bytes) enqueued or in the commit under way."""
@@ -163,6 +179,8 @@ class Store:
         """Open both connections on a sound database (opening.py), or raise
         `DatabaseUnusable` and leave nothing open."""
         self._writer, self._reader = opening.open_connections(self.path)
+        limit = self._writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._rows_per_insert = max(1, min(ROWS_PER_INSERT, limit // 4))
 
     def _close_sync(self) -> None:
         for conn in (self._writer, self._reader):
@@ -208,9 +226,28 @@ class Store:
             self.dropped += 1
             return self._submitted + 1  # never committed: the daemon is stopping
         self._deltas.append((chat, seq, ts, data))
+        self._deltas_bytes += len(data)
         self._uncommitted_deltas += 1
         self._uncommitted_bytes += len(data)
         self._submitted += 1
+        self._work.set()
+        self._delta_waiting.set()
+        return self._submitted
+
+    def append_deltas(self, rows: list[tuple[str, int, float, bytes]], nbytes: int) -> int:
+        """`append_delta` for a batch of rows, `nbytes` their data's total size: one ticket
+        for the lot (they are always committed together: the writer takes the queue
+        between two awaits, and this adds to it in one step)."""
+        if self._closed:
+            raise StoreClosed("the store is closed")
+        if self._failure is not None:
+            self.dropped += len(rows)
+            return self._submitted + 1  # never committed: the daemon is stopping
+        self._deltas.extend(rows)
+        self._deltas_bytes += nbytes
+        self._uncommitted_deltas += len(rows)
+        self._uncommitted_bytes += nbytes
+        self._submitted += len(rows)
         self._work.set()
         self._delta_waiting.set()
         return self._submitted
@@ -320,7 +357,7 @@ class Store:
                             error=str(self._failure))
             self._ops.clear()
             self._deltas.clear()
-            self._uncommitted_deltas = self._uncommitted_bytes = 0
+            self._uncommitted_deltas = self._uncommitted_bytes = self._deltas_bytes = 0
             event, self._committed_changed = self._committed_changed, trio.Event()
             event.set()
             if self._scope is not None:
@@ -355,6 +392,7 @@ class Store:
             self._delta_waiting = trio.Event()
             ops, self._ops = self._ops, []
             deltas, self._deltas = self._deltas, []
+            nbytes, self._deltas_bytes = self._deltas_bytes, 0
             target = self._submitted
             if ops or deltas:
                 # Not cancellable: a half-applied batch must still be committed or rolled back
@@ -369,7 +407,7 @@ class Store:
             self._unavailable = None
             if deltas:
                 self._uncommitted_deltas -= len(deltas)
-                self._uncommitted_bytes -= sum(len(row[3]) for row in deltas)
+                self._uncommitted_bytes -= nbytes
             for callback in self._on_commit:
                 try:
                     callback(target)
@@ -388,10 +426,7 @@ class Store:
             try:
                 conn.execute("BEGIN")
                 if deltas:
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO deltas(chat, seq, ts, data) VALUES (?,?,?,?)",
-                        deltas,
-                    )
+                    self._insert_deltas(conn, deltas)
                 for sql, params, many in ops:
                     try:
                         if many:
@@ -420,6 +455,22 @@ class Store:
                 self._log.error("commit failed; retrying", error=str(exc), attempt=attempt)
                 if self._give_up.wait(min(2.0, 0.05 * 2**attempt)):
                     raise _GaveUp from exc
+
+    def _insert_deltas(self, conn: sqlite3.Connection,
+                       deltas: list[tuple[str, int, float, bytes]]) -> None:
+        """Insert a batch of deltas by multi-row INSERTs of up to `_rows_per_insert` rows
+        (then halving, so a handful of statement sizes serve every batch). `executemany`
+        steps once per row, and each step releases and takes back the GIL: against a busy
+        event loop the writer waited for the GIL row by row (measured: 13 us per row
+        against 3 with 256-row statements, and twice the CPU)."""
+        chain = itertools.chain.from_iterable
+        start, left, size = 0, len(deltas), self._rows_per_insert
+        while left:
+            while size > left:
+                size //= 2
+            conn.execute(_insert_deltas_sql(size), list(chain(deltas[start:start + size])))
+            start += size
+            left -= size
 
     # ------------------------------------------------------------------ reads
 

@@ -7,7 +7,10 @@ The same figures as the ingest rows of `fanout`, without its minutes of other tr
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+import psutil
 
 from protocol import messages as m
 
@@ -28,7 +31,14 @@ async def run(ctx: Context) -> Result:
             await control.request(m.Warm(id=0, chat=info.chat))
             await _once(daemon, control, info.chat, "unix", 1, 1000, None, None)
             for _ in range(max(3, ctx.runs)):
+                agent = _agent(daemon)
+                agent_cpu, own_cpu = _cpu(agent), time.process_time()
                 unix = await _once(daemon, control, info.chat, "unix", 1, chunks, None, None)
+                # The rest of the pipeline, for the CPU-bound ratio: the agent's and the
+                # subscriber's (this process counts the frames) CPU over the same turn.
+                unix["agent_cpu_per_100k"] = (_cpu(agent) - agent_cpu) / (chunks / 1e5)
+                unix["subscriber_cpu_per_100k"] = (time.process_time() - own_cpu) / (
+                    chunks / 1e5)
                 direct = await _direct_once(chunks, str(daemon.work))
                 rows["unix"].append(unix)
                 rows["direct"].append(direct)
@@ -49,6 +59,10 @@ async def run(ctx: Context) -> Result:
                med("unix", "cpu_per_100k_produced"), "s")
     result.add("ingest: direct stdio client's CPU per 100k (floor)",
                med("direct", "cpu_per_100k"), "s")
+    result.add("ingest: the agent's CPU per 100k (daemon run)",
+               med("unix", "agent_cpu_per_100k"), "s")
+    result.add("ingest: the subscriber's CPU per 100k (in the driver)",
+               med("unix", "subscriber_cpu_per_100k"), "s")
     result.add("ingest: lag events per turn", med("unix", "lagged"), "")
     result.add("ingest: ratio 1 subscriber / direct stdio",
                median([u["rate"] / x["rate"] for u, x in zip(rows["unix"], rows["direct"],
@@ -57,3 +71,16 @@ async def run(ctx: Context) -> Result:
     detail: dict[str, Any] = {"chunks": chunks, "runs": rows}
     result.detail = detail
     return result
+
+
+def _agent(daemon: BenchDaemon) -> psutil.Process:
+    """The chat's echo agent (the daemon's only agent here)."""
+    for child in daemon.process().children(recursive=True):
+        if "daemon.echo_agent" in " ".join(child.cmdline()):
+            return child
+    raise RuntimeError("the echo agent is not running")
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)

@@ -1,6 +1,6 @@
 """Profile the daemon under one benchmark workload with py-spy (sampling, from outside).
 
-    python -m tests.bench.profile WORKLOAD [--out DIR] [--rate HZ]
+    python -m tests.bench.profile WORKLOAD [--out DIR] [--rate HZ] [--gil]
 
 WORKLOAD is one of `ingest` (one `/chunks 100000` turn to one Unix subscriber: the per-delta
 path from the agent's pipe to the socket), `fanout` (`/chunks 50000` to 8 Unix subscribers),
@@ -132,6 +132,9 @@ def main() -> int:
     parser.add_argument("workload", choices=WORKLOADS)
     parser.add_argument("--out", type=Path, default=Path("/tmp/stoker-profiles"))
     parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--gil", action="store_true",
+                        help="sample only the thread holding the GIL (py-spy --gil): where "
+                        "the interpreter's time goes, GIL waits left out")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +145,8 @@ def main() -> int:
         daemon.start_bench()
         recorder = subprocess.Popen(
             [spy, "record", "--pid", str(daemon.pid), "--rate", str(args.rate), "--format",
-             "raw", "--output", str(target), "--nonblocking", "--threads"],
+             "raw", "--output", str(target), "--nonblocking", "--threads",
+             *(["--gil"] if args.gil else [])],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         _wait_sampling(recorder)
         trio.run(_workload, args.workload, daemon)

@@ -25,6 +25,7 @@ from tests.support.harness import (
 )
 
 CHUNKS = 5000
+STUCK_CHUNKS = 30_000
 
 
 def chunk_texts(deltas: list[d.Delta]) -> list[str]:
@@ -195,8 +196,11 @@ async def test_client_that_never_reads_lags_without_stalling_others(
         stuck.sendall(len(payload).to_bytes(4, "big") + payload)
     try:
         async with daemon.client("fast") as fast:
-            result = await turn(fast, info.chat, f"/chunks {CHUNKS}", timeout=60)
-            assert len(chunk_texts(result.deltas)) == CHUNKS
+            # More than the stuck client can hold without lagging: what its writer took
+            # before the socket filled, plus one commit's deltas (queued whole while its
+            # queue is under the bound; the store holds at most 10,000 uncommitted).
+            result = await turn(fast, info.chat, f"/chunks {STUCK_CHUNKS}", timeout=60)
+            assert len(chunk_texts(result.deltas)) == STUCK_CHUNKS
             status = await fast.request(m.GetStatus(id=0))
             assert status.pid == daemon.pid
         # Now the stuck client reads: lagged, then everything, in order, exactly once.

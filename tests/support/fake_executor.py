@@ -80,6 +80,12 @@ class InlineStore(Store):
         self._submitted += 1
         return self._submitted
 
+    def append_deltas(self, rows: list[tuple[str, int, float, bytes]], nbytes: int) -> int:
+        self._conn.executemany("INSERT INTO deltas(chat, seq, ts, data) VALUES (?,?,?,?)",
+                               rows)
+        self._submitted += len(rows)
+        return self._submitted
+
     async def flush(self) -> None:
         """Committed already: tell the hub (which delivers deltas once committed)."""
         self._committed = self._submitted
@@ -112,9 +118,11 @@ class RecordingHub(Hub):
         self.deltas: list[d.Delta] = []
         self._published = trio.Event()
 
-    def publish(self, chat: str, turn: int, body: d.DeltaBody) -> int:
-        seq = super().publish(chat, turn, body)
-        self.deltas.append(d.Delta(chat=chat, seq=seq, ts=0.0, turn=turn, body=body))
+    def publish_many(self, chat: str, turn: int, bodies: Sequence[d.DeltaBody]) -> int:
+        seq = super().publish_many(chat, turn, bodies)
+        first = seq - len(bodies) + 1
+        self.deltas.extend(d.Delta(chat=chat, seq=first + i, ts=0.0, turn=turn, body=body)
+                           for i, body in enumerate(bodies))
         self._published.set()
         self._published = trio.Event()
         return seq

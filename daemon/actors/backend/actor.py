@@ -312,7 +312,7 @@ class BackendActor:
         core.set_state(State.STARTING, f"generation {core.generation}")
         gen = Generation(core, on_request=self._services.serve,
                          on_notification=self._session.on_notification,
-                         on_line=self._session.on_line)
+                         on_lines=self._session.on_lines)
         self._gen = gen
         assert self._nursery is not None
         self._nursery.start_soon(self._run_generation, gen)

@@ -138,6 +138,21 @@ class Core:
             self.output_turn = turn
         return self.hub.publish(self.chat, turn, body)
 
+    def publish_chunks(self, bodies: list[d.DeltaBody], turn: int) -> None:
+        """`publish` for a batch of text chunks (`Text`, `Reasoning`, `UserText`: one read
+        of the agent's output), in order: the turn's bookkeeping once per run of one kind
+        (all it notes of a chunk is the first output), the hub's work once per batch."""
+        job = self.current
+        if job is not None and turn == job.turn:
+            last: type | None = None
+            for body in bodies:
+                if type(body) is not last:
+                    last = type(body)
+                    _note(job, body)
+        if turn:
+            self.output_turn = turn
+        self.hub.publish_many(self.chat, turn, bodies)
+
     def publish_current(self, body: d.DeltaBody) -> None:
         self.publish(body, self.current.turn if self.current else 0)
 

@@ -81,12 +81,12 @@ class Generation:
     `end` change them."""
 
     def __init__(self, core: Core, *, on_request: RequestHandler,
-                 on_notification: NotificationHandler, on_line: Callable[[bytes], bool]
-                 ) -> None:
+                 on_notification: NotificationHandler,
+                 on_lines: Callable[[list[bytes], int], int]) -> None:
         self._core = core
         self._on_request = on_request
         self._on_notification = on_notification
-        self._on_line = on_line
+        self._on_lines = on_lines
         self.number = core.generation
         self.log = core.log.bind(gen=core.generation)
         self.ending: Ending | None = None
@@ -157,7 +157,7 @@ class Generation:
                 rpc = JsonRpcConnection(
                     proc.stdin, proc.stdout, on_request=self._on_request,
                     on_notification=self._on_notification, on_traffic=core.touch,
-                    on_line=self._on_line, throttle=core.hub.wait_for_room,
+                    on_lines=self._on_lines, throttle=core.hub.wait_for_room,
                     max_line=int(core.settings.config.daemon.max_line),
                     log=self.log, name=f"agent {core.agent}")
                 self.rpc = rpc

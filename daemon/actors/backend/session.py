@@ -326,18 +326,26 @@ class Session:
 
     # ------------------------------------------------------------------ agent -> us
 
-    def on_line(self, line: bytes) -> bool:
-        """The hot path, tried on every line from the agent: a text chunk (agent, thought
-        or user) decoded from the whole line in one pass. Same outcome as `on_notification`
-        for these (published in the current turn, except history replayed by session/load);
-        False sends any other line the general way."""
-        body = decode_chunk_line(line)
-        if body is None:
-            return False
+    def on_lines(self, lines: list[bytes], start: int) -> int:
+        """The hot path, tried on the lines of each read from the agent from `start` on:
+        the run of text chunks (agent, thought or user) there, each decoded from its whole
+        line in one pass and published as one batch; returns where the run ends (`start`
+        when that line is something else, which then goes the general way). Same outcome
+        as `on_notification` for these (published in the current turn, except history
+        replayed by session/load)."""
+        bodies: list[d.DeltaBody] = []
+        end = len(lines)
+        index = start
+        while index < end:
+            body = decode_chunk_line(lines[index])
+            if body is None:
+                break
+            bodies.append(body)
+            index += 1
         core = self._core
-        if not core.loading:
-            core.publish(body, core.current.turn if core.current else 0)
-        return True
+        if bodies and not core.loading:
+            core.publish_chunks(bodies, core.current.turn if core.current else 0)
+        return index
 
     def on_notification(self, method: str, params: msgspec.Raw | None) -> None:
         core = self._core
