@@ -32,6 +32,7 @@ SCENARIOS: dict[str, str] = {
     "stall": "tests.bench.bench_stall",
     "tasks": "tests.bench.bench_tasks",
     "tracing": "tests.bench.bench_tracing",
+    "mcp": "tests.bench.bench_mcp",
 }
 
 

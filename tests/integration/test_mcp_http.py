@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+import trio
 
 from protocol import messages as m
 from tests.integration.test_tasks import mcp, turns_end_once
@@ -30,6 +31,7 @@ from tests.support.harness import (
     replay,
     short_tmpdir,
     turn,
+    wait_turn_end,
 )
 
 ECHO = [sys.executable, "-m", "daemon.echo_agent"]
@@ -240,3 +242,34 @@ async def test_the_sdks_streamable_http_client_sees_the_stdio_servers_tools(rig:
             missing = await session.call_tool("task_status", {"id": "nope"})
             assert missing.is_error
             assert "no task 'nope' of chat 'sdk'" in missing.content[0].text  # type: ignore[union-attr]
+
+
+def connections_on(pid: int, port: int) -> int:
+    return sum(1 for c in psutil.Process(pid).net_connections("tcp")
+               if c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+
+async def test_a_cancelled_turn_closes_its_waiting_http_call(rig: Rig) -> None:
+    """The echo agent closes the connection of a call its turn's cancel interrupted; the
+    daemon sees the client gone and stops the call (no connection stays open)."""
+    daemon = rig.daemon
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", agent="parent", cwd=daemon.work)
+        spawned = await mcp(client, parent.chat, "spawn_task",
+                            {"agent": "echo", "prompt": "/sleep 60000"})
+        port = urllib.parse.urlsplit(rig.entry_for(parent.chat)["url"]).port
+        assert port is not None
+        waiting: m.PromptAccepted = await client.request(m.Prompt(
+            id=0, chat=parent.chat,
+            text=f'/mcp task_result {{"id": "{spawned["id"]}", "wait_seconds": 60}}'))
+        with trio.fail_after(30):
+            while connections_on(daemon.pid, port) == 0:
+                await trio.sleep(0.05)
+        await client.request(m.Cancel(id=0, chat=parent.chat, turn=waiting.turn))
+        ended = await wait_turn_end(client, parent.chat, waiting.turn)
+        assert ended.stop_reason == "cancelled"
+        with trio.fail_after(30):
+            while connections_on(daemon.pid, port):
+                await trio.sleep(0.05)
+        info: m.TaskInfo = await client.request(m.GetTask(id=0, task=spawned["id"], wait=20))
+        assert (info.state, info.stop_reason) == ("cancelled", "cancelled")
