@@ -141,6 +141,7 @@ class McpHttpListener:
         self._serving: trio.CancelScope | None = None
         self._app: asgi.App | None = None
         self._connections = 0
+        self._failed = False
         self.requests = 0
         self.refused = 0
 
@@ -166,7 +167,9 @@ class McpHttpListener:
             self._sock.close()
 
     def endpoint(self) -> str | None:
-        """The base URL, binding the listener on the first call (None: stopped)."""
+        """The base URL, binding the listener on the first call (None: stopped or failed)."""
+        if self._failed:
+            return None
         if self._url is not None:
             return self._url
         nursery = self._nursery
@@ -190,21 +193,34 @@ class McpHttpListener:
     # ------------------------------------------------------------------ serving
 
     async def _serve(self, sock: stdsocket.socket) -> None:
+        """Build the server, then accept until stopped. A failure here never reaches the
+        tree's nursery: it is logged, the port closes (connections waiting in its backlog
+        are refused; their agents report the server unreachable) and sessions opened
+        from then on are offered stdio."""
         with trio.CancelScope() as scope:
             self._serving = scope
-            started = time.monotonic()
-            manager, app = await trio.to_thread.run_sync(build_app, self._handlers, self._log)
-            self._app = app
-            self._log.info("MCP endpoint ready",
-                           seconds=round(time.monotonic() - started, 3))
-            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-            async with manager.run():
-                await trio.serve_listeners(self._connection, [listener])
+            try:
+                started = time.monotonic()
+                manager, app = await trio.to_thread.run_sync(build_app, self._handlers,
+                                                             self._log)
+                self._app = app
+                self._log.info("MCP endpoint ready",
+                               seconds=round(time.monotonic() - started, 3))
+                listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                async with manager.run():
+                    await trio.serve_listeners(self._connection, [listener])
+            except Exception:
+                self._log.exception("the MCP endpoint failed; offering stdio from now on")
+                self._failed = True
+                sock.close()
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        peer = _address(stream.socket.getpeername())
-        log = self._log.bind(peer=f"{peer[0]}:{peer[1]}")
+        """One client connection. Whatever goes wrong in it ends it alone (logged), never
+        the listener."""
+        log = self._log
         try:
+            peer = _address(stream.socket.getpeername())
+            log = self._log.bind(peer=f"{peer[0]}:{peer[1]}")
             if self._connections >= MAX_CONNECTIONS:
                 await _send(stream, bare_error(503, "too many MCP connections",
                                                ErrorCode.LIMIT))
@@ -214,8 +230,11 @@ class McpHttpListener:
                 await self._requests(stream, peer, log)
             finally:
                 self._connections -= 1
-        except (trio.BrokenResourceError, trio.ClosedResourceError, asgi.ConnectionDone):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, asgi.ConnectionDone,
+                OSError):
             pass
+        except Exception:
+            log.exception("MCP connection failed")
         finally:
             await stream.aclose()
 
