@@ -142,6 +142,7 @@ class McpHttpListener:
         self._app: asgi.App | None = None
         self._connections = 0
         self._failed = False
+        self._stopped = False
         self.requests = 0
         self.refused = 0
 
@@ -158,9 +159,12 @@ class McpHttpListener:
         offer.configure_http(self.endpoint)
 
     async def stop(self) -> None:
-        """No more offers, no more connections (those open end with the root nursery)."""
+        """No more offers; the port closes and the connections open on it end (a tool call
+        in flight fails as its connection closes: the pool, stopped next, ends every turn
+        anyway)."""
         offer.configure_http(None)
         self._nursery = None
+        self._stopped = True
         if self._serving is not None:
             self._serving.cancel()
         if self._sock is not None:
@@ -199,6 +203,8 @@ class McpHttpListener:
         from then on are offered stdio."""
         with trio.CancelScope() as scope:
             self._serving = scope
+            if self._stopped:
+                return
             try:
                 started = time.monotonic()
                 manager, app = await trio.to_thread.run_sync(build_app, self._handlers,

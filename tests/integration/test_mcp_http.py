@@ -273,3 +273,25 @@ async def test_a_cancelled_turn_closes_its_waiting_http_call(rig: Rig) -> None:
                 await trio.sleep(0.05)
         info: m.TaskInfo = await client.request(m.GetTask(id=0, task=spawned["id"], wait=20))
         assert (info.state, info.stop_reason) == ("cancelled", "cancelled")
+
+
+async def test_sigterm_with_an_http_call_in_flight_stops_cleanly(rig: Rig) -> None:
+    """The endpoint closes first (a door); the waiting tool call fails, the pool ends the
+    parent's turn, the daemon exits 0 and the turn ended once (read after a restart)."""
+    daemon = rig.daemon
+    async with daemon.client() as client:
+        parent = await open_chat(client, "boss", agent="parent", cwd=daemon.work)
+        spawned = await mcp(client, parent.chat, "spawn_task",
+                            {"agent": "echo", "prompt": "/sleep 60000"})
+        port = urllib.parse.urlsplit(rig.entry_for(parent.chat)["url"]).port
+        assert port is not None
+        await client.request(m.Prompt(
+            id=0, chat=parent.chat,
+            text=f'/mcp task_result {{"id": "{spawned["id"]}", "wait_seconds": 60}}'))
+        with trio.fail_after(30):
+            while connections_on(daemon.pid, port) == 0:
+                await trio.sleep(0.05)
+    assert daemon.stop() == 0
+    daemon.start()
+    async with daemon.client() as client:
+        turns_end_once(await replay(client, parent.chat))
