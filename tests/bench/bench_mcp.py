@@ -22,10 +22,19 @@ from tests.support.harness import agent_pid, turn
 
 from .common import ECHO_ARGV, BenchDaemon, Context, Result, bench_config, median, ms
 
+CPU_CALLS = 20
+"""Warm tool calls per session over which the CPU per call is measured."""
 
-async def _session(client: Client, chat: str, agent: str, cwd: str
-                   ) -> tuple[float, float, int, int]:
-    """(first tool call s, second tool call s, RSS, USS of the agent's children)."""
+
+def _children_cpu(pid: int) -> float:
+    return float(sum(t.user + t.system for t in
+                     (c.cpu_times() for c in psutil.Process(pid).children(recursive=True))))
+
+
+async def _session(daemon: BenchDaemon, client: Client, chat: str, agent: str, cwd: str
+                   ) -> tuple[float, float, int, int, float, float]:
+    """(first tool call s, second tool call s, RSS, USS of the agent's children, daemon
+    CPU s per warm call, CPU s of the agent's children per warm call)."""
     await client.request(m.OpenChat(id=0, chat=chat, agent=agent, cwd=cwd))
     pid = await agent_pid(client, chat)
     times = []
@@ -39,7 +48,12 @@ async def _session(client: Client, chat: str, agent: str, cwd: str
         info = child.memory_full_info()
         rss += info.rss
         uss += info.uss
-    return times[0], times[1], rss, uss
+    daemon_cpu, server_cpu = daemon.cpu_seconds(), _children_cpu(pid)
+    for _ in range(CPU_CALLS):
+        await turn(client, chat, "/mcp list_tasks {}", timeout=120)
+    daemon_cpu = (daemon.cpu_seconds() - daemon_cpu) / CPU_CALLS
+    server_cpu = (_children_cpu(pid) - server_cpu) / CPU_CALLS
+    return times[0], times[1], rss, uss, daemon_cpu, server_cpu
 
 
 async def run(ctx: Context) -> Result:
@@ -55,19 +69,22 @@ async def run(ctx: Context) -> Result:
         daemon.start_bench()
         async with Client.connect(daemon.socket, client="bench") as client:
             for transport in ("stdio", "http"):
-                got = figures[transport] = {"first": [], "second": [], "rss": [], "uss": []}
+                got = figures[transport] = {"first": [], "second": [], "rss": [], "uss": [],
+                                            "daemon_cpu": [], "server_cpu": []}
                 rss = daemon_growth[transport] = []
                 for i in range(sessions):
                     await daemon.settled_cpu()
                     before = daemon.rss()
-                    first, second, child_rss, child_uss = await _session(
-                        client, f"{transport}-{i}", transport, str(daemon.work))
+                    first, second, child_rss, child_uss, cpu, server_cpu = await _session(
+                        daemon, client, f"{transport}-{i}", transport, str(daemon.work))
                     await daemon.settled_cpu()
                     rss.append(daemon.rss() - before)
                     got["first"].append(first)
                     got["second"].append(second)
                     got["rss"].append(child_rss)
                     got["uss"].append(child_uss)
+                    got["daemon_cpu"].append(cpu)
+                    got["server_cpu"].append(server_cpu)
                 ctx.say(f"  {transport}: first tool call {[round(ms(x)) for x in got['first']]}"
                         f" ms, daemon RSS growth {[x // 1024 for x in rss]} KiB")
     finally:
@@ -82,6 +99,10 @@ async def run(ctx: Context) -> Result:
                    "MiB")
         result.add(f"{transport}: processes per session, USS", median(got["uss"]) / mib,
                    "MiB")
+        result.add(f"{transport}: daemon CPU per warm tool call (whole turn)",
+                   ms(median(got["daemon_cpu"])), "ms")
+        result.add(f"{transport}: stoker mcp CPU per warm tool call",
+                   ms(median(got["server_cpu"])), "ms")
         growth = daemon_growth[transport]
         result.add(f"{transport}: daemon RSS growth, first session", growth[0] / mib, "MiB")
         result.add(f"{transport}: daemon RSS growth per later session",
