@@ -249,9 +249,9 @@ class Stats(_Request, tag="stats"):
     """Unix time; None: the last 7 days."""
 # --------------------------------------------------------------------------- tasks
 # Requests of the tasks subsystem (daemon/tasks/, docs/TASKS.md): a task is a chat with a
-# parent chat. `caller` + `credential` are set by Stoker's MCP server (`stoker mcp`), which
-# acts for one chat: the daemon checks the credential it generated for that chat, and the
-# request may then only touch that chat's own tasks.
+# parent chat. `caller` + `credential` are set by Stoker's MCP server (`stoker mcp`, or the
+# daemon's HTTP endpoint), which acts for one chat: the daemon checks the credential it
+# generated for that chat, and the request may then only touch that chat's own tasks.
 
 TaskWorkspace = Annotated[str, msgspec.Meta(pattern="^[^\\x00]*$")]
 """Where a task works: `parent` (the parent's directory, the default), `worktree` (a new
@@ -260,7 +260,7 @@ git worktree of the parent's project) or an absolute directory inside the parent
 
 class _TaskRequest(_Request, kw_only=True):
     caller: str | None = None
-    """The chat acting (set by `stoker mcp`); requires `credential`."""
+    """The chat acting (set by Stoker's MCP server); requires `credential`."""
     credential: str | None = None
     """The per-chat credential the daemon gave `caller`'s MCP server."""
 
@@ -280,7 +280,7 @@ class TaskNew(_TaskRequest, tag="task_new", kw_only=True):
     workspace: TaskWorkspace | None = None
     """`parent` (default), `worktree` or an absolute directory inside the parent's."""
     origin: Literal["client", "agent"] = "client"
-    """Who asked: a client, or an agent (through `stoker mcp`)."""
+    """Who asked: a client, or an agent (through Stoker's MCP server)."""
 
 
 class ListTasks(_TaskRequest, tag="tasks", kw_only=True):
@@ -341,7 +341,7 @@ class WorkflowRun(_Request, tag="workflow_run", kw_only=True):
     cwd: FsPath | None = None
     """Where the steps work (workspace `inherit`); default: the file's directory."""
     caller: str | None = None
-    """The chat acting (set by `stoker mcp`, tool `run_workflow`); requires `credential`.
+    """The chat acting (set by Stoker's MCP server, tool `run_workflow`); requires `credential`.
     The run then works in the caller's directory, and only the caller may read it."""
     credential: str | None = None
 

@@ -6,7 +6,8 @@ lets it touch only that chat's own tasks. A refusal comes back as a tool error t
 can read, never a hang.
 
 Built on the official MCP SDK (`mcp.server.mcpserver.MCPServer`), run by anyio on trio like
-the rest of Stoker. Only MCP goes to stdout.
+the rest of Stoker; the server and the tools' bodies (daemon/mcp/server.py, tools.py) are
+the ones the daemon serves over HTTP to agents that advertise it. Only MCP goes to stdout.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_mcp(args: argparse.Namespace) -> int:
     import anyio
 
-    from daemon.cli.mcp_server import server
-    from daemon.cli.mcp_tools import StokerTools
     from daemon.mcp.credentials import ENV_CREDENTIAL
+    from daemon.mcp.server import server
+    from daemon.mcp.tools import StokerTools, socket_ask
 
-    tools = StokerTools(str(paths_from(args).socket), args.chat,
+    tools = StokerTools(socket_ask(str(paths_from(args).socket), args.chat), args.chat,
                         os.environ.get(ENV_CREDENTIAL) or None)
-    anyio.run(server(tools).run_stdio_async, backend="trio")
+    anyio.run(server(lambda: tools).run_stdio_async, backend="trio")
     return 0

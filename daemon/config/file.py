@@ -364,6 +364,12 @@ class TasksConfig(_Section):
     """Offer Stoker's MCP server (`stoker mcp`) on every session/new, load and resume."""
     mcp_exclude_agents: list[str] = []
     mcp_exclude_chats: list[str] = []
+    mcp_transport: Literal["auto", "stdio", "http"] = "auto"
+    """How the server is offered: `auto`: over HTTP (served by the daemon on loopback) to an
+    agent whose `initialize` advertises `mcpCapabilities.http`, else stdio (`stoker mcp`, a
+    process per session); `stdio`: always stdio; `http`: always HTTP, advertised or not."""
+    mcp_transport_agents: dict[str, Literal["auto", "stdio", "http"]] = {}
+    """`mcp_transport` per agent, over the default above."""
 
     def __post_init__(self) -> None:
         if self.max_running < 1 or self.max_tasks < 1 or self.max_depth < 0:

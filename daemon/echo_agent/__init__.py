@@ -143,10 +143,12 @@ stripped, and interpreted:
                        ``error CODE: MESSAGE`` or ``result JSON``
 ``/spawn SECONDS``     starts ``sleep SECONDS`` in a new session (it leaves the agent's process
                        group, as tool processes of real agents do); chunk: its pid
-``/mcp [S:]TOOL JSON`` calls TOOL with the JSON object as arguments on the stdio MCP server
-                       S of the session's ``mcpServers`` (default: the first), started on
-                       first use (``mcp_client``); chunk: the tool's text, or ``error: TEXT``
-                       for a tool error or a server that cannot be reached; cancellable
+``/mcp [S:]TOOL JSON`` calls TOOL with the JSON object as arguments on the MCP server S of
+                       the session's ``mcpServers`` (default: the first): a stdio server is
+                       started on first use, an HTTP one (``type: http``, given only with
+                       ``--mcp-http``) is called at its url with its headers
+                       (``mcp_client``); chunk: the tool's text, or ``error: TEXT`` for a
+                       tool error or a server that cannot be reached; cancellable
 
 A command whose argument is missing or malformed replies ``error: USAGE`` and ends the turn.
 Every prompt's text and its reply (the concatenated chunks) are appended to the session
@@ -173,6 +175,9 @@ Knobs (a flag wins over its environment variable)
     No ``configOptions``; instead the unstable ``models`` state (``currentModelId``,
     ``availableModels`` echo-1/echo-2) in session setup answers, and ``session/set_model``
     {sessionId, modelId} (for testing clients' fallback to it).
+``--mcp-http`` / ``--no-mcp-http`` (``STOKER_ECHO_MCP_HTTP=1``)
+    Advertise ``mcpCapabilities.http``: a client may then give HTTP MCP servers (Streamable
+    HTTP; ``/mcp`` handles both JSON and SSE answers).
 ``--linger`` (``STOKER_ECHO_LINGER=1``)
     Ignore stdin EOF and keep running (until a signal), like agents that do not notice their
     client went away: the tests of orphan reclaim and process-tree stop need one.

@@ -10,7 +10,7 @@ import json
 
 from daemon.echo_agent.commands import Command, Usage
 from daemon.echo_agent.jsonrpc import JsonObj
-from daemon.echo_agent.mcp_client import McpError, McpServer
+from daemon.echo_agent.mcp_client import McpClient, McpError, open_server
 from daemon.echo_agent.sessions import Turn
 from daemon.echo_agent.state import AgentState
 
@@ -23,7 +23,7 @@ class McpCommands:
     def __init__(self, state: AgentState) -> None:
         self._state = state
         self._wire = state.wire
-        self._servers: dict[tuple[str, str], McpServer] = {}
+        self._servers: dict[tuple[str, str], McpClient] = {}
 
     def table(self) -> dict[str, Command]:
         return {"/mcp": self._cmd_mcp}
@@ -47,7 +47,7 @@ class McpCommands:
             return
         self._wire.chunk(turn, f"error: {text}" if is_error else text)
 
-    def _server(self, turn: Turn, name: str) -> McpServer:
+    def _server(self, turn: Turn, name: str) -> McpClient:
         session = turn.session
         with self._state.cond:
             specs: list[JsonObj] = list(session.mcp_servers)
@@ -58,5 +58,5 @@ class McpCommands:
         key = (session.session_id, str(spec.get("name", "")))
         server = self._servers.get(key)
         if server is None:
-            server = self._servers[key] = McpServer(spec, session.cwd)
+            server = self._servers[key] = open_server(spec, session.cwd)
         return server

@@ -97,7 +97,7 @@ class SessionMethods:
                     "audio": False,
                     "embeddedContext": self.options.image,
                 },
-                "mcpCapabilities": {"http": False, "sse": False},
+                "mcpCapabilities": {"http": self.options.mcp_http, "sse": False},
                 "sessionCapabilities": session_caps,
             },
             "authMethods": auth_methods,
@@ -282,9 +282,11 @@ class SessionMethods:
 
 
 def mcp_servers_param(params: JsonObj) -> list[JsonObj]:
-    """The stdio entries of ``mcpServers`` (others are ignored: the echo agent's MCP client
-    speaks stdio only)."""
+    """The stdio and HTTP entries of ``mcpServers`` (others, e.g. SSE, are ignored: the echo
+    agent's MCP client speaks those two)."""
     servers = params.get("mcpServers")
     if not isinstance(servers, list):
         return []
-    return [s for s in servers if isinstance(s, dict) and isinstance(s.get("command"), str)]
+    return [s for s in servers if isinstance(s, dict) and (
+        isinstance(s.get("command"), str)
+        or (s.get("type") == "http" and isinstance(s.get("url"), str)))]

@@ -25,7 +25,9 @@ class Options:
         startup_delay_ms: int = 0,
         linger: bool = False,
         models_only: bool = False,
+        mcp_http: bool = False,
     ) -> None:
+        self.mcp_http = mcp_http
         self.linger = linger
         self.models_only = models_only
         self.state_dir = state_dir
@@ -87,6 +89,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         default=None,
         help="sleep MS ms before reading stdin (env STOKER_ECHO_STARTUP_DELAY_MS)",
     )
+    parser.add_argument(
+        "--mcp-http",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="advertise mcpCapabilities.http (env STOKER_ECHO_MCP_HTTP=1)",
+    )
     args = parser.parse_args(argv)
     delay: int | None = args.startup_delay
     if delay is None:
@@ -114,4 +122,5 @@ def parse_options(argv: list[str] | None = None) -> Options:
         startup_delay_ms=delay,
         linger=args.linger if args.linger is not None else _env_flag("STOKER_ECHO_LINGER"),
         models_only=args.models_only,
+        mcp_http=args.mcp_http if args.mcp_http is not None else _env_flag("STOKER_ECHO_MCP_HTTP"),
     )

@@ -1,9 +1,12 @@
-"""Stoker's MCP server as the daemon offers it to agents: the `mcpServers` entry that
-session/new, load and resume carry (`offer`) and the per-chat credential in it
-(`credentials`). The server program itself is a client of the daemon (`stoker mcp`,
-daemon/cli/mcp.py); the tools it serves are answered by the tasks subsystem
-(daemon/tasks/).
+"""Stoker's MCP server: the `mcpServers` entry that session/new, load and resume carry
+(`offer`: stdio or HTTP), the per-chat credential in it (`credentials`), and the server
+both transports serve: its tools' bodies (`tools`, thin calls of task requests through an
+`Ask`) and the SDK server object with the descriptions a model reads (`server`). stdio is
+`stoker mcp` (daemon/cli/mcp.py, asking over the daemon's socket); HTTP is served by the
+daemon (daemon/listeners/mcp_http.py, asking its router in process). The tasks subsystem
+(daemon/tasks/) answers the requests either way.
 
-Below the actors so that a backend session can ask for the entry; imports only `config`
-and the standard library.
+Below the actors so that a backend session can ask for the entry; imports only `config`,
+`protocol` and the standard library at module level (`server` and the tools' error type
+import the MCP SDK, only where a server is served).
 """

@@ -12,6 +12,7 @@
         workspaces   worktrees and the reaper
         computers    remote worktree hosts; the `computers` request
         tasks        child chats: task requests, scheduling, results
+        mcp-http     Stoker's MCP server over HTTP, bound on first use (listeners/mcp_http)
         websocket    the WebSocket listener, when enabled
         unix         the Unix socket listener
         tasks        background tasks (child chats)
@@ -47,6 +48,7 @@ from daemon.config.file import Config
 from daemon.config.paths import Paths, ensure_private_dir
 from daemon.errors import ConfigError, UnknownComputer
 from daemon.execution.local import Executor, LocalExecutor
+from daemon.listeners.mcp_http import McpHttpListener
 from daemon.listeners.unix import DaemonAlreadyRunning, UnixListener, bind_unix_socket
 from daemon.listeners.websocket.service import WebSocketService
 from daemon.log import Log
@@ -158,6 +160,7 @@ class Parts:
     traces: TraceService
     tasks: TaskService
     workflows: WorkflowService
+    mcp_http: McpHttpListener
 
 
 def children(p: Parts) -> list[ChildSpec]:
@@ -215,6 +218,7 @@ def children(p: Parts) -> list[ChildSpec]:
         ChildSpec("workflows", start=p.workflows.start, stop=p.workflows.stop,
                   routes=workflows.ROUTES.bind(p.workflows)),
         # The doors open once everything behind them is up, and close first.
+        ChildSpec("mcp-http", start=p.mcp_http.start, stop=p.mcp_http.stop),
         ChildSpec("websocket", start=p.websocket.start, stop=p.websocket.stop_accepting),
         ChildSpec("unix", start=start_unix, stop=stop_unix),
         ChildSpec("systemd", start=announce, stop=stopping),
@@ -375,7 +379,8 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
         workspaces=Workspaces(workspace_service), websocket=websocket, unix=unix,
         core=the_core, traces=TraceService(store), tasks=task_service,
         workflows=WorkflowService(pool=pool, hub=hub, tasks=task_service, store=store,
-                                  settings=settings, config_dir=paths.config.parent))
+                                  settings=settings, config_dir=paths.config.parent),
+        mcp_http=McpHttpListener(service, config=lambda: settings.config.websocket))
     tree = Tree(children(parts), router)
     reloader.children = tree.reload
     return service, tree, unix

@@ -33,6 +33,7 @@ SCENARIOS: dict[str, str] = {
     "tasks": "tests.bench.bench_tasks",
     "tracing": "tests.bench.bench_tracing",
     "shared": "tests.bench.bench_shared",
+    "mcp": "tests.bench.bench_mcp",
 }
 OPT_IN = ("shared",)
 """Run only when named in `--only`: `shared` warms 16 real qwen agents twice (minutes, and

@@ -158,10 +158,12 @@ def rig_dirs(daemon: DaemonProcess) -> tuple[Path, Path, Path]:
 
 
 def start_traced(daemon: DaemonProcess, trace_dir: Path, agent: str, argv: list[str],
-                 env: dict[str, str]) -> None:
+                 env: dict[str, str], extra: str = "") -> None:
     """Configure `agent` (run as `argv` under the tee, recording into `trace_dir`, with
-    `env` on top of the daemon's environment) and start the daemon."""
-    daemon.write_config(agent_table(agent, traced_command(trace_dir, agent, argv), env))
+    `env` on top of the daemon's environment; `extra` config after it) and start the
+    daemon."""
+    daemon.write_config(agent_table(agent, traced_command(trace_dir, agent, argv), env)
+                        + extra)
     daemon.start()
 
 

@@ -1,8 +1,10 @@
 """Issue 17 end to end: the real `qwen --acp` delegates to the echo agent through Stoker's MCP
 server, which the daemon offered it on session/new. The scripted LLM (loopback) calls
 `spawn_task`, then `task_result` with the id the first call returned, then answers with the
-task's result; qwen runs the calls against `stoker mcp`, which asks the daemon. Every ACP
-message the daemon sent qwen is schema-checked when the test ends (the rig)."""
+task's result. Both transports: qwen advertises `mcpCapabilities.http`, so by default it
+calls the daemon's HTTP endpoint; with `tasks.mcp_transport = "stdio"` it runs `stoker mcp`,
+which asks the daemon over its socket. Every ACP message the daemon sent qwen is
+schema-checked when the test ends (the rig)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import trio
 
@@ -46,16 +49,22 @@ def llm() -> Iterator[FakeLLM]:
         yield server
 
 
+@pytest.fixture(params=["http", "stdio"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def rig(daemon_factory: DaemonFactory, qwen_install: Installed,
-        llm: FakeLLM) -> Iterator[TracedDaemon]:
+def rig(daemon_factory: DaemonFactory, qwen_install: Installed, llm: FakeLLM,
+        transport: str) -> Iterator[TracedDaemon]:
     assert qwen_install.binary is not None
     daemon = daemon_factory()
     trace_dir, home, workspace = rig_dirs(daemon)
     (home / ".qwen").mkdir()
     (home / ".qwen" / "settings.json").write_text(json.dumps(QWEN_SETTINGS, indent=2))
     env = {**qwen_env(llm.base_url, home), "DEBUG": "1"}  # for wait_mcp_discovered
-    start_traced(daemon, trace_dir, AGENT, [str(qwen_install.binary), *QWEN_ARGS], env)
+    start_traced(daemon, trace_dir, AGENT, [str(qwen_install.binary), *QWEN_ARGS], env,
+                 extra=f'[tasks]\nmcp_transport = "{transport}"\n')
     made = TracedDaemon(daemon, trace_dir, workspace)
     yield made
     finish_rig(made, llm.errors)
@@ -115,8 +124,8 @@ def json_in(text: str) -> dict[str, Any]:
     return data
 
 
-async def test_qwen_delegates_to_echo_through_stokers_mcp_server(rig: TracedDaemon,
-                                                                 llm: FakeLLM) -> None:
+async def test_qwen_delegates_to_echo_through_stokers_mcp_server(
+        rig: TracedDaemon, llm: FakeLLM, transport: str) -> None:
     seen: dict[str, Any] = {}
 
     def step(body: JSON) -> Text | ToolCall:
@@ -154,11 +163,24 @@ async def test_qwen_delegates_to_echo_through_stokers_mcp_server(rig: TracedDaem
         [task] = listed.tasks
         assert (task.agent, task.origin, task.title, task.result) == (
             "echo", "agent", "count files", DELEGATED)
-    # The daemon offered the server on session/new, with the credential in env, not argv.
+        stoker_mcp = [p for p in psutil.Process(rig.daemon.pid).children(recursive=True)
+                      if "daemon.cli" in p.cmdline() and "mcp" in p.cmdline()]
+    # The daemon offered the server on session/new: over stdio with the credential in env,
+    # not argv; over HTTP with it as the bearer, and no `stoker mcp` process.
     [generation] = rig.generations(AGENT)
     setup = next(message for message in generation.sent
                  if message.get("method") == "session/new")
     [server] = [s for s in setup["params"]["mcpServers"] if s["name"] == "stoker"]
+    if transport == "http":
+        assert server["type"] == "http"
+        assert server["url"].startswith("http://127.0.0.1:")
+        assert server["url"].endswith(f"/mcp/{info.chat}")
+        [auth] = server["headers"]
+        assert auth["name"] == "Authorization"
+        assert auth["value"].startswith("Bearer ")
+        assert stoker_mcp == []
+        return
     assert server["args"][-2:] == ["--chat", info.chat]
     assert "STOKER_MCP_CREDENTIAL" in [e["name"] for e in server["env"]]
     assert not any(len(a) == 64 for a in server["args"])
+    assert len(stoker_mcp) == 1

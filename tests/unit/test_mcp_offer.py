@@ -3,8 +3,10 @@ the per-chat credential (daemon/mcp/credentials.py)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -47,3 +49,68 @@ def test_credentials_differ_per_chat_and_forgeries_fail() -> None:
     assert credentials.credential_for("a") != credentials.credential_for("b")
     assert not credentials.valid("a", "0" * 64)
     assert not credentials.valid("a", "")
+
+
+HTTP_CAPS = {"mcpCapabilities": {"http": True, "sse": False}}
+
+
+@pytest.fixture
+def served(offered: None) -> Iterator[list[str]]:
+    bound: list[str] = []
+
+    def endpoint() -> str:
+        bound.append("http://127.0.0.1:4321")
+        return bound[-1]
+
+    offer.configure_http(endpoint)
+    yield bound
+    offer.configure_http(None)
+
+
+def test_an_agent_that_advertises_http_gets_the_http_entry_with_a_bearer(
+        served: list[str]) -> None:
+    import jsonschema
+
+    from tests.support.acp_tee import SCHEMA_PATH
+
+    [entry] = offer.mcp_servers("a b/c", "qwen", TasksConfig(), agent_capabilities=HTTP_CAPS)
+    assert entry == {
+        "type": "http", "name": "stoker", "url": "http://127.0.0.1:4321/mcp/a%20b%2Fc",
+        "headers": [{"name": "Authorization",
+                     "value": f"Bearer {credentials.credential_for('a b/c')}"}]}
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.validate(entry, {"$ref": "#/$defs/McpServer", "$defs": schema["$defs"]})
+    assert served == ["http://127.0.0.1:4321"]
+
+
+def test_the_transport_per_agent(served: list[str]) -> None:
+    def kind(agent: str, config: TasksConfig, caps: dict[str, Any] | None) -> str:
+        [entry] = offer.mcp_servers("boss", agent, config, agent_capabilities=caps)
+        return "http" if entry.get("type") == "http" else "stdio"
+
+    assert kind("qwen", TasksConfig(), HTTP_CAPS) == "http"
+    assert kind("qwen", TasksConfig(), {"mcpCapabilities": {"http": False}}) == "stdio"
+    assert kind("qwen", TasksConfig(), None) == "stdio"
+    assert kind("qwen", TasksConfig(mcp_transport="stdio"), HTTP_CAPS) == "stdio"
+    assert kind("qwen", TasksConfig(mcp_transport="http"), None) == "http"
+    per_agent = TasksConfig(mcp_transport_agents={"qwen": "stdio", "goose": "http"})
+    assert kind("qwen", per_agent, HTTP_CAPS) == "stdio"
+    assert kind("goose", per_agent, None) == "http"
+    assert kind("echo", per_agent, HTTP_CAPS) == "http"
+    # The on/off switches win over the transport.
+    assert offer.mcp_servers("boss", "qwen", TasksConfig(mcp=False),
+                             agent_capabilities=HTTP_CAPS) == []
+    assert offer.mcp_servers("boss", "qwen", TasksConfig(mcp_exclude_chats=["boss"]),
+                             agent_capabilities=HTTP_CAPS) == []
+    assert offer.mcp_servers("boss", "qwen", TasksConfig(), remote=True,
+                             agent_capabilities=HTTP_CAPS) == []
+
+
+def test_no_http_endpoint_falls_back_to_stdio(offered: None) -> None:
+    offer.configure_http(lambda: None)
+    try:
+        [entry] = offer.mcp_servers("boss", "qwen", TasksConfig(),
+                                    agent_capabilities=HTTP_CAPS)
+    finally:
+        offer.configure_http(None)
+    assert entry["command"] == sys.executable

@@ -103,7 +103,8 @@ class Session:
         caps = init.agent_capabilities
         setup_params = {"cwd": core.cwd, "mcpServers": [*core.mcp, *stoker_mcp_servers(
             core.chat, core.agent, core.settings.config.tasks,
-            remote=core.spec.computer is not None)]}
+            remote=core.spec.computer is not None,
+            agent_capabilities=core.info.get("agentCapabilities"))]}
         old = core.session_id
         lost_reason = ""
         if old is not None:

@@ -1,11 +1,20 @@
-"""The tools of `stoker mcp` (daemon/cli/mcp.py): each a thin call of a task request on
-the daemon's socket, with the descriptions a model reads (daemon/cli/mcp_server.py turns
-them into MCP tools). Imports neither the MCP SDK nor pydantic at module level.
+"""The bodies of Stoker's MCP tools, with the descriptions a model reads (`server` turns
+them into MCP tools): each a thin call of a task request, made through an `Ask`. Both
+transports use them: `stoker mcp` (stdio, daemon/cli/mcp.py) asks over the daemon's socket,
+the daemon's own MCP endpoint (HTTP, daemon/listeners/mcp_http.py) asks its router in
+process. A refusal is a `ToolError` with the same text either way: `code: message`.
+
+Imports neither the MCP SDK nor pydantic at module level.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+Ask = Callable[[Any], Awaitable[Any]]
+"""Send one protocol request (`protocol.messages`) for the tools and return its result; a
+refusal raises `ToolError("code: message")`."""
 
 SPAWN = (
     "Start a background task: another AI agent works on `prompt` in its own chat, in "
@@ -34,13 +43,12 @@ WORKFLOW_RESULT = (
     "wait_seconds for the run to end; if it is still running then, state says so.")
 
 
-
 class StokerTools:
-    """The tools' bodies: one daemon request each, on a connection of its own (a tool call
-    is rare next to a connection's cost, and a daemon restart then costs no tool)."""
+    """The tools' bodies for one chat: one request each, carrying the chat's credential
+    (the tasks subsystem checks it, whichever transport brought the call)."""
 
-    def __init__(self, socket: str, chat: str, credential: str | None) -> None:
-        self.socket = socket
+    def __init__(self, ask: Ask, chat: str, credential: str | None) -> None:
+        self.ask = ask
         self.chat = chat
         self.credential = credential
 
@@ -48,19 +56,6 @@ class StokerTools:
         if self.credential is None:
             return {}
         return {"caller": self.chat, "credential": self.credential}
-
-    async def ask(self, request: Any) -> Any:
-        from mcp.server.mcpserver.exceptions import ToolError
-
-        from daemon.client import Client, ClientError, RequestFailed
-
-        try:
-            async with Client.connect(self.socket, client=f"mcp:{self.chat}") as conn:
-                return await conn.request(request)
-        except RequestFailed as exc:
-            raise ToolError(f"{exc.code}: {exc.message}") from None
-        except ClientError as exc:
-            raise ToolError(f"Stoker is not reachable: {exc}") from None
 
     async def spawn_task(self, agent: str, prompt: str, title: str | None = None,
                          workspace: str | None = None) -> dict[str, Any]:
@@ -117,7 +112,6 @@ class StokerTools:
                            for a in agents.agents if a.name in allowed],
                 "default": agents.default}
 
-
     async def run_workflow(self, workflow: str, inputs: dict[str, str] | None = None
                            ) -> dict[str, Any]:
         from protocol import messages as m
@@ -152,3 +146,24 @@ def _status(info: Any) -> dict[str, Any]:
     if info.error:
         out["error"] = info.error
     return out
+
+
+def socket_ask(socket: str, chat: str) -> Ask:
+    """`stoker mcp`'s way: each request on a connection of its own to the daemon's socket
+    (a tool call is rare next to a connection's cost, and a daemon restart then costs no
+    tool)."""
+
+    async def ask(request: Any) -> Any:
+        from mcp.server.mcpserver.exceptions import ToolError
+
+        from daemon.client import Client, ClientError, RequestFailed
+
+        try:
+            async with Client.connect(socket, client=f"mcp:{chat}") as conn:
+                return await conn.request(request)
+        except RequestFailed as exc:
+            raise ToolError(f"{exc.code}: {exc.message}") from None
+        except ClientError as exc:
+            raise ToolError(f"Stoker is not reachable: {exc}") from None
+
+    return ask

@@ -1,17 +1,18 @@
 """Stoker's MCP server as a model sees it: the seven tools, described, with the arguments the
-issue names (daemon/cli/mcp_server.py). Built without a daemon: listing tools asks nothing."""
+issue names (daemon/mcp/server.py). Built without a daemon: listing tools asks nothing."""
 
 from __future__ import annotations
 
 import pytest
 from mcp.server.mcpserver.exceptions import ToolError
 
-from daemon.cli.mcp_server import server
-from daemon.cli.mcp_tools import StokerTools
+from daemon.mcp.server import server
+from daemon.mcp.tools import StokerTools, socket_ask
 
 
 async def test_the_tools_a_model_sees() -> None:
-    app = server(StokerTools("/nonexistent.sock", "boss", "credential"))
+    app = server(lambda: StokerTools(socket_ask("/nonexistent.sock", "boss"), "boss",
+                                     "credential"))
     tools = {tool.name: tool for tool in await app.list_tools()}
     assert set(tools) == {"spawn_task", "task_status", "task_result", "send_to_task",
                           "list_tasks", "cancel_task", "list_agents", "run_workflow",
@@ -33,6 +34,7 @@ async def test_the_tools_a_model_sees() -> None:
 
 async def test_an_unreachable_daemon_is_a_tool_error_not_a_crash() -> None:
     # A ToolError is what the SDK answers as `isError: true` with this text for the model.
-    app = server(StokerTools("/nonexistent.sock", "boss", "credential"))
+    app = server(lambda: StokerTools(socket_ask("/nonexistent.sock", "boss"), "boss",
+                                     "credential"))
     with pytest.raises(ToolError, match="Stoker is not reachable: the daemon is not running"):
         await app.call_tool("list_tasks", {})

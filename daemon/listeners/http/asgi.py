@@ -1,0 +1,169 @@
+"""One HTTP/1.1 request answered by an ASGI application, over h11 and a trio stream: the
+small adapter that lets the daemon serve a library written for ASGI (the MCP SDK's
+Streamable HTTP transport, daemon/listeners/mcp_http.py) without running an ASGI server of
+its own (docs/ARCHITECTURE.md says why not hypercorn).
+
+The caller has read the request head and its whole body (bounded); `respond` gives the
+application a `receive` that yields that body once and then waits for the client to go
+away (`http.disconnect`), and a `send` that writes `http.response.*` messages as h11
+events: a response of one body gets a `content-length`, a streamed one (Server-Sent
+Events) is sent chunked, each part as it comes. While the application runs, the stream is
+watched: the client closing its end cancels the application (its response cannot be
+delivered anyway). Only what the MCP transport needs: no lifespan protocol, no WebSocket,
+no trailers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import h11
+import trio
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SEND_TIMEOUT = 30.0
+"""A part of a response that cannot be written in this long ends the connection."""
+PIPELINE_LIMIT = 64 * 1024
+"""Bytes a client may send ahead while its response is written (a pipelined request)."""
+
+
+class ConnectionDone(Exception):
+    """The connection cannot carry another request: the client left, a write timed out,
+    or the application ended without completing its response."""
+
+
+def scope_of(request: h11.Request, *, path: str, query: bytes, client: tuple[str, int],
+             server: tuple[str, int], extra: dict[str, Any] | None = None) -> Scope:
+    """The ASGI `http` scope of `request` (header names are lower case already: h11)."""
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": request.http_version.decode("ascii"),
+        "method": request.method.decode("ascii"),
+        "scheme": "http",
+        "path": path,
+        "raw_path": request.target.partition(b"?")[0],
+        "query_string": query,
+        "root_path": "",
+        "headers": [(bytes(name), bytes(value)) for name, value in request.headers],
+        "client": client,
+        "server": server,
+        "state": {},
+    }
+    if extra:
+        scope.update(extra)
+    return scope
+
+
+async def respond(app: App, scope: Scope, body: bytes, stream: trio.abc.Stream,
+                  conn: h11.Connection) -> None:
+    """Run `app` for one request (its `body` read already) and write its response. Raises
+    `ConnectionDone` when the connection must close afterwards (from the application's
+    exception, if it raised one: a 500 was answered if nothing had been sent yet)."""
+    disconnected = trio.Event()
+    delivered = False
+    start: Message | None = None
+    started = False
+    ended = False
+
+    async def receive() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def write(data: bytes) -> None:
+        with trio.move_on_after(SEND_TIMEOUT) as timer:
+            await stream.send_all(data)
+        if timer.cancelled_caught:
+            disconnected.set()
+            raise ConnectionDone("the client does not read its response")
+
+    async def send(message: Message) -> None:
+        nonlocal start, started, ended
+        kind = message["type"]
+        if kind == "http.response.start":
+            if start is not None or started:
+                raise RuntimeError("http.response.start sent twice")
+            start = message
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+        if ended:
+            raise RuntimeError("http.response.body after the response ended")
+        if disconnected.is_set():
+            raise ConnectionDone("the client is gone")
+        chunk = bytes(message.get("body", b""))
+        more = bool(message.get("more_body", False))
+        data = b""
+        if not started:
+            if start is None:
+                raise RuntimeError("http.response.body before http.response.start")
+            headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", [])]
+            if not more and not any(k.lower() == b"content-length" for k, _ in headers):
+                headers.append((b"content-length", str(len(chunk)).encode()))
+            data += conn.send(h11.Response(status_code=int(start["status"]),
+                                           headers=headers)) or b""
+            started = True
+        if chunk:
+            data += conn.send(h11.Data(data=chunk)) or b""
+        if not more:
+            data += conn.send(h11.EndOfMessage()) or b""
+            ended = True
+        if data:
+            await write(data)
+
+    async def watch(scope_to_cancel: trio.CancelScope) -> None:
+        # The client sends nothing while its response is written (no pipelining in
+        # practice): EOF or an error means it is gone; bytes ahead are kept for h11.
+        ahead = 0
+        try:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                ahead += len(data)
+                if ahead > PIPELINE_LIMIT:
+                    break
+                conn.receive_data(bytes(data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        disconnected.set()
+        scope_to_cancel.cancel()
+
+    failure: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as app_scope:
+            nursery.start_soon(watch, app_scope)
+            try:
+                await app(scope, receive, send)
+            except ConnectionDone:
+                disconnected.set()
+            except Exception as exc:
+                failure = exc
+            finally:
+                nursery.cancel_scope.cancel()
+    if disconnected.is_set():
+        raise ConnectionDone("the client is gone")
+    if failure is not None or not ended:
+        if not started:
+            await write(_internal_error(conn))
+        raise ConnectionDone("the application did not complete its response") from failure
+
+
+def _internal_error(conn: h11.Connection) -> bytes:
+    body = b'{"jsonrpc": "2.0", "id": null, "error": {"code": -32603, "message": ' \
+           b'"internal error; see the daemon log"}}'
+    data = conn.send(h11.Response(status_code=500, headers=[
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close")])) or b""
+    data += conn.send(h11.Data(data=body)) or b""
+    return data + (conn.send(h11.EndOfMessage()) or b"")
