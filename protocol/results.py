@@ -215,6 +215,18 @@ class PromptAccepted(Struct):
     """Turns ahead of this one."""
 
 
+class SharedProcess(Struct):
+    """The shared agent process a chat's session is on (an agent with
+    `process = "shared"`; docs/SHARED_PROCESSES.md)."""
+
+    id: str
+    """The process's name in the daemon: `AGENT@COMPUTER#N` (`local` for this machine)."""
+    pid: int | None = None
+    sessions: int = 0
+    """Chats' sessions on it now; the chat's `rss` is the process tree's RSS split evenly
+    among them."""
+
+
 class ChatSummary(Struct):
     chat: str
     agent: str
@@ -231,6 +243,8 @@ class ChatSummary(Struct):
     workspace: str | None = None
     updated_at: float = 0.0
     closed: bool = False
+    process: SharedProcess | None = None
+    """Set when the chat's session is on a shared agent process."""
 
 
 class ChatList(Struct):
@@ -275,6 +289,9 @@ class ActorDetail(Struct):
     usage: UsageTotals = msgspec.field(default_factory=UsageTotals)
     pending_permissions: list[str] = []
     terminals: list[str] = []
+    process: SharedProcess | None = None
+    """Set when the session is on a shared agent process (its `rss` is then this chat's
+    share of the process's)."""
 
 
 class AgentDescription(Struct):

@@ -236,6 +236,11 @@ class JsonRpcConnection:
         (`throttle`): a liveness check must not take our own backpressure for a hung peer."""
         return trio.current_time() if self._throttled else self._last_traffic
 
+    @property
+    def throttled(self) -> bool:
+        """We hold the peer's output back (`throttle`): its silence is ours."""
+        return self._throttled
+
     # ------------------------------------------------------------------ sending
 
     async def _write(self, message: Any) -> None:

@@ -50,7 +50,8 @@ def summary(chat: Chat, actor: ActorSnapshot | None, rss: int | None) -> ChatSum
         idle=actor.idle if actor else None,
         turns=actor.turns if actor else 0, queued=actor.queued if actor else 0,
         title=chat.title or (actor.title if actor else None),
-        workspace=chat.workspace, updated_at=chat.updated, closed=chat.closed)
+        workspace=chat.workspace, updated_at=chat.updated, closed=chat.closed,
+        process=actor.process if actor else None)
 
 
 class ChatBook:

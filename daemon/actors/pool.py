@@ -30,9 +30,11 @@ import trio
 from daemon.actors import mailbox as mb
 from daemon.actors import records
 from daemon.actors.backend.actor import BackendActor
-from daemon.actors.backend.probe import description_of, probe_agent, probe_directory
+from daemon.actors.backend.probe import description_of
+from daemon.actors.backend.shared import SharedHosts
 from daemon.actors.backend.turns import content_problem, summarize
 from daemon.actors.chats import ChatBook, check_chat_id, summary
+from daemon.actors.descriptions import Descriptions
 from daemon.actors.eviction import choose_victims
 from daemon.actors.lifecycle import WARM_STATES, State
 from daemon.actors.records import ActorRecord, Chat
@@ -81,15 +83,6 @@ class _Child:
 ExecutorFactory = Callable[[str | None], Executor]
 
 
-@dataclass(slots=True, eq=False)
-class _Probe:
-    """One `initialize` probe of an agent, shared by every request that asks meanwhile."""
-
-    done: trio.Event = field(default_factory=trio.Event)
-    result: m.AgentDescription | None = None
-    error: Exception | None = None
-
-
 class Pool:
     def __init__(self, *, hub: Hub, store: Store, settings: Settings,
                  executors: ExecutorFactory, instance: str) -> None:
@@ -117,11 +110,10 @@ class Pool:
         self.turn_listeners: list[Callable[[str, str, int, str | None], None]] = []
         """Called (synchronously) after each turn that ran ends: (chat, agent, turn,
         error or None). Subsystems use it, e.g. to publish a diff of the workspace."""
-        self._descriptions: dict[str, m.AgentDescription] = {}
-        """Probed descriptions per agent, for the current config (cleared on reload)."""
-        self._probes: dict[str, _Probe] = {}
-        """Probes running for the current config: concurrent requests wait for the same."""
-        self._config_epoch = 0
+        self._descriptions = Descriptions(settings=settings, executors=executors,
+                                          instance=instance)
+        self._hosts = SharedHosts(settings=settings, hub=hub, instance=instance)
+        """The shared agent processes (agents with `process = "shared"`)."""
         self.unclean_start = False
         """Set before `run` when the previous daemon did not exit cleanly."""
 
@@ -131,6 +123,7 @@ class Pool:
                   ) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self._hosts.run)
             restored = await restore(
                 store=self._store, hub=self._hub, chats=self._chats,
                 unclean=self.unclean_start, executors=self._executors,
@@ -225,10 +218,9 @@ class Pool:
 
     # ================================================================== actors
 
-    def _executor_for(self, chat: Chat, agent: str) -> Executor:
+    def _computer_for(self, chat: Chat, agent: str) -> str | None:
         spec = self._settings.agents.get(agent)
-        computer = chat.computer or (spec.computer if spec else None)
-        return self._executors(computer)
+        return chat.computer or (spec.computer if spec else None)
 
     def _make_actor(self, chat: Chat, agent: str, record: ActorRecord | None = None, *,
                     reclaimed: bool = False) -> _Child:
@@ -240,11 +232,11 @@ class Pool:
             chat=chat.id, cwd=chat.cwd, spec=spec,
             policy=chat.policy or self._settings.config.permissions.policy,
             mcp_servers=chat.mcp, record=record or ActorRecord(), hub=self._hub,
-            store=self._store, executor=self._executor_for(chat, agent),
+            store=self._store, executor=self._executors(self._computer_for(chat, agent)),
             settings=self._settings, on_state=lambda state: self._on_state(key, state),
             instance=self._instance,
             on_turn_end=lambda turn, error: self._on_turn_end(chat.id, agent, turn, error),
-            reclaimed=reclaimed)
+            reclaimed=reclaimed, hosts=self._hosts, computer=self._computer_for(chat, agent))
         child = _Child(ActorRef(actor, wake=lambda: self._spawn(child)))
         self._actors[key] = child
         return child
@@ -436,47 +428,13 @@ class Pool:
     async def describe_agent(self, agent: str) -> m.AgentDescription:
         """The agent's initialize answer: from any actor that ran it, else from a probe
         (start it, ask `initialize`, stop it). Cached per agent until a reload."""
-        spec = self._settings.agents.get(agent)
-        if spec is None:
+        if agent not in self._settings.agents:
             raise UnknownAgent(agent, list(self._settings.agents))
         for child in self._actors.values():
             initialize = child.ref.snapshot().initialize if child.ref.agent == agent else None
             if initialize is not None:
                 return description_of(agent, initialize)
-        cached = self._descriptions.get(agent)
-        if cached is not None:
-            return cached
-        probe = self._probes.get(agent)
-        if probe is None:
-            if self._nursery is None:
-                raise ShuttingDown("the daemon is not running")
-            # The probe runs in the pool's nursery, not the first asker's task: a client
-            # that goes away does not cancel it for the others waiting on it.
-            probe = self._probes[agent] = _Probe()
-            self._nursery.start_soon(self._probe, agent, probe, self._config_epoch)
-        await probe.done.wait()
-        if probe.error is not None:
-            raise probe.error
-        if probe.result is None:  # the pool's nursery was cancelled: a shutdown
-            raise ShuttingDown("the daemon is shutting down")
-        return probe.result
-
-    async def _probe(self, agent: str, probe: _Probe, epoch: int) -> None:
-        spec = self._settings.agents[agent]
-        daemon = self._settings.config.daemon
-        try:
-            probe.result = description_of(agent, await probe_agent(
-                self._executors(spec.computer), spec, cwd=probe_directory(spec),
-                timeout=float(daemon.request_timeout), grace=float(daemon.stop_grace),
-                instance=self._instance))
-            if epoch == self._config_epoch:  # not for a config reloaded meanwhile
-                self._descriptions[agent] = probe.result
-        except Exception as exc:
-            probe.error = exc
-        finally:
-            if self._probes.get(agent) is probe:
-                del self._probes[agent]
-            probe.done.set()
+        return await self._descriptions.describe(agent, self._nursery)
 
     # ================================================================== views
 
@@ -590,8 +548,6 @@ class Pool:
         changed; others keep running. Returns how many were recycled."""
         recycled = 0
         self._descriptions.clear()
-        self._probes.clear()  # probes already running answer those waiting, uncached
-        self._config_epoch += 1
         for (_chat, agent), child in list(self._actors.items()):
             spec = self._settings.agents.get(agent)
             if spec is None:

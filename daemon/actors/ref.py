@@ -19,7 +19,7 @@ from daemon.actors import mailbox as mb
 from daemon.actors.backend.actor import BackendActor
 from daemon.actors.lifecycle import ActorFacts, State
 from daemon.config.agents import AgentSpec
-from protocol.messages import ActorDetail
+from protocol.messages import ActorDetail, SharedProcess
 
 T = TypeVar("T")
 
@@ -43,6 +43,8 @@ class ActorSnapshot:
     initialize: dict[str, Any] | None
     """The agent's `initialize` answer (capabilities, info, auth methods, version), once
     the actor has had one."""
+    process: SharedProcess | None = None
+    """The shared agent process its session is on (shared mode only)."""
 
 
 class ActorRef:
@@ -118,7 +120,8 @@ class ActorRef:
                                                   trio.current_time() - core.last_activity),
             title=info.get("title"),
             initialize=None if info.get("agentCapabilities") is None else {
-                key: info[key] for key in INITIALIZE_KEYS if key in info})
+                key: info[key] for key in INITIALIZE_KEYS if key in info},
+            process=self.shared_process())
 
     def detail(self, rss: int | None = None) -> ActorDetail:
         """Everything `inspect` shows of the actor."""
@@ -137,7 +140,8 @@ class ActorRef:
             modes=info.get("modes"), config_options=info.get("configOptions") or [],
             models=info.get("models"), commands=info.get("commands") or [],
             usage=core.usage, pending_permissions=core.permissions.ids(),
-            terminals=core.terminals.ids() if core.terminals is not None else [])
+            terminals=core.terminals.ids() if core.terminals is not None else [],
+            process=self.shared_process())
 
     def prompt_capabilities(self) -> acp.PromptCapabilities | None:
         """What content the agent accepts (None until it has answered `initialize`)."""
@@ -147,7 +151,25 @@ class ActorRef:
         """The request is open or was answered recently in this actor."""
         return self._actor.core.permissions.knows(request)
 
+    def shared_process(self) -> SharedProcess | None:
+        """The shared agent process its session is on (None: a process of its own, or
+        none)."""
+        view = self._actor.core.shared
+        if view is None:
+            return None
+        share = view.share()
+        return SharedProcess(id=share.id, pid=share.pid, sessions=share.sessions)
+
     def rss(self) -> int | None:
-        """RSS of the agent's process tree (blocking; call from a thread)."""
-        process = self._actor.core.agent_process
-        return process.rss() if process is not None else None
+        """RSS of the agent's process tree (blocking; call from a thread). A shared process
+        is split evenly among its sessions: summed over the chats (the memory budget, the
+        metrics) it counts once."""
+        core = self._actor.core
+        process = core.agent_process
+        if process is None:
+            return None
+        rss = process.rss()
+        view = core.shared
+        if view is not None and rss is not None:
+            return rss // max(1, view.share().sessions)
+        return rss

@@ -307,9 +307,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
                    else [(0, c) for c in result.chats])
         for depth, c in ordered:
             name = ("  " * (depth - 1) + "└─ " if depth else "") + c.chat
-            rows.append([name, c.agent, c.state, str(c.pid or "-"), str(c.generation),
+            pid = str(c.pid or "-") + ("*" if c.process is not None else "")
+            rows.append([name, c.agent, c.state, pid, str(c.generation),
                          _size(c.rss), _age(c.idle), str(c.turns), c.cwd])
         print_table(rows)
+        if any(c.process is not None for _, c in ordered):
+            print("* a shared agent process: RSS is the chat's share (docs/SHARED_PROCESSES.md)")
 
     async def main() -> int:
         result: m.ChatList = await ask(args, m.ListChats(id=0, include_closed=args.all))
@@ -350,8 +353,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     if a.last_activity else "-")
             print(f"  activity:    {last}")
             print(f"  turns:       {a.turns}" + (f", {a.queued} queued" if a.queued else ""))
+            if a.process is not None:
+                print(f"  process:     shared {a.process.id} (pid {a.process.pid or '-'}, "
+                      f"{a.process.sessions} sessions)")
             if a.rss is not None:
-                print(f"  rss:         {_size(a.rss)}")
+                share = " (this chat's share)" if a.process is not None else ""
+                print(f"  rss:         {_size(a.rss)}{share}")
             info = a.agent_info
             if info:
                 print(f"  agent:       {info.get('name', '?')} {info.get('version', '')}")

@@ -26,6 +26,15 @@ class AgentSpec:
     computer: str | None = None
     source: str = "builtin"
     description: str = ""
+    process: str = "per-chat"
+    """`per-chat` (one process per chat) or `shared` (docs/SHARED_PROCESSES.md)."""
+    shared_by: str = "computer"
+    """Shared processes per computer, or per working directory (`cwd`)."""
+    sessions_per_process: int = 16
+
+    @property
+    def shared(self) -> bool:
+        return self.process == "shared"
 
     def available(self) -> tuple[bool, str]:
         """Whether the command can be run here, and why not."""
@@ -41,7 +50,8 @@ class AgentSpec:
 
     def fingerprint(self) -> tuple[object, ...]:
         """Equal fingerprints mean a warm agent can keep running across a config reload."""
-        return (self.command, tuple(sorted(self.env.items())), self.computer)
+        return (self.command, tuple(sorted(self.env.items())), self.computer, self.process,
+                self.shared_by, self.sessions_per_process)
 
 
 BUILTINS: tuple[AgentSpec, ...] = (
@@ -64,6 +74,9 @@ def from_config(name: str, agent: AgentConfig) -> AgentSpec:
         computer=agent.computer,
         source="config",
         description=agent.description,
+        process=agent.process,
+        shared_by=agent.shared_by,
+        sessions_per_process=agent.sessions_per_process,
     )
 
 

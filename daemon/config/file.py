@@ -196,10 +196,19 @@ class AgentConfig(_Section):
     computer: str | None = None
     description: str = ""
     enabled: bool = True
+    process: Literal["per-chat", "shared"] = "per-chat"
+    """`shared`: the agent's chats share warm processes (one ACP session per chat on one
+    connection; docs/SHARED_PROCESSES.md) instead of one process per chat."""
+    shared_by: Literal["computer", "cwd"] = "computer"
+    """With `process = "shared"`: one process per computer, or one per working directory."""
+    sessions_per_process: int = 16
+    """With `process = "shared"`: sessions on one process; more start another process."""
 
     def __post_init__(self) -> None:
         if not self.command or not self.command[0]:
             raise ValueError("command must be a non-empty list, e.g. [\"qwen\", \"--acp\"]")
+        if self.sessions_per_process < 1:
+            raise ValueError("sessions_per_process must be at least 1")
 
 
 TRANSIENT_PATTERNS = (
@@ -458,6 +467,52 @@ def _split_commands(raw: dict[str, Any], source: str) -> None:
             ) from None
 
 
+_PROCESS_KEYS: dict[str, tuple[str, ...]] = {
+    "process": ("per-chat", "shared"),
+    "shared_by": ("computer", "cwd"),
+}
+
+
+def _check_process_keys(raw: dict[str, Any], text: str, source: str) -> None:
+    """`process`, `shared_by` and `sessions_per_process` of each agent, checked here so
+    that a bad value names the file, the line, the table and the key, and what to write."""
+    table = raw.get("agents")
+    if not isinstance(table, dict):
+        return
+    for name, body in table.items():
+        if not isinstance(body, dict):
+            continue
+        for key, choices in _PROCESS_KEYS.items():
+            value = body.get(key, choices[0])
+            if value not in choices:
+                where = _key_line(text, name, key)
+                allowed = " or ".join(f'"{c}"' for c in choices)
+                raise ConfigError(f"{source}{where}: [agents.{name}] {key}: {value!r} is "
+                                  f"not a choice; use {allowed}")
+        count = body.get("sessions_per_process", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            where = _key_line(text, name, "sessions_per_process")
+            raise ConfigError(f"{source}{where}: [agents.{name}] sessions_per_process: "
+                              f"{count!r} must be a whole number of at least 1")
+
+
+def _key_line(text: str, agent: str, key: str) -> str:
+    """`:LINE` of `key` in the agent's table (`[agents.NAME]` or a dotted key), or ""."""
+    header = re.compile(r"^\s*\[\s*agents\s*\.\s*[\"']?" + re.escape(agent)
+                        + r"[\"']?\s*\]\s*(#.*)?$")
+    assignment = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
+    dotted = re.compile(r"^\s*agents\s*\.\s*[\"']?" + re.escape(agent) + r"[\"']?\s*\.\s*"
+                        + re.escape(key) + r"\s*=")
+    inside = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.lstrip().startswith("["):
+            inside = header.match(line) is not None
+            continue
+        if (inside and assignment.match(line)) or dotted.match(line):
+            return f":{number}"
+    return ""
+
+
 def parse(data: bytes | str, *, source: str = "<config>") -> Config:
     """Decode TOML text into a `Config`, raising `ConfigError` naming the problem."""
     if isinstance(data, str):
@@ -470,6 +525,7 @@ def parse(data: bytes | str, *, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: expected a TOML document")
     _check_names(raw, source)
     _split_commands(raw, source)
+    _check_process_keys(raw, data.decode("utf-8", "replace"), source)
     # Decode agents and computers one by one so an error names the table, which msgspec's
     # path (`$.agents[...]`) cannot.
     for section in ("agents", "computers"):

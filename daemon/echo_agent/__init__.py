@@ -87,6 +87,9 @@ stripped, and interpreted:
 ``/slow MS``           silent for MS ms (requests are still answered), then ``slow MS``;
                        cancellable
 ``/hang``              stops reading stdin and answering anything, until killed
+``/stall``             this turn stays silent and ignores session/cancel and session/close
+                       until stdin EOF; the agent answers everything else meanwhile (one
+                       stuck session on a process that works)
 ``/crash``             chunk ``crashing``, stderr ``stoker-echo: crashing on request``,
                        then exits with status 3 at once
 ``/exit CODE``         exits with status CODE without replying

@@ -50,6 +50,7 @@ class LocalCommands:
             "/sleep": self._cmd_sleep,
             "/slow": self._cmd_slow,
             "/hang": self._cmd_hang,
+            "/stall": self._cmd_stall,
             "/crash": self._cmd_crash,
             "/exit": self._cmd_exit,
             "/pid": self._cmd_pid,
@@ -91,6 +92,14 @@ class LocalCommands:
     def _cmd_hang(self, turn: Turn, arg: str) -> None:
         self._state.hung.set()
         self._wire.silence_forever()  # the write lock is never released: nothing is written
+
+    def _cmd_stall(self, turn: Turn, arg: str) -> None:
+        # One session stuck: silent, deaf to session/cancel and session/close, until stdin
+        # EOF; the agent goes on answering everything else (a hung session, not process).
+        state = self._state
+        with state.cond:
+            while not state.eof:
+                state.cond.wait()
 
     def _cmd_crash(self, turn: Turn, arg: str) -> None:
         self._wire.chunk(turn, "crashing")

@@ -31,6 +31,7 @@ from daemon.actors.backend.agent_services import AgentServices
 from daemon.actors.backend.core import Core, StateListener, TurnListener
 from daemon.actors.backend.generation import Ending, EndKind, Generation
 from daemon.actors.backend.session import Control, Session
+from daemon.actors.backend.shared import SharedHosts
 from daemon.actors.backend.turns import Turns
 from daemon.actors.lifecycle import (
     GiveUp,
@@ -57,12 +58,16 @@ class BackendActor:
                  mcp_servers: list[dict[str, Any]], record: records.ActorRecord, hub: Hub,
                  store: Store, executor: Executor, settings: Settings,
                  on_state: StateListener, on_turn_end: TurnListener, instance: str,
-                 reclaimed: bool = False) -> None:
+                 reclaimed: bool = False, hosts: SharedHosts | None = None,
+                 computer: str | None = None) -> None:
         core = Core(chat=chat, cwd=cwd, spec=spec, policy=policy, mcp_servers=mcp_servers,
                     record=record, hub=hub, store=store, executor=executor,
                     settings=settings, instance=instance, on_state=on_state,
                     on_turn_end=on_turn_end)
         self._core = core
+        self._hosts = hosts
+        """Where a shared agent's generations attach (`shared.SharedHosts`)."""
+        self._computer = computer
         self._session = Session(core)
         self._turns = Turns(core, self._session)
         self._services = AgentServices(core)
@@ -308,7 +313,8 @@ class BackendActor:
         core.set_state(State.STARTING, f"generation {core.generation}")
         gen = Generation(core, on_request=self._services.serve,
                          on_notification=self._session.on_notification,
-                         on_line=self._session.on_line)
+                         on_line=self._session.on_line, hosts=self._hosts,
+                         computer=self._computer)
         self._gen = gen
         assert self._nursery is not None
         self._nursery.start_soon(self._run_generation, gen)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -31,6 +31,9 @@ from daemon.execution.terminals import TerminalManager
 from daemon.log import Log
 from daemon.store.sqlite import Store
 from protocol import deltas as d
+
+if TYPE_CHECKING:
+    from daemon.actors.backend.shared import SessionView
 
 _NOT_OUTPUT: frozenset[type[d.DeltaBody]] = frozenset(
     {d.TurnStarted, d.TurnEnded, d.Status, d.Notice})
@@ -88,6 +91,8 @@ class Core:
         """The running generation's agent process (from its spawn to its stop)."""
         self.terminals: TerminalManager | None = None
         """The running generation's terminals."""
+        self.shared: SessionView | None = None
+        """The running generation's view of its shared process (shared mode only)."""
         self.permissions = Permissions(self)
         self.restarts: list[float] = []
         """When the recent restarts happened (the restart policy's history)."""

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import collections
 import enum
-import fcntl
 import secrets
-import struct
-import termios
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +23,9 @@ import trio
 from daemon.acp.rpc import ConnectionLost, JsonRpcConnection, LineTooLong, RpcError
 from daemon.actors.backend.core import Core
 from daemon.actors.backend.probe import agent_env
+from daemon.actors.backend.shared import SessionView, SharedHosts
 from daemon.actors.backend.stderr import StderrLimiter, drain_stderr
+from daemon.actors.backend.stderr import read_to_end as _stderr_read
 from daemon.errors import StokerError
 from daemon.execution.local import AgentProcess, ExitStatus, SpawnError
 from daemon.execution.terminals import TerminalManager
@@ -76,9 +75,15 @@ class Generation:
     `end` change them."""
 
     def __init__(self, core: Core, *, on_request: RequestHandler,
-                 on_notification: NotificationHandler, on_line: Callable[[bytes], bool]
-                 ) -> None:
+                 on_notification: NotificationHandler, on_line: Callable[[bytes], bool],
+                 hosts: SharedHosts | None = None, computer: str | None = None) -> None:
         self._core = core
+        self._hosts = hosts if core.spec.shared else None
+        """Set when the agent's processes are shared: this generation attaches to one
+        (`shared.SharedHosts`) instead of spawning its own."""
+        self._computer = computer
+        self.view: SessionView | None = None
+        """The chat's view of its shared process (shared mode only)."""
         self._on_request = on_request
         self._on_notification = on_notification
         self._on_line = on_line
@@ -117,7 +122,11 @@ class Generation:
             self.nursery.cancel_scope.cancel()
 
     def kill(self) -> None:
-        if self.process is not None:
+        if self.view is not None:
+            # A shared process: killed only when this chat found it unresponsive, which
+            # ends every chat on it.
+            self.view.kill_process(self.ending.reason if self.ending else "killed")
+        elif self.process is not None:
             self.process.kill()
 
     async def run(self, setup: Setup) -> Ending:
@@ -129,25 +138,16 @@ class Generation:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 try:
-                    proc = await core.executor.spawn(list(core.spec.command), env=env,
-                                                     cwd=core.cwd, actor=marker)
+                    if self._hosts is not None:
+                        rpc = await self._attach(self._hosts)
+                    else:
+                        rpc = await self._spawn(nursery, env, marker)
                 except SpawnError as exc:
                     # Transient (e.g. its computer is unreachable): retried under the
                     # restart policy. Otherwise a missing binary or directory.
                     kind = EndKind.START_FAILED if exc.transient else EndKind.SPAWN_FAILED
                     self.ending = Ending(kind, str(exc), str(exc))
                     return self.ending
-                self.process = core.agent_process = proc
-                core.persist()
-                self.log.info("agent started", pid=proc.identity.pid,
-                              command=" ".join(core.spec.command))
-                rpc = JsonRpcConnection(
-                    proc.stdin, proc.stdout, on_request=self._on_request,
-                    on_notification=self._on_notification, on_traffic=core.touch,
-                    on_line=self._on_line, throttle=core.hub.wait_for_room,
-                    max_line=int(core.settings.config.daemon.max_line),
-                    log=self.log, name=f"agent {core.agent}")
-                self.rpc = rpc
                 terminals_config = core.settings.config.terminals
                 self.terminals = core.terminals = TerminalManager(
                     executor=core.executor, root=core.cwd, env=env,
@@ -155,9 +155,6 @@ class Generation:
                     default_limit=int(terminals_config.output_limit),
                     max_count=terminals_config.max_per_chat, actor=marker, log=self.log)
                 self.terminals.attach(nursery)
-                stderr_done = trio.Event()
-                nursery.start_soon(self._drain_stderr, proc.stderr, stderr_done)
-                nursery.start_soon(self._watch, proc, rpc, stderr_done)
                 try:
                     await setup(self, rpc)
                 except (RpcError, trio.TooSlowError, StokerError) as exc:
@@ -171,11 +168,62 @@ class Generation:
                 await self._finish()
         return self.ending or Ending(EndKind.CRASH, "generation ended unexpectedly")
 
+    async def _spawn(self, nursery: trio.Nursery, env: dict[str, str], marker: str
+                     ) -> JsonRpcConnection:
+        """A process of its own, its connection, stderr drain and exit watch."""
+        core = self._core
+        proc = await core.executor.spawn(list(core.spec.command), env=env, cwd=core.cwd,
+                                         actor=marker)
+        self.process = core.agent_process = proc
+        core.persist()
+        self.log.info("agent started", pid=proc.identity.pid,
+                      command=" ".join(core.spec.command))
+        rpc = JsonRpcConnection(
+            proc.stdin, proc.stdout, on_request=self._on_request,
+            on_notification=self._on_notification, on_traffic=core.touch,
+            on_line=self._on_line, throttle=core.hub.wait_for_room,
+            max_line=int(core.settings.config.daemon.max_line),
+            log=self.log, name=f"agent {core.agent}")
+        self.rpc = rpc
+        stderr_done = trio.Event()
+        nursery.start_soon(self._drain_stderr, proc.stderr, stderr_done)
+        nursery.start_soon(self._watch, proc, rpc, stderr_done)
+        return rpc
+
+    async def _attach(self, hosts: SharedHosts) -> JsonRpcConnection:
+        """A session's view of a shared process (started, `initialize` answered)."""
+        core = self._core
+        view = await hosts.attach(
+            core.spec, executor=core.executor, computer=self._computer, cwd=core.cwd,
+            chat=core.chat, on_request=self._on_request, on_notification=self._on_notification,
+            on_line=self._on_line, on_lost=self._lost, touch=core.touch)
+        self.view = core.shared = view
+        core.agent_process = view.host.process
+        core.persist()
+        share = view.share()
+        self.log.info("attached to a shared agent process", process=share.id, pid=share.pid,
+                      sessions=share.sessions)
+        self.rpc = view
+        return view
+
+    def _lost(self, reason: str, turn_error: str) -> None:
+        """The shared process ended under this generation."""
+        self.end(Ending(EndKind.CRASH, reason, turn_error))
+
     async def _finish(self) -> None:
         terminals, self.terminals = self.terminals, None
         self._core.terminals = None
         if terminals is not None:
             await terminals.close_all()
+        view, self.view = self.view, None
+        if view is not None:
+            # A session stuck in a turn (or that failed) is closed on the agent's side:
+            # the chat's next generation resumes it in a clean state.
+            ending = self.ending
+            view.detach("generation ended", close_session=ending is not None and (
+                ending.kind in (EndKind.STALE, EndKind.CRASH, EndKind.START_FAILED)))
+            self._core.shared = None
+            self._core.agent_process = None
         if self.rpc is not None:
             self.rpc.close("generation ended")
         self.rpc = None
@@ -258,25 +306,6 @@ class Generation:
             await drain_stderr(stream, self.log, self.stderr_tail, limiter)
         finally:
             done.set()
-
-
-async def _stderr_read(stream: trio.abc.ReceiveStream, done: trio.Event) -> None:
-    """Return once the stderr drain has read everything in the pipe: at its end (`done`),
-    or when the pipe holds no unread byte (FIONREAD; the drain handles what it receives
-    before it reads again, so an empty pipe means handled). Streams without a descriptor
-    (a remote agent's) wait for the end."""
-    fileno = getattr(stream, "fileno", None)
-    while not done.is_set():
-        if fileno is not None:
-            try:
-                unread = struct.unpack("i", fcntl.ioctl(fileno(), termios.FIONREAD,
-                                                        b"\0\0\0\0"))[0]
-            except (OSError, ValueError, trio.ClosedResourceError):
-                unread = -1
-            if unread == 0:
-                return
-        with trio.move_on_after(0.002):
-            await done.wait()
 
 
 async def _until_cancelled() -> None:

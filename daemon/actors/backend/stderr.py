@@ -9,6 +9,9 @@ counted, not formatted, and the count is logged at most once a second (and at th
 from __future__ import annotations
 
 import collections
+import fcntl
+import struct
+import termios
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -136,3 +139,22 @@ def _report(log: StderrLog, limiter: StderrLimiter) -> None:
         log.warning("agent stderr rate-limited", dropped=dropped,
                     dropped_total=limiter.dropped_total, rate=limiter.rate,
                     burst=limiter.burst)
+
+
+async def read_to_end(stream: trio.abc.ReceiveStream, done: trio.Event) -> None:
+    """Return once the stderr drain has read everything in the pipe: at its end (`done`),
+    or when the pipe holds no unread byte (FIONREAD; the drain handles what it receives
+    before it reads again, so an empty pipe means handled). Streams without a descriptor
+    (a remote agent's) wait for the end."""
+    fileno = getattr(stream, "fileno", None)
+    while not done.is_set():
+        if fileno is not None:
+            try:
+                unread = struct.unpack("i", fcntl.ioctl(fileno(), termios.FIONREAD,
+                                                        b"\0\0\0\0"))[0]
+            except (OSError, ValueError, trio.ClosedResourceError):
+                unread = -1
+            if unread == 0:
+                return
+        with trio.move_on_after(0.002):
+            await done.wait()

@@ -271,6 +271,11 @@ class Turns:
                     probes.start_soon(_probe, rpc, interval)
                 elif verdict is Liveness.STALE:
                     assert probe_sent is not None
+                    if gen.view is not None and gen.view.process_heard_since(probe_sent):
+                        # A shared process that answers: this session is stuck, not it.
+                        await self._stale_session(gen, rpc, job, done,
+                                                  now - max(started, heard))
+                        return
                     unanswered = now - probe_sent
                     reason = (f"agent unresponsive: no answer to a liveness probe for "
                               f"{unanswered:.1f}s (stale grace {grace:g}s)")
@@ -288,6 +293,27 @@ class Turns:
                 await trio.sleep_until(next_liveness_check(
                     now=now, turn_started=started, last_heard=heard, probe_sent=probe_sent,
                     probe_interval=interval, stale_grace=grace))
+
+    async def _stale_session(self, gen: Generation, rpc: JsonRpcConnection,
+                             job: mb.PromptJob, done: trio.Event, quiet: float) -> None:
+        """Shared mode: the turn's session said nothing for a probe interval plus the stale
+        grace while its process answered probes. The turn ends (stale) and the session is
+        cancelled; the neighbours on the process go on. A session that ignores the cancel
+        too ends this chat's generation (its session is closed and resumed), not the
+        process."""
+        core = self._core
+        reason = (f"session unresponsive: nothing from it for {quiet:.1f}s while its shared "
+                  "agent process answers probes; cancelled")
+        core.log.warning("session unresponsive; cancelling it", turn=job.turn,
+                         quiet=round(quiet, 1))
+        core.end_turn(job, error=reason)
+        with trio.move_on_after(1), contextlib.suppress(ConnectionLost):
+            await rpc.notify("session/cancel", {"sessionId": core.session_id})
+        grace = max(float(core.settings.config.lifecycle.stale_grace), CANCEL_GRACE_MIN)
+        with trio.move_on_after(grace):
+            await done.wait()
+            return
+        gen.end(Ending(EndKind.STALE, f"{reason}; the session ignored session/cancel"))
 
     def request_cancel(self, message: mb.Cancel, gen: Generation | None) -> None:
         """A client's cancel: queued turns end `cancelled` at once; the running one is

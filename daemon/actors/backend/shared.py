@@ -1,0 +1,605 @@
+"""Shared agent processes: one warm agent process serving the ACP sessions of many chats
+(an agent's `process = "shared"`; docs/SHARED_PROCESSES.md).
+
+A `SharedHost` owns one process life: the spawn (through the chats' executor), the one
+JSON-RPC connection, the stderr drain, the exit watch and `initialize`, once (its answer is
+handed to every chat's session setup). Each chat keeps its own backend actor; its
+generation *attaches* and gets a `SessionView`: the JSON-RPC connection as the backend's
+parts see it. A view's requests go out on the shared connection; it receives only its own
+session's lines: `session/update`s and the agent's requests (fs/*, terminal/*,
+session/request_permission) are routed by `sessionId`, and a request naming no attached
+session is answered with an error.
+
+When the process ends (a crash, `kill -9`, killed as unresponsive), every attached chat's
+generation ends as a crash with the cause; each chat's restart attaches to the key's next
+process and resumes its session. A process whose last session has left stops after
+`LINGER`. `SharedHosts` is the registry: hosts keyed by (agent, computer[, cwd]), another
+process once one holds `sessions_per_process` sessions, and per key the restart policy
+(backoff and intensity, as for a chat's generations).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import trio
+
+from daemon.acp.rpc import (
+    INVALID_PARAMS,
+    ConnectionLost,
+    JsonRpcConnection,
+    LineTooLong,
+    RpcError,
+)
+from daemon.actors.backend.probe import INITIALIZE_PARAMS, agent_env
+from daemon.actors.backend.stderr import StderrLimiter, drain_stderr, read_to_end
+from daemon.actors.lifecycle import GiveUp, recent_restarts, restart_decision
+from daemon.actors.settings import Settings
+from daemon.channels.hub import Hub
+from daemon.config.agents import AgentSpec
+from daemon.execution.local import AgentProcess, Executor, ExitStatus, SpawnError
+from daemon.log import Log
+
+LINGER = 2.0
+"""Seconds a shared process with no session left waits for a new one before it stops."""
+STDERR_EOF_WAIT = 0.5
+STDERR_TAIL = 20
+
+RequestHandler = Callable[[str, msgspec.Raw | None], Awaitable[Any]]
+NotificationHandler = Callable[[str, msgspec.Raw | None], None]
+
+
+class HostUnavailable(SpawnError):
+    """No shared process could be had (its start failed, or it restarted too often):
+    a failed start of the chat's generation, under the chat's restart policy."""
+
+    transient = True
+
+
+@dataclass(frozen=True, slots=True)
+class HostKey:
+    agent: str
+    computer: str | None
+    cwd: str | None
+    """Set when the agent's processes are shared per working directory."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessShare:
+    """Which shared process a chat's session is on, for `ls` and `inspect`."""
+
+    id: str
+    pid: int | None
+    sessions: int
+
+
+class _Envelope(msgspec.Struct):
+    id: int | str | msgspec.UnsetType | None = msgspec.UNSET
+    method: str | msgspec.UnsetType = msgspec.UNSET
+    params: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+class _SessionOf(msgspec.Struct, rename="camel"):
+    session_id: str | None = None
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+_session_of = msgspec.json.Decoder(_SessionOf)
+
+
+def session_of(params: msgspec.Raw | None) -> str | None:
+    """The `sessionId` of a message's params, if it names one."""
+    if params is None:
+        return None
+    try:
+        return _session_of.decode(params).session_id
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+
+
+class SessionView(JsonRpcConnection):
+    """One chat's view of a shared connection, typed as the connection the backend's parts
+    (session, turns) already speak to. It has no streams of its own (so it does not run
+    `JsonRpcConnection.__init__`): its requests go out on the host's connection, and the
+    host hands it its session's lines.
+
+    Two things differ from a connection of its own: `initialize` is answered from the
+    host's one handshake, and `last_traffic` is when *this session* was last heard (a
+    probe's answer counts for the process, `process_heard_since`, not for the session)."""
+
+    def __init__(self, host: SharedHost, *, chat: str, on_request: RequestHandler,
+                 on_notification: NotificationHandler, on_line: Callable[[bytes], bool],
+                 on_lost: Callable[[str, str], None], touch: Callable[[], None]) -> None:
+        self.host = host
+        self.chat = chat
+        self.session_id: str | None = None
+        self.serve_request = on_request
+        self.take_notification = on_notification
+        self.take_line = on_line
+        self._on_lost = on_lost
+        self._touch = touch
+        self._heard = trio.current_time()
+        self._detached: str | None = None
+
+    # ------------------------------------------------------------------ as a connection
+
+    @property
+    def last_traffic(self) -> float:
+        rpc = self.host.rpc
+        if rpc is not None and rpc.throttled:
+            return trio.current_time()
+        return self._heard
+
+    @property
+    def throttled(self) -> bool:
+        rpc = self.host.rpc
+        return rpc is not None and rpc.throttled
+
+    @property
+    def closed(self) -> bool:
+        return self._detached is not None or self.host.rpc is None or self.host.rpc.closed
+
+    def _connection(self) -> JsonRpcConnection:
+        rpc = self.host.rpc
+        if self._detached is not None or rpc is None:
+            raise ConnectionLost(f"shared agent {self.host.id}: "
+                                 f"{self._detached or 'process gone'}")
+        return rpc
+
+    async def request(self, method: str, params: Any, *, timeout: float | None = None,
+                      cancel_notify: bool = False) -> msgspec.Raw:
+        if method == "initialize":
+            self._connection()
+            assert self.host.initialized is not None
+            return self.host.initialized
+        if method == "_stoker/ping":
+            return await self.host.ping(timeout)
+        rpc = self._connection()
+        if isinstance(params, dict) and isinstance(params.get("sessionId"), str):
+            # Before the request: session/load replays history before it answers.
+            self.host.route(self, params["sessionId"])
+        raw = await rpc.request(method, params, timeout=timeout, cancel_notify=cancel_notify)
+        self.heard()
+        if method == "session/new":
+            session = session_of(raw)
+            if session:
+                self.host.route(self, session)
+        return raw
+
+    async def notify(self, method: str, params: Any) -> None:
+        await self._connection().notify(method, params)
+
+    def close(self, reason: str = "closed") -> None:
+        self.detach(reason)
+
+    # ------------------------------------------------------------------ for the host
+
+    def heard(self) -> None:
+        self._heard = trio.current_time()
+        self._touch()
+
+    def process_heard_since(self, since: float) -> bool:
+        """The shared process said anything (to any session, or a probe's answer) at or
+        after `since`: it is alive, whatever this session does."""
+        rpc = self.host.rpc
+        return rpc is not None and (rpc.throttled or rpc.last_traffic >= since)
+
+    def lost(self, reason: str, turn_error: str) -> None:
+        """The process is gone: the chat's generation ends with the cause."""
+        if self._detached is None:
+            self._detached = reason
+            self._on_lost(reason, turn_error)
+
+    def detach(self, reason: str = "detached", *, close_session: bool = False) -> None:
+        """Leave the host (idempotent); `close_session`: tell the agent the session is over
+        (`session/close`, when it advertises it), e.g. a session stuck in a turn."""
+        if self._detached is None:
+            self._detached = reason
+        self.host.detach(self, close_session=close_session)
+
+    def kill_process(self, reason: str) -> None:
+        """This chat found the process unresponsive: kill it (ending every chat on it)."""
+        self.host.kill(reason, reason)
+
+    def share(self) -> ProcessShare:
+        return self.host.share()
+
+
+class SharedHost:
+    """One life of a shared agent process and the sessions on it."""
+
+    def __init__(self, hosts: SharedHosts, key: HostKey, spec: AgentSpec,
+                 executor: Executor, number: int, delay: float) -> None:
+        self._hosts = hosts
+        self.key = key
+        self.spec = spec
+        self._executor = executor
+        where = key.computer or "local"
+        self.id = f"{key.agent}@{where}#{number}"
+        self._delay = delay
+        self.log = Log("shared", agent=key.agent, process=self.id)
+        self.process: AgentProcess | None = None
+        self.rpc: JsonRpcConnection | None = None
+        self.initialized: msgspec.Raw | None = None
+        """The agent's `initialize` answer (raw), once it came."""
+        self.started = trio.Event()
+        """Set once `initialize` was answered, or the start failed (`failure`)."""
+        self.failure: SpawnError | None = None
+        """Why the process could not be started (a `HostUnavailable` or the executor's)."""
+        self.ending: tuple[str, str] | None = None
+        """Why the process ends (reason, what open turns end with); the first one wins."""
+        self.crashed = False
+        self._views: set[SessionView] = set()
+        self._routes: dict[str, SessionView] = {}
+        self._empty = trio.Event()
+        self._scope = trio.CancelScope()
+        self._ping: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+
+    # ------------------------------------------------------------------ attach, detach
+
+    @property
+    def accepting(self) -> bool:
+        return (self.ending is None and self.failure is None
+                and len(self._views) < self.spec.sessions_per_process)
+
+    def attach(self, view_args: dict[str, Any]) -> SessionView:
+        view = SessionView(self, **view_args)
+        self._views.add(view)
+        self._empty = trio.Event()
+        return view
+
+    def detach(self, view: SessionView, *, close_session: bool = False) -> None:
+        if view not in self._views:
+            return
+        self._views.discard(view)
+        session = view.session_id
+        if session is not None and self._routes.get(session) is view:
+            del self._routes[session]
+            if (close_session and self.ending is None and self._nursery is not None
+                    and self._closes_sessions()):
+                with contextlib.suppress(RuntimeError):  # the host is stopping: no need
+                    self._nursery.start_soon(self._close_session, session)
+        if not self._views:
+            self._empty.set()
+
+    def route(self, view: SessionView, session: str) -> None:
+        """`session` is `view`'s from now on (a view has one session at a time)."""
+        if view.session_id is not None and self._routes.get(view.session_id) is view:
+            del self._routes[view.session_id]
+        view.session_id = session
+        if view in self._views:
+            self._routes[session] = view
+
+    def share(self) -> ProcessShare:
+        process = self.process
+        return ProcessShare(id=self.id, pid=process.identity.pid if process else None,
+                            sessions=len(self._views))
+
+    def _closes_sessions(self) -> bool:
+        init = self._initialize_info()
+        caps = init.get("agentCapabilities") or {}
+        return (caps.get("sessionCapabilities") or {}).get("close") is not None
+
+    def _initialize_info(self) -> dict[str, Any]:
+        if self.initialized is None:
+            return {}
+        try:
+            info = msgspec.json.decode(self.initialized)
+        except msgspec.DecodeError:
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    async def _close_session(self, session: str) -> None:
+        rpc = self.rpc
+        if rpc is None:
+            return
+        with trio.move_on_after(2):
+            try:
+                await rpc.request("session/close", {"sessionId": session})
+            except (RpcError, ConnectionLost) as exc:
+                self.log.info("session/close failed", session=session, error=str(exc))
+
+    # ------------------------------------------------------------------ liveness
+
+    async def ping(self, timeout: float | None) -> msgspec.Raw:
+        """A liveness probe of the process; concurrent probes share one request. Any answer
+        (an error included) shows up in the connection's `last_traffic`."""
+        if self._ping is not None:
+            with trio.move_on_after(timeout if timeout is not None else float("inf")):
+                await self._ping.wait()
+            return msgspec.Raw(b"null")
+        rpc = self.rpc
+        if rpc is None:
+            raise ConnectionLost(f"shared agent {self.id}: process gone")
+        self._ping = done = trio.Event()
+        try:
+            await rpc.request("_stoker/ping", {}, timeout=timeout)
+        except RpcError:
+            pass
+        finally:
+            self._ping = None
+            done.set()
+        return msgspec.Raw(b"null")
+
+    def kill(self, reason: str, turn_error: str) -> None:
+        self.crashed = True  # counts for the restart policy, as a crash
+        self._end(reason, turn_error)
+        if self.process is not None:
+            self.process.kill()
+
+    def _end(self, reason: str, turn_error: str) -> None:
+        if self.ending is None:
+            self.ending = (reason, turn_error)
+        self._scope.cancel()
+
+    # ------------------------------------------------------------------ routing
+
+    def _on_line(self, line: bytes) -> bool:
+        """Every line from the agent: a notification goes to the session it names (its text
+        chunks down the chat's hot path); requests and responses go the general way."""
+        try:
+            envelope = _envelope.decode(line)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return False
+        if envelope.id is not msgspec.UNSET or envelope.method is msgspec.UNSET:
+            return False
+        params = None if envelope.params is msgspec.UNSET else envelope.params
+        self._notify(envelope.method, params, line)
+        return True
+
+    def _on_notification(self, method: str, params: msgspec.Raw | None) -> None:
+        self._notify(method, params, None)
+
+    def _notify(self, method: str, params: msgspec.Raw | None, line: bytes | None) -> None:
+        session = session_of(params)
+        view = self._routes.get(session) if session is not None else None
+        if view is None:
+            self.log.debug("notification for no attached session", method=method,
+                           session=session)
+            return
+        view.heard()
+        if line is not None and view.take_line(line):
+            return
+        view.take_notification(method, params)
+
+    async def _on_request(self, method: str, params: msgspec.Raw | None) -> Any:
+        session = session_of(params)
+        view = self._routes.get(session) if session is not None else None
+        if view is None:
+            what = f"session {session!r}" if session else "no sessionId"
+            raise RpcError(INVALID_PARAMS, f"{method}: {what} is not a session of a chat on "
+                                           f"this connection")
+        view.heard()
+        return await view.serve_request(method, params)
+
+    # ------------------------------------------------------------------ the process life
+
+    async def run(self) -> None:
+        """Start the process, serve its sessions, stop it: when its last session has left
+        (after `LINGER`), when it dies or is killed, or when the daemon stops."""
+        settings = self._hosts.settings
+        daemon = settings.config.daemon
+        try:
+            with self._scope:
+                if self._delay > 0:
+                    self.log.info("restarting the shared process", delay=self._delay)
+                    await trio.sleep(self._delay)
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    try:
+                        await self._start(nursery)
+                    except SpawnError as exc:
+                        # Caught here: raised out of the nursery it would come as a group.
+                        self.failure = exc
+                        nursery.cancel_scope.cancel()
+                        return
+                    self.started.set()
+                    nursery.start_soon(self._linger)
+                    await trio.sleep_forever()
+        except Exception:
+            # A bug: the chats on it see it end (and start another), the pool goes on.
+            self.log.exception("shared agent host failed")
+            self.crashed = True
+            if self.failure is None and self.initialized is None:
+                self.failure = HostUnavailable("internal error in the daemon (see its log)")
+            self._end("internal error in the daemon (see its log)", "")
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish(float(daemon.stop_grace))
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        hosts = self._hosts
+        spec = self.spec
+        daemon = hosts.settings.config.daemon
+        marker = f"{hosts.instance}:shared:{spec.name}:{secrets.token_hex(4)}"
+        # Per computer: the home directory ("~" on a remote computer is its login one).
+        cwd = self.key.cwd or (os.path.expanduser("~") if self.key.computer is None else "~")
+        proc = await self._executor.spawn(list(spec.command), env=agent_env(spec), cwd=cwd,
+                                          actor=marker)
+        self.process = proc
+        self.log.info("shared agent started", pid=proc.identity.pid,
+                      command=" ".join(spec.command))
+        rpc = JsonRpcConnection(
+            proc.stdin, proc.stdout, on_request=self._on_request,
+            on_notification=self._on_notification, on_line=self._on_line,
+            throttle=hosts.hub.wait_for_room, max_line=int(daemon.max_line), log=self.log,
+            name=f"shared agent {self.id}")
+        self.rpc = rpc
+        stderr_done = trio.Event()
+        nursery.start_soon(self._drain_stderr, proc.stderr, stderr_done)
+        nursery.start_soon(self._watch, proc, rpc, stderr_done)
+        try:
+            self.initialized = await rpc.request("initialize", INITIALIZE_PARAMS,
+                                                 timeout=float(daemon.request_timeout))
+        except (RpcError, trio.TooSlowError, ConnectionLost) as exc:
+            if isinstance(exc, ConnectionLost):
+                with trio.move_on_after(2):  # the watcher says how the process ended
+                    await trio.sleep_forever()
+            why = (self.ending[0] if self.ending is not None else
+                   "no answer to initialize in time" if isinstance(exc, trio.TooSlowError)
+                   else f"initialize failed: {exc}")
+            raise HostUnavailable(f"shared agent process {self.id} did not start: {why}"
+                                  ) from None
+
+    async def _linger(self) -> None:
+        """Stop the process `LINGER` after its last session left, unless one came back."""
+        while True:
+            await self._empty.wait()
+            await trio.sleep(LINGER)
+            if not self._views and self._empty.is_set():
+                self.log.info("no session left; stopping the shared process")
+                self._end("no session left", "")
+                return
+
+    async def _watch(self, proc: AgentProcess, rpc: JsonRpcConnection,
+                     stderr_done: trio.Event) -> None:
+        try:
+            await rpc.serve()
+        except LineTooLong as exc:
+            proc.kill()
+            await proc.wait()
+            why = f"agent protocol error: {exc}"
+            self.crashed = True
+            self._end(why, why)
+            return
+        status: ExitStatus | None = None
+        with trio.move_on_after(2):
+            status = await proc.wait()
+        if status is None:
+            proc.kill()
+            status = await proc.wait()
+        with trio.move_on_after(STDERR_EOF_WAIT):
+            await read_to_end(proc.stderr, stderr_done)
+        tail = " | ".join(list(self.stderr_tail)[-5:])
+        reason = f"agent {status.describe()}"
+        if tail:
+            reason = f"{reason}; stderr: {tail}"
+        self.crashed = True
+        self._end(reason, f"agent crashed: {reason}")
+
+    async def _drain_stderr(self, stream: trio.abc.ReceiveStream, done: trio.Event) -> None:
+        config = self._hosts.settings.config.daemon
+        limiter = StderrLimiter(rate=float(config.stderr_log_rate),
+                                burst=config.stderr_log_burst)
+        try:
+            await drain_stderr(stream, self.log, self.stderr_tail, limiter)
+        finally:
+            done.set()
+
+    async def _finish(self, grace: float) -> None:
+        """Tell every chat still attached, then stop what is left of the process."""
+        self._hosts.forget(self)
+        reason, turn_error = self.ending or (
+            str(self.failure) if self.failure else "the daemon is stopping", "")
+        self.started.set()
+        if self.rpc is not None:
+            self.rpc.close(reason)
+        pid = self.process.identity.pid if self.process is not None else None
+        where = f"shared process {self.id}" + (f", pid {pid}" if pid else "")
+        for view in list(self._views):
+            view.lost(f"{reason} ({where})", f"{turn_error or reason} ({where})")
+        self._views.clear()
+        self._routes.clear()
+        proc, self.process = self.process, None
+        if proc is not None:
+            with trio.move_on_after(grace + 5):
+                status = await proc.stop(grace)
+                self.log.info("shared agent stopped", status=status.describe())
+
+
+class SharedHosts:
+    """The registry and supervisor of the shared processes (a child of the pool)."""
+
+    def __init__(self, *, settings: Settings, hub: Hub, instance: str) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.instance = instance
+        self._hosts: dict[HostKey, list[SharedHost]] = {}
+        self._restarts: dict[HostKey, list[float]] = {}
+        self._crashed: set[HostKey] = set()
+        """Keys whose last process crashed: the next start waits for the backoff."""
+        self._numbers = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+        self._log = Log("shared")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def hosts(self) -> list[SharedHost]:
+        return [host for hosts in self._hosts.values() for host in hosts]
+
+    def key_for(self, spec: AgentSpec, computer: str | None, cwd: str) -> HostKey:
+        return HostKey(spec.name, computer, cwd if spec.shared_by == "cwd" else None)
+
+    async def attach(self, spec: AgentSpec, *, executor: Executor, computer: str | None,
+                     cwd: str, **view_args: Any) -> SessionView:
+        """A view on a started shared process for one chat's session: an existing process
+        of the key with room, else a new one. Raises `HostUnavailable` (or the executor's
+        `SpawnError`) when none can be started."""
+        key = self.key_for(spec, computer, cwd)
+        hosts = self._hosts.setdefault(key, [])
+        host = next((h for h in hosts if h.accepting and h.spec == spec), None)
+        if host is None:
+            host = self._start(key, spec, executor)
+        view = host.attach(view_args)
+        try:
+            await host.started.wait()
+        except BaseException:
+            host.detach(view)
+            raise
+        if host.failure is not None:
+            host.detach(view)
+            raise host.failure
+        if host.ending is not None or view.closed:
+            host.detach(view)
+            raise HostUnavailable(f"shared agent process {host.id} ended: "
+                                  f"{host.ending[0] if host.ending else 'process gone'}")
+        return view
+
+    def _start(self, key: HostKey, spec: AgentSpec, executor: Executor) -> SharedHost:
+        lc = self.settings.config.lifecycle
+        delay = 0.0
+        if key in self._crashed:
+            now = trio.current_time()
+            history = recent_restarts(self._restarts.get(key, []), now=now,
+                                      window=float(lc.restart_window))
+            decision = restart_decision(
+                history, now=now, max_restarts=lc.restart_max, window=float(lc.restart_window),
+                backoff=float(lc.restart_backoff), backoff_max=float(lc.restart_backoff_max))
+            if isinstance(decision, GiveUp):
+                self._restarts.pop(key, None)
+                self._crashed.discard(key)
+                raise HostUnavailable(f"the shared {key.agent} process {decision.reason}")
+            delay = decision.delay
+            self._restarts[key] = [*history, now]
+            self._crashed.discard(key)
+        host = SharedHost(self, key, spec, executor, next(self._numbers), delay)
+        self._hosts.setdefault(key, []).append(host)
+        if self._nursery is None:
+            raise HostUnavailable("the daemon is not running")
+        self._nursery.start_soon(host.run)
+        return host
+
+    def forget(self, host: SharedHost) -> None:
+        """The host's process is ending: later attaches start another one."""
+        hosts = self._hosts.get(host.key, [])
+        if host in hosts:
+            hosts.remove(host)
+        if not hosts:
+            self._hosts.pop(host.key, None)
+        if host.crashed or host.failure is not None:
+            self._crashed.add(host.key)
