@@ -375,6 +375,11 @@ async def separate_histories(rig: TracedDaemon, llm: FakeLLM, client: Client,
     one, two = await actor(client, a, agent), await actor(client, b, agent)
     assert one.pid is not None
     assert one.pid == two.pid, f"the two chats run in one {agent} process"
+    assert one.process is not None, "inspect names the shared process"
+    assert two.process is not None, "inspect names the shared process"
+    assert one.process.id == two.process.id
+    assert one.process.pid == one.pid
+    assert two.process.sessions >= 2
     assert one.session_id
     assert two.session_id
     assert one.session_id != two.session_id, "each chat has its own ACP session"
@@ -409,8 +414,9 @@ async def separate_histories(rig: TracedDaemon, llm: FakeLLM, client: Client,
     assert (after_a.generation, after_b.generation) == (one.generation, two.generation)
     assert (after_a.turns, after_b.turns) == (2, 1)
     listed: m.ChatList = await client.request(m.ListChats(id=0))
-    pids = {c.chat: c.pid for c in listed.chats if c.chat in (a, b)}
-    assert pids == {a: one.pid, b: one.pid}, pids
+    shown = {c.chat: (c.pid, c.process.id if c.process else None)
+             for c in listed.chats if c.chat in (a, b)}
+    assert shown == {a: (one.pid, one.process.id), b: (one.pid, one.process.id)}, shown
     latency = again.first_chunk_latency
     assert latency is not None
     return latency

@@ -42,7 +42,7 @@ from tests.e2e.rig import (
     traced_command,
     wait_until,
 )
-from tests.support.harness import actor
+from tests.support.harness import actor, alive, wait_gone
 
 pytestmark = pytest.mark.e2e
 
@@ -78,6 +78,13 @@ async def client(rig: SharedRig) -> AsyncIterator[Client]:
         yield connected
 
 
+async def chats_on(client: Client, process: str) -> list[str]:
+    """The open chats whose session is on the shared process `process`."""
+    listed: m.ChatList = await client.request(m.ListChats(id=0))
+    return [c.chat for c in listed.chats
+            if not c.closed and c.process is not None and c.process.id == process]
+
+
 async def test_two_chats_share_one_opencode_with_separate_histories(
         rig: SharedRig, client: Client, record_property: Any) -> None:
     started = time.perf_counter()
@@ -100,6 +107,8 @@ async def test_closing_one_chat_closes_its_session_only(rig: SharedRig,
         await client.request(m.Warm(id=0, chat=chat))
     one, two = await actor(client, a, AGENT), await actor(client, b, AGENT)
     assert one.pid == two.pid
+    assert one.process is not None
+    before_close = one.process
 
     await client.request(m.CloseChat(id=0, chat=b))
 
@@ -117,4 +126,29 @@ async def test_closing_one_chat_closes_its_session_only(rig: SharedRig,
     after = await actor(client, a, AGENT)
     assert (after.pid, after.generation) == (one.pid, one.generation), \
         "closing a neighbour's session left this chat's process alone"
+    assert after.process is not None
+    assert after.process.sessions == before_close.sessions - 1, after.process
+
     print(f"\nclosing one of two chats took {time.perf_counter() - started:.1f}s")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 23 core: a shared process outlives its last chat when a second chat attached "
+    "after it started (SharedHost._linger waits on the `_empty` event that `attach` then "
+    "replaces; `detach` sets the new one)"))
+async def test_the_process_stops_when_its_last_chat_closes(rig: SharedRig,
+                                                           client: Client) -> None:
+    a = (await open_subscribed(client, None, AGENT, rig.workspace)).chat
+    b = (await open_subscribed(client, None, AGENT, rig.workspace)).chat
+    for chat in (a, b):
+        await client.request(m.Warm(id=0, chat=chat))
+    detail = await actor(client, a, AGENT)
+    assert detail.process is not None
+    assert detail.pid is not None
+    # Earlier tests of the module may have left chats on it: close them all, `a` last.
+    on_it = await chats_on(client, detail.process.id)
+    assert {a, b} <= set(on_it)
+    for chat in [*(c for c in on_it if c != a), a]:
+        assert alive(detail.pid), f"the process stopped before its last chat ({chat}) closed"
+        await client.request(m.CloseChat(id=0, chat=chat))
+    await wait_gone([detail.pid], timeout=15)  # a 2 s linger, then SIGTERM
