@@ -25,6 +25,7 @@ and the per-chat half runs alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -68,6 +69,11 @@ class Memory:
     agents_rss: int = 0
     agents_pss: int = 0
     agent_processes: int = 0
+    mcp_rss: int = 0
+    """Of `agents_rss`: Stoker's own MCP servers (`daemon.cli mcp --chat ID`), which each
+    agent starts once per session (`tasks.mcp`), in either mode."""
+    mcp_pss: int = 0
+    mcp_processes: int = 0
 
     @property
     def total_rss(self) -> int:
@@ -103,6 +109,9 @@ class ModeRun:
     first_chunk_ms: list[float] = field(default_factory=list)
     direct_ms: list[float] = field(default_factory=list)
     kill: Kill = field(default_factory=Kill)
+    mcp_at_warm: int = 0
+    """Stoker MCP servers (one per session) running when memory was read."""
+    mcp_before_kill: int = 0
 
 
 # ----------------------------------------------------------------------------- readings
@@ -123,7 +132,40 @@ def read_memory(daemon: BenchDaemon) -> Memory:
         memory.agents_rss += int(info.rss)
         memory.agents_pss += int(info.pss)
         memory.agent_processes += 1
+        if is_stoker_mcp(child):
+            memory.mcp_rss += int(info.rss)
+            memory.mcp_pss += int(info.pss)
+            memory.mcp_processes += 1
     return memory
+
+
+def is_stoker_mcp(proc: psutil.Process) -> bool:
+    """Stoker's MCP server, as `daemon.mcp.offer` has agents start it."""
+    try:
+        argv = proc.cmdline()
+    except psutil.Error:
+        return False
+    return any(argv[i:i + 3] == ["daemon.cli", "mcp", "--chat"] for i in range(len(argv)))
+
+
+def mcp_chats(daemon: BenchDaemon) -> set[str]:
+    """The chats whose Stoker MCP server runs below the daemon now."""
+    chats = set()
+    for child in daemon.process().children(recursive=True):
+        if is_stoker_mcp(child):
+            with contextlib.suppress(psutil.Error):
+                chats.add(child.cmdline()[-1])
+    return chats
+
+
+async def mcp_servers_up(daemon: BenchDaemon, count: int, timeout: float = 60.0) -> int:
+    """Wait (until `timeout`) for `count` chats' MCP servers: an agent starts a session's
+    servers in the background, so a reading right after the sessions were set up may miss
+    some. How many run."""
+    with trio.move_on_after(timeout):
+        while len(mcp_chats(daemon)) < count:
+            await trio.sleep(0.2)
+    return len(mcp_chats(daemon))
 
 
 def tree_cpu(daemon: BenchDaemon) -> float:
@@ -306,10 +348,12 @@ async def _run_mode(ctx: Context, mode: str, argv: list[str], llm: FakeLLM) -> M
             await direct_first_chunk(direct, timeout)
             pids = {(await actor(client, chat, AGENT)).pid for chat in chats}
             run.processes = len(pids)
+            run.mcp_at_warm = await mcp_servers_up(daemon, CHATS)
             await settled_tree(daemon)
             run.memory = read_memory(daemon)
             ctx.say(f"  {mode}: {run.processes} agent process(es) for {CHATS} chats, "
-                    f"{run.memory.agent_processes} in the tree, PSS "
+                    f"{run.memory.agent_processes} in the tree ({run.mcp_at_warm} chats' "
+                    f"MCP servers), PSS "
                     f"{run.memory.total_pss / 2**20:.0f} MiB, RSS "
                     f"{run.memory.total_rss / 2**20:.0f} MiB (warmed in {run.warm_s:.1f}s)")
             for _ in range(rounds):
@@ -319,6 +363,7 @@ async def _run_mode(ctx: Context, mode: str, argv: list[str], llm: FakeLLM) -> M
                     run.direct_ms.append(ms(await direct_first_chunk(direct, timeout)))
             ctx.say(f"  {mode}: warm first chunk p50 {median(run.first_chunk_ms):.1f} ms, "
                     f"direct {median(run.direct_ms):.1f} ms")
+            run.mcp_before_kill = len(mcp_chats(daemon))
             run.kill = await _kill_with_open_turns(client, daemon.socket, chats, llm, timeout)
             ctx.say(f"  {mode}: kill -9 of {run.kill.groups} process group(s) with "
                     f"{run.kill.open_turns} open turns: {run.kill.ended_live} ended "
@@ -345,6 +390,12 @@ def _report(result: Result, runs: dict[str, ModeRun]) -> None:
         result.add(f"{mode}: daemon + agents PSS", mem.total_pss / 2**20, "MiB")
         result.add(f"{mode}: daemon + agents RSS (summed)", mem.total_rss / 2**20, "MiB")
         result.add(f"{mode}: daemon PSS", mem.daemon_pss / 2**20, "MiB")
+        result.add(f"{mode}: agent processes alone PSS",
+                   (mem.agents_pss - mem.mcp_pss) / 2**20, "MiB",
+                   note=f"{mem.agent_processes - mem.mcp_processes} processes")
+        result.add(f"{mode}: Stoker MCP servers PSS (one per session)", mem.mcp_pss / 2**20,
+                   "MiB", note=f"{mem.mcp_processes} processes; {run.mcp_at_warm} chats' "
+                               f"servers up then, {run.mcp_before_kill} before the kill")
         result.add(f"{mode}: PSS per chat", mem.total_pss / CHATS / 2**20, "MiB")
         result.add(f"{mode}: warm first chunk p50", median(run.first_chunk_ms), "ms")
         result.add(f"{mode}: warm first chunk p90", percentile(run.first_chunk_ms, 90), "ms")
@@ -370,6 +421,10 @@ def _report(result: Result, runs: dict[str, ModeRun]) -> None:
     result.add("memory ratio per-chat/shared (PSS)",
                per.memory.total_pss / shared.memory.total_pss, "x", target=">= 8 x",
                check=lambda v: v >= 8.0)
+    result.add("memory ratio per-chat/shared, agent processes alone (PSS)",
+               (per.memory.agents_pss - per.memory.mcp_pss)
+               / (shared.memory.agents_pss - shared.memory.mcp_pss), "x",
+               note="without Stoker's per-session MCP servers")
     result.add("memory ratio per-chat/shared (RSS summed)",
                per.memory.total_rss / shared.memory.total_rss, "x")
     result.add("warm first chunk p50 ratio shared/per-chat",
@@ -378,6 +433,7 @@ def _report(result: Result, runs: dict[str, ModeRun]) -> None:
 
 def _detail(run: ModeRun) -> dict[str, Any]:
     return {"processes": run.processes, "warm_s": run.warm_s,
+            "mcp_at_warm": run.mcp_at_warm, "mcp_before_kill": run.mcp_before_kill,
             "memory": {**run.memory.__dict__, "total_rss": run.memory.total_rss,
                        "total_pss": run.memory.total_pss},
             "first_chunk_ms": run.first_chunk_ms, "direct_ms": run.direct_ms,
