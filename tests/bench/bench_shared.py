@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -95,6 +97,8 @@ class Kill:
     ended_once_in_log: int = 0
     to_all_ended_ms: float = 0.0
     next_turns_ok: int = 0
+    next_turn_failures: list[str] = field(default_factory=list)
+    """How the next turns that did not end with `end_turn` ended."""
     sessions_resumed: int = 0
     to_all_answered_s: float = 0.0
 
@@ -112,6 +116,8 @@ class ModeRun:
     mcp_at_warm: int = 0
     """Stoker MCP servers (one per session) running when memory was read."""
     mcp_before_kill: int = 0
+    log: str = ""
+    """Where the daemon's log was copied."""
 
 
 # ----------------------------------------------------------------------------- readings
@@ -299,6 +305,8 @@ async def _kill_with_open_turns(client: TimedClient, socket: Path, chats: Sequen
     kill.to_all_answered_s = max(ledger.ended_at[k] for k in next_turns) - killed_at
     kill.next_turns_ok = sum(1 for k in next_turns
                              if [e.stop_reason for e in ledger.ended[k]] == ["end_turn"])
+    kill.next_turn_failures = [f"{k[0]}: {e.stop_reason} {e.error}" for k in next_turns
+                               for e in ledger.ended[k] if e.stop_reason != "end_turn"]
     for chat in chats:
         after = await actor(client, chat, AGENT)
         if after.session_id == before[chat].session_id and after.generation > before[
@@ -371,6 +379,10 @@ async def _run_mode(ctx: Context, mode: str, argv: list[str], llm: FakeLLM) -> M
                     f"{run.kill.to_all_ended_ms:.0f} ms; {run.kill.next_turns_ok} next turns "
                     f"answered after {run.kill.to_all_answered_s:.1f}s")
     finally:
+        # The daemon's log, for a look at what a figure cannot say (e.g. a failed turn).
+        with contextlib.suppress(OSError):
+            run.log = str(Path(tempfile.gettempdir()) / f"stoker-bench-shared-{mode}.log")
+            shutil.copyfile(daemon.log_path, run.log)
         daemon.close()
     return run
 
@@ -409,10 +421,14 @@ def _report(result: Result, runs: dict[str, ModeRun]) -> None:
                    note=f"{k.groups} process group(s) killed; {k.ended_with_error} with an "
                         f"error; {k.ended_once_in_log} exactly once in the log")
         result.add(f"{mode}: kill -9 -> every open turn ended", k.to_all_ended_ms, "ms")
+        result.add(f"{mode}: kill -9: next turns answered (of {CHATS})", k.next_turns_ok, "",
+                   target=f"== {CHATS}", check=_equals(CHATS))
         result.add(f"{mode}: kill -9 -> every chat's next turn answered",
                    k.to_all_answered_s * 1000, "ms",
                    note=f"{k.next_turns_ok} of {CHATS} answered, {k.sessions_resumed} "
-                        f"sessions resumed")
+                        f"sessions resumed"
+                        + (f"; first failure: {k.next_turn_failures[0][:120]}"
+                           if k.next_turn_failures else ""))
         result.add(f"{mode}: warm-up of {CHATS} chats (cold starts + one turn each)",
                    run.warm_s * 1000, "ms")
     per, shared = runs.get("per-chat"), runs.get("shared")
@@ -433,7 +449,7 @@ def _report(result: Result, runs: dict[str, ModeRun]) -> None:
 
 def _detail(run: ModeRun) -> dict[str, Any]:
     return {"processes": run.processes, "warm_s": run.warm_s,
-            "mcp_at_warm": run.mcp_at_warm, "mcp_before_kill": run.mcp_before_kill,
+            "log": run.log, "mcp_at_warm": run.mcp_at_warm, "mcp_before_kill": run.mcp_before_kill,
             "memory": {**run.memory.__dict__, "total_rss": run.memory.total_rss,
                        "total_pss": run.memory.total_pss},
             "first_chunk_ms": run.first_chunk_ms, "direct_ms": run.direct_ms,
