@@ -25,9 +25,12 @@ and the per-chat half runs alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -68,6 +71,11 @@ class Memory:
     agents_rss: int = 0
     agents_pss: int = 0
     agent_processes: int = 0
+    mcp_rss: int = 0
+    """Of `agents_rss`: Stoker's own MCP servers (`daemon.cli mcp --chat ID`), which each
+    agent starts once per session (`tasks.mcp`), in either mode."""
+    mcp_pss: int = 0
+    mcp_processes: int = 0
 
     @property
     def total_rss(self) -> int:
@@ -89,6 +97,8 @@ class Kill:
     ended_once_in_log: int = 0
     to_all_ended_ms: float = 0.0
     next_turns_ok: int = 0
+    next_turn_failures: list[str] = field(default_factory=list)
+    """How the next turns that did not end with `end_turn` ended."""
     sessions_resumed: int = 0
     to_all_answered_s: float = 0.0
 
@@ -103,6 +113,11 @@ class ModeRun:
     first_chunk_ms: list[float] = field(default_factory=list)
     direct_ms: list[float] = field(default_factory=list)
     kill: Kill = field(default_factory=Kill)
+    mcp_at_warm: int = 0
+    """Stoker MCP servers (one per session) running when memory was read."""
+    mcp_before_kill: int = 0
+    log: str = ""
+    """Where the daemon's log was copied."""
 
 
 # ----------------------------------------------------------------------------- readings
@@ -123,7 +138,40 @@ def read_memory(daemon: BenchDaemon) -> Memory:
         memory.agents_rss += int(info.rss)
         memory.agents_pss += int(info.pss)
         memory.agent_processes += 1
+        if is_stoker_mcp(child):
+            memory.mcp_rss += int(info.rss)
+            memory.mcp_pss += int(info.pss)
+            memory.mcp_processes += 1
     return memory
+
+
+def is_stoker_mcp(proc: psutil.Process) -> bool:
+    """Stoker's MCP server, as `daemon.mcp.offer` has agents start it."""
+    try:
+        argv = proc.cmdline()
+    except psutil.Error:
+        return False
+    return any(argv[i:i + 3] == ["daemon.cli", "mcp", "--chat"] for i in range(len(argv)))
+
+
+def mcp_chats(daemon: BenchDaemon) -> set[str]:
+    """The chats whose Stoker MCP server runs below the daemon now."""
+    chats = set()
+    for child in daemon.process().children(recursive=True):
+        if is_stoker_mcp(child):
+            with contextlib.suppress(psutil.Error):
+                chats.add(child.cmdline()[-1])
+    return chats
+
+
+async def mcp_servers_up(daemon: BenchDaemon, count: int, timeout: float = 60.0) -> int:
+    """Wait (until `timeout`) for `count` chats' MCP servers: an agent starts a session's
+    servers in the background, so a reading right after the sessions were set up may miss
+    some. How many run."""
+    with trio.move_on_after(timeout):
+        while len(mcp_chats(daemon)) < count:
+            await trio.sleep(0.2)
+    return len(mcp_chats(daemon))
 
 
 def tree_cpu(daemon: BenchDaemon) -> float:
@@ -257,6 +305,8 @@ async def _kill_with_open_turns(client: TimedClient, socket: Path, chats: Sequen
     kill.to_all_answered_s = max(ledger.ended_at[k] for k in next_turns) - killed_at
     kill.next_turns_ok = sum(1 for k in next_turns
                              if [e.stop_reason for e in ledger.ended[k]] == ["end_turn"])
+    kill.next_turn_failures = [f"{k[0]}: {e.stop_reason} {e.error}" for k in next_turns
+                               for e in ledger.ended[k] if e.stop_reason != "end_turn"]
     for chat in chats:
         after = await actor(client, chat, AGENT)
         if after.session_id == before[chat].session_id and after.generation > before[
@@ -306,10 +356,12 @@ async def _run_mode(ctx: Context, mode: str, argv: list[str], llm: FakeLLM) -> M
             await direct_first_chunk(direct, timeout)
             pids = {(await actor(client, chat, AGENT)).pid for chat in chats}
             run.processes = len(pids)
+            run.mcp_at_warm = await mcp_servers_up(daemon, CHATS)
             await settled_tree(daemon)
             run.memory = read_memory(daemon)
             ctx.say(f"  {mode}: {run.processes} agent process(es) for {CHATS} chats, "
-                    f"{run.memory.agent_processes} in the tree, PSS "
+                    f"{run.memory.agent_processes} in the tree ({run.mcp_at_warm} chats' "
+                    f"MCP servers), PSS "
                     f"{run.memory.total_pss / 2**20:.0f} MiB, RSS "
                     f"{run.memory.total_rss / 2**20:.0f} MiB (warmed in {run.warm_s:.1f}s)")
             for _ in range(rounds):
@@ -319,6 +371,7 @@ async def _run_mode(ctx: Context, mode: str, argv: list[str], llm: FakeLLM) -> M
                     run.direct_ms.append(ms(await direct_first_chunk(direct, timeout)))
             ctx.say(f"  {mode}: warm first chunk p50 {median(run.first_chunk_ms):.1f} ms, "
                     f"direct {median(run.direct_ms):.1f} ms")
+            run.mcp_before_kill = len(mcp_chats(daemon))
             run.kill = await _kill_with_open_turns(client, daemon.socket, chats, llm, timeout)
             ctx.say(f"  {mode}: kill -9 of {run.kill.groups} process group(s) with "
                     f"{run.kill.open_turns} open turns: {run.kill.ended_live} ended "
@@ -326,6 +379,10 @@ async def _run_mode(ctx: Context, mode: str, argv: list[str], llm: FakeLLM) -> M
                     f"{run.kill.to_all_ended_ms:.0f} ms; {run.kill.next_turns_ok} next turns "
                     f"answered after {run.kill.to_all_answered_s:.1f}s")
     finally:
+        # The daemon's log, for a look at what a figure cannot say (e.g. a failed turn).
+        with contextlib.suppress(OSError):
+            run.log = str(Path(tempfile.gettempdir()) / f"stoker-bench-shared-{mode}.log")
+            shutil.copyfile(daemon.log_path, run.log)
         daemon.close()
     return run
 
@@ -345,6 +402,12 @@ def _report(result: Result, runs: dict[str, ModeRun]) -> None:
         result.add(f"{mode}: daemon + agents PSS", mem.total_pss / 2**20, "MiB")
         result.add(f"{mode}: daemon + agents RSS (summed)", mem.total_rss / 2**20, "MiB")
         result.add(f"{mode}: daemon PSS", mem.daemon_pss / 2**20, "MiB")
+        result.add(f"{mode}: agent processes alone PSS",
+                   (mem.agents_pss - mem.mcp_pss) / 2**20, "MiB",
+                   note=f"{mem.agent_processes - mem.mcp_processes} processes")
+        result.add(f"{mode}: Stoker MCP servers PSS (one per session)", mem.mcp_pss / 2**20,
+                   "MiB", note=f"{mem.mcp_processes} processes; {run.mcp_at_warm} chats' "
+                               f"servers up then, {run.mcp_before_kill} before the kill")
         result.add(f"{mode}: PSS per chat", mem.total_pss / CHATS / 2**20, "MiB")
         result.add(f"{mode}: warm first chunk p50", median(run.first_chunk_ms), "ms")
         result.add(f"{mode}: warm first chunk p90", percentile(run.first_chunk_ms, 90), "ms")
@@ -358,10 +421,14 @@ def _report(result: Result, runs: dict[str, ModeRun]) -> None:
                    note=f"{k.groups} process group(s) killed; {k.ended_with_error} with an "
                         f"error; {k.ended_once_in_log} exactly once in the log")
         result.add(f"{mode}: kill -9 -> every open turn ended", k.to_all_ended_ms, "ms")
+        result.add(f"{mode}: kill -9: next turns answered (of {CHATS})", k.next_turns_ok, "",
+                   target=f"== {CHATS}", check=_equals(CHATS))
         result.add(f"{mode}: kill -9 -> every chat's next turn answered",
                    k.to_all_answered_s * 1000, "ms",
                    note=f"{k.next_turns_ok} of {CHATS} answered, {k.sessions_resumed} "
-                        f"sessions resumed")
+                        f"sessions resumed"
+                        + (f"; first failure: {k.next_turn_failures[0][:120]}"
+                           if k.next_turn_failures else ""))
         result.add(f"{mode}: warm-up of {CHATS} chats (cold starts + one turn each)",
                    run.warm_s * 1000, "ms")
     per, shared = runs.get("per-chat"), runs.get("shared")
@@ -370,6 +437,10 @@ def _report(result: Result, runs: dict[str, ModeRun]) -> None:
     result.add("memory ratio per-chat/shared (PSS)",
                per.memory.total_pss / shared.memory.total_pss, "x", target=">= 8 x",
                check=lambda v: v >= 8.0)
+    result.add("memory ratio per-chat/shared, agent processes alone (PSS)",
+               (per.memory.agents_pss - per.memory.mcp_pss)
+               / (shared.memory.agents_pss - shared.memory.mcp_pss), "x",
+               note="without Stoker's per-session MCP servers")
     result.add("memory ratio per-chat/shared (RSS summed)",
                per.memory.total_rss / shared.memory.total_rss, "x")
     result.add("warm first chunk p50 ratio shared/per-chat",
@@ -378,6 +449,7 @@ def _report(result: Result, runs: dict[str, ModeRun]) -> None:
 
 def _detail(run: ModeRun) -> dict[str, Any]:
     return {"processes": run.processes, "warm_s": run.warm_s,
+            "log": run.log, "mcp_at_warm": run.mcp_at_warm, "mcp_before_kill": run.mcp_before_kill,
             "memory": {**run.memory.__dict__, "total_rss": run.memory.total_rss,
                        "total_pss": run.memory.total_pss},
             "first_chunk_ms": run.first_chunk_ms, "direct_ms": run.direct_ms,

@@ -81,6 +81,52 @@ def qwen_env(base_url: str, home: Path, api_key: str = "test-key") -> dict[str, 
         "no_proxy": "127.0.0.1,localhost",
         "NO_COLOR": "1",
     }
+
+
+def opencode_env(home: Path) -> dict[str, str]:
+    """opencode's environment: `home` as HOME and XDG base, no update, model list, LSP
+    download, sharing, default plugins or Claude Code import, and its embedded npm pointed at
+    a closed loopback port in offline mode (it installs its plugin package at start; with
+    this, strace shows only loopback sockets)."""
+    return {
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_STATE_HOME": str(home / ".local" / "state"),
+        "OPENCODE_DISABLE_AUTOUPDATE": "1",
+        "OPENCODE_DISABLE_MODELS_FETCH": "1",
+        "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
+        "OPENCODE_DISABLE_SHARE": "1",
+        "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
+        "OPENCODE_DISABLE_CLAUDE_CODE": "1",
+        "npm_config_registry": "http://127.0.0.1:9/",
+        "npm_config_offline": "true",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
+
+
+def write_opencode_config(home: Path, base_url: str, model: str = "fake-model") -> None:
+    """opencode's `opencode.json` under `home` (XDG_CONFIG_HOME of `opencode_env`): one
+    OpenAI-compatible provider `fake` at `base_url` (its SDK is bundled in the opencode
+    binary: nothing is installed), its only model the default and the small model (titles
+    are a side call to it)."""
+    config = {
+        "$schema": "https://opencode.ai/config.json",
+        "provider": {"fake": {"npm": "@ai-sdk/openai-compatible", "name": "Fake",
+                              "options": {"baseURL": base_url, "apiKey": "test-key"},
+                              "models": {model: {"name": "Fake model"}}}},
+        "model": f"fake/{model}",
+        "small_model": f"fake/{model}",
+        "share": "disabled",
+        "autoupdate": False,
+    }
+    directory = home / ".config" / "opencode"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "opencode.json").write_text(json.dumps(config, indent=2))
+
+
 MIN_NODE = 20
 INSTALL_TIMEOUT = 900.0
 LOCK_TIMEOUT = INSTALL_TIMEOUT + 60.0

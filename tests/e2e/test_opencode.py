@@ -21,7 +21,7 @@ import trio
 
 from daemon.client import Client, RequestFailed
 from protocol import messages as m
-from tests.e2e.agents import OPENCODE, Installed
+from tests.e2e.agents import OPENCODE, Installed, opencode_env
 from tests.e2e.rig import (
     TracedDaemon,
     finish_rig,
@@ -50,23 +50,7 @@ def rig(daemon_factory: DaemonFactory, opencode_install: Installed
     assert opencode_install.binary is not None
     daemon = daemon_factory()
     trace_dir, home, workspace = rig_dirs(daemon)
-    env = {
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_DATA_HOME": str(home / ".local" / "share"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "XDG_STATE_HOME": str(home / ".local" / "state"),
-        "OPENCODE_DISABLE_AUTOUPDATE": "1",
-        "OPENCODE_DISABLE_MODELS_FETCH": "1",
-        "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
-        "OPENCODE_DISABLE_SHARE": "1",
-        "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
-        "OPENCODE_DISABLE_CLAUDE_CODE": "1",
-        "npm_config_registry": "http://127.0.0.1:9/",
-        "npm_config_offline": "true",
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
-    }
+    env = opencode_env(home)
     start_traced(daemon, trace_dir, AGENT, [str(opencode_install.binary), "acp"], env)
     made = TracedDaemon(daemon, trace_dir, workspace)
     yield made
