@@ -13,7 +13,6 @@ against the official ACP schema when the module ends.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -133,22 +132,6 @@ async def test_closing_one_chat_closes_its_session_only(rig: SharedRig,
     print(f"\nclosing one of two chats took {time.perf_counter() - started:.1f}s")
 
 
-def _linger_misses_late_sessions() -> bool:
-    """Whether this daemon has the bug that h-shared's f1783f1 fixes: `SharedHost._linger`
-    waits on the `_empty` event that a later `attach` replaces (and `detach` then sets the
-    new one), so a process that took a session after it started never stops. Read from the
-    source, so the mark below lifts itself once the fix is merged; then drop both."""
-    try:
-        from daemon.actors.backend.shared import SharedHost
-
-        return "self._empty.wait()" in inspect.getsource(SharedHost._linger)
-    except (ImportError, AttributeError, OSError, TypeError):
-        return False
-
-
-@pytest.mark.xfail(_linger_misses_late_sessions(), strict=True, reason=(
-    "issue 23 core: a shared process outlives its last chat when a second chat attached "
-    "after it started (SharedHost._linger waits on an `_empty` event `attach` replaced)"))
 async def test_the_process_stops_when_its_last_chat_closes(rig: SharedRig,
                                                            client: Client) -> None:
     a = (await open_subscribed(client, None, AGENT, rig.workspace)).chat
