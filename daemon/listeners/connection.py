@@ -257,6 +257,8 @@ class Connection:
             return
         self.requests += 1
         if isinstance(message, m.Subscribe):
+            if not message.live:
+                await self._published_first(message.chat)
             self._run_request(message, self._subscribe)
         elif isinstance(message, m.Unsubscribe):
             self._run_request(message, self._unsubscribe)
@@ -264,6 +266,15 @@ class Connection:
             nursery.start_soon(self._answer, message, self._handle)
         else:
             await self._answer(message, self._handle)
+
+    async def _published_first(self, chat: str) -> None:
+        """Read your writes: a replay-only subscribe (`live = false`) covers every delta
+        published before it, not only those already committed (a client that saw a task
+        finish or a turn end reads the log that says so). Waits for the commit of what is
+        pending, bounded like `Hub.settle` (and not at all while the store cannot commit)."""
+        channel = self._hub.channel(chat)
+        if channel is not None and channel.numbered > channel.head:
+            await self._hub.settle()
 
     def _on_hello(self, hello: m.Hello) -> None:
         if hello.protocol != m.PROTOCOL_VERSION:

@@ -111,7 +111,9 @@ async def test_ctrl_c_with_chat_cancels_only_its_own_turn(daemon: DaemonProcess,
     """With --chat: the turn cancelled is the one this command queued; a turn another client
     started before it runs on to its end."""
     assert daemon.cli("send", "--agent", "echo", "--chat", "shared", "warm").returncode == 0
-    first = spawn_cli("send", "--chat", "shared", "/sleep 1500")
+    # Long enough that the second command (a CLI start: seconds on a loaded machine) is
+    # queued behind it: at 1.5 s a loaded run saw the first end before the second came.
+    first = spawn_cli("send", "--chat", "shared", "/sleep 6000")
     running = await wait_running(daemon, "shared", after=1)
     second = spawn_cli("send", "--chat", "shared", "/sleep 60000")
     assert second.stderr is not None
@@ -121,7 +123,7 @@ async def test_ctrl_c_with_chat_cancels_only_its_own_turn(daemon: DaemonProcess,
     assert await trio.to_thread.run_sync(lambda: second.wait(EXIT_WAIT)) == 130
     assert await trio.to_thread.run_sync(lambda: first.wait(EXIT_WAIT)) == 0
     out, _ = first.communicate()
-    assert out.strip() == "slept 1500"
+    assert out.strip() == "slept 6000"
     ends = await turn_ends(daemon, "shared")
     assert ends[running].stop_reason == "end_turn"
     assert ends[running + 1].stop_reason == "cancelled"
