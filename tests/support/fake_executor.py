@@ -184,6 +184,9 @@ class Knobs:
     """Virtual seconds before `initialize` is answered."""
     close_delay: float | None = None
     """Advertise `sessionCapabilities.close` and take this long to answer it."""
+    setup_delay: float = 0.0
+    """Virtual seconds each `session/new` or `session/resume` takes, one at a time per
+    process (a real agent sets its sessions up one after another)."""
 
 
 class FakeProcess:
@@ -259,6 +262,7 @@ class FakeAgent:
         self._write_lock = trio.Lock()
         self._hung = False
         self._cancelled: dict[str, trio.Event] = {}
+        self._setting_up = trio.Lock()
 
     async def serve(self) -> None:
         with self._proc.scope:
@@ -321,6 +325,9 @@ class FakeAgent:
                                     "sessionCapabilities": session_caps}
             return {"protocolVersion": 1, "agentCapabilities": caps, "authMethods": [],
                     "agentInfo": {"name": FAKE}}
+        if method in ("session/new", "session/resume") and knobs.setup_delay:
+            async with self._setting_up:
+                await trio.sleep(knobs.setup_delay)
         if method == "session/new":
             session = f"session-{next(self._executor.session_ids)}"
             sessions.add(session)

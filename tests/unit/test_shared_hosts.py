@@ -91,6 +91,31 @@ async def test_the_process_stops_a_linger_after_its_last_session_left(
         assert r.executor.methods.count("session/close") == 2
 
 
+async def test_a_session_setup_waiting_behind_its_neighbours_does_not_time_out(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """Six chats set up their sessions at once on one process that sets them up one after
+    another, each taking 0.4 of `request_timeout` (10 s): the last answers after 2.4x the
+    timeout, and still counts as answered in time (its deadline does not include the time
+    spent behind its neighbours' set-ups). A single slow set-up still times out."""
+    async with rig(tmp_path, Knobs(setup_delay=4.0), idle_ttl=3600.0) as r:
+        share(r)
+        await r.start_pool()
+        chats = await open_chats(r, tmp_path, 6)
+        turns = {chat: await prompt(r, chat) for chat in chats}
+        for chat, turn in turns.items():
+            ended = await r.hub.wait_turn_end(chat, turn)
+            assert ended.error is None, ended.error
+        assert len(r.executor.spawned) == 1
+        assert r.executor.methods.count("session/new") == 6
+    async with rig(tmp_path, Knobs(setup_delay=11.0), idle_ttl=3600.0) as r:
+        share(r)
+        await r.start_pool()
+        chat = (await open_chats(r, tmp_path, 1))[0]
+        ended = await r.hub.wait_turn_end(chat, await prompt(r, chat))
+        assert ended.error is not None
+        assert "in time" in ended.error, ended.error
+
+
 async def test_sessions_per_process_starts_another_process(
         tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     async with rig(tmp_path, idle_ttl=3600.0) as r:

@@ -53,6 +53,9 @@ STDERR_TAIL = 20
 RequestHandler = Callable[[str, msgspec.Raw | None], Awaitable[Any]]
 NotificationHandler = Callable[[str, msgspec.Raw | None], None]
 
+SETUP_METHODS = frozenset({"session/new", "session/load", "session/resume"})
+"""Requests that set a session up (what a shared process answers one after another)."""
+
 
 class HostUnavailable(SpawnError):
     """No shared process could be had (its start failed, or it restarted too often):
@@ -168,7 +171,21 @@ class SessionView(JsonRpcConnection):
         if isinstance(params, dict) and isinstance(params.get("sessionId"), str):
             # Before the request: session/load replays history before it answers.
             self.host.route(self, params["sessionId"])
-        raw = await rpc.request(method, params, timeout=timeout, cancel_notify=cancel_notify)
+        if method in SETUP_METHODS and timeout is not None:
+            # Agents set sessions up one after another: after a crash every chat of the
+            # process resumes at once, and the last waits behind all the others. Its deadline
+            # counts from its turn, not from the queue: one timeout per set-up ahead of it.
+            host = self.host
+            ahead = host.setups
+            host.setups += 1
+            try:
+                raw = await rpc.request(method, params, timeout=timeout * (1 + ahead),
+                                        cancel_notify=cancel_notify)
+            finally:
+                host.setups -= 1
+        else:
+            raw = await rpc.request(method, params, timeout=timeout,
+                                    cancel_notify=cancel_notify)
         self.heard()
         if method == "session/new":
             session = session_of(raw)
@@ -263,6 +280,8 @@ class SharedHost:
         self._ping: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self.setups = 0
+        """Session set-ups (new, load, resume) sent and not yet answered."""
 
     # ------------------------------------------------------------------ attach, detach
 
