@@ -25,21 +25,17 @@ from typing import Any
 import msgspec
 import trio
 
-from daemon.acp.rpc import ConnectionLost, JsonRpcConnection, LineTooLong, RpcError
+from daemon.acp.rpc import ConnectionLost, JsonRpcConnection, RpcError
 from daemon.actors.backend.core import Core
 from daemon.actors.backend.hosts import SharedHosts
 from daemon.actors.backend.probe import agent_env
 from daemon.actors.backend.shared import SessionView
-from daemon.actors.backend.stderr import StderrLimiter, drain_stderr
-from daemon.actors.backend.stderr import read_to_end as _stderr_read
+from daemon.actors.backend.stderr import StderrLimiter, drain_stderr, serve_until_exit
 from daemon.errors import StokerError
-from daemon.execution.local import AgentProcess, ExitStatus, SpawnError
+from daemon.execution.local import AgentProcess, SpawnError
 from daemon.execution.terminals import TerminalManager
 
 STDERR_TAIL = 20
-STDERR_EOF_WAIT = 0.5
-"""The longest a crashed agent's exit report waits for the drain to read what the agent
-wrote on stderr last (the crash message is usually there)."""
 WATCHER_WAIT = 2.0
 """How long a broken connection waits for the process watcher's exit status, which says
 more than "connection lost"."""
@@ -298,32 +294,8 @@ class Generation:
     async def _watch(self, proc: AgentProcess, rpc: JsonRpcConnection,
                      stderr_done: trio.Event) -> None:
         """Reads the agent until its output ends, then reports how the process ended."""
-        try:
-            await rpc.serve()
-        except LineTooLong as exc:
-            proc.kill()
-            await proc.wait()
-            why = f"agent protocol error: {exc}"
-            self.end(Ending(EndKind.CRASH, why, why))
-            return
-        # stdout closed. Normally the process is exiting; do not wait forever if not.
-        exit_status: ExitStatus | None = None
-        with trio.move_on_after(2):
-            exit_status = await proc.wait()
-        if exit_status is None:
-            proc.kill()
-            exit_status = await proc.wait()
-        # The crash message is usually in the last stderr lines: wait for the drain to read
-        # them. The leader is gone, so all it wrote is in the pipe already: the end of
-        # stderr, or an empty pipe when a process it left behind holds the pipe open (that
-        # one may never close it; the report does not wait for it).
-        with trio.move_on_after(STDERR_EOF_WAIT):
-            await _stderr_read(proc.stderr, stderr_done)
-        tail = " | ".join(list(self.stderr_tail)[-5:])
-        reason = f"agent {exit_status.describe()}"
-        if tail:
-            reason = f"{reason}; stderr: {tail}"
-        self.end(Ending(EndKind.CRASH, reason, f"agent crashed: {reason}"))
+        reason, turn_error = await serve_until_exit(proc, rpc, stderr_done, self.stderr_tail)
+        self.end(Ending(EndKind.CRASH, reason, turn_error))
 
     async def _drain_stderr(self, stream: trio.abc.ReceiveStream, done: trio.Event) -> None:
         """Agent stderr goes to our log, at a bounded rate (`daemon.stderr_log_rate`), and

@@ -34,20 +34,18 @@ from daemon.acp.rpc import (
     INVALID_PARAMS,
     ConnectionLost,
     JsonRpcConnection,
-    LineTooLong,
     RpcError,
 )
 from daemon.actors.backend.probe import INITIALIZE_PARAMS, agent_env
-from daemon.actors.backend.stderr import StderrLimiter, drain_stderr, read_to_end
+from daemon.actors.backend.stderr import StderrLimiter, drain_stderr, serve_until_exit
 from daemon.actors.settings import Settings
 from daemon.channels.hub import Hub
 from daemon.config.agents import AgentSpec
-from daemon.execution.local import AgentProcess, Executor, ExitStatus, SpawnError
+from daemon.execution.local import AgentProcess, Executor, SpawnError
 from daemon.log import Log
 
 LINGER = 2.0
 """Seconds a shared process with no session left waits for a new one before it stops."""
-STDERR_EOF_WAIT = 0.5
 STDERR_TAIL = 20
 
 RequestHandler = Callable[[str, msgspec.Raw | None], Awaitable[Any]]
@@ -491,29 +489,9 @@ class SharedHost:
 
     async def _watch(self, proc: AgentProcess, rpc: JsonRpcConnection,
                      stderr_done: trio.Event) -> None:
-        try:
-            await rpc.serve()
-        except LineTooLong as exc:
-            proc.kill()
-            await proc.wait()
-            why = f"agent protocol error: {exc}"
-            self.crashed = True
-            self._end(why, why)
-            return
-        status: ExitStatus | None = None
-        with trio.move_on_after(2):
-            status = await proc.wait()
-        if status is None:
-            proc.kill()
-            status = await proc.wait()
-        with trio.move_on_after(STDERR_EOF_WAIT):
-            await read_to_end(proc.stderr, stderr_done)
-        tail = " | ".join(list(self.stderr_tail)[-5:])
-        reason = f"agent {status.describe()}"
-        if tail:
-            reason = f"{reason}; stderr: {tail}"
+        reason, turn_error = await serve_until_exit(proc, rpc, stderr_done, self.stderr_tail)
         self.crashed = True
-        self._end(reason, f"agent crashed: {reason}")
+        self._end(reason, turn_error)
 
     async def _drain_stderr(self, stream: trio.abc.ReceiveStream, done: trio.Event) -> None:
         config = self._settings.config.daemon

@@ -13,9 +13,21 @@ import fcntl
 import struct
 import termios
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
+
+from daemon.acp.rpc import LineTooLong
+
+if TYPE_CHECKING:
+    from daemon.acp.rpc import JsonRpcConnection
+    from daemon.execution.local import AgentProcess, ExitStatus
+
+EXIT_WAIT = 2.0
+"""How long an agent whose output ended gets to exit before it is killed."""
+STDERR_EOF_WAIT = 0.5
+"""The longest a crashed agent's exit report waits for the drain to read what the agent
+wrote on stderr last (the crash message is usually there)."""
 
 READ_SIZE = 65536
 LINE_LOG_MAX = 2000
@@ -158,3 +170,34 @@ async def read_to_end(stream: trio.abc.ReceiveStream, done: trio.Event) -> None:
                 return
         with trio.move_on_after(0.002):
             await done.wait()
+
+
+async def serve_until_exit(proc: AgentProcess, rpc: JsonRpcConnection, stderr_done: trio.Event,
+                           stderr_tail: collections.deque[str]) -> tuple[str, str]:
+    """Read the agent until its output ends, then say how its process ended: (reason, what
+    an open turn ends with). A line over the connection's cap is the agent's protocol error
+    (the process is killed). Otherwise the process normally is exiting (killed if not
+    within `EXIT_WAIT`), and the report waits for the drain to read its last stderr lines:
+    the leader is gone, so all it wrote is in the pipe already (its end, or an empty pipe
+    when a process it left behind holds the pipe open; the report does not wait for that
+    one)."""
+    try:
+        await rpc.serve()
+    except LineTooLong as exc:
+        proc.kill()
+        await proc.wait()
+        why = f"agent protocol error: {exc}"
+        return why, why
+    status: ExitStatus | None = None
+    with trio.move_on_after(EXIT_WAIT):
+        status = await proc.wait()
+    if status is None:
+        proc.kill()
+        status = await proc.wait()
+    with trio.move_on_after(STDERR_EOF_WAIT):
+        await read_to_end(proc.stderr, stderr_done)
+    tail = " | ".join(list(stderr_tail)[-5:])
+    reason = f"agent {status.describe()}"
+    if tail:
+        reason = f"{reason}; stderr: {tail}"
+    return reason, f"agent crashed: {reason}"
