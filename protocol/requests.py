@@ -100,7 +100,9 @@ class CloseChat(_Request, tag="close"):
 class Subscribe(_Request, tag="subscribe"):
     """Receive the chat's deltas. `since=None`: live only. Otherwise everything after
     `since.seq` is replayed, then `replay_complete`, then live deltas, with no gap and no
-    duplicate. `live=False`: stop after `replay_complete` (for `stoker log`)."""
+    duplicate. `live=False`: stop after `replay_complete` (for `stoker log`); the replay
+    then covers every delta the chat published before the request (it waits for their
+    commit), so a client that saw a turn end or a task finish reads the delta saying so."""
 
     chat: str
     since: Cursor | None = None
