@@ -157,34 +157,42 @@ class Generation:
                     max_line=int(core.settings.config.daemon.max_line),
                     log=self.log, name=f"agent {core.agent}")
                 self.rpc = rpc
-                terminals_config = core.settings.config.terminals
-                self.terminals = core.terminals = TerminalManager(
-                    executor=core.executor, root=core.cwd, env=env,
-                    publish=core.publish_current, on_activity=core.touch,
-                    default_limit=int(terminals_config.output_limit),
-                    max_count=terminals_config.max_per_chat, actor=marker, log=self.log)
-                self.terminals.attach(nursery)
+                self._open_terminals(nursery, env, marker)
                 stderr_done = trio.Event()
                 nursery.start_soon(self._drain_stderr, proc.stderr, stderr_done)
                 nursery.start_soon(self._watch, proc, rpc, stderr_done)
-                try:
-                    await setup(self, rpc)
-                except (RpcError, trio.TooSlowError, StokerError) as exc:
-                    reason = _describe_start_error(exc)
-                    self.end(Ending(EndKind.START_FAILED, reason, reason))
-                except ConnectionLost:
-                    await self.await_watcher()
-                await _until_cancelled()
+                await self._set_up_and_hold(setup, rpc)
         finally:
             with trio.CancelScope(shield=True):
                 await self._finish()
         return self.ending or Ending(EndKind.CRASH, "generation ended unexpectedly")
 
+    def _open_terminals(self, nursery: trio.Nursery, env: dict[str, str], marker: str) -> None:
+        """The terminals this generation serves the agent (`terminal/*`), in its nursery."""
+        core = self._core
+        config = core.settings.config.terminals
+        self.terminals = core.terminals = TerminalManager(
+            executor=core.executor, root=core.cwd, env=env, publish=core.publish_current,
+            on_activity=core.touch, default_limit=int(config.output_limit),
+            max_count=config.max_per_chat, actor=marker, log=self.log)
+        self.terminals.attach(nursery)
+
+    async def _set_up_and_hold(self, setup: Setup, rpc: JsonRpcConnection) -> None:
+        """Set the session up (a refusal or no answer in time ends the generation as a
+        failed start), then hold it until whatever ends the generation cancels it."""
+        try:
+            await setup(self, rpc)
+        except (RpcError, trio.TooSlowError, StokerError) as exc:
+            reason = _describe_start_error(exc)
+            self.end(Ending(EndKind.START_FAILED, reason, reason))
+        except ConnectionLost:
+            await self.await_watcher()
+        await _until_cancelled()
+
     async def _run_shared(self, hosts: SharedHosts, setup: Setup, env: dict[str, str],
                           marker: str) -> Ending:
         """`run` for a shared agent: attach to a shared process instead of spawning one;
         the rest (terminals, session setup, holding until ended) as `run`."""
-        core = self._core
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -194,21 +202,8 @@ class Generation:
                     kind = EndKind.START_FAILED if exc.transient else EndKind.SPAWN_FAILED
                     self.ending = Ending(kind, str(exc), str(exc))
                     return self.ending
-                terminals_config = core.settings.config.terminals
-                self.terminals = core.terminals = TerminalManager(
-                    executor=core.executor, root=core.cwd, env=env,
-                    publish=core.publish_current, on_activity=core.touch,
-                    default_limit=int(terminals_config.output_limit),
-                    max_count=terminals_config.max_per_chat, actor=marker, log=self.log)
-                self.terminals.attach(nursery)
-                try:
-                    await setup(self, rpc)
-                except (RpcError, trio.TooSlowError, StokerError) as exc:
-                    reason = _describe_start_error(exc)
-                    self.end(Ending(EndKind.START_FAILED, reason, reason))
-                except ConnectionLost:
-                    await self.await_watcher()
-                await _until_cancelled()
+                self._open_terminals(nursery, env, marker)
+                await self._set_up_and_hold(setup, rpc)
         finally:
             with trio.CancelScope(shield=True):
                 await self._finish()
