@@ -4,7 +4,7 @@ restarts, hibernates and closes them.
 `pool` is the registry and supervisor; it holds each actor only through its `ref.ActorRef`
 (messages in, plain data out) and keeps its own record of which actor tasks run. `chats` is
 its book of chats, `restore` what start-up takes over from the last daemon life, `eviction`
-the facts gathered for the sweep. `lifecycle` holds the pure decisions (states and the table
+the sweeper and the facts it gathers. `lifecycle` holds the pure decisions (states and the table
 of their legal transitions, eviction, liveness, restart intensity); `mailbox` the messages
 an actor accepts; `records` every SQL statement on the chats, actors, prompts and
 transitions tables; `settings` the live config; `descriptions` what agents say about themselves

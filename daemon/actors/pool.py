@@ -2,13 +2,8 @@
 
 It routes client requests to actors (as mailbox messages, through each actor's `ActorRef`),
 assigns turn numbers, keeps the durable prompt queue, and runs eviction (idle TTL, LRU cap,
-memory budget; `eviction.choose_victims`). Start-up is `restore.restore`.
-
-Eviction looks only at the warm actors, which the pool keeps apart (`_warm`, updated on
-every state change): a turn's end costs the same beside ten hibernated chats or ten
-thousand. The evictor sleeps until the earliest idle deadline (`trio.sleep_until`, through
-`move_on_at`), or until an actor becomes warm over the cap; with a memory budget it also
-measures every `sweep_interval`, since memory grows without any event to tell.
+memory budget; `eviction.Evictor`) over the warm actors, which it keeps apart (`_warm`).
+Start-up is `restore.restore`.
 
 Actors are started on demand and go dormant when hibernated with nothing to do (their task
 ends, their record stays in memory and in the store), so thousands of hibernated chats cost a
@@ -18,7 +13,6 @@ few kilobytes each. A message for a dormant actor starts its task again.
 from __future__ import annotations
 
 import gc
-import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -35,7 +29,7 @@ from daemon.actors.backend.probe import description_of
 from daemon.actors.backend.turns import content_problem, summarize
 from daemon.actors.chats import ChatBook, check_chat_id, summary
 from daemon.actors.descriptions import Descriptions
-from daemon.actors.eviction import choose_victims
+from daemon.actors.eviction import Evictor
 from daemon.actors.lifecycle import WARM_STATES, State
 from daemon.actors.records import ActorRecord, Chat
 from daemon.actors.ref import ActorRef
@@ -97,16 +91,10 @@ class Pool:
         self._actors: dict[tuple[str, str], _Child] = {}
         self._warm: dict[tuple[str, str], _Child] = {}
         """The actors in a warm state (starting, ready, busy): all eviction looks at."""
+        self._evictor = Evictor(warm=self._warm, settings=settings, log=self._log)
         self._nursery: trio.Nursery | None = None
-        self._sweep_needed = trio.Event()
-        self._idle_check: float | None = None
-        """When the idle TTL may next evict a warm actor (None: no warm actor to watch)."""
-        self._memory_checked = -math.inf
-        self._over_budget = False
-        """The last measurement found the warm actors over the memory budget."""
         self._shutting_down: str | None = None
         self.started_at = time.time()
-        self.evictions = 0
         self.turn_listeners: list[Callable[[str, str, int, str | None], None]] = []
         """Called (synchronously) after each turn that ran ends: (chat, agent, turn,
         error or None). Subsystems use it, e.g. to publish a diff of the workspace."""
@@ -139,7 +127,7 @@ class Pool:
             # docs/PERFORMANCE.md). The price: a restored chat that is later closed leaves
             # its actor's few kilobytes of cycles uncollected until the next start.
             gc.freeze()
-            nursery.start_soon(self._sweeper)
+            nursery.start_soon(self._evictor.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -147,7 +135,7 @@ class Pool:
         """End every open turn, stop every agent (SIGTERM, then SIGKILL after the grace),
         and wait for the actors to finish."""
         self._shutting_down = reason
-        self._sweep_needed.set()  # the evictor goes to sleep for good (`_next_wake`)
+        self._evictor.stop()
         running = [child for child in self._actors.values() if child.running]
         for child in running:
             child.ref.send(mb.Shutdown(reason=reason))
@@ -201,13 +189,7 @@ class Pool:
         if child is None:
             return
         self._warm[key] = child
-        lc = self._settings.config.lifecycle
-        if len(self._warm) > lc.max_warm:
-            self._sweep_needed.set()
-        elif state is State.READY and (self._idle_check is None or self._over_budget):
-            # A turn's end moves this actor's idle deadline later than any already planned,
-            # so it needs a plan only when none is (or the budget waits for an idle actor).
-            self._sweep_needed.set()
+        self._evictor.on_warm(state)
 
     def _on_turn_end(self, chat: str, agent: str, turn: int, error: str | None) -> None:
         for listener in self.turn_listeners:
@@ -471,16 +453,12 @@ class Pool:
                            by_state=by_state)
 
     async def memory_used(self) -> int:
-        warm = [child.ref for child in self._warm.values()]
-        sizes = await trio.to_thread.run_sync(lambda: [ref.rss() or 0 for ref in warm])
-        return sum(sizes)
+        return sum(size for _, size in await self._evictor.warm_rss())
 
     async def rss_by_agent(self) -> dict[str, int]:
         """Summed RSS of the warm agents' process trees, per agent (for metrics)."""
-        warm = [child.ref for child in self._warm.values()]
-        sizes = await trio.to_thread.run_sync(lambda: [ref.rss() or 0 for ref in warm])
         out: dict[str, int] = {}
-        for ref, size in zip(warm, sizes, strict=True):
+        for ref, size in await self._evictor.warm_rss():
             out[ref.agent] = out.get(ref.agent, 0) + size
         return out
 
@@ -493,53 +471,16 @@ class Pool:
 
     # ================================================================== eviction
 
-    def _next_wake(self) -> float:
-        """The evictor's next deadline: the earliest idle deadline, and with a memory budget
-        the next measurement while anything is warm."""
-        if self._shutting_down is not None:
-            return math.inf  # nothing is evicted any more: wait for the cancel
-        at = self._idle_check if self._idle_check is not None else math.inf
-        lc = self._settings.config.lifecycle
-        if lc.memory_budget is not None and self._warm:
-            at = min(at, self._memory_checked + float(lc.sweep_interval))
-        return at
-
-    async def _sweeper(self) -> None:
-        while True:
-            with trio.move_on_at(self._next_wake()):
-                await self._sweep_needed.wait()
-            self._sweep_needed = trio.Event()
-            try:
-                await self.sweep()
-            except Exception:
-                self._log.exception("eviction sweep failed")
-                # Do not spin on a deadline that failed: try again after the interval.
-                now = trio.current_time()
-                self._idle_check = now + float(self._settings.config.lifecycle.sweep_interval)
-                self._memory_checked = now
+    @property
+    def evictions(self) -> int:
+        return self._evictor.evictions
 
     async def sweep(self) -> list[str]:
-        """Hibernate what the policy says should go among the warm actors, and plan the
-        next look. Returns the evicted keys."""
-        if self._shutting_down:
-            return []
-        lc = self._settings.config.lifecycle
-        victims = await choose_victims([child.ref for child in self._warm.values()], lc)
-        self._idle_check = victims.next_check
-        if victims.memory_used is not None:
-            self._memory_checked = trio.current_time()
-            self._over_budget = (lc.memory_budget is not None
-                                 and victims.memory_used > int(lc.memory_budget))
-        else:
-            self._over_budget = False
-        for ref, reason in victims.chosen:
-            self._log.info("hibernating", chat=ref.chat, agent=ref.agent, reason=reason)
-            self.evictions += 1
-            ref.send(mb.Hibernate(reason=reason))
-        return [ref.key for ref, _ in victims.chosen]
+        """Evict what should go now (`Evictor.sweep`); returns the evicted keys."""
+        return await self._evictor.sweep()
 
     def request_sweep(self) -> None:
-        self._sweep_needed.set()
+        self._evictor.request()
 
     # ================================================================== reload
 
