@@ -38,8 +38,8 @@ import trio
 from daemon.config.file import WebSocketConfig
 from daemon.errors import StokerError
 from daemon.listeners.http import api, asgi
+from daemon.listeners.http.head import HeadError, bare_error, read_head
 from daemon.listeners.http.policy import bearer_tokens, check_request, header
-from daemon.listeners.http.server import HeadError, bare_error, read_head
 from daemon.log import Log
 from daemon.mcp import credentials, offer
 from daemon.mcp.tools import Ask, StokerTools

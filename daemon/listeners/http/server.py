@@ -1,6 +1,6 @@
 """HTTP/1.1 on the WebSocket's port, on h11 (which wsproto already brings): one
 `HttpServer` per listener, one `serve` call per TCP connection that is not a WebSocket
-upgrade (the listener reads the first request head with `read_head` and decides).
+upgrade (the listener reads the first request head with `head.read_head` and decides).
 
 Routes:
 
@@ -35,20 +35,18 @@ from typing import Any
 import h11
 import trio
 
-from daemon.channels.channel import OutboxOverflow
 from daemon.config.file import WebSocketConfig
 from daemon.errors import StokerError
 from daemon.listeners.connection import Handlers, Limits
-from daemon.listeners.http import api
+from daemon.listeners.http import api, sse
 from daemon.listeners.http.api import ApiError
+from daemon.listeners.http.head import bare_error
 from daemon.listeners.http.policy import Access, check_request, header
 from daemon.listeners.http.sessions import COOKIE, SESSION_TTL, CodeLedger, mint_session
 from daemon.listeners.http.sse import EventStream
 from daemon.log import Log
 from protocol.errors import ErrorCode
 
-HEAD_LIMIT = 16 * 1024
-"""The longest request head (request line and headers) accepted."""
 KEEPALIVE = 60.0
 """An idle keep-alive connection is closed after this long."""
 BODY_TIMEOUT = 30.0
@@ -71,51 +69,6 @@ _PAGE_SECURITY = [
     (b"x-frame-options", b"DENY"),
 ]
 _JSON = b"application/json"
-
-
-class HeadError(Exception):
-    """The first request head was malformed or too long (answered 400 / 431 and closed)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-async def read_head(stream: trio.abc.ReceiveStream
-                    ) -> tuple[h11.Connection, h11.Request, bytes] | None:
-    """Read one request head: the parser (positioned after it), the request and every byte
-    read (for a WebSocket upgrade, which is handed on with those bytes). None: the peer
-    closed before sending a request."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
-    raw = bytearray()
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise HeadError(exc.error_status_hint, str(exc)) from None
-        if event is h11.NEED_DATA:
-            data = bytes(await stream.receive_some(65536))
-            raw += data
-            conn.receive_data(data)
-            continue
-        if isinstance(event, h11.Request):
-            return conn, event, bytes(raw)
-        return None
-
-
-def is_websocket(request: h11.Request) -> bool:
-    for name, value in request.headers:
-        if name == b"upgrade" and b"websocket" in value.lower():
-            return True
-    return False
-
-
-def bare_error(status: int, message: str, code: ErrorCode = ErrorCode.BAD_FRAME) -> bytes:
-    """A complete response, then close: for a request that could not be parsed, or a
-    refused WebSocket handshake."""
-    body = api.error_body(code, message)
-    return (b"HTTP/1.1 %d Refused\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, len(body), body))
 
 
 class _Close(Exception):
@@ -154,7 +107,8 @@ class HttpServer:
             self._scopes.add(scope)
             try:
                 await self._serve(stream, conn, request, log)
-            except (_Close, trio.BrokenResourceError, trio.ClosedResourceError):
+            except (_Close, sse.StreamEnded, trio.BrokenResourceError,
+                    trio.ClosedResourceError):
                 pass
             finally:
                 self._scopes.discard(scope)
@@ -414,52 +368,25 @@ class HttpServer:
     async def _events(self, stream: trio.abc.Stream, conn: h11.Connection,
                       request: h11.Request, chat: str, query: str,
                       cors: list[tuple[bytes, bytes]], log: Log) -> None:
-        params = urllib.parse.parse_qs(query)
         try:
-            since, epoch, live = _cursor(request, params)
+            events, live = sse.open_stream(
+                self._handlers.hub, chat, request, query, self._limits(),
+                open_streams=len(self.streams), max_streams=self._config().max_connections)
         except ApiError as exc:
             await self._error(stream, conn, exc.code, exc.message, exc.status, headers=cors)
             return
-        config = self._config()
-        if len(self.streams) >= config.max_connections:
-            await self._error(stream, conn, ErrorCode.LIMIT,
-                              f"too many event streams (limit {config.max_connections})",
-                              headers=cors)
-            return
-        limits = self._limits()
-        events = EventStream(self._handlers.hub, chat, queue=limits.subscriber_queue,
-                             queue_bytes=limits.subscriber_bytes, heartbeat=limits.heartbeat)
-        try:
-            events.open(since, epoch, live)
         except StokerError as exc:
             await self._error(stream, conn, exc.code, exc.message, headers=cors)
             return
         self.streams.add(events)
         try:
-            headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
-                       (b"x-accel-buffering", b"no"), *_SECURITY, *cors]
-            await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers))
-                                  or b"")
-
-            async def send(data: bytes) -> None:
-                await stream.send_all(conn.send(h11.Data(data=data)) or b"")
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_eof, stream, nursery.cancel_scope)
-                try:
-                    await events.run(send)
-                except* OutboxOverflow as group:
-                    log.warning("closing event stream: client not reading",
-                                error=str(group.exceptions[0]))
-                    raise _Close from None
-                nursery.cancel_scope.cancel()
-            await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+            reusable = await sse.respond(stream, conn, events, live=live,
+                                         headers=[*_SECURITY, *cors], log=log)
         finally:
             events.close()
             self.streams.discard(events)
-        if events.outbox.closed and not live:
-            return
-        raise _Close
+        if not reusable:
+            raise _Close
 
     async def _login(self, stream: trio.abc.Stream, conn: h11.Connection, query: str,
                      token: str) -> None:
@@ -517,31 +444,3 @@ def _has_body(request: h11.Request) -> bool:
         return True
     return length is not None and length.strip() not in (b"", b"0")
 
-
-def _cursor(request: h11.Request, params: dict[str, list[str]]
-            ) -> tuple[int | None, str | None, bool]:
-    last = header(request.headers, b"last-event-id")
-    raw = last.decode("latin-1").strip() if last else (params.get("since") or [""])[0]
-    since: int | None = None
-    if raw:
-        if not raw.isdigit():
-            raise ApiError(ErrorCode.BAD_REQUEST,
-                           f"the cursor must be a delta seq (a non-negative integer), "
-                           f"not {raw!r}")
-        since = int(raw)
-    epoch = (params.get("epoch") or [""])[0] or None
-    live_raw = (params.get("live") or ["true"])[0].lower()
-    if live_raw not in ("true", "false", "1", "0"):
-        raise ApiError(ErrorCode.BAD_REQUEST, "live must be true or false")
-    return since, epoch, live_raw in ("true", "1")
-
-
-async def _watch_eof(stream: trio.abc.ReceiveStream, scope: trio.CancelScope) -> None:
-    """The client of an event stream sends nothing: any read that returns means it is gone
-    (EOF) or misbehaving; either way the stream ends."""
-    try:
-        while await stream.receive_some(4096):
-            pass
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    scope.cancel()

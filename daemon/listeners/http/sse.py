@@ -18,14 +18,19 @@ so a reconnecting `EventSource` sends `Last-Event-ID: <seq>` and resumes with no
 duplicate. The cursor comes from `Last-Event-ID`, else from `?since=`; `?epoch=` names the
 history the cursor belongs to (without it any epoch is accepted, like `since: {seq}` on the
 socket); `?live=false` ends the stream after the replay.
+
+The endpoint: `open_stream` checks the cursor and the stream limit and subscribes (an error
+there is a plain JSON response), then `respond` writes the response until the stream ends.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 
+import h11
 import msgspec
 import trio
 
@@ -34,7 +39,12 @@ from daemon.channels.frames import encode_message
 from daemon.channels.hub import Hub
 from daemon.channels.replay import start_cursor
 from daemon.errors import UnknownChat
+from daemon.listeners.connection import Limits
+from daemon.listeners.http.api import ApiError
+from daemon.listeners.http.policy import header
+from daemon.log import Log
 from protocol import messages as m
+from protocol.errors import ErrorCode
 
 SEND_BATCH_BYTES = 256 * 1024
 
@@ -164,3 +174,73 @@ class EventStream:
                 return
             self.outbox.put(event(msgspec.json.encode(m.Heartbeat(
                 time=time.time(), heads={self.chat: sub.channel.head}))))
+
+
+class StreamEnded(Exception):
+    """The event stream ends its connection (the client stopped reading)."""
+
+
+def open_stream(hub: Hub, chat: str, request: h11.Request, query: str, limits: Limits, *,
+                open_streams: int, max_streams: int) -> tuple[EventStream, bool]:
+    """The subscribed stream and whether it is live. Raises `ApiError` (a bad cursor, too
+    many streams) or `StokerError` (no such chat) before the response starts."""
+    since, epoch, live = cursor(request, urllib.parse.parse_qs(query))
+    if open_streams >= max_streams:
+        raise ApiError(ErrorCode.LIMIT, f"too many event streams (limit {max_streams})")
+    events = EventStream(hub, chat, queue=limits.subscriber_queue,
+                         queue_bytes=limits.subscriber_bytes, heartbeat=limits.heartbeat)
+    events.open(since, epoch, live)
+    return events, live
+
+
+async def respond(stream: trio.abc.Stream, conn: h11.Connection, events: EventStream, *,
+                  live: bool, headers: list[tuple[bytes, bytes]], log: Log) -> bool:
+    """Write the response and its events until the stream ends. True: the connection may
+    take another request (a `live=false` stream that ended after its replay)."""
+    headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
+               (b"x-accel-buffering", b"no"), *headers]
+    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)) or b"")
+
+    async def send(data: bytes) -> None:
+        await stream.send_all(conn.send(h11.Data(data=data)) or b"")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_eof, stream, nursery.cancel_scope)
+        try:
+            await events.run(send)
+        except* OutboxOverflow as group:
+            log.warning("closing event stream: client not reading",
+                        error=str(group.exceptions[0]))
+            raise StreamEnded from None
+        nursery.cancel_scope.cancel()
+    await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+    return events.outbox.closed and not live
+
+
+def cursor(request: h11.Request, params: dict[str, list[str]]
+           ) -> tuple[int | None, str | None, bool]:
+    last = header(request.headers, b"last-event-id")
+    raw = last.decode("latin-1").strip() if last else (params.get("since") or [""])[0]
+    since: int | None = None
+    if raw:
+        if not raw.isdigit():
+            raise ApiError(ErrorCode.BAD_REQUEST,
+                           f"the cursor must be a delta seq (a non-negative integer), "
+                           f"not {raw!r}")
+        since = int(raw)
+    epoch = (params.get("epoch") or [""])[0] or None
+    live_raw = (params.get("live") or ["true"])[0].lower()
+    if live_raw not in ("true", "false", "1", "0"):
+        raise ApiError(ErrorCode.BAD_REQUEST, "live must be true or false")
+    return since, epoch, live_raw in ("true", "1")
+
+
+async def _watch_eof(stream: trio.abc.ReceiveStream, scope: trio.CancelScope) -> None:
+    """The client of an event stream sends nothing: any read that returns means it is gone
+    (EOF) or misbehaving; either way the stream ends."""
+    try:
+        while await stream.receive_some(4096):
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    scope.cancel()

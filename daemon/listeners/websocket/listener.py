@@ -26,15 +26,10 @@ from daemon.channels.frames import Mode
 from daemon.channels.hub import Hub
 from daemon.config.file import WebSocketConfig
 from daemon.listeners.connection import Connection, Handlers, Limits
+from daemon.listeners.http.head import HeadError, bare_error, is_websocket, read_head
 from daemon.listeners.http.openapi import document_bytes
 from daemon.listeners.http.policy import check_host
-from daemon.listeners.http.server import (
-    HeadError,
-    HttpServer,
-    bare_error,
-    is_websocket,
-    read_head,
-)
+from daemon.listeners.http.server import HttpServer
 from daemon.listeners.websocket.auth import (
     CLOSE_TIMEOUT,
     GOING_AWAY,
