@@ -400,8 +400,8 @@ class Hub:
         for ch in list(self._channels.values()):
             keep_from = max(1, ch.head - retain_deltas + 1)
             self._store.execute(
-                "DELETE FROM deltas WHERE chat=? AND (seq<? OR ts<?)", (ch.chat, keep_from, cutoff)
-            )
+                "DELETE FROM deltas WHERE chat=? AND (seq<? OR ts<?)", (ch.chat, keep_from, cutoff),
+                bulk=True)
         await self._store.flush()
         # The oldest retained seq of each channel, by primary key (chat, seq): a probe per
         # chat. (A `GROUP BY chat` read the whole log: ~85 ms per million deltas, at every

@@ -6,12 +6,14 @@ orphan reclaim, capabilities, usage), the prompt queue, the delta log, state tra
 Why one writer: SQLite allows one writer at a time, and a commit per delta would cap the
 daemon at a few thousand deltas per second. Writers therefore *enqueue* statements
 (synchronously, never blocking the caller) and the writer task commits whatever has gathered
-in a worker thread, as one transaction. `flush()` waits until everything enqueued so far is
+as one transaction: a small batch on the event loop (tens of microseconds), anything larger,
+a retention delete, a retry and the WAL checkpoints in a worker thread (batch.py says why
+and where the line is). `flush()` waits until everything enqueued so far is
 committed: callers use it where durability matters before they answer (a prompt is
 acknowledged only once it is in the durable queue).
 
 Deltas are a group commit: a batch holding a delta is committed at once (no gathering delay),
-and whatever is published while that commit runs in its thread forms the next batch, so the
+and whatever is published while that commit runs forms the next batch, so the
 batch grows with the load and a lone delta waits for one commit only. `append_delta` returns
 a ticket; `on_commit` callbacks learn, right after each commit, the ticket up to which
 everything is committed: the hub delivers a delta to subscribers only then, so nothing a
@@ -44,8 +46,6 @@ commit that never came: start-up hung and SIGTERM was ignored.
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
 import math
 import sqlite3
 import threading
@@ -58,7 +58,9 @@ from typing import Any
 import trio
 
 from daemon.log import Log
+from daemon.store import batch as batches
 from daemon.store import opening
+from daemon.store.batch import Batch
 from daemon.store.faults import (
     FLUSH_PATIENCE,
     STORAGE_PATIENCE,
@@ -69,16 +71,7 @@ from daemon.store.faults import (
     unusable,
 )
 
-_INSERT_DELTAS = "INSERT OR REPLACE INTO deltas(chat, seq, ts, data) VALUES "
-ROWS_PER_INSERT = 256
-"""Deltas inserted by one statement (at most; fewer where SQLite allows fewer parameters)."""
-
-
-@functools.cache
-def _insert_deltas_sql(rows: int) -> str:
-    """One INSERT of `rows` deltas (made once per size: the connection caches the prepared
-    statement by its text)."""
-    return _INSERT_DELTAS + ",".join(["(?,?,?,?)"] * rows)
+ROWS_PER_INSERT = batches.ROWS_PER_INSERT
 
 
 class _GaveUp(Exception):
@@ -89,7 +82,8 @@ class Store:
     """Owns the database. Create with `Store.open(path)`."""
 
     def __init__(self, path: Path, *, commit_interval: float, batch_max: int,
-                 max_pending: int = 10_000, max_pending_bytes: int = 16 << 20) -> None:
+                 max_pending: int = 10_000, max_pending_bytes: int = 16 << 20,
+                 inline_rows: int = batches.INLINE_ROWS) -> None:
         self.path = path
         self.commit_interval = commit_interval
         """How long statements without a delta gather before their commit."""
@@ -97,6 +91,9 @@ class Store:
         self.max_pending = max_pending
         """Deltas enqueued and not yet committed, past which `wait_for_room` waits."""
         self.max_pending_bytes = max_pending_bytes
+        self.inline_rows = inline_rows
+        """Batches of at most this many deltas and statements commit on the event loop
+        (batch.py; 0: every commit in the writer's thread)."""
         self._log = Log("store")
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
@@ -105,6 +102,10 @@ class Store:
         self._deltas: list[tuple[str, int, float, bytes]] = []
         self._deltas_bytes = 0
         """The size of the rows in `_deltas`."""
+        self._bulk = False
+        """A `bulk` statement is among `_ops` (the batch commits in the writer's thread)."""
+        self._since_checkpoint = 0
+        """`Batch.weight` committed since the last WAL checkpoint."""
         self._uncommitted_deltas = 0
         self._uncommitted_bytes = 0
         """Deltas (and their bytes) enqueued or in the commit under way."""
@@ -131,6 +132,8 @@ class Store:
         self._scope: trio.CancelScope | None = None
         """The scope of everything inside `Store.open`, cancelled when the store fails."""
         self.commits = 0
+        self.inline_commits = 0
+        """Of `commits`, those made on the event loop."""
         self.rows_written = 0
         self.write_errors = 0
         self.dropped = 0
@@ -145,9 +148,11 @@ class Store:
     async def open(
         cls, path: Path, *, commit_interval: float = 0.005, batch_max: int = 20000,
         max_pending: int = 10_000, max_pending_bytes: int = 16 << 20,
+        inline_rows: int = batches.INLINE_ROWS,
     ) -> AsyncIterator[Store]:
         store = cls(path, commit_interval=commit_interval, batch_max=batch_max,
-                    max_pending=max_pending, max_pending_bytes=max_pending_bytes)
+                    max_pending=max_pending, max_pending_bytes=max_pending_bytes,
+                    inline_rows=inline_rows)
         await trio.to_thread.run_sync(store._open_sync, limiter=store._threads)
         body_error: BaseException | None = None
         try:
@@ -179,6 +184,7 @@ class Store:
         """Open both connections on a sound database (opening.py), or raise
         `DatabaseUnusable` and leave nothing open."""
         self._writer, self._reader = opening.open_connections(self.path)
+        batches.prepare_writer(self._writer)
         limit = self._writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._rows_per_insert = max(1, min(ROWS_PER_INSERT, limit // 4))
 
@@ -193,29 +199,33 @@ class Store:
 
     # ------------------------------------------------------------------ writes
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+    def execute(self, sql: str, params: Sequence[Any] = (), *, bulk: bool = False) -> None:
         """Enqueue one statement. Never blocks; committed within `commit_interval`.
+        `bulk`: its cost depends on the data (a retention delete), so its batch commits in
+        the writer's thread, never on the event loop (batch.py).
         After the store failed, dropped (counted in `dropped`): the failure was reported
         once, and cleanup that records a last state must not fail on it."""
-        self._enqueue(sql, params, False)
+        self._enqueue(sql, params, False, bulk)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        self._enqueue(sql, list(rows), True)
+        self._enqueue(sql, list(rows), True, False)
 
-    def _enqueue(self, sql: str, params: Any, many: bool) -> None:
+    def _enqueue(self, sql: str, params: Any, many: bool, bulk: bool) -> None:
         if self._closed:
             raise StoreClosed("the store is closed")
         if self._failure is not None:
             self.dropped += 1
             return
         self._ops.append((sql, params, many))
+        if bulk or (many and len(params) > batches.INLINE_ROWS):
+            self._bulk = True
         self._submitted += 1
         self._work.set()
 
     def prune_transitions(self, before: float) -> None:
         """Enqueue the deletion of state transitions older than `before` (by the `ts`
         index: the rows it deletes, not the table)."""
-        self.execute("DELETE FROM transitions WHERE ts<?", (before,))
+        self.execute("DELETE FROM transitions WHERE ts<?", (before,), bulk=True)
 
     def append_delta(self, chat: str, seq: int, ts: float, data: bytes) -> int:
         """Enqueue a delta for the log; returns its ticket, which `on_commit` callbacks are
@@ -390,17 +400,23 @@ class Store:
                 with trio.move_on_after(self.commit_interval):
                     await self._delta_waiting.wait()
             self._delta_waiting = trio.Event()
-            ops, self._ops = self._ops, []
-            deltas, self._deltas = self._deltas, []
-            nbytes, self._deltas_bytes = self._deltas_bytes, 0
+            batch = Batch(self._ops, self._deltas, self._deltas_bytes, self._bulk)
+            self._ops, self._deltas, self._deltas_bytes, self._bulk = [], [], 0, False
+            ops, deltas, nbytes = batch.ops, batch.deltas, batch.nbytes
             target = self._submitted
-            if ops or deltas:
-                # Not cancellable: a half-applied batch must still be committed or rolled back
-                # in its thread; shutdown flushes before cancelling this task anyway.
+            if batch:
                 began = time.perf_counter()
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self._commit_sync, ops, deltas,
-                                                  limiter=self._threads)
+                self._since_checkpoint += batch.weight()
+                due = self._since_checkpoint >= batches.CHECKPOINT_BYTES
+                if due or self._unavailable is not None or not batch.small(self.inline_rows) \
+                        or not self._commit_inline(batch):
+                    # Not cancellable: a half-applied batch must still be committed or
+                    # rolled back in its thread; shutdown flushes before cancelling this task.
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(self._commit_sync, ops, deltas,
+                                                      limiter=self._threads)
+                    if due:
+                        self._since_checkpoint = 0
                 if self._commit_timer is not None:
                     self._commit_timer(time.perf_counter() - began)
             self._committed = target
@@ -416,34 +432,52 @@ class Store:
             event, self._committed_changed = self._committed_changed, trio.Event()
             event.set()
 
+    def _bad_statement(self, sql: str, exc: sqlite3.IntegrityError) -> None:
+        self.write_errors += 1
+        self._log.error("statement failed", sql=sql[:120], error=str(exc))
+
+    def _commit_inline(self, batch: Batch) -> bool:
+        """Commit a small batch on the event loop, in one attempt (batch.py): False, the
+        batch rolled back, on an error a retry could fix (the thread then retries it)."""
+        conn = self._writer
+        assert conn is not None
+        try:
+            batches.apply(conn, batch, self._rows_per_insert, self._bad_statement)
+        except sqlite3.OperationalError as exc:
+            if is_damage(exc):
+                raise
+            return False
+        self.commits += 1
+        self.inline_commits += 1
+        self.rows_written += len(batch.deltas) + len(batch.ops)
+        return True
+
     def _commit_sync(
         self, ops: list[tuple[str, Any, bool]], deltas: list[tuple[str, int, float, bytes]]
     ) -> None:
+        """Commit a batch in the writer's thread, retrying what a retry can fix; then a WAL
+        checkpoint if one is due (`CHECKPOINT_BYTES`)."""
         conn = self._writer
         assert conn is not None
+        batch = Batch(ops, deltas)
+        batches.set_busy_timeout(conn, batches.BUSY_TIMEOUT_MS)
+        try:
+            self._commit_retrying(conn, batch)
+            if self._since_checkpoint >= batches.CHECKPOINT_BYTES:
+                batches.checkpoint(conn)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                batches.set_busy_timeout(conn, 0)
+
+    def _commit_retrying(self, conn: sqlite3.Connection, batch: Batch) -> None:
         attempt = 0
         while True:
             try:
-                conn.execute("BEGIN")
-                if deltas:
-                    self._insert_deltas(conn, deltas)
-                for sql, params, many in ops:
-                    try:
-                        if many:
-                            conn.executemany(sql, params)
-                        else:
-                            conn.execute(sql, params)
-                    except sqlite3.IntegrityError as exc:
-                        # One bad statement (a bug) must not roll back everyone else's data.
-                        self.write_errors += 1
-                        self._log.error("statement failed", sql=sql[:120], error=str(exc))
-                conn.execute("COMMIT")
+                batches.apply(conn, batch, self._rows_per_insert, self._bad_statement)
                 self.commits += 1
-                self.rows_written += len(deltas) + len(ops)
+                self.rows_written += len(batch.deltas) + len(batch.ops)
                 return
             except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
                 if is_damage(exc) or not isinstance(exc, sqlite3.OperationalError):
                     # Damage (or worse): no retry can commit this batch.
                     raise
@@ -455,22 +489,6 @@ class Store:
                 self._log.error("commit failed; retrying", error=str(exc), attempt=attempt)
                 if self._give_up.wait(min(2.0, 0.05 * 2**attempt)):
                     raise _GaveUp from exc
-
-    def _insert_deltas(self, conn: sqlite3.Connection,
-                       deltas: list[tuple[str, int, float, bytes]]) -> None:
-        """Insert a batch of deltas by multi-row INSERTs of up to `_rows_per_insert` rows
-        (then halving, so a handful of statement sizes serve every batch). `executemany`
-        steps once per row, and each step releases and takes back the GIL: against a busy
-        event loop the writer waited for the GIL row by row (measured: 13 us per row
-        against 3 with 256-row statements, and twice the CPU)."""
-        chain = itertools.chain.from_iterable
-        start, left, size = 0, len(deltas), self._rows_per_insert
-        while left:
-            while size > left:
-                size //= 2
-            conn.execute(_insert_deltas_sql(size), list(chain(deltas[start:start + size])))
-            start += size
-            left -= size
 
     # ------------------------------------------------------------------ reads
 

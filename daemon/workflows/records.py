@@ -158,12 +158,12 @@ async def cache_oldest(store: Store) -> float | None:
 
 def cache_prune(store: Store, before: float) -> None:
     """Drop the cache entries neither written nor used since `before`."""
-    store.execute("DELETE FROM workflow_cache WHERE created < ?", (before,))
+    store.execute("DELETE FROM workflow_cache WHERE created < ?", (before,), bulk=True)
 
 
 def delete_run(store: Store, run: str) -> None:
     """Delete a run and its units (its steps' tasks are the tasks subsystem's)."""
-    store.execute("DELETE FROM workflow_units WHERE run = ?", (run,))
+    store.execute("DELETE FROM workflow_units WHERE run = ?", (run,), bulk=True)
     store.execute("DELETE FROM workflow_runs WHERE id = ?", (run,))
 
 

@@ -71,10 +71,17 @@ async def test_many_fifo_reads_starve_neither_the_store_nor_other_chats(
         os.mkfifo(pipes / f"p{i}")
     chats = {f"fifo{i}": f"/read pipes/p{i}" for i in range(FIFO_CHATS)}
     async with daemon.client("hostile") as hostile, bystander(daemon) as other:
-        baseline = await other.sample()
         for chat in chats:
             await open_chat(hostile, chat, cwd=daemon.work)
             await subscribe(hostile, chat)
+        # Every FIFO chat's agent is warm before the baseline: what is measured below is
+        # the FIFO reads, not 42 agents starting at once on this machine's cores (which
+        # slowed the bystander's turns 70x in one CI run, FIFOs or not).
+        with trio.fail_after(60 + 2 * FIFO_CHATS):
+            async with trio.open_nursery() as nursery:
+                for chat in chats:
+                    nursery.start_soon(hostile.request, m.Warm(id=0, chat=chat))
+        baseline = await other.sample()
         for chat, prompt in chats.items():
             await hostile.request(m.Prompt(id=0, chat=chat, text=prompt))
         # Every agent has its prompt and reads its FIFO at once: before the fix, each of

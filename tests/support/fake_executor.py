@@ -68,7 +68,7 @@ class InlineStore(Store):
         self._conn.execute("PRAGMA synchronous=OFF")
         self._conn.executescript(SCHEMA)
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+    def execute(self, sql: str, params: Sequence[Any] = (), *, bulk: bool = False) -> None:
         self._conn.execute(sql, params)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:

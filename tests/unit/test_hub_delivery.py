@@ -32,7 +32,9 @@ def _seqs(outbox: Outbox) -> list[int]:
 
 
 async def test_a_delta_reaches_subscribers_only_after_its_commit(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0) as store:
+    # inline_rows=0: every commit in the writer's thread, where the gate can hold it.
+    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0, inline_rows=0
+                          ) as store:
         hub = Hub(store, ring_size=64)
         hub.open_channel("c", new_epoch())
         outbox = Outbox(max_frames=1024, max_bytes=1 << 20, hard_max_bytes=1 << 30)
@@ -72,8 +74,8 @@ async def test_a_delta_reaches_subscribers_only_after_its_commit(tmp_path: Path)
 
 async def test_backlog_is_bounded_and_wait_for_room_is_released_by_the_commit(
         tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0, max_pending=100
-                          ) as store:
+    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0, max_pending=100,
+                          inline_rows=0) as store:
         hub = Hub(store, ring_size=64)
         hub.open_channel("c", new_epoch())
         gate = threading.Event()

@@ -14,7 +14,9 @@ from daemon.store.sqlite import Store
 
 
 async def test_read_deltas_does_not_wait_for_the_batch_in_flight(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0) as store:
+    # inline_rows=0: every commit in the writer's thread, where the gate can hold it.
+    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0, inline_rows=0
+                          ) as store:
         for seq in range(1, 6):
             store.append_delta("c", seq, float(seq), b"x%d" % seq)
         await store.flush()

@@ -1,0 +1,96 @@
+"""Where the store's writer commits (store/batch.py): a small batch on the event loop, anything
+that could hold the loop in the writer's thread. Real SQLite files; a second connection plays
+the other process that holds the database's write lock."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import trio
+
+from daemon.store import batch
+from daemon.store.sqlite import Store
+
+
+async def _taken(store: Store) -> None:
+    """Until the writer took what was enqueued (its commit may still be under way)."""
+    with trio.fail_after(30):
+        while store._deltas or store._ops:
+            await trio.sleep(0.001)
+
+
+async def test_a_small_batch_commits_on_the_loop_and_a_large_one_in_the_thread(
+        tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0) as store:
+        for seq in range(1, 11):
+            store.append_delta("c", seq, float(seq), b"x")
+            await store.flush()
+        assert store.inline_commits == store.commits >= 10
+        before = (store.commits, store.inline_commits)
+        rows = [("c", seq, float(seq), b"y") for seq in range(11, 11 + batch.INLINE_ROWS + 1)]
+        store.append_deltas(rows, len(rows))
+        await store.flush()
+        assert store.commits == before[0] + 1
+        assert store.inline_commits == before[1]
+        assert [r[0] for r in await store.read_deltas("c", 0, 1000)] == list(range(1, 76))
+
+
+async def test_a_bulk_statement_commits_in_the_thread(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0) as store:
+        for seq in range(1, 6):
+            store.append_delta("c", seq, float(seq), b"x")
+        await store.flush()
+        inline = store.inline_commits
+        store.execute("DELETE FROM deltas WHERE chat=? AND seq<?", ("c", 4), bulk=True)
+        await store.flush()
+        assert store.inline_commits == inline
+        assert [r[0] for r in await store.read_deltas("c", 0, 100)] == [4, 5]
+
+
+async def test_a_lock_held_by_another_process_never_holds_the_loop(tmp_path: Path) -> None:
+    """The writer connection waits for no lock on the loop: the inline attempt fails at once
+    and the thread waits for the lock (and commits once it is free)."""
+    path = tmp_path / "db.sqlite"
+    async with Store.open(path, commit_interval=0.0) as store:
+        store.append_delta("c", 1, 1.0, b"a")
+        await store.flush()
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the write lock, as another process would
+            inline = store.inline_commits
+            store.append_delta("c", 2, 2.0, b"b")
+            await _taken(store)
+            began = time.monotonic()
+            await trio.sleep(0.05)
+            # Had the attempt waited for the lock on the loop (busy_timeout: 30 s), this
+            # task could not have run until it gave up.
+            assert time.monotonic() - began < 10
+            assert store.pending == 1
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        with trio.fail_after(60):
+            await store.flush()
+        assert store.inline_commits == inline
+        assert store.unavailable is None
+        assert [r[0] for r in await store.read_deltas("c", 0, 10)] == [1, 2]
+
+
+async def test_small_commits_checkpoint_the_wal_in_the_thread(tmp_path: Path) -> None:
+    """Automatic checkpoints are off on the writer (one would sync the disk inside a commit
+    on the loop): the thread runs them, so the WAL stays bounded."""
+    path = tmp_path / "db.sqlite"
+    wal = Path(str(path) + "-wal")
+    data = b"z" * (60 << 10)
+    total = 3 * batch.CHECKPOINT_BYTES
+    async with Store.open(path, commit_interval=0.0) as store:
+        largest = 0
+        for seq in range(1, total // len(data) + 1):
+            store.append_delta("c", seq, float(seq), data)
+            await store.flush()
+            largest = max(largest, wal.stat().st_size)
+        assert store.inline_commits < store.commits  # the checkpoints' batches
+        assert largest < 2 * batch.CHECKPOINT_BYTES, largest
+        assert len(await store.read_deltas("c", 0, 1000)) == total // len(data)
