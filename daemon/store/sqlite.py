@@ -21,9 +21,9 @@ client received can be missing from the log after a crash. Deltas not yet commit
 bounded (`max_pending` rows, `max_pending_bytes`): `wait_for_room` is the backpressure the
 agents' readers wait on, which also bounds the publish-to-commit lag.
 
-Reads go through a second connection (WAL lets it read while the writer writes), also in a
-worker thread. `synchronous=NORMAL` in WAL mode survives a crash of the daemon process (what
-orphan reclaim and the durable queue need) though not a power loss of the last few commits.
+Reads (reads.py) go through a second connection. `synchronous=NORMAL` in WAL mode survives
+a crash of the daemon process (what orphan reclaim and the durable queue need) though not a
+power loss of the last few commits.
 
 A commit that fails with an error a retry can fix (a full disk, an I/O error, a lock held by
 another process) is retried with backoff, the batch kept, for as long as it takes; it never
@@ -50,7 +50,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -65,11 +65,12 @@ from daemon.store.faults import (
     FLUSH_PATIENCE,
     STORAGE_PATIENCE,
     DatabaseUnusable,
-    StorageUnavailable,
     StoreClosed,
     is_damage,
     unusable,
 )
+from daemon.store.progress import Progress
+from daemon.store.reads import Reads
 
 ROWS_PER_INSERT = batches.ROWS_PER_INSERT
 
@@ -78,7 +79,7 @@ class _GaveUp(Exception):
     """The store closed while a batch could not be committed (shutdown on a full disk)."""
 
 
-class Store:
+class Store(Progress, Reads):
     """Owns the database. Create with `Store.open(path)`."""
 
     def __init__(self, path: Path, *, commit_interval: float, batch_max: int,
@@ -262,35 +263,6 @@ class Store:
         self._delta_waiting.set()
         return self._submitted
 
-    def time_commits(self, observe: Callable[[float], None]) -> None:
-        """Call `observe(seconds)` in the writer task after each commit: how long the batch
-        took from its hand-over to the writer thread to its commit (for metrics; it must be
-        cheap and never raise)."""
-        self._commit_timer = observe
-
-    def on_commit(self, callback: Callable[[int], None]) -> None:
-        """Call `callback(ticket)` after each commit: everything enqueued up to `ticket`
-        (`append_delta`'s return value) is committed. Runs in the writer task, so it must
-        not block; an exception in it is logged, never lets the writer die."""
-        self._on_commit.append(callback)
-
-    @property
-    def committed(self) -> int:
-        """The ticket up to which everything is committed."""
-        return self._committed
-
-    def backlogged(self) -> bool:
-        """Whether uncommitted deltas are at their bound (`wait_for_room` would wait)."""
-        return (self._uncommitted_deltas >= self.max_pending
-                or self._uncommitted_bytes >= self.max_pending_bytes)
-
-    async def wait_for_room(self) -> None:
-        """Wait while uncommitted deltas are at their bound: the backpressure the agents'
-        readers apply, so a store that cannot keep up (or cannot commit at all: a full
-        disk) slows the agents' output instead of growing the daemon's memory."""
-        while self.backlogged() and self._failure is None and self._writer is not None:
-            await self._committed_changed.wait()
-
     async def flush(self) -> None:
         """Wait until everything enqueued before this call is committed; `DatabaseUnusable`
         if the store has failed (now or while waiting), since that never happens then.
@@ -316,28 +288,6 @@ class Store:
                         "daemon can write again")
                 deadline = trio.current_time() + 1.0  # slow, not failing: look again
 
-    async def wait_writable(self, patience: float = STORAGE_PATIENCE) -> None:
-        """Return at once while the store commits; while it cannot, wait up to `patience`
-        seconds for it to recover, then raise `StorageUnavailable`. Requests that write
-        call it first, so that they change nothing when they cannot be made durable."""
-        deadline = trio.current_time() + patience
-        while self._unavailable is not None and self._failure is None:
-            if trio.current_time() >= deadline:
-                raise self.unavailable_error("nothing was changed; retry later")
-            with trio.move_on_at(deadline):
-                await self._committed_changed.wait()
-
-    def unavailable_error(self, outcome: str) -> StorageUnavailable:
-        return StorageUnavailable(
-            f"storage unavailable: the daemon cannot write its database {self.path} "
-            f"({self._unavailable}); {outcome}",
-            detail={"error": self._unavailable, "pending": self.pending})
-
-    @property
-    def unavailable(self) -> str | None:
-        """Why commits fail at the moment (None while they succeed)."""
-        return self._unavailable
-
     async def _final_flush(self) -> None:
         """At close: commit what is pending. If the store cannot commit (a full disk) for
         `STORAGE_PATIENCE`, give up on it, say how much is lost, and let the daemon stop."""
@@ -351,11 +301,6 @@ class Store:
                                 lost=self.pending)
                 self._give_up.set()
                 return
-
-    @property
-    def failure(self) -> DatabaseUnusable | None:
-        """Why the store failed, once it has."""
-        return self._failure
 
     def _fail(self, exc: BaseException) -> DatabaseUnusable:
         """Fail the store for good because of `exc`: report it once, wake every `flush`
@@ -373,10 +318,6 @@ class Store:
             if self._scope is not None:
                 self._scope.cancel()
         return self._failure
-
-    @property
-    def pending(self) -> int:
-        return self._submitted - self._committed
 
     async def _writer_loop(self) -> None:
         try:
@@ -489,66 +430,3 @@ class Store:
                 self._log.error("commit failed; retrying", error=str(exc), attempt=attempt)
                 if self._give_up.wait(min(2.0, 0.05 * 2**attempt)):
                     raise _GaveUp from exc
-
-    # ------------------------------------------------------------------ reads
-
-    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read on the reader connection. Sees what is committed (call `flush` first
-        to see your own recent writes)."""
-        async with self._read_lock:
-            with self._reading():
-                return await trio.to_thread.run_sync(self._query_sync, sql, params,
-                                                     limiter=self._threads)
-
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[None]:
-        """A read that meets damage fails the store (and raises `DatabaseUnusable`): the
-        daemon would otherwise go on serving with part of its state unreadable."""
-        try:
-            yield
-        except sqlite3.Error as exc:
-            if is_damage(exc):
-                raise self._fail(exc) from None
-            raise
-
-    def _query_sync(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        conn = self._reader
-        if conn is None:
-            raise StoreClosed("the store is closed")
-        return conn.execute(sql, params).fetchall()
-
-    async def query_each(self, sql: str, params: Sequence[Sequence[Any]]
-                         ) -> list[list[tuple[Any, ...]]]:
-        """Run one read per parameter tuple, all in one trip to the reader's thread: a keyed
-        lookup per chat costs a few index probes each, where one GROUP BY over the table
-        reads every row of it."""
-        async with self._read_lock:
-            with self._reading():
-                return await trio.to_thread.run_sync(self._query_each_sync, sql, params,
-                                                     limiter=self._threads)
-
-    def _query_each_sync(self, sql: str, params: Sequence[Sequence[Any]]
-                         ) -> list[list[tuple[Any, ...]]]:
-        return [self._query_sync(sql, one) for one in params]
-
-    async def read_deltas(
-        self, chat: str, after: int, upto: int, limit: int = 5000
-    ) -> list[tuple[int, float, bytes]]:
-        """Logged deltas of `chat` with `after < seq <= upto`, oldest first, as (seq, ts,
-        data). Sees only what is committed: the hub asks only for delivered deltas, which
-        are."""
-        rows = await self.query(
-            "SELECT seq, ts, data FROM deltas WHERE chat=? AND seq>? AND seq<=? "
-            "ORDER BY seq LIMIT ?",
-            (chat, after, upto, limit),
-        )
-        return [(int(seq), float(ts), bytes(data)) for seq, ts, data in rows]
-
-    def statistics(self) -> dict[str, int]:
-        return {
-            "pending": self.pending,
-            "commits": self.commits,
-            "rows_written": self.rows_written,
-            "write_errors": self.write_errors,
-            "dropped": self.dropped,
-        }
