@@ -41,19 +41,23 @@ class TurnStarted(_Body, tag="turn_started"):
 
 
 class Text(_Body, tag="text"):
-    """A chunk of the agent's reply (`agent_message_chunk` with text content)."""
+    """A chunk of the agent's reply (`agent_message_chunk` with text content), or several
+    consecutive chunks joined, when the agent wrote them faster than the daemon read
+    (`daemon.coalesce_chunks`): the text is the same either way; how it is cut is not."""
 
     text: str
 
 
 class Reasoning(_Body, tag="reasoning"):
-    """A chunk of the agent's visible reasoning (`agent_thought_chunk`)."""
+    """A chunk of the agent's visible reasoning (`agent_thought_chunk`), or several joined
+    (as `text`)."""
 
     text: str
 
 
 class UserText(_Body, tag="user_text"):
-    """A chunk of a user message as the agent reports it (`user_message_chunk`)."""
+    """A chunk of a user message as the agent reports it (`user_message_chunk`), or several
+    joined (as `text`)."""
 
     text: str
 

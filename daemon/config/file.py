@@ -59,8 +59,13 @@ class DaemonConfig(_Section):
     """Longest JSON-RPC line accepted from an agent (qwen's first update is ~100 KB)."""
     request_timeout: Duration = Duration(60.0)
     """initialize / session/new / set_mode... answered within this, or the agent is broken."""
+    coalesce_chunks: int = 16
+    """A read of an agent's output holding at least this many text chunks publishes each
+    run of one kind as one delta (up to 64 KiB of text; 0: one delta per chunk always)."""
 
     def __post_init__(self) -> None:
+        if self.coalesce_chunks < 0:
+            raise ValueError("coalesce_chunks must not be negative")
         if self.queue_limit < 1:
             raise ValueError("queue_limit must be at least 1")
         if self.max_connections < 1:

@@ -153,6 +153,7 @@ def load_average() -> float:
 BENCH_CONFIG = """
 [daemon]
 log_level = "info"
+coalesce_chunks = {coalesce_chunks}
 
 [channels]
 ring_size = {ring_size}
@@ -176,11 +177,14 @@ port = 0
 def bench_config(*, ring_size: int = 8192, max_warm: int = 16, idle_ttl: str = "30m",
                  sweep_interval: str = "5s", websocket: bool = False,
                  restart_backoff: str = "0.5s", restart_max: int = 5,
-                 extra: str = "", lifecycle_extra: str = "") -> str:
+                 extra: str = "", lifecycle_extra: str = "", coalesce_chunks: int = 0) -> str:
     """The daemon's defaults except where a scenario needs otherwise. Heartbeats and probes
     are pushed out of the way so they do not land inside a measurement. `lifecycle_extra`:
-    more lines for the `[lifecycle]` table."""
+    more lines for the `[lifecycle]` table. Coalescing of text chunks is off unless asked
+    for (`coalesce_chunks`, default 16 in the daemon): the `/chunks` floods the scenarios
+    use measure the per-delta path, which coalescing would bypass (`ingest` reports both)."""
     return BENCH_CONFIG.format(ring_size=ring_size, max_warm=max_warm, idle_ttl=idle_ttl,
+                               coalesce_chunks=coalesce_chunks,
                                sweep_interval=sweep_interval, lifecycle_extra=lifecycle_extra,
                                restart_backoff=restart_backoff, restart_max=restart_max,
                                websocket="true" if websocket else "false") + extra

@@ -26,6 +26,9 @@ from tests.support.harness import (
 
 CHUNKS = 5000
 STUCK_CHUNKS = 30_000
+PER_CHUNK = "[daemon]\ncoalesce_chunks = 0\n"
+"""One delta per chunk, however fast the agent writes: these tests need thousands of deltas
+(resume mid-turn, floors, lag), which coalescing would make a few dozen."""
 
 
 def chunk_texts(deltas: list[d.Delta]) -> list[str]:
@@ -44,7 +47,9 @@ async def read_until(client: Client, stop: int, chat: str, into: list[d.Delta]) 
 
 
 async def test_disconnect_mid_turn_and_resume_gets_every_delta_once(
-        daemon: DaemonProcess) -> None:
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=PER_CHUNK)
+    daemon.start()
     async with daemon.client("driver") as driver:
         info = await open_chat(driver, "resume", cwd=daemon.work)
         got: list[d.Delta] = []
@@ -71,7 +76,9 @@ async def test_disconnect_mid_turn_and_resume_gets_every_delta_once(
 
 
 async def test_resume_after_daemon_restart_from_the_persisted_log(
-        daemon: DaemonProcess) -> None:
+        daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config=PER_CHUNK)
+    daemon.start()
     got: list[d.Delta] = []
     async with daemon.client() as client:
         info = await open_chat(client, "restart", cwd=daemon.work)
@@ -143,7 +150,7 @@ async def test_unclean_restart_after_an_older_daemon_changes_epoch_and_resyncs(
 
 
 async def test_live_only_all_retained_and_resync_below_floor(daemon_factory: DaemonFactory) -> None:
-    daemon = daemon_factory(config="[channels]\nring_size = 16\nretain_deltas = 50\n")
+    daemon = daemon_factory(config=PER_CHUNK + "[channels]\nring_size = 16\nretain_deltas = 50\n")
     daemon.start()
     async with daemon.client() as client:
         info = await open_chat(client, "window", cwd=daemon.work)
@@ -178,7 +185,7 @@ async def test_live_only_all_retained_and_resync_below_floor(daemon_factory: Dae
 
 async def test_client_that_never_reads_lags_without_stalling_others(
         daemon_factory: DaemonFactory) -> None:
-    daemon = daemon_factory(config="[channels]\nsubscriber_queue = 64\n")
+    daemon = daemon_factory(config=PER_CHUNK + "[channels]\nsubscriber_queue = 64\n")
     daemon.start()
     async with daemon.client() as client:
         info = await open_chat(client, "lag", cwd=daemon.work)
@@ -303,3 +310,32 @@ async def test_log_prints_retained_deltas_and_exits(daemon: DaemonProcess) -> No
     missing = await trio.to_thread.run_sync(daemon.cli, "log", "nope")
     assert missing.returncode == 1
     assert "unknown chat" in missing.stderr
+
+
+async def test_a_flood_is_coalesced_into_fewer_deltas_with_the_same_text(
+        daemon_factory: DaemonFactory) -> None:
+    """An agent writing faster than the daemon reads: each read's run of chunks becomes one
+    delta (`daemon.coalesce_chunks`), the text unchanged and in order, seqs gapless; with
+    coalescing off, one delta per chunk."""
+    expected = "c0" + "".join(f" c{i}" for i in range(1, CHUNKS))
+    for config, coalesced in (("", True), (PER_CHUNK, False)):
+        daemon = daemon_factory(config=config)
+        daemon.start()
+        async with daemon.client() as client:
+            info = await open_chat(client, "flood", cwd=daemon.work)
+            result = await turn(client, info.chat, f"/chunks {CHUNKS}", timeout=120)
+            texts = chunk_texts(result.deltas)
+            assert "".join(texts) == expected
+            seqs = [x.seq for x in result.deltas]
+            assert seqs == list(range(seqs[0], seqs[-1] + 1))
+            if coalesced:
+                # The echo agent writes its chunks in blocks: most reads hold many.
+                assert len(texts) < CHUNKS // 4, len(texts)
+            else:
+                assert len(texts) == CHUNKS
+            # What a client replays from the log is what was delivered live.
+            async with daemon.client() as other:
+                await subscribe(other, info.chat, since=0, epoch=info.epoch)
+                replayed = await collect_turn(other, info.chat, result.turn)
+            assert chunk_texts(replayed.deltas) == texts
+        assert daemon.stop() == 0

@@ -49,7 +49,9 @@ async def _watch(client: Client, into: list[d.Delta], enough: trio.Event) -> Non
 async def test_kill9_mid_turn_loses_nothing_any_subscriber_received(
         daemon_factory: DaemonFactory) -> None:
     # Retention must not prune what the subscribers saw when the restart runs it.
-    daemon = daemon_factory(config=f"[channels]\nretain_deltas = {2 * CHUNKS}\n")
+    # One delta per chunk (no coalescing): the kill comes after KILL_AFTER deltas, mid-turn.
+    daemon = daemon_factory(config="[daemon]\ncoalesce_chunks = 0\n"
+                            f"[channels]\nretain_deltas = {2 * CHUNKS}\n")
     daemon.start()
     async with daemon.client("setup") as setup:
         info = await open_chat(setup, "flood", cwd=daemon.work)

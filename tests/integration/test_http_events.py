@@ -123,9 +123,11 @@ async def test_another_epoch_or_live_false(http: HttpDaemon) -> None:
     assert _seqs(replayed) == list(range(1, len(_seqs(replayed)) + 1))
 
 
-LAG_CONFIG = CONFIG.replace('heartbeat = "200ms"', '''heartbeat = "200ms"
+LAG_CONFIG = "[daemon]\ncoalesce_chunks = 0\n" + CONFIG.replace(
+    'heartbeat = "200ms"', '''heartbeat = "200ms"
 subscriber_queue = 16
 subscriber_bytes = "8KiB"''')
+"""One delta per chunk (no coalescing): 20,000 of them overflow the stopped client's queue."""
 
 
 async def test_a_client_that_stops_reading_lags_without_slowing_anyone(

@@ -141,7 +141,16 @@ class Core:
     def publish_chunks(self, bodies: list[d.DeltaBody], turn: int) -> None:
         """`publish` for a batch of text chunks (`Text`, `Reasoning`, `UserText`: one read
         of the agent's output), in order: the turn's bookkeeping once per run of one kind
-        (all it notes of a chunk is the first output), the hub's work once per batch."""
+        (all it notes of a chunk is the first output), the hub's work once per batch.
+
+        A batch of `daemon.coalesce_chunks` chunks or more (the agent writes faster than
+        the daemon reads: a token stream comes one chunk per read) is published as one
+        delta per run of one kind (`coalesce`): the same text in the same order, but the
+        per-delta cost (numbering, encoding, logging, framing, every subscriber's decode)
+        is paid per run, not per chunk (docs/PERFORMANCE.md, Ingest)."""
+        least = self.settings.config.daemon.coalesce_chunks
+        if least and len(bodies) >= least:
+            bodies = coalesce(bodies)
         job = self.current
         if job is not None and turn == job.turn:
             last: type | None = None
@@ -256,6 +265,37 @@ def _note(job: mb.PromptJob, body: d.DeltaBody) -> None:
                 job.tokens[i] = (job.tokens[i] or 0) + value
         if body.cost is not None:
             job.cost = body.cost
+
+
+COALESCED_TEXT = 64 * 1024
+"""Characters of text one coalesced delta holds at most."""
+_COALESCED = (d.Text, d.Reasoning, d.UserText)
+
+
+def coalesce(bodies: list[d.DeltaBody]) -> list[d.DeltaBody]:
+    """Each run of consecutive text chunks of one kind as one body of that kind, holding
+    their texts joined (at most `COALESCED_TEXT` characters, unless one chunk alone is
+    longer); anything else as it is, in order."""
+    out: list[d.DeltaBody] = []
+    texts: list[str] = []
+    size = 0
+    kind: type[d.Text] | type[d.Reasoning] | type[d.UserText] | None = None
+    for body in bodies:
+        if not isinstance(body, _COALESCED):
+            if kind is not None:
+                out.append(kind(text="".join(texts)))
+                kind = None
+            out.append(body)
+            continue
+        if type(body) is not kind or size + len(body.text) > COALESCED_TEXT:
+            if kind is not None:
+                out.append(kind(text="".join(texts)))
+            kind, texts, size = type(body), [], 0
+        texts.append(body.text)
+        size += len(body.text)
+    if kind is not None:
+        out.append(kind(text="".join(texts)))
+    return out
 
 
 def _timing(job: mb.PromptJob) -> d.TurnTiming:
