@@ -5,6 +5,8 @@ nothing) while everyone else goes on at full speed."""
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -169,3 +171,44 @@ async def test_the_stream_ends_with_goodbye_at_shutdown(http: HttpDaemon) -> Non
                 except httpx.HTTPError:
                     pass
     assert seen[-1].event == "goodbye"
+
+
+async def test_a_stream_reset_mid_turn_ends_only_that_stream(
+        daemon_factory: DaemonFactory) -> None:
+    """Event-stream clients that vanish with a TCP reset while their stream is written (the
+    daemon's send may fail before its EOF watch sees the reset) end their own connections
+    only: the listener keeps serving, and the turn ends once."""
+    http = await start_http_daemon(daemon_factory, "[daemon]\ncoalesce_chunks = 0\n" + CONFIG)
+    host, port = http.base.removeprefix("http://").split("/")[0].rsplit(":", 1)
+    async with http.proc.client() as unix:
+        await open_chat(unix, "reset", cwd=http.proc.work)
+        await subscribe(unix, "reset")
+        accepted = await unix.request(m.Prompt(id=0, chat="reset", text="/chunks 50000"))
+        with trio.fail_after(60):
+            while True:  # the turn streams
+                event = await unix.next_event()
+                if isinstance(event, d.Delta) and isinstance(event.body, d.Text):
+                    break
+        raws = []
+        for _ in range(3):
+            raw = socket.create_connection((host, int(port)))
+            raw.sendall(f"GET /api/chats/reset/events?since=0 HTTP/1.1\r\nHost: {host}:{port}"
+                        f"\r\nAuthorization: Bearer {http.token}\r\n\r\n".encode())
+            with trio.fail_after(30):
+                first = await trio.to_thread.run_sync(raw.recv, 65536)
+            assert first.startswith(b"HTTP/1.1 200"), first[:200]
+            raws.append(raw)
+        for raw in raws:
+            # Unread data in the receive buffer, SO_LINGER 0: close sends a reset.
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            raw.close()
+        result = await collect_turn(unix, "reset", accepted.turn, timeout=120)
+        ended = [x for x in result.deltas
+                 if isinstance(x.body, d.TurnEnded) and x.turn == accepted.turn]
+        assert len(ended) == 1
+        # The listener still serves: a new stream replays the turn to its end.
+        seen: list[Event] = []
+        async with stream(http, "reset", "?since=0&live=false") as source:
+            await until(source, lambda e: e.event == "replay_complete", seen, timeout=60)
+        assert any(_ended(accepted.turn)(e) for e in seen)
+    assert "Traceback" not in http.proc.log_text()

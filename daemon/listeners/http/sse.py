@@ -204,15 +204,25 @@ async def respond(stream: trio.abc.Stream, conn: h11.Connection, events: EventSt
     async def send(data: bytes) -> None:
         await stream.send_all(conn.send(h11.Data(data=data)) or b"")
 
+    # Why the stream ended, decided inside the nursery and raised after it: raised inside,
+    # it would leave the nursery wrapped in an ExceptionGroup that no caller expects, and a
+    # client that reset its connection mid-write took the whole daemon down that way.
+    overflow: str | None = None
+    gone = False
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_eof, stream, nursery.cancel_scope)
         try:
             await events.run(send)
         except* OutboxOverflow as group:
-            log.warning("closing event stream: client not reading",
-                        error=str(group.exceptions[0]))
-            raise StreamEnded from None
+            overflow = str(group.exceptions[0])
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            gone = True  # the client reset or closed its end while we wrote
         nursery.cancel_scope.cancel()
+    if overflow is not None:
+        log.warning("closing event stream: client not reading", error=overflow)
+        raise StreamEnded
+    if gone:
+        raise StreamEnded
     await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
     return events.outbox.closed and not live
 
