@@ -71,6 +71,7 @@ async def respond(app: App, scope: Scope, body: bytes, stream: trio.abc.Stream,
     start: Message | None = None
     started = False
     ended = False
+    written = 0
 
     async def receive() -> Message:
         nonlocal delivered
@@ -87,8 +88,25 @@ async def respond(app: App, scope: Scope, body: bytes, stream: trio.abc.Stream,
             disconnected.set()
             raise ConnectionDone("the client does not read its response")
 
+    def h11_send(event: Any) -> bytes:
+        """`conn.send`, with what h11 refused explained (the application's response broke
+        HTTP framing: say which request and response, for the log)."""
+        try:
+            return conn.send(event) or b""
+        except h11.LocalProtocolError as exc:
+            headers = dict((bytes(k).lower(), bytes(v)) for k, v in
+                           (start or {}).get("headers", []))
+            raise RuntimeError(
+                f"{exc}: {scope.get('method')} {scope.get('path')} answered "
+                f"{(start or {}).get('status')} with content-length "
+                f"{headers.get(b'content-length', b'-').decode('latin-1')}, "
+                f"transfer-encoding {headers.get(b'transfer-encoding', b'-').decode('latin-1')}, "
+                f"{written} body bytes sent, then {type(event).__name__}"
+                f"{f' of {len(event.data)} bytes' if isinstance(event, h11.Data) else ''}"
+            ) from exc
+
     async def send(message: Message) -> None:
-        nonlocal start, started, ended
+        nonlocal start, started, ended, written
         kind = message["type"]
         if kind == "http.response.start":
             if start is not None or started:
@@ -110,13 +128,13 @@ async def respond(app: App, scope: Scope, body: bytes, stream: trio.abc.Stream,
             headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", [])]
             if not more and not any(k.lower() == b"content-length" for k, _ in headers):
                 headers.append((b"content-length", str(len(chunk)).encode()))
-            data += conn.send(h11.Response(status_code=int(start["status"]),
-                                           headers=headers)) or b""
+            data += h11_send(h11.Response(status_code=int(start["status"]), headers=headers))
             started = True
         if chunk:
-            data += conn.send(h11.Data(data=chunk)) or b""
+            data += h11_send(h11.Data(data=chunk))
+            written += len(chunk)
         if not more:
-            data += conn.send(h11.EndOfMessage()) or b""
+            data += h11_send(h11.EndOfMessage())
             ended = True
         if data:
             await write(data)
