@@ -178,6 +178,9 @@ class StatusResult(Struct):
     daemon_rss: int
     restarts_last_hour: int
     websocket: str | None = None
+    mcp_http: str | None = None
+    """Stoker's MCP server over Streamable HTTP (loopback), once bound: it is bound the first
+    time an agent that speaks MCP over HTTP gets it (docs/TASKS.md); None before."""
 
 
 class AgentInfo(Struct):

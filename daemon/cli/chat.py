@@ -228,6 +228,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         ]
         if result.websocket:
             lines.append(("websocket", result.websocket))
+        if result.mcp_http:
+            lines.append(("mcp (http)", result.mcp_http))
         for key, value in lines:
             print(f"{key + ':':15} {value}")
 

@@ -36,6 +36,7 @@ class Core:
     reload: Callable[[], int]
     """Re-read the config (the root's `Service.reload`)."""
     websocket_url: Callable[[], str | None]
+    mcp_http_url: Callable[[], str | None] = lambda: None
     started_at: float = field(default_factory=time.time)
     tasks: TaskService | None = None
     """Adds a chat's parent and tasks to `inspect`."""
@@ -76,7 +77,7 @@ class Core:
             actors=self.pool.counts(), memory_rss=await self.pool.memory_used(),
             daemon_rss=daemon_rss,
             restarts_last_hour=await self.pool.restarts_since(time.time() - 3600),
-            websocket=self.websocket_url())
+            websocket=self.websocket_url(), mcp_http=self.mcp_http_url())
 
 
 ROUTES: Routes[Core] = Routes("core")

@@ -381,6 +381,7 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
         workflows=WorkflowService(pool=pool, hub=hub, tasks=task_service, store=store,
                                   settings=settings, config_dir=paths.config.parent),
         mcp_http=McpHttpListener(service, config=lambda: settings.config.websocket))
+    the_core.mcp_http_url = lambda: parts.mcp_http.url
     tree = Tree(children(parts), router)
     reloader.children = tree.reload
     return service, tree, unix

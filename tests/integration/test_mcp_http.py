@@ -145,6 +145,11 @@ async def test_an_echo_parent_delegates_over_http_without_a_stoker_mcp_process(
         port = urllib.parse.urlsplit(entry["url"]).port
         assert ("127.0.0.1", port) in listening(daemon.pid)
         assert all(ip == "127.0.0.1" for ip, p in listening(daemon.pid) if p == port)
+        # `status` names the endpoint, as `stoker status` prints it.
+        st: m.StatusResult = await client.request(m.GetStatus(id=0))
+        assert st.mcp_http == f"http://127.0.0.1:{port}"
+        printed = daemon.cli("status").stdout
+        assert f"mcp (http):     http://127.0.0.1:{port}" in printed, printed
         # Every turn on every channel ended once.
         for chat in (parent.chat, *(t.task for t in tasks.tasks)):
             turns_end_once(await replay(client, chat))
@@ -160,6 +165,9 @@ async def test_an_agent_that_does_not_advertise_http_gets_stdio(rig: Rig) -> Non
         [entry] = rig.entries()
         assert entry["args"][-2:] == ["--chat", "plainly"]
         rig.validate()
+        # Nothing bound the HTTP endpoint: `status` has none to show.
+        st: m.StatusResult = await client.request(m.GetStatus(id=0))
+        assert st.mcp_http is None
 
 
 async def post(url: str, body: Any, **headers: str) -> httpx.Response:
