@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
@@ -252,6 +253,10 @@ class JsonRpcConnection:
         line = self._encoder.encode(message) + b"\n"
         if self.sent is not None:
             self.sent.append(line[:-1])
+        send = self._send
+        if isinstance(send, trio.lowlevel.FdStream) and not self._write_lock.locked():
+            await self._write_now(send, line)
+            return
         async with self._write_lock:
             if self._closed is not None:
                 raise ConnectionLost(f"{self._name}: connection closed") from self._closed
@@ -259,6 +264,39 @@ class JsonRpcConnection:
                 await self._send.send_all(line)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise ConnectionLost(f"{self._name}: cannot write: {exc}") from exc
+        self.lines_out += 1
+
+    async def _write_now(self, send: trio.lowlevel.FdStream, line: bytes) -> None:
+        """`_write` to a pipe nobody else is writing to: the line goes into the pipe before
+        this task yields, rather than after a trip round the scheduler (`send_all` and the
+        lock each yield first). A turn's `session/prompt` thus reaches the agent ahead of
+        whatever else the prompt woke (the store's commit, the client's reply): ~0.1-0.3 ms
+        of a warm turn's first chunk (issue 22). A write the pipe cannot take whole (a full
+        pipe) finishes through `send_all`, the lock held throughout so no other line can
+        come between its parts; still a checkpoint, as trio's functions are."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._write_lock.acquire_nowait()
+        try:
+            if self._closed is not None:
+                raise ConnectionLost(f"{self._name}: connection closed") from self._closed
+            fd = send.fileno()
+            written = 0
+            try:
+                if fd >= 0:
+                    written = os.write(fd, line)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise ConnectionLost(f"{self._name}: cannot write: {exc}") from exc
+            if written < len(line):
+                try:
+                    await send.send_all(line[written:])
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    raise ConnectionLost(f"{self._name}: cannot write: {exc}") from exc
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._write_lock.release()
         self.lines_out += 1
 
     async def request(self, method: str, params: Any, *, timeout: float | None = None,
