@@ -14,8 +14,10 @@ none of them: `main` imports the command modules, never the other way round.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -77,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from daemon.echo_agent.agent import main as echo_main
 
         return echo_main(argv[1:])
+    # `kill -USR1 PID` prints every thread's Python stack on stderr (the journal, for the
+    # daemon): what a stuck process is doing, without a debugger (docs/OPERATIONS.md).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     Parser.json_errors = "--json" in argv
     parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (stoker completion)

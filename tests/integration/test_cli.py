@@ -58,6 +58,21 @@ def spawn_cli(daemon: DaemonProcess) -> Iterator[Spawn]:
         proc.communicate()
 
 
+async def exit_status(proc: subprocess.Popen[str]) -> int:
+    """`proc`'s exit status within EXIT_WAIT; if it is still running then, what it was doing:
+    its threads' stacks, which `stoker` prints on SIGUSR1, in the failure."""
+    try:
+        return await trio.to_thread.run_sync(lambda: proc.wait(EXIT_WAIT))
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        # The dump is written by the signal handler at once; the kill must not race it.
+        await trio.sleep(2)
+        proc.kill()
+        _, err = await trio.to_thread.run_sync(proc.communicate)
+        raise AssertionError(f"{proc.args!r} did not exit in {EXIT_WAIT} s; its stacks and "
+                             f"stderr:\n{err[-8000:]}") from None
+
+
 async def wait_running(daemon: DaemonProcess, chat: str, after: int = 0) -> int:
     """Wait until a turn of `chat` numbered above `after` runs on its agent (status `busy`,
     reason `turn N`); N."""
@@ -97,7 +112,7 @@ async def test_ctrl_c_cancels_the_turn_send_started(daemon: DaemonProcess,
     chat = await read_chat_line(proc)
     turn_no = await wait_running(daemon, chat)
     proc.send_signal(signal.SIGINT)
-    status = await trio.to_thread.run_sync(lambda: proc.wait(EXIT_WAIT))
+    status = await exit_status(proc)
     _, err = proc.communicate()
     assert status == 130, err
     assert f"cancelling turn {turn_no}" in err
@@ -120,8 +135,8 @@ async def test_ctrl_c_with_chat_cancels_only_its_own_turn(daemon: DaemonProcess,
     line = await trio.to_thread.run_sync(second.stderr.readline)
     assert "queued behind 1 turn" in line, line
     second.send_signal(signal.SIGINT)
-    assert await trio.to_thread.run_sync(lambda: second.wait(EXIT_WAIT)) == 130
-    assert await trio.to_thread.run_sync(lambda: first.wait(EXIT_WAIT)) == 0
+    assert await exit_status(second) == 130
+    assert await exit_status(first) == 0
     out, _ = first.communicate()
     assert out.strip() == "slept 6000"
     ends = await turn_ends(daemon, "shared")
@@ -249,7 +264,7 @@ async def test_attach_says_what_it_follows_and_tails(daemon: DaemonProcess,
     assert seen[0] == ">>> [turn 2 · echo] three\n"
     assert "three\n" in seen
     follower.send_signal(signal.SIGINT)
-    assert await trio.to_thread.run_sync(lambda: follower.wait(EXIT_WAIT)) == 130
+    assert await exit_status(follower) == 130
 
     tailer = spawn_cli("attach", "a", "--tail", "2")
     assert tailer.stderr is not None
@@ -264,7 +279,7 @@ async def test_attach_says_what_it_follows_and_tails(daemon: DaemonProcess,
         last = await trio.to_thread.run_sync(tailer.stdout.readline)
         assert last, "attach ended early"
     tailer.send_signal(signal.SIGINT)
-    assert await trio.to_thread.run_sync(lambda: tailer.wait(EXIT_WAIT)) == 130
+    assert await exit_status(tailer) == 130
 
     log = daemon.cli("log", "a", "--tail", "1", "--json")
     assert [json.loads(x)["seq"] for x in log.stdout.splitlines()] == [head]
@@ -617,3 +632,25 @@ def test_scripts_run_says_what_to_try_once_the_daemon_is_ready(
         out, _ = piped.communicate(timeout=30)
     assert piped.returncode == 0
     assert "stoker is ready" not in out
+
+
+async def test_sigusr1_prints_the_stacks_and_changes_nothing(daemon: DaemonProcess,
+                                                             spawn_cli: Spawn) -> None:
+    """`kill -USR1` on a stoker process prints its threads' stacks on stderr (what a stuck
+    one is doing) and it carries on: here an attach, which then exits on Ctrl-C as ever."""
+    assert daemon.cli("send", "--agent", "echo", "--chat", "u", "one").returncode == 0
+    follower = spawn_cli("attach", "u")
+    assert follower.stderr is not None
+    header = await trio.to_thread.run_sync(follower.stderr.readline)
+    assert header.startswith("following u from seq "), header
+    follower.send_signal(signal.SIGUSR1)
+    dump = ""
+    with trio.fail_after(60):
+        while "most recent call first" not in dump:
+            line = await trio.to_thread.run_sync(follower.stderr.readline)
+            assert line, "stderr ended before the dump"
+            dump += line
+    assert daemon.cli("send", "--chat", "u", "two").returncode == 0
+    assert follower.poll() is None
+    follower.send_signal(signal.SIGINT)
+    assert await exit_status(follower) == 130
