@@ -20,6 +20,15 @@ ASGI adapter `http.asgi`; the chat and its credential travel as the SDK's authen
 user, and each tool call asks the daemon's router in process, as the request's chat, with
 its credential (the tasks subsystem checks it again, as for stdio).
 
+Agents on other computers reach the same listener through an SSH remote port forward of
+their computer's connection (`remote_endpoint`, given `forward` by the SSH subsystem): the
+agent is offered `http://127.0.0.1:<port there>/mcp/<chat>`, and its requests arrive here
+from 127.0.0.1 like a local agent's, with `Host: 127.0.0.1:<port there>`. The gate takes
+them as it is: an IP literal passes the Host check whatever its port (the check is against
+DNS rebinding, which an IP literal cannot be subject to), so no allow-list of forwarded
+ports is kept; foreign names and origins are still refused, and the bearer credential stays
+the authority.
+
 A child of the tree among the doors (daemon/service/root.py `mcp-http`): started after the
 subsystems its tools call, stopped first (no new connection; the offer goes back to stdio).
 """
@@ -29,7 +38,7 @@ from __future__ import annotations
 import socket as stdsocket
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import h11
@@ -37,6 +46,7 @@ import trio
 
 from daemon.config.file import WebSocketConfig
 from daemon.errors import StokerError
+from daemon.execution.local import SpawnError
 from daemon.listeners.http import api, asgi
 from daemon.listeners.http.head import HeadError, bare_error, read_head
 from daemon.listeners.http.policy import bearer_tokens, check_request, header
@@ -131,9 +141,14 @@ def user_for(chat: str, credential: str) -> Any:
 class McpHttpListener:
     """The daemon's MCP endpoint: bound on first use, served in the tree's nursery."""
 
-    def __init__(self, handlers: Handlers, *, config: Callable[[], WebSocketConfig]) -> None:
+    def __init__(self, handlers: Handlers, *, config: Callable[[], WebSocketConfig],
+                 forward: Callable[[str, int], Awaitable[int]] | None = None) -> None:
+        """`forward(computer, port)`: the port on that computer's loopback reaching `port`
+        on this one (the SSH subsystem's), raising `SpawnError` when there is none."""
         self._handlers = handlers
         self._config = config
+        self._forward = forward
+        self._port = 0
         self._log = Log("mcp-http")
         self._nursery: trio.Nursery | None = None
         self._url: str | None = None
@@ -157,12 +172,15 @@ class McpHttpListener:
         """Offer the HTTP transport from now on; nothing is bound yet."""
         self._nursery = nursery
         offer.configure_http(self.endpoint)
+        if self._forward is not None:
+            offer.configure_remote(self.remote_endpoint)
 
     async def stop(self) -> None:
         """No more offers; the port closes and the connections open on it end (a tool call
         in flight fails as its connection closes: the pool, stopped next, ends every turn
         anyway)."""
         offer.configure_http(None)
+        offer.configure_remote(None)
         self._nursery = None
         self._stopped = True
         if self._serving is not None:
@@ -189,10 +207,23 @@ class McpHttpListener:
             self._log.error("cannot bind the MCP endpoint; offering stdio", error=str(exc))
             return None
         self._sock = sock
-        self._url = f"http://{HOST}:{sock.getsockname()[1]}"
+        self._port = int(sock.getsockname()[1])
+        self._url = f"http://{HOST}:{self._port}"
         nursery.start_soon(self._serve, sock)
         self._log.info("MCP endpoint bound", url=self._url)
         return self._url
+
+    async def remote_endpoint(self, computer: str) -> str:
+        """The base URL of this endpoint as seen from `computer` (binding it, and
+        forwarding it there, on first use); `offer.Unavailable` says why there is none."""
+        forward = self._forward
+        if forward is None or self.endpoint() is None:
+            raise offer.Unavailable("the daemon's MCP endpoint is not serving")
+        try:
+            port = await forward(computer, self._port)
+        except SpawnError as exc:
+            raise offer.Unavailable(str(exc)) from None
+        return f"http://{HOST}:{port}"
 
     # ------------------------------------------------------------------ serving
 

@@ -10,16 +10,23 @@ Two transports, chosen per agent (`tasks.mcp_transport`, `tasks.mcp_transport_ag
   --chat ID` with this interpreter; the socket and the chat's credential travel in its
   environment (`env`), never in argv.
 
+An agent on another computer (`[computers.NAME]`) gets the HTTP transport only (neither the
+daemon's socket nor a stdio command of this machine is there): the daemon's endpoint reaches
+that computer's loopback through an SSH remote port forward on its connection
+(`remote_mcp_servers`, docs/REMOTE.md). An agent there that takes stdio is not offered the
+server.
+
 `configure` is called when the daemon starts (by the tasks subsystem: it knows the socket),
-`configure_http` when its MCP endpoint may be started; before that, and in a process that
-is not the daemon, the transport is not offered.
+`configure_http` when its MCP endpoint may be started, `configure_remote` when it may also
+be forwarded to computers; before that, and in a process that is not the daemon, the
+transport is not offered.
 """
 
 from __future__ import annotations
 
 import sys
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from daemon.config.file import TasksConfig
@@ -33,6 +40,12 @@ HTTP_PATH = "/mcp/"
 
 _socket: str | None = None
 _http: Callable[[], str | None] | None = None
+_remote: Callable[[str], Awaitable[str]] | None = None
+
+
+class Unavailable(Exception):
+    """Stoker's server cannot be offered to an agent on another computer; the message says
+    why (for a log line and the chat's notice)."""
 
 
 def configure(socket: str | None) -> None:
@@ -49,6 +62,14 @@ def configure_http(endpoint: Callable[[], str | None] | None) -> None:
     _http = endpoint
 
 
+def configure_remote(endpoint: Callable[[str], Awaitable[str]] | None) -> None:
+    """Offer the HTTP transport to agents on other computers from now on: `await
+    endpoint(computer)` gives the base URL of the daemon's MCP endpoint as seen from that
+    computer (forwarding it first if needed), or raises `Unavailable`. None: stop."""
+    global _remote
+    _remote = endpoint
+
+
 def transport(agent: str, config: TasksConfig, *, advertised_http: bool) -> str:
     """"http" or "stdio": the transport to offer `agent` (pure)."""
     chosen = config.mcp_transport_agents.get(agent, config.mcp_transport)
@@ -57,28 +78,42 @@ def transport(agent: str, config: TasksConfig, *, advertised_http: bool) -> str:
     return "stdio"
 
 
+def wanted(chat: str, agent: str, config: TasksConfig,
+           agent_capabilities: dict[str, Any] | None) -> str | None:
+    """"http" or "stdio": the transport `chat` on `agent` is to be offered, or None when
+    Stoker's server is switched off for it (`tasks.mcp`, per agent or per chat) (pure)."""
+    if not config.mcp:
+        return None
+    if agent in config.mcp_exclude_agents or chat in config.mcp_exclude_chats:
+        return None
+    mcp_caps = (agent_capabilities or {}).get("mcpCapabilities")
+    advertised = isinstance(mcp_caps, dict) and mcp_caps.get("http") is True
+    return transport(agent, config, advertised_http=advertised)
+
+
+def http_entry(chat: str, base: str) -> dict[str, Any]:
+    """The ACP `McpServerHttp` of `chat` on the endpoint at `base` (http://HOST:PORT)."""
+    return {
+        "type": "http",
+        "name": SERVER_NAME,
+        "url": base + HTTP_PATH + urllib.parse.quote(chat, safe=""),
+        "headers": [{"name": "Authorization", "value": f"Bearer {credential_for(chat)}"}],
+    }
+
+
 def mcp_servers(chat: str, agent: str, config: TasksConfig, *, remote: bool = False,
                 agent_capabilities: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The entries to add to `chat`'s session setup on `agent` (whose `initialize` advertised
     `agent_capabilities`): Stoker's server, unless switched off (`tasks.mcp`, per agent or
-    per chat), the agent runs on another computer (neither the daemon's socket nor its
-    loopback port is there), or the daemon offers no transport yet."""
-    if remote or not config.mcp:
+    per chat), the agent runs on another computer (`remote`: see `remote_mcp_servers`), or
+    the daemon offers no transport yet."""
+    chosen = wanted(chat, agent, config, agent_capabilities)
+    if remote or chosen is None:
         return []
-    if agent in config.mcp_exclude_agents or chat in config.mcp_exclude_chats:
-        return []
-    mcp_caps = (agent_capabilities or {}).get("mcpCapabilities")
-    advertised = isinstance(mcp_caps, dict) and mcp_caps.get("http") is True
-    if transport(agent, config, advertised_http=advertised) == "http" and _http is not None:
+    if chosen == "http" and _http is not None:
         base = _http()
         if base is not None:
-            return [{
-                "type": "http",
-                "name": SERVER_NAME,
-                "url": base + HTTP_PATH + urllib.parse.quote(chat, safe=""),
-                "headers": [{"name": "Authorization",
-                             "value": f"Bearer {credential_for(chat)}"}],
-            }]
+            return [http_entry(chat, base)]
     if _socket is None:
         return []
     return [{
@@ -91,3 +126,14 @@ def mcp_servers(chat: str, agent: str, config: TasksConfig, *, remote: bool = Fa
             {"name": ENV_CREDENTIAL, "value": credential_for(chat)},
         ],
     }]
+
+
+async def remote_mcp_servers(chat: str, computer: str) -> list[dict[str, Any]]:
+    """The HTTP entry of `chat`, whose agent runs on `computer` and takes HTTP (`wanted`),
+    with the URL the daemon's endpoint has there. Raises `Unavailable` (why not) when it
+    cannot be served there: the daemon offers no HTTP endpoint, or the forward failed."""
+    endpoint = _remote
+    if endpoint is None:
+        raise Unavailable("the daemon does not serve its MCP endpoint to other computers "
+                          "(it is starting or stopping)")
+    return [http_entry(chat, await endpoint(computer))]

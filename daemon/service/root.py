@@ -372,15 +372,17 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
                                  token_file=paths.token_file, limits=the_core.limits)
     unix = UnixListener(sock, service, the_core.limits(),
                         max_connections=config.daemon.max_connections, path=sock_path)
+    ssh_service = SshService(executors=executors, instance=instance, pool=pool,
+                             settings=settings)
     parts = Parts(
         paths=paths, settings=settings, hub=hub, pool=pool, notifier=notifier,
-        watchdog=watchdog,
-        ssh=SshService(executors=executors, instance=instance, pool=pool, settings=settings),
+        watchdog=watchdog, ssh=ssh_service,
         workspaces=Workspaces(workspace_service), websocket=websocket, unix=unix,
         core=the_core, traces=TraceService(store), tasks=task_service,
         workflows=WorkflowService(pool=pool, hub=hub, tasks=task_service, store=store,
                                   settings=settings, config_dir=paths.config.parent),
-        mcp_http=McpHttpListener(service, config=lambda: settings.config.websocket))
+        mcp_http=McpHttpListener(service, config=lambda: settings.config.websocket,
+                                 forward=ssh_service.forward))
     the_core.mcp_http_url = lambda: parts.mcp_http.url
     tree = Tree(children(parts), router)
     reloader.children = tree.reload

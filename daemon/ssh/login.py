@@ -62,6 +62,12 @@ class Link:
     main: bool = True
     """The computer's main connection (SFTP, reclaim, sampling) rather than an extra one
     opened for more processes."""
+    forwards: dict[int, int] = field(default_factory=dict)
+    """Remote port forwards open on this connection: local port -> the port that reaches
+    it on the computer's loopback (they end with the connection)."""
+    forwarding: trio.Lock = field(default_factory=trio.Lock)
+    """Held while a forward is being opened here (one request per port, not one per
+    caller)."""
 
 
 def describe_error(exc: BaseException) -> str:

@@ -129,6 +129,18 @@ class SshService:
         self.log.info("computers changed", computers=",".join(sorted(changed)),
                       recycled=recycled)
 
+    # ------------------------------------------------------------------ forwards
+
+    async def forward(self, computer: str, local_port: int) -> int:
+        """The port on `computer`'s loopback that reaches `local_port` here (the daemon's
+        MCP endpoint, for agents there). Raises `ComputerError` naming why not."""
+        from daemon.ssh.login import ComputerError
+
+        found = self.computers.get(computer)
+        if found is None or found.removed:
+            raise ComputerError(f"computer {computer!r} is not configured")
+        return await found.forward(local_port)
+
     # ------------------------------------------------------------------ requests
 
     async def list(self, probe: bool) -> m.ComputerList:

@@ -14,6 +14,7 @@ can.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -22,6 +23,8 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+
+import psutil
 
 from tests.support.harness import ROOT
 from tests.support.remote_rig import SshServer
@@ -50,9 +53,12 @@ def _free_port() -> int:
 
 
 class OpenSshServer(SshServer):
-    def __init__(self, base: Path | None = None, *, max_sessions: int = 10) -> None:
+    def __init__(self, base: Path | None = None, *, max_sessions: int = 10,
+                 allow_tcp_forwarding: str = "yes") -> None:
         super().__init__(base)
         self.max_sessions = max_sessions
+        self.allow_tcp_forwarding = allow_tcp_forwarding
+        """`AllowTcpForwarding` (OpenSSH's default: yes; "no" refuses remote forwards)."""
         self.config_path = self.base / "sshd_config"
         self.pid_path = self.base / "sshd.pid"
         os.chmod(self.host_key, 0o600)
@@ -78,6 +84,7 @@ class OpenSshServer(SshServer):
             "KbdInteractiveAuthentication no\n"
             "PermitRootLogin prohibit-password\n"
             f"MaxSessions {self.max_sessions}\n"
+            f"AllowTcpForwarding {self.allow_tcp_forwarding}\n"
             "MaxStartups 100\n"
             "LogLevel VERBOSE\n"
             f"SetEnv {set_env}\n"
@@ -104,9 +111,17 @@ class OpenSshServer(SshServer):
             self.trust()
 
     def kill(self) -> None:
-        """sshd and every session it forked (their groups are their own)."""
+        """sshd and every session it forked (their groups and sessions are their own:
+        each process under the listener is killed, not only its group)."""
         if self.proc is not None and self.proc.poll() is None:
+            try:
+                forked = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                forked = []
             os.killpg(self.proc.pid, signal.SIGKILL)
+            for child in forked:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
             self.proc.wait()
 
     def log(self) -> str:

@@ -130,3 +130,47 @@ async def test_a_server_that_cannot_be_built_falls_back_to_stdio(
         assert "command" in entry
         await made.stop()
     # The tree's nursery was never touched: we got here.
+
+
+async def test_a_forwarded_request_passes_the_gate_and_a_foreign_host_does_not() -> None:
+    """An agent on another computer is offered the computer's end of an SSH forward: its
+    requests arrive from 127.0.0.1 with `Host: 127.0.0.1:<port there>`. (The SSH side is
+    scripted here; the real forward: tests/integration/test_remote_mcp.py.)"""
+    from daemon.execution.local import SpawnError
+
+    asked: list[tuple[str, int]] = []
+
+    async def forward(computer: str, port: int) -> int:
+        asked.append((computer, port))
+        if computer == "closed":
+            raise SpawnError("computer 'closed' refused to forward a port")
+        return 4711
+
+    made = McpHttpListener(Router(), config=lambda: WebSocketConfig(), forward=forward)
+    async with trio.open_nursery() as nursery:
+        await made.start(nursery)
+        [entry] = await offer.remote_mcp_servers("boss", "loop")
+        assert made.url is not None
+        local = urllib.parse.urlsplit(made.url)
+        assert asked == [("loop", local.port)]
+        assert entry["url"] == "http://127.0.0.1:4711/mcp/boss"
+        assert entry["headers"] == entry_of("boss")["headers"]
+        with pytest.raises(offer.Unavailable, match="refused to forward"):
+            await offer.remote_mcp_servers("boss", "closed")
+        # What the forward delivers: the daemon's port, the computer's Host.
+        here = dict(entry, url=made.url + "/mcp/boss")
+        forwarded = post(here, CALL).replace(
+            f"host: {local.netloc}".encode(), b"host: 127.0.0.1:4711")
+        answer = await exchange(made.url, forwarded)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        # A name (DNS rebinding) or a foreign Origin is refused whatever the port.
+        rebound = post(here, CALL).replace(
+            f"host: {local.netloc}".encode(), b"host: evil.example:4711")
+        assert (await exchange(made.url, rebound)).startswith(b"HTTP/1.1 403")
+        foreign = post(here, CALL, b"origin: http://evil.example\r\n").replace(
+            f"host: {local.netloc}".encode(), b"host: 127.0.0.1:4711")
+        assert (await exchange(made.url, foreign)).startswith(b"HTTP/1.1 403")
+        await made.stop()
+        with pytest.raises(offer.Unavailable):
+            await offer.remote_mcp_servers("boss", "loop")
+        nursery.cancel_scope.cancel()

@@ -114,3 +114,20 @@ def test_no_http_endpoint_falls_back_to_stdio(offered: None) -> None:
     finally:
         offer.configure_http(None)
     assert entry["command"] == sys.executable
+
+
+def test_what_a_chat_is_to_be_offered() -> None:
+    """`wanted` decides for local and remote agents alike; a remote one then gets HTTP only
+    (daemon/actors/backend/session.py)."""
+    assert offer.wanted("boss", "qwen", TasksConfig(), HTTP_CAPS) == "http"
+    assert offer.wanted("boss", "qwen", TasksConfig(), None) == "stdio"
+    assert offer.wanted("boss", "qwen", TasksConfig(mcp_transport="stdio"), HTTP_CAPS) \
+        == "stdio"
+    assert offer.wanted("boss", "qwen", TasksConfig(mcp=False), HTTP_CAPS) is None
+    assert offer.wanted("boss", "qwen", TasksConfig(mcp_exclude_chats=["boss"]),
+                        HTTP_CAPS) is None
+
+
+async def test_nothing_is_offered_to_a_remote_agent_outside_a_running_daemon() -> None:
+    with pytest.raises(offer.Unavailable, match="does not serve"):
+        await offer.remote_mcp_servers("boss", "loop")

@@ -30,7 +30,7 @@ from daemon.errors import (
     StokerError,
     Unsupported,
 )
-from daemon.mcp.offer import mcp_servers as stoker_mcp_servers
+from daemon.mcp import offer
 from protocol import deltas as d
 
 if TYPE_CHECKING:
@@ -45,6 +45,9 @@ class Session:
 
     def __init__(self, core: Core) -> None:
         self._core = core
+        self._unoffered = ""
+        """Why Stoker's MCP server was last not offered to this chat's remote agent (its
+        notice is published when the reason changes, not at every session setup)."""
 
     def _timeout(self) -> float:
         return float(self._core.settings.config.daemon.request_timeout)
@@ -101,10 +104,8 @@ class Session:
         core = self._core
         timeout = self._timeout()
         caps = init.agent_capabilities
-        setup_params = {"cwd": core.cwd, "mcpServers": [*core.mcp, *stoker_mcp_servers(
-            core.chat, core.agent, core.settings.config.tasks,
-            remote=core.spec.computer is not None,
-            agent_capabilities=core.info.get("agentCapabilities"))]}
+        setup_params = {"cwd": core.cwd,
+                        "mcpServers": [*core.mcp, *await self._stoker_mcp_servers()]}
         old = core.session_id
         lost_reason = ""
         if old is not None:
@@ -147,6 +148,38 @@ class Session:
             core.publish(d.Notice(level="warning", message=message))
             core.log.warning("session lost; started a new one", reason=lost_reason,
                              restored=", ".join(restored), failed="; ".join(failed))
+
+    async def _stoker_mcp_servers(self) -> list[dict[str, Any]]:
+        """Stoker's own `mcpServers` entry for this session (daemon/mcp/offer.py). An agent
+        on another computer gets it over HTTP only, through the computer's SSH connection;
+        when that cannot be had the chat goes on without it, and says why."""
+        core = self._core
+        config = core.settings.config.tasks
+        caps = core.info.get("agentCapabilities")
+        if core.computer is None:
+            return offer.mcp_servers(core.chat, core.agent, config, agent_capabilities=caps)
+        chosen = offer.wanted(core.chat, core.agent, config, caps)
+        if chosen is None:
+            return []
+        if chosen == "stdio":
+            core.log.info("Stoker's MCP server is not offered: the agent runs on another "
+                          "computer and takes stdio (only the HTTP transport reaches a "
+                          "computer; see tasks.mcp_transport)", computer=core.computer)
+            return []
+        try:
+            entries = await offer.remote_mcp_servers(core.chat, core.computer)
+        except offer.Unavailable as exc:
+            reason = str(exc)
+            core.log.warning("Stoker's MCP server is not offered to the remote agent",
+                             computer=core.computer, reason=reason)
+            if reason != self._unoffered:
+                self._unoffered = reason
+                core.publish(d.Notice(level="warning", message=(
+                    f"Stoker's MCP server (tasks) is not available to this agent on "
+                    f"computer {core.computer!r}: {reason}")))
+            return []
+        self._unoffered = ""
+        return entries
 
     async def _reapply(self, rpc: JsonRpcConnection, chosen: list[Setting], timeout: float
                        ) -> tuple[list[str], list[str]]:

@@ -1,0 +1,132 @@
+"""Stoker's MCP server for agents on another computer: the daemon's HTTP endpoint reaches the
+computer's loopback through an SSH remote port forward of its connection (docs/REMOTE.md).
+
+Against OpenSSH's own `sshd` (tests/support/openssh.py): `AllowTcpForwarding` is its setting,
+and a refusal must be met as the real server words it. The parent is the echo agent on the
+computer, advertising `mcpCapabilities.http`; it calls the tools with `/mcp TOOL JSON` over
+the forwarded port and delegates to the local echo agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+from collections.abc import Iterator
+
+import pytest
+
+from protocol import deltas as d
+from protocol import messages as m
+from tests.integration.test_remote import wait_computer
+from tests.integration.test_tasks import mcp, turns_end_once
+from tests.support.harness import (
+    DaemonFactory,
+    agent_pid,
+    open_chat,
+    replay,
+    turn,
+    wait_gone,
+    wait_log,
+)
+from tests.support.openssh import OpenSshServer, openssh_missing
+from tests.support.remote_rig import start_remote
+
+pytestmark = pytest.mark.skipif(openssh_missing() is not None,
+                                reason=openssh_missing() or "")
+
+ECHO = [sys.executable, "-m", "daemon.echo_agent"]
+RPARENT = (f"[agents.rparent]\ncommand = {json.dumps([*ECHO, '--mcp-http'])}\n"
+           'computer = "loop"\n')
+FORWARDED = r'event="forwarded a port of this machine to the computer".*remote_port=(\d+)'
+
+
+def _server(allow: str) -> Iterator[OpenSshServer]:
+    server = OpenSshServer(allow_tcp_forwarding=allow)
+    yield server
+    server.stop()
+    if os.environ.get("STOKER_KEEP_TEST_DIRS") != "1":
+        subprocess.run(["rm", "-rf", str(server.base)], check=False)
+
+
+@pytest.fixture
+def forwarding_sshd() -> Iterator[OpenSshServer]:
+    """OpenSSH as shipped: `AllowTcpForwarding yes`."""
+    yield from _server("yes")
+
+
+@pytest.fixture
+def closed_sshd() -> Iterator[OpenSshServer]:
+    """OpenSSH that forwards no port."""
+    yield from _server("no")
+
+
+async def test_a_remote_parent_delegates_to_a_local_agent_through_the_forward(
+        forwarding_sshd: OpenSshServer, daemon_factory: DaemonFactory) -> None:
+    sshd = forwarding_sshd
+    daemon = start_remote(sshd, daemon_factory, extra=RPARENT)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "rboss", agent="rparent", cwd=sshd.work)
+        spawned = await mcp(client, parent.chat, "spawn_task", {
+            "agent": "echo", "prompt": "/sleep 10", "title": "from afar"})
+        result = await mcp(client, parent.chat, "task_result",
+                           {"id": spawned["id"], "wait_seconds": 60})
+        assert (result["state"], result["result"], result["stop_reason"]) == (
+            "done", "slept 10", "end_turn")
+        tasks: m.TaskList = await client.request(m.ListTasks(id=0, parent=parent.chat))
+        [task] = tasks.tasks
+        assert (task.agent, task.origin, task.title) == ("echo", "agent", "from afar")
+        # The agent was given the computer's end of the forward, not the daemon's port.
+        remote_port = int((await wait_log(daemon, FORWARDED)).group(1))
+        st: m.StatusResult = await client.request(m.GetStatus(id=0))
+        assert st.mcp_http is not None
+        assert urllib.parse.urlsplit(st.mcp_http).port != remote_port
+
+        # The host goes away with its agent; on the next connection the forward is opened
+        # again (on the same remote port when it is free) and the tools work again.
+        pid = await agent_pid(client, parent.chat)
+        mark = daemon.log_path.stat().st_size
+        sshd.kill()
+        await wait_gone([pid])
+        sshd.start()
+        await wait_computer(client, "connected")
+        again = await mcp(client, parent.chat, "list_tasks")
+        assert [t["id"] for t in again["tasks"]] == [spawned["id"]]
+        assert int((await wait_log(daemon, FORWARDED, after=mark)).group(1)) == remote_port
+        # No notice: the server was offered each time. (A replay ends the live
+        # subscription: last.)
+        deltas = await replay(client, parent.chat)
+        assert not [x for x in deltas if isinstance(x.body, d.Notice)]
+        turns_end_once(deltas)
+
+
+async def test_a_server_that_forwards_nothing_leaves_the_chat_working_and_says_why(
+        closed_sshd: OpenSshServer, daemon_factory: DaemonFactory) -> None:
+    sshd = closed_sshd
+    daemon = start_remote(sshd, daemon_factory, extra=RPARENT)
+    async with daemon.client() as client:
+        parent = await open_chat(client, "rlone", agent="rparent", cwd=sshd.work)
+        hello = await turn(client, parent.chat, "hello", timeout=60)
+        assert hello.ended.stop_reason == "end_turn", hello.ended
+        assert "hello" in hello.text
+        tried = await turn(client, parent.chat, "/mcp list_tasks {}")
+        assert tried.text == "error: this session has no MCP server", tried.text
+        await wait_log(daemon, "MCP server is not offered to the remote agent.*"
+                               "refused to forward")
+        # A second session (the agent restarted) says it in the log, not in a second notice.
+        pid = await agent_pid(client, parent.chat)
+        mark = daemon.log_path.stat().st_size
+        await turn(client, parent.chat, "/crash", timeout=60)
+        await wait_gone([pid])
+        again = await turn(client, parent.chat, "hello again", timeout=60)
+        assert again.ended.stop_reason == "end_turn", again.ended
+        await wait_log(daemon, "MCP server is not offered to the remote agent", after=mark)
+        deltas = await replay(client, parent.chat)
+        notices = [x.body for x in deltas if isinstance(x.body, d.Notice)]
+        assert len(notices) == 1, notices
+        assert notices[0].level == "warning"
+        assert "refused to forward a port" in notices[0].message
+        assert "AllowTcpForwarding" in notices[0].message
+        assert "'loop'" in notices[0].message
+        turns_end_once(deltas)
