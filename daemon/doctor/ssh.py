@@ -1,5 +1,6 @@
 """`stoker doctor`'s check of each remote computer: connect, verify the host key, run
-`uname` and an echo round trip, and see the tools the launcher needs.
+`uname` and an echo round trip, see the tools the launcher needs, and ask for the remote
+port forward that brings Stoker's MCP server to agents there (docs/REMOTE.md).
 
 It runs in the doctor's own process (the daemon may not be running), with a short-lived
 asyncio bridge, exactly the connection code the daemon uses. As everywhere in the doctor, the
@@ -23,6 +24,9 @@ REMOTE_CHECK = (
     'echo "missing $t"; done; [ -r /proc/self/stat ] || echo "missing /proc"'
 )
 
+FORWARD_PROBE_PORT = 9
+"""The local end of the doctor's trial forward (discard: nothing connects to it anyway)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ComputerFacts:
@@ -34,6 +38,8 @@ class ComputerFacts:
     missing: tuple[str, ...] = ()
     seconds: float = 0.0
     """Connect + handshake + round trip."""
+    forwarding: str = ""
+    """Why the server refused a remote port forward ("" when it allowed one)."""
 
 
 def computer_verdict(facts: ComputerFacts) -> Check:
@@ -49,8 +55,14 @@ def computer_verdict(facts: ComputerFacts) -> Check:
                      f"there: {', '.join(needed)}")
     summary = (f"{facts.address}: host key verified, {facts.detail}, round trip "
                f"{facts.seconds * 1000:.0f} ms")
+    warnings = []
     if "git" in facts.missing:
-        return Check(name, "warn", f"{summary}; git is missing (needed for remote workspaces)")
+        warnings.append("git is missing (needed for remote workspaces)")
+    if facts.forwarding:
+        warnings.append(f"no port forwarding, so agents there get no Stoker MCP server "
+                        f"(task tools): {facts.forwarding}")
+    if warnings:
+        return Check(name, "warn", "; ".join([summary, *warnings]))
     return Check(name, "ok", summary)
 
 
@@ -80,9 +92,18 @@ async def computer_facts(name: str, config: ComputerConfig, *, timeout: float
                 return ComputerFacts(name, computer.address, "broken",
                                      f"the echo round trip failed: {said or done.code}")
             missing = tuple(x.split(" ", 1)[1] for x in lines if x.startswith("missing "))
+            seconds = time.monotonic() - started
+            forwarding = ""
+            try:  # to a port nothing here listens on; closed with the connection
+                with trio.fail_after(timeout):
+                    await computer.forward(FORWARD_PROBE_PORT)
+            except ComputerError as exc:
+                forwarding = str(exc)
+            except trio.TooSlowError:
+                forwarding = f"no answer to a forwarding request within {timeout:g}s"
             return ComputerFacts(name, computer.address, "ok",
-                                 first.removeprefix("stoker-ok").strip(), missing,
-                                 time.monotonic() - started)
+                                 first.removeprefix("stoker-ok").strip(), missing, seconds,
+                                 forwarding)
         finally:
             with trio.CancelScope(shield=True):
                 await computer.close()

@@ -130,3 +130,18 @@ async def test_a_server_that_forwards_nothing_leaves_the_chat_working_and_says_w
         assert "AllowTcpForwarding" in notices[0].message
         assert "'loop'" in notices[0].message
         turns_end_once(deltas)
+
+
+def test_doctor_warns_of_a_server_that_forwards_nothing(
+        closed_sshd: OpenSshServer, daemon_factory: DaemonFactory) -> None:
+    sshd = closed_sshd
+    daemon = daemon_factory(config="")
+    sshd.start()
+    daemon.write_config(sshd.computer_config())
+    doctor = daemon.cli("doctor", "--json", "--no-probe")
+    rows = {row["check"]: row for row in json.loads(doctor.stdout)["checks"]}
+    row = rows["computer loop"]
+    assert row["status"] == "warn", row
+    assert "host key verified" in row["detail"]
+    assert "no port forwarding" in row["detail"]
+    assert "AllowTcpForwarding" in row["detail"]

@@ -9,8 +9,9 @@ the same port presents the same key and the daemon's known_hosts entry stays val
 the local file system, and `exec` requests run with `/bin/sh -c COMMAND` on this machine,
 like OpenSSH does: the shell starts a new session (OpenSSH calls setsid(2) for every
 session), stdin/stdout/stderr are wired to the channel, and the exit status or the killing
-signal goes back to the client. Its processes are real local processes, so a second exec
-channel's `kill -TERM -PGID` really reaches them.
+signal goes back to the client. Remote port forwards (`tcpip-forward`) are allowed, as
+OpenSSH's default `AllowTcpForwarding yes` does. Its processes are real local processes, so
+a second exec channel's `kill -TERM -PGID` really reaches them.
 
 It is a separate process so that a test can `kill -9` it to make "the host" vanish mid-turn,
 and start it again. `--child-env` adds variables to the commands' environment only (the
@@ -109,6 +110,9 @@ class _Server(asyncssh.SSHServer):
 
     def password_auth_supported(self) -> bool:
         return False
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        return True  # remote port forwarding, as OpenSSH allows by default
 
 
 async def serve(args: argparse.Namespace) -> None:

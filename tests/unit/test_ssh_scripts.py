@@ -159,6 +159,8 @@ def test_only_what_differs_from_our_environment_is_forwarded(
     (ComputerFacts("b", "h:22", "ok", "Linux", ("setsid",), 0.01), "fail"),
     (ComputerFacts("b", "h:22", "refused", "host key of computer 'b' CHANGED"), "fail"),
     (ComputerFacts("b", "h:22", "unreachable", "cannot connect"), "fail"),
+    (ComputerFacts("b", "h:22", "ok", "Linux", (), 0.01, "refused to forward a port"),
+     "warn"),
 ])
 def test_computer_verdict(facts: ComputerFacts, status: str) -> None:
     check = computer_verdict(facts)
