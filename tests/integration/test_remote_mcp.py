@@ -2,9 +2,10 @@
 computer's loopback through an SSH remote port forward of its connection (docs/REMOTE.md).
 
 Against OpenSSH's own `sshd` (tests/support/openssh.py): `AllowTcpForwarding` is its setting,
-and a refusal must be met as the real server words it. The parent is the echo agent on the
-computer, advertising `mcpCapabilities.http`; it calls the tools with `/mcp TOOL JSON` over
-the forwarded port and delegates to the local echo agent."""
+and a refusal must be met as the real server words it; the delegation also against
+asyncssh's server (tests/support/sshd.py), which runs where OpenSSH's cannot. The parent is
+the echo agent on the computer, advertising `mcpCapabilities.http`; it calls the tools with
+`/mcp TOOL JSON` over the forwarded port and delegates to the local echo agent."""
 
 from __future__ import annotations
 
@@ -31,10 +32,10 @@ from tests.support.harness import (
     wait_log,
 )
 from tests.support.openssh import OpenSshServer, openssh_missing
-from tests.support.remote_rig import start_remote
+from tests.support.remote_rig import SshServer, start_remote
 
-pytestmark = pytest.mark.skipif(openssh_missing() is not None,
-                                reason=openssh_missing() or "")
+needs_openssh = pytest.mark.skipif(openssh_missing() is not None,
+                                   reason=openssh_missing() or "")
 
 ECHO = [sys.executable, "-m", "daemon.echo_agent"]
 RPARENT = (f"[agents.rparent]\ncommand = {json.dumps([*ECHO, '--mcp-http'])}\n"
@@ -50,9 +51,19 @@ def _server(allow: str) -> Iterator[OpenSshServer]:
         subprocess.run(["rm", "-rf", str(server.base)], check=False)
 
 
-@pytest.fixture
-def forwarding_sshd() -> Iterator[OpenSshServer]:
-    """OpenSSH as shipped: `AllowTcpForwarding yes`."""
+@pytest.fixture(params=["openssh", "asyncssh"])
+def forwarding_sshd(request: pytest.FixtureRequest) -> Iterator[SshServer]:
+    """OpenSSH as shipped (`AllowTcpForwarding yes`), or asyncssh's server."""
+    if request.param == "asyncssh":
+        server = SshServer()
+        yield server
+        server.stop()
+        if os.environ.get("STOKER_KEEP_TEST_DIRS") != "1":
+            subprocess.run(["rm", "-rf", str(server.base)], check=False)
+        return
+    missing = openssh_missing()
+    if missing is not None:
+        pytest.skip(missing)
     yield from _server("yes")
 
 
@@ -63,7 +74,7 @@ def closed_sshd() -> Iterator[OpenSshServer]:
 
 
 async def test_a_remote_parent_delegates_to_a_local_agent_through_the_forward(
-        forwarding_sshd: OpenSshServer, daemon_factory: DaemonFactory) -> None:
+        forwarding_sshd: SshServer, daemon_factory: DaemonFactory) -> None:
     sshd = forwarding_sshd
     daemon = start_remote(sshd, daemon_factory, extra=RPARENT)
     async with daemon.client() as client:
@@ -101,6 +112,7 @@ async def test_a_remote_parent_delegates_to_a_local_agent_through_the_forward(
         turns_end_once(deltas)
 
 
+@needs_openssh
 async def test_a_server_that_forwards_nothing_leaves_the_chat_working_and_says_why(
         closed_sshd: OpenSshServer, daemon_factory: DaemonFactory) -> None:
     sshd = closed_sshd
@@ -132,6 +144,7 @@ async def test_a_server_that_forwards_nothing_leaves_the_chat_working_and_says_w
         turns_end_once(deltas)
 
 
+@needs_openssh
 def test_doctor_warns_of_a_server_that_forwards_nothing(
         closed_sshd: OpenSshServer, daemon_factory: DaemonFactory) -> None:
     sshd = closed_sshd
