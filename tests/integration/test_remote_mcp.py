@@ -15,6 +15,7 @@ import subprocess
 import sys
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,7 @@ from protocol import deltas as d
 from protocol import messages as m
 from tests.integration.test_remote import wait_computer
 from tests.integration.test_tasks import mcp, turns_end_once
+from tests.support.acp_tee import ClientSchema, read_trace, tee_command, traces
 from tests.support.harness import (
     DaemonFactory,
     agent_pid,
@@ -40,6 +42,31 @@ needs_openssh = pytest.mark.skipif(openssh_missing() is not None,
 ECHO = [sys.executable, "-m", "daemon.echo_agent"]
 RPARENT = (f"[agents.rparent]\ncommand = {json.dumps([*ECHO, '--mcp-http'])}\n"
            'computer = "loop"\n')
+
+
+def recorded_parents(trace_dir: Path) -> str:
+    """`rparent` on the computer, and `lparent`, the same agent defined for this machine (a
+    chat pins it to the computer), both under the ACP recorder: the test reads the
+    `mcpServers` entries the daemon sent (the computer is this machine)."""
+    return (f"[agents.rparent]\ncommand = "
+            f"{json.dumps(tee_command(trace_dir / 'r', [*ECHO, '--mcp-http']))}\n"
+            'computer = "loop"\n'
+            f"[agents.lparent]\ncommand = "
+            f"{json.dumps(tee_command(trace_dir / 'l', [*ECHO, '--mcp-http']))}\n")
+
+
+def stoker_urls(trace_dir: Path) -> list[str]:
+    """The URL of Stoker's entry in every session setup the daemon sent (schema-checked)."""
+    urls = []
+    schema = ClientSchema()
+    for stem in traces(trace_dir):
+        sent, answered = read_trace(stem)
+        schema.validate(sent, answered)
+        for msg in sent:
+            if msg.get("method") in ("session/new", "session/load", "session/resume"):
+                urls += [e["url"] for e in msg["params"]["mcpServers"]
+                         if e.get("name") == "stoker"]
+    return urls
 FORWARDED = r'event="forwarded a port of this machine to the computer".*remote_port=(\d+)'
 
 
@@ -76,7 +103,9 @@ def closed_sshd() -> Iterator[OpenSshServer]:
 async def test_a_remote_parent_delegates_to_a_local_agent_through_the_forward(
         forwarding_sshd: SshServer, daemon_factory: DaemonFactory) -> None:
     sshd = forwarding_sshd
-    daemon = start_remote(sshd, daemon_factory, extra=RPARENT)
+    trace_dir = sshd.base / "traces"
+    trace_dir.mkdir()
+    daemon = start_remote(sshd, daemon_factory, extra=recorded_parents(trace_dir))
     async with daemon.client() as client:
         parent = await open_chat(client, "rboss", agent="rparent", cwd=sshd.work)
         spawned = await mcp(client, parent.chat, "spawn_task", {
@@ -93,6 +122,13 @@ async def test_a_remote_parent_delegates_to_a_local_agent_through_the_forward(
         st: m.StatusResult = await client.request(m.GetStatus(id=0))
         assert st.mcp_http is not None
         assert urllib.parse.urlsplit(st.mcp_http).port != remote_port
+        # A chat pinned to the computer (its agent defined for this machine) is offered the
+        # same forward, not this machine's endpoint.
+        pinned = await open_chat(client, "pinned", agent="lparent", cwd=sshd.work,
+                                 computer="loop")
+        assert (await mcp(client, pinned.chat, "list_tasks")) == {"tasks": []}
+        assert stoker_urls(trace_dir) == [
+            f"http://127.0.0.1:{remote_port}/mcp/{chat}" for chat in ("pinned", "rboss")]
 
         # The host goes away with its agent; on the next connection the forward is opened
         # again (on the same remote port when it is free) and the tools work again.
@@ -105,6 +141,7 @@ async def test_a_remote_parent_delegates_to_a_local_agent_through_the_forward(
         again = await mcp(client, parent.chat, "list_tasks")
         assert [t["id"] for t in again["tasks"]] == [spawned["id"]]
         assert int((await wait_log(daemon, FORWARDED, after=mark)).group(1)) == remote_port
+        assert stoker_urls(trace_dir)[-1] == f"http://127.0.0.1:{remote_port}/mcp/rboss"
         # No notice: the server was offered each time. (A replay ends the live
         # subscription: last.)
         deltas = await replay(client, parent.chat)
