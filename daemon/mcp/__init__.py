@@ -3,8 +3,9 @@
 both transports serve: its tools' bodies (`tools`, thin calls of task requests through an
 `Ask`) and the SDK server object with the descriptions a model reads (`server`). stdio is
 `stoker mcp` (daemon/cli/mcp.py, asking over the daemon's socket); HTTP is served by the
-daemon (daemon/listeners/mcp_http.py, asking its router in process). The tasks subsystem
-(daemon/tasks/) answers the requests either way.
+daemon (daemon/listeners/mcp_http.py, asking its router in process), also to agents on
+other computers through an SSH remote port forward (`offer.remote_mcp_servers`). The
+tasks subsystem (daemon/tasks/) answers the requests either way.
 
 Below the actors so that a backend session can ask for the entry; imports only `config`,
 `protocol` and the standard library at module level (`server` and the tools' error type
