@@ -7,6 +7,7 @@ The backend actor only sees an `Executor`; this package provides the remote one.
     bridge.py    the subsystem's one asyncio loop inside trio (trio-asyncio)
     computer.py  one host: one verified, kept-alive, reconnecting connection; orphans;
                  the remote port forward of the daemon's MCP endpoint (`forward`)
+    forwards.py  that host's forwards, opened once per connection, re-opened after a loss
     scripts.py   the POSIX sh launcher and tree-kill programs run over there
     process.py   an agent process there (`AgentProcess`): streams, wait, stop, kill
     streams.py   trio byte streams over SSH channels

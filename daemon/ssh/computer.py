@@ -23,7 +23,7 @@ Connection lifecycle:
 - **Reconnected with backoff.** Failed attempts back off exponentially (0.5 s doubling to
   30 s); within the backoff window callers fail at once with the last error instead of
   piling up attempts. While orphans are pending a background task keeps reconnecting.
-- **Forwards.** The daemon's MCP endpoint (a loopback port here) is forwarded to the
+- **Forwards** (`forwards.py`). The daemon's MCP endpoint (a loopback port here) is forwarded to the
   computer's loopback on request (`forward`, an SSH remote port forward on the main
   connection), once per connection: a new connection after a loss re-opens the forwards
   the previous one had, asking for the same remote port first so that agents still running
@@ -48,6 +48,7 @@ from daemon.execution.local import ProcessIdentity
 from daemon.log import Log
 from daemon.ssh import scripts
 from daemon.ssh.bridge import Bridge, BridgeClosed
+from daemon.ssh.forwards import Forwards
 from daemon.ssh.login import (
     ComputerError,
     ComputerRemoved,
@@ -61,9 +62,6 @@ BACKOFF_MAX = 30.0
 RECLAIM_TIMEOUT = 15.0
 RSS_INTERVAL = 10.0
 CLOSE_TIMEOUT = 3.0
-FORWARD_TIMEOUT = 15.0
-FORWARD_HOST = "127.0.0.1"
-"""Both ends of a forward: the computer's loopback, to this machine's loopback."""
 
 
 @dataclass(slots=True)
@@ -114,9 +112,7 @@ class Computer:
         self._orphans: list[ProcessIdentity] = []
         self._reconnecting = False
         self._sampling = False
-        self._forwarded: dict[int, int] = {}
-        """Every local port forwarded so far -> its last remote port (asked for again on
-        the next connection)."""
+        self.forwards = Forwards(label=lambda: self.label, bridge=bridge, log=self.log)
 
     # ------------------------------------------------------------------ description
 
@@ -223,8 +219,8 @@ class Computer:
             self.log.info("connected", address=self.address, home=link.home,
                           latency_ms=_ms(self.latency))
             self.nursery.start_soon(self._watch, link)
-            if self._forwarded:
-                self.nursery.start_soon(self._reforward, link)
+            if self.forwards.any():
+                self.nursery.start_soon(self.forwards.reopen, link)
         finally:
             self._attempt = None
             if self.state == "connecting":  # cancelled (shutdown)
@@ -278,60 +274,7 @@ class Computer:
         this machine's loopback, through the main connection (connecting first if needed;
         the forward is opened once per connection). Raises `ForwardRefused` when the
         server will not forward (`AllowTcpForwarding`), `ComputerError` otherwise."""
-        return await self._forward_on(await self._live(), local_port)
-
-    async def _forward_on(self, link: Link, local_port: int) -> int:
-        port = link.forwards.get(local_port)
-        if port is not None:
-            return port
-        async with link.forwarding:
-            port = link.forwards.get(local_port)
-            if port is not None:
-                return port
-            previous = self._forwarded.get(local_port, 0)
-            try:
-                port = await self._open_forward(link, local_port, previous)
-            except ForwardRefused:
-                if not previous:
-                    raise
-                port = await self._open_forward(link, local_port, 0)  # taken meanwhile
-            link.forwards[local_port] = port
-            self._forwarded[local_port] = port
-            self.log.info("forwarded a port of this machine to the computer",
-                          local_port=local_port, remote_port=port,
-                          same_as_before=port == previous)
-            return port
-
-    async def _open_forward(self, link: Link, local_port: int, remote_port: int) -> int:
-        import asyncssh
-
-        async def request() -> int:
-            listener = await link.conn.forward_remote_port(FORWARD_HOST, remote_port,
-                                                           FORWARD_HOST, local_port)
-            return int(listener.get_port())
-
-        try:
-            with trio.fail_after(FORWARD_TIMEOUT):
-                return await self.bridge.call(request)
-        except trio.TooSlowError:
-            raise ComputerError(f"{self.label} did not answer a port forwarding request "
-                                f"within {FORWARD_TIMEOUT:g}s") from None
-        except asyncssh.ChannelListenError as exc:
-            raise ForwardRefused(
-                f"{self.label} refused to forward a port back to this machine "
-                f"({describe_error(exc)}); its sshd must allow it (AllowTcpForwarding "
-                "yes or remote, see docs/REMOTE.md)") from None
-        except (OSError, asyncssh.Error, BridgeClosed) as exc:
-            raise ComputerError(f"{self.label}: {describe_error(exc)}") from None
-
-    async def _reforward(self, link: Link) -> None:
-        """A new main connection: re-open the forwards the previous one had."""
-        for local_port in list(self._forwarded):
-            try:
-                await self._forward_on(link, local_port)
-            except ComputerError as exc:
-                self.log.warning("cannot forward a port to the computer again",
-                                 local_port=local_port, error=str(exc))
+        return await self.forwards.on(await self._live(), local_port)
 
     # ------------------------------------------------------------------ session budget
 
@@ -588,13 +531,6 @@ class Computer:
                 await self.bridge.call(link.conn.wait_closed)
             except Exception:  # closing what may already be gone
                 pass
-
-
-class ForwardRefused(ComputerError):
-    """The server would not forward a port (OpenSSH's `AllowTcpForwarding`, or the port is
-    taken): a configuration matter, not retried."""
-
-    transient = False
 
 
 class SessionRefused(ComputerError):
