@@ -98,6 +98,21 @@ def decode_chunk_line(line: bytes) -> d.Text | d.Reasoning | d.UserText | None:
     return _CHUNK_BODIES[update.session_update](text=update.content.text)
 
 
+def decode_session_chunk_line(line: bytes
+                              ) -> tuple[str, d.Text | d.Reasoning | d.UserText] | None:
+    """`decode_chunk_line` with the `sessionId` the chunk belongs to (a shared process's
+    lines go to the session they name)."""
+    try:
+        msg = _chunk_line.decode(line)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    update = msg.params.update
+    if not update.content.text:
+        return None
+    return msg.params.session_id, _CHUNK_BODIES[update.session_update](
+        text=update.content.text)
+
+
 def decode_session_update(params: msgspec.Raw | None) -> tuple[str | None, d.DeltaBody]:
     """Decode `session/update` params into (sessionId, delta body).
 

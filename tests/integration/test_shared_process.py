@@ -137,6 +137,28 @@ async def test_eight_chats_share_one_process_and_each_sees_only_its_own_deltas(
             await every_turn_ended_once(client, chat)
 
 
+async def test_floods_on_one_shared_process_are_batched_per_session(
+        daemon_factory: DaemonFactory) -> None:
+    """Chunks arrive in reads mixing sessions: each session's run is published to its own
+    chat as one batch (coalesced like a process of its own), the texts never cross."""
+    daemon = daemon_factory(config=shared_config())
+    daemon.start()
+    chunks = 5000
+    async with daemon.client() as client:
+        chats = await open_chats(client, daemon, 2)
+        assert len({await agent_pid(client, chat) for chat in chats}) == 1
+        expected = "c0" + "".join(f" c{i}" for i in range(1, chunks))
+        results = await run_turns(client, {chat: f"/chunks {chunks}" for chat in chats},
+                                  timeout=120)
+        for chat, (ended, text) in results.items():
+            assert ended.error is None, (chat, ended.error)
+            assert text == expected, (chat, len(text))
+            deltas = await every_turn_ended_once(client, chat)
+            texts = [x for x in deltas if isinstance(x.body, d.Text)]
+            # The echo agent writes 256 chunks per flush: far fewer deltas than chunks.
+            assert len(texts) < chunks // 4, (chat, len(texts))
+
+
 async def test_kill_9_of_the_shared_process_ends_each_open_turn_once_and_sessions_resume(
         daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=shared_config())

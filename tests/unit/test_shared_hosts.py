@@ -17,6 +17,7 @@ from daemon.actors import mailbox as mb
 from daemon.actors.backend.shared import LINGER, HostKey, SessionView, SharedHost
 from daemon.actors.lifecycle import State
 from daemon.execution.local import ExitStatus
+from protocol import deltas as d
 from protocol.messages import TextBlock
 from tests.support.fake_executor import FAKE, Knobs, Rig, rig
 
@@ -169,6 +170,7 @@ async def test_the_agents_lines_reach_the_session_they_name_and_no_other(
                           hub=r.hub, instance="test", number=1, delay=0.0,
                           on_end=lambda host: None)
         got: dict[str, list[object]] = {"a": [], "b": []}
+        chunks: dict[str, list[list[str]]] = {"a": [], "b": []}
 
         def view(name: str) -> SessionView:
             async def serve(method: str, params: msgspec.Raw | None) -> object:
@@ -178,6 +180,8 @@ async def test_the_agents_lines_reach_the_session_they_name_and_no_other(
             made = host.attach({
                 "chat": name, "on_request": serve,
                 "on_notification": lambda method, params: got[name].append(method),
+                "on_chunks": lambda bodies: chunks[name].append(
+                    [b.text for b in bodies if isinstance(b, d.Text)]),
                 "on_lost": lambda reason, error: None,
                 "touch": lambda: None, "engaged": lambda: False})
             host.route(made, f"s-{name}")
@@ -193,6 +197,20 @@ async def test_the_agents_lines_reach_the_session_they_name_and_no_other(
         host._on_notification("_x/ping", msgspec.Raw(b"{}"))
         host._on_notification("_x/ping", None)
         assert got == {"a": [], "b": ["session/update"]}
+        # Text chunk lines (the hot path): a session's consecutive chunks as one batch to
+        # it, in order; a chunk naming no attached session is dropped; a line that is not
+        # a text chunk ends the run (it goes the general way).
+        def chunk(session: str, text: str) -> bytes:
+            return (b'{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"%s",'
+                    b'"update":{"sessionUpdate":"agent_message_chunk","content":{"type":'
+                    b'"text","text":"%s"}}}}' % (session.encode(), text.encode()))
+        lines = [chunk("s-a", "1"), chunk("s-a", "2"), chunk("s-b", "x"), chunk("s-z", "?"),
+                 chunk("s-a", "3"), b'{"jsonrpc":"2.0","method":"_x/ping","params":{}}',
+                 chunk("s-b", "y")]
+        assert host._on_lines(lines, 0) == 5
+        assert chunks == {"a": [["1", "2"], ["3"]], "b": [["x"]]}
+        assert host._on_lines(lines, 6) == 7
+        assert chunks["b"] == [["x"], ["y"]]
         assert await host._on_request("fs/read_text_file", msgspec.Raw(
             b'{"sessionId":"s-a","path":"/x"}')) == {"served": "a"}
         assert got["a"] == [("request", "fs/read_text_file")]

@@ -312,7 +312,8 @@ class BackendActor:
         core.set_state(State.STARTING, f"generation {core.generation}")
         gen = Generation(core, on_request=self._services.serve,
                          on_notification=self._session.on_notification,
-                         on_lines=self._session.on_lines)
+                         on_lines=self._session.on_lines,
+                         on_chunks=self._session.on_chunks)
         self._gen = gen
         assert self._nursery is not None
         self._nursery.start_soon(self._run_generation, gen)

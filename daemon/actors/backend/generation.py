@@ -34,6 +34,7 @@ from daemon.actors.backend.stderr import StderrLimiter, drain_stderr, serve_unti
 from daemon.errors import StokerError
 from daemon.execution.local import AgentProcess, SpawnError
 from daemon.execution.terminals import TerminalManager
+from protocol import deltas as d
 
 STDERR_TAIL = 20
 WATCHER_WAIT = 2.0
@@ -78,11 +79,13 @@ class Generation:
 
     def __init__(self, core: Core, *, on_request: RequestHandler,
                  on_notification: NotificationHandler,
-                 on_lines: Callable[[list[bytes], int], int]) -> None:
+                 on_lines: Callable[[list[bytes], int], int],
+                 on_chunks: Callable[[list[d.DeltaBody]], None]) -> None:
         self._core = core
         self._on_request = on_request
         self._on_notification = on_notification
         self._on_lines = on_lines
+        self._on_chunks = on_chunks
         self.number = core.generation
         self.log = core.log.bind(gen=core.generation)
         self.ending: Ending | None = None
@@ -215,6 +218,7 @@ class Generation:
         view = await hosts.attach(
             core.spec, executor=core.executor, computer=core.computer, cwd=core.cwd,
             chat=core.chat, on_request=self._on_request, on_notification=self._on_notification,
+            on_chunks=self._on_chunks,
             on_lost=self._lost, touch=core.touch,
             engaged=lambda: bool(len(core.permissions) or (
                 core.current is not None and core.current.open_tools)))

@@ -376,10 +376,15 @@ class Session:
                 break
             bodies.append(body)
             index += 1
+        self.on_chunks(bodies)
+        return index
+
+    def on_chunks(self, bodies: list[d.DeltaBody]) -> None:
+        """A run of text chunks of this session, decoded (`on_lines`, or a shared process's
+        host for its lines naming this session), published as one batch."""
         core = self._core
         if bodies and not core.loading:
             core.publish_chunks(bodies, core.current.turn if core.current else 0)
-        return index
 
     def on_notification(self, method: str, params: msgspec.Raw | None) -> None:
         core = self._core

@@ -8,7 +8,8 @@ generation *attaches* and gets a `SessionView`: the JSON-RPC connection as the b
 parts see it. A view's requests go out on the shared connection; it receives only its own
 session's lines: `session/update`s and the agent's requests (fs/*, terminal/*,
 session/request_permission) are routed by `sessionId`, and a request naming no attached
-session is answered with an error.
+session is answered with an error. Text chunks take the hot path a process of one's own
+has (`_on_lines`): a read's consecutive chunks of one session reach its chat as one batch.
 
 When the process ends (a crash, `kill -9`, killed as unresponsive), every attached chat's
 generation ends as a crash with the cause; each chat's restart attaches to the key's next
@@ -36,6 +37,7 @@ from daemon.acp.rpc import (
     JsonRpcConnection,
     RpcError,
 )
+from daemon.acp.updates import decode_session_chunk_line
 from daemon.actors.backend.probe import INITIALIZE_PARAMS, agent_env
 from daemon.actors.backend.stderr import StderrLimiter, drain_stderr, serve_until_exit
 from daemon.actors.settings import Settings
@@ -43,6 +45,7 @@ from daemon.channels.hub import Hub
 from daemon.config.agents import AgentSpec
 from daemon.execution.local import AgentProcess, Executor, SpawnError
 from daemon.log import Log
+from protocol import deltas as d
 
 LINGER = 2.0
 """Seconds a shared process with no session left waits for a new one before it stops."""
@@ -108,6 +111,7 @@ class SessionView(JsonRpcConnection):
 
     def __init__(self, host: SharedHost, *, chat: str, on_request: RequestHandler,
                  on_notification: NotificationHandler,
+                 on_chunks: Callable[[list[d.DeltaBody]], None],
                  on_lost: Callable[[str, str], None], touch: Callable[[], None],
                  engaged: Callable[[], bool]) -> None:
         self.host = host
@@ -115,6 +119,7 @@ class SessionView(JsonRpcConnection):
         self.session_id: str | None = None
         self.serve_request = on_request
         self.take_notification = on_notification
+        self.take_chunks = on_chunks
         self._on_lost = on_lost
         self._touch = touch
         self._engaged = engaged
@@ -387,6 +392,33 @@ class SharedHost:
         if view is not None:
             view.take_notification(method, params)
 
+    def _on_lines(self, lines: list[bytes], start: int) -> int:
+        """The hot path, as a chat's own connection has it (`Session.on_lines`): the run of
+        text chunks from `start`, each handed to the session it names, a session's
+        consecutive chunks as one batch (published, and coalesced, as one read of a
+        process of its own would be). Returns where the run ends."""
+        end = len(lines)
+        index = start
+        session: str | None = None
+        bodies: list[d.DeltaBody] = []
+        while index < end:
+            found = decode_session_chunk_line(lines[index])
+            if found is None:
+                break
+            if found[0] != session:
+                self._chunks_to(session, bodies)
+                session, bodies = found[0], []
+            bodies.append(found[1])
+            index += 1
+        self._chunks_to(session, bodies)
+        return index
+
+    def _chunks_to(self, session: str | None, bodies: list[d.DeltaBody]) -> None:
+        if bodies:
+            view = self._view_of(session, "session/update")
+            if view is not None:
+                view.take_chunks(bodies)
+
     def _view_of(self, session: str | None, method: str) -> SessionView | None:
         view = self._routes.get(session) if session is not None else None
         if view is None:
@@ -454,7 +486,7 @@ class SharedHost:
                       command=" ".join(spec.command))
         rpc = JsonRpcConnection(
             proc.stdin, proc.stdout, on_request=self._on_request,
-            on_notification=self._on_notification,
+            on_notification=self._on_notification, on_lines=self._on_lines,
             throttle=self._hub.wait_for_room, max_line=int(daemon.max_line), log=self.log,
             name=f"shared agent {self.id}")
         self.rpc = rpc
