@@ -1,0 +1,183 @@
+"""Clients that vanish rudely, against a real daemon on real sockets: a TCP or Unix reset
+(SO_LINGER 0, so `close` sends RST) while the daemon writes to them or reads their
+request, a half-close, a WebSocket close frame followed by a reset, a request body that
+stops half-way. On every network entry point (the Unix socket, the WebSocket, the HTTP API,
+the MCP endpoint) each ends its own connection only: the daemon stays up and answers, a
+bystander's turn streaming meanwhile ends once with `end_turn`, and nothing is logged as a
+traceback.
+
+A reset is made while the daemon has data in flight: the hostile client stops reading a
+turn of tens of thousands of deltas (`coalesce_chunks = 0`: one delta per chunk), so the
+daemon's writes meet the reset as they happen (the failure seen in b45cfbe, where the
+error left a nursery as an ExceptionGroup no caller caught and took the process down)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import struct
+import urllib.parse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import msgspec
+import pytest
+import trio
+
+from daemon.client import Client
+from protocol import deltas as d
+from protocol import messages as m
+from tests.support.harness import DaemonFactory, DaemonProcess, collect_turn, open_chat, subscribe
+from tests.support.http_client import CONFIG, HttpDaemon, start_http_daemon
+
+STREAMING = "[daemon]\ncoalesce_chunks = 0\n" + CONFIG
+LONG_TURN = "/chunks 50000"
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a reset (RST) rather than a FIN: SO_LINGER on with a zero timeout."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+async def recv(sock: socket.socket, size: int = 65536, timeout: float = 30.0) -> bytes:
+    with trio.fail_after(timeout):
+        return await trio.to_thread.run_sync(sock.recv, size)
+
+
+async def recv_until(sock: socket.socket, marker: bytes, timeout: float = 30.0) -> bytes:
+    data = b""
+    with trio.fail_after(timeout):
+        while marker not in data:
+            more = await trio.to_thread.run_sync(sock.recv, 65536)
+            assert more, f"closed before {marker!r}: {data[:300]!r}"
+            data += more
+    return data
+
+
+async def recv_at_least(sock: socket.socket, size: int, timeout: float = 60.0) -> bytes:
+    data = b""
+    with trio.fail_after(timeout):
+        while len(data) < size:
+            more = await trio.to_thread.run_sync(sock.recv, 65536)
+            assert more, f"closed after {len(data)} bytes"
+            data += more
+    return data
+
+
+def frame(payload: bytes) -> bytes:
+    """One Unix socket frame: a 4-byte big-endian length, then msgpack."""
+    return struct.pack(">I", len(payload)) + payload
+
+
+def unix_request(message: object) -> bytes:
+    return frame(msgspec.msgpack.encode(message))
+
+
+@dataclass
+class Bystander:
+    """A well-behaved client whose turn streams while the hostile ones misbehave."""
+
+    proc: DaemonProcess
+    client: Client
+    chat: str
+    turn: int
+
+    async def ends_once(self) -> None:
+        try:
+            result = await collect_turn(self.client, self.chat, self.turn, timeout=180)
+        except Exception as exc:
+            raise AssertionError(f"the bystander's turn did not end: {exc!r}\n"
+                                 f"{self.proc.log_text()[-8000:]}") from exc
+        ended = [x.body for x in result.deltas
+                 if isinstance(x.body, d.TurnEnded) and x.turn == self.turn]
+        assert len(ended) == 1, ended
+        assert ended[0].stop_reason == "end_turn", ended[0]
+
+
+@asynccontextmanager
+async def bystander(proc: DaemonProcess, chat: str = "bystander"
+                    ) -> AsyncIterator[Bystander]:
+    async with proc.client("bystander") as client:
+        await open_chat(client, chat, cwd=proc.work)
+        await subscribe(client, chat)
+        accepted: m.PromptAccepted = await client.request(
+            m.Prompt(id=0, chat=chat, text=LONG_TURN))
+        yield Bystander(proc, client, chat, accepted.turn)
+
+
+async def streaming_chat(proc: DaemonProcess, chat: str) -> int:
+    """Open `chat` and start a long turn on it; the turn number."""
+    async with proc.client("starter") as client:
+        await open_chat(client, chat, cwd=proc.work)
+        accepted: m.PromptAccepted = await client.request(
+            m.Prompt(id=0, chat=chat, text=LONG_TURN))
+    return accepted.turn
+
+
+async def still_serves(proc: DaemonProcess) -> None:
+    """The process is alive, a fresh client is answered, and nothing was a traceback."""
+    assert proc.proc is not None
+    assert proc.proc.poll() is None, proc.log_text()[-4000:]
+    async with proc.client("after") as client:
+        await client.request(m.GetStatus(id=0))
+    assert "Traceback" not in proc.log_text(), proc.log_text()[-6000:]
+
+
+@pytest.fixture
+async def http(daemon_factory: DaemonFactory) -> HttpDaemon:
+    return await start_http_daemon(daemon_factory, STREAMING)
+
+
+def tcp_address(http: HttpDaemon) -> tuple[str, int]:
+    parts = urllib.parse.urlsplit(http.base)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    return parts.hostname, parts.port
+
+
+# ------------------------------------------------------------------------- WebSocket
+
+
+def ws_handshake(http: HttpDaemon, host: str, port: int) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {http.token}\r\n\r\n"
+            ).encode()
+
+
+def ws_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One final, masked client frame."""
+    mask = os.urandom(4)
+    size = len(payload)
+    if size < 126:
+        head = struct.pack(">BB", 0x80 | opcode, 0x80 | size)
+    elif size < 65536:
+        head = struct.pack(">BBH", 0x80 | opcode, 0x80 | 126, size)
+    else:
+        head = struct.pack(">BBQ", 0x80 | opcode, 0x80 | 127, size)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + masked
+
+
+def ws_json(message: object) -> bytes:
+    return ws_frame(msgspec.json.encode(message))
+
+
+async def test_websocket_clients_reset_during_the_handshake(http: HttpDaemon) -> None:
+    proc = http.proc
+    host, port = tcp_address(http)
+    async with bystander(proc) as other:
+        whole = ws_handshake(http, host, port)
+        for cut in (len(whole) // 3, len(whole) - 2, len(whole)):
+            sock = socket.create_connection((host, port))
+            sock.sendall(whole[:cut])
+            reset(sock)
+        await other.ends_once()
+    await still_serves(proc)
