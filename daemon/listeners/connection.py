@@ -116,6 +116,8 @@ class Connection:
         self._last_activity = self._opened
         self._answering = 0
         """Requests being answered in their own task (slow ones)."""
+        self._answered = trio.Event()
+        """Set each time a request's answer is queued (see `_answers_in_flight`)."""
         self._receive_scope: trio.CancelScope | None = None
 
     # ------------------------------------------------------------------ encoding
@@ -221,8 +223,17 @@ class Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if payload is None:
+                await self._answers_in_flight()
                 return
             await self._dispatch(payload, nursery)
+
+    async def _answers_in_flight(self) -> None:
+        """At EOF, wait for the answers of the requests still being answered: a client that
+        half-closed its end still reads them (`shutdown(SHUT_WR)` after its last request).
+        Shutdown's goodbye ends the wait (it cancels the reader)."""
+        while self._answering:
+            self._answered = trio.Event()
+            await self._answered.wait()
 
     async def _dispatch(self, payload: bytes | str, nursery: trio.Nursery) -> None:
         """Requests are answered in the order they arrive (a client may pipeline
@@ -263,8 +274,10 @@ class Connection:
         elif isinstance(message, m.Unsubscribe):
             self._run_request(message, self._unsubscribe)
         elif self._handlers.is_slow(message):
+            self._begin_answer()  # now: the reader may meet EOF before the task starts
             nursery.start_soon(self._answer, message, self._handle)
         else:
+            self._begin_answer()
             await self._answer(message, self._handle)
 
     async def _published_first(self, chat: str) -> None:
@@ -303,14 +316,18 @@ class Connection:
         if result is not None:
             self.send(m.Reply(id=request.id, result=result))
 
-    async def _answer(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> None:
+    def _begin_answer(self) -> None:
         self._answering += 1
         self._rearm()
+
+    async def _answer(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> None:
+        """Answer `request`, counted in `_answering` by the caller (`_begin_answer`)."""
         try:
             await self._answer_one(request, handler)
         finally:
             self._answering -= 1
             self._rearm()
+            self._answered.set()
 
     async def _answer_one(self, request: Any,
                           handler: Callable[[Any], Awaitable[Any]]) -> None:

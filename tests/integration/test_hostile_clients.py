@@ -141,6 +141,56 @@ def tcp_address(http: HttpDaemon) -> tuple[str, int]:
     return parts.hostname, parts.port
 
 
+# ------------------------------------------------------------------------- Unix socket
+
+
+def unix_connect(proc: DaemonProcess) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(proc.socket))
+    return sock
+
+
+async def unix_subscribed(proc: DaemonProcess, chat: str) -> socket.socket:
+    """A raw Unix socket client, said hello and subscribed to `chat` from its start, that
+    has read its first bytes of the stream and then reads nothing more."""
+    sock = unix_connect(proc)
+    sock.sendall(unix_request(m.Hello(client="hostile"))
+                 + unix_request(m.Subscribe(id=1, chat=chat, since=m.Cursor(seq=0))))
+    await recv_at_least(sock, 64 * 1024)
+    return sock
+
+
+async def test_a_unix_client_half_closes_and_still_reads_its_answers(
+        http: HttpDaemon) -> None:
+    proc = http.proc
+    async with bystander(proc) as other:
+        sock = unix_connect(proc)
+        sock.sendall(unix_request(m.Hello(client="hostile"))
+                     + unix_request(m.GetStatus(id=7)))
+        sock.shutdown(socket.SHUT_WR)
+        # Its answers still come (welcome, then the reply), then the daemon closes.
+        data = b""
+        with trio.fail_after(30):
+            while more := await trio.to_thread.run_sync(sock.recv, 65536):
+                data += more
+        frames = []
+        while data:
+            (size,) = struct.unpack(">I", data[:4])
+            frames.append(msgspec.msgpack.decode(data[4:4 + size]))
+            data = data[4 + size:]
+        assert [f["type"] for f in frames][:2] == ["welcome", "reply"], frames
+        assert frames[1]["id"] == 7
+        assert frames[1]["result"]["pid"] == proc.pid
+        sock.close()
+        # Half-closed while subscribed to a streaming turn: the connection ends, alone.
+        sock = await unix_subscribed(proc, "bystander")
+        sock.shutdown(socket.SHUT_WR)
+        await recv(sock)
+        reset(sock)
+        await other.ends_once()
+    await still_serves(proc)
+
+
 # ------------------------------------------------------------------------- WebSocket
 
 
@@ -181,3 +231,4 @@ async def test_websocket_clients_reset_during_the_handshake(http: HttpDaemon) ->
             reset(sock)
         await other.ends_once()
     await still_serves(proc)
+
