@@ -14,6 +14,7 @@ error left a nursery as an ExceptionGroup no caller caught and took the process 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import struct
@@ -29,7 +30,18 @@ import trio
 from daemon.client import Client
 from protocol import deltas as d
 from protocol import messages as m
-from tests.support.harness import DaemonFactory, DaemonProcess, collect_turn, open_chat, subscribe
+from tests.integration.test_mcp_http import ECHO, Rig, bearer, connections_on
+from tests.integration.test_tasks import mcp
+from tests.support.acp_tee import tee_command
+from tests.support.harness import (
+    DaemonFactory,
+    DaemonProcess,
+    collect_turn,
+    open_chat,
+    short_tmpdir,
+    subscribe,
+    wait_log,
+)
 from tests.support.http_client import CONFIG, HttpDaemon, start_http_daemon
 
 STREAMING = "[daemon]\ncoalesce_chunks = 0\n" + CONFIG
@@ -160,6 +172,35 @@ async def unix_subscribed(proc: DaemonProcess, chat: str) -> socket.socket:
     return sock
 
 
+async def test_unix_clients_reset_while_their_turn_streams(http: HttpDaemon) -> None:
+    proc = http.proc
+    await streaming_chat(proc, "hostile")
+    async with bystander(proc) as other:
+        socks = [await unix_subscribed(proc, "hostile") for _ in range(3)]
+        for sock in socks:
+            reset(sock)
+        await other.ends_once()
+    await still_serves(proc)
+
+
+async def test_a_unix_client_resets_mid_request(http: HttpDaemon) -> None:
+    proc = http.proc
+    async with bystander(proc) as other:
+        for cut in (1, 3, 10):
+            sock = unix_connect(proc)
+            whole = (unix_request(m.Hello(client="hostile"))
+                     + unix_request(m.Prompt(id=1, chat="bystander", text="x" * 1000)))
+            sock.sendall(whole[:len(whole) - cut])
+            reset(sock)
+        # A request whose frame says 1 MiB, cut after a few bytes.
+        sock = unix_connect(proc)
+        sock.sendall(unix_request(m.Hello(client="hostile")) + struct.pack(">I", 1 << 20)
+                     + b"\x85" * 100)
+        reset(sock)
+        await other.ends_once()
+    await still_serves(proc)
+
+
 async def test_a_unix_client_half_closes_and_still_reads_its_answers(
         http: HttpDaemon) -> None:
     proc = http.proc
@@ -232,3 +273,200 @@ async def test_websocket_clients_reset_during_the_handshake(http: HttpDaemon) ->
         await other.ends_once()
     await still_serves(proc)
 
+
+async def ws_subscribed(http: HttpDaemon, chat: str) -> socket.socket:
+    """A raw WebSocket client, upgraded, said hello (JSON) and subscribed to `chat` from its
+    start, that has read its first bytes of the stream and then reads nothing more."""
+    host, port = tcp_address(http)
+    sock = socket.create_connection((host, port))
+    sock.sendall(ws_handshake(http, host, port))
+    await recv_until(sock, b"\r\n\r\n")
+    sock.sendall(ws_json(m.Hello(encoding="json", client="hostile"))
+                 + ws_json(m.Subscribe(id=1, chat=chat, since=m.Cursor(seq=0))))
+    await recv_at_least(sock, 64 * 1024)
+    return sock
+
+
+async def test_websocket_clients_reset_while_their_turn_streams(http: HttpDaemon) -> None:
+    proc = http.proc
+    await streaming_chat(proc, "hostile")
+    async with bystander(proc) as other:
+        socks = [await ws_subscribed(http, "hostile") for _ in range(3)]
+        for sock in socks:
+            reset(sock)
+        await other.ends_once()
+    await still_serves(proc)
+
+
+async def test_websocket_clients_send_a_close_frame_then_reset(http: HttpDaemon) -> None:
+    proc = http.proc
+    await streaming_chat(proc, "hostile")
+    async with bystander(proc) as other:
+        for _ in range(3):
+            sock = await ws_subscribed(http, "hostile")
+            sock.sendall(ws_frame(struct.pack(">H", 1000) + b"bye", opcode=0x8))
+            reset(sock)
+        # And one that reads a little more after its close frame before the reset.
+        sock = await ws_subscribed(http, "hostile")
+        sock.sendall(ws_frame(struct.pack(">H", 1000), opcode=0x8))
+        await recv(sock)
+        reset(sock)
+        await other.ends_once()
+    await still_serves(proc)
+
+
+# ------------------------------------------------------------------------- HTTP API
+
+
+def http_request(http: HttpDaemon, method: str, path: str, body: bytes = b"",
+                 length: int | None = None) -> bytes:
+    host, port = tcp_address(http)
+    head = (f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: Bearer {http.token}\r\n")
+    if body or length is not None:
+        head += (f"Content-Type: application/json\r\n"
+                 f"Content-Length: {len(body) if length is None else length}\r\n")
+    return (head + "\r\n").encode() + body
+
+
+async def test_http_clients_reset_while_their_responses_are_written(http: HttpDaemon) -> None:
+    """Hundreds of pipelined requests, none of their responses read: the daemon's writes
+    fill the socket's buffers and meet the reset."""
+    proc = http.proc
+    host, port = tcp_address(http)
+    async with bystander(proc) as other:
+        for path in ("/openapi.json", "/api/status", "/"):
+            sock = socket.create_connection((host, port))
+            sock.sendall(http_request(http, "GET", path) * 400)
+            await recv_at_least(sock, 64 * 1024)
+            reset(sock)
+        await other.ends_once()
+    await still_serves(proc)
+    async with http.client() as client:
+        answer = await client.get("/api/status", headers=http.auth)
+    assert answer.status_code == 200
+
+
+async def test_http_request_bodies_that_stop_half_way(http: HttpDaemon) -> None:
+    proc = http.proc
+    host, port = tcp_address(http)
+    prompt = json.dumps({"chat": "bystander", "text": "hi"}).encode()
+    async with bystander(proc) as other:
+        # Cut, then reset.
+        for cut in (1, len(prompt) // 2):
+            sock = socket.create_connection((host, port))
+            sock.sendall(http_request(http, "POST", "/api/prompt", prompt[:cut],
+                                      length=len(prompt)))
+            reset(sock)
+        # Cut, then half-closed: a clear error, then the connection ends.
+        sock = socket.create_connection((host, port))
+        sock.sendall(http_request(http, "POST", "/api/prompt", prompt[:5], length=len(prompt)))
+        sock.shutdown(socket.SHUT_WR)
+        answer = await recv_until(sock, b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400"), answer
+        sock.close()
+        await other.ends_once()
+        # None of the cut prompts was accepted: the next turn is the one after the
+        # bystander's.
+        following: m.PromptAccepted = await other.client.request(
+            m.Prompt(id=0, chat="bystander", text="after"))
+        assert following.turn == other.turn + 1
+    await still_serves(proc)
+
+
+# ------------------------------------------------------------------------- MCP endpoint
+
+
+@pytest.fixture
+def rig(daemon_factory: DaemonFactory) -> Rig:
+    """A daemon whose `parent` agent takes MCP over HTTP (its session setup recorded, for
+    the chat's bearer credential), with one delta per chunk."""
+    base = short_tmpdir()
+    trace_dir = base / "traces"
+    trace_dir.mkdir()
+    parent = tee_command(trace_dir / "p", [*ECHO, "--mcp-http"])
+    daemon = daemon_factory(base=base, config=(
+        f"[daemon]\ncoalesce_chunks = 0\n[agents.parent]\ncommand = {json.dumps(parent)}\n"))
+    daemon.start()
+    return Rig(daemon, trace_dir)
+
+
+async def mcp_endpoint(rig: Rig, chat: str) -> tuple[str, int, str, str]:
+    """(host, port, path, bearer) of `chat`'s MCP endpoint, bound by a first tool call."""
+    async with rig.daemon.client("mcp") as client:
+        await open_chat(client, chat, agent="parent", cwd=rig.daemon.work)
+        await mcp(client, chat, "list_tasks")
+    entry = rig.entry_for(chat)
+    url = urllib.parse.urlsplit(entry["url"])
+    assert url.hostname is not None
+    assert url.port is not None
+    return url.hostname, url.port, url.path, bearer(entry)
+
+
+def mcp_post(host: str, port: int, path: str, authorization: str, body: bytes,
+             length: int | None = None) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: {authorization}\r\n"
+            f"Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\n\r\n"
+            ).encode() + body
+
+
+def rpc(method: str, params: object = None, id: int = 1) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": id, "method": method,
+                       "params": params or {}}).encode()
+
+
+async def mcp_still_serves(host: str, port: int, path: str, authorization: str) -> None:
+    sock = socket.create_connection((host, port))
+    sock.sendall(mcp_post(host, port, path, authorization, rpc("tools/list")))
+    answer = await recv_until(sock, b"spawn_task")
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    sock.close()
+
+
+async def test_mcp_clients_reset_mid_request(rig: Rig) -> None:
+    proc = rig.daemon
+    host, port, path, authorization = await mcp_endpoint(rig, "boss")
+    body = rpc("tools/call", {"name": "list_tasks", "arguments": {}})
+    async with bystander(proc) as other:
+        # Cut in the head, in the body, then reset.
+        whole = mcp_post(host, port, path, authorization, body)
+        for cut in (20, len(whole) - len(body) // 2, len(whole) - 1):
+            sock = socket.create_connection((host, port))
+            sock.sendall(whole[:cut])
+            reset(sock)
+        # A whole call that waits (a task's result, up to 60 s), reset while it waits.
+        async with proc.client("mcp") as client:
+            task = await mcp(client, "boss", "spawn_task",
+                             {"agent": "echo", "prompt": "/sleep 60000"})
+        waiting = rpc("tools/call", {"name": "task_result",
+                                     "arguments": {"id": task["id"], "wait_seconds": 60}})
+        for _ in range(3):
+            mark = len(proc.log_text())
+            sock = socket.create_connection((host, port))
+            sock.sendall(mcp_post(host, port, path, authorization, waiting))
+            await wait_log(proc, f"task asked.*task={task['id']} wait=60", after=mark)
+            reset(sock)
+        # Each waiting call ended with its connection (none is left for its 60 s).
+        with trio.fail_after(30):
+            while connections_on(proc.pid, port):
+                await trio.sleep(0.05)
+        await other.ends_once()
+    await mcp_still_serves(host, port, path, authorization)
+    await still_serves(proc)
+
+
+async def test_mcp_clients_reset_while_their_responses_are_written(rig: Rig) -> None:
+    """Pipelined calls whose answers are not read, then a reset."""
+    proc = rig.daemon
+    host, port, path, authorization = await mcp_endpoint(rig, "boss")
+    async with bystander(proc) as other:
+        for _ in range(3):
+            sock = socket.create_connection((host, port))
+            sock.sendall(b"".join(mcp_post(host, port, path, authorization,
+                                           rpc("tools/list", id=i)) for i in range(100)))
+            await recv_at_least(sock, 16 * 1024)
+            reset(sock)
+        await other.ends_once()
+    await mcp_still_serves(host, port, path, authorization)
+    await still_serves(proc)
