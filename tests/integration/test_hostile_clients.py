@@ -59,14 +59,15 @@ def reset(sock: socket.socket) -> None:
 
 async def recv(sock: socket.socket, size: int = 65536, timeout: float = 30.0) -> bytes:
     with trio.fail_after(timeout):
-        return await trio.to_thread.run_sync(sock.recv, size)
+        return await trio.to_thread.run_sync(sock.recv, size, abandon_on_cancel=True)
 
 
 async def recv_until(sock: socket.socket, marker: bytes, timeout: float = 30.0) -> bytes:
     data = b""
     with trio.fail_after(timeout):
         while marker not in data:
-            more = await trio.to_thread.run_sync(sock.recv, 65536)
+            more = await trio.to_thread.run_sync(sock.recv, 65536,
+                                                   abandon_on_cancel=True)
             assert more, f"closed before {marker!r}: {data[:300]!r}"
             data += more
     return data
@@ -76,7 +77,8 @@ async def recv_at_least(sock: socket.socket, size: int, timeout: float = 60.0) -
     data = b""
     with trio.fail_after(timeout):
         while len(data) < size:
-            more = await trio.to_thread.run_sync(sock.recv, 65536)
+            more = await trio.to_thread.run_sync(sock.recv, 65536,
+                                                   abandon_on_cancel=True)
             assert more, f"closed after {len(data)} bytes"
             data += more
     return data
@@ -212,7 +214,8 @@ async def test_a_unix_client_half_closes_and_still_reads_its_answers(
         # Its answers still come (welcome, then the reply), then the daemon closes.
         data = b""
         with trio.fail_after(30):
-            while more := await trio.to_thread.run_sync(sock.recv, 65536):
+            while more := await trio.to_thread.run_sync(sock.recv, 65536,
+                                                   abandon_on_cancel=True):
                 data += more
         frames = []
         while data:
@@ -312,6 +315,24 @@ async def test_websocket_clients_send_a_close_frame_then_reset(http: HttpDaemon)
         await recv(sock)
         reset(sock)
         await other.ends_once()
+    await still_serves(proc)
+
+
+async def test_websocket_clients_send_garbage_after_the_handshake(http: HttpDaemon) -> None:
+    """Bytes that are no WebSocket frame, a text message that is not UTF-8, an unmasked
+    frame, a reserved opcode, an oversized ping: each ends its own connection."""
+    proc = http.proc
+    host, port = tcp_address(http)
+    for junk in (b"\x00" * 100, b"\xff" * 100, ws_frame(b"\xff\xfe"), b"\x81\x05hello",
+                 ws_frame(b"x" * 200, opcode=0x3), ws_frame(b"x" * 200, opcode=0x9)):
+        sock = socket.create_connection((host, port))
+        sock.sendall(ws_handshake(http, host, port))
+        await recv_until(sock, b"\r\n\r\n")
+        sock.sendall(ws_json(m.Hello(encoding="json", client="hostile")) + junk)
+        with trio.fail_after(30):
+            while await trio.to_thread.run_sync(sock.recv, 65536, abandon_on_cancel=True):
+                pass
+        sock.close()
     await still_serves(proc)
 
 
@@ -470,3 +491,4 @@ async def test_mcp_clients_reset_while_their_responses_are_written(rig: Rig) -> 
         await other.ends_once()
     await mcp_still_serves(host, port, path, authorization)
     await still_serves(proc)
+
