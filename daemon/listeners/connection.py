@@ -49,6 +49,9 @@ class Transport(Protocol):
     mode: Mode
     encoding: str
     peer: str
+    half_close: bool
+    """Whether a client can still read after the end of its input (a Unix socket's
+    `shutdown(SHUT_WR)`); a WebSocket's close ends both directions."""
 
     async def receive(self) -> bytes | str | None:
         """The next message payload, or None at a clean EOF. Raises `FrameTooLarge`."""
@@ -223,7 +226,8 @@ class Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if payload is None:
-                await self._answers_in_flight()
+                if self._t.half_close:
+                    await self._answers_in_flight()
                 return
             await self._dispatch(payload, nursery)
 

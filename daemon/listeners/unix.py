@@ -41,6 +41,7 @@ class UnixTransport:
 
     mode: Mode = "framed"
     encoding = "msgpack"
+    half_close = True
 
     def __init__(self, stream: trio.SocketStream, max_frame: int, peer: str) -> None:
         self._stream = stream

@@ -22,6 +22,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import pytest
@@ -82,6 +83,25 @@ async def recv_at_least(sock: socket.socket, size: int, timeout: float = 60.0) -
             assert more, f"closed after {len(data)} bytes"
             data += more
     return data
+
+
+async def recv_all(sock: socket.socket, timeout: float = 30.0) -> bytes:
+    """Everything until the daemon closes the connection."""
+    data = b""
+    with trio.fail_after(timeout):
+        while more := await trio.to_thread.run_sync(sock.recv, 65536,
+                                                   abandon_on_cancel=True):
+            data += more
+    return data
+
+
+def unix_frames(data: bytes) -> list[dict[str, Any]]:
+    frames = []
+    while data:
+        (size,) = struct.unpack(">I", data[:4])
+        frames.append(msgspec.msgpack.decode(data[4:4 + size]))
+        data = data[4 + size:]
+    return frames
 
 
 def frame(payload: bytes) -> bytes:
@@ -212,20 +232,24 @@ async def test_a_unix_client_half_closes_and_still_reads_its_answers(
                      + unix_request(m.GetStatus(id=7)))
         sock.shutdown(socket.SHUT_WR)
         # Its answers still come (welcome, then the reply), then the daemon closes.
-        data = b""
-        with trio.fail_after(30):
-            while more := await trio.to_thread.run_sync(sock.recv, 65536,
-                                                   abandon_on_cancel=True):
-                data += more
-        frames = []
-        while data:
-            (size,) = struct.unpack(">I", data[:4])
-            frames.append(msgspec.msgpack.decode(data[4:4 + size]))
-            data = data[4 + size:]
+        frames = unix_frames(await recv_all(sock))
         assert [f["type"] for f in frames][:2] == ["welcome", "reply"], frames
         assert frames[1]["id"] == 7
         assert frames[1]["result"]["pid"] == proc.pid
         sock.close()
+        # A request that waits (a running task's result, up to 1 s) is answered too.
+        task: m.TaskInfo = await other.client.request(
+            m.TaskNew(id=0, parent="bystander", prompt="/sleep 60000"))
+        sock = unix_connect(proc)
+        sock.sendall(unix_request(m.Hello(client="hostile"))
+                     + unix_request(m.GetTask(id=8, task=task.task, wait=1.0)))
+        sock.shutdown(socket.SHUT_WR)
+        frames = unix_frames(await recv_all(sock))
+        assert [(f["type"], f.get("id")) for f in frames][:2] == [("welcome", None),
+                                                                 ("reply", 8)], frames
+        assert frames[1]["result"]["state"] == "running"
+        sock.close()
+        await other.client.request(m.TaskCancel(id=0, task=task.task))
         # Half-closed while subscribed to a streaming turn: the connection ends, alone.
         sock = await unix_subscribed(proc, "bystander")
         sock.shutdown(socket.SHUT_WR)
@@ -269,9 +293,16 @@ async def test_websocket_clients_reset_during_the_handshake(http: HttpDaemon) ->
     host, port = tcp_address(http)
     async with bystander(proc) as other:
         whole = ws_handshake(http, host, port)
-        for cut in (len(whole) // 3, len(whole) - 2, len(whole)):
+        for cut in (len(whole) // 3, len(whole) - 2, *[len(whole)] * 10):
             sock = socket.create_connection((host, port))
             sock.sendall(whole[:cut])
+            reset(sock)  # the whole handshake: the daemon's 101 meets the reset
+        # Upgraded, a hello sent, reset before the welcome is read.
+        for _ in range(5):
+            sock = socket.create_connection((host, port))
+            sock.sendall(whole)
+            await recv_until(sock, b"\r\n\r\n")
+            sock.sendall(ws_json(m.Hello(encoding="json", client="hostile")))
             reset(sock)
         await other.ends_once()
     await still_serves(proc)
@@ -309,6 +340,18 @@ async def test_websocket_clients_send_a_close_frame_then_reset(http: HttpDaemon)
             sock = await ws_subscribed(http, "hostile")
             sock.sendall(ws_frame(struct.pack(">H", 1000) + b"bye", opcode=0x8))
             reset(sock)
+        # A close frame with a request in flight that waits up to an hour: the connection
+        # ends at once (nobody can read the answer after a WebSocket close).
+        task: m.TaskInfo = await other.client.request(
+            m.TaskNew(id=0, parent="bystander", prompt="/sleep 60000"))
+        sock = await ws_subscribed(http, "hostile")
+        peer = "{}:{}".format(*sock.getsockname())
+        sock.sendall(ws_json(m.GetTask(id=2, task=task.task, wait=3600))
+                     + ws_frame(struct.pack(">H", 1000), opcode=0x8))
+        await recv_all(sock)
+        sock.close()
+        await wait_log(proc, f"websocket client disconnected\" peer={peer} ", timeout=30)
+        await other.client.request(m.TaskCancel(id=0, task=task.task))
         # And one that reads a little more after its close frame before the reset.
         sock = await ws_subscribed(http, "hostile")
         sock.sendall(ws_frame(struct.pack(">H", 1000), opcode=0x8))

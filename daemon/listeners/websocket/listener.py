@@ -75,6 +75,7 @@ class WebSocketTransport:
         self.peer = peer
         self.mode: Mode = "msgpack"
         self.encoding = "msgpack"
+        self.half_close = False
         self._chosen = False
         self.close_code = 1000
         self.close_reason = ""
