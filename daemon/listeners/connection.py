@@ -49,10 +49,6 @@ class Transport(Protocol):
     mode: Mode
     encoding: str
     peer: str
-    half_close: bool
-    """Whether a client can still read after the end of its input (a Unix socket's
-    `shutdown(SHUT_WR)`); a WebSocket's close ends both directions."""
-
     async def receive(self) -> bytes | str | None:
         """The next message payload, or None at a clean EOF. Raises `FrameTooLarge`."""
         ...
@@ -60,6 +56,12 @@ class Transport(Protocol):
     async def send_batch(self, frames: list[bytes]) -> None: ...
 
     async def aclose(self) -> None: ...
+
+    def peer_reading(self) -> bool:
+        """After `receive` returned None: whether the client still reads (it shut down only
+        its sending side, a Unix socket's `shutdown(SHUT_WR)`). A WebSocket's close ends
+        both directions."""
+        ...
 
 
 class Handlers(Protocol):
@@ -226,7 +228,7 @@ class Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if payload is None:
-                if self._t.half_close:
+                if self._t.peer_reading():
                     await self._answers_in_flight()
                 return
             await self._dispatch(payload, nursery)

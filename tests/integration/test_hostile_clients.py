@@ -249,6 +249,17 @@ async def test_a_unix_client_half_closes_and_still_reads_its_answers(
                                                                  ("reply", 8)], frames
         assert frames[1]["result"]["state"] == "running"
         sock.close()
+        # Closed whole (not half) with such a request in flight, for up to an hour: nobody
+        # can read its answer, and the connection ends at once.
+        mark = len(proc.log_text())
+        sock = unix_connect(proc)
+        sock.sendall(unix_request(m.Hello(client="hostile"))
+                     + unix_request(m.GetTask(id=9, task=task.task, wait=3600)))
+        await wait_log(proc, f"task asked.*task={task.task} wait=3600", after=mark)
+        assert unix_frames(await recv(sock))[0]["type"] == "welcome"
+        sock.close()  # nothing unread: an orderly close, not a reset
+        await wait_log(proc, f'client disconnected" peer_pid={os.getpid()} .*requests=1',
+                       after=mark, timeout=30)
         await other.client.request(m.TaskCancel(id=0, task=task.task))
         # Half-closed while subscribed to a streaming turn: the connection ends, alone.
         sock = await unix_subscribed(proc, "bystander")

@@ -75,7 +75,6 @@ class WebSocketTransport:
         self.peer = peer
         self.mode: Mode = "msgpack"
         self.encoding = "msgpack"
-        self.half_close = False
         self._chosen = False
         self.close_code = 1000
         self.close_reason = ""
@@ -123,6 +122,9 @@ class WebSocketTransport:
 
     async def aclose(self) -> None:
         await self._ws.aclose(code=self.close_code, reason=self.close_reason or None)
+
+    def peer_reading(self) -> bool:
+        return False  # a close ends both directions
 
 
 class _Handlers:
