@@ -53,7 +53,9 @@ LONG_TURN = "/chunks 50000"
 
 
 def reset(sock: socket.socket) -> None:
-    """Close with a reset (RST) rather than a FIN: SO_LINGER on with a zero timeout."""
+    """Close with a reset (RST) rather than a FIN: SO_LINGER on with a zero timeout. (A
+    Unix socket ignores SO_LINGER; closed with unread data, it resets its peer all the
+    same: the daemon's next read or write fails with ECONNRESET.)"""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
 
