@@ -49,7 +49,6 @@ class Transport(Protocol):
     mode: Mode
     encoding: str
     peer: str
-
     async def receive(self) -> bytes | str | None:
         """The next message payload, or None at a clean EOF. Raises `FrameTooLarge`."""
         ...
@@ -57,6 +56,12 @@ class Transport(Protocol):
     async def send_batch(self, frames: list[bytes]) -> None: ...
 
     async def aclose(self) -> None: ...
+
+    def peer_reading(self) -> bool:
+        """After `receive` returned None: whether the client still reads (it shut down only
+        its sending side, a Unix socket's `shutdown(SHUT_WR)`). A WebSocket's close ends
+        both directions."""
+        ...
 
 
 class Handlers(Protocol):
@@ -116,6 +121,8 @@ class Connection:
         self._last_activity = self._opened
         self._answering = 0
         """Requests being answered in their own task (slow ones)."""
+        self._answered = trio.Event()
+        """Set each time a request's answer is queued (see `_answers_in_flight`)."""
         self._receive_scope: trio.CancelScope | None = None
 
     # ------------------------------------------------------------------ encoding
@@ -221,8 +228,18 @@ class Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if payload is None:
+                if self._t.peer_reading():
+                    await self._answers_in_flight()
                 return
             await self._dispatch(payload, nursery)
+
+    async def _answers_in_flight(self) -> None:
+        """At EOF, wait for the answers of the requests still being answered: a client that
+        half-closed its end still reads them (`shutdown(SHUT_WR)` after its last request).
+        Shutdown's goodbye ends the wait (it cancels the reader)."""
+        while self._answering:
+            self._answered = trio.Event()
+            await self._answered.wait()
 
     async def _dispatch(self, payload: bytes | str, nursery: trio.Nursery) -> None:
         """Requests are answered in the order they arrive (a client may pipeline
@@ -263,8 +280,10 @@ class Connection:
         elif isinstance(message, m.Unsubscribe):
             self._run_request(message, self._unsubscribe)
         elif self._handlers.is_slow(message):
+            self._begin_answer()  # now: the reader may meet EOF before the task starts
             nursery.start_soon(self._answer, message, self._handle)
         else:
+            self._begin_answer()
             await self._answer(message, self._handle)
 
     async def _published_first(self, chat: str) -> None:
@@ -303,14 +322,18 @@ class Connection:
         if result is not None:
             self.send(m.Reply(id=request.id, result=result))
 
-    async def _answer(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> None:
+    def _begin_answer(self) -> None:
         self._answering += 1
         self._rearm()
+
+    async def _answer(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> None:
+        """Answer `request`, counted in `_answering` by the caller (`_begin_answer`)."""
         try:
             await self._answer_one(request, handler)
         finally:
             self._answering -= 1
             self._rearm()
+            self._answered.set()
 
     async def _answer_one(self, request: Any,
                           handler: Callable[[Any], Awaitable[Any]]) -> None:

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import errno
 import os
+import select
 import socket as stdsocket
 import stat
 import struct
@@ -61,6 +62,17 @@ class UnixTransport:
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+    def peer_reading(self) -> bool:
+        """A peer that closed its socket shows POLLHUP; one that only shut down its sending
+        side does not."""
+        poller = select.poll()
+        try:
+            poller.register(self._stream.socket.fileno(), select.POLLIN)
+            return not any(events & (select.POLLHUP | select.POLLERR)
+                           for _, events in poller.poll(0))
+        except (OSError, ValueError):
+            return False
 
 
 def peer_credentials(sock: stdsocket.socket | trio.socket.SocketType) -> tuple[int, int, int]:

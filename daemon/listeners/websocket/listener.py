@@ -123,6 +123,9 @@ class WebSocketTransport:
     async def aclose(self) -> None:
         await self._ws.aclose(code=self.close_code, reason=self.close_reason or None)
 
+    def peer_reading(self) -> bool:
+        return False  # a close ends both directions
+
 
 class _Handlers:
     """The daemon's handlers, with `welcome` reporting this listener's message limit (what a
@@ -262,48 +265,59 @@ class WebSocketListener:
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
         """One TCP connection: its first request head within HANDSHAKE_TIMEOUT, then a
         WebSocket (`_handle`) when it asks for the upgrade, else HTTP (`self.http`); its
-        gate place is given back however it ends."""
+        gate place is given back however it ends. Whatever goes wrong in it ends it alone:
+        nothing raised here may reach `serve_listeners`, whose nursery is the listener's."""
         try:
             async with trio.open_nursery() as nursery:
-                request: WebSocketRequest | None = None
-                head = None
-                with trio.move_on_after(HANDSHAKE_TIMEOUT) as handshake:
-                    if not await _sent_something(stream):
-                        return  # closed before a request: its place goes at once
-                    try:
-                        head = await read_head(stream)
-                    except HeadError as exc:
-                        await stream.send_all(bare_error(exc.status, str(exc)))
-                        return
-                    if head is None:
-                        return
-                    if is_websocket(head[1]):
-                        host = check_host(head[1].headers, self._config.allowed_hosts)
-                        if not host.allowed:
-                            self.refused += 1
-                            self._log.warning("refused websocket handshake",
-                                              status=host.status, reason=host.reason)
-                            await stream.send_all(bare_error(host.status, host.reason,
-                                                             ErrorCode.UNAUTHORIZED))
-                            return
-                        # wsproto parses the handshake again, from the bytes already read.
-                        request = await wrap_server_stream(
-                            nursery, _Replayed(stream, head[2]),
-                            message_queue_size=MESSAGE_QUEUE,
-                            max_message_size=self._max_message)
-                if handshake.cancelled_caught:
-                    self.timed_out += 1
-                elif request is not None:
-                    await self._handle(request, _stream_peer(stream))
-                elif head is not None:
-                    await self.http.serve(stream, head[0], head[1], _stream_peer(stream))
+                try:
+                    await self._first_request(stream, nursery)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The client reset or closed its end. Caught inside the nursery: out of
+                    # it, it would be wrapped in an ExceptionGroup that no `except` here
+                    # matches, and a client resetting during its request head took the
+                    # whole daemon down that way.
+                    pass
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except Exception:
+            self._log.exception("connection failed", peer=_stream_peer(stream))
         finally:
             self.gate.leave()
             with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 await stream.aclose()
+
+    async def _first_request(self, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
+        request: WebSocketRequest | None = None
+        head = None
+        with trio.move_on_after(HANDSHAKE_TIMEOUT) as handshake:
+            if not await _sent_something(stream):
+                return  # closed before a request: its place goes at once
+            try:
+                head = await read_head(stream)
+            except HeadError as exc:
+                await stream.send_all(bare_error(exc.status, str(exc)))
+                return
+            if head is None:
+                return
+            if is_websocket(head[1]):
+                host = check_host(head[1].headers, self._config.allowed_hosts)
+                if not host.allowed:
+                    self.refused += 1
+                    self._log.warning("refused websocket handshake",
+                                      status=host.status, reason=host.reason)
+                    await stream.send_all(bare_error(host.status, host.reason,
+                                                     ErrorCode.UNAUTHORIZED))
+                    return
+                # wsproto parses the handshake again, from the bytes already read.
+                request = await wrap_server_stream(
+                    nursery, _Replayed(stream, head[2]),
+                    message_queue_size=MESSAGE_QUEUE,
+                    max_message_size=self._max_message)
+        if handshake.cancelled_caught:
+            self.timed_out += 1
+        elif request is not None:
+            await self._handle(request, _stream_peer(stream))
+        elif head is not None:
+            await self.http.serve(stream, head[0], head[1], _stream_peer(stream))
 
     def stop_accepting(self) -> None:
         self._scope.cancel()
