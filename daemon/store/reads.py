@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import trio
@@ -22,9 +22,8 @@ class Reads:
     _reader: sqlite3.Connection | None
     _read_lock: trio.Lock
     _threads: trio.CapacityLimiter
-
-    def _fail(self, exc: BaseException) -> DatabaseUnusable:
-        raise NotImplementedError  # `Store._fail`
+    _fail: Callable[[BaseException], DatabaseUnusable]
+    """`Store._fail`: fail the store for good (a read met damage)."""
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read on the reader connection. Sees what is committed (call `flush` first
