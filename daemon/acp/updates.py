@@ -77,6 +77,17 @@ def usage_body(usage: t.PromptUsage) -> d.Usage:
                    cached_tokens=usage.cached_read_tokens, total_tokens=usage.total_tokens)
 
 
+def _text_chunk(line: bytes) -> _ChunkLine | None:
+    """The line decoded, when it is a `session/update` notification of a chunk with text."""
+    try:
+        msg = _chunk_line.decode(line)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    # Empty chunks may carry `_meta` (qwen's per-call token usage): the general path reads
+    # it. They are rare, so the fast path loses nothing by declining them.
+    return msg if msg.params.update.content.text else None
+
+
 def decode_chunk_line(line: bytes) -> d.Text | d.Reasoning | d.UserText | None:
     """The delta body of a raw JSON-RPC line when it is a `session/update` notification of
     an agent, thought or user chunk with text content; None for any other line.
@@ -86,15 +97,10 @@ def decode_chunk_line(line: bytes) -> d.Text | d.Reasoning | d.UserText | None:
     accepts decodes to the same body `decode_session_update` makes; a line it declines
     (another kind, another content, a shape it does not match) costs a decode that stops
     at the first mismatch, and goes the general way."""
-    try:
-        msg = _chunk_line.decode(line)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    msg = _text_chunk(line)
+    if msg is None:
         return None
     update = msg.params.update
-    if not update.content.text:
-        # Empty chunks may carry `_meta` (qwen's per-call token usage): the general path
-        # reads it. They are rare, so the fast path loses nothing by declining them.
-        return None
     return _CHUNK_BODIES[update.session_update](text=update.content.text)
 
 
@@ -102,13 +108,10 @@ def decode_session_chunk_line(line: bytes
                               ) -> tuple[str, d.Text | d.Reasoning | d.UserText] | None:
     """`decode_chunk_line` with the `sessionId` the chunk belongs to (a shared process's
     lines go to the session they name)."""
-    try:
-        msg = _chunk_line.decode(line)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    msg = _text_chunk(line)
+    if msg is None:
         return None
     update = msg.params.update
-    if not update.content.text:
-        return None
     return msg.params.session_id, _CHUNK_BODIES[update.session_update](
         text=update.content.text)
 
