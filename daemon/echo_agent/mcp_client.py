@@ -16,6 +16,7 @@ server without a model. Two transports, one interface (``call``):
 
 from __future__ import annotations
 
+import abc
 import http.client
 import json
 import os
@@ -58,7 +59,37 @@ def _tool_text(result: JsonObj) -> tuple[bool, str]:
     return bool(result.get("isError")), "".join(texts)
 
 
-class McpServer:
+class _Server(abc.ABC):
+    """What both transports share: one call at a time, the server opened (started, or its
+    session initialized) on the first."""
+
+    name: str
+    _lock: threading.Lock
+
+    def call(self, tool: str, arguments: JsonObj, cancel: threading.Event) -> tuple[bool, str]:
+        """Call `tool`; (is_error, the text of its content). Cancel: (True, "cancelled")."""
+        with self._lock:
+            if not self._opened():
+                self._open(cancel)
+            result = self._request("tools/call", {"name": tool, "arguments": arguments},
+                                   cancel, None)
+        if result is None:
+            return True, "cancelled"
+        return _tool_text(result)
+
+    @abc.abstractmethod
+    def _opened(self) -> bool: ...
+
+    @abc.abstractmethod
+    def _open(self, cancel: threading.Event) -> None: ...
+
+    @abc.abstractmethod
+    def _request(self, method: str, params: JsonObj, cancel: threading.Event,
+                 timeout: float | None) -> Any:
+        """The result of one request (None if cancelled first)."""
+
+
+class McpServer(_Server):
     """One stdio MCP server: started on the first call, one call at a time."""
 
     def __init__(self, spec: JsonObj, cwd: str) -> None:
@@ -79,16 +110,11 @@ class McpServer:
         self._lock = threading.Lock()
         self._next_id = 0
 
-    def call(self, tool: str, arguments: JsonObj, cancel: threading.Event) -> tuple[bool, str]:
-        """Call `tool`; (is_error, the text of its content). Cancel: (True, "cancelled")."""
-        with self._lock:
-            if self._proc is None:
-                self._start(cancel)
-            result = self._request("tools/call", {"name": tool, "arguments": arguments},
-                                   cancel, None)
-        if result is None:
-            return True, "cancelled"
-        return _tool_text(result)
+    def _opened(self) -> bool:
+        return self._proc is not None
+
+    def _open(self, cancel: threading.Event) -> None:
+        self._start(cancel)
 
     def _start(self, cancel: threading.Event) -> None:
         try:
@@ -163,7 +189,7 @@ class McpServer:
             return message.get("result") or {}
 
 
-class HttpMcpServer:
+class HttpMcpServer(_Server):
     """One Streamable HTTP MCP server: initialized on the first call, one call at a time."""
 
     def __init__(self, spec: JsonObj) -> None:
@@ -184,16 +210,11 @@ class HttpMcpServer:
         self._lock = threading.Lock()
         self._next_id = 0
 
-    def call(self, tool: str, arguments: JsonObj, cancel: threading.Event) -> tuple[bool, str]:
-        """Call `tool`; (is_error, the text of its content). Cancel: (True, "cancelled")."""
-        with self._lock:
-            if self._protocol is None:
-                self._initialize(cancel)
-            result = self._request("tools/call", {"name": tool, "arguments": arguments},
-                                   cancel, None)
-        if result is None:
-            return True, "cancelled"
-        return _tool_text(result)
+    def _opened(self) -> bool:
+        return self._protocol is not None
+
+    def _open(self, cancel: threading.Event) -> None:
+        self._initialize(cancel)
 
     def _initialize(self, cancel: threading.Event) -> None:
         answer = self._request("initialize", {
