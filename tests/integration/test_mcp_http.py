@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from protocol import messages as m
-from tests.integration.test_tasks import mcp, turns_end_once
+from tests.integration.test_tasks import delegate_three_tasks, mcp, turns_end_once
 from tests.support.acp_tee import ClientSchema, read_trace, tee_command, traces
 from tests.support.harness import (
     DaemonFactory,
@@ -30,7 +30,6 @@ from tests.support.harness import (
     open_chat,
     replay,
     short_tmpdir,
-    turn,
     wait_turn_end,
 )
 
@@ -104,34 +103,7 @@ async def test_an_echo_parent_delegates_over_http_without_a_stoker_mcp_process(
     daemon = rig.daemon
     async with daemon.client() as client:
         parent = await open_chat(client, "boss", agent="parent", cwd=daemon.work)
-        agents = await mcp(client, parent.chat, "list_agents")
-        assert "echo" in [a["name"] for a in agents["agents"]]
-        ids = []
-        for i, ms in enumerate((800, 800, 10)):
-            spawned = await mcp(client, parent.chat, "spawn_task", {
-                "agent": "echo", "prompt": f"/sleep {ms}", "title": f"part {i}"})
-            assert spawned["title"] == f"part {i}"
-            ids.append(spawned["id"])
-        listed = await mcp(client, parent.chat, "list_tasks")
-        assert [t["id"] for t in listed["tasks"]] == ids
-        results = [await mcp(client, parent.chat, "task_result",
-                             {"id": task, "wait_seconds": 60}) for task in ids]
-        assert [(r["state"], r["result"], r["stop_reason"]) for r in results] == [
-            ("done", "slept 800", "end_turn"), ("done", "slept 800", "end_turn"),
-            ("done", "slept 10", "end_turn")]
-        status = await mcp(client, parent.chat, "task_status", {"id": ids[0]})
-        assert status["state"] == "done"
-        tasks: m.TaskList = await client.request(m.ListTasks(id=0, parent=parent.chat))
-        assert all(t.origin == "agent" for t in tasks.tasks)
-        # The same tool errors as over stdio, and nothing created.
-        refused = await turn(client, parent.chat,
-                             '/mcp spawn_task {"agent": "nope", "prompt": "x"}', timeout=30)
-        assert refused.text.startswith("error:")
-        assert "unknown agent 'nope'" in refused.text
-        missing = await turn(client, parent.chat, '/mcp task_status {"id": "nope"}')
-        assert "no task 'nope' of chat 'boss'" in missing.text
-        tasks = await client.request(m.ListTasks(id=0))
-        assert len(tasks.tasks) == 3
+        tasks = await delegate_three_tasks(client, parent.chat)
         # The session got the HTTP entry (schema-valid), and no `stoker mcp` runs for it.
         entry = rig.entry_for(parent.chat)
         assert entry["type"] == "http"

@@ -201,39 +201,47 @@ async def mcp(client: Client, chat: str, tool: str, arguments: dict[str, object]
     return data
 
 
+async def delegate_three_tasks(client: Client, chat: str) -> m.TaskList:
+    """The delegation script (over whichever MCP transport the chat `boss` has): list the
+    agents, spawn three echo tasks, list them, wait for each result, ask one's status, and
+    two tool errors the model can read, with nothing created. Returns every task."""
+    agents = await mcp(client, chat, "list_agents")
+    assert "echo" in [a["name"] for a in agents["agents"]]
+    ids = []
+    for i, ms in enumerate((800, 800, 10)):
+        spawned = await mcp(client, chat, "spawn_task", {
+            "agent": "echo", "prompt": f"/sleep {ms}", "title": f"part {i}"})
+        assert spawned["title"] == f"part {i}"
+        ids.append(spawned["id"])
+    listed = await mcp(client, chat, "list_tasks")
+    assert [t["id"] for t in listed["tasks"]] == ids
+    results = [await mcp(client, chat, "task_result",
+                         {"id": task, "wait_seconds": 60}) for task in ids]
+    assert [(r["state"], r["result"], r["stop_reason"]) for r in results] == [
+        ("done", "slept 800", "end_turn"), ("done", "slept 800", "end_turn"),
+        ("done", "slept 10", "end_turn")]
+    status = await mcp(client, chat, "task_status", {"id": ids[0]})
+    assert status["state"] == "done"
+    tasks: m.TaskList = await client.request(m.ListTasks(id=0, parent=chat))
+    assert all(t.origin == "agent" for t in tasks.tasks)
+    # A tool error the model can read, and nothing created.
+    refused = await turn(client, chat,
+                         '/mcp spawn_task {"agent": "nope", "prompt": "x"}', timeout=30)
+    assert refused.text.startswith("error:")
+    assert "unknown agent 'nope'" in refused.text
+    missing = await turn(client, chat, '/mcp task_status {"id": "nope"}')
+    assert "no task 'nope' of chat 'boss'" in missing.text
+    tasks = await client.request(m.ListTasks(id=0))
+    assert len(tasks.tasks) == 3
+    return tasks
+
+
 async def test_an_echo_parent_delegates_through_mcp_and_gets_every_result(
         daemon_factory: DaemonFactory) -> None:
     daemon = started("[tasks]\nmax_running = 2\n", daemon_factory)
     async with daemon.client() as client:
         parent = await open_chat(client, "boss", cwd=daemon.work)
-        agents = await mcp(client, parent.chat, "list_agents")
-        assert "echo" in [a["name"] for a in agents["agents"]]
-        ids = []
-        for i, ms in enumerate((800, 800, 10)):
-            spawned = await mcp(client, parent.chat, "spawn_task", {
-                "agent": "echo", "prompt": f"/sleep {ms}", "title": f"part {i}"})
-            assert spawned["title"] == f"part {i}"
-            ids.append(spawned["id"])
-        listed = await mcp(client, parent.chat, "list_tasks")
-        assert [t["id"] for t in listed["tasks"]] == ids
-        results = [await mcp(client, parent.chat, "task_result",
-                             {"id": task, "wait_seconds": 60}) for task in ids]
-        assert [(r["state"], r["result"], r["stop_reason"]) for r in results] == [
-            ("done", "slept 800", "end_turn"), ("done", "slept 800", "end_turn"),
-            ("done", "slept 10", "end_turn")]
-        status = await mcp(client, parent.chat, "task_status", {"id": ids[0]})
-        assert status["state"] == "done"
-        tasks: m.TaskList = await client.request(m.ListTasks(id=0, parent=parent.chat))
-        assert all(t.origin == "agent" for t in tasks.tasks)
-        # A tool error the model can read, and nothing created.
-        refused = await turn(client, parent.chat,
-                             '/mcp spawn_task {"agent": "nope", "prompt": "x"}', timeout=30)
-        assert refused.text.startswith("error:")
-        assert "unknown agent 'nope'" in refused.text
-        missing = await turn(client, parent.chat, '/mcp task_status {"id": "nope"}')
-        assert "no task 'nope' of chat 'boss'" in missing.text
-        tasks = await client.request(m.ListTasks(id=0))
-        assert len(tasks.tasks) == 3
+        await delegate_three_tasks(client, parent.chat)
 
 
 def mcp_credential(agent: int) -> str:
