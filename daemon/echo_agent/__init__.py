@@ -152,15 +152,16 @@ stripped, and interpreted:
 
 A command whose argument is missing or malformed replies ``error: USAGE`` and ends the turn.
 Every prompt's text and its reply (the concatenated chunks) are appended to the session
-history and persisted before the prompt is answered.
+history, and to its ``<sessionId>.history.jsonl`` file, before the prompt is answered.
 
 Knobs (a flag wins over its environment variable)
 ==================================================
 ``--state-dir DIR`` (``STOKER_ECHO_STATE``)
-    Where ``<sessionId>.json`` files {sessionId, cwd, memory, history, mode, config, title,
-    updatedAt} live; written atomically (temp file + ``os.replace``) so sessions survive the
-    agent's restarts and ``kill -9``.  Default ``$XDG_STATE_HOME/stoker-echo``, else
-    ``~/.local/state/stoker-echo``.
+    Where sessions live, so they survive the agent's restarts and ``kill -9``:
+    ``<sessionId>.json`` {sessionId, cwd, memory, mode, config, title, updatedAt} is written
+    atomically (temp file + ``os.replace``) when one of them changes, and each turn appends
+    a line {user, agent, updatedAt} to ``<sessionId>.history.jsonl``.  Default
+    ``$XDG_STATE_HOME/stoker-echo``, else ``~/.local/state/stoker-echo``.
 ``--no-load`` / ``--no-resume`` / ``--no-close``
     Do not advertise (and answer -32601 to) session/load, session/resume, session/close.
 ``--no-image``

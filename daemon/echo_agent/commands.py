@@ -170,6 +170,7 @@ class LocalCommands:
             raise Usage("usage: /remember WORD")
         with self._state.cond:
             turn.session.memory.append(arg)
+            self._state.save(turn.session)
         self._wire.chunk(turn, f"remembered {arg}")
 
     def _cmd_recall(self, turn: Turn, arg: str) -> None:
@@ -216,6 +217,7 @@ class LocalCommands:
         with self._state.cond:
             turn.session.title = arg
             turn.session.updated_at = updated = now_iso()
+            self._state.save(turn.session)
         self._wire.update(
             turn.session.session_id,
             {"sessionUpdate": "session_info_update", "title": arg, "updatedAt": updated},

@@ -1,6 +1,13 @@
-"""What the echo agent remembers: a session (persisted as ``<sessionId>.json`` in the state
-dir, so it survives restarts and ``kill -9``), the prompt turn running on it, and the files
-they live in. No I/O to the client here.
+"""What the echo agent remembers: a session (persisted in the state dir, so it survives
+restarts and ``kill -9``), the prompt turn running on it, and the files they live in. No I/O
+to the client here.
+
+A session lives in two files: ``<sessionId>.json`` holds its settings (rewritten whole, and
+atomically, when one changes), ``<sessionId>.history.jsonl`` its exchanges, one line appended
+per turn. A turn's end costs the same on the first turn as on the thousandth: ``scripts/bench``
+measures the daemon against this agent, so the agent's own cost must not grow with its
+history. (A ``.json`` written before the split may still hold a ``history`` list: it is read
+first and kept as it is.)
 """
 
 from __future__ import annotations
@@ -58,6 +65,9 @@ class Session:
         self.cwd = cwd
         self.memory: list[str] = memory if memory is not None else []
         self.history: list[JsonObj] = history if history is not None else []
+        self.base_history = len(self.history)
+        """How many of ``history``'s entries live in the ``.json`` file itself (an older
+        layout); the rest are in the ``.history.jsonl`` file."""
         self.mode = mode
         self.config: dict[str, str | bool] = dict(DEFAULT_CONFIG)
         if config:
@@ -75,7 +85,7 @@ class Session:
             "sessionId": self.session_id,
             "cwd": self.cwd,
             "memory": self.memory,
-            "history": self.history,
+            "history": self.history[: self.base_history],
             "mode": self.mode,
             "config": self.config,
             "title": self.title,
@@ -177,8 +187,30 @@ class SessionFiles:
         """Where that session's file lives (callers check the id with session_id_ok)."""
         return os.path.join(self.state_dir, session_id + ".json")
 
+    def history_path(self, session_id: str) -> str:
+        """Where that session's exchanges are appended."""
+        return os.path.join(self.state_dir, session_id + ".history.jsonl")
+
+    def append_exchange(self, session: Session, user: str, agent: str) -> None:
+        """Record one turn: append its prompt, reply and time to the history file (one
+        ``write``, so a ``kill -9`` leaves at most the last line cut short; each line starts
+        with a newline so the next one is whole even then). Callers hold the agent's
+        condition and have appended the entries to ``session.history``."""
+        os.makedirs(self.state_dir, exist_ok=True)
+        line = json_bytes({"user": user, "agent": agent, "updatedAt": session.updated_at})
+        fd = os.open(
+            self.history_path(session.session_id),
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            os.write(fd, b"\n" + line)
+        finally:
+            os.close(fd)
+
     def persist(self, session: Session) -> None:
-        """Write the session file atomically. Callers hold the agent's condition."""
+        """Write the session's settings file atomically (its appended history is left as it
+        is). Callers hold the agent's condition."""
         os.makedirs(self.state_dir, exist_ok=True)
         path = self.path(session.session_id)
         tmp = os.path.join(
@@ -212,7 +244,37 @@ class SessionFiles:
             raise RpcError(INTERNAL_ERROR, f"session {session_id} is unreadable: {exc}") from exc
         if session.session_id != session_id:
             raise not_found
+        self._read_history(session)
         return session
+
+    def _read_history(self, session: Session) -> None:
+        """Append the exchanges of the history file to ``session`` (a line that does not
+        parse, such as one cut short by a kill, is skipped)."""
+        try:
+            with open(self.history_path(session.session_id), "rb") as f:
+                lines = f.read().split(b"\n")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise RpcError(
+                INTERNAL_ERROR, f"session {session.session_id} history is unreadable: {exc}"
+            ) from exc
+        for raw in lines:
+            if not raw.strip():
+                continue
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(entry, dict):
+                continue
+            user, agent, updated = entry.get("user"), entry.get("agent"), entry.get("updatedAt")
+            if not isinstance(user, str) or not isinstance(agent, str):
+                continue
+            session.history.append({"role": "user", "text": user})
+            session.history.append({"role": "agent", "text": agent})
+            if isinstance(updated, str) and updated > session.updated_at:
+                session.updated_at = updated
 
     def names(self) -> list[str]:
         """The entries of the state dir (none when it cannot be listed)."""

@@ -57,6 +57,14 @@ class AgentState:
         """Write the session file atomically. Callers hold ``cond``."""
         self.files.persist(session)
 
+    def save(self, session: Session) -> None:
+        """Persist the session's settings from inside a turn: a file that cannot be written
+        is logged, and the turn goes on. Callers hold ``cond``."""
+        try:
+            self.files.persist(session)
+        except OSError as exc:
+            self.wire.log(f"cannot save session {session.session_id}: {exc}")
+
     def set_mode(self, session: Session, mode_id: str) -> None:
         """session/set_mode and ``/mode``: store, persist, then tell the client."""
         if mode_id not in {m for m, _ in MODES}:

@@ -1,6 +1,6 @@
 """A prompt turn, start to end, on its worker thread: describe the non-text content blocks,
 run the text as a command (or echo it word by word), then record the exchange in the
-session history, persist it and answer the session/prompt request.
+session history, append it to the session's history file and answer the session/prompt request.
 """
 
 from __future__ import annotations
@@ -35,12 +35,13 @@ class TurnRunner:
             self._wire.log(f"prompt failed: {exc!r}")
             error = RpcError(INTERNAL_ERROR, f"Internal error: {exc}")
         session = turn.session
+        reply = "".join(turn.reply)
         with self._state.cond:
             session.history.append({"role": "user", "text": turn.user_text})
-            session.history.append({"role": "agent", "text": "".join(turn.reply)})
+            session.history.append({"role": "agent", "text": reply})
             session.updated_at = now_iso()
             try:
-                self._state.persist(session)
+                self._state.files.append_exchange(session, turn.user_text, reply)
             except OSError as exc:
                 self._wire.log(f"cannot save session {session.session_id}: {exc}")
             session.turn = None

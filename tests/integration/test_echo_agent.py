@@ -627,6 +627,51 @@ async def test_memory_survives_kill_9_resume_and_load(tmp_path: Path) -> None:
                 assert err.value.code == -32002
 
 
+async def test_history_is_appended_not_rewritten(tmp_path: Path) -> None:
+    """A turn appends one line to the session's history file and leaves the settings file
+    alone (the agent's cost per turn must not grow with its history: scripts/bench measures
+    the daemon against it). A history line cut short by a kill is skipped, the ones after
+    it are kept, and a settings file from before the split keeps its own history first."""
+    state = tmp_path / "state"
+    async with echo(tmp_path) as peer:
+        with trio.fail_after(5):
+            sid = await session(peer, tmp_path)
+            settings = (state / f"{sid}.json").read_bytes()
+            for word in ("one", "two", "three"):
+                await peer.prompt(sid, word)
+            assert (state / f"{sid}.json").read_bytes() == settings
+            lines = (state / f"{sid}.history.jsonl").read_bytes().split(b"\n")
+            assert lines[0] == b""
+            assert [json.loads(x)["user"] for x in lines[1:]] == ["one", "two", "three"]
+            assert json.loads(lines[-1])["agent"] == "three"
+    # A kill cut the last line short; a turn after the restart appends a whole one.
+    history = state / f"{sid}.history.jsonl"
+    history.write_bytes(history.read_bytes() + b'\n{"user":"cut sh')
+    saved = json.loads(settings)
+    saved["history"] = [{"role": "user", "text": "old"}, {"role": "agent", "text": "reply"}]
+    (state / f"{sid}.json").write_text(json.dumps(saved))
+    async with echo(tmp_path) as peer:
+        with trio.fail_after(5):
+            await peer.initialize()
+            await peer.request("session/resume", {"sessionId": sid, "cwd": str(tmp_path)})
+            await peer.prompt(sid, "four")
+            await peer.request("session/set_mode", {"sessionId": sid, "modeId": "plan"})
+    async with echo(tmp_path) as peer:
+        with trio.fail_after(5):
+            await peer.initialize()
+            start = len(peer.messages)
+            call = await peer.start(
+                "session/load", {"sessionId": sid, "cwd": str(tmp_path), "mcpServers": []}
+            )
+            await call.result()
+            users = [
+                u["content"]["text"]
+                for u in peer.updates(sid, "user_message_chunk", start=start, end=call.index)
+            ]
+            assert users == ["old", "one", "two", "three", "four"]
+            assert json.loads((state / f"{sid}.json").read_text())["mode"] == "plan"
+
+
 async def test_close_and_list(tmp_path: Path) -> None:
     other = tmp_path / "other"
     async with echo(tmp_path) as peer:
