@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import select
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
@@ -95,6 +97,22 @@ class _Slot:
         self.event = trio.Event()
         self.result: msgspec.Raw | None = None
         self.error: BaseException | None = None
+
+
+class SentRequest:
+    """A request `JsonRpcConnection.start_request` has written: `answer` waits for its
+    result as `request` does."""
+
+    __slots__ = ("_conn", "_id", "_slot")
+
+    def __init__(self, conn: JsonRpcConnection, request_id: int, slot: _Slot) -> None:
+        self._conn = conn
+        self._id = request_id
+        self._slot = slot
+
+    async def answer(self, *, timeout: float | None = None,
+                     cancel_notify: bool = False) -> msgspec.Raw:
+        return await self._conn._answer(self._id, self._slot, timeout, cancel_notify)
 
 
 class FollowUp:
@@ -221,6 +239,7 @@ class JsonRpcConnection:
         self._decoder = msgspec.json.Decoder(_Incoming)
         self._encoder = msgspec.json.Encoder()
         self._closed: BaseException | None = None
+        self._is_pipe: bool | None = None
         self._answer_after_eof = answer_after_eof
         """At EOF, answer the requests already read before `serve` returns (the peer closed
         its output, not necessarily its input: `stoker acp` fed by a pipe), instead of
@@ -308,20 +327,73 @@ class JsonRpcConnection:
         `cancel_notify`: if this call is cancelled (or times out) before the answer came,
         tell the peer with ACP's `$/cancel_request` so it can withdraw the request (e.g. a
         permission prompt that another client already answered)."""
-        if self._closed is not None or self._input_ended is not None:
-            raise ConnectionLost(f"{self._name}: connection closed") from (
-                self._closed or self._input_ended)
+        self._check_open()
         request_id = next(self._ids)
         slot = _Slot()
         self._pending[request_id] = slot
-        sent = False
         try:
             await self._write(_OutRequest(id=request_id, method=method, params=params))
-            sent = True
+        except BaseException:
+            self._pending.pop(request_id, None)
+            raise
+        return await self._answer(request_id, slot, timeout, cancel_notify)
+
+    def start_request(self, method: str, params: Any) -> SentRequest | None:
+        """Write a request into the peer's pipe now, before the caller yields, and return
+        the handle to wait for its answer with; None (nothing written) when that cannot be
+        done without waiting: not a pipe, another line being written, a full pipe, a line
+        longer than `PIPE_BUF` (a pipe takes a write up to that size whole or not at all).
+        The caller then uses `request`.
+
+        A turn's `session/prompt` goes this way: written the moment the turn is taken, the
+        agent starts on it while the daemon does the turn's bookkeeping (its state, its
+        records, its log line), instead of after it (issue 22). The handle must be waited
+        for (`SentRequest.answer`), or its slot stays until the connection ends."""
+        send = self._send
+        if (self._closed is not None or self._input_ended is not None
+                or not isinstance(send, trio.lowlevel.FdStream) or self._write_lock.locked()
+                or not self._pipe_fd(send)):
+            return None
+        request_id = next(self._ids)
+        line = self._encoder.encode(_OutRequest(id=request_id, method=method,
+                                                params=params)) + b"\n"
+        if len(line) > select.PIPE_BUF:
+            return None
+        try:
+            written = os.write(send.fileno(), line)
+        except OSError:
+            # A full pipe (BlockingIOError), or a broken one: `request` says which.
+            return None
+        assert written == len(line), "a pipe write of at most PIPE_BUF bytes is whole"
+        if self.sent is not None:
+            self.sent.append(line[:-1])
+        self.lines_out += 1
+        slot = _Slot()
+        self._pending[request_id] = slot
+        return SentRequest(self, request_id, slot)
+
+    def _pipe_fd(self, send: trio.lowlevel.FdStream) -> bool:
+        """`send` writes to a pipe (checked once per connection)."""
+        if self._is_pipe is None:
+            try:
+                self._is_pipe = stat.S_ISFIFO(os.fstat(send.fileno()).st_mode)
+            except OSError:
+                return False
+        return self._is_pipe
+
+    def _check_open(self) -> None:
+        if self._closed is not None or self._input_ended is not None:
+            raise ConnectionLost(f"{self._name}: connection closed") from (
+                self._closed or self._input_ended)
+
+    async def _answer(self, request_id: int, slot: _Slot, timeout: float | None,
+                      cancel_notify: bool) -> msgspec.Raw:
+        """Wait for the answer of a request already written (see `request`)."""
+        try:
             with trio.fail_after(math.inf if timeout is None else timeout):
                 await slot.event.wait()
         except (trio.Cancelled, trio.TooSlowError):
-            if cancel_notify and sent and not slot.event.is_set() and self._closed is None:
+            if cancel_notify and not slot.event.is_set() and self._closed is None:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     try:
                         await self.notify("$/cancel_request", {"requestId": request_id})

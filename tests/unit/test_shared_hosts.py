@@ -14,7 +14,8 @@ import trio
 
 from daemon.acp.rpc import INVALID_PARAMS, RpcError
 from daemon.actors import mailbox as mb
-from daemon.actors.backend.shared import LINGER, HostKey, SessionView, SharedHost
+from daemon.actors.backend.shared import LINGER, HostKey, SharedHost
+from daemon.actors.backend.view import SessionView
 from daemon.actors.lifecycle import State
 from daemon.execution.local import ExitStatus
 from protocol import deltas as d

@@ -255,7 +255,7 @@ class BackendActor:
                                                                        self._closing)))
         elif self._controls:
             self._start_work(gen, self._run_controls(rpc))
-        elif (job := self._turns.take_next()) is not None:
+        elif (job := self._turns.take_next(rpc)) is not None:
             self._start_work(gen, self._turns.run(gen, rpc, job), job)
         elif self._hibernate is not None:
             reason, self._hibernate = self._hibernate, None

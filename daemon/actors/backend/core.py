@@ -34,7 +34,7 @@ from protocol import deltas as d
 
 if TYPE_CHECKING:
     from daemon.actors.backend.hosts import SharedHosts
-    from daemon.actors.backend.shared import SessionView
+    from daemon.actors.backend.view import SessionView
 
 _NOT_OUTPUT: frozenset[type[d.DeltaBody]] = frozenset(
     {d.TurnStarted, d.TurnEnded, d.Status, d.Notice})

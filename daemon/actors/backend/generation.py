@@ -29,8 +29,8 @@ from daemon.acp.rpc import ConnectionLost, JsonRpcConnection, RpcError
 from daemon.actors.backend.core import Core
 from daemon.actors.backend.hosts import SharedHosts
 from daemon.actors.backend.probe import agent_env
-from daemon.actors.backend.shared import SessionView
 from daemon.actors.backend.stderr import StderrLimiter, drain_stderr, serve_until_exit
+from daemon.actors.backend.view import SessionView
 from daemon.errors import StokerError
 from daemon.execution.local import AgentProcess, SpawnError
 from daemon.execution.terminals import TerminalManager

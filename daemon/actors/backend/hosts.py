@@ -13,7 +13,8 @@ from typing import Any
 
 import trio
 
-from daemon.actors.backend.shared import HostKey, HostUnavailable, SessionView, SharedHost
+from daemon.actors.backend.shared import HostKey, HostUnavailable, SharedHost
+from daemon.actors.backend.view import SessionView
 from daemon.actors.lifecycle import GiveUp, recent_restarts, restart_decision
 from daemon.actors.settings import Settings
 from daemon.channels.hub import Hub

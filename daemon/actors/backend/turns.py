@@ -14,7 +14,13 @@ import msgspec
 import trio
 
 from daemon.acp import types as acp
-from daemon.acp.rpc import AUTH_REQUIRED, ConnectionLost, JsonRpcConnection, RpcError
+from daemon.acp.rpc import (
+    AUTH_REQUIRED,
+    ConnectionLost,
+    JsonRpcConnection,
+    RpcError,
+    SentRequest,
+)
 from daemon.acp.updates import usage_body
 from daemon.actors import mailbox as mb
 from daemon.actors import records
@@ -102,10 +108,18 @@ class Turns:
         self._session = session
         self._wake: trio.Event | None = None
         """Set by a cancel while the running turn waits to retry a transient failure."""
+        self._sent: tuple[mb.PromptJob, SentRequest] | None = None
+        """The current turn's `session/prompt`, written by `take_next` (`run` waits for
+        its answer)."""
 
-    def take_next(self) -> mb.PromptJob | None:
+    def take_next(self, rpc: JsonRpcConnection) -> mb.PromptJob | None:
         """The next queued turn that can run, made current (state busy); turns the agent
-        cannot take (content it does not accept) end on the way."""
+        cannot take (content it does not accept) end on the way.
+
+        Its `session/prompt` goes into the agent's pipe first, when the pipe takes it
+        without waiting (`start_request`): the agent starts on the turn while the daemon
+        records it, rather than after (issue 22). Nothing the agent answers is read before
+        this returns, so the chat still sees the state turn busy before any output."""
         core = self._core
         while core.queue:
             job = core.queue.popleft()
@@ -119,6 +133,9 @@ class Turns:
             core.current = job
             job.started = True
             job.started_at = wall()
+            if not job.cancel_requested:
+                sent = rpc.start_request("session/prompt", self._prompt_params(job))
+                self._sent = (job, sent) if sent is not None else None
             records.mark_prompt_running(core.store, core.chat, job.turn)
             core.set_state(State.BUSY, f"turn {job.turn}")
             return job
@@ -134,10 +151,11 @@ class Turns:
     async def _run(self, gen: Generation, rpc: JsonRpcConnection, job: mb.PromptJob,
                    done: trio.Event) -> None:
         core = self._core
-        if job.cancel_requested:
+        sent, self._sent = self._sent, None
+        first = sent[1] if sent is not None and sent[0] is job else None
+        if job.cancel_requested and first is None:
             core.end_turn(job, stop_reason="cancelled")
             return
-        blocks = [msgspec.to_builtins(b) for b in job.content]
         lost = False
         timeout = TurnTimeout(core.settings.config.lifecycle.turn_timeout)
         async with trio.open_nursery() as turn_nursery:
@@ -145,7 +163,7 @@ class Turns:
             if timeout.limit is not None:
                 turn_nursery.start_soon(self._time_out, gen, rpc, job, timeout)
             try:
-                raw = await self._prompt(rpc, job, blocks, timeout)
+                raw = await self._prompt(rpc, job, first, timeout)
                 if raw is None:
                     # Cancelled (by a client or the turn timeout) while waiting to retry.
                     core.end_turn(job, stop_reason="cancelled", error=timeout.reason)
@@ -177,18 +195,25 @@ class Turns:
         if lost:
             await gen.await_watcher()
 
-    async def _prompt(self, rpc: JsonRpcConnection, job: mb.PromptJob, blocks: list[Any],
-                      timeout: TurnTimeout) -> msgspec.Raw | None:
-        """`session/prompt`, sent again after an error the agent marked transient while
-        nothing of the turn was published (`lifecycle.turn_retry` decides), each retry told
-        to the chat in a `notice`. None: the turn was cancelled while waiting to retry."""
+    def _prompt_params(self, job: mb.PromptJob) -> dict[str, Any]:
+        return {"sessionId": self._core.session_id,
+                "prompt": [msgspec.to_builtins(b) for b in job.content]}
+
+    async def _prompt(self, rpc: JsonRpcConnection, job: mb.PromptJob,
+                      first: SentRequest | None, timeout: TurnTimeout) -> msgspec.Raw | None:
+        """`session/prompt` (`first`: already written by `take_next`), sent again after an
+        error the agent marked transient while nothing of the turn was published
+        (`lifecycle.turn_retry` decides), each retry told to the chat in a `notice`. None:
+        the turn was cancelled while waiting to retry."""
         core = self._core
         lc = core.settings.config.lifecycle
         retries = 0
         while True:
             try:
-                return await rpc.request("session/prompt",
-                                         {"sessionId": core.session_id, "prompt": blocks})
+                if first is not None:
+                    sent, first = first, None
+                    return await sent.answer()
+                return await rpc.request("session/prompt", self._prompt_params(job))
             except RpcError as exc:
                 text = _error_text(exc)
                 pattern = transient_match(text, lc.transient_regexes())
