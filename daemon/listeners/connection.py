@@ -414,6 +414,12 @@ class Connection:
         outbox = self.outbox
         while True:
             await outbox.wait()
+            if self._answering:
+                # A request is being answered: the commit that delivered these deltas may
+                # be what its answer waits for (a prompt is answered once it is queued
+                # durably). One trip round the scheduler lets the answer join them in one
+                # write, one wake-up of the client (issue 22). Deltas alone go at once.
+                await trio.lowlevel.cancel_shielded_checkpoint()
             if outbox.frames:
                 batch = outbox.take(SEND_BATCH_BYTES)
                 self._in_flight = True

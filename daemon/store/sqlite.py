@@ -341,6 +341,17 @@ class Store(Progress, Reads):
                 with trio.move_on_after(self.commit_interval):
                     await self._delta_waiting.wait()
             self._delta_waiting = trio.Event()
+            if self._ops:
+                # State writes: two more trips round the scheduler first, so that what the
+                # tasks their writer woke write before they next wait (a prompt queued,
+                # then taken by the actor: its state, record and transition) joins this
+                # commit instead of forming the next: one commit and one delivery to each
+                # subscriber per step of a turn (issue 22). Those tasks run in the scheduler
+                # batch after the writer's; this task may have run in that same batch,
+                # after the writer, hence two. Deltas alone (an agent's output) commit at
+                # once: every other task's step would come before them.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                await trio.lowlevel.cancel_shielded_checkpoint()
             batch = Batch(self._ops, self._deltas, self._deltas_bytes, self._bulk)
             self._ops, self._deltas, self._deltas_bytes, self._bulk = [], [], 0, False
             ops, deltas, nbytes = batch.ops, batch.deltas, batch.nbytes

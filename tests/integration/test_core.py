@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -147,6 +148,34 @@ async def test_sigterm_ends_open_turns_stops_agents_exits_zero(daemon: DaemonPro
     assert daemon.wait_exit(20) == 0
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert daemon.leftovers() == []
+
+
+async def test_a_turns_rhythm_costs_one_log_line_and_no_transition_rows(
+        daemon_factory: DaemonFactory) -> None:
+    """Busy, then ready again, is each turn's rhythm: the chat's `status` deltas say it,
+    the info log has the turn's one "turn ended" line, and the transitions table (the
+    agent's life: starts, crashes, hibernations) gets no row for it (issue 22)."""
+    daemon = daemon_factory()
+    daemon.start(log_level="info")
+    async with daemon.client() as client:
+        info = await open_chat(client, "rhythm", cwd=daemon.work)
+        results = [await turn(client, info.chat, f"turn {n}") for n in range(3)]
+        states = [x.body.state for r in results for x in r.deltas
+                  if isinstance(x.body, d.Status)]
+        assert states.count("busy") == 3, states
+    assert daemon.stop() == 0
+    db = sqlite3.connect(f"file:{daemon.state_dir / 'stoker.db'}?mode=ro", uri=True)
+    try:
+        rows = [r[0] for r in db.execute(
+            "SELECT state FROM transitions WHERE chat=? ORDER BY rowid", (info.chat,))]
+    finally:
+        db.close()
+    assert "busy" not in rows
+    assert rows[:2] == ["starting", "ready"], rows
+    assert rows[-1] == "hibernated", rows
+    lines = [line for line in daemon.log_text().splitlines() if f"chat={info.chat}" in line]
+    assert sum("event=state state=busy" in line for line in lines) == 0
+    assert sum('event="turn ended"' in line for line in lines) == 3
 
 
 async def test_fs_is_confined_to_the_chat_directory(daemon: DaemonProcess) -> None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from daemon.store import batch
 from daemon.store.sqlite import Store
@@ -94,3 +95,35 @@ async def test_small_commits_checkpoint_the_wal_in_the_thread(tmp_path: Path) ->
         assert store.inline_commits < store.commits  # the checkpoints' batches
         assert largest < 2 * batch.CHECKPOINT_BYTES, largest
         assert len(await store.read_deltas("c", 0, 1000)) == total // len(data)
+
+
+async def test_state_writes_of_tasks_woken_together_share_one_commit(tmp_path: Path) -> None:
+    """A prompt queued (a statement, a delta), then taken by the actor it woke (more
+    statements, a delta): one commit, not two. The writer takes two more trips round the
+    scheduler before committing state writes, so the woken task's writes join them.
+    (Without them, trio runs the writer before the actor in half of the steps: twenty
+    rounds would all share by chance once in a million.)"""
+    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.005) as store:
+        store.execute("CREATE TABLE t (x INTEGER)")
+        await store.flush()
+        send, receive = trio.open_memory_channel[int](0)
+
+        async def actor() -> None:
+            async for n in receive:
+                store.execute("INSERT INTO t VALUES (?)", (-n,))
+                store.append_delta("c", 2 * n + 2, 0.0, b"taken")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(actor)
+            await trio.testing.wait_all_tasks_blocked()  # the actor waits in its mailbox
+            for n in range(20):
+                before = store.commits
+                store.execute("INSERT INTO t VALUES (?)", (n,))
+                store.append_delta("c", 2 * n + 1, 0.0, b"queued")
+                await send.send(n)
+                await store.flush()
+                await _taken(store)
+                await store.flush()
+                assert store.commits == before + 1, f"round {n}"
+            nursery.cancel_scope.cancel()
+        assert len(await store.read_deltas("c", 0, 100)) == 40

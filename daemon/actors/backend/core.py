@@ -171,6 +171,11 @@ class Core:
     def set_state(self, state: State, reason: str = "") -> None:
         """Change state (checked against the lifecycle table), tell the chat, record it."""
         check_transition(self.state, state)
+        # A turn's own rhythm (busy, then ready again) is in the chat's `status` deltas and
+        # its one "turn ended" log line; the transitions table and the info log keep the
+        # agent's life (starts, crashes, restarts, hibernations): two rows and two log
+        # lines fewer per turn (issue 22).
+        rhythm = state is State.BUSY or (state is State.READY and self.state is State.BUSY)
         self.state = state
         self.reason = reason
         self.last_activity = trio.current_time()
@@ -179,9 +184,11 @@ class Core:
         self.publish(d.Status(agent=self.agent, state=state.value, reason=reason,
                               pid=self.pid, generation=self.generation))
         self.persist()
-        records.record_transition(self.store, self.chat, self.agent, state, reason,
-                                  self.generation)
-        level = self.log.warning if state in (State.CRASHED, State.FAILED) else self.log.info
+        if not rhythm:
+            records.record_transition(self.store, self.chat, self.agent, state, reason,
+                                      self.generation)
+        level = (self.log.warning if state in (State.CRASHED, State.FAILED)
+                 else self.log.debug if rhythm else self.log.info)
         level("state", state=state.value, reason=reason, gen=self.generation, pid=self.pid)
         self._on_state(state)
 
