@@ -7,11 +7,14 @@ tests read over the Unix socket: no port is guessed, so parallel runs cannot col
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import socket
 import stat
+import struct
+import urllib.parse
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -28,7 +31,7 @@ from protocol import messages as m
 from protocol.codec import Encoding
 from protocol.errors import ErrorCode
 from tests.support.bystander import assert_within_twice, bystander
-from tests.support.harness import DaemonFactory, DaemonProcess, open_chat, turn
+from tests.support.harness import DaemonFactory, DaemonProcess, open_chat, turn, wait_log
 from tests.support.ws_client import WsClient, auth_headers
 
 ALLOWED = "https://allowed.example"
@@ -64,7 +67,11 @@ class WsDaemon:
 
 @pytest.fixture
 async def ws(daemon_factory: DaemonFactory) -> WsDaemon:
-    proc = daemon_factory(config=CONFIG)
+    return await _ws_daemon(daemon_factory, CONFIG)
+
+
+async def _ws_daemon(daemon_factory: DaemonFactory, config: str) -> WsDaemon:
+    proc = daemon_factory(config=config)
     proc.start()
     async with proc.client() as client:
         status: m.StatusResult = await client.request(m.GetStatus(id=0))
@@ -315,6 +322,77 @@ async def test_oversized_message_closes_only_that_connection(ws: WsDaemon) -> No
         assert isinstance(await fresh.request(m.Ping(id=0)), m.Pong)
     assert ws.proc.proc is not None
     assert ws.proc.proc.poll() is None
+
+
+def _masked(payload: bytes, first: int = 0x81) -> bytes:
+    """One client frame (masked, as a client's must be), of fewer than 126 bytes."""
+    mask = os.urandom(4)
+    return (bytes([first, 0x80 | len(payload)]) + mask
+            + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each whole frame the daemon sent (unmasked)."""
+    frames = []
+    while len(data) >= 2:
+        size, at = data[1] & 0x7F, 2
+        if size == 126:
+            size, at = struct.unpack_from(">H", data, 2)[0], 4
+        elif size == 127:
+            size, at = struct.unpack_from(">Q", data, 2)[0], 10
+        if len(data) < at + size:
+            break
+        frames.append((data[0] & 0x0F, data[at:at + size]))
+        data = data[at + size:]
+    return frames
+
+
+async def _recv_until(sock: socket.socket, marker: bytes, received: bytes = b"") -> bytes:
+    with trio.fail_after(10):
+        while marker not in received:
+            more = await trio.to_thread.run_sync(sock.recv, 65536, abandon_on_cancel=True)
+            assert more, received
+            received += more
+    return received
+
+
+async def test_a_frame_header_declaring_a_huge_message_is_refused_at_once(
+        daemon_factory: DaemonFactory) -> None:
+    """trio-websocket checks `max_message` only as a payload arrives: a header declaring
+    2^62 bytes, then nothing, held its connection until `idle_timeout` (an hour here). It
+    is refused as soon as the header is read (whole, or in pieces): a close frame 1009,
+    then the connection ends, logged; a bystander is not affected."""
+    ws = await _ws_daemon(daemon_factory, '[daemon]\nidle_timeout = "1h"\n' + CONFIG)
+    address = urllib.parse.urlsplit(ws.url)
+    assert address.hostname is not None
+    assert address.port is not None
+    header = struct.pack(">BBQ", 0x82, 0x80 | 127, 1 << 62) + os.urandom(4)
+    async with ws.connect("msgpack") as bystander:
+        for pieces in ([header], [header[:1], header[1:3], header[3:]]):
+            mark = len(ws.proc.log_text())
+            sock = socket.create_connection((address.hostname, address.port))
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: {address.netloc}\r\nUpgrade: websocket\r\n"
+                         f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                         f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+                         f"Authorization: Bearer {ws.token}\r\n\r\n".encode())
+            received = await _recv_until(sock, b"\r\n\r\n")
+            sock.sendall(_masked(msgspec.json.encode(m.Hello(encoding="json", client="raw"))))
+            received = await _recv_until(sock, b"welcome", received)
+            assert received.startswith(b"HTTP/1.1 101 "), received[:200]
+            for piece in pieces:
+                sock.sendall(piece)
+            with trio.fail_after(10):  # not idle_timeout
+                while more := await trio.to_thread.run_sync(sock.recv, 65536,
+                                                              abandon_on_cancel=True):
+                    received += more
+            sock.close()
+            frames = _server_frames(received.partition(b"\r\n\r\n")[2])
+            assert frames[-1][0] == 0x8, frames
+            assert frames[-1][1][:2] == struct.pack(">H", 1009), frames[-1]
+            await wait_log(ws.proc, "closing connection: frame too large.* "
+                           f"error=\"frame of {1 << 62} bytes exceeds the limit of 65536",
+                           after=mark)
+        assert isinstance(await bystander.request(m.Ping(id=0)), m.Pong)
 
 
 async def test_connection_limit(ws: WsDaemon) -> None:

@@ -8,9 +8,10 @@ application a `receive` that yields that body once and then waits for the client
 away (`http.disconnect`), and a `send` that writes `http.response.*` messages as h11
 events: a response of one body gets a `content-length`, a streamed one (Server-Sent
 Events) is sent chunked, each part as it comes. While the application runs, the stream is
-watched: the client closing its end cancels the application (its response cannot be
-delivered anyway). Only what the MCP transport needs: no lifespan protocol, no WebSocket,
-no trailers.
+watched (`departure`): the client closing or resetting its end cancels the application
+(its response cannot be delivered anyway; one log line says so), while bytes it sends
+ahead (a pipelined request) are kept for the next request. Only what the MCP transport
+needs: no lifespan protocol, no WebSocket, no trailers.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any
 import h11
 import trio
 
+from daemon.listeners.http import departure
+from daemon.log import Log
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -29,8 +33,7 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SEND_TIMEOUT = 30.0
 """A part of a response that cannot be written in this long ends the connection."""
-PIPELINE_LIMIT = 64 * 1024
-"""Bytes a client may send ahead while its response is written (a pipelined request)."""
+_log = Log("mcp-http")
 
 
 class ConnectionDone(Exception):
@@ -139,28 +142,21 @@ async def respond(app: App, scope: Scope, body: bytes, stream: trio.abc.Stream,
         if data:
             await write(data)
 
-    async def watch(scope_to_cancel: trio.CancelScope) -> None:
-        # The client sends nothing while its response is written (no pipelining in
-        # practice): EOF or an error means it is gone; bytes ahead are kept for h11.
-        ahead = 0
-        try:
-            while True:
-                data = await stream.receive_some(65536)
-                if not data:
-                    break
-                ahead += len(data)
-                if ahead > PIPELINE_LIMIT:
-                    break
-                conn.receive_data(bytes(data))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        disconnected.set()
-        scope_to_cancel.cancel()
-
     failure: Exception | None = None
     async with trio.open_nursery() as nursery:
         with trio.CancelScope() as app_scope:
-            nursery.start_soon(watch, app_scope)
+
+            def client_left() -> None:
+                disconnected.set()
+                app_scope.cancel()
+                if not ended:
+                    client = scope.get("client") or ("?", 0)
+                    _log.info("client gone, request cancelled", peer=f"{client[0]}:{client[1]}",
+                              method=scope.get("method"), path=scope.get("path"))
+
+            # Bytes the client sends ahead while its response is written (a pipelined
+            # request) are kept for h11; EOF or an error means it is gone.
+            nursery.start_soon(departure.watch, stream, conn, client_left)
             try:
                 await app(scope, receive, send)
             except ConnectionDone:

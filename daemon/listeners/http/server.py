@@ -20,7 +20,10 @@ bearer token or the console's session cookie. Bodies over `max_message` are refu
 `frame_too_large`) and the connection closes; a malformed JSON body is `bad_frame`, a wrong
 shape `bad_request`: each a JSON `ErrorReply`, and nothing else changes. A connection must
 send its first request head within the listener's handshake timeout (slowloris), and is
-kept alive between requests for `KEEPALIVE` seconds.
+kept alive between requests for `KEEPALIVE` seconds. A client that closes or resets its
+connection while a slow request (the router's `slow` routes: a task's result with `wait`,
+a workflow's...) is answered has that request cancelled and its connection closed at once
+(`departure`); a task, turn or run it had started goes on.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import trio
 from daemon.config.file import WebSocketConfig
 from daemon.errors import StokerError
 from daemon.listeners.connection import Handlers, Limits
-from daemon.listeners.http import api, sse
+from daemon.listeners.http import api, departure, sse
 from daemon.listeners.http.api import ApiError
 from daemon.listeners.http.head import bare_error
 from daemon.listeners.http.policy import Access, check_request, header
@@ -347,8 +350,18 @@ class HttpServer:
         else:
             named = header(request.headers, b"x-stoker-client")
             client = named.decode("latin-1")[:64] if named else "http"
+        started = trio.current_time()
         try:
-            result = await self._handlers.handle(message, client)
+            if self._handlers.is_slow(message):
+                # It may wait long (a task's result): cancelled if the client goes away.
+                result = await departure.unless_gone(
+                    stream, conn, lambda: self._handlers.handle(message, client))
+            else:
+                result = await self._handlers.handle(message, client)
+        except departure.ClientGone:
+            log.info("client gone, request cancelled", request=tag,
+                     seconds=round(trio.current_time() - started, 3))
+            raise _Close from None
         except StokerError as exc:
             await self._error(stream, conn, exc.code, exc.message, detail=exc.detail,
                               headers=cors)

@@ -40,6 +40,7 @@ from daemon.listeners.websocket.auth import (
     websocket_url,
 )
 from daemon.listeners.websocket.frames import BatchSender
+from daemon.listeners.websocket.inbound import ClientStream
 from daemon.listeners.websocket.token import TokenFileError, ensure_token
 from daemon.log import Log
 from protocol import messages as m
@@ -50,9 +51,13 @@ from protocol.framing import FrameError, FrameTooLarge
 
 
 class MessageTooLarge(FrameTooLarge):
-    """The client sent a WebSocket message larger than `max_message`."""
+    """The client sent a WebSocket message larger than `max_message`, or a frame header
+    declaring one (`declared`, refused before its payload: `inbound`)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, declared: int | None = None) -> None:
+        if declared is not None:
+            super().__init__(declared, limit)
+            return
         # FrameError's init, not FrameTooLarge's: the size of the refused message is unknown.
         FrameError.__init__(self, f"message exceeds the limit of {limit} bytes")
         self.size = limit + 1
@@ -69,9 +74,11 @@ class WebSocketTransport:
     connection): JSON as text messages, msgpack as binary messages, one per protocol message.
     """
 
-    def __init__(self, ws: WebSocketConnection, peer: str, max_message: int) -> None:
+    def __init__(self, ws: WebSocketConnection, peer: str, max_message: int,
+                 inbound: ClientStream | None = None) -> None:
         self._ws = ws
         self._max_message = max_message
+        self._inbound = inbound
         self.peer = peer
         self.mode: Mode = "msgpack"
         self.encoding = "msgpack"
@@ -91,6 +98,8 @@ class WebSocketTransport:
         try:
             message = await self._ws.get_message()
         except ConnectionClosed as exc:
+            if self._inbound is not None and self._inbound.refused is not None:
+                raise MessageTooLarge(self._max_message, self._inbound.refused) from None
             reason = exc.reason
             if (reason is not None and reason.code == MESSAGE_TOO_BIG
                     and (reason.reason or "").startswith("Exceeded maximum message size")):
@@ -287,6 +296,7 @@ class WebSocketListener:
 
     async def _first_request(self, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
         request: WebSocketRequest | None = None
+        inbound: ClientStream | None = None
         head = None
         with trio.move_on_after(HANDSHAKE_TIMEOUT) as handshake:
             if not await _sent_something(stream):
@@ -308,14 +318,15 @@ class WebSocketListener:
                                                      ErrorCode.UNAUTHORIZED))
                     return
                 # wsproto parses the handshake again, from the bytes already read.
+                inbound = ClientStream(stream, head[2], max_message=self._max_message,
+                                       head_size=len(head[2]) - len(head[0].trailing_data[0]))
                 request = await wrap_server_stream(
-                    nursery, _Replayed(stream, head[2]),
-                    message_queue_size=MESSAGE_QUEUE,
+                    nursery, inbound, message_queue_size=MESSAGE_QUEUE,
                     max_message_size=self._max_message)
         if handshake.cancelled_caught:
             self.timed_out += 1
-        elif request is not None:
-            await self._handle(request, _stream_peer(stream))
+        elif request is not None and inbound is not None:
+            await self._handle(request, _stream_peer(stream), inbound)
         elif head is not None:
             await self.http.serve(stream, head[0], head[1], _stream_peer(stream))
 
@@ -348,7 +359,8 @@ class WebSocketListener:
         except ConnectionClosed:
             pass
 
-    async def _handle(self, request: WebSocketRequest, peer: str) -> None:
+    async def _handle(self, request: WebSocketRequest, peer: str,
+                      inbound: ClientStream) -> None:
         log = self._log.bind(peer=peer)
         if self._scope.cancel_called:
             # A handshake that raced with shutdown: its goodbye round has already passed.
@@ -376,12 +388,13 @@ class WebSocketListener:
                 ws = await request.accept(subprotocol=verdict.subprotocol)
             except ConnectionClosed:
                 return
-            await self._serve_connection(ws, peer, log)
+            await self._serve_connection(ws, peer, log, inbound)
         finally:
             self._slots -= 1
 
-    async def _serve_connection(self, ws: WebSocketConnection, peer: str, log: Log) -> None:
-        transport = WebSocketTransport(ws, peer, self._max_message)
+    async def _serve_connection(self, ws: WebSocketConnection, peer: str, log: Log,
+                                inbound: ClientStream) -> None:
+        transport = WebSocketTransport(ws, peer, self._max_message, inbound)
         conn = Connection(transport, self._handlers, self._limits(),
                           log.bind(actor="client"))
         self.accepted += 1
@@ -420,36 +433,3 @@ def _stream_peer(stream: trio.SocketStream) -> str:
     if isinstance(address, tuple):
         return f"{address[0]}:{address[1]}"
     return str(address)
-
-
-class _Replayed(trio.abc.HalfCloseableStream):
-    """A TCP stream whose first bytes were already read (the request head): they are
-    received again first, then the stream's own. For trio-websocket, which reads the
-    handshake itself."""
-
-    def __init__(self, inner: trio.SocketStream, head: bytes) -> None:
-        self._inner = inner
-        self._head = head
-        self.socket = inner.socket
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._head:
-            if max_bytes is None or max_bytes >= len(self._head):
-                data, self._head = self._head, b""
-            else:
-                data, self._head = self._head[:max_bytes], self._head[max_bytes:]
-            await trio.lowlevel.checkpoint()
-            return data
-        return await self._inner.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._inner.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self._inner.send_eof()
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
