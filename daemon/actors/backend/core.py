@@ -173,8 +173,10 @@ class Core:
         check_transition(self.state, state)
         # A turn's own rhythm (busy, then ready again) is in the chat's `status` deltas and
         # its one "turn ended" log line; the transitions table and the info log keep the
-        # agent's life (starts, crashes, restarts, hibernations): two rows and two log
-        # lines fewer per turn (issue 22).
+        # agent's life (starts, crashes, restarts, hibernations), and the actor's record is
+        # written when the turn ends (a record read at start-up makes any warm state
+        # hibernated: "busy" in it would say nothing more): three rows and two log lines
+        # fewer per turn (issue 22).
         rhythm = state is State.BUSY or (state is State.READY and self.state is State.BUSY)
         self.state = state
         self.reason = reason
@@ -183,7 +185,10 @@ class Core:
             self.current.restarts += 1
         self.publish(d.Status(agent=self.agent, state=state.value, reason=reason,
                               pid=self.pid, generation=self.generation))
-        self.persist()
+        if state is State.BUSY:
+            self.last_activity_wall = wall()
+        else:
+            self.persist()
         if not rhythm:
             records.record_transition(self.store, self.chat, self.agent, state, reason,
                                       self.generation)
