@@ -15,6 +15,10 @@ Everything that could hold the loop goes to the thread, which also retries:
   attempt fails with an error a retry could fix: the writer connection waits for no lock on
   the loop (`busy_timeout` 0 there), so a database locked by another process costs the loop
   one failed statement, and the thread waits for the lock as before;
+- every batch for `INLINE_PAUSE` after an inline commit that took over `INLINE_SLOW` and
+  blocked on the way (a voluntary context switch of the loop's thread: the disk held a
+  write, under writeback pressure or on a slow device; preemption on a busy machine does not
+  count): such a disk holds the loop once, then only the writer's thread;
 - a WAL checkpoint: automatic checkpoints are off on the writer connection (one runs inside
   the COMMIT that crosses its threshold and syncs the disk), and the thread runs a passive
   one after the commit that brings the WAL past `CHECKPOINT_BYTES` since the last.
@@ -33,6 +37,12 @@ INLINE_ROWS = 64
 """Deltas, and separately statements, a batch committed on the event loop may hold."""
 INLINE_BYTES = 256 << 10
 """Delta bytes a batch committed on the event loop may hold."""
+INLINE_SLOW = 0.02
+"""Seconds an inline commit may take before the loop stops committing for `INLINE_PAUSE`:
+a small batch takes 50-100 us; 20 ms means the disk held the write (writeback under
+memory pressure, a slow or failing device), and the next commits would too."""
+INLINE_PAUSE = 10.0
+"""Seconds every commit goes to the writer's thread after a slow inline one."""
 CHECKPOINT_BYTES = 4 << 20
 """Bytes written (roughly: deltas' data, a page per commit) between two WAL checkpoints;
 SQLite's automatic checkpoint runs at 1000 pages, the same order."""

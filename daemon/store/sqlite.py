@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import resource
 import sqlite3
 import threading
 import time
@@ -77,6 +78,12 @@ ROWS_PER_INSERT = batches.ROWS_PER_INSERT
 
 class _GaveUp(Exception):
     """The store closed while a batch could not be committed (shutdown on a full disk)."""
+
+
+def _thread_waits() -> int:
+    """How many times the calling thread has blocked (voluntary context switches): what
+    tells a commit the disk held from one a busy machine preempted."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
 
 
 class Store(Progress, Reads):
@@ -135,6 +142,11 @@ class Store(Progress, Reads):
         self.commits = 0
         self.inline_commits = 0
         """Of `commits`, those made on the event loop."""
+        self.slow_inline_commits = 0
+        """Of those, the ones that took over `batch.INLINE_SLOW` (each sends the next
+        commits to the thread for `batch.INLINE_PAUSE`)."""
+        self._inline_after = -math.inf
+        """Until then (trio time), every commit goes to the thread."""
         self.rows_written = 0
         self.write_errors = 0
         self.dropped = 0
@@ -361,6 +373,7 @@ class Store(Progress, Reads):
                 self._since_checkpoint += batch.weight()
                 due = self._since_checkpoint >= batches.CHECKPOINT_BYTES
                 if due or self._unavailable is not None or not batch.small(self.inline_rows) \
+                        or trio.current_time() < self._inline_after \
                         or not self._commit_inline(batch):
                     # Not cancellable: a half-applied batch must still be committed or
                     # rolled back in its thread; shutdown flushes before cancelling this task.
@@ -393,6 +406,8 @@ class Store(Progress, Reads):
         batch rolled back, on an error a retry could fix (the thread then retries it)."""
         conn = self._writer
         assert conn is not None
+        began = time.perf_counter()
+        waits = _thread_waits()
         try:
             batches.apply(conn, batch, self._rows_per_insert, self._bad_statement)
         except sqlite3.OperationalError as exc:
@@ -402,6 +417,16 @@ class Store(Progress, Reads):
         self.commits += 1
         self.inline_commits += 1
         self.rows_written += len(batch.deltas) + len(batch.ops)
+        took = time.perf_counter() - began
+        if took > batches.INLINE_SLOW and _thread_waits() > waits:
+            # The commit waited (the disk: writeback under memory pressure, a slow device;
+            # or the GIL), not merely preempted by a busy machine: the next commits go to
+            # the thread, where a slow write holds only the writer.
+            self._inline_after = trio.current_time() + batches.INLINE_PAUSE
+            self.slow_inline_commits += 1
+            self._log.warning("a commit on the event loop was slow; commits go to the "
+                              "writer's thread for a while", ms=round(took * 1000, 1),
+                              seconds=batches.INLINE_PAUSE)
         return True
 
     def _commit_sync(

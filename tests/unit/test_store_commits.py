@@ -127,3 +127,48 @@ async def test_state_writes_of_tasks_woken_together_share_one_commit(tmp_path: P
                 assert store.commits == before + 1, f"round {n}"
             nursery.cancel_scope.cancel()
         assert len(await store.read_deltas("c", 0, 100)) == 40
+
+
+async def test_a_slow_commit_on_the_loop_sends_the_next_ones_to_the_thread(
+        tmp_path: Path) -> None:
+    """A commit the disk holds (here a statement made slow by a SQL function that sleeps:
+    the real case is a WAL write under writeback pressure) holds the event loop once; the
+    commits after it go to the writer's thread for `INLINE_PAUSE`, where a slow write holds
+    only the writer. The loop stays responsive meanwhile."""
+    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0) as store:
+        assert store._writer is not None
+
+        def slow() -> int:
+            time.sleep(0.05)  # over batch.INLINE_SLOW
+            return 1
+
+        store._writer.create_function("slow", 0, slow)
+        store.execute("CREATE TABLE t (x INTEGER)")
+        await store.flush()
+        assert batch.INLINE_SLOW < 0.05
+        inline = store.inline_commits
+        store.execute("INSERT INTO t VALUES (slow())")
+        with trio.fail_after(30):
+            await store.flush()
+        assert (store.inline_commits, store.slow_inline_commits) == (inline + 1, 1)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await trio.lowlevel.checkpoint()
+                ticks += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            for _ in range(3):
+                before = ticks
+                store.execute("INSERT INTO t VALUES (slow())")
+                with trio.fail_after(30):
+                    await store.flush()
+                assert ticks > before  # the loop ran while the thread committed
+            nursery.cancel_scope.cancel()
+        assert store.inline_commits == inline + 1
+        assert store.slow_inline_commits == 1
+        rows = await store.query("SELECT COUNT(*) FROM t")
+        assert rows[0][0] == 4
