@@ -29,7 +29,7 @@ from tests.integration.test_hostile_clients import (
 from tests.integration.test_mcp_http import Rig, connections_on
 from tests.integration.test_tasks import mcp
 from tests.support.harness import DaemonFactory, DaemonProcess, open_chat, wait_log
-from tests.support.http_client import start_http_daemon
+from tests.support.http_client import HttpDaemon, start_http_daemon
 
 MAX_CONNECTIONS = 2
 CAPPED = f"""
@@ -53,6 +53,17 @@ async def wait_count(proc: DaemonProcess, pattern: str, count: int, *, after: in
             await trio.sleep(0.05)
 
 
+async def capped_daemon_with_task(daemon_factory: DaemonFactory, prompt: str
+                                  ) -> tuple[HttpDaemon, m.TaskInfo]:
+    """A daemon whose listener holds `MAX_CONNECTIONS`, and a task running `prompt` for a
+    chat `boss`."""
+    http = await start_http_daemon(daemon_factory, CAPPED)
+    async with http.proc.client("starter") as client:
+        await open_chat(client, "boss", cwd=http.proc.work)
+        task: m.TaskInfo = await client.request(m.TaskNew(id=0, parent="boss", prompt=prompt))
+    return http, task
+
+
 async def send_in_thread(sock: socket.socket, data: bytes) -> None:
     await trio.to_thread.run_sync(lambda: sock.sendall(data))
 
@@ -61,13 +72,9 @@ async def test_http_requests_whose_clients_left_are_cancelled(
         daemon_factory: DaemonFactory) -> None:
     """As many waiting requests as the listener holds TCP connections: once their clients
     have gone, a new client is served at once, and the task they waited for finishes."""
-    http = await start_http_daemon(daemon_factory, CAPPED)
+    http, task = await capped_daemon_with_task(daemon_factory, f"/sleep {SLEEP_MS}")
     proc = http.proc
     host, port = tcp_address(http)
-    async with proc.client("starter") as client:
-        await open_chat(client, "boss", cwd=proc.work)
-        task: m.TaskInfo = await client.request(
-            m.TaskNew(id=0, parent="boss", prompt=f"/sleep {SLEEP_MS}"))
     held = MAX_CONNECTIONS + PENDING_HANDSHAKES
     body = json.dumps({"task": task.task, "wait": 3600}).encode()
     mark = len(proc.log_text())
@@ -102,13 +109,9 @@ async def test_http_requests_whose_clients_left_are_cancelled(
 async def test_http_bytes_sent_ahead_are_no_departure(daemon_factory: DaemonFactory) -> None:
     """A client that pipelines more requests behind a waiting one (well past the 64 KiB
     the daemon reads ahead) gets every answer, in order."""
-    http = await start_http_daemon(daemon_factory, CAPPED)
+    http, task = await capped_daemon_with_task(daemon_factory, "/sleep 1500")
     proc = http.proc
     host, port = tcp_address(http)
-    async with proc.client("starter") as client:
-        await open_chat(client, "boss", cwd=proc.work)
-        task: m.TaskInfo = await client.request(
-            m.TaskNew(id=0, parent="boss", prompt="/sleep 1500"))
     waiting = http_request(http, "POST", "/api/task",
                            json.dumps({"task": task.task, "wait": 3600}).encode())
     padded = http_request(http, "POST", "/api/ping", b" " * (60 * 1024))

@@ -24,6 +24,7 @@ from tests.support.acp_peer import (
     AcpPeer,
     AcpSchema,
     AgentGone,
+    Call,
     JsonObj,
     LocalFs,
     LocalTerminals,
@@ -61,6 +62,12 @@ async def echo(
 async def session(peer: AcpPeer, tmp_path: Path, **caps: bool) -> str:
     await peer.initialize(**caps)
     return await peer.new_session(tmp_path)
+
+
+async def start_load(peer: AcpPeer, sid: str, tmp_path: Path) -> Call:
+    """`session/load` of `sid` sent (its replay comes before `call.result()`)."""
+    return await peer.start(
+        "session/load", {"sessionId": sid, "cwd": str(tmp_path), "mcpServers": []})
 
 
 def chunk_texts(peer: AcpPeer, sid: str, start: int = 0) -> list[str]:
@@ -599,9 +606,7 @@ async def test_memory_survives_kill_9_resume_and_load(tmp_path: Path) -> None:
         with trio.fail_after(5):
             await peer.initialize()
             start = len(peer.messages)
-            call = await peer.start(
-                "session/load", {"sessionId": sid, "cwd": str(tmp_path), "mcpServers": []}
-            )
+            call = await start_load(peer, sid, tmp_path)
             loaded = await call.result()
             assert loaded["configOptions"][0]["currentValue"] == "echo-1"
             replay = [
@@ -660,9 +665,7 @@ async def test_history_is_appended_not_rewritten(tmp_path: Path) -> None:
         with trio.fail_after(5):
             await peer.initialize()
             start = len(peer.messages)
-            call = await peer.start(
-                "session/load", {"sessionId": sid, "cwd": str(tmp_path), "mcpServers": []}
-            )
+            call = await start_load(peer, sid, tmp_path)
             await call.result()
             users = [
                 u["content"]["text"]
