@@ -43,17 +43,24 @@ def sshd() -> Iterator[OpenSshServer]:
         subprocess.run(["rm", "-rf", str(server.base)], check=False)
 
 
-def stdio_parent(trace_dir: Path) -> str:
-    """`rstdio`, the echo agent on the computer taking stdio MCP only, recorded."""
+def stdio_parents(trace_dir: Path) -> str:
+    """`rstdio`, the echo agent on the computer taking stdio MCP only, and `rforced`, one
+    that advertises HTTP but is set to stdio (`tasks.mcp_transport_agents`), recorded."""
+    forced = tee_command(trace_dir / "f", [*ECHO, "--mcp-http"])
     return (f"[agents.rstdio]\ncommand = {json.dumps(tee_command(trace_dir / 'r', ECHO))}\n"
-            'computer = "loop"\n')
+            'computer = "loop"\n'
+            f"[agents.rforced]\ncommand = {json.dumps(forced)}\ncomputer = \"loop\"\n"
+            '[tasks]\nmcp_transport_agents = { rforced = "stdio" }\n')
 
 
-def stoker_entries(trace_dir: Path) -> list[dict[str, Any]]:
-    """Stoker's entry in every session setup the daemon sent (schema-checked)."""
+def stoker_entries(trace_dir: Path, prefix: str) -> list[dict[str, Any]]:
+    """Stoker's entry in every session setup the daemon sent to the agent recorded under
+    `prefix` (schema-checked)."""
     found = []
     schema = ClientSchema()
     for stem in traces(trace_dir):
+        if not stem.name.startswith(prefix + "."):
+            continue
         sent, answered = read_trace(stem)
         schema.validate(sent, answered)
         for msg in sent:
@@ -78,7 +85,7 @@ async def test_a_remote_parent_taking_stdio_delegates_through_a_python_bridge(
         sshd: OpenSshServer, daemon_factory: DaemonFactory) -> None:
     trace_dir = sshd.base / "traces"
     trace_dir.mkdir()
-    daemon = start_remote(sshd, daemon_factory, extra=stdio_parent(trace_dir))
+    daemon = start_remote(sshd, daemon_factory, extra=stdio_parents(trace_dir))
     async with daemon.client() as client:
         parent = await open_chat(client, "rstd", agent="rstdio", cwd=sshd.work)
         spawned = await mcp(client, parent.chat, "spawn_task", {
@@ -90,7 +97,7 @@ async def test_a_remote_parent_taking_stdio_delegates_through_a_python_bridge(
         # The entry: python3 over there, the forward's URL in argv, the credential in env.
         remote_port = int((await wait_log(daemon, FORWARDED)).group(1))
         url = f"http://127.0.0.1:{remote_port}/mcp/{parent.chat}"
-        [entry] = stoker_entries(trace_dir)
+        [entry] = stoker_entries(trace_dir, "r")
         assert entry["command"] == "python3"
         assert entry["args"][0] == "-c"
         assert entry["args"][-1] == url
@@ -106,10 +113,18 @@ async def test_a_remote_parent_taking_stdio_delegates_through_a_python_bridge(
         assert credential.encode() not in cmdline
         environ = Path(f"/proc/{bridge.pid}/environ").read_bytes().split(b"\0")
         assert f"STOKER_MCP_CREDENTIAL={credential}".encode() in environ
+        # An agent that could take HTTP, set to stdio, gets the bridge too.
+        forced = await open_chat(client, "rforced", agent="rforced", cwd=sshd.work)
+        listed = await mcp(client, forced.chat, "list_tasks")
+        assert listed == {"tasks": []}
+        [other] = stoker_entries(trace_dir, "f")
+        assert (other["command"], other["args"][-1]) == (
+            "python3", f"http://127.0.0.1:{remote_port}/mcp/rforced")
         # No notice: the server was offered.
-        deltas = await replay(client, parent.chat)
-        assert not [x for x in deltas if isinstance(x.body, d.Notice)]
-        turns_end_once(deltas)
+        for chat in (parent.chat, forced.chat):
+            deltas = await replay(client, chat)
+            assert not [x for x in deltas if isinstance(x.body, d.Notice)]
+            turns_end_once(deltas)
 
 
 def path_without_python(base: Path) -> Path:
