@@ -151,19 +151,16 @@ class Bridge:
                 conn.close()
                 raise
             try:
-                reusable = self.answer(response, rid)
+                self.answer(conn, response, rid)
             except BaseException:
                 conn.close()
                 raise
-            with self.lock:
-                if not reusable or response.will_close or rid in self.cancelled:
-                    conn.close()
-                else:
-                    self.idle.append(conn)
             return
 
-    def answer(self, response: http.client.HTTPResponse, rid: Any) -> bool:
-        """Write what `response` carries; whether its connection may be used again."""
+    def answer(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
+               rid: Any) -> None:
+        """Write what `response` carries; `conn` goes back to the pool first when it may be
+        used again (so a request read after this answer finds it)."""
         session = response.getheader("mcp-session-id")
         if session:
             with self.lock:
@@ -175,16 +172,23 @@ class Bridge:
         if kind == "text/event-stream":
             for data in events(response):
                 if self.forward(json.loads(data), rid):
-                    return False  # answered: the rest of the stream is not waited for
+                    conn.close()  # answered: the rest of the stream is not waited for
+                    return
             if rid is not None:
                 raise RuntimeError("the event stream ended without an answer")
-            return False
+            conn.close()
+            return
         body = response.read()
-        if kind == "application/json" and body.strip():
-            self.forward(json.loads(body), rid)
-        elif rid is not None:
+        found = json.loads(body) if kind == "application/json" and body.strip() else None
+        if found is None and rid is not None:
             raise RuntimeError(f"HTTP {response.status} without an answer")
-        return True
+        with self.lock:
+            if response.will_close or rid in self.cancelled:
+                conn.close()
+            else:
+                self.idle.append(conn)
+        if found is not None:
+            self.forward(found, rid)
 
     def forward(self, found: Any, rid: Any) -> bool:
         """Write the message(s) to stdout; whether the answer to `rid` was among them."""

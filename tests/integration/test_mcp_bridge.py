@@ -137,25 +137,36 @@ async def test_the_bridge_speaks_stdio_to_the_daemons_http_endpoint(
 
 
 class StandIn(http.server.BaseHTTPRequestHandler):
-    """Answers a request with an SSE stream (a server notification, then the answer),
-    assigns a session id and wants it back, and takes notifications with 202."""
+    """HTTP/1.1. Answers `initialize` with an SSE stream (a server notification, then the
+    answer) and a session id it wants back; other requests with JSON on a kept-alive
+    connection; a notification with 202, then drops that connection without saying so (as
+    a server whose keep-alive timed out)."""
 
-    seen: list[tuple[str | None, str | None]] = []
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[str, str | None, str | None, int]] = []
+    """(method, Mcp-Session-Id, Authorization, client port) of every request."""
 
     def do_POST(self) -> None:
         message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        StandIn.seen.append((self.headers.get("Mcp-Session-Id"),
-                             self.headers.get("Authorization")))
+        StandIn.seen.append((message["method"], self.headers.get("Mcp-Session-Id"),
+                             self.headers.get("Authorization"), self.client_address[1]))
         if "id" not in message:
             self.send_response(202)
             self.send_header("Content-Length", "0")
             self.end_headers()
+            self.close_connection = True
             return
-        events = [{"jsonrpc": "2.0", "method": "notifications/message", "params": {}},
-                  {"jsonrpc": "2.0", "id": message["id"], "result": {"echo": message}}]
-        body = "".join(f"event: message\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+        answer = {"jsonrpc": "2.0", "id": message["id"], "result": {"echo": message}}
+        if message["method"] == "initialize":
+            events = [{"jsonrpc": "2.0", "method": "notifications/message", "params": {}},
+                      answer]
+            body = "".join(f"event: message\ndata: {json.dumps(e)}\n\n"
+                           for e in events).encode()
+            kind = "text/event-stream"
+        else:
+            body, kind = json.dumps(answer).encode(), "application/json"
         self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Type", kind)
         self.send_header("Mcp-Session-Id", "s-1")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -175,19 +186,25 @@ def stand_in() -> Iterator[str]:
     server.server_close()
 
 
-async def test_the_bridge_reads_sse_answers_and_keeps_the_session(stand_in: str) -> None:
+async def test_the_bridge_reads_sse_keeps_the_session_and_resends_on_a_dropped_connection(
+        stand_in: str) -> None:
     bridge = BridgeProcess(stdio_entry({"name": "stoker", "url": stand_in, "headers": [
         {"name": "Authorization", "value": "Bearer secret"}]}))
     bridge.send(initialize(1))
     assert (await bridge.receive())["method"] == "notifications/message"
     assert (await bridge.receive())["result"]["echo"]["method"] == "initialize"
     bridge.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-    bridge.send({"jsonrpc": "2.0", "id": 2, "method": "ping"})
-    assert (await bridge.receive())["method"] == "notifications/message"
-    assert (await bridge.receive())["id"] == 2
+    # The first ping goes on the connection the server dropped, then again on a new one.
+    for rid in (2, 3):
+        assert (await bridge.request(rid, "ping"))["result"]["echo"]["id"] == rid
     assert await bridge.close() == 0
-    assert StandIn.seen == [(None, "Bearer secret"), ("s-1", "Bearer secret"),
-                            ("s-1", "Bearer secret")]
+    seen = StandIn.seen
+    assert [s[:3] for s in seen] == [
+        ("initialize", None, "Bearer secret"),
+        ("notifications/initialized", "s-1", "Bearer secret"),
+        ("ping", "s-1", "Bearer secret"), ("ping", "s-1", "Bearer secret")]
+    assert seen[2][3] == seen[3][3], "the second ping did not reuse the connection"
+    assert seen[1][3] != seen[2][3]
 
 
 async def test_the_bridge_without_a_credential_says_so() -> None:
