@@ -8,6 +8,8 @@ The backend actor only sees an `Executor`; this package provides the remote one.
     computer.py  one host: one verified, kept-alive, reconnecting connection; orphans;
                  the remote port forward of the daemon's MCP endpoint (`forward`)
     forwards.py  that host's forwards, opened once per connection, re-opened after a loss
+    mcp_stdio.py Stoker's MCP server for an agent there taking stdio only: a stdio entry
+                 running mcp_bridge.py (a program for the host's python3) to the forward
     scripts.py   the POSIX sh launcher and tree-kill programs run over there
     process.py   an agent process there (`AgentProcess`): streams, wait, stop, kill
     streams.py   trio byte streams over SSH channels

@@ -31,6 +31,7 @@ from daemon.ssh.bridge import BridgeClosed
 from daemon.ssh.computer import Computer
 from daemon.ssh.files import SftpFiles
 from daemon.ssh.login import ComputerError, describe_error
+from daemon.ssh.mcp_stdio import StdioOffer
 from daemon.ssh.process import SshProcess
 from daemon.ssh.streams import ChannelReceiveStream, ChannelSendStream
 
@@ -46,9 +47,15 @@ class SshExecutor:
         self.computer = computer
         self.name = computer.name
         self.instance = instance
+        self._mcp = StdioOffer(computer)
 
     def files(self, root: str) -> SftpFiles:
         return SftpFiles(self.computer, root)
+
+    async def mcp_stdio_entry(self, http: dict[str, Any]) -> dict[str, Any]:
+        """Stoker's MCP server for an agent here that takes stdio only: a bridge to the
+        HTTP entry `http` (mcp_stdio.py); `offer.Unavailable` says why there is none."""
+        return await self._mcp.entry(http)
 
     async def spawn(self, argv: list[str], *, env: Mapping[str, str], cwd: str,
                     actor: str, merge_stderr: bool = False) -> SshProcess:

@@ -151,7 +151,8 @@ class Session:
 
     async def _stoker_mcp_servers(self) -> list[dict[str, Any]]:
         """Stoker's own `mcpServers` entry for this session (daemon/mcp/offer.py). An agent
-        on another computer gets it over HTTP only, through the computer's SSH connection;
+        on another computer gets the HTTP entry through the computer's SSH connection, or
+        (taking stdio) a stdio bridge to it (daemon/ssh/mcp_stdio.py, its executor's);
         when that cannot be had the chat goes on without it, and says why."""
         core = self._core
         config = core.settings.config.tasks
@@ -161,13 +162,14 @@ class Session:
         chosen = offer.wanted(core.chat, core.agent, config, caps)
         if chosen is None:
             return []
-        if chosen == "stdio":
-            core.log.info("Stoker's MCP server is not offered: the agent runs on another "
-                          "computer and takes stdio (only the HTTP transport reaches a "
-                          "computer; see tasks.mcp_transport)", computer=core.computer)
-            return []
+        bridge: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = getattr(
+            core.executor, "mcp_stdio_entry", None)
         try:
+            if chosen == "stdio" and bridge is None:
+                raise offer.Unavailable("it takes stdio, which its executor cannot bridge")
             entries = await offer.remote_mcp_servers(core.chat, core.computer)
+            if chosen == "stdio" and bridge is not None:
+                entries = [await bridge(entry) for entry in entries]
         except offer.Unavailable as exc:
             reason = str(exc)
             core.log.warning("Stoker's MCP server is not offered to the remote agent",

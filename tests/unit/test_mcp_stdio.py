@@ -1,0 +1,42 @@
+"""The stdio entry offered to a remote agent taking stdio (daemon/ssh/mcp_stdio.py): what it
+holds where, the program it runs over there, and what the python3 probe's exit means."""
+
+from __future__ import annotations
+
+import ast
+import sys
+
+from daemon.mcp.offer import http_entry
+from daemon.ssh.mcp_stdio import probe_problem, program, stdio_entry
+
+
+def test_the_credential_goes_to_the_environment_and_the_url_to_argv() -> None:
+    http = http_entry("a chat", "http://127.0.0.1:4242")
+    [header] = http["headers"]
+    credential = header["value"].removeprefix("Bearer ")
+    entry = stdio_entry(http)
+    assert entry["name"] == "stoker"
+    assert entry["command"] == "python3"
+    assert entry["args"] == ["-c", program(), "http://127.0.0.1:4242/mcp/a%20chat"]
+    assert entry["env"] == [{"name": "STOKER_MCP_CREDENTIAL", "value": credential}]
+    assert credential not in "".join(entry["args"])
+
+
+def test_the_program_is_python_3_7_and_the_standard_library_only() -> None:
+    tree = ast.parse(program(), feature_version=(3, 7))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported, "no imports found"
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+def test_the_probe_exit_says_what_is_wrong() -> None:
+    assert probe_problem(0, b"") == ""
+    assert probe_problem(1, b"") == "its python3 is older than 3.7"
+    assert probe_problem(127, b"sh: python3: not found") == "python3 is not found on its PATH"
+    assert probe_problem(None, b"") == "python3 does not run (exit status None)"
+    assert probe_problem(2, b"boom\n") == "python3 does not run (boom)"
