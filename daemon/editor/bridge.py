@@ -41,6 +41,7 @@ from typing import Any, Literal
 import msgspec
 import trio
 
+from daemon.acp.lines import LineTooLong
 from daemon.acp.rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -48,7 +49,6 @@ from daemon.acp.rpc import (
     RESOURCE_NOT_FOUND,
     FollowUp,
     JsonRpcConnection,
-    LineTooLong,
     RpcError,
 )
 from daemon.acp.types import PROTOCOL_VERSION

@@ -18,13 +18,8 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
 from daemon.acp import updates
-from daemon.acp.rpc import (
-    ConnectionLost,
-    JsonRpcConnection,
-    LineTooLong,
-    read_line_batches,
-    read_lines,
-)
+from daemon.acp.lines import LineTooLong, read_line_batches, read_lines
+from daemon.acp.rpc import ConnectionLost, JsonRpcConnection
 from daemon.listeners.websocket.frames import encode_messages
 from protocol import deltas as d
 

@@ -12,7 +12,8 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from daemon.acp.rpc import FollowUp, JsonRpcConnection, RpcError, read_lines
+from daemon.acp.lines import read_lines
+from daemon.acp.rpc import FollowUp, JsonRpcConnection, RpcError
 
 
 def _pair() -> tuple[JsonRpcConnection, trio.abc.SendStream, trio.abc.ReceiveStream,

@@ -14,13 +14,8 @@ import msgspec
 import trio
 
 from daemon.acp import types as acp
-from daemon.acp.rpc import (
-    METHOD_NOT_FOUND,
-    ConnectionLost,
-    JsonRpcConnection,
-    LineTooLong,
-    RpcError,
-)
+from daemon.acp.lines import LineTooLong
+from daemon.acp.rpc import METHOD_NOT_FOUND, ConnectionLost, JsonRpcConnection, RpcError
 from daemon.config.agents import AgentSpec
 from daemon.errors import AgentUnavailable
 from daemon.execution.local import Executor, ExitStatus, SpawnError

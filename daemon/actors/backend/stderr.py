@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from daemon.acp.rpc import LineTooLong
+from daemon.acp.lines import LineTooLong
 
 if TYPE_CHECKING:
     from daemon.acp.rpc import JsonRpcConnection
