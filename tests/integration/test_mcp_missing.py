@@ -11,11 +11,13 @@ import os
 import signal
 import sys
 
+import pytest
 import trio
 
-from daemon.client import Client
+from daemon.client import Client, RequestFailed
 from protocol import deltas as d
-from tests.integration.test_tasks import mcp
+from protocol import messages as m
+from tests.integration.test_tasks import mcp, mcp_credential
 from tests.support.harness import (
     DaemonFactory,
     DaemonProcess,
@@ -119,6 +121,12 @@ async def test_a_server_never_started_warns_once_per_session_and_turns_still_wor
         assert (await actor(client, quiet)).mcp == "not up (stdio)"
         assert daemon.log_text().count("Stoker's MCP server did not come up") == 4
 
+        # A forged credential marks nothing up.
+        with pytest.raises(RequestFailed) as refused:
+            await client.request(m.McpUp(id=0, chat=chats["late"], credential="0" * 64))
+        assert refused.value.code == "unauthorized"
+        assert (await actor(client, chats["late"], "late")).mcp == "not up (stdio)"
+
         # Late is fine: the server comes up (the echo agent's first `/mcp` starts it), and
         # the chat is told so, once.
         for name, chat in chats.items():
@@ -128,6 +136,13 @@ async def test_a_server_never_started_warns_once_per_session_and_turns_still_wor
             assert is_late(notices[1])
             assert (await actor(client, chat, name)).mcp == (
                 "up (http)" if name == "late_http" else "up (stdio)")
+
+        # Nor does another chat's (its `stoker mcp` has the late stdio chat's).
+        other = mcp_credential(await agent_pid(client, chats["late"]))
+        with pytest.raises(RequestFailed) as refused:
+            await client.request(m.McpUp(id=0, chat=shared[0], credential=other))
+        assert refused.value.code == "unauthorized"
+        assert (await actor(client, shared[0], "late_shared")).mcp == "not up (stdio)"
 
         # A new session (the agent restarted and resumed it) is a new check.
         chat = chats["late"]
