@@ -380,6 +380,17 @@ class WorkflowResume(_Request, tag="workflow_resume", kw_only=True):
     run: str
 
 
+
+class McpUp(_Request, tag="mcp_up", kw_only=True):
+    """Stoker's MCP server of `chat` is up: the agent finished the MCP handshake with it.
+    Sent by `stoker mcp` (stdio); the daemon's HTTP endpoint notes it itself. The daemon
+    warns in a chat whose session never brings its server up (docs/TASKS.md)."""
+
+    chat: str
+    credential: str
+    """The chat's credential, from the server's environment."""
+
+
 Request = (
     Ping
     | GetStatus
@@ -419,4 +430,5 @@ Request = (
     | GetWorkflow
     | WorkflowCancel
     | WorkflowResume
+    | McpUp
 )

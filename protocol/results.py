@@ -22,6 +22,7 @@ from .requests import (
     ListTasks,
     ListWorkflows,
     ListWorkspaces,
+    McpUp,
     OpenChat,
     Permit,
     Ping,
@@ -297,6 +298,9 @@ class ActorDetail(Struct):
     process: SharedProcess | None = None
     """Set when the session is on a shared agent process (its `rss` is then this chat's
     share of the process's)."""
+    mcp: str | None = None
+    """Stoker's MCP server in the current session: `up (stdio)`, `not up (http)`...; None
+    when the session was not offered it (docs/TASKS.md)."""
 
 
 class AgentDescription(Struct):
@@ -577,5 +581,6 @@ RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     GetWorkflow: WorkflowInfo,
     WorkflowCancel: WorkflowInfo,
     WorkflowResume: WorkflowInfo,
+    McpUp: Ok,
 }
 """The type of `Reply.result` for each request type."""

@@ -19,6 +19,7 @@ from daemon.actors import mailbox as mb
 from daemon.actors.backend.actor import BackendActor
 from daemon.actors.lifecycle import ActorFacts, State
 from daemon.config.agents import AgentSpec
+from daemon.mcp import presence
 from protocol.messages import ActorDetail, SharedProcess
 
 T = TypeVar("T")
@@ -141,7 +142,8 @@ class ActorRef:
             models=info.get("models"), commands=info.get("commands") or [],
             usage=core.usage, pending_permissions=core.permissions.ids(),
             terminals=core.terminals.ids() if core.terminals is not None else [],
-            process=self.shared_process())
+            process=self.shared_process(),
+            mcp=presence.state(core.chat) if process is not None else None)
 
     def prompt_capabilities(self) -> acp.PromptCapabilities | None:
         """What content the agent accepts (None until it has answered `initialize`)."""

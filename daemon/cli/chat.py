@@ -358,6 +358,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             if a.process is not None:
                 print(f"  process:     shared {a.process.id} (pid {a.process.pid or '-'}, "
                       f"{a.process.sessions} sessions)")
+            if a.mcp is not None:
+                print(f"  mcp:         Stoker's server {a.mcp}")
             if a.rss is not None:
                 share = " (this chat's share)" if a.process is not None else ""
                 print(f"  rss:         {_size(a.rss)}{share}")

@@ -8,6 +8,7 @@ can read, never a hang.
 Built on the official MCP SDK (`mcp.server.mcpserver.MCPServer`), run by anyio on trio like
 the rest of Stoker; the server and the tools' bodies (daemon/mcp/server.py, tools.py) are
 the ones the daemon serves over HTTP to agents that advertise it. Only MCP goes to stdout.
+Once the agent got past the MCP handshake, it tells the daemon so (daemon/mcp/stdio.py).
 """
 
 from __future__ import annotations
@@ -30,10 +31,8 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     import anyio
 
     from daemon.mcp.credentials import ENV_CREDENTIAL
-    from daemon.mcp.server import server
-    from daemon.mcp.tools import StokerTools, socket_ask
+    from daemon.mcp.stdio import serve
 
-    tools = StokerTools(socket_ask(str(paths_from(args).socket), args.chat), args.chat,
-                        os.environ.get(ENV_CREDENTIAL) or None)
-    anyio.run(server(lambda: tools).run_stdio_async, backend="trio")
+    anyio.run(serve, str(paths_from(args).socket), args.chat,
+              os.environ.get(ENV_CREDENTIAL) or None, backend="trio")
     return 0

@@ -256,11 +256,16 @@ class TasksConfig(_Section):
     process per session); `stdio`: always stdio; `http`: always HTTP, advertised or not."""
     mcp_transport_agents: dict[str, Literal["auto", "stdio", "http"]] = {}
     """`mcp_transport` per agent, over the default above."""
+    mcp_start_timeout: Duration = Duration(30.0)
+    """A session whose agent has not brought the offered server up this long after the
+    session was set up gets a warning notice (daemon/mcp/presence.py); 0: no check."""
 
     def __post_init__(self) -> None:
         if self.max_running < 1 or self.max_tasks < 1 or self.max_depth < 0:
             raise ValueError("max_running and max_tasks must be at least 1, max_depth at "
                              "least 0")
+        if self.mcp_start_timeout < 0:
+            raise ValueError("mcp_start_timeout must not be negative")
 
 
 class WorkflowsConfig(_Section):

@@ -179,6 +179,11 @@ Knobs (a flag wins over its environment variable)
 ``--mcp-http`` / ``--no-mcp-http`` (``STOKER_ECHO_MCP_HTTP=1``)
     Advertise ``mcpCapabilities.http``: a client may then give HTTP MCP servers (Streamable
     HTTP; ``/mcp`` handles both JSON and SSE answers).
+``STOKER_ECHO_MCP_START=demand|eager|late``
+    When the session's MCP servers start (``mcp_commands``): ``demand`` (default) at the
+    first ``/mcp``, said in ``initialize`` (``agentCapabilities._meta``); ``eager`` as soon
+    as the session is set up; ``late`` at the first ``/mcp``, unsaid (a failed start, to a
+    client that checks).
 ``--linger`` (``STOKER_ECHO_LINGER=1``)
     Ignore stdin EOF and keep running (until a signal), like agents that do not notice their
     client went away: the tests of orphan reclaim and process-tree stop need one.

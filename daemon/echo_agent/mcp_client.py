@@ -42,6 +42,8 @@ class McpError(Exception):
 class McpClient(Protocol):
     name: str
 
+    def open(self, cancel: threading.Event) -> None: ...
+
     def call(self, tool: str, arguments: JsonObj, cancel: threading.Event
              ) -> tuple[bool, str]: ...
 
@@ -76,6 +78,12 @@ class _Server(abc.ABC):
         if result is None:
             return True, "cancelled"
         return _tool_text(result)
+
+    def open(self, cancel: threading.Event) -> None:
+        """Start (stdio) or initialize (HTTP) the server now, if it is not yet."""
+        with self._lock:
+            if not self._opened():
+                self._open(cancel)
 
     @abc.abstractmethod
     def _opened(self) -> bool: ...

@@ -20,6 +20,7 @@ from daemon.echo_agent.jsonrpc import (
     RpcError,
     param_str,
 )
+from daemon.echo_agent.mcp_commands import capabilities_meta
 from daemon.echo_agent.sessions import MODEL_VALUES, Session, Turn, now_iso
 from daemon.echo_agent.state import AgentState
 
@@ -99,6 +100,7 @@ class SessionMethods:
                 },
                 "mcpCapabilities": {"http": self.options.mcp_http, "sse": False},
                 "sessionCapabilities": session_caps,
+                "_meta": capabilities_meta(),
             },
             "authMethods": auth_methods,
             "agentInfo": {
@@ -130,6 +132,7 @@ class SessionMethods:
         with self._state.cond:
             self._state.sessions[session.session_id] = session
             self._state.persist(session)
+        self._state.mcp_given(session)
         if self.options.models_only:
             return {
                 "sessionId": session.session_id,
@@ -156,7 +159,8 @@ class SessionMethods:
                 session.cwd = cwd
                 self._state.persist(session)
             session.mcp_servers = mcp_servers_param(params)
-            return session
+        self._state.mcp_given(session)
+        return session
 
     def _session_load(self, _rid: Any, params: JsonObj) -> JsonObj:
         if not self.options.load:

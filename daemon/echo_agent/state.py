@@ -8,6 +8,7 @@ it, because a worker waiting for a client's answer also wakes on cancellation an
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from daemon.echo_agent.jsonrpc import (
     INVALID_PARAMS,
@@ -39,6 +40,8 @@ class AgentState:
         self.can_write = False
         self.can_terminal = False
         self._tool_counter = 0
+        self.mcp_given: Callable[[Session], None] = lambda session: None
+        """Called with a session just given its ``mcpServers`` (``mcp_commands``: eager)."""
 
     def session(self, params: JsonObj) -> Session:
         """The active session named by ``params.sessionId``, else -32002."""

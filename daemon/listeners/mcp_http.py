@@ -18,7 +18,9 @@ request then goes to the SDK's `StreamableHTTPSessionManager` (stateless: no ses
 kept between requests, so an idle chat costs nothing here; JSON answers) through the small
 ASGI adapter `http.asgi`; the chat and its credential travel as the SDK's authenticated
 user, and each tool call asks the daemon's router in process, as the request's chat, with
-its credential (the tasks subsystem checks it again, as for stdio).
+its credential (the tasks subsystem checks it again, as for stdio). The chat's first
+request past the MCP handshake marks its server up (`mcp.presence`, which warns in a chat
+whose session never brings it up).
 
 Agents on other computers reach the same listener through an SSH remote port forward of
 their computer's connection (`remote_endpoint`, given `forward` by the SSH subsystem): the
@@ -51,7 +53,7 @@ from daemon.listeners.http import api, asgi
 from daemon.listeners.http.head import HeadError, bare_error, read_head
 from daemon.listeners.http.policy import bearer_tokens, check_request, header
 from daemon.log import Log
-from daemon.mcp import credentials, offer
+from daemon.mcp import credentials, offer, presence
 from daemon.mcp.tools import Ask, StokerTools
 from protocol.errors import ErrorCode
 
@@ -323,6 +325,7 @@ class McpHttpListener:
             await _send(stream, _refusal(conn, exc.status, code, str(exc), extra))
             raise asgi.ConnectionDone from None
         body = await self._body(stream, conn, request)
+        presence.seen_http(chat, body)
         app = self._app
         assert app is not None
         scope = asgi.scope_of(request, path=urllib.parse.unquote(path),

@@ -5,9 +5,11 @@ both transports serve: its tools' bodies (`tools`, thin calls of task requests t
 `stoker mcp` (daemon/cli/mcp.py, asking over the daemon's socket); HTTP is served by the
 daemon (daemon/listeners/mcp_http.py, asking its router in process), also to agents on
 other computers through an SSH remote port forward (`offer.remote_mcp_servers`). The
-tasks subsystem (daemon/tasks/) answers the requests either way.
+tasks subsystem (daemon/tasks/) answers the requests either way. `stdio` is `stoker mcp`'s
+loop; `presence` notes whether each session's agent brought its offered server up, and
+warns in the chat when it did not.
 
 Below the actors so that a backend session can ask for the entry; imports only `config`,
-`protocol` and the standard library at module level (`server` and the tools' error type
-import the MCP SDK, only where a server is served).
+`log`, `protocol`, trio and the standard library at module level (`server`, `stdio` and the
+tools' error type import the MCP SDK, only where a server is served).
 """

@@ -16,6 +16,9 @@ that computer's loopback through an SSH remote port forward on its connection
 (`remote_mcp_servers`, docs/REMOTE.md). An agent there that takes stdio is not offered the
 server.
 
+Each offer made is recorded in `presence`, which warns in the chat when the agent does not
+bring the server up.
+
 `configure` is called when the daemon starts (by the tasks subsystem: it knows the socket),
 `configure_http` when its MCP endpoint may be started, `configure_remote` when it may also
 be forwarded to computers; before that, and in a process that is not the daemon, the
@@ -30,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from daemon.config.file import TasksConfig
+from daemon.mcp import presence
 from daemon.mcp.credentials import ENV_CREDENTIAL, credential_for
 
 SERVER_NAME = "stoker"
@@ -106,16 +110,19 @@ def mcp_servers(chat: str, agent: str, config: TasksConfig, *, remote: bool = Fa
     """The entries to add to `chat`'s session setup on `agent` (whose `initialize` advertised
     `agent_capabilities`): Stoker's server, unless switched off (`tasks.mcp`, per agent or
     per chat), the agent runs on another computer (`remote`: see `remote_mcp_servers`), or
-    the daemon offers no transport yet."""
+    the daemon offers no transport yet. Records the offer (`presence`: whether the agent
+    brings the server up is checked)."""
     chosen = wanted(chat, agent, config, agent_capabilities)
     if remote or chosen is None:
         return []
     if chosen == "http" and _http is not None:
         base = _http()
         if base is not None:
+            presence.offered(chat, "http")
             return [http_entry(chat, base)]
     if _socket is None:
         return []
+    presence.offered(chat, "stdio")
     return [{
         "name": SERVER_NAME,
         "command": sys.executable,
@@ -131,9 +138,12 @@ def mcp_servers(chat: str, agent: str, config: TasksConfig, *, remote: bool = Fa
 async def remote_mcp_servers(chat: str, computer: str) -> list[dict[str, Any]]:
     """The HTTP entry of `chat`, whose agent runs on `computer` and takes HTTP (`wanted`),
     with the URL the daemon's endpoint has there. Raises `Unavailable` (why not) when it
-    cannot be served there: the daemon offers no HTTP endpoint, or the forward failed."""
+    cannot be served there: the daemon offers no HTTP endpoint, or the forward failed.
+    Records the offer (`presence`)."""
     endpoint = _remote
     if endpoint is None:
         raise Unavailable("the daemon does not serve its MCP endpoint to other computers "
                           "(it is starting or stopping)")
-    return [http_entry(chat, await endpoint(computer))]
+    entries = [http_entry(chat, await endpoint(computer))]
+    presence.offered(chat, "http")
+    return entries

@@ -24,7 +24,7 @@ from daemon.errors import (
     UnknownAgent,
 )
 from daemon.log import Log
-from daemon.mcp import credentials, offer
+from daemon.mcp import credentials, offer, presence
 from daemon.router import Routes
 from daemon.store.sqlite import Store
 from daemon.tasks import limits, records
@@ -362,3 +362,12 @@ async def task_send(tasks: TaskService, req: m.TaskSend, client: str) -> m.TaskI
 @ROUTES.handles(m.TaskCancel, slow=True)
 async def task_cancel(tasks: TaskService, req: m.TaskCancel, client: str) -> m.TaskInfo:
     return await tasks.cancel(req)
+
+
+@ROUTES.handles(m.McpUp)
+async def mcp_up(tasks: TaskService, req: m.McpUp, client: str) -> m.Ok:
+    """`stoker mcp` says the agent got past its MCP handshake (daemon/mcp/presence.py)."""
+    if not credentials.valid(req.chat, req.credential):
+        raise Unauthorized(f"the credential does not belong to chat {req.chat!r}")
+    presence.up(req.chat)
+    return m.Ok()

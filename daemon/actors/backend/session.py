@@ -30,7 +30,7 @@ from daemon.errors import (
     StokerError,
     Unsupported,
 )
-from daemon.mcp import offer
+from daemon.mcp import offer, presence
 from protocol import deltas as d
 
 if TYPE_CHECKING:
@@ -77,6 +77,11 @@ class Session:
                         continue
                 await post(ev.AuthNeeded(gen, "", first=False))
         gen.set_up = True
+        if gen.nursery is not None:  # is the offered MCP server brought up? (mcp/presence)
+            core = self._core
+            gen.nursery.start_soon(presence.watch, core.chat, core.agent, core.info.get(
+                "agentCapabilities"), core.settings.config.tasks.mcp_start_timeout,
+                core.publish, core.log)
         await post(ev.Ready(gen))
 
     async def handshake(self, rpc: JsonRpcConnection) -> None:
