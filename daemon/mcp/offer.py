@@ -10,11 +10,11 @@ Two transports, chosen per agent (`tasks.mcp_transport`, `tasks.mcp_transport_ag
   --chat ID` with this interpreter; the socket and the chat's credential travel in its
   environment (`env`), never in argv.
 
-An agent on another computer (`[computers.NAME]`) gets the HTTP transport only (neither the
-daemon's socket nor a stdio command of this machine is there): the daemon's endpoint reaches
-that computer's loopback through an SSH remote port forward on its connection
-(`remote_mcp_servers`, docs/REMOTE.md). An agent there that takes stdio is not offered the
-server.
+An agent on another computer (`[computers.NAME]`) gets the daemon's HTTP endpoint (neither the
+daemon's socket nor a stdio command of this machine is there): the endpoint reaches that
+computer's loopback through an SSH remote port forward on its connection
+(`remote_mcp_servers`, docs/REMOTE.md). An agent there that takes stdio gets a stdio bridge
+to that endpoint (daemon/ssh/mcp_stdio.py: `python3` there, the standard library only).
 
 Each offer made is recorded in `presence`, which warns in the chat when the agent does not
 bring the server up.
@@ -136,10 +136,10 @@ def mcp_servers(chat: str, agent: str, config: TasksConfig, *, remote: bool = Fa
 
 
 async def remote_mcp_servers(chat: str, computer: str) -> list[dict[str, Any]]:
-    """The HTTP entry of `chat`, whose agent runs on `computer` and takes HTTP (`wanted`),
-    with the URL the daemon's endpoint has there. Raises `Unavailable` (why not) when it
-    cannot be served there: the daemon offers no HTTP endpoint, or the forward failed.
-    Records the offer (`presence`)."""
+    """The HTTP entry of `chat`, whose agent runs on `computer`, with the URL the daemon's
+    endpoint has there (an agent that takes stdio gets a bridge to it, made from this).
+    Raises `Unavailable` (why not) when it cannot be served there: the daemon offers no
+    HTTP endpoint, or the forward failed. Records the offer (`presence`)."""
     endpoint = _remote
     if endpoint is None:
         raise Unavailable("the daemon does not serve its MCP endpoint to other computers "

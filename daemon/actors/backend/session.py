@@ -21,6 +21,7 @@ from daemon.acp.updates import decode_chunk_line, decode_session_update
 from daemon.actors import mailbox as mb
 from daemon.actors.backend import events as ev
 from daemon.actors.backend.core import Core
+from daemon.actors.backend.mcp_offer import StokerMcp
 from daemon.actors.backend.probe import INITIALIZE_PARAMS
 from daemon.errors import (
     AgentRequestFailed,
@@ -30,7 +31,7 @@ from daemon.errors import (
     StokerError,
     Unsupported,
 )
-from daemon.mcp import offer, presence
+from daemon.mcp import presence
 from protocol import deltas as d
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class Session:
 
     def __init__(self, core: Core) -> None:
         self._core = core
-        self._unoffered = ""
+        self._mcp = StokerMcp(core)
         """Why Stoker's MCP server was last not offered to this chat's remote agent (its
         notice is published when the reason changes, not at every session setup)."""
 
@@ -110,7 +111,7 @@ class Session:
         timeout = self._timeout()
         caps = init.agent_capabilities
         setup_params = {"cwd": core.cwd,
-                        "mcpServers": [*core.mcp, *await self._stoker_mcp_servers()]}
+                        "mcpServers": [*core.mcp, *await self._mcp.servers()]}
         old = core.session_id
         lost_reason = ""
         if old is not None:
@@ -153,40 +154,6 @@ class Session:
             core.publish(d.Notice(level="warning", message=message))
             core.log.warning("session lost; started a new one", reason=lost_reason,
                              restored=", ".join(restored), failed="; ".join(failed))
-
-    async def _stoker_mcp_servers(self) -> list[dict[str, Any]]:
-        """Stoker's own `mcpServers` entry for this session (daemon/mcp/offer.py). An agent
-        on another computer gets the HTTP entry through the computer's SSH connection, or
-        (taking stdio) a stdio bridge to it (daemon/ssh/mcp_stdio.py, its executor's);
-        when that cannot be had the chat goes on without it, and says why."""
-        core = self._core
-        config = core.settings.config.tasks
-        caps = core.info.get("agentCapabilities")
-        if core.computer is None:
-            return offer.mcp_servers(core.chat, core.agent, config, agent_capabilities=caps)
-        chosen = offer.wanted(core.chat, core.agent, config, caps)
-        if chosen is None:
-            return []
-        bridge: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = getattr(
-            core.executor, "mcp_stdio_entry", None)
-        try:
-            if chosen == "stdio" and bridge is None:
-                raise offer.Unavailable("it takes stdio, which its executor cannot bridge")
-            entries = await offer.remote_mcp_servers(core.chat, core.computer)
-            if chosen == "stdio" and bridge is not None:
-                entries = [await bridge(entry) for entry in entries]
-        except offer.Unavailable as exc:
-            reason = str(exc)
-            core.log.warning("Stoker's MCP server is not offered to the remote agent",
-                             computer=core.computer, reason=reason)
-            if reason != self._unoffered:
-                self._unoffered = reason
-                core.publish(d.Notice(level="warning", message=(
-                    f"Stoker's MCP server (tasks) is not available to this agent on "
-                    f"computer {core.computer!r}: {reason}")))
-            return []
-        self._unoffered = ""
-        return entries
 
     async def _reapply(self, rpc: JsonRpcConnection, chosen: list[Setting], timeout: float
                        ) -> tuple[list[str], list[str]]:
