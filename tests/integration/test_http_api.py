@@ -116,6 +116,7 @@ async def test_every_request_type_is_served_as_json(http: HttpDaemon, tmp_path: 
         ("workflow", {"run": "no-such"}, {ErrorCode.NOT_FOUND}),
         ("workflow_cancel", {"run": "no-such"}, {ErrorCode.NOT_FOUND}),
         ("workflow_resume", {"run": "no-such"}, {ErrorCode.NOT_FOUND}),
+        ("mcp_up", {"chat": "h1", "credential": "forged"}, {ErrorCode.UNAUTHORIZED}),
     ]
     for tag, body, codes in refused:
         response = await http.call(tag, body)
