@@ -93,7 +93,11 @@ def read_trace(prefix: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     def load(path: Path) -> list[dict[str, Any]]:
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        # Complete lines only: the recorder may be writing one as we read (a long line can
+        # take more than one write), and the agent may still be talking.
+        text = path.read_bytes()
+        text = text[: text.rfind(b"\n") + 1]
+        return [json.loads(line) for line in text.decode().splitlines() if line.strip()]
 
     return load(Path(f"{prefix}.in.ndjson")), load(Path(f"{prefix}.out.ndjson"))
 
