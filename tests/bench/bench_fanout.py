@@ -352,10 +352,12 @@ async def run(ctx: Context) -> Result:
                med("ingest-unix-1", "cpu_per_100k_produced"), "s")
     result.add("ingest: direct stdio client's CPU per 100k (floor)",
                med("direct", "cpu_per_100k"), "s")
-    result.add("ingest: ratio 1 subscriber / direct stdio",
+    # Coalescing is off here (bench_config): this is the per-delta path. The target
+    # (>= 0.6) is judged by the `ingest` scenario, with the daemon's default coalescing.
+    result.add("ingest: ratio 1 subscriber / direct stdio, coalescing off",
                median([u["rate"] / x["rate"] for u, x in zip(rows["ingest-unix-1"],
                                                              rows["direct"], strict=True)]),
-               "x", target=">= 0.6", check=lambda v: v >= 0.6)
+               "x")
     latencies = await delivery_latency(200 if ctx.quick else 1000)
     for q in (50, 99):
         result.add(f"publish to a live subscriber's outbox, in process, p{q}",
