@@ -22,7 +22,7 @@ import pytest
 from protocol import deltas as d
 from protocol import messages as m
 from tests.integration.test_remote import wait_computer
-from tests.integration.test_tasks import mcp, turns_end_once
+from tests.integration.test_tasks import delegate_a_sleep, mcp, turns_end_once
 from tests.support.acp_tee import ClientSchema, read_trace, tee_command, traces
 from tests.support.harness import (
     DaemonFactory,
@@ -108,12 +108,7 @@ async def test_a_remote_parent_delegates_to_a_local_agent_through_the_forward(
     daemon = start_remote(sshd, daemon_factory, extra=recorded_parents(trace_dir))
     async with daemon.client() as client:
         parent = await open_chat(client, "rboss", agent="rparent", cwd=sshd.work)
-        spawned = await mcp(client, parent.chat, "spawn_task", {
-            "agent": "echo", "prompt": "/sleep 10", "title": "from afar"})
-        result = await mcp(client, parent.chat, "task_result",
-                           {"id": spawned["id"], "wait_seconds": 60})
-        assert (result["state"], result["result"], result["stop_reason"]) == (
-            "done", "slept 10", "end_turn")
+        spawned = await delegate_a_sleep(client, parent.chat, "from afar")
         tasks: m.TaskList = await client.request(m.ListTasks(id=0, parent=parent.chat))
         [task] = tasks.tasks
         assert (task.agent, task.origin, task.title) == ("echo", "agent", "from afar")

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from protocol import deltas as d
-from tests.integration.test_tasks import mcp, turns_end_once
+from tests.integration.test_tasks import delegate_a_sleep, mcp, turns_end_once
 from tests.support.acp_tee import ClientSchema, read_trace, tee_command, traces
 from tests.support.harness import DaemonFactory, open_chat, replay, turn, wait_log
 from tests.support.openssh import OpenSshServer, openssh_missing
@@ -88,12 +88,7 @@ async def test_a_remote_parent_taking_stdio_delegates_through_a_python_bridge(
     daemon = start_remote(sshd, daemon_factory, extra=stdio_parents(trace_dir))
     async with daemon.client() as client:
         parent = await open_chat(client, "rstd", agent="rstdio", cwd=sshd.work)
-        spawned = await mcp(client, parent.chat, "spawn_task", {
-            "agent": "echo", "prompt": "/sleep 10", "title": "bridged"})
-        result = await mcp(client, parent.chat, "task_result",
-                           {"id": spawned["id"], "wait_seconds": 60})
-        assert (result["state"], result["result"], result["stop_reason"]) == (
-            "done", "slept 10", "end_turn")
+        await delegate_a_sleep(client, parent.chat, "bridged")
         # The entry: python3 over there, the forward's URL in argv, the credential in env.
         remote_port = int((await wait_log(daemon, FORWARDED)).group(1))
         url = f"http://127.0.0.1:{remote_port}/mcp/{parent.chat}"

@@ -201,6 +201,17 @@ async def mcp(client: Client, chat: str, tool: str, arguments: dict[str, object]
     return data
 
 
+async def delegate_a_sleep(client: Client, chat: str, title: str) -> dict[str, Any]:
+    """The agent of `chat` spawns a 10 ms `/sleep` task on the echo agent through Stoker's
+    MCP server and waits for its result, which must be done; returns the spawned task."""
+    spawned = await mcp(client, chat, "spawn_task", {
+        "agent": "echo", "prompt": "/sleep 10", "title": title})
+    result = await mcp(client, chat, "task_result", {"id": spawned["id"], "wait_seconds": 60})
+    assert (result["state"], result["result"], result["stop_reason"]) == (
+        "done", "slept 10", "end_turn")
+    return spawned
+
+
 async def delegate_three_tasks(client: Client, chat: str) -> m.TaskList:
     """The delegation script (over whichever MCP transport the chat `boss` has): list the
     agents, spawn three echo tasks, list them, wait for each result, ask one's status, and
