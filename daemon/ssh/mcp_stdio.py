@@ -35,8 +35,10 @@ if TYPE_CHECKING:
 
 PYTHON = "python3"
 MIN_VERSION = (3, 7)
-PROBE = f"{PYTHON} -c 'import sys; sys.exit(sys.version_info < {MIN_VERSION!r})'"
-"""Exit 0: usable; 1: too old; 127 (the shell's): not found."""
+PROBE = (f"{PYTHON} -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3]); "
+         f"sys.exit(sys.version_info < {MIN_VERSION!r})'")
+"""Prints the version; exit 0: usable; 1: too old; 127 (the shell's): not found. `stoker
+doctor` runs the same probe (daemon/doctor/ssh.py)."""
 PROBE_TIMEOUT = 15.0
 
 
@@ -64,14 +66,15 @@ def stdio_entry(http: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def probe_problem(code: int | None, stderr: bytes) -> str:
-    """What the probe's exit says is wrong with the computer's python3 ("" if nothing)
-    (pure)."""
+def probe_problem(code: int | None, stderr: bytes, version: str = "") -> str:
+    """What the probe's exit says is wrong with the computer's python3 ("" if nothing),
+    given what it printed (`version`) (pure)."""
     if code == 0:
         return ""
     if code == 1:
         need = ".".join(map(str, MIN_VERSION))
-        return f"its {PYTHON} is older than {need}"
+        found = f" ({version})" if version else ""
+        return f"its {PYTHON}{found} is older than {need}"
     if code == 127:
         return f"{PYTHON} is not found on its PATH"
     said = stderr.decode("utf-8", "replace").strip()[:200]
@@ -97,7 +100,8 @@ class StdioOffer:
                 checked = self._checked
                 if checked is None or checked[0] is not conn:
                     done = await computer.run(PROBE, timeout=PROBE_TIMEOUT)
-                    checked = self._checked = (conn, probe_problem(done.code, done.stderr))
+                    checked = self._checked = (conn, probe_problem(
+                        done.code, done.stderr, done.stdout.decode("utf-8", "replace").strip()))
             except ComputerError as exc:
                 raise Unavailable(str(exc)) from None
         if checked[1]:

@@ -291,6 +291,7 @@ async def test_doctor_checks_the_computer(sshd: SshServer,
     assert row["status"] == "ok", row
     assert "host key verified" in row["detail"]
     assert "Linux" in row["detail"]
+    assert "python3 3." in row["detail"]  # the stdio MCP bridge's, in the same round trip
 
 
 async def test_orphan_reclaim_after_daemon_kill9(

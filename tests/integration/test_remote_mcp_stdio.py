@@ -132,6 +132,22 @@ def path_without_python(base: Path) -> Path:
     return bin_dir
 
 
+def test_doctor_warns_of_a_computer_without_python3(sshd: OpenSshServer,
+                                                   daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(config="")
+    sshd.child_env = {"PATH": str(path_without_python(sshd.base)), "PYENV_VERSION": "system"}
+    sshd.start()
+    daemon.write_config(sshd.computer_config())
+    doctor = daemon.cli("doctor", "--json", "--no-probe")
+    rows = {row["check"]: row for row in json.loads(doctor.stdout)["checks"]}
+    row = rows["computer loop"]
+    assert row["status"] == "warn", row
+    assert "host key verified" in row["detail"]
+    assert "python3 is not found on its PATH" in row["detail"]
+    assert "take MCP over stdio get no Stoker MCP server" in row["detail"]
+    assert "no port forwarding" not in row["detail"]
+
+
 async def test_a_computer_without_python3_leaves_the_chat_working_and_says_why(
         sshd: OpenSshServer, daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config="")

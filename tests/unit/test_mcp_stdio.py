@@ -37,6 +37,7 @@ def test_the_program_is_python_3_7_and_the_standard_library_only() -> None:
 def test_the_probe_exit_says_what_is_wrong() -> None:
     assert probe_problem(0, b"") == ""
     assert probe_problem(1, b"") == "its python3 is older than 3.7"
+    assert probe_problem(1, b"", "3.6.9") == "its python3 (3.6.9) is older than 3.7"
     assert probe_problem(127, b"sh: python3: not found") == "python3 is not found on its PATH"
     assert probe_problem(None, b"") == "python3 does not run (exit status None)"
     assert probe_problem(2, b"boom\n") == "python3 does not run (boom)"

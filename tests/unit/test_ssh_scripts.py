@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from daemon.doctor.checks import Check
-from daemon.doctor.ssh import ComputerFacts, computer_verdict
+from daemon.doctor.ssh import ComputerFacts, computer_verdict, parse_python
 from daemon.ssh import scripts
 from daemon.ssh.executor import forwarded
 
@@ -153,17 +153,49 @@ def test_only_what_differs_from_our_environment_is_forwarded(
     assert forwarded(env) == {"CHANGED": "new", "NEW": "x"}
 
 
+PY_OK = (0, "3.11.7")
+
+
 @pytest.mark.parametrize(("facts", "status"), [
-    (ComputerFacts("b", "h:22", "ok", "Linux 6.1 x86_64", (), 0.01), "ok"),
-    (ComputerFacts("b", "h:22", "ok", "Linux", ("git",), 0.01), "warn"),
-    (ComputerFacts("b", "h:22", "ok", "Linux", ("setsid",), 0.01), "fail"),
+    (ComputerFacts("b", "h:22", "ok", "Linux 6.1 x86_64", (), 0.01, "", PY_OK), "ok"),
+    (ComputerFacts("b", "h:22", "ok", "Linux", ("git",), 0.01, "", PY_OK), "warn"),
+    (ComputerFacts("b", "h:22", "ok", "Linux", ("setsid",), 0.01, "", PY_OK), "fail"),
     (ComputerFacts("b", "h:22", "refused", "host key of computer 'b' CHANGED"), "fail"),
     (ComputerFacts("b", "h:22", "unreachable", "cannot connect"), "fail"),
-    (ComputerFacts("b", "h:22", "ok", "Linux", (), 0.01, "refused to forward a port"),
+    (ComputerFacts("b", "h:22", "ok", "Linux", (), 0.01, "refused to forward a port",
+                   PY_OK), "warn"),
+    (ComputerFacts("b", "h:22", "ok", "Linux", (), 0.01, "", (127, "sh: python3: not found")),
      "warn"),
+    (ComputerFacts("b", "h:22", "ok", "Linux", (), 0.01, "", (1, "3.6.9")), "warn"),
+    (ComputerFacts("b", "h:22", "ok", "Linux", (), 0.01, "", (2, "Segmentation fault")),
+     "warn"),
+    (ComputerFacts("b", "h:22", "ok", "Linux", (), 0.01, "", (None, "")), "warn"),
 ])
 def test_computer_verdict(facts: ComputerFacts, status: str) -> None:
     check = computer_verdict(facts)
     assert isinstance(check, Check)
     assert check.name == "computer b"
     assert check.status == status
+
+
+def test_the_python3_verdict_says_what_it_costs_and_what_to_do() -> None:
+    ok = computer_verdict(ComputerFacts("b", "h:22", "ok", "Linux", (), 0.01, "", PY_OK))
+    assert "python3 3.11.7" in ok.detail
+    missing = computer_verdict(
+        ComputerFacts("b", "h:22", "ok", "Linux", (), 0.01, "", (127, "sh: python3: not found")))
+    assert missing.status == "warn"
+    assert "python3 is not found on its PATH" in missing.detail
+    assert "take MCP over stdio get no Stoker MCP server (task tools)" in missing.detail
+    assert "install Python 3.7 or later there" in missing.detail
+    old = computer_verdict(ComputerFacts("b", "h:22", "ok", "Linux", (), 0.01, "", (1, "3.6.9")))
+    assert "its python3 (3.6.9) is older than 3.7" in old.detail
+    crashed = computer_verdict(
+        ComputerFacts("b", "h:22", "ok", "Linux", (), 0.01, "", (139, "Segmentation fault")))
+    assert "python3 does not run (Segmentation fault)" in crashed.detail
+
+
+def test_the_python3_line_of_the_round_trip() -> None:
+    assert parse_python("stoker-python3 0 3.11.7") == (0, "3.11.7")
+    assert parse_python("stoker-python3 127 sh: 1: python3: not found ") == (
+        127, "sh: 1: python3: not found")
+    assert parse_python("stoker-python3 ") == (None, "")
