@@ -19,6 +19,14 @@ then stops that call). Whatever goes wrong with a request (the endpoint unreacha
 HTTP error) is answered as a JSON-RPC error to it and said on stderr; the bridge keeps
 running (the forward comes back with the computer's connection). It exits 0 at EOF on
 stdin, and 2 on a bad command line.
+
+A message is never sent twice: once its bytes are all sent, the server may have read it and
+run it (a `spawn_task` would start a second task), so a connection that closes before its
+answer is answered with an error, not retried. Instead, a kept-alive connection is checked
+before it is reused: one the server closed meanwhile (readable while idle: EOF) or idle for
+longer than `IDLE_REUSE` (so that the daemon's own idle timeout cannot close it as the
+request goes out) is closed and another taken. Only a message whose bytes did not all go
+out on a kept-alive connection is sent again, on another connection.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -36,8 +45,10 @@ from typing import Any
 ENV_CREDENTIAL = "STOKER_MCP_CREDENTIAL"
 INTERNAL_ERROR = -32603
 PARSE_ERROR = -32700
-RETRIED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
-"""What a kept-alive connection the server closed meanwhile fails with: sent again once."""
+IDLE_REUSE = 30.0
+"""A kept-alive connection idle for longer is not reused: the daemon closes one idle for 60 s
+(daemon/listeners/mcp_http.py `KEEPALIVE`), and a request sent as it does may be lost
+without a way to tell whether it was read."""
 
 
 def say(text: str) -> None:
@@ -58,7 +69,8 @@ class Bridge:
         self.protocol: str | None = None
         self.lock = threading.Lock()
         self.output = threading.Lock()
-        self.idle: list[http.client.HTTPConnection] = []
+        self.idle: list[tuple[http.client.HTTPConnection, float]] = []
+        """Kept-alive connections and when each became idle (`time.monotonic`)."""
         self.running: dict[Any, http.client.HTTPConnection | None] = {}
         """Request id -> the connection its answer comes on (None: not sent yet)."""
         self.cancelled: set[Any] = set()
@@ -120,14 +132,23 @@ class Bridge:
                     self.running.pop(rid, None)
                     self.cancelled.discard(rid)
 
+    def take(self) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection to send on, and whether it was kept alive (call with `lock` held).
+        Kept-alive ones the server closed, or idle too long, are closed on the way."""
+        now = time.monotonic()
+        while self.idle:
+            conn, since = self.idle.pop()
+            if now - since <= IDLE_REUSE and not closed(conn):
+                return conn, True
+            conn.close()
+        return http.client.HTTPConnection(self.host, self.port), False
+
     def exchange(self, body: bytes, rid: Any) -> None:
-        for attempt in (0, 1):
+        while True:
             with self.lock:
                 if rid in self.cancelled:
                     return
-                reused = bool(self.idle)
-                conn = self.idle.pop() if reused \
-                    else http.client.HTTPConnection(self.host, self.port)
+                conn, kept = self.take()
                 if rid is not None:
                     self.running[rid] = conn
                 headers = {"Content-Type": "application/json",
@@ -139,14 +160,22 @@ class Bridge:
                     headers["MCP-Protocol-Version"] = self.protocol
             try:
                 conn.request("POST", self.path, body=body, headers=headers)
-                response = conn.getresponse()
-            except RETRIED:
+            except OSError:
                 conn.close()
-                with self.lock:
-                    again = reused and attempt == 0 and rid not in self.cancelled
-                if again:
+                if kept:  # some of its bytes did not go out: the server cannot have read it
                     continue
                 raise
+            except BaseException:
+                conn.close()
+                raise
+            # Sent whole: it may have been read and run, so it is never sent again.
+            try:
+                response = conn.getresponse()
+            except (http.client.HTTPException, OSError) as exc:
+                conn.close()
+                raise Unanswered(f"the connection closed before the answer "
+                                 f"({describe(exc)}); it may have run, so it is not "
+                                 f"sent again") from exc
             except BaseException:
                 conn.close()
                 raise
@@ -186,7 +215,7 @@ class Bridge:
             if response.will_close or rid in self.cancelled:
                 conn.close()
             else:
-                self.idle.append(conn)
+                self.idle.append((conn, time.monotonic()))
         if found is not None:
             self.forward(found, rid)
 
@@ -212,6 +241,25 @@ class Bridge:
                 sys.stdout.buffer.flush()
             except (BrokenPipeError, ValueError):
                 os._exit(0)  # the client is gone
+
+
+class Unanswered(Exception):
+    """A request sent whole whose connection closed before its answer."""
+
+
+def closed(conn: http.client.HTTPConnection) -> bool:
+    """Whether an idle kept-alive connection is unusable: the server closed it (EOF) or sent
+    on it unasked (which it may not), or it has no socket."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False  # nothing to read: still open
+    except OSError:
+        return True
+    return True
 
 
 def events(response: http.client.HTTPResponse) -> Iterator[str]:

@@ -1,7 +1,8 @@
 """The stdio <-> Streamable HTTP bridge a remote agent taking stdio is offered
 (daemon/ssh/mcp_bridge.py), run here as it runs there (`python -c <its text> URL`, the
 credential in its environment): against the daemon's real MCP endpoint, and against a small
-stand-in server for what the daemon does not send (an SSE answer, a session id)."""
+stand-in server for what the daemon does not send (an SSE answer, a session id) or does only
+at its edges (a kept-alive connection closed when idle, or after reading a request)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 import trio
 
@@ -140,7 +142,8 @@ class StandIn(http.server.BaseHTTPRequestHandler):
     """HTTP/1.1. Answers `initialize` with an SSE stream (a server notification, then the
     answer) and a session id it wants back; other requests with JSON on a kept-alive
     connection; a notification with 202, then drops that connection without saying so (as
-    a server whose keep-alive timed out)."""
+    a server whose keep-alive timed out); a call of the tool `drop` it counts (it ran), then
+    drops the connection without an answer (as a server stopping mid-call)."""
 
     protocol_version = "HTTP/1.1"
     seen: list[tuple[str, str | None, str | None, int]] = []
@@ -150,6 +153,9 @@ class StandIn(http.server.BaseHTTPRequestHandler):
         message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         StandIn.seen.append((message["method"], self.headers.get("Mcp-Session-Id"),
                              self.headers.get("Authorization"), self.client_address[1]))
+        if message["method"] == "tools/call" and message["params"]["name"] == "drop":
+            self.close_connection = True
+            return
         if "id" not in message:
             self.send_response(202)
             self.send_header("Content-Length", "0")
@@ -186,15 +192,31 @@ def stand_in() -> Iterator[str]:
     server.server_close()
 
 
-async def test_the_bridge_reads_sse_keeps_the_session_and_resends_on_a_dropped_connection(
-        stand_in: str) -> None:
-    bridge = BridgeProcess(stdio_entry({"name": "stoker", "url": stand_in, "headers": [
+async def closed_by_the_server(bridge: BridgeProcess, url: str) -> None:
+    """Wait until a connection of the bridge to `url`'s port got the server's FIN (it is in
+    CLOSE_WAIT): the bridge can see it."""
+    port = int(url.split(":")[2].split("/")[0])
+    with trio.fail_after(DEADLINE):
+        while not any(c.status == psutil.CONN_CLOSE_WAIT and c.raddr and c.raddr[1] == port
+                      for c in psutil.Process(bridge.proc.pid).net_connections("tcp")):
+            await trio.sleep(0.01)
+
+
+def stand_in_bridge(url: str) -> BridgeProcess:
+    return BridgeProcess(stdio_entry({"name": "stoker", "url": url, "headers": [
         {"name": "Authorization", "value": "Bearer secret"}]}))
+
+
+async def test_the_bridge_reads_sse_keeps_the_session_and_leaves_a_dropped_connection(
+        stand_in: str) -> None:
+    bridge = stand_in_bridge(stand_in)
     bridge.send(initialize(1))
     assert (await bridge.receive())["method"] == "notifications/message"
     assert (await bridge.receive())["result"]["echo"]["method"] == "initialize"
     bridge.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-    # The first ping goes on the connection the server dropped, then again on a new one.
+    await closed_by_the_server(bridge, stand_in)
+    # The first ping sees the kept-alive connection closed and goes on a new one (never on
+    # the closed one: a request sent there would fail, and could not be sent again).
     for rid in (2, 3):
         assert (await bridge.request(rid, "ping"))["result"]["echo"]["id"] == rid
     assert await bridge.close() == 0
@@ -205,6 +227,30 @@ async def test_the_bridge_reads_sse_keeps_the_session_and_resends_on_a_dropped_c
         ("ping", "s-1", "Bearer secret"), ("ping", "s-1", "Bearer secret")]
     assert seen[2][3] == seen[3][3], "the second ping did not reuse the connection"
     assert seen[1][3] != seen[2][3]
+    assert "connection closed" not in bridge.stderr()
+
+
+async def test_a_call_whose_connection_closes_after_it_was_read_runs_once(
+        stand_in: str) -> None:
+    bridge = stand_in_bridge(stand_in)
+    bridge.send(initialize(1))
+    await bridge.receive()
+    assert "echo" in (await bridge.receive())["result"]
+    assert (await bridge.request(2, "ping"))["result"]["echo"]["id"] == 2
+    # On the connection ping 2 left kept alive: read (it ran), then dropped unanswered.
+    dropped = await bridge.request(3, "tools/call", {"name": "drop", "arguments": {}})
+    ran = [s for s in StandIn.seen if s[0] == "tools/call"]
+    assert len(ran) == 1, f"the call ran {len(ran)} times"
+    message = dropped["error"]["message"]
+    assert "closed before the answer" in message, dropped
+    assert "it may have run, so it is not sent again" in message
+    assert (await bridge.request(4, "ping"))["result"]["echo"]["id"] == 4  # a new connection
+    assert await bridge.close() == 0
+    seen = StandIn.seen
+    assert [s[0] for s in seen] == ["initialize", "ping", "tools/call", "ping"], seen
+    assert seen[1][3] == seen[2][3], "the call did not go on the kept-alive connection"
+    assert seen[2][3] != seen[3][3]
+    assert "closed before the answer" in bridge.stderr()
 
 
 async def test_the_bridge_without_a_credential_says_so() -> None:
