@@ -3,10 +3,16 @@ issue names (daemon/mcp/server.py). Built without a daemon: listing tools asks n
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import trio
+from mcp import Client
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver.exceptions import ToolError
 
 from daemon.mcp.server import server
+from daemon.mcp.stdio import HandshakeWatch
 from daemon.mcp.tools import StokerTools, socket_ask
 
 
@@ -38,3 +44,24 @@ async def test_an_unreachable_daemon_is_a_tool_error_not_a_crash() -> None:
                                      "credential"))
     with pytest.raises(ToolError, match="Stoker is not reachable: the daemon is not running"):
         await app.call_tool("list_tasks", {})
+
+
+async def test_the_stdio_server_notes_the_end_of_the_handshake() -> None:
+    """`stoker mcp`'s middleware (daemon/mcp/stdio.py `HandshakeWatch`) on the SDK's own
+    in-process client, handshake era: `initialize` leaves it unset, the next message sets it,
+    and every message still reaches the server."""
+    app = server(lambda: StokerTools(socket_ask("/nonexistent.sock", "boss"), "boss",
+                                     "credential"))
+    past = trio.Event()
+    seen: list[tuple[str, bool]] = []
+
+    async def before(ctx: ServerRequestContext[Any, Any], call_next: CallNext
+                     ) -> HandlerResult:
+        seen.append((ctx.method, past.is_set()))
+        return await call_next(ctx)
+
+    app.middleware.extend([before, HandshakeWatch(past)])
+    async with Client(app, mode="legacy") as client:
+        assert len((await client.list_tools()).tools) == 9
+    assert seen[:2] == [("initialize", False), ("notifications/initialized", False)], seen
+    assert seen[2] == ("tools/list", True), seen
