@@ -389,6 +389,9 @@ class McpUp(_Request, tag="mcp_up", kw_only=True):
     chat: str
     credential: str
     """The chat's credential, from the server's environment."""
+    agent: str | None = None
+    """The agent whose session was offered this server (`STOKER_MCP_AGENT` in its
+    environment): a chat's agents are checked apart. None: every offer of the chat."""
 
 
 Request = (

@@ -143,7 +143,7 @@ class ActorRef:
             usage=core.usage, pending_permissions=core.permissions.ids(),
             terminals=core.terminals.ids() if core.terminals is not None else [],
             process=self.shared_process(),
-            mcp=presence.state(core.chat) if process is not None else None)
+            mcp=presence.state(core.chat, core.agent) if process is not None else None)
 
     def prompt_capabilities(self) -> acp.PromptCapabilities | None:
         """What content the agent accepts (None until it has answered `initialize`)."""

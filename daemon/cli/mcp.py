@@ -31,8 +31,10 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     import anyio
 
     from daemon.mcp.credentials import ENV_CREDENTIAL
+    from daemon.mcp.offer import ENV_AGENT
     from daemon.mcp.stdio import serve
 
     anyio.run(serve, str(paths_from(args).socket), args.chat,
-              os.environ.get(ENV_CREDENTIAL) or None, backend="trio")
+              os.environ.get(ENV_CREDENTIAL) or None, os.environ.get(ENV_AGENT) or None,
+              backend="trio")
     return 0

@@ -19,8 +19,8 @@ kept between requests, so an idle chat costs nothing here; JSON answers) through
 ASGI adapter `http.asgi`; the chat and its credential travel as the SDK's authenticated
 user, and each tool call asks the daemon's router in process, as the request's chat, with
 its credential (the tasks subsystem checks it again, as for stdio). The chat's first
-request past the MCP handshake marks its server up (`mcp.presence`, which warns in a chat
-whose session never brings it up).
+request past the MCP handshake marks up the server of the agent its URL names (`?agent=`;
+`mcp.presence`, which warns in a chat whose session never brings it up).
 
 Agents on other computers reach the same listener through an SSH remote port forward of
 their computer's connection (`remote_endpoint`, given `forward` by the SSH subsystem): the
@@ -325,7 +325,7 @@ class McpHttpListener:
             await _send(stream, _refusal(conn, exc.status, code, str(exc), extra))
             raise asgi.ConnectionDone from None
         body = await self._body(stream, conn, request)
-        presence.seen_http(chat, body)
+        presence.seen_http(chat, offer.agent_of(query), body)
         app = self._app
         assert app is not None
         scope = asgi.scope_of(request, path=urllib.parse.unquote(path),

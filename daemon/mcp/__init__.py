@@ -6,8 +6,8 @@ both transports serve: its tools' bodies (`tools`, thin calls of task requests t
 daemon (daemon/listeners/mcp_http.py, asking its router in process), also to agents on
 other computers through an SSH remote port forward (`offer.remote_mcp_servers`). The
 tasks subsystem (daemon/tasks/) answers the requests either way. `stdio` is `stoker mcp`'s
-loop; `presence` notes whether each session's agent brought its offered server up, and
-warns in the chat when it did not.
+loop; `presence` notes whether each session's agent brought its offered server up (per
+actor: each agent of a chat on its own), and warns in the chat when it did not.
 
 Below the actors so that a backend session can ask for the entry; imports only `config`,
 `log`, `protocol`, trio and the standard library at module level (`server`, `stdio` and the

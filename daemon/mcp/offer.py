@@ -4,11 +4,14 @@ Two transports, chosen per agent (`tasks.mcp_transport`, `tasks.mcp_transport_ag
 
 * **HTTP** (an ACP `McpServerHttp`), to an agent whose `initialize` advertised
   `mcpCapabilities.http` (`auto`): the daemon serves the tools itself on a loopback port
-  (daemon/listeners/mcp_http.py), at `/mcp/<chat>`, and the chat's credential travels as a
-  bearer token in `headers`. No process per session.
+  (daemon/listeners/mcp_http.py), at `/mcp/<chat>?agent=<agent>`, and the chat's
+  credential travels as a bearer token in `headers`. No process per session.
 * **stdio** (an ACP `McpServerStdio`), to every other agent: the command runs `stoker mcp
-  --chat ID` with this interpreter; the socket and the chat's credential travel in its
-  environment (`env`), never in argv.
+  --chat ID` with this interpreter; the socket, the agent's name and the chat's credential
+  travel in its environment (`env`), never in argv.
+
+The tools act for the chat (its credential); the agent's name only tells `presence` which
+of the chat's agents brought its server up.
 
 An agent on another computer (`[computers.NAME]`) gets the daemon's HTTP endpoint (neither the
 daemon's socket nor a stdio command of this machine is there): the endpoint reaches that
@@ -39,8 +42,11 @@ from daemon.mcp.credentials import ENV_CREDENTIAL, credential_for
 SERVER_NAME = "stoker"
 ENV_SOCKET = "STOKER_SOCKET"
 ENV_CHAT = "STOKER_MCP_CHAT"
+ENV_AGENT = "STOKER_MCP_AGENT"
 HTTP_PATH = "/mcp/"
 """The HTTP endpoint of chat C is `HTTP_PATH + quote(C)` on the daemon's MCP port."""
+AGENT_PARAM = "agent"
+"""The query parameter naming the agent an HTTP entry was offered to (`agent_of`)."""
 
 _socket: str | None = None
 _http: Callable[[], str | None] | None = None
@@ -95,14 +101,23 @@ def wanted(chat: str, agent: str, config: TasksConfig,
     return transport(agent, config, advertised_http=advertised)
 
 
-def http_entry(chat: str, base: str) -> dict[str, Any]:
-    """The ACP `McpServerHttp` of `chat` on the endpoint at `base` (http://HOST:PORT)."""
+def http_entry(chat: str, agent: str, base: str) -> dict[str, Any]:
+    """The ACP `McpServerHttp` of `chat` on `agent`, on the endpoint at `base`
+    (http://HOST:PORT)."""
+    query = urllib.parse.urlencode({AGENT_PARAM: agent})
     return {
         "type": "http",
         "name": SERVER_NAME,
-        "url": base + HTTP_PATH + urllib.parse.quote(chat, safe=""),
+        "url": f"{base}{HTTP_PATH}{urllib.parse.quote(chat, safe='')}?{query}",
         "headers": [{"name": "Authorization", "value": f"Bearer {credential_for(chat)}"}],
     }
+
+
+def agent_of(query: str) -> str | None:
+    """The agent an HTTP request's query string (`http_entry`'s) names, if it names one
+    (pure)."""
+    found = urllib.parse.parse_qs(query).get(AGENT_PARAM)
+    return found[0] if found else None
 
 
 def mcp_servers(chat: str, agent: str, config: TasksConfig, *, remote: bool = False,
@@ -118,11 +133,11 @@ def mcp_servers(chat: str, agent: str, config: TasksConfig, *, remote: bool = Fa
     if chosen == "http" and _http is not None:
         base = _http()
         if base is not None:
-            presence.offered(chat, "http")
-            return [http_entry(chat, base)]
+            presence.offered(chat, agent, "http")
+            return [http_entry(chat, agent, base)]
     if _socket is None:
         return []
-    presence.offered(chat, "stdio")
+    presence.offered(chat, agent, "stdio")
     return [{
         "name": SERVER_NAME,
         "command": sys.executable,
@@ -130,20 +145,21 @@ def mcp_servers(chat: str, agent: str, config: TasksConfig, *, remote: bool = Fa
         "env": [
             {"name": ENV_SOCKET, "value": _socket},
             {"name": ENV_CHAT, "value": chat},
+            {"name": ENV_AGENT, "value": agent},
             {"name": ENV_CREDENTIAL, "value": credential_for(chat)},
         ],
     }]
 
 
-async def remote_mcp_servers(chat: str, computer: str) -> list[dict[str, Any]]:
-    """The HTTP entry of `chat`, whose agent runs on `computer`, with the URL the daemon's
-    endpoint has there (an agent that takes stdio gets a bridge to it, made from this).
+async def remote_mcp_servers(chat: str, agent: str, computer: str) -> list[dict[str, Any]]:
+    """The HTTP entry of `chat` on `agent`, which runs on `computer`, with the URL the
+    daemon's endpoint has there (an agent that takes stdio gets a bridge to it, made from this).
     Raises `Unavailable` (why not) when it cannot be served there: the daemon offers no
     HTTP endpoint, or the forward failed. Records the offer (`presence`)."""
     endpoint = _remote
     if endpoint is None:
         raise Unavailable("the daemon does not serve its MCP endpoint to other computers "
                           "(it is starting or stopping)")
-    entries = [http_entry(chat, await endpoint(computer))]
-    presence.offered(chat, "http")
+    entries = [http_entry(chat, agent, await endpoint(computer))]
+    presence.offered(chat, agent, "http")
     return entries

@@ -4,13 +4,17 @@ An agent that fails to start the server it was offered (qwen under load: "MCP se
 failed to start: stoker. Continuing with built-in tools") goes on without Stoker's tools,
 and nothing else would tell its user. So:
 
-* `offer` records each session's offer here (`offered`: the chat, the transport) as it
-  builds the `mcpServers` entry; a new session (a restart, a resume, a setup after
-  authentication) is a new offer, and a new check.
+* `offer` records each session's offer here (`offered`: the chat, the agent, the
+  transport) as it builds the `mcpServers` entry; a new session (a restart, a resume, a
+  setup after authentication) is a new offer, and a new check.
+* Offers are per actor, (chat, agent): a chat may have several live agents (it switched
+  agents; each keeps its own process and session), each offered its own server, and each
+  brings it up or not. The entry names the agent (`stoker mcp`: `STOKER_MCP_AGENT` in its
+  environment; HTTP: `?agent=` in the URL), and the signal carries it back.
 * The server is *up* once the agent got past the MCP handshake with it: its first message
   other than `initialize` (normally `notifications/initialized`). `stoker mcp` (stdio)
-  tells the daemon so with an `mcp_up` request carrying the chat's credential (`up`);
-  the daemon's HTTP endpoint sees the requests itself (`seen_http`).
+  tells the daemon so with an `mcp_up` request carrying the chat's credential and the
+  agent (`up`); the daemon's HTTP endpoint sees the requests itself (`seen_http`).
 * `watch` runs in the session's generation from its set-up on: if the server is not up
   `tasks.mcp_start_timeout` after it, the chat gets one `notice` (warning) naming the
   agent, the transport and what to do, and the log a warning line; if the server comes up
@@ -43,6 +47,7 @@ class Offer:
     """One session's offer of Stoker's server."""
 
     chat: str
+    agent: str
     transport: str
     """"stdio" or "http"."""
     up: bool = False
@@ -50,31 +55,41 @@ class Offer:
     """Set when `up` becomes true (made by the watch that waits for it)."""
 
 
-_offers: dict[str, Offer] = {}
-"""The current offer of each chat whose session was offered the server."""
+_offers: dict[tuple[str, str], Offer] = {}
+"""The current offer of each actor, (chat, agent), whose session was offered the server."""
 
 
-def offered(chat: str, transport: str) -> None:
-    """`chat`'s session is being offered the server over `transport` (a new check)."""
-    _offers[chat] = Offer(chat, transport)
+def offered(chat: str, agent: str, transport: str) -> None:
+    """The session of `chat` on `agent` is being offered the server over `transport` (a new
+    check)."""
+    _offers[chat, agent] = Offer(chat, agent, transport)
 
 
-def up(chat: str) -> None:
-    """`chat`'s server got past its MCP handshake (the caller checked the credential)."""
-    offer = _offers.get(chat)
-    if offer is None or offer.up:
-        return
-    offer.up = True
-    if offer.changed is not None:
-        offer.changed.set()
+def _waiting(chat: str, agent: str | None) -> list[Offer]:
+    """The offers not yet up of `chat` on `agent` (None: on any agent)."""
+    if agent is not None:
+        offer = _offers.get((chat, agent))
+        found = [] if offer is None else [offer]
+    else:
+        found = [offer for key, offer in _offers.items() if key[0] == chat]
+    return [offer for offer in found if not offer.up]
 
 
-def seen_http(chat: str, body: bytes) -> None:
-    """An authenticated request of `chat` reached the HTTP endpoint with `body`: the server
-    is up if it carries a message other than `initialize`. Reads the body only while the
-    chat's offer waits for that."""
-    offer = _offers.get(chat)
-    if offer is None or offer.up:
+def up(chat: str, agent: str | None) -> None:
+    """The server of `chat` on `agent` got past its MCP handshake (the caller checked the
+    chat's credential). None: a server that did not say its agent (every offer of the chat
+    then counts as up)."""
+    for offer in _waiting(chat, agent):
+        offer.up = True
+        if offer.changed is not None:
+            offer.changed.set()
+
+
+def seen_http(chat: str, agent: str | None, body: bytes) -> None:
+    """An authenticated request of `chat` on `agent` (from its URL) reached the HTTP
+    endpoint with `body`: the server is up if it carries a message other than
+    `initialize`. Reads the body only while an offer waits for that."""
+    if not _waiting(chat, agent):
         return
     try:
         decoded = json.loads(body)
@@ -82,13 +97,13 @@ def seen_http(chat: str, body: bytes) -> None:
         return
     messages = decoded if isinstance(decoded, list) else [decoded]
     if any(isinstance(msg, dict) and msg.get("method") != "initialize" for msg in messages):
-        up(chat)
+        up(chat, agent)
 
 
-def state(chat: str) -> str | None:
-    """"up (TRANSPORT)", "not up (TRANSPORT)", or None when `chat`'s current session was
-    not offered the server (or its generation ended)."""
-    offer = _offers.get(chat)
+def state(chat: str, agent: str) -> str | None:
+    """"up (TRANSPORT)", "not up (TRANSPORT)", or None when the current session of `chat`
+    on `agent` was not offered the server (or its generation ended)."""
+    offer = _offers.get((chat, agent))
     if offer is None:
         return None
     return f"{'up' if offer.up else 'not up'} ({offer.transport})"
@@ -118,10 +133,10 @@ def missing_message(agent: str, transport: str, timeout: float) -> str:
 
 async def watch(chat: str, agent: str, capabilities: dict[str, Any] | None,
                 timeout: float, publish: Callable[[d.DeltaBody], object], log: Log) -> None:
-    """Check `chat`'s current offer, from its session's set-up on (run in the session's
-    generation, whose end cancels it): warn once if its server is not up within `timeout`
-    seconds (0: no check), say so if it comes up later."""
-    offer = _offers.get(chat)
+    """Check the current offer of `chat` on `agent`, from its session's set-up on (run in
+    the session's generation, whose end cancels it): warn once if its server is not up
+    within `timeout` seconds (0: no check), say so if it comes up later."""
+    offer = _offers.get((chat, agent))
     if offer is None:
         return
     try:
@@ -145,5 +160,5 @@ async def watch(chat: str, agent: str, capabilities: dict[str, Any] | None,
                 "was set up): its tools (tasks, workflows) are available.")))
         await trio.sleep_forever()
     finally:
-        if _offers.get(chat) is offer:
-            del _offers[chat]
+        if _offers.get((chat, agent)) is offer:
+            del _offers[chat, agent]

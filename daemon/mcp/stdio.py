@@ -42,7 +42,8 @@ class HandshakeWatch:
         return await call_next(ctx)
 
 
-async def _announce(socket: str, chat: str, credential: str, past: trio.Event) -> None:
+async def _announce(socket: str, chat: str, agent: str | None, credential: str,
+                    past: trio.Event) -> None:
     from daemon.client import Client, ClientError
     from protocol import messages as m
 
@@ -50,20 +51,23 @@ async def _announce(socket: str, chat: str, credential: str, past: trio.Event) -
     try:
         with trio.fail_after(ANNOUNCE_TIMEOUT):
             async with Client.connect(socket, client=f"mcp:{chat}") as conn:
-                await conn.request(m.McpUp(id=0, chat=chat, credential=credential))
+                await conn.request(m.McpUp(id=0, chat=chat, credential=credential,
+                                          agent=agent))
     except (ClientError, trio.TooSlowError, OSError) as exc:
         print(f"stoker mcp: could not tell the daemon the server is up: {exc}",
               file=sys.stderr)
 
 
-async def serve(socket: str, chat: str, credential: str | None) -> None:
-    """Serve `chat`'s tools on stdio until the agent closes stdin."""
+async def serve(socket: str, chat: str, credential: str | None,
+                agent: str | None = None) -> None:
+    """Serve `chat`'s tools on stdio until the agent closes stdin; `agent` is the one whose
+    session was offered it (told to the daemon with the handshake's end)."""
     tools = StokerTools(socket_ask(socket, chat), chat, credential)
     app = server(lambda: tools)
     past = trio.Event()
     app.middleware.append(HandshakeWatch(past))
     async with trio.open_nursery() as nursery:
         if credential is not None:
-            nursery.start_soon(_announce, socket, chat, credential, past)
+            nursery.start_soon(_announce, socket, chat, agent, credential, past)
         await app.run_stdio_async()
         nursery.cancel_scope.cancel()

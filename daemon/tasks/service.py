@@ -369,5 +369,5 @@ async def mcp_up(tasks: TaskService, req: m.McpUp, client: str) -> m.Ok:
     """`stoker mcp` says the agent got past its MCP handshake (daemon/mcp/presence.py)."""
     if not credentials.valid(req.chat, req.credential):
         raise Unauthorized(f"the credential does not belong to chat {req.chat!r}")
-    presence.up(req.chat)
+    presence.up(req.chat, req.agent)
     return m.Ok()

@@ -174,7 +174,7 @@ async def test_qwen_delegates_to_echo_through_stokers_mcp_server(
     if transport == "http":
         assert server["type"] == "http"
         assert server["url"].startswith("http://127.0.0.1:")
-        assert server["url"].endswith(f"/mcp/{info.chat}")
+        assert server["url"].endswith(f"/mcp/{info.chat}?agent={AGENT}")
         [auth] = server["headers"]
         assert auth["name"] == "Authorization"
         assert auth["value"].startswith("Bearer ")

@@ -59,7 +59,8 @@ class Rig:
 
     def entry_for(self, chat: str) -> dict[str, Any]:
         for entry in reversed(self.entries()):
-            if entry.get("url", "").endswith("/mcp/" + urllib.parse.quote(chat, safe="")):
+            path = urllib.parse.urlsplit(entry.get("url", "")).path
+            if path.endswith("/mcp/" + urllib.parse.quote(chat, safe="")):
                 return dict(entry)
         raise AssertionError(f"no HTTP entry for chat {chat!r}: {self.entries()}")
 

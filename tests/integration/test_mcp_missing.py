@@ -172,3 +172,40 @@ async def test_a_server_started_at_session_setup_says_nothing(
             assert await mcp_notices(daemon, chat) == []
         assert "Stoker's MCP server did not come up" not in daemon.log_text()
         assert "came up late" not in daemon.log_text()
+
+
+async def test_two_agents_of_one_chat_are_checked_apart(
+        daemon_factory: DaemonFactory) -> None:
+    """A chat that switched agents has two live agents, each offered its own server: `late`
+    (stdio) does not bring it up, `eager_http` does. Only `late` is warned about, by name,
+    each actor shows its own state, and `late`'s server coming up later is its own."""
+    # Long enough for eager_http's server (the daemon's endpoint, warmed first) to come up
+    # under load; short enough for late's warning to come soon.
+    daemon = started(daemon_factory, 5.0, agent("warm", "demand", http=True),
+                     agent("eager_http", "eager", http=True), agent("late", "late"))
+    async with daemon.client() as client:
+        # Bind the HTTP endpoint and import the MCP SDK in the daemon (an unchecked agent).
+        warm = await set_up(client, daemon, "warm", "warm")
+        assert (await mcp(client, warm, "list_tasks"))["tasks"] == []
+        chat = await set_up(client, daemon, "pair", "late")
+        other = await turn(client, chat, "hello too", agent="eager_http", timeout=60)
+        assert other.ended.stop_reason == "end_turn"
+        await wait_actor(client, chat, lambda a: a.mcp == "up (http)", agent="eager_http",
+                         timeout=60)
+        [warning] = await wait_notices(daemon, chat, 1)
+        assert is_warning(warning)
+        assert "agent 'late' was offered it over stdio" in warning.message
+        assert "eager_http" not in warning.message
+        assert (await actor(client, chat, "late")).mcp == "not up (stdio)"
+        assert (await actor(client, chat, "eager_http")).mcp == "up (http)"
+
+        # late brings its server up (the echo agent's first `/mcp`): its `stoker mcp` says
+        # so for late, and the chat hears it once.
+        listed = await turn(client, chat, "/mcp list_tasks {}", agent="late", timeout=90)
+        assert json.loads(listed.text) == {"tasks": []}, listed.text
+        notices = await wait_notices(daemon, chat, 2)
+        assert [is_warning(n) for n in notices] == [True, False]
+        assert is_late(notices[1])
+        await wait_actor(client, chat, lambda a: a.mcp == "up (stdio)", agent="late")
+        assert (await actor(client, chat, "eager_http")).mcp == "up (http)"
+        assert daemon.log_text().count("Stoker's MCP server did not come up") == 1

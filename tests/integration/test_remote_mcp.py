@@ -123,7 +123,8 @@ async def test_a_remote_parent_delegates_to_a_local_agent_through_the_forward(
                                  computer="loop")
         assert (await mcp(client, pinned.chat, "list_tasks")) == {"tasks": []}
         assert stoker_urls(trace_dir) == [
-            f"http://127.0.0.1:{remote_port}/mcp/{chat}" for chat in ("pinned", "rboss")]
+            f"http://127.0.0.1:{remote_port}/mcp/{chat}?agent={agent}"
+            for chat, agent in (("pinned", "lparent"), ("rboss", "rparent"))]
 
         # The host goes away with its agent; on the next connection the forward is opened
         # again (on the same remote port when it is free) and the tools work again.
@@ -136,7 +137,8 @@ async def test_a_remote_parent_delegates_to_a_local_agent_through_the_forward(
         again = await mcp(client, parent.chat, "list_tasks")
         assert [t["id"] for t in again["tasks"]] == [spawned["id"]]
         assert int((await wait_log(daemon, FORWARDED, after=mark)).group(1)) == remote_port
-        assert stoker_urls(trace_dir)[-1] == f"http://127.0.0.1:{remote_port}/mcp/rboss"
+        assert stoker_urls(trace_dir)[-1] == \
+            f"http://127.0.0.1:{remote_port}/mcp/rboss?agent=rparent"
         # No notice: the server was offered each time. (A replay ends the live
         # subscription: last.)
         deltas = await replay(client, parent.chat)

@@ -91,7 +91,7 @@ async def test_a_remote_parent_taking_stdio_delegates_through_a_python_bridge(
         await delegate_a_sleep(client, parent.chat, "bridged")
         # The entry: python3 over there, the forward's URL in argv, the credential in env.
         remote_port = int((await wait_log(daemon, FORWARDED)).group(1))
-        url = f"http://127.0.0.1:{remote_port}/mcp/{parent.chat}"
+        url = f"http://127.0.0.1:{remote_port}/mcp/{parent.chat}?agent=rstdio"
         [entry] = stoker_entries(trace_dir, "r")
         assert entry["command"] == "python3"
         assert entry["args"][0] == "-c"
@@ -114,7 +114,7 @@ async def test_a_remote_parent_taking_stdio_delegates_through_a_python_bridge(
         assert listed == {"tasks": []}
         [other] = stoker_entries(trace_dir, "f")
         assert (other["command"], other["args"][-1]) == (
-            "python3", f"http://127.0.0.1:{remote_port}/mcp/rforced")
+            "python3", f"http://127.0.0.1:{remote_port}/mcp/rforced?agent=rforced")
         # No notice: the server was offered.
         for chat in (parent.chat, forced.chat):
             deltas = await replay(client, chat)

@@ -149,16 +149,16 @@ async def test_a_forwarded_request_passes_the_gate_and_a_foreign_host_does_not()
     made = McpHttpListener(Router(), config=lambda: WebSocketConfig(), forward=forward)
     async with trio.open_nursery() as nursery:
         await made.start(nursery)
-        [entry] = await offer.remote_mcp_servers("boss", "loop")
+        [entry] = await offer.remote_mcp_servers("boss", "x", "loop")
         assert made.url is not None
         local = urllib.parse.urlsplit(made.url)
         assert asked == [("loop", local.port)]
-        assert entry["url"] == "http://127.0.0.1:4711/mcp/boss"
+        assert entry["url"] == "http://127.0.0.1:4711/mcp/boss?agent=x"
         assert entry["headers"] == entry_of("boss")["headers"]
         with pytest.raises(offer.Unavailable, match="refused to forward"):
-            await offer.remote_mcp_servers("boss", "closed")
+            await offer.remote_mcp_servers("boss", "x", "closed")
         # What the forward delivers: the daemon's port, the computer's Host.
-        here = dict(entry, url=made.url + "/mcp/boss")
+        here = dict(entry, url=made.url + "/mcp/boss?agent=x")
         forwarded = post(here, CALL).replace(
             f"host: {local.netloc}".encode(), b"host: 127.0.0.1:4711")
         answer = await exchange(made.url, forwarded)
@@ -172,5 +172,5 @@ async def test_a_forwarded_request_passes_the_gate_and_a_foreign_host_does_not()
         assert (await exchange(made.url, foreign)).startswith(b"HTTP/1.1 403")
         await made.stop()
         with pytest.raises(offer.Unavailable):
-            await offer.remote_mcp_servers("boss", "loop")
+            await offer.remote_mcp_servers("boss", "x", "loop")
         nursery.cancel_scope.cancel()

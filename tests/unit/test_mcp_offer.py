@@ -28,6 +28,7 @@ def test_the_entry_carries_socket_and_credential_in_env_not_argv(offered: None) 
     assert entry["args"] == ["-m", "daemon.cli", "mcp", "--chat", "boss"]
     env = {e["name"]: e["value"] for e in entry["env"]}
     assert env["STOKER_SOCKET"] == "/run/stoker.sock"
+    assert env["STOKER_MCP_AGENT"] == "qwen"  # whose server it is (daemon/mcp/presence.py)
     assert credentials.valid("boss", env[credentials.ENV_CREDENTIAL])
     assert not credentials.valid("other", env[credentials.ENV_CREDENTIAL])
     assert env[credentials.ENV_CREDENTIAL] not in entry["args"]
@@ -75,12 +76,16 @@ def test_an_agent_that_advertises_http_gets_the_http_entry_with_a_bearer(
 
     [entry] = offer.mcp_servers("a b/c", "qwen", TasksConfig(), agent_capabilities=HTTP_CAPS)
     assert entry == {
-        "type": "http", "name": "stoker", "url": "http://127.0.0.1:4321/mcp/a%20b%2Fc",
+        "type": "http", "name": "stoker", "url": "http://127.0.0.1:4321/mcp/a%20b%2Fc?agent=qwen",
         "headers": [{"name": "Authorization",
                      "value": f"Bearer {credentials.credential_for('a b/c')}"}]}
     schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.validate(entry, {"$ref": "#/$defs/McpServer", "$defs": schema["$defs"]})
     assert served == ["http://127.0.0.1:4321"]
+    query = entry["url"].partition("?")[2]
+    assert offer.agent_of(query) == "qwen"
+    assert offer.agent_of("") is None
+    assert offer.agent_of(query.replace("qwen", "a%20b%26c")) == "a b&c"
 
 
 def test_the_transport_per_agent(served: list[str]) -> None:
@@ -130,4 +135,4 @@ def test_what_a_chat_is_to_be_offered() -> None:
 
 async def test_nothing_is_offered_to_a_remote_agent_outside_a_running_daemon() -> None:
     with pytest.raises(offer.Unavailable, match="does not serve"):
-        await offer.remote_mcp_servers("boss", "loop")
+        await offer.remote_mcp_servers("boss", "qwen", "loop")

@@ -16,13 +16,13 @@ from daemon.ssh.mcp_stdio import probe_problem, program, stdio_entry
 
 
 def test_the_credential_goes_to_the_environment_and_the_url_to_argv() -> None:
-    http = http_entry("a chat", "http://127.0.0.1:4242")
+    http = http_entry("a chat", "qwen", "http://127.0.0.1:4242")
     [header] = http["headers"]
     credential = header["value"].removeprefix("Bearer ")
     entry = stdio_entry(http)
     assert entry["name"] == "stoker"
     assert entry["command"] == "python3"
-    assert entry["args"] == ["-c", program(), "http://127.0.0.1:4242/mcp/a%20chat"]
+    assert entry["args"] == ["-c", program(), "http://127.0.0.1:4242/mcp/a%20chat?agent=qwen"]
     assert entry["env"] == [{"name": "STOKER_MCP_CREDENTIAL", "value": credential}]
     assert credential not in "".join(entry["args"])
 

@@ -40,10 +40,10 @@ class StokerMcp:
         try:
             if chosen == "stdio" and bridge is None:
                 raise offer.Unavailable("it takes stdio, which its executor cannot bridge")
-            entries = await offer.remote_mcp_servers(core.chat, core.computer)
+            entries = await offer.remote_mcp_servers(core.chat, core.agent, core.computer)
             if chosen == "stdio" and bridge is not None:
                 entries = [await bridge(entry) for entry in entries]
-                presence.offered(core.chat, "stdio")  # a bridge to the HTTP endpoint
+                presence.offered(core.chat, core.agent, "stdio")  # a bridge to HTTP
         except offer.Unavailable as exc:
             reason = str(exc)
             core.log.warning("Stoker's MCP server is not offered to the remote agent",
