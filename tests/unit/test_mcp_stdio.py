@@ -80,3 +80,11 @@ def test_a_kept_alive_connection_is_reused_only_while_open_and_fresh() -> None:
         for sock in (fresh_peer, stale_peer):
             sock.close()
         fresh.close()
+
+
+def test_the_bridge_leaves_a_connection_well_before_the_daemon_would() -> None:
+    """A kept-alive connection is reused only while the daemon's endpoint would not close it
+    for idleness, with room for a request on its way (daemon/listeners/mcp_http.py)."""
+    from daemon.listeners import mcp_http
+
+    assert mcp_bridge.IDLE_REUSE <= mcp_http.KEEPALIVE / 2
