@@ -173,7 +173,7 @@ class Bridge:
                 response = conn.getresponse()
             except (http.client.HTTPException, OSError) as exc:
                 conn.close()
-                raise Unanswered(f"the connection closed before the answer "
+                raise Unanswered(f"the connection failed before the answer "
                                  f"({describe(exc)}); it may have run, so it is not "
                                  f"sent again") from exc
             except BaseException:
