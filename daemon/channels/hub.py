@@ -100,8 +100,11 @@ class Hub:
             await self._store.flush()
 
     async def wait_for_room(self) -> None:
-        """Backpressure for agents' output: wait while too many published deltas wait for
-        their commit (`Store.wait_for_room`)."""
+        """After each read of an agent's output (its reader's `throttle`): commit what the
+        read published now if the store's writer is idle (`Store.commit_now`: delivered
+        without waiting for the writer task's turn); then the backpressure, waiting while
+        too many published deltas wait for their commit (`Store.wait_for_room`)."""
+        self._store.commit_now()
         if self._store.backlogged():
             await self._store.wait_for_room()
 

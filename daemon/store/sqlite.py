@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import resource
 import sqlite3
 import threading
 import time
@@ -62,12 +61,12 @@ from daemon.log import Log
 from daemon.store import batch as batches
 from daemon.store import opening
 from daemon.store.batch import Batch
+from daemon.store.commits import Commits, GaveUp
 from daemon.store.faults import (
     FLUSH_PATIENCE,
     STORAGE_PATIENCE,
     DatabaseUnusable,
     StoreClosed,
-    is_damage,
     unusable,
 )
 from daemon.store.progress import Progress
@@ -76,17 +75,7 @@ from daemon.store.reads import Reads
 ROWS_PER_INSERT = batches.ROWS_PER_INSERT
 
 
-class _GaveUp(Exception):
-    """The store closed while a batch could not be committed (shutdown on a full disk)."""
-
-
-def _thread_waits() -> int:
-    """How many times the calling thread has blocked (voluntary context switches): what
-    tells a commit the disk held from one a busy machine preempted."""
-    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
-
-
-class Store(Progress, Reads):
+class Store(Commits, Progress, Reads):
     """Owns the database. Create with `Store.open(path)`."""
 
     def __init__(self, path: Path, *, commit_interval: float, batch_max: int,
@@ -147,6 +136,7 @@ class Store(Progress, Reads):
         commits to the thread for `batch.INLINE_PAUSE`)."""
         self._inline_after = -math.inf
         """Until then (trio time), every commit goes to the thread."""
+        self._in_thread = False
         self.rows_written = 0
         self.write_errors = 0
         self.dropped = 0
@@ -334,7 +324,7 @@ class Store(Progress, Reads):
     async def _writer_loop(self) -> None:
         try:
             await self._write_batches()
-        except _GaveUp:
+        except GaveUp:
             return
         except Exception as exc:
             # Whatever stopped the writer (damage, or a bug), no commit comes any more:
@@ -377,92 +367,16 @@ class Store(Progress, Reads):
                         or not self._commit_inline(batch):
                     # Not cancellable: a half-applied batch must still be committed or
                     # rolled back in its thread; shutdown flushes before cancelling this task.
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(self._commit_sync, ops, deltas,
-                                                      limiter=self._threads)
+                    self._in_thread = True
+                    try:
+                        with trio.CancelScope(shield=True):
+                            await trio.to_thread.run_sync(self._commit_sync, ops, deltas,
+                                                          limiter=self._threads)
+                    finally:
+                        self._in_thread = False
                     if due:
                         self._since_checkpoint = 0
                 if self._commit_timer is not None:
                     self._commit_timer(time.perf_counter() - began)
-            self._committed = target
-            self._unavailable = None
-            if deltas:
-                self._uncommitted_deltas -= len(deltas)
-                self._uncommitted_bytes -= nbytes
-            for callback in self._on_commit:
-                try:
-                    callback(target)
-                except Exception:
-                    self._log.exception("commit callback failed")
-            event, self._committed_changed = self._committed_changed, trio.Event()
-            event.set()
-
-    def _bad_statement(self, sql: str, exc: sqlite3.IntegrityError) -> None:
-        self.write_errors += 1
-        self._log.error("statement failed", sql=sql[:120], error=str(exc))
-
-    def _commit_inline(self, batch: Batch) -> bool:
-        """Commit a small batch on the event loop, in one attempt (batch.py): False, the
-        batch rolled back, on an error a retry could fix (the thread then retries it)."""
-        conn = self._writer
-        assert conn is not None
-        began = time.perf_counter()
-        waits = _thread_waits()
-        try:
-            batches.apply(conn, batch, self._rows_per_insert, self._bad_statement)
-        except sqlite3.OperationalError as exc:
-            if is_damage(exc):
-                raise
-            return False
-        self.commits += 1
-        self.inline_commits += 1
-        self.rows_written += len(batch.deltas) + len(batch.ops)
-        took = time.perf_counter() - began
-        if took > batches.INLINE_SLOW and _thread_waits() > waits:
-            # The commit waited (the disk: writeback under memory pressure, a slow device;
-            # or the GIL), not merely preempted by a busy machine: the next commits go to
-            # the thread, where a slow write holds only the writer.
-            self._inline_after = trio.current_time() + batches.INLINE_PAUSE
-            self.slow_inline_commits += 1
-            self._log.warning("a commit on the event loop was slow; commits go to the "
-                              "writer's thread for a while", ms=round(took * 1000, 1),
-                              seconds=batches.INLINE_PAUSE)
-        return True
-
-    def _commit_sync(
-        self, ops: list[tuple[str, Any, bool]], deltas: list[tuple[str, int, float, bytes]]
-    ) -> None:
-        """Commit a batch in the writer's thread, retrying what a retry can fix; then a WAL
-        checkpoint if one is due (`CHECKPOINT_BYTES`)."""
-        conn = self._writer
-        assert conn is not None
-        batch = Batch(ops, deltas)
-        batches.set_busy_timeout(conn, batches.BUSY_TIMEOUT_MS)
-        try:
-            self._commit_retrying(conn, batch)
-            if self._since_checkpoint >= batches.CHECKPOINT_BYTES:
-                batches.checkpoint(conn)
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                batches.set_busy_timeout(conn, 0)
-
-    def _commit_retrying(self, conn: sqlite3.Connection, batch: Batch) -> None:
-        attempt = 0
-        while True:
-            try:
-                batches.apply(conn, batch, self._rows_per_insert, self._bad_statement)
-                self.commits += 1
-                self.rows_written += len(batch.deltas) + len(batch.ops)
-                return
-            except sqlite3.Error as exc:
-                if is_damage(exc) or not isinstance(exc, sqlite3.OperationalError):
-                    # Damage (or worse): no retry can commit this batch.
-                    raise
-                # Disk full, I/O error, locked by an outside process: keep the batch and retry
-                # (clients' writes meanwhile get `storage_unavailable`, agents' output waits).
-                attempt += 1
-                self.write_errors += 1
-                self._unavailable = str(exc)
-                self._log.error("commit failed; retrying", error=str(exc), attempt=attempt)
-                if self._give_up.wait(min(2.0, 0.05 * 2**attempt)):
-                    raise _GaveUp from exc
+            if batch or target != self._committed:
+                self._done(target, len(deltas), nbytes)

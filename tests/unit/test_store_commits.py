@@ -5,6 +5,7 @@ the other process that holds the database's write lock."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -174,3 +175,75 @@ async def test_a_slow_commit_on_the_loop_sends_the_next_ones_to_the_thread(
         assert store.slow_inline_commits == 1
         rows = await store.query("SELECT COUNT(*) FROM t")
         assert rows[0][0] == 4
+
+
+async def test_commit_now_commits_what_waits_in_the_callers_task(tmp_path: Path) -> None:
+    """An agent's output is committed by its reader right after the read (`commit_now`),
+    with the state writes waiting for the writer's trips (in order: everything enqueued),
+    and the observers told before it returns: no trip through the writer task. The writer,
+    woken by the enqueueing, then finds nothing to commit."""
+    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0) as store:
+        store.execute("CREATE TABLE t (x INTEGER)")
+        await store.flush()
+        told: list[int] = []
+        store.on_commit(told.append)
+        commits = store.commits
+        assert not store.commit_now()  # nothing waits
+        store.execute("INSERT INTO t VALUES (1)")
+        assert not store.commit_now()  # state writes alone are the writer's to gather
+        ticket = store.append_delta("c", 1, 1.0, b"chunk")
+        assert store.commit_now()
+        assert (store.committed, told, store.pending) == (ticket, [ticket], 0)
+        assert store.commits == commits + 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.commits == commits + 1
+        assert told == [ticket]
+        assert [r[0] for r in await store.read_deltas("c", 0, 10)] == [1]
+
+
+async def test_commit_now_leaves_to_the_writer_what_is_not_for_the_loop(
+        tmp_path: Path) -> None:
+    """A batch too large for the loop, a bulk statement, a store that cannot write: nothing
+    done, the writer commits as before (in its thread, retrying)."""
+    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0) as store:
+        rows = [("c", seq, float(seq), b"y") for seq in range(1, batch.INLINE_ROWS + 2)]
+        store.append_deltas(rows, len(rows))
+        assert not store.commit_now()
+        await store.flush()
+        store.execute("DELETE FROM deltas WHERE chat=? AND seq<?", ("c", 3), bulk=True)
+        store.append_delta("c", 100, 1.0, b"z")
+        assert not store.commit_now()
+        await store.flush()
+        store._unavailable = "disk full (simulated)"
+        store.append_delta("c", 101, 1.0, b"z")
+        assert not store.commit_now()
+        store._unavailable = None
+        await store.flush()
+        assert len(await store.read_deltas("c", 0, 1000)) == batch.INLINE_ROWS + 1 - 2 + 2
+
+
+async def test_commit_now_never_overtakes_a_commit_in_the_thread(tmp_path: Path) -> None:
+    """While the writer's thread commits a batch, a delta enqueued after it waits for the
+    next commit: committed now, it would be durable before what was enqueued first."""
+    async with Store.open(tmp_path / "db.sqlite", commit_interval=0.0) as store:
+        assert store._writer is not None
+        gate = threading.Event()
+
+        def held() -> int:
+            gate.wait(60)  # the thread's commit, held until the test has looked
+            return 1
+
+        store._writer.create_function("held", 0, held)
+        store.execute("CREATE TABLE t (x INTEGER)")
+        await store.flush()
+        store.execute("INSERT INTO t VALUES (held())", bulk=True)
+        with trio.fail_after(30):
+            while not store._in_thread:
+                await trio.sleep(0.001)
+        ticket = store.append_delta("c", 1, 1.0, b"after")
+        assert not store.commit_now()
+        gate.set()
+        with trio.fail_after(30):
+            await store.flush()
+        assert store.committed == ticket
+        assert [r[0] for r in await store.read_deltas("c", 0, 10)] == [1]
