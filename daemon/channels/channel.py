@@ -7,7 +7,11 @@ they share this module (one module, no import cycle).
 The outbox is a connection's bounded send queue. The hub pushes delta frames here
 synchronously and never waits: `offer` refuses when the queue is at its bound, and the hub
 then marks that subscription as lagging. The connection's writer task drains the queue,
-coalescing everything queued into one `send_all`.
+coalescing everything queued into one `send_all`. While that task is idle (nothing queued,
+nothing being sent), its connection may lend the outbox a `direct` sender: frames then go
+into the socket at once, from the task that offers them, when the socket takes them without
+waiting; what it does not take is queued for the writer as before. A delta reaches its client
+without waiting for the writer task's turn (issue 22), in the same order.
 
 Control frames (replies, replay_complete, lagged...) are never refused: they are bounded by
 the client's own request rate, and a client that floods requests without reading gets its
@@ -17,7 +21,7 @@ connection closed once `hard_max_bytes` is passed.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import trio
@@ -152,6 +156,8 @@ class Outbox:
     __slots__ = (
         "_event",
         "closed",
+        "direct",
+        "direct_frames",
         "frames",
         "hard_max_bytes",
         "lagging",
@@ -171,6 +177,12 @@ class Outbox:
         """Subscriptions waiting for the writer to replay them (initial replay or lag)."""
         self.closed = False
         self.sent_frames = 0
+        self.direct: Callable[[bytes], int] | None = None
+        """Set by the connection while its writer is idle: writes bytes into the socket
+        without waiting, returns how many it took (0: none; OSError: the writer will
+        find out). Used only while nothing is queued, so the order holds."""
+        self.direct_frames = 0
+        """Frames sent whole by `direct` (the rest went through the writer)."""
         self._event = trio.Event()
 
     def has_room(self) -> bool:
@@ -180,6 +192,8 @@ class Outbox:
         """Queue a delta frame if under the bound; False means the subscriber lags."""
         if len(self.frames) >= self.max_frames or self.nbytes >= self.max_bytes:
             return False
+        if self.direct is not None and self._send_now(frame, 1):
+            return True
         self.frames.append(frame)
         self.nbytes += len(frame)
         if not self._event.is_set():
@@ -197,6 +211,9 @@ class Outbox:
         queued = self.frames
         if len(queued) >= self.max_frames or self.nbytes >= self.max_bytes:
             return False
+        if self.direct is not None and self._send_now(
+                frames[0] if len(frames) == 1 else b"".join(frames), len(frames)):
+            return True
         queued.extend(frames)
         self.nbytes += size
         if not self._event.is_set():
@@ -209,10 +226,37 @@ class Outbox:
             raise OutboxOverflow(
                 f"send queue passed {self.hard_max_bytes} bytes: the client is not reading"
             )
+        if self.direct is not None and self._send_now(frame, 1):
+            return
         self.frames.append(frame)
         self.nbytes += len(frame)
         if not self._event.is_set():
             self._event.set()
+
+    def _send_now(self, data: bytes, count: int) -> bool:
+        """Write `data` (`count` frames) through `direct` if nothing is queued before it;
+        what the socket did not take is queued. False: nothing written, queue it all."""
+        direct = self.direct
+        if direct is None or self.frames or self.lagging or self.closed:
+            return False
+        try:
+            sent = direct(data)
+        except OSError:
+            self.direct = None  # broken: the writer's own send finds out and closes
+            return False
+        if sent <= 0:
+            return False
+        if sent < len(data):
+            rest = data[sent:]
+            self.frames.append(rest)
+            self.nbytes += len(rest)
+            self.direct = None
+            if not self._event.is_set():
+                self._event.set()
+            return True
+        self.sent_frames += count
+        self.direct_frames += count
+        return True
 
     def add_lagging(self, sub: Subscription) -> None:
         if sub not in self.lagging:

@@ -124,6 +124,11 @@ class Connection:
         self._answered = trio.Event()
         """Set each time a request's answer is queued (see `_answers_in_flight`)."""
         self._receive_scope: trio.CancelScope | None = None
+        self._send_now: Callable[[bytes], int] | None = getattr(transport, "send_now", None)
+        """The transport's write without waiting, lent to the outbox while the writer is
+        idle (`Outbox.direct`); None where the transport has none (WebSocket)."""
+        self._parked = False
+        """The writer waits for something to send (nothing queued, nothing being sent)."""
 
     # ------------------------------------------------------------------ encoding
 
@@ -324,7 +329,16 @@ class Connection:
 
     def _begin_answer(self) -> None:
         self._answering += 1
+        self.outbox.direct = None  # the answer joins the deltas its commit delivers
         self._rearm()
+
+    def _arm_direct(self) -> None:
+        """Lend the outbox the transport's write-without-waiting while the writer is idle
+        and no request is being answered: an answer joins the deltas its commit delivers
+        (a prompt's `turn_started` and busy state) in one write, one wake-up of the client
+        (`_writer`), instead of two or three writes one after the other."""
+        if self._parked and not self._answering:
+            self.outbox.direct = self._send_now
 
     async def _answer(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> None:
         """Answer `request`, counted in `_answering` by the caller (`_begin_answer`)."""
@@ -334,6 +348,7 @@ class Connection:
             self._answering -= 1
             self._rearm()
             self._answered.set()
+            self._arm_direct()
 
     async def _answer_one(self, request: Any,
                           handler: Callable[[Any], Awaitable[Any]]) -> None:
@@ -413,7 +428,13 @@ class Connection:
     async def _writer(self) -> None:
         outbox = self.outbox
         while True:
-            await outbox.wait()
+            self._parked = True
+            self._arm_direct()
+            try:
+                await outbox.wait()
+            finally:
+                self._parked = False
+                outbox.direct = None
             if self._answering:
                 # A request is being answered: the commit that delivered these deltas may
                 # be what its answer waits for (a prompt is answered once it is queued

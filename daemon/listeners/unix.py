@@ -48,6 +48,7 @@ class UnixTransport:
         self._reader = FrameReader(max_frame)
         self._ready: collections.deque[bytes] = collections.deque()
         self.peer = peer
+        self._fd = stream.socket.fileno()
 
     async def receive(self) -> bytes | None:
         while not self._ready:
@@ -59,6 +60,15 @@ class UnixTransport:
 
     async def send_batch(self, frames: list[bytes]) -> None:
         await self._stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def send_now(self, data: bytes) -> int:
+        """Write what the socket takes without waiting (it is non-blocking); 0 if full.
+        The connection calls it only while its writer is idle (no `send_batch` under way):
+        `Outbox.direct`."""
+        try:
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
 
     async def aclose(self) -> None:
         await self._stream.aclose()
