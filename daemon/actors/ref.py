@@ -64,7 +64,11 @@ class ActorRef:
     # ------------------------------------------------------------------ messages
 
     def send(self, message: mb.ActorMessage) -> None:
-        """Deliver into the mailbox (never blocks) and make sure the actor runs to read it."""
+        """Deliver into the mailbox (never blocks) and make sure the actor runs to read it;
+        a prompt to an actor waiting on an empty mailbox is handled at once
+        (`BackendActor.take_now`)."""
+        if isinstance(message, mb.PromptJob) and self._actor.take_now(message):
+            return
         self._actor.deliver(message)
         self._wake()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from daemon.actors import mailbox as mb
 from daemon.actors.lifecycle import State
@@ -36,6 +37,66 @@ async def test_prompt_starts_the_agent_and_the_turn_ends_once(
         assert (facts.state, facts.busy, facts.queued) == (State.READY, False, 0)
         assert ref.snapshot().turns == 1
         assert_each_turn_ended_once(r.hub.turn_ends(CHAT), 1)
+
+
+async def test_a_prompt_to_a_warm_idle_actor_is_taken_in_the_senders_task(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """`BackendActor.take_now`: the actor's loop waits on an empty mailbox and its agent is
+    ready, so the sender does what the loop would do next, before it yields (the agent
+    gets the prompt a scheduler trip sooner). A prompt to a busy actor goes through the
+    mailbox as before and runs after; each turn ends once, in order."""
+    async with rig(tmp_path) as r:
+        ref = r.actor(CHAT)
+        ref.send(prompt(1))
+        await r.hub.wait_turn_end(CHAT, 1)
+        await r.hub.wait_state(CHAT, State.READY, count=2)
+        await trio.testing.wait_all_tasks_blocked()  # the loop waits on its mailbox
+        ref.send(prompt(2))
+        facts = ref.facts()
+        assert (facts.state, facts.busy, facts.queued) == (State.BUSY, True, 0)
+        ref.send(prompt(3))
+        assert ref.facts().queued == 0  # in the mailbox: the loop takes it in its turn
+        assert (await r.hub.wait_turn_end(CHAT, 2)).stop_reason == "end_turn"
+        assert (await r.hub.wait_turn_end(CHAT, 3)).stop_reason == "end_turn"
+        await r.hub.wait_state(CHAT, State.READY, count=4)
+        assert r.hub.states(CHAT)[-4:] == ["busy", "ready", "busy", "ready"]
+        assert [r.hub.text(CHAT, turn) for turn in (1, 2, 3)] == ["ok", "ok", "ok"]
+        assert_each_turn_ended_once(r.hub.turn_ends(CHAT), 3)
+
+
+async def _break_deciding_then_prompt(tmp_path: Path,
+                                     ends: dict[int, list[d.TurnEnded]]) -> None:
+    async with rig(tmp_path) as r:
+        ref = r.actor(CHAT)
+        ref.send(prompt(1))
+        await r.hub.wait_turn_end(CHAT, 1)
+        await r.hub.wait_state(CHAT, State.READY, count=2)
+        await trio.testing.wait_all_tasks_blocked()
+        actor = ref._actor
+
+        def broken() -> None:
+            raise RuntimeError("a bug deciding what next")
+
+        actor._advance = broken  # type: ignore[method-assign]
+        ref.send(prompt(2))  # does not raise here
+        try:
+            await r.hub.wait_turn_end(CHAT, 2)
+        finally:
+            ends.update(r.hub.turn_ends(CHAT))
+        await trio.sleep_forever()  # the actor's failure ends the rig
+
+
+async def test_a_failure_deciding_in_the_senders_task_fails_the_actor_as_in_its_loop(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """A bug in what `take_now` runs for the loop (deciding what next) is not the sender's:
+    the prompt is accepted, and the actor's loop raises it, failing the actor as a bug in
+    the loop itself does (its turns end once, with the internal error)."""
+    ends: dict[int, list[d.TurnEnded]] = {}
+    with pytest.raises(BaseExceptionGroup) as raised:
+        await _break_deciding_then_prompt(tmp_path, ends)
+    assert "a bug deciding what next" in repr(raised.value.exceptions)
+    assert_each_turn_ended_once(ends, 2)
+    assert "internal error" in (ends[2][0].error or "")
 
 
 async def test_slow_agent_that_answers_probes_is_not_killed(

@@ -47,4 +47,12 @@ class RestartDue:
     """The backoff after a crash is over."""
 
 
-Event = mb.ActorMessage | Ready | AuthNeeded | Ended | WorkDone | RestartDue
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Deciding what next failed in a sender's task (`BackendActor.take_now`): the loop
+    raises it, failing the actor as if it had failed there."""
+
+    error: Exception
+
+
+Event = mb.ActorMessage | Ready | AuthNeeded | Ended | WorkDone | RestartDue | Failed
