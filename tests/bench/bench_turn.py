@@ -16,7 +16,17 @@ from pathlib import Path
 from protocol import messages as m
 from tests.support.harness import subscribe
 
-from .common import ECHO_ARGV, BenchDaemon, Context, Result, bench_config, median, ms, percentile
+from .common import (
+    ECHO_ARGV,
+    BenchDaemon,
+    Context,
+    HostShare,
+    Result,
+    bench_config,
+    median,
+    ms,
+    percentile,
+)
 from .direct import DirectAgent, direct_agent
 from .wire import TimedClient, timed_client
 
@@ -69,11 +79,13 @@ async def run(ctx: Context) -> Result:
                 via: list[tuple[float, float]] = []
                 raw: list[tuple[float, float]] = []
                 cpu0 = daemon.cpu_seconds()
+                host = HostShare()
                 ACKS.clear()
                 for _ in range(turns):
                     via.append(await _daemon_turn(client, info.chat))
                     raw.append(await _direct_turn(agent))
                 cpu = daemon.cpu_seconds() - cpu0
+                others, steal = host.read()
                 row = {
                     "daemon_first_p50": ms(percentile([x[0] for x in via], 50)),
                     "daemon_first_p99": ms(percentile([x[0] for x in via], 99)),
@@ -85,11 +97,14 @@ async def run(ctx: Context) -> Result:
                     "direct_end_p99": ms(percentile([x[1] for x in raw], 99)),
                     "daemon_cpu_ms_per_turn": ms(cpu / turns),
                     "prompt_ack_p50": ms(percentile(ACKS, 50)),
+                    "host_others_cpus": others,
+                    "host_steal_cpus": steal,
                 }
                 per_run.append(row)
                 ctx.say(f"  run {run_index + 1}: first chunk p50 daemon "
                         f"{row['daemon_first_p50']:.2f} ms vs direct "
-                        f"{row['direct_first_p50']:.2f} ms")
+                        f"{row['direct_first_p50']:.2f} ms; the rest of the host used "
+                        f"{others:.2f} CPUs (steal {steal:.2f})")
     finally:
         daemon.close()
 
@@ -114,4 +129,7 @@ async def run(ctx: Context) -> Result:
                        med(f"daemon_{kind}_{q}") / med(f"direct_{kind}_{q}"), "x")
     result.add("prompt accepted (durable) p50", med("prompt_ack_p50"), "ms")
     result.add("daemon CPU per warm turn", med("daemon_cpu_ms_per_turn"), "ms")
+    result.add("the rest of the host during the runs (CPUs busy, not the bench's)",
+               med("host_others_cpus"), "CPUs")
+    result.add("of which steal (other guests)", med("host_steal_cpus"), "CPUs")
     return result

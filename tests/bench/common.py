@@ -147,6 +147,49 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def _host_ticks() -> tuple[int, int]:
+    """(busy, steal) clock ticks of all CPUs since boot (/proc/stat's first line)."""
+    fields = [int(x) for x in _read("/proc/stat").splitlines()[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return user + nice + system + irq + softirq + steal, steal
+
+
+class HostShare:
+    """What the rest of the machine did during a measurement: the CPUs' busy time minus the
+    bench's own processes (the driver, the daemon, their children), and the time the
+    hypervisor gave to other guests (steal). `load < 1` in a target means the host's own
+    work, not the loadavg the bench itself raises: `others` is that, in CPUs. The bench's
+    processes are the driver's own tree (the daemon and agents are its descendants)."""
+
+    def __init__(self) -> None:
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._start = (time.monotonic(), *_host_ticks(), self._ours())
+
+    def _ours(self) -> float:
+        total = 0.0
+        me = psutil.Process()
+        for one in [me, *me.children(recursive=True)]:
+            try:
+                times = one.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        return total
+
+    def read(self) -> tuple[float, float]:
+        """(others, steal) since construction, in CPUs (1.0: one CPU busy the whole time).
+        A child that exited meanwhile leaves its time to `others`: measure across
+        processes that live through it."""
+        began, busy0, steal0, ours0 = self._start
+        wall = time.monotonic() - began
+        busy1, steal1 = _host_ticks()
+        ours = self._ours() - ours0
+        busy = (busy1 - busy0) / self._tick
+        if wall <= 0:
+            return 0.0, 0.0
+        return max(0.0, busy - ours) / wall, (steal1 - steal0) / self._tick / wall
+
+
 # ----------------------------------------------------------------------------- daemon
 
 
