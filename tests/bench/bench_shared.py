@@ -48,7 +48,16 @@ from tests.e2e.fake_llm import FakeLLM, Text
 from tests.e2e.rig import agent_table, shared_process_missing
 from tests.support.harness import actor, replay, subscribe
 
-from .common import BenchDaemon, Context, Result, bench_config, median, ms, percentile
+from .common import (
+    BenchDaemon,
+    Context,
+    Result,
+    bench_config,
+    median,
+    ms,
+    percentile,
+    tree_cpu,
+)
 from .direct import DirectAgent, direct_agent
 from .wire import TimedClient, timed_client
 
@@ -174,16 +183,8 @@ async def mcp_servers_up(daemon: BenchDaemon, count: int, timeout: float = 60.0)
     return len(mcp_chats(daemon))
 
 
-def tree_cpu(daemon: BenchDaemon) -> float:
-    total = 0.0
-    root = daemon.process()
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
+def daemon_tree_cpu(daemon: BenchDaemon) -> float:
+    return tree_cpu(daemon.process())
 
 
 async def settled_tree(daemon: BenchDaemon, quiet: float = 0.02, interval: float = 0.25,
@@ -191,11 +192,11 @@ async def settled_tree(daemon: BenchDaemon, quiet: float = 0.02, interval: float
     """Wait until the daemon and its agents together used less than `quiet` CPU seconds in
     the last `interval` (their start-up work and garbage collection are done), or until
     `timeout`."""
-    last = tree_cpu(daemon)
+    last = daemon_tree_cpu(daemon)
     with trio.move_on_after(timeout):
         while True:
             await trio.sleep(interval)
-            now = tree_cpu(daemon)
+            now = daemon_tree_cpu(daemon)
             if now - last < quiet:
                 return
             last = now

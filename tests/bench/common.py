@@ -147,6 +147,22 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def tree_cpu(root: psutil.Process) -> float:
+    """User + system CPU seconds of `root` and its live descendants."""
+    total = 0.0
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return total
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def _host_ticks() -> tuple[int, int]:
     """(busy, steal) clock ticks of all CPUs since boot (/proc/stat's first line)."""
     fields = [int(x) for x in _read("/proc/stat").splitlines()[0].split()[1:]]
@@ -166,15 +182,7 @@ class HostShare:
         self._start = (time.monotonic(), *_host_ticks(), self._ours())
 
     def _ours(self) -> float:
-        total = 0.0
-        me = psutil.Process()
-        for one in [me, *me.children(recursive=True)]:
-            try:
-                times = one.cpu_times()
-            except psutil.Error:
-                continue
-            total += times.user + times.system
-        return total
+        return tree_cpu(psutil.Process())
 
     def read(self) -> tuple[float, float]:
         """(others, steal) since construction, in CPUs (1.0: one CPU busy the whole time).

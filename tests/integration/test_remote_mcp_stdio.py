@@ -138,9 +138,7 @@ def test_doctor_warns_of_a_computer_without_python3(sshd: OpenSshServer,
     sshd.child_env = {"PATH": str(path_without_python(sshd.base)), "PYENV_VERSION": "system"}
     sshd.start()
     daemon.write_config(sshd.computer_config())
-    doctor = daemon.cli("doctor", "--json", "--no-probe")
-    rows = {row["check"]: row for row in json.loads(doctor.stdout)["checks"]}
-    row = rows["computer loop"]
+    row = daemon.doctor_check("computer loop")
     assert row["status"] == "warn", row
     assert "host key verified" in row["detail"]
     assert "python3 is not found on its PATH" in row["detail"]

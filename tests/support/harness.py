@@ -13,6 +13,7 @@ and collects its deltas.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import select
@@ -305,6 +306,12 @@ class DaemonProcess:
             [sys.executable, "-m", "daemon.cli", *args], env=self.env(),
             cwd=str(cwd or self.work), capture_output=True, text=True, input=input,
             timeout=timeout)
+
+    def doctor_check(self, check: str) -> dict[str, Any]:
+        """One row of `stoker doctor --json --no-probe` (`check`: e.g. "computer loop")."""
+        doctor = self.cli("doctor", "--json", "--no-probe")
+        rows = {row["check"]: row for row in json.loads(doctor.stdout)["checks"]}
+        return dict(rows[check])
 
     # ------------------------------------------------------------------ clients
 

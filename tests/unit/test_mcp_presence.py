@@ -4,6 +4,8 @@ checked."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from daemon.log import Log
@@ -54,8 +56,8 @@ def test_an_agent_that_says_it_starts_servers_on_demand() -> None:
     assert not presence.on_demand(None)
 
 
-async def test_one_warning_then_a_late_notice_and_the_offer_ends_with_its_watch(
-        autojump_clock: trio.abc.Clock) -> None:
+def _notices() -> tuple[list[d.Notice], Callable[[d.DeltaBody], int]]:
+    """What a watch publishes (notices only), and the `publish` it is given."""
     said: list[d.Notice] = []
 
     def publish(body: d.DeltaBody) -> int:
@@ -63,6 +65,12 @@ async def test_one_warning_then_a_late_notice_and_the_offer_ends_with_its_watch(
         said.append(body)
         return 0
 
+    return said, publish
+
+
+async def test_one_warning_then_a_late_notice_and_the_offer_ends_with_its_watch(
+        autojump_clock: trio.abc.Clock) -> None:
+    said, publish = _notices()
     presence.offered("w", "qwen", "stdio")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(presence.watch, "w", "qwen", {}, 30.0, publish, LOG)
@@ -112,13 +120,7 @@ async def test_two_agents_of_one_chat_are_checked_apart(
         autojump_clock: trio.abc.Clock) -> None:
     """One chat, two live agents, each offered the server: the one that brings it up is not
     warned about, the other is, by name; each watch ends with its own generation."""
-    said: list[d.Notice] = []
-
-    def publish(body: d.DeltaBody) -> int:
-        assert isinstance(body, d.Notice)
-        said.append(body)
-        return 0
-
+    said, publish = _notices()
     presence.offered("pair", "eager", "stdio")
     presence.offered("pair", "late", "stdio")
     async with trio.open_nursery() as nursery:
