@@ -75,8 +75,9 @@ async def _refused(client: Client, request: object) -> RequestFailed:
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 async def test_full_disk_answers_storage_unavailable_holds_agents_back_and_recovers(
         daemon_factory: DaemonFactory) -> None:
-    # A stale grace far shorter than the full-disk phase: an agent held back by the daemon
-    # is not taken for a hung one (its turn must end normally once space is back).
+    # A stale grace shorter than the full-disk phase (which lasts at least twice as long as a
+    # hung verdict would take): an agent held back by the daemon is not taken for a hung one
+    # (its turn must end normally once space is back).
     daemon = daemon_factory(config=PATIENT + f'[lifecycle]\nprobe_interval = "{PROBE_INTERVAL}s"'
                             f'\nstale_grace = "{STALE_GRACE}s"\n')
     _mount_tmpfs(daemon.state_dir)
