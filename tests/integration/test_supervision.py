@@ -69,10 +69,10 @@ async def test_a_slow_turn_after_an_idle_gap_is_not_killed_as_hung(
         assert (await turn(client, info.chat, "hello")).text == "hello"
         pid = await agent_pid(client, info.chat)
         await trio.sleep(1.5 * grace)  # the idle gap is the scenario: longer than the grace
-        slow = await turn(client, info.chat, "/slow 3000", timeout=30)
+        slow = await turn(client, info.chat, "/slow 1500", timeout=30)  # five probe intervals
         assert slow.ended.error is None, slow.ended.error
         assert slow.ended.stop_reason == "end_turn"
-        assert slow.text == "slow 3000"
+        assert slow.text == "slow 1500"
         assert await agent_pid(client, info.chat) == pid
         assert restarts(await every_turn_ended_once(client, info.chat)) == []
         assert "unresponsive" not in daemon.log_text()
