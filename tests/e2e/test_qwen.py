@@ -17,8 +17,8 @@ permission request and its answer, `fs/write_text_file`, each message the daemon
 against the schema). Between them they cover what an older release is most likely to speak
 differently; the text and cancel tests would cost two more cold starts of it. The price:
 its usage reports, its command list and its handling of a cancel during a permission are
-not checked any more (`STOKER_E2E_QWEN_VERSION=0.15.10` runs every test against it; any
-other set of releases runs every test too).
+not checked any more. Alone (`STOKER_E2E_QWEN_VERSION=0.15.10`) it runs every test; any
+other release always does.
 """
 
 from __future__ import annotations
