@@ -59,6 +59,9 @@ class DaemonConfig(_Section):
     """Longest JSON-RPC line accepted from an agent (qwen's first update is ~100 KB)."""
     request_timeout: Duration = Duration(60.0)
     """initialize / session/new / set_mode... answered within this, or the agent is broken."""
+    storage_patience: Duration = Duration(5.0)
+    """How long a request waits for a store that cannot commit (a full disk) before it is
+    answered `storage_unavailable`; a stop waits as long before giving up its writes."""
     coalesce_chunks: int = 16
     """A read of an agent's output holding at least this many text chunks publishes each
     run of one kind as one delta (up to 64 KiB of text; 0: one delta per chunk always)."""
@@ -74,6 +77,8 @@ class DaemonConfig(_Section):
             raise ValueError("stderr_log_rate must not be negative")
         if self.stderr_log_burst < 1:
             raise ValueError("stderr_log_burst must be at least 1")
+        if self.storage_patience <= 0:
+            raise ValueError("storage_patience must be positive")
 
 
 class AgentConfig(_Section):

@@ -33,7 +33,7 @@ from daemon.channels.hub import Hub
 from daemon.channels.replay import start_cursor
 from daemon.errors import BadRequest, LimitReached, StokerError, UnknownChat
 from daemon.log import Log
-from daemon.store.faults import FLUSH_PATIENCE, STORAGE_PATIENCE
+from daemon.store.faults import FLUSH_PATIENCE
 from protocol import messages as m
 from protocol.codec import ServerCodec
 from protocol.errors import ErrorCode
@@ -356,10 +356,10 @@ class Connection:
         # cannot commit (a full disk), rather than left waiting on its connection: requests
         # that write are refused before they change anything, and any wait for a commit
         # (`Store.flush`) inside a request is bounded the same way.
-        patience = FLUSH_PATIENCE.set(STORAGE_PATIENCE)
+        patience = FLUSH_PATIENCE.set(self._hub.store.patience)
         try:
             if self._writes_first(request):
-                await self._hub.store.wait_writable(STORAGE_PATIENCE)
+                await self._hub.store.wait_writable()
             result = await handler(request)
         except StokerError as exc:
             self.error(request.id, exc.code, exc.message, exc.detail)

@@ -299,7 +299,8 @@ async def _serve_locked(paths: Paths, config: Config, log: Log,
         # Our children must not inherit systemd's per-service variables.
         for name in os.environ.keys() - sdnotify.scrub_systemd_env(os.environ).keys():
             del os.environ[name]
-        async with Store.open(paths.database) as store:
+        async with Store.open(paths.database,
+                              patience=config.daemon.storage_patience) as store:
             instance = await meta.instance_id(store)
             previous = await meta.swap_clean_exit(store, "0")
             if previous == "0":

@@ -30,7 +30,7 @@ class StorageUnavailable(StokerError):
 
 STORAGE_PATIENCE = 5.0
 """How long a client's request waits for a store that cannot commit before it is answered
-`storage_unavailable`."""
+`storage_unavailable`: the default of `[daemon] storage_patience` (`Store.patience`)."""
 
 FLUSH_PATIENCE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "FLUSH_PATIENCE", default=None)

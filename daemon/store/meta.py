@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 
-from daemon.store.faults import FLUSH_PATIENCE, STORAGE_PATIENCE, StorageUnavailable
+from daemon.store.faults import FLUSH_PATIENCE, StorageUnavailable
 from daemon.store.sqlite import Store
 
 
@@ -35,9 +35,9 @@ async def swap_clean_exit(store: Store, value: str) -> str | None:
 
 
 async def _flush_if_possible(store: Store) -> None:
-    """Commit what is enqueued, unless the store cannot commit for `STORAGE_PATIENCE` (a
-    full disk): then it stays enqueued, committed once the store can write again."""
-    patience = FLUSH_PATIENCE.set(STORAGE_PATIENCE)
+    """Commit what is enqueued, unless the store cannot commit for its `patience` (a full
+    disk): then it stays enqueued, committed once the store can write again."""
+    patience = FLUSH_PATIENCE.set(store.patience)
     try:
         with contextlib.suppress(StorageUnavailable):
             await store.flush()

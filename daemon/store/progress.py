@@ -14,13 +14,14 @@ from pathlib import Path
 
 import trio
 
-from daemon.store.faults import STORAGE_PATIENCE, DatabaseUnusable, StorageUnavailable
+from daemon.store.faults import DatabaseUnusable, StorageUnavailable
 
 
 class Progress:
     """`Store`'s commit ticket, backpressure and availability, read from the writer's state."""
 
     path: Path
+    patience: float
     max_pending: int
     max_pending_bytes: int
     commits: int
@@ -67,11 +68,12 @@ class Progress:
         while self.backlogged() and self._failure is None and self._writer is not None:
             await self._committed_changed.wait()
 
-    async def wait_writable(self, patience: float = STORAGE_PATIENCE) -> None:
+    async def wait_writable(self, patience: float | None = None) -> None:
         """Return at once while the store commits; while it cannot, wait up to `patience`
-        seconds for it to recover, then raise `StorageUnavailable`. Requests that write
-        call it first, so that they change nothing when they cannot be made durable."""
-        deadline = trio.current_time() + patience
+        seconds (default: the store's) for it to recover, then raise `StorageUnavailable`.
+        Requests that write call it first, so that they change nothing when they cannot be
+        made durable."""
+        deadline = trio.current_time() + (self.patience if patience is None else patience)
         while self._unavailable is not None and self._failure is None:
             if trio.current_time() >= deadline:
                 raise self.unavailable_error("nothing was changed; retry later")

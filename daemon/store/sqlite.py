@@ -28,7 +28,7 @@ power loss of the last few commits.
 A commit that fails with an error a retry can fix (a full disk, an I/O error, a lock held by
 another process) is retried with backoff, the batch kept, for as long as it takes; it never
 fails the store. Meanwhile `unavailable` says why, agents' output waits (`wait_for_room`),
-a client's request that writes is answered `StorageUnavailable` after `STORAGE_PATIENCE`
+a client's request that writes is answered `StorageUnavailable` after `patience`
 (`wait_writable`, and `flush` under `FLUSH_PATIENCE`) instead of holding its connection, and
 reads go on. A stop on a full disk gives up on what it cannot commit after that same
 patience, and logs how much was lost.
@@ -80,8 +80,11 @@ class Store(Commits, Progress, Reads):
 
     def __init__(self, path: Path, *, commit_interval: float, batch_max: int,
                  max_pending: int = 10_000, max_pending_bytes: int = 16 << 20,
-                 inline_rows: int = batches.INLINE_ROWS) -> None:
+                 inline_rows: int = batches.INLINE_ROWS,
+                 patience: float = STORAGE_PATIENCE) -> None:
         self.path = path
+        self.patience = patience
+        """Seconds a request (and the final flush) waits while the store cannot commit."""
         self.commit_interval = commit_interval
         """How long statements without a delta gather before their commit."""
         self.batch_max = batch_max
@@ -151,11 +154,11 @@ class Store(Commits, Progress, Reads):
     async def open(
         cls, path: Path, *, commit_interval: float = 0.005, batch_max: int = 20000,
         max_pending: int = 10_000, max_pending_bytes: int = 16 << 20,
-        inline_rows: int = batches.INLINE_ROWS,
+        inline_rows: int = batches.INLINE_ROWS, patience: float = STORAGE_PATIENCE,
     ) -> AsyncIterator[Store]:
         store = cls(path, commit_interval=commit_interval, batch_max=batch_max,
                     max_pending=max_pending, max_pending_bytes=max_pending_bytes,
-                    inline_rows=inline_rows)
+                    inline_rows=inline_rows, patience=patience)
         await trio.to_thread.run_sync(store._open_sync, limiter=store._threads)
         body_error: BaseException | None = None
         try:
@@ -292,9 +295,9 @@ class Store(Commits, Progress, Reads):
 
     async def _final_flush(self) -> None:
         """At close: commit what is pending. If the store cannot commit (a full disk) for
-        `STORAGE_PATIENCE`, give up on it, say how much is lost, and let the daemon stop."""
+        `patience`, give up on it, say how much is lost, and let the daemon stop."""
         while self.pending and self._failure is None and self._writer is not None:
-            with trio.move_on_after(STORAGE_PATIENCE):
+            with trio.move_on_after(self.patience):
                 await self.flush()
                 return
             if self._unavailable is not None:

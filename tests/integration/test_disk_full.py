@@ -6,6 +6,9 @@ memory, and everything recovers by itself once space is free.
 The fault is real: the daemon's state dir is a small tmpfs (mounted by this test, which needs
 root; skipped otherwise). A ballast file leaves a few MB free, a flood turn fills them, and
 removing the ballast frees the disk again.
+
+The daemons here run with a short `[daemon] storage_patience` (`PATIENCE`), the wait these
+tests measure: the default (5 s) would only make them wait longer for the same events.
 """
 
 from __future__ import annotations
@@ -20,16 +23,23 @@ import pytest
 import trio
 
 from daemon.client import Client, RequestFailed
-from daemon.store.faults import STORAGE_PATIENCE
 from protocol import deltas as d
 from protocol import messages as m
-from tests.support.harness import DaemonFactory, open_chat, subscribe, turn, wait_log
+from tests.support.harness import DaemonFactory, actor, open_chat, subscribe, turn, wait_log
 
 TMPFS_SIZE = "64m"
 HEADROOM = 3 << 20
 """What the ballast leaves free: room for a prompt, not for the flood's log."""
 FLOOD = 200_000
 """Chunks of the turn that runs into the full disk (~20 MB of log)."""
+PATIENCE = 1.0
+"""The daemons' `storage_patience`, in seconds."""
+PATIENT = f'[daemon]\nstorage_patience = "{PATIENCE:g}s"\ncoalesce_chunks = 0\n'
+"""Their config. Without coalescing the flood is 200,000 deltas, far past the store's bound
+of uncommitted ones, so the full disk holds it back (coalesced, it fits in the bound and
+ends at once, and nothing is held back)."""
+PROBE_INTERVAL, STALE_GRACE = 0.5, 1.0
+"""The first test's liveness check: a hung verdict would come within their sum."""
 
 
 def _mount_tmpfs(path: Path) -> None:
@@ -51,23 +61,25 @@ def _fill(path: Path, leave: int) -> None:
 async def _refused(client: Client, request: object) -> RequestFailed:
     """Send `request`; it must fail, within the store's patience plus a margin."""
     began = trio.current_time()
-    with trio.fail_after(STORAGE_PATIENCE * 3 + 5):
+    with trio.fail_after(PATIENCE * 3 + 5):
         try:
             await client.request(request)
         except RequestFailed as exc:
             failed = exc
         else:
             raise AssertionError(f"{type(request).__name__} was accepted on a full disk")
-    assert trio.current_time() - began >= STORAGE_PATIENCE * 0.9, "no bounded wait first"
+    assert trio.current_time() - began >= PATIENCE * 0.9, "no bounded wait first"
     return failed
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 async def test_full_disk_answers_storage_unavailable_holds_agents_back_and_recovers(
         daemon_factory: DaemonFactory) -> None:
-    # A stale grace far shorter than the full-disk phase: an agent held back by the daemon
-    # is not taken for a hung one (its turn must end normally once space is back).
-    daemon = daemon_factory(config='[lifecycle]\nprobe_interval = "1s"\nstale_grace = "3s"\n')
+    # A stale grace shorter than the full-disk phase (which lasts at least twice as long as a
+    # hung verdict would take): an agent held back by the daemon is not taken for a hung one
+    # (its turn must end normally once space is back).
+    daemon = daemon_factory(config=PATIENT + f'[lifecycle]\nprobe_interval = "{PROBE_INTERVAL}s"'
+                            f'\nstale_grace = "{STALE_GRACE}s"\n')
     _mount_tmpfs(daemon.state_dir)
     ballast = daemon.state_dir / "ballast"
     try:
@@ -84,6 +96,7 @@ async def test_full_disk_answers_storage_unavailable_holds_agents_back_and_recov
 
             # The flood uses the headroom up: commits fail (the store says so in its log).
             await wait_log(daemon, "commit failed; retrying", timeout=60)
+            held_since = trio.current_time()
             # Writes are refused after the bounded wait; the connection goes on serving.
             refused = await _refused(driver, m.Prompt(id=0, chat=other.chat, text="later"))
             assert refused.code == "storage_unavailable"
@@ -104,10 +117,15 @@ async def test_full_disk_answers_storage_unavailable_holds_agents_back_and_recov
                     while not isinstance(await reader.next_event(), m.ReplayComplete):
                         pass
 
-            # The flood is held back: the daemon's memory did not grow with it.
+            # The flood is held back: its turn still runs, and the daemon's memory did not
+            # grow with it.
+            assert (await actor(driver, flood.chat)).state == "busy"
             rss_held = psutil.Process(daemon.pid).memory_info().rss
             assert rss_held - rss_full < 48 << 20, (rss_full, rss_held)
 
+            # The disk stays full at least twice as long as a hung verdict would take (the
+            # steps above take about that long already): the stale grace is put to the test.
+            await trio.sleep_until(held_since + 2 * (PROBE_INTERVAL + STALE_GRACE))
             # Space comes back: the flood resumes and ends once, new work is accepted.
             ballast.unlink()
             ends = 0
@@ -139,7 +157,7 @@ def _unmount(path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 async def test_sigterm_on_a_full_disk_stops_the_daemon_and_says_what_was_lost(
         daemon_factory: DaemonFactory) -> None:
-    daemon = daemon_factory()
+    daemon = daemon_factory(config=PATIENT)
     _mount_tmpfs(daemon.state_dir)
     ballast = daemon.state_dir / "ballast"
     try:
@@ -150,7 +168,7 @@ async def test_sigterm_on_a_full_disk_stops_the_daemon_and_says_what_was_lost(
             await driver.request(m.Prompt(id=0, chat=flood.chat, text=f"/chunks {FLOOD}"))
             await wait_log(daemon, "commit failed; retrying", timeout=60)
         # The disk stays full: the shutdown gives up on what it cannot commit.
-        status = await trio.to_thread.run_sync(daemon.stop, 30 + STORAGE_PATIENCE * 2)
+        status = await trio.to_thread.run_sync(daemon.stop, 30 + PATIENCE * 2)
         assert status == 0
         assert "stopping with writes not committed" in daemon.log_text()
     finally:

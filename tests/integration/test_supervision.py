@@ -57,19 +57,22 @@ def restarts(deltas: list[d.Delta]) -> list[str]:
 async def test_a_slow_turn_after_an_idle_gap_is_not_killed_as_hung(
         daemon_factory: DaemonFactory) -> None:
     """The issue's reproduction: silence measured from the agent's last message (before the
-    idle gap) killed the next turn at its first check, without a single probe."""
-    daemon = daemon_factory(config=lifecycle(probe_interval="1s", stale_grace="6s",
+    idle gap) killed the next turn at its first check, without a single probe. (The issue
+    had a 1 s probe interval, a 6 s grace and a 7 s gap; the timings of
+    test_slow_but_responsive_agent_is_not_restarted, scaled alike, fail the same way.)"""
+    grace = 1.0
+    daemon = daemon_factory(config=lifecycle(probe_interval="300ms", stale_grace=f"{grace}s",
                                              idle_ttl="1h"))
     daemon.start()
     async with daemon.client() as client:
         info = await open_chat(client, "gap", cwd=daemon.work)
         assert (await turn(client, info.chat, "hello")).text == "hello"
         pid = await agent_pid(client, info.chat)
-        await trio.sleep(7)  # the idle gap is the scenario: longer than the stale grace
-        slow = await turn(client, info.chat, "/slow 3000", timeout=30)
+        await trio.sleep(1.5 * grace)  # the idle gap is the scenario: longer than the grace
+        slow = await turn(client, info.chat, "/slow 1500", timeout=30)  # five probe intervals
         assert slow.ended.error is None, slow.ended.error
         assert slow.ended.stop_reason == "end_turn"
-        assert slow.text == "slow 3000"
+        assert slow.text == "slow 1500"
         assert await agent_pid(client, info.chat) == pid
         assert restarts(await every_turn_ended_once(client, info.chat)) == []
         assert "unresponsive" not in daemon.log_text()

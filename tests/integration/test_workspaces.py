@@ -83,6 +83,28 @@ def new_workspace(daemon: DaemonProcess, project: Path, *extra: str) -> tuple[st
     return info["workspace"], Path(info["path"])
 
 
+async def new_workspaces(daemon: DaemonProcess, project: Path, count: int
+                         ) -> list[tuple[str, Path]]:
+    """`count` workspaces of `project`, made over one connection: the set-up of the reaper's
+    tests (a `stoker` process per workspace cost them seconds; `new_workspace` above and
+    tests/integration/test_cli.py drive the command)."""
+    async with daemon.client() as client:
+        made = []
+        for _ in range(count):
+            info: m.WorkspaceInfo = await client.request(
+                m.WorkspaceNew(id=0, project=str(project)))
+            made.append((info.workspace, Path(info.path)))
+        return made
+
+
+async def close_workspaces(daemon: DaemonProcess, *ids: str) -> None:
+    """Close the workspaces `ids` over one connection (what `stoker workspace close` asks)."""
+    async with daemon.client() as client:
+        for ws in ids:
+            closed: m.WorkspaceInfo = await client.request(m.CloseWorkspace(id=0, workspace=ws))
+            assert closed.state == "orphaned", closed
+
+
 def workspaces(daemon: DaemonProcess) -> dict[str, Any]:
     listing = cli_json(daemon, "workspace", "ls", "--all")
     return {w["workspace"]: w for w in listing["workspaces"]}
@@ -267,8 +289,8 @@ async def test_reaper_keeps_what_would_be_lost_and_trashes_the_rest(
     daemon = daemon_factory(config=config)
     daemon.start()
     project = make_project(daemon.base)
-    made = {name: new_workspace(daemon, project)
-            for name in ("clean", "dirty", "unpushed", "pushed", "picked")}
+    names = ("clean", "dirty", "unpushed", "pushed", "picked")
+    made = dict(zip(names, await new_workspaces(daemon, project, len(names)), strict=True))
     ids = {name: ws for name, (ws, _) in made.items()}
     paths = {name: path for name, (_, path) in made.items()}
     # "picked": its commit never left the worktree, but an equivalent patch reached
@@ -290,8 +312,7 @@ async def test_reaper_keeps_what_would_be_lost_and_trashes_the_rest(
         git(paths[name], "add", ".")
         git(paths[name], "commit", "-q", "-m", name)
     git(paths["pushed"], "push", "-q", "origin", "HEAD")
-    for ws in ids.values():
-        cli_ok(daemon, "workspace", "close", ws)
+    await close_workspaces(daemon, *ids.values())
 
     inside_grace = reap(daemon)
     for path in paths.values():
@@ -342,7 +363,7 @@ async def test_reaper_keeps_what_would_be_lost_and_trashes_the_rest(
         assert (await turn(client, "back", "/read README.md")).text == "hello\n"
 
     # Closed and reaped again, then purged after the retention: no restore any more.
-    cli_ok(daemon, "workspace", "close", ids["clean"])
+    await close_workspaces(daemon, ids["clean"])
     assert reap(daemon)[str(clean)]["done"] is True
     await reload(daemon, QUIET_REAPER + 'reap_grace = "0s"\ntrash_retention = "0s"\n')
     purged = [e for e in reap(daemon).values() if e["action"] == "purge"]
@@ -375,9 +396,9 @@ async def test_strays_under_the_root_and_symlinks_out_of_it(
     (root / "manual" / "evil").symlink_to(outside)
     # A workspace holding an ignored symlink that points out of the root.
     (project / ".git" / "info" / "exclude").write_text("escape\n")
-    ws, path = new_workspace(daemon, project)
+    [(ws, path)] = await new_workspaces(daemon, project, 1)
     (path / "escape").symlink_to(outside)
-    cli_ok(daemon, "workspace", "close", ws)
+    await close_workspaces(daemon, ws)
 
     report = reap(daemon)
     assert report[str(stray)]["action"] == "delete"
@@ -459,13 +480,12 @@ def _tombstone(db: Path, tomb: str, ws: str, path: Path, trash: Path, state: str
                          (tomb, ws))
 
 
-def test_interrupted_deletes_finish_at_startup(daemon_factory: DaemonFactory) -> None:
+async def test_interrupted_deletes_finish_at_startup(daemon_factory: DaemonFactory) -> None:
     daemon = daemon_factory(config=QUIET_REAPER + 'reap_grace = "0s"\n')
     daemon.start()
     project = make_project(daemon.base)
-    made = [new_workspace(daemon, project) for _ in range(3)]
-    for ws, _ in made:
-        cli_ok(daemon, "workspace", "close", ws)
+    made = await new_workspaces(daemon, project, 3)
+    await close_workspaces(daemon, *(ws for ws, _ in made))
     assert daemon.stop() == 0
     root = root_of(daemon)
     head = git(project, "rev-parse", "HEAD").strip()
