@@ -49,7 +49,8 @@ pick_python() {
 }
 
 stamp_of() { # the stamp a sync of group set $1 with interpreter $2 would write
-    (cat "$ROOT/uv.lock" "$ROOT/pyproject.toml"; echo "python=$2"; echo "groups=$1") |
+    (cat "$ROOT/uv.lock" "$ROOT/pyproject.toml"; echo "python=$2"; echo "groups=$1"
+        echo "bytecode=1") |
         sha256sum | cut -d' ' -f1
 }
 
@@ -107,7 +108,10 @@ if needs_setup; then
     UV="$(find_uv)"
     # --locked: install exactly uv.lock, and refuse a lock that no longer matches
     # pyproject.toml ("run uv lock") instead of installing a stale one.
-    flags=(--locked --python "$PY")
+    # --compile-bytecode: the packages' bytecode is written once, here, so that no process
+    # compiles trio, msgspec and the rest at start-up, even where PYTHONDONTWRITEBYTECODE
+    # is set (then every daemon start and `stoker` command compiled them: ~0.45 s of CPU).
+    flags=(--locked --compile-bytecode --python "$PY")
     if [ "$GROUPS_WANTED" = runtime ]; then
         # --inexact: dev tools already in .venv stay (scripts/test would only put them back).
         flags+=(--no-dev --inexact)
