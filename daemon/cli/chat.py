@@ -14,12 +14,13 @@ from typing import Any
 
 import msgspec
 
+from daemon.actors.lifecycle import State
 from daemon.cli.common import (
     Failure,
     UsageError,
     add_common,
     ask,
-    chat_ids,
+    chat_argument,
     eprint,
     out_json,
     paths_from,
@@ -33,6 +34,9 @@ from daemon.cli.send import cmd_send
 from protocol import deltas as d
 from protocol import messages as m
 
+CHAT_STATES = [state.value for state in State]
+"""What `stoker ls` shows in STATE: the chat's agent's state (`closed` for a closed chat)."""
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def cmd(name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
@@ -43,9 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         add_common(parser, json_flag=json_flag)
         parser.set_defaults(handler=handler)
         if chat:
-            arg = parser.add_argument("chat", help="chat id, or a unique prefix of it")
-            arg.completer = chat_ids  # type: ignore[attr-defined]
-            parser.set_defaults(chat_prefix=True)
+            chat_argument(parser)
         return parser
 
     p = cmd("daemon", cmd_daemon, "run the daemon in the foreground (--json: when it stops, "
@@ -84,8 +86,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = cmd("ls", cmd_ls, "list chats with their agent state")
     p.add_argument("--all", action="store_true", help="include closed chats")
-    p.add_argument("--state", action="append", metavar="STATE", help="only chats whose agent "
-                   "is in this state (ready, busy, hibernated, failed, ...; repeatable)")
+    p.add_argument("--state", action="append", metavar="STATE", choices=CHAT_STATES,
+                   help="only chats whose agent is in this state (repeatable): "
+                   + ", ".join(CHAT_STATES))
     p.add_argument("--agent", action="append", metavar="NAME",
                    help="only chats of this agent (repeatable)")
     p.add_argument("--tree", action="store_true",
@@ -317,7 +320,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print("* a shared agent process: RSS is the chat's share (docs/SHARED_PROCESSES.md)")
 
     async def main() -> int:
-        result: m.ChatList = await ask(args, m.ListChats(id=0, include_closed=args.all))
+        closed = args.all or "closed" in (args.state or [])
+        result: m.ChatList = await ask(args, m.ListChats(id=0, include_closed=closed))
         result.chats = [c for c in result.chats
                         if (not args.state or c.state in args.state)
                         and (not args.agent or c.agent in args.agent)]
@@ -374,7 +378,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                       + ", ".join(str(x.get('id')) for x in a.modes.get('availableModes', []))
                       + ")")
             for option in a.config_options:
-                print(f"  config:      {option.get('id')} = {option.get('currentValue')}")
+                value = option.get("currentValue")
+                shown = msgspec.json.encode(value).decode() if isinstance(value, bool) else value
+                print(f"  config:      {option.get('id')} = {shown}")
             if a.models:
                 available = ", ".join(str(x.get("modelId"))
                                       for x in a.models.get("availableModels", []))

@@ -82,6 +82,11 @@ async def _check_agent(client: Any, args: argparse.Namespace, paths: Any) -> Non
         agents = await client.request(m.ListAgents(id=0))
     known = {a.name: a for a in agents.agents}
     agent = known.get(name)
+    if agent is None and args.agent is None:
+        raise Failure(f"the default agent {name!r} ([daemon] default_agent) is not an "
+                      f"agent; the agents are {', '.join(sorted(known))} (`stoker agents`): "
+                      f"give one with --agent, or set default_agent in {paths.config} to "
+                      "one of them and `stoker reload`", "unknown_agent")
     if agent is None:
         raise Failure(f"no agent is called {name!r}; the agents are "
                       f"{', '.join(sorted(known))} (`stoker agents`), and others are added "

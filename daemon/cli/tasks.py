@@ -12,7 +12,17 @@ import argparse
 import sys
 import time
 
-from daemon.cli.common import UsageError, eprint, show, subcommand
+from daemon.cli.common import (
+    Failure,
+    UsageError,
+    ask,
+    chat_argument,
+    eprint,
+    out_json,
+    run_async,
+    show,
+    subcommand,
+)
 from protocol import messages as m
 
 
@@ -48,7 +58,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("task")
 
     p = cmd(sub, "tasks", cmd_tree, "the task tree: every task, or those below CHAT")
-    p.add_argument("chat", nargs="?", help="show only the tasks below this chat")
+    chat_argument(p, "show only the tasks below this chat (an id, or a unique prefix of "
+                  "it)", optional=True)
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -133,4 +144,18 @@ def cmd_tree(args: argparse.Namespace) -> int:
             print(line)
         sys.stdout.flush()
 
-    return show(args, m.ListTasks(id=0, parent=args.chat, recursive=True), render)
+    async def main() -> int:
+        listed: m.TaskList = await ask(args, m.ListTasks(id=0, parent=args.chat,
+                                                         recursive=True))
+        if args.chat is not None and not listed.tasks:
+            # No tasks below it, or no such chat: the daemon answers both alike.
+            chats: m.ChatList = await ask(args, m.ListChats(id=0, include_closed=True))
+            if all(c.chat != args.chat for c in chats.chats):
+                raise Failure(f"unknown chat {args.chat!r}", "unknown_chat")
+        if args.json:
+            out_json(listed)
+        else:
+            render(listed)
+        return 0
+
+    return run_async(main)

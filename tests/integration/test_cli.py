@@ -351,7 +351,7 @@ def test_every_command_speaks_json(daemon_factory: DaemonFactory) -> None:
     assert ok("reload") == {}
     assert "checks" in ok("doctor", "--no-probe")  # type: ignore[operator]
     assert "token" in ok("token")  # type: ignore[operator]
-    assert ok("computers") == {}  # no computers configured: the empty list is omitted
+    assert ok("computers") == {"computers": []}  # every field, an empty list too
     ws = ok("workspace", "new", "--project", str(project))
     assert isinstance(ws, dict)
     assert ok("workspace", "ls")["workspaces"][0]["workspace"] == ws["workspace"]  # type: ignore[index]

@@ -1,0 +1,57 @@
+"""What a demanding new user of `stoker` ran into, against the real daemon and the echo agent:
+each test is one finding, and fails on the command line as it was."""
+
+from __future__ import annotations
+
+import json
+
+from tests.support.harness import DaemonFactory, DaemonProcess
+
+
+def test_empty_lists_are_lists_under_json(daemon: DaemonProcess) -> None:
+    """`stoker computers --json` printed `{}` and `stoker tasks --json` had no `tasks`:
+    a script's `jq '.tasks[]'` failed exactly when there was nothing to list."""
+    computers = daemon.cli("computers", "--json")
+    assert computers.returncode == 0, computers.stderr
+    assert json.loads(computers.stdout) == {"computers": []}
+    tasks = daemon.cli("tasks", "--json")
+    assert tasks.returncode == 0, tasks.stderr
+    assert json.loads(tasks.stdout)["tasks"] == []
+
+
+def test_trace_and_tasks_take_a_chat_prefix_and_refuse_an_unknown_chat(
+        daemon: DaemonProcess) -> None:
+    """Every command that names a chat takes a unique prefix of its id (README); `trace`
+    said `unknown chat` to one, and `tasks NOPE` said `no tasks`, exit 0."""
+    sent = daemon.cli("send", "--agent", "echo", "--chat", "prefixed-chat", "hello")
+    assert sent.returncode == 0, sent.stderr
+    trace = daemon.cli("trace", "prefixed")
+    assert trace.returncode == 0, trace.stderr
+    assert trace.stdout.startswith("turn 1  echo"), trace.stdout
+    below = daemon.cli("tasks", "prefixed", "--json")
+    assert below.returncode == 0, below.stderr
+    assert json.loads(below.stdout)["tasks"] == []
+    unknown = daemon.cli("tasks", "nope", "--json")
+    assert unknown.returncode == 1, unknown.stdout
+    assert json.loads(unknown.stdout)["error"]["code"] == "unknown_chat"
+
+
+def test_a_default_agent_that_does_not_exist_is_named_as_the_default(
+        daemon_factory: DaemonFactory) -> None:
+    """With `default_agent` misspelt, `stoker send hi` said `no agent is called 'nope'`: the
+    user never typed 'nope'. Now the error names the setting and how to fix it."""
+    daemon = daemon_factory(config='[daemon]\ndefault_agent = "nope"\n')
+    daemon.start()
+    sent = daemon.cli("send", "hi")
+    assert sent.returncode == 1
+    assert "the default agent 'nope' ([daemon] default_agent)" in sent.stderr, sent.stderr
+    assert "--agent" in sent.stderr
+    assert json.loads(daemon.cli("ls", "--json").stdout) == {"chats": []}  # nothing made
+
+
+def test_inspect_shows_a_boolean_option_as_the_agent_sent_it(daemon: DaemonProcess) -> None:
+    """`config: verbose = False` was Python's spelling; the agent said `false`."""
+    sent = daemon.cli("send", "--agent", "echo", "--chat", "b", "hi")
+    assert sent.returncode == 0, sent.stderr
+    shown = daemon.cli("inspect", "b")
+    assert "config:      verbose = false" in shown.stdout, shown.stdout
