@@ -190,7 +190,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from daemon.config import file as config_mod
     from daemon.errors import ConfigError
     from daemon.listeners.unix import DaemonAlreadyRunning
-    from daemon.service.root import serve
+    from daemon.service.root import StartupFailed, serve
     from daemon.store.faults import DatabaseUnusable
 
     paths = paths_from(args)
@@ -204,6 +204,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         status = trio.run(serve, paths, config)
     except DaemonAlreadyRunning as exc:
         raise Failure(str(exc), "already_running") from None
+    except StartupFailed as exc:
+        raise Failure(str(exc), "startup") from None
     except PermissionError as exc:
         raise Failure(f"{exc}", "permission") from None
     except DatabaseUnusable as exc:

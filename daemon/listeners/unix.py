@@ -135,7 +135,8 @@ def bind_unix_socket(path: Path) -> stdsocket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.ENAMETOOLONG or "too long" in str(exc):
-            raise RuntimeError(f"socket path too long for a Unix socket: {path}") from None
+            raise OSError(errno.ENAMETOOLONG, "the path is too long for a Unix socket (at "
+                          "most 107 bytes)", str(path)) from None
         raise
     finally:
         os.umask(old_umask)

@@ -55,3 +55,24 @@ def test_inspect_shows_a_boolean_option_as_the_agent_sent_it(daemon: DaemonProce
     assert sent.returncode == 0, sent.stderr
     shown = daemon.cli("inspect", "b")
     assert "config:      verbose = false" in shown.stdout, shown.stdout
+
+
+def test_a_daemon_that_cannot_make_its_state_dir_or_socket_says_so_in_one_line(
+        daemon_factory: DaemonFactory) -> None:
+    """A state dir under a file, or a socket path too long for AF_UNIX, printed a Python
+    traceback; now one line names the path and the fault, exit 1 (`startup` under --json)."""
+    daemon = daemon_factory()
+    a_file = daemon.base / "a-file"
+    a_file.write_text("")
+    under_a_file = daemon.cli("daemon", "--state-dir", str(a_file / "state"))
+    assert under_a_file.returncode == 1
+    assert under_a_file.stderr == (f"stoker: cannot use the state dir {a_file / 'state'}: "
+                                   "Not a directory\n")
+    too_long = str(daemon.base / ("x" * 120) / "s.sock")
+    as_json = daemon.cli("daemon", "--socket", too_long, "--json")
+    assert as_json.returncode == 1, as_json.stderr
+    assert "Traceback" not in as_json.stderr
+    error = json.loads(as_json.stdout.splitlines()[-1])["error"]
+    assert error["code"] == "startup"
+    assert error["message"] == (f"cannot use the socket {too_long}: the path is too long for "
+                                "a Unix socket (at most 107 bytes)")
