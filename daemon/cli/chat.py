@@ -343,7 +343,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     def render(result: m.ChatDetail) -> None:
         chat = result.chat
-        print(f"chat:        {chat.chat}")
+        print(f"chat:        {chat.chat}" + (" (closed)" if chat.closed else ""))
         print(f"agent:       {chat.agent}")
         print(f"cwd:         {chat.cwd}")
         print(f"policy:      {chat.policy}")

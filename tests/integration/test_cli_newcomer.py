@@ -76,3 +76,12 @@ def test_a_daemon_that_cannot_make_its_state_dir_or_socket_says_so_in_one_line(
     assert error["code"] == "startup"
     assert error["message"] == (f"cannot use the socket {too_long}: the path is too long for "
                                 "a Unix socket (at most 107 bytes)")
+
+
+def test_inspect_says_a_chat_is_closed(daemon: DaemonProcess) -> None:
+    """`stoker inspect` of a closed chat looked like any idle chat's; only --json told."""
+    assert daemon.cli("send", "--agent", "echo", "--chat", "gone", "hi").returncode == 0
+    assert daemon.cli("close", "gone").returncode == 0
+    shown = daemon.cli("inspect", "gone")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("chat:        gone (closed)\n"), shown.stdout
