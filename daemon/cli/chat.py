@@ -105,7 +105,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = cmd("permit", cmd_permit, "answer a permission request; `stoker permit ls [CHAT]` "
             "lists the requests waiting for an answer")
     p.add_argument("chat", help="chat id, or a unique prefix of it (or `ls`)")
-    p.add_argument("request", nargs="?", help="request id from the permission_request delta")
+    p.add_argument("request", nargs="?", help="request id (`stoker permit ls` lists them)")
     p.add_argument("option", nargs="?", help="option id (omit with --cancel)")
     p.add_argument("--cancel", action="store_true", help="answer `cancelled`")
 
@@ -114,17 +114,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--turn", type=int, metavar="N", help="the turn to wait for")
 
     p = cmd("policy", cmd_policy, "set a chat's permission policy", chat=True)
-    p.add_argument("policy", choices=["ask", "allow", "deny"])
+    p.add_argument("policy", choices=["ask", "allow", "deny"], help="ask: every request waits "
+                   "for `stoker permit`; allow / deny: answered at once")
 
     p = cmd("mode", cmd_mode, "set the session mode of a chat's agent", chat=True)
-    p.add_argument("mode")
+    p.add_argument("mode", help="a mode id (`stoker inspect CHAT` lists them)")
 
     p = cmd("config", cmd_config, "set a session config option (e.g. model)", chat=True)
-    p.add_argument("option")
-    p.add_argument("value")
+    p.add_argument("option", help="an option id (`stoker inspect CHAT` lists them)")
+    p.add_argument("value", help="its new value (true / false for a boolean)")
 
     p = cmd("auth", cmd_auth, "authenticate a chat's agent with one of its methods", chat=True)
-    p.add_argument("method")
+    p.add_argument("method", help="an auth method id (`stoker inspect CHAT` lists them)")
 
     p = cmd("attach", cmd_attach, "follow a chat's deltas live, reconnecting as needed", chat=True)
     p.add_argument("--since", type=int, help="replay everything after this seq first "
@@ -375,6 +376,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             caps = a.capabilities
             if caps:
                 print(f"  capabilities: {msgspec.json.encode(caps).decode()}")
+            if a.auth_methods:
+                print("  auth:        " + ", ".join(
+                    f"{x.get('id')} ({x.get('name')})" if x.get("name") else str(x.get("id"))
+                    for x in a.auth_methods) + "  (`stoker auth CHAT METHOD`)")
             if a.modes:
                 print(f"  mode:        {a.modes.get('currentModeId')} (available: "
                       + ", ".join(str(x.get('id')) for x in a.modes.get('availableModes', []))

@@ -46,16 +46,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("text", nargs="+", help="the task's prompt")
 
     p = cmd(tsub, "show", cmd_show, "a task's state and, once it ended, its result")
-    p.add_argument("task")
+    p.add_argument("task", help="the task id (`stoker tasks` lists them)")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to SECONDS for the task to end")
 
     p = cmd(tsub, "send", cmd_send, "a follow-up prompt for a finished task")
-    p.add_argument("task")
+    p.add_argument("task", help="the task id (`stoker tasks` lists them)")
     p.add_argument("text", nargs="+")
 
     p = cmd(tsub, "cancel", cmd_cancel, "cancel a task (and the tasks it started)")
-    p.add_argument("task")
+    p.add_argument("task", help="the task id (`stoker tasks` lists them)")
 
     p = cmd(sub, "tasks", cmd_tree, "the task tree: every task, or those below CHAT")
     chat_argument(p, "show only the tasks below this chat (an id, or a unique prefix of "

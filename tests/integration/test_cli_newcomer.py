@@ -4,6 +4,7 @@ each test is one finding, and fails on the command line as it was."""
 from __future__ import annotations
 
 import json
+import sys
 
 from tests.support.harness import DaemonFactory, DaemonProcess
 
@@ -85,3 +86,18 @@ def test_inspect_says_a_chat_is_closed(daemon: DaemonProcess) -> None:
     shown = daemon.cli("inspect", "gone")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("chat:        gone (closed)\n"), shown.stdout
+
+
+def test_inspect_lists_the_auth_methods_that_stoker_auth_takes(
+        daemon_factory: DaemonFactory) -> None:
+    """OPERATIONS says `stoker inspect CHAT` lists the agent's auth methods; it printed
+    none (only --json had them), so `stoker auth CHAT METHOD` had nothing to go on."""
+    daemon = daemon_factory(config=f'[agents.locked]\ncommand = ["{sys.executable}", "-m", '
+                            '"daemon.cli", "echo-agent", "--require-auth"]\n')
+    daemon.start()
+    sent = daemon.cli("send", "--agent", "locked", "--chat", "l", "hi")
+    assert sent.returncode == 1, sent.stdout
+    shown = daemon.cli("inspect", "l")
+    assert "  auth:        echo-login" in shown.stdout, shown.stdout
+    assert daemon.cli("auth", "l", "echo-login").returncode == 0
+    assert daemon.cli("send", "--chat", "l", "hi").stdout == "hi\n"
