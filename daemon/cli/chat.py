@@ -481,6 +481,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
             sub: m.Subscribed = await client.request(
                 m.Subscribe(id=0, chat=args.chat, since=m.Cursor(seq=0)))
             turn = args.turn if args.turn is not None else sub.snapshot.last_turn
+            if sub.snapshot.last_turn == 0:
+                raise UsageError(f"chat {args.chat} has had no turn yet: nothing to wait for")
             if turn < 1 or turn > sub.snapshot.last_turn:
                 raise UsageError(f"chat {args.chat} has no turn {turn} (its latest is "
                                  f"{sub.snapshot.last_turn})")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import sys
 
-from tests.support.harness import DaemonFactory, DaemonProcess
+import trio
+
+from tests.support.harness import DaemonFactory, DaemonProcess, open_chat
 
 
 def test_empty_lists_are_lists_under_json(daemon: DaemonProcess) -> None:
@@ -101,3 +103,13 @@ def test_inspect_lists_the_auth_methods_that_stoker_auth_takes(
     assert "  auth:        echo-login" in shown.stdout, shown.stdout
     assert daemon.cli("auth", "l", "echo-login").returncode == 0
     assert daemon.cli("send", "--chat", "l", "hi").stdout == "hi\n"
+
+
+async def test_wait_on_a_chat_without_turns_says_so(daemon: DaemonProcess) -> None:
+    """It said `chat X has no turn 0 (its latest is 0)`."""
+    async with daemon.client() as client:
+        await open_chat(client, "empty")
+    waited = await trio.to_thread.run_sync(daemon.cli, "wait", "empty")
+    assert waited.returncode == 2
+    assert waited.stderr.endswith("stoker wait: error: chat empty has had no turn yet: nothing "
+                                  "to wait for\n"), waited.stderr
