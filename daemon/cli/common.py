@@ -42,10 +42,12 @@ def add_common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> No
 
 
 def chat_argument(parser: argparse.ArgumentParser, help_text: str = "chat id, or a unique "
-                  "prefix of it", *, optional: bool = False) -> None:
-    """The positional CHAT of a command that names an existing chat: completed from the
-    daemon's chats, and taken by any unique prefix of an id (`resolve_chat_arg`)."""
-    arg = parser.add_argument("chat", nargs="?" if optional else None, help=help_text)
+                  "prefix of it", *, optional: bool = False, metavar: str = "chat") -> None:
+    """The positional CHAT of a command that names an existing chat (`args.chat`, shown as
+    `metavar`: a task is a chat too): completed from the daemon's chats, and taken by any
+    unique prefix of an id (`resolve_chat_arg`)."""
+    arg = parser.add_argument("chat", nargs="?" if optional else None, help=help_text,
+                              metavar=metavar)
     arg.completer = chat_ids  # type: ignore[attr-defined]
     parser.set_defaults(chat_prefix=True)
 

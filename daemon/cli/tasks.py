@@ -46,16 +46,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("text", nargs="+", help="the task's prompt")
 
     p = cmd(tsub, "show", cmd_show, "a task's state and, once it ended, its result")
-    p.add_argument("task", help="the task id (`stoker tasks` lists them)")
+    chat_argument(p, "the task id, or a unique prefix of it (`stoker tasks` lists them)",
+                  metavar="task")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to SECONDS for the task to end")
 
     p = cmd(tsub, "send", cmd_send, "a follow-up prompt for a finished task")
-    p.add_argument("task", help="the task id (`stoker tasks` lists them)")
+    chat_argument(p, "the task id, or a unique prefix of it (`stoker tasks` lists them)",
+                  metavar="task")
     p.add_argument("text", nargs="+")
 
     p = cmd(tsub, "cancel", cmd_cancel, "cancel a task (and the tasks it started)")
-    p.add_argument("task", help="the task id (`stoker tasks` lists them)")
+    chat_argument(p, "the task id, or a unique prefix of it (`stoker tasks` lists them)",
+                  metavar="task")
 
     p = cmd(sub, "tasks", cmd_tree, "the task tree: every task, or those below CHAT")
     chat_argument(p, "show only the tasks below this chat (an id, or a unique prefix of "
@@ -90,17 +93,17 @@ def _render_one(info: m.TaskInfo) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    return show(args, m.GetTask(id=0, task=args.task, wait=max(0.0, args.wait)),
+    return show(args, m.GetTask(id=0, task=args.chat, wait=max(0.0, args.wait)),
                 _render_one)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    return show(args, m.TaskSend(id=0, task=args.task, prompt=" ".join(args.text)),
+    return show(args, m.TaskSend(id=0, task=args.chat, prompt=" ".join(args.text)),
                 _render_one)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    return show(args, m.TaskCancel(id=0, task=args.task), _render_one)
+    return show(args, m.TaskCancel(id=0, task=args.chat), _render_one)
 
 
 def tree_lines(tasks: list[m.TaskInfo], root: str | None, now: float) -> list[str]:

@@ -113,3 +113,14 @@ async def test_wait_on_a_chat_without_turns_says_so(daemon: DaemonProcess) -> No
     assert waited.returncode == 2
     assert waited.stderr.endswith("stoker wait: error: chat empty has had no turn yet: nothing "
                                   "to wait for\n"), waited.stderr
+
+
+def test_task_commands_take_a_prefix_of_the_task_id(daemon: DaemonProcess) -> None:
+    """A task is a chat, and every other command that names a chat takes a prefix."""
+    assert daemon.cli("send", "--agent", "echo", "--chat", "boss", "hi").returncode == 0
+    new = daemon.cli("task", "new", "--parent", "boss", "--agent", "echo", "do x")
+    assert new.returncode == 0, new.stderr
+    task = new.stdout.strip()
+    shown = daemon.cli("task", "show", task[:6], "--wait", "60")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"{task}  done  echo  do x"), shown.stdout
