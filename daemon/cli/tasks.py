@@ -19,6 +19,7 @@ from daemon.cli.common import (
     chat_argument,
     eprint,
     out_json,
+    resolve_chat,
     run_async,
     show,
     subcommand,
@@ -37,7 +38,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = subcommand
 
     p = cmd(tsub, "new", cmd_new, "start a task under a parent chat; prints the task id")
-    p.add_argument("--parent", required=True, metavar="CHAT", help="the parent chat")
+    p.add_argument("--parent", required=True, metavar="CHAT", help="the parent chat (an "
+                   "id, or a unique prefix of it)")
     p.add_argument("--agent", help="agent of the task (default: the parent's)")
     p.add_argument("--title", help="a short title (default: the start of the prompt)")
     p.add_argument("--workspace", metavar="WHERE", help="'parent' (default), 'worktree' "
@@ -70,12 +72,14 @@ def cmd_new(args: argparse.Namespace) -> int:
     if not text:
         raise UsageError("the prompt is empty")
 
+    parent = run_async(lambda: resolve_chat(args, args.parent))
+
     def render(info: m.TaskInfo) -> None:
         print(info.task, flush=True)
         eprint(f"task {info.task} on {info.agent}: {info.state} (parent {info.parent}, "
                f"depth {info.depth}, in {info.cwd})")
 
-    return show(args, m.TaskNew(id=0, parent=args.parent, prompt=text, agent=args.agent,
+    return show(args, m.TaskNew(id=0, parent=parent, prompt=text, agent=args.agent,
                                 title=args.title, workspace=args.workspace), render)
 
 

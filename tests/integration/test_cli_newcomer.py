@@ -118,7 +118,7 @@ async def test_wait_on_a_chat_without_turns_says_so(daemon: DaemonProcess) -> No
 def test_task_commands_take_a_prefix_of_the_task_id(daemon: DaemonProcess) -> None:
     """A task is a chat, and every other command that names a chat takes a prefix."""
     assert daemon.cli("send", "--agent", "echo", "--chat", "boss", "hi").returncode == 0
-    new = daemon.cli("task", "new", "--parent", "boss", "--agent", "echo", "do x")
+    new = daemon.cli("task", "new", "--parent", "bo", "--agent", "echo", "do x")
     assert new.returncode == 0, new.stderr
     task = new.stdout.strip()
     shown = daemon.cli("task", "show", task[:6], "--wait", "60")
