@@ -124,3 +124,15 @@ def test_task_commands_take_a_prefix_of_the_task_id(daemon: DaemonProcess) -> No
     shown = daemon.cli("task", "show", task[:6], "--wait", "60")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith(f"{task}  done  echo  do x"), shown.stdout
+
+
+def test_an_agent_that_never_answers_initialize_names_the_timeout(
+        daemon_factory: DaemonFactory) -> None:
+    """`failed to start: the agent did not answer ... in time` after a silent minute: which
+    time? Now the error names the setting."""
+    daemon = daemon_factory(config='[daemon]\nrequest_timeout = "1s"\n'
+                            '[agents.mute]\ncommand = ["sleep", "600"]\n')
+    daemon.start()
+    sent = daemon.cli("send", "--agent", "mute", "--chat", "m", "hi")
+    assert sent.returncode == 1
+    assert "in time ([daemon] request_timeout;" in sent.stderr, sent.stderr
