@@ -62,7 +62,11 @@ class Parser(argparse.ArgumentParser):
                    namespace: argparse.Namespace | None = None) -> argparse.Namespace:
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
-            usage_parser(parsed, self).error(f"unrecognized arguments: {' '.join(extras)}")
+            command = usage_parser(parsed, self)
+            takes_text = any(a.dest == "text" for a in command._actions)
+            hint = (f" (text that starts with '-' goes after `--`: {command.prog} -- "
+                    f"{extras[0]} ...)" if takes_text and extras[0].startswith("-") else "")
+            command.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
         return parsed
 
     def error(self, message: str) -> NoReturn:

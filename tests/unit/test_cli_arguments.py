@@ -46,7 +46,8 @@ def test_a_usage_error_shows_the_usage_of_its_command(
     assert exited.value.code == 2
     err = capfd.readouterr().err
     assert err.startswith("usage: stoker send "), err
-    assert "stoker send: error: unrecognized arguments: --bogus" in err
+    assert "stoker send: error: unrecognized arguments: --bogus (text that starts with '-' "\
+        "goes after `--`: stoker send -- --bogus ...)" in err
 
     # A usage error raised by the command itself (here: an image that is not one).
     assert main(["send", "--socket", "/nonexistent/s", "--image", __file__, "hi"]) == 2
