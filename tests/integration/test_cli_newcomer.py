@@ -136,3 +136,12 @@ def test_an_agent_that_never_answers_initialize_names_the_timeout(
     sent = daemon.cli("send", "--agent", "mute", "--chat", "m", "hi")
     assert sent.returncode == 1
     assert "in time ([daemon] request_timeout;" in sent.stderr, sent.stderr
+
+
+def test_web_without_the_listener_says_to_restart_not_reload(daemon: DaemonProcess) -> None:
+    """`[websocket] enabled` is read at startup only (OPERATIONS, WEB.md); `stoker web` told
+    the user to reload, which changes nothing."""
+    shown = daemon.cli("web")
+    assert shown.returncode == 1
+    assert "restart the daemon" in shown.stderr, shown.stderr
+    assert "and reload" not in shown.stderr
