@@ -144,6 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Parser.json_errors = "--json" in argv
     parser = build_parser()
     argv = hoist_global_flags(argv)
+    if not argv and "_ARGCOMPLETE" not in os.environ:
+        # `stoker` alone: what it can do, rather than "the following arguments are
+        # required: COMMAND". Still a usage error (exit 2).
+        parser.print_help(sys.stderr)
+        return 2
     if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (stoker completion)
         from daemon.cli.completion import complete
 

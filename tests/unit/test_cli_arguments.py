@@ -78,3 +78,11 @@ def test_json_results_carry_every_field() -> None:
                                                             state="hibernated", cwd="/")]))
     assert chats["chats"][0]["pid"] is None
     assert chats["chats"][0]["turns"] == 0
+
+
+def test_stoker_alone_lists_the_commands(capfd: pytest.CaptureFixture[str]) -> None:
+    """It said `the following arguments are required: COMMAND`, and no command."""
+    assert main([]) == 2
+    err = capfd.readouterr().err
+    assert err.startswith("usage: stoker ")
+    assert "send      send a prompt to a chat and stream the reply" in err
