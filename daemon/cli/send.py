@@ -232,8 +232,9 @@ async def _follow_turn(client: Any, chat: str, turn: int, args: argparse.Namespa
     async for event in client.events():
         if isinstance(event, m.Goodbye):
             view.screen.end()
-            eprint(f"stoker: the daemon closed the connection ({event.reason})")
-            return 1
+            raise Failure(f"the daemon closed the connection ({event.reason}) before turn "
+                          f"{turn} ended; `stoker wait {chat} --turn {turn}` tells how it "
+                          "ends", "connection")
         if not isinstance(event, d.Delta) or event.chat != chat:
             continue
         body = event.body
@@ -257,8 +258,8 @@ async def _follow_turn(client: Any, chat: str, turn: int, args: argparse.Namespa
                 return 1
             return 0
     view.screen.end()
-    eprint("stoker: the connection to the daemon was lost before the turn ended")
-    return 1
+    raise Failure(f"the connection to the daemon was lost before turn {turn} ended; `stoker "
+                  f"wait {chat} --turn {turn}` tells how it ends", "connection")
 
 
 async def _say_resuming(client: Any, chat: str, agent: str, view: TurnView) -> None:

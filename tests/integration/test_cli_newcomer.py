@@ -4,6 +4,7 @@ each test is one finding, and fails on the command line as it was."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import trio
@@ -145,3 +146,32 @@ def test_web_without_the_listener_says_to_restart_not_reload(daemon: DaemonProce
     assert shown.returncode == 1
     assert "restart the daemon" in shown.stderr, shown.stderr
     assert "and reload" not in shown.stderr
+
+
+def test_send_json_that_loses_the_daemon_ends_with_an_error_object(
+        daemon: DaemonProcess) -> None:
+    """`send --json` whose daemon died printed a plain line on stderr and no error object
+    (every --json failure is one); now the last line is the error, and it says how to learn
+    the turn's fate."""
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "send", "--json", "--agent",
+                             "echo", "--chat", "k", "/sleep 60000"], env=daemon.env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        while True:  # until the turn runs on the agent
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            body = json.loads(line)["body"]
+            if body["kind"] == "status" and body["state"] == "busy":
+                break
+        daemon.kill9()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    error = json.loads(out.splitlines()[-1])["error"]
+    assert error["code"] == "connection"
+    assert "`stoker wait k --turn 1`" in error["message"]
+    daemon.start()  # reclaims the agent the killed daemon left behind
