@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--link", action="append", default=[], metavar="PATH",
                    help="attach a link to a file (repeatable)")
     p.add_argument("--policy", choices=["ask", "allow", "deny"],
-                   help="permission policy for a new chat")
+                   help="permission policy of the chat (an existing one's changes)")
     p.add_argument("--project", metavar="PATH", help="run a new chat in a new workspace "
                    "(a git worktree) of this project; see `stoker workspace`")
     p.add_argument("--workspace", metavar="ID", help="run a new chat in this workspace")
