@@ -175,3 +175,20 @@ def test_send_json_that_loses_the_daemon_ends_with_an_error_object(
     assert error["code"] == "connection"
     assert "`stoker wait k --turn 1`" in error["message"]
     daemon.start()  # reclaims the agent the killed daemon left behind
+
+
+def test_send_into_a_workspace_a_chat_is_not_in_says_where_it_is(
+        daemon: DaemonProcess) -> None:
+    """It said `works in workspace (none)`."""
+    project = daemon.base / "p"
+    project.mkdir()
+    env = {**daemon.env(), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for git in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "base"]):
+        subprocess.run(["git", *git], cwd=project, check=True, env=env)
+    ws = daemon.cli("workspace", "new", "--project", str(project)).stdout.strip()
+    assert daemon.cli("send", "--agent", "echo", "--chat", "plain", "hi").returncode == 0
+    sent = daemon.cli("send", "--chat", "plain", "--workspace", ws, "hi")
+    assert sent.returncode == 1
+    assert (f"chat 'plain' works in {daemon.work}, in no workspace, not in workspace {ws}"
+            in sent.stderr), sent.stderr
