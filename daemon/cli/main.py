@@ -180,8 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if as_json:
         out_json({"error": {"code": code, "message": message}})
     elif status == 2:
-        usage_parser(args, parser).print_usage(sys.stderr)
-        eprint(f"stoker {args.command}: error: {message}")
+        command = usage_parser(args, parser)
+        command.print_usage(sys.stderr)
+        eprint(f"{command.prog}: error: {message}")
     else:
         eprint(f"stoker: {message}")
     return status

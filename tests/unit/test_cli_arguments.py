@@ -86,3 +86,12 @@ def test_stoker_alone_lists_the_commands(capfd: pytest.CaptureFixture[str]) -> N
     err = capfd.readouterr().err
     assert err.startswith("usage: stoker ")
     assert "send      send a prompt to a chat and stream the reply" in err
+
+
+def test_a_usage_error_of_a_group_action_names_the_action(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """`stoker workflow run --input x` said `stoker workflow: error: ...`."""
+    assert main(["workflow", "run", "wf", "--input", "files"]) == 2
+    err = capfd.readouterr().err
+    assert err.startswith("usage: stoker workflow run "), err
+    assert "\nstoker workflow run: error: --input 'files': write KEY=VALUE" in err
