@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     chat_argument(p, "the task id, or a unique prefix of it (`stoker tasks` lists them)",
                   metavar="task")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="wait up to SECONDS for the task to end")
+                   help="wait up to SECONDS for the task to end; then exit 0 only if it is "
+                   "done (1: failed, cancelled, or still running)")
 
     p = cmd(tsub, "send", cmd_send, "a follow-up prompt for a finished task")
     chat_argument(p, "the task id, or a unique prefix of it (`stoker tasks` lists them)",
@@ -97,8 +98,22 @@ def _render_one(info: m.TaskInfo) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    return show(args, m.GetTask(id=0, task=args.chat, wait=max(0.0, args.wait)),
-                _render_one)
+    async def main() -> int:
+        info: m.TaskInfo = await ask(args, m.GetTask(id=0, task=args.chat,
+                                                     wait=max(0.0, args.wait)))
+        if args.json:
+            out_json(info)
+        else:
+            _render_one(info)
+        if args.wait <= 0 or info.state == "done":
+            return 0
+        # Asked to wait for the end, a script goes on only after a task that succeeded
+        # (like `stoker wait`).
+        if info.state in ("queued", "running"):
+            eprint(f"stoker: task {info.task} is still {info.state} after {args.wait:g}s")
+        return 1
+
+    return run_async(main)
 
 
 def cmd_send(args: argparse.Namespace) -> int:

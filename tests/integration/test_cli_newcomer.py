@@ -192,3 +192,27 @@ def test_send_into_a_workspace_a_chat_is_not_in_says_where_it_is(
     assert sent.returncode == 1
     assert (f"chat 'plain' works in {daemon.work}, in no workspace, not in workspace {ws}"
             in sent.stderr), sent.stderr
+
+
+def test_task_show_wait_exits_0_only_for_a_task_that_is_done(daemon: DaemonProcess) -> None:
+    """`stoker task show T --wait 60 && next` went on after a failed task: it exited 0
+    whatever the task's end (and when the wait ran out)."""
+    assert daemon.cli("send", "--agent", "echo", "--chat", "boss", "hi").returncode == 0
+
+    def task(prompt: str) -> str:
+        new = daemon.cli("task", "new", "--parent", "boss", "--agent", "echo", prompt)
+        assert new.returncode == 0, new.stderr
+        return new.stdout.strip()
+
+    failed = task("/crash")
+    shown = daemon.cli("task", "show", failed, "--wait", "60")
+    assert shown.returncode == 1, shown.stdout
+    assert f"{failed}  failed" in shown.stdout
+    assert daemon.cli("task", "show", failed).returncode == 0  # a query, not a wait
+    slow = task("/sleep 60000")
+    still = daemon.cli("task", "show", slow, "--wait", "0.2")
+    assert still.returncode == 1
+    assert "is still" in still.stderr, still.stderr
+    done = daemon.cli("task", "show", task("fine"), "--wait", "60")
+    assert done.returncode == 0, done.stdout
+    assert daemon.cli("task", "cancel", slow).returncode == 0
