@@ -182,6 +182,9 @@ class StatusResult(Struct):
     mcp_http: str | None = None
     """Stoker's MCP server over Streamable HTTP (loopback), once bound: it is bound the first
     time an agent that speaks MCP over HTTP gets it (docs/TASKS.md); None before."""
+    config: str = ""
+    """The config file the daemon reads (`stoker reload` re-reads it); when it does not
+    exist, the defaults apply."""
 
 
 class AgentInfo(Struct):

@@ -226,6 +226,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             ("uptime", _age(result.uptime)),
             ("socket", result.socket),
             ("state dir", result.state_dir),
+            ("config", result.config),
             ("chats", str(result.chats)),
             ("agents", f"{counts.warm} warm, {counts.busy} busy ({states})"),
             ("agent memory", _size(result.memory_rss)),

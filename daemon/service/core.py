@@ -77,7 +77,8 @@ class Core:
             actors=self.pool.counts(), memory_rss=await self.pool.memory_used(),
             daemon_rss=daemon_rss,
             restarts_last_hour=await self.pool.restarts_since(time.time() - 3600),
-            websocket=self.websocket_url(), mcp_http=self.mcp_http_url())
+            websocket=self.websocket_url(), mcp_http=self.mcp_http_url(),
+            config=str(self.paths.config))
 
 
 ROUTES: Routes[Core] = Routes("core")

@@ -216,3 +216,19 @@ def test_task_show_wait_exits_0_only_for_a_task_that_is_done(daemon: DaemonProce
     done = daemon.cli("task", "show", task("fine"), "--wait", "60")
     assert done.returncode == 0, done.stdout
     assert daemon.cli("task", "cancel", slow).returncode == 0
+
+
+def test_status_names_the_config_and_doctor_warns_when_it_checks_another(
+        daemon: DaemonProcess) -> None:
+    """A shell without STOKER_CONFIG ran `stoker doctor` on the default config while the
+    daemon read another file: every line said ok about a config nothing used."""
+    status = daemon.cli("status")
+    assert f"config:         {daemon.config_path}\n" in status.stdout, status.stdout
+    ours = daemon.cli("doctor", "--no-probe", "--json")
+    assert "daemon config" not in {c["check"] for c in json.loads(ours.stdout)["checks"]}
+    other = daemon.base / "other.toml"
+    other.write_text("")
+    theirs = daemon.cli("doctor", "--no-probe", "--json", "--config", str(other))
+    checks = {c["check"]: c for c in json.loads(theirs.stdout)["checks"]}
+    assert checks["daemon config"]["status"] == "warn"
+    assert f"the daemon reads {daemon.config_path}" in checks["daemon config"]["detail"]
