@@ -93,6 +93,18 @@ class Renderer:
             self.line(f"[diff {body.workspace}: {body.stat or f'{body.files} files'}]")
         elif isinstance(body, d.Mode):
             self.line(f"[mode {body.mode}]")
+        elif isinstance(body, d.Task):
+            title = f": {body.title}" if body.title else ""
+            error = f": {body.error}" if body.error else ""
+            self.line(f"[task {body.task} {body.event} ({body.agent}{title}){error}]")
+        elif isinstance(body, d.Workflow):
+            unit = f" {body.unit}" if body.unit else ""
+            error = f": {body.error}" if body.error else ""
+            self.line(f"[workflow {body.run}{unit} {body.state}{error}]")
+        elif isinstance(body, d.Plan):
+            self.line(f"[plan: {len(body.entries)} entries]")
+        elif isinstance(body, d.Commands):
+            self.line(f"[commands: {len(body.commands)} available]")
         else:
             self.line(f"[{type(body).__struct_config__.tag}]")
 
