@@ -135,10 +135,12 @@ def cmd_log(args: argparse.Namespace) -> int:
     paths = paths_from(args)
     if args.tail is not None and args.tail < 0:
         raise UsageError("--tail takes a count of deltas (0 or more)")
+    if args.since < 0:
+        raise UsageError("--since takes a seq (0 or more)")
 
     async def main() -> int:
         async with Client.connect(paths.socket, client="cli-log") as client:
-            since = max(args.since, 0)
+            since: int = args.since
             if args.tail is not None:
                 since = max(since, await _tail_start(client, args.chat, args.tail))
             await client.request(m.Subscribe(id=0, chat=args.chat,
@@ -171,6 +173,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
     paths = paths_from(args)
     if args.tail is not None and (args.tail < 0 or args.since is not None):
         raise UsageError("--tail takes a count of deltas (0 or more), without --since")
+    if args.since is not None and args.since < 0:
+        raise UsageError("--since takes a seq (0 or more)")
 
     async def main() -> int:
         last: int | None = args.since

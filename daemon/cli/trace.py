@@ -46,7 +46,7 @@ def parse_since(text: str, now: float) -> float:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
     if match:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[match[2]]
-        return now - float(match[1]) * unit
+        return max(0.0, now - float(match[1]) * unit)  # at most: since the epoch
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -95,3 +95,20 @@ def test_a_usage_error_of_a_group_action_names_the_action(
     err = capfd.readouterr().err
     assert err.startswith("usage: stoker workflow run "), err
     assert "\nstoker workflow run: error: --input 'files': write KEY=VALUE" in err
+
+
+def test_a_huge_since_is_the_epoch_not_a_traceback() -> None:
+    """`stoker stats --since 99999999d` printed a traceback (year -271764 is out of range)."""
+    from daemon.cli.trace import parse_since
+
+    assert parse_since("99999999d", 1e9) == 0.0
+    assert parse_since("1d", 1e9) == 1e9 - 86400
+
+
+@pytest.mark.parametrize("command", ["attach", "log"])
+def test_a_negative_since_is_a_usage_error(command: str,
+                                           capfd: pytest.CaptureFixture[str]) -> None:
+    """`attach --since -1` said `since.seq must not be negative` (the protocol's field);
+    `log --since -1` read it as 0, silently."""
+    assert main([command, "c", "--since", "-1", "--socket", "/nonexistent/s"]) == 2
+    assert f"stoker {command}: error: --since takes a seq (0 or more)" in capfd.readouterr().err
