@@ -3,8 +3,9 @@
 
 `task new` prints just the task id on stdout so that scripts can capture it
 (`t=$(stoker task new --parent boss --agent echo "do x")`); `task show --wait S` waits for
-the task to end and prints its result. `--json` prints the daemon's typed result instead.
-"""
+the task to end and prints its result, exiting 0 only if it is done (scripts chain on it).
+`--json` prints the daemon's typed result instead. A task is a chat: its id may be given by
+a unique prefix, like any chat's."""
 
 from __future__ import annotations
 
