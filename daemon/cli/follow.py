@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, TextIO
+from typing import Any, TextIO, assert_never
 
 from daemon.cli.common import Failure, UsageError, eprint, out_json, paths_from, run_async
 from protocol import deltas as d
@@ -105,8 +105,19 @@ class Renderer:
             self.line(f"[plan: {len(body.entries)} entries]")
         elif isinstance(body, d.Commands):
             self.line(f"[commands: {len(body.commands)} available]")
-        else:
-            self.line(f"[{type(body).__struct_config__.tag}]")
+        elif isinstance(body, d.UserText):
+            self.line(f"[user] {body.text}")
+        elif isinstance(body, d.Content):
+            self.line(f"[{body.role} {body.block.get('type', 'content')}]")
+        elif isinstance(body, d.Config):
+            self.line("[config: " + ", ".join(f"{o.get('id')} = {o.get('currentValue')}"
+                                              for o in body.options) + "]")
+        elif isinstance(body, d.Info):
+            self.line(f"[title: {body.title}]" if body.title else "[session info]")
+        elif isinstance(body, d.Raw):
+            self.line(f"[{body.method}]")
+        else:  # every kind of delta has its line above; mypy says when one has none
+            assert_never(body)
 
 
 _renderer: Renderer | None = None

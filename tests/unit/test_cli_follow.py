@@ -34,3 +34,16 @@ def test_plan_and_commands_say_how_many() -> None:
     assert rendered(d.Plan(entries=[{"content": "a"}, {"content": "b"}]),
                     d.Commands(commands=[{"name": "x"}])) == (
         "[plan: 2 entries]\n[commands: 1 available]\n")
+
+
+def test_the_other_deltas_say_what_they_carry() -> None:
+    """A user message replayed by the agent, a content block, config options, a session
+    title and an unmapped notification were `[user_text]`, `[content]`, ... ."""
+    assert rendered(
+        d.UserText(text="earlier question"),
+        d.Content(role="agent", block={"type": "image", "data": "..."}),
+        d.Config(options=[{"id": "model", "currentValue": "m1"}]),
+        d.Info(title="Fix the parser"),
+        d.Raw(method="qwen/notify/session/mode-update"),
+    ) == ("[user] earlier question\n[agent image]\n[config: model = m1]\n"
+          "[title: Fix the parser]\n[qwen/notify/session/mode-update]\n")
