@@ -390,7 +390,7 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
     the_core.tasks = task_service
     websocket = WebSocketService(service, config=lambda: settings.config.websocket,
                                  token_file=paths.token_file, limits=the_core.limits)
-    unix = UnixListener(sock, service, the_core.limits(),
+    unix = UnixListener(sock, service, the_core.limits,
                         max_connections=config.daemon.max_connections, path=sock_path)
     ssh_service = SshService(executors=executors, instance=instance, pool=pool,
                              settings=settings)

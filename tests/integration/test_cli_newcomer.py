@@ -7,8 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 import trio
 
+from daemon.client import ConnectionClosed, RequestFailed
+from protocol import messages as m
 from tests.support.harness import DaemonFactory, DaemonProcess, open_chat
 
 
@@ -232,3 +235,24 @@ def test_status_names_the_config_and_doctor_warns_when_it_checks_another(
     checks = {c["check"]: c for c in json.loads(theirs.stdout)["checks"]}
     assert checks["daemon config"]["status"] == "warn"
     assert f"the daemon reads {daemon.config_path}" in checks["daemon config"]["detail"]
+
+
+async def test_a_reloaded_max_frame_holds_for_new_unix_connections(
+        daemon: DaemonProcess) -> None:
+    """The Unix listener kept the limits of the daemon's start while `welcome` announced
+    the reloaded `max_frame`: a client told 64 KiB could send 16 MiB. New connections now
+    get the live limits, as on the WebSocket."""
+    daemon.write_config('[daemon]\nmax_frame = "64KiB"\n')
+    async with daemon.client() as client:
+        await client.request(m.Reload(id=0))
+    async with daemon.client() as client:
+        assert client.welcome is not None
+        assert client.welcome.max_frame == 64 * 1024
+        # Too large: an error frame (with no id: the frame was not read) and the end of
+        # this connection; before, the daemon read it and answered `unknown_chat`.
+        with pytest.raises(ConnectionClosed):
+            await client.request(m.Prompt(id=0, chat="nope", text="x" * 100_000))
+    async with daemon.client() as client:  # a frame within the limit still goes through
+        with pytest.raises(RequestFailed) as refused:
+            await client.request(m.Prompt(id=0, chat="nope", text="x" * 1000))
+        assert refused.value.code == "unknown_chat"
