@@ -154,6 +154,17 @@ class Ok(Struct):
     """The result of requests that only succeed or fail."""
 
 
+class ReloadResult(Struct):
+    """What a reload changed."""
+
+    changed: list[str] = []
+    """Dotted names of the settings that changed (`lifecycle.idle_ttl`, `agents.qwen`):
+    names only, never values."""
+    restart_needed: list[str] = []
+    """Those of `changed` that are read only at startup (`websocket.enabled`, ...): they
+    take effect when the daemon restarts."""
+
+
 class Pong(Struct):
     time: float
 
@@ -562,7 +573,7 @@ RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     SetMode: Ok,
     SetConfig: Ok,
     Authenticate: Ok,
-    Reload: Ok,
+    Reload: ReloadResult,
     DescribeAgent: AgentDescription,
     Warm: ActorDetail,
     WorkspaceNew: WorkspaceInfo,

@@ -1,7 +1,7 @@
 """CLI commands for the daemon and its chats: daemon, status, agents, send, ls, inspect,
 cancel, close, permit, policy, mode, config, auth, attach, log, reload, echo-agent.
 
-`send` (in `send`) and `attach`/`log` (in `follow`) are larger, so they live apart; this
+`send` (in `send`), `attach`/`log` (in `follow`) and `reload` (in `ops`) live apart; this
 module registers them with the rest so that `stoker --help` keeps one order."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from daemon.cli.common import (
     show,
 )
 from daemon.cli.follow import cmd_attach, cmd_log
+from daemon.cli.ops import cmd_reload
 from daemon.cli.send import cmd_send
 from protocol import deltas as d
 from protocol import messages as m
@@ -538,7 +539,3 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_auth(args: argparse.Namespace) -> int:
     return _simple(args, m.Authenticate(id=0, chat=args.chat, method=args.method),
                    done="authenticated")
-
-
-def cmd_reload(args: argparse.Namespace) -> int:
-    return _simple(args, m.Reload(id=0), done="config reloaded")

@@ -348,7 +348,7 @@ def test_every_command_speaks_json(daemon_factory: DaemonFactory) -> None:
     assert ok("cancel", "j") == {}
     assert ok("policy", "j", "allow") == {}
     assert ok("mode", "j", "plan") == {}
-    assert ok("reload") == {}
+    assert ok("reload") == {"changed": [], "restart_needed": []}
     assert "checks" in ok("doctor", "--no-probe")  # type: ignore[operator]
     assert "token" in ok("token")  # type: ignore[operator]
     assert ok("computers") == {"computers": []}  # every field, an empty list too

@@ -256,3 +256,18 @@ async def test_a_reloaded_max_frame_holds_for_new_unix_connections(
         with pytest.raises(RequestFailed) as refused:
             await client.request(m.Prompt(id=0, chat="nope", text="x" * 1000))
         assert refused.value.code == "unknown_chat"
+
+
+def test_reload_names_what_changed_and_what_waits_for_a_restart(
+        daemon: DaemonProcess) -> None:
+    """`stoker reload` said `config reloaded` after `[websocket] enabled = true`, and the
+    listener never came (it is read at start only): now it says so."""
+    daemon.write_config('[websocket]\nenabled = true\n[lifecycle]\nidle_ttl = "5m"\n')
+    reloaded = daemon.cli("reload")
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert reloaded.stderr == (
+        "config reloaded: lifecycle.idle_ttl, websocket.enabled changed\n"
+        "restart the daemon for these to take effect (read at start only): "
+        "websocket.enabled\n")
+    as_json = json.loads(daemon.cli("reload", "--json").stdout)
+    assert as_json == {"changed": [], "restart_needed": []}
