@@ -154,6 +154,17 @@ class Ok(Struct):
     """The result of requests that only succeed or fail."""
 
 
+class ReloadResult(Struct):
+    """What a reload changed."""
+
+    changed: list[str] = []
+    """Dotted names of the settings that changed (`lifecycle.idle_ttl`, `agents.qwen`):
+    names only, never values."""
+    restart_needed: list[str] = []
+    """Those of `changed` that are read only at startup (`websocket.enabled`, ...): they
+    take effect when the daemon restarts."""
+
+
 class Pong(Struct):
     time: float
 
@@ -182,6 +193,9 @@ class StatusResult(Struct):
     mcp_http: str | None = None
     """Stoker's MCP server over Streamable HTTP (loopback), once bound: it is bound the first
     time an agent that speaks MCP over HTTP gets it (docs/TASKS.md); None before."""
+    config: str = ""
+    """The config file the daemon reads (`stoker reload` re-reads it); when it does not
+    exist, the defaults apply."""
 
 
 class AgentInfo(Struct):
@@ -559,7 +573,7 @@ RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     SetMode: Ok,
     SetConfig: Ok,
     Authenticate: Ok,
-    Reload: Ok,
+    Reload: ReloadResult,
     DescribeAgent: AgentDescription,
     Warm: ActorDetail,
     WorkspaceNew: WorkspaceInfo,

@@ -1,7 +1,7 @@
 """CLI commands for the daemon and its chats: daemon, status, agents, send, ls, inspect,
 cancel, close, permit, policy, mode, config, auth, attach, log, reload, echo-agent.
 
-`send` (in `send`) and `attach`/`log` (in `follow`) are larger, so they live apart; this
+`send` (in `send`), `attach`/`log` (in `follow`) and `reload` (in `ops`) live apart; this
 module registers them with the rest so that `stoker --help` keeps one order."""
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from typing import Any
 
 import msgspec
 
+from daemon.actors.lifecycle import State
 from daemon.cli.common import (
     Failure,
     UsageError,
     add_common,
     ask,
-    chat_ids,
+    chat_argument,
     eprint,
     out_json,
     paths_from,
@@ -29,9 +30,13 @@ from daemon.cli.common import (
     show,
 )
 from daemon.cli.follow import cmd_attach, cmd_log
+from daemon.cli.ops import cmd_reload
 from daemon.cli.send import cmd_send
 from protocol import deltas as d
 from protocol import messages as m
+
+CHAT_STATES = [state.value for state in State]
+"""What `stoker ls` shows in STATE: the chat's agent's state (`closed` for a closed chat)."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,9 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         add_common(parser, json_flag=json_flag)
         parser.set_defaults(handler=handler)
         if chat:
-            arg = parser.add_argument("chat", help="chat id, or a unique prefix of it")
-            arg.completer = chat_ids  # type: ignore[attr-defined]
-            parser.set_defaults(chat_prefix=True)
+            chat_argument(parser)
         return parser
 
     p = cmd("daemon", cmd_daemon, "run the daemon in the foreground (--json: when it stops, "
@@ -70,7 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--link", action="append", default=[], metavar="PATH",
                    help="attach a link to a file (repeatable)")
     p.add_argument("--policy", choices=["ask", "allow", "deny"],
-                   help="permission policy for a new chat")
+                   help="permission policy of the chat (an existing one's changes)")
     p.add_argument("--project", metavar="PATH", help="run a new chat in a new workspace "
                    "(a git worktree) of this project; see `stoker workspace`")
     p.add_argument("--workspace", metavar="ID", help="run a new chat in this workspace")
@@ -84,8 +87,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = cmd("ls", cmd_ls, "list chats with their agent state")
     p.add_argument("--all", action="store_true", help="include closed chats")
-    p.add_argument("--state", action="append", metavar="STATE", help="only chats whose agent "
-                   "is in this state (ready, busy, hibernated, failed, ...; repeatable)")
+    p.add_argument("--state", action="append", metavar="STATE", choices=CHAT_STATES,
+                   help="only chats whose agent is in this state (repeatable): "
+                   + ", ".join(CHAT_STATES))
     p.add_argument("--agent", action="append", metavar="NAME",
                    help="only chats of this agent (repeatable)")
     p.add_argument("--tree", action="store_true",
@@ -102,7 +106,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = cmd("permit", cmd_permit, "answer a permission request; `stoker permit ls [CHAT]` "
             "lists the requests waiting for an answer")
     p.add_argument("chat", help="chat id, or a unique prefix of it (or `ls`)")
-    p.add_argument("request", nargs="?", help="request id from the permission_request delta")
+    p.add_argument("request", nargs="?", help="request id (`stoker permit ls` lists them)")
     p.add_argument("option", nargs="?", help="option id (omit with --cancel)")
     p.add_argument("--cancel", action="store_true", help="answer `cancelled`")
 
@@ -111,17 +115,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--turn", type=int, metavar="N", help="the turn to wait for")
 
     p = cmd("policy", cmd_policy, "set a chat's permission policy", chat=True)
-    p.add_argument("policy", choices=["ask", "allow", "deny"])
+    p.add_argument("policy", choices=["ask", "allow", "deny"], help="ask: every request waits "
+                   "for `stoker permit`; allow / deny: answered at once")
 
     p = cmd("mode", cmd_mode, "set the session mode of a chat's agent", chat=True)
-    p.add_argument("mode")
+    p.add_argument("mode", help="a mode id (`stoker inspect CHAT` lists them)")
 
     p = cmd("config", cmd_config, "set a session config option (e.g. model)", chat=True)
-    p.add_argument("option")
-    p.add_argument("value")
+    p.add_argument("option", help="an option id (`stoker inspect CHAT` lists them)")
+    p.add_argument("value", help="its new value (true / false for a boolean)")
 
     p = cmd("auth", cmd_auth, "authenticate a chat's agent with one of its methods", chat=True)
-    p.add_argument("method")
+    p.add_argument("method", help="an auth method id (`stoker inspect CHAT` lists them)")
 
     p = cmd("attach", cmd_attach, "follow a chat's deltas live, reconnecting as needed", chat=True)
     p.add_argument("--since", type=int, help="replay everything after this seq first "
@@ -187,7 +192,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from daemon.config import file as config_mod
     from daemon.errors import ConfigError
     from daemon.listeners.unix import DaemonAlreadyRunning
-    from daemon.service.root import serve
+    from daemon.service.root import StartupFailed, serve
     from daemon.store.faults import DatabaseUnusable
 
     paths = paths_from(args)
@@ -201,6 +206,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         status = trio.run(serve, paths, config)
     except DaemonAlreadyRunning as exc:
         raise Failure(str(exc), "already_running") from None
+    except StartupFailed as exc:
+        raise Failure(str(exc), "startup") from None
     except PermissionError as exc:
         raise Failure(f"{exc}", "permission") from None
     except DatabaseUnusable as exc:
@@ -220,6 +227,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             ("uptime", _age(result.uptime)),
             ("socket", result.socket),
             ("state dir", result.state_dir),
+            ("config", result.config),
             ("chats", str(result.chats)),
             ("agents", f"{counts.warm} warm, {counts.busy} busy ({states})"),
             ("agent memory", _size(result.memory_rss)),
@@ -317,7 +325,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print("* a shared agent process: RSS is the chat's share (docs/SHARED_PROCESSES.md)")
 
     async def main() -> int:
-        result: m.ChatList = await ask(args, m.ListChats(id=0, include_closed=args.all))
+        closed = args.all or "closed" in (args.state or [])
+        result: m.ChatList = await ask(args, m.ListChats(id=0, include_closed=closed))
         result.chats = [c for c in result.chats
                         if (not args.state or c.state in args.state)
                         and (not args.agent or c.agent in args.agent)]
@@ -337,7 +346,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     def render(result: m.ChatDetail) -> None:
         chat = result.chat
-        print(f"chat:        {chat.chat}")
+        print(f"chat:        {chat.chat}" + (" (closed)" if chat.closed else ""))
         print(f"agent:       {chat.agent}")
         print(f"cwd:         {chat.cwd}")
         print(f"policy:      {chat.policy}")
@@ -369,12 +378,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             caps = a.capabilities
             if caps:
                 print(f"  capabilities: {msgspec.json.encode(caps).decode()}")
+            if a.auth_methods:
+                print("  auth:        " + ", ".join(
+                    f"{x.get('id')} ({x.get('name')})" if x.get("name") else str(x.get("id"))
+                    for x in a.auth_methods) + "  (`stoker auth CHAT METHOD`)")
             if a.modes:
                 print(f"  mode:        {a.modes.get('currentModeId')} (available: "
                       + ", ".join(str(x.get('id')) for x in a.modes.get('availableModes', []))
                       + ")")
             for option in a.config_options:
-                print(f"  config:      {option.get('id')} = {option.get('currentValue')}")
+                value = option.get("currentValue")
+                shown = msgspec.json.encode(value).decode() if isinstance(value, bool) else value
+                print(f"  config:      {option.get('id')} = {shown}")
             if a.models:
                 available = ", ".join(str(x.get("modelId"))
                                       for x in a.models.get("availableModels", []))
@@ -468,6 +483,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
             sub: m.Subscribed = await client.request(
                 m.Subscribe(id=0, chat=args.chat, since=m.Cursor(seq=0)))
             turn = args.turn if args.turn is not None else sub.snapshot.last_turn
+            if sub.snapshot.last_turn == 0:
+                raise UsageError(f"chat {args.chat} has had no turn yet: nothing to wait for")
             if turn < 1 or turn > sub.snapshot.last_turn:
                 raise UsageError(f"chat {args.chat} has no turn {turn} (its latest is "
                                  f"{sub.snapshot.last_turn})")
@@ -522,7 +539,3 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_auth(args: argparse.Namespace) -> int:
     return _simple(args, m.Authenticate(id=0, chat=args.chat, method=args.method),
                    done="authenticated")
-
-
-def cmd_reload(args: argparse.Namespace) -> int:
-    return _simple(args, m.Reload(id=0), done="config reloaded")

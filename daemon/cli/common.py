@@ -41,6 +41,17 @@ def add_common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> No
         parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def chat_argument(parser: argparse.ArgumentParser, help_text: str = "chat id, or a unique "
+                  "prefix of it", *, optional: bool = False, metavar: str = "chat") -> None:
+    """The positional CHAT of a command that names an existing chat (`args.chat`, shown as
+    `metavar`: a task is a chat too): completed from the daemon's chats, and taken by any
+    unique prefix of an id (`resolve_chat_arg`)."""
+    arg = parser.add_argument("chat", nargs="?" if optional else None, help=help_text,
+                              metavar=metavar)
+    arg.completer = chat_ids  # type: ignore[attr-defined]
+    parser.set_defaults(chat_prefix=True)
+
+
 def subcommand(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
                handler: Callable[[argparse.Namespace], int], help_text: str
                ) -> argparse.ArgumentParser:
@@ -75,12 +86,31 @@ def eprint(*parts: object) -> None:
 
 def out_json(obj: Any) -> None:
     """What `--json` prints: one JSON document per line, flushed (a reader of `attach
-    --json` sees each delta as it comes). msgspec is imported here, not at the top: `stoker
-    echo-agent` goes through `main` and must start fast."""
+    --json` sees each delta as it comes). A result has every field, those at their default
+    too (the wire leaves them out): `stoker tasks --json | jq '.tasks[]'` must not fail
+    because there are none. msgspec is imported here, not at the top: `stoker echo-agent`
+    goes through `main` and must start fast."""
     import msgspec
 
-    sys.stdout.write(msgspec.json.encode(obj).decode() + "\n")
+    sys.stdout.write(msgspec.json.encode(complete_result(obj)).decode() + "\n")
     sys.stdout.flush()
+
+
+def complete_result(obj: Any) -> Any:
+    """`obj` with each result struct (protocol.results) made a dict of all its fields, at
+    any depth; anything else (deltas, content blocks, plain values) as it is."""
+    import msgspec
+
+    from protocol.results import Struct as ResultStruct
+
+    if isinstance(obj, ResultStruct):
+        return {f.encode_name: complete_result(getattr(obj, f.name))
+                for f in msgspec.structs.fields(obj)}
+    if isinstance(obj, list):
+        return [complete_result(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: complete_result(v) for k, v in obj.items()}
+    return obj
 
 
 def print_table(rows: list[list[str]], out: TextIO | None = None) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, TextIO
+from typing import Any, TextIO, assert_never
 
 from daemon.cli.common import Failure, UsageError, eprint, out_json, paths_from, run_async
 from protocol import deltas as d
@@ -93,8 +93,31 @@ class Renderer:
             self.line(f"[diff {body.workspace}: {body.stat or f'{body.files} files'}]")
         elif isinstance(body, d.Mode):
             self.line(f"[mode {body.mode}]")
-        else:
-            self.line(f"[{type(body).__struct_config__.tag}]")
+        elif isinstance(body, d.Task):
+            title = f": {body.title}" if body.title else ""
+            error = f": {body.error}" if body.error else ""
+            self.line(f"[task {body.task} {body.event} ({body.agent}{title}){error}]")
+        elif isinstance(body, d.Workflow):
+            unit = f" {body.unit}" if body.unit else ""
+            error = f": {body.error}" if body.error else ""
+            self.line(f"[workflow {body.run}{unit} {body.state}{error}]")
+        elif isinstance(body, d.Plan):
+            self.line(f"[plan: {len(body.entries)} entries]")
+        elif isinstance(body, d.Commands):
+            self.line(f"[commands: {len(body.commands)} available]")
+        elif isinstance(body, d.UserText):
+            self.line(f"[user] {body.text}")
+        elif isinstance(body, d.Content):
+            self.line(f"[{body.role} {body.block.get('type', 'content')}]")
+        elif isinstance(body, d.Config):
+            self.line("[config: " + ", ".join(f"{o.get('id')} = {o.get('currentValue')}"
+                                              for o in body.options) + "]")
+        elif isinstance(body, d.Info):
+            self.line(f"[title: {body.title}]" if body.title else "[session info]")
+        elif isinstance(body, d.Raw):
+            self.line(f"[{body.method}]")
+        else:  # every kind of delta has its line above; mypy says when one has none
+            assert_never(body)
 
 
 _renderer: Renderer | None = None
@@ -123,10 +146,12 @@ def cmd_log(args: argparse.Namespace) -> int:
     paths = paths_from(args)
     if args.tail is not None and args.tail < 0:
         raise UsageError("--tail takes a count of deltas (0 or more)")
+    if args.since < 0:
+        raise UsageError("--since takes a seq (0 or more)")
 
     async def main() -> int:
         async with Client.connect(paths.socket, client="cli-log") as client:
-            since = max(args.since, 0)
+            since: int = args.since
             if args.tail is not None:
                 since = max(since, await _tail_start(client, args.chat, args.tail))
             await client.request(m.Subscribe(id=0, chat=args.chat,
@@ -159,6 +184,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
     paths = paths_from(args)
     if args.tail is not None and (args.tail < 0 or args.since is not None):
         raise UsageError("--tail takes a count of deltas (0 or more), without --since")
+    if args.since is not None and args.since < 0:
+        raise UsageError("--since takes a seq (0 or more)")
 
     async def main() -> int:
         last: int | None = args.since

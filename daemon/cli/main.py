@@ -48,11 +48,67 @@ class Parser(argparse.ArgumentParser):
     """Set by `main` when `--json` is among the arguments: parsing may fail before any
     Namespace exists to say so."""
 
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        # The innermost parser that ran (`stoker workspace new`, not `stoker`): its usage
+        # is the one a usage error shows. Subparsers finish first, so the first one wins.
+        if not hasattr(parsed, USAGE_PARSER):
+            setattr(parsed, USAGE_PARSER, self)
+        return parsed, extras
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = usage_parser(parsed, self)
+            takes_text = any(a.dest == "text" for a in command._actions)
+            hint = (f" (text that starts with '-' goes after `--`: {command.prog} -- "
+                    f"{extras[0]} ...)" if takes_text and extras[0].startswith("-") else "")
+            command.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return parsed
+
     def error(self, message: str) -> NoReturn:
         if Parser.json_errors:
             out_json({"error": {"code": "usage", "message": f"{self.prog}: {message}"}})
             self.exit(2)
         super().error(message)
+
+
+USAGE_PARSER = "_usage_parser"
+
+
+def usage_parser(args: argparse.Namespace, default: argparse.ArgumentParser
+                 ) -> argparse.ArgumentParser:
+    """The parser of the (sub)command `args` were parsed by, whose usage fits them."""
+    found = getattr(args, USAGE_PARSER, None)
+    return found if isinstance(found, argparse.ArgumentParser) else default
+
+
+GLOBAL_FLAGS = {"--json": False, "--socket": True, "--state-dir": True, "--config": True}
+"""The options every client command takes (flag: whether it takes a value), which people
+also write before the command (`stoker --json ls`, like `git -C DIR status`)."""
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """`argv` with the global flags written before the command moved after it: at the end,
+    or before `--` when there is one (what follows `--` is text, never an option). The
+    command's own parser then takes them, or says it does not."""
+    leading: list[str] = []
+    rest = list(argv)
+    while rest:
+        name = rest[0].split("=", 1)[0]
+        if name not in GLOBAL_FLAGS:
+            break
+        takes_value = GLOBAL_FLAGS[name] and "=" not in rest[0]
+        count = 2 if takes_value and len(rest) > 1 else 1
+        leading += rest[:count]
+        rest = rest[count:]
+    if not leading:
+        return rest
+    at = rest.index("--") if "--" in rest else len(rest)
+    return rest[:at] + leading + rest[at:]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="stoker",
         description="Stoker keeps ACP coding agents warm, supervised and safe.",
+        epilog="Every client command takes --json (machine output), --socket, --state-dir "
+        "and --config, before or after its name (`stoker --json ls`). `stoker COMMAND "
+        "--help` shows a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"stoker {VERSION}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -84,6 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     Parser.json_errors = "--json" in argv
     parser = build_parser()
+    argv = hoist_global_flags(argv)
+    if not argv and "_ARGCOMPLETE" not in os.environ:
+        # `stoker` alone: what it can do, rather than "the following arguments are
+        # required: COMMAND". Still a usage error (exit 2).
+        parser.print_help(sys.stderr)
+        return 2
     if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (stoker completion)
         from daemon.cli.completion import complete
 
@@ -115,8 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if as_json:
         out_json({"error": {"code": code, "message": message}})
     elif status == 2:
-        parser.print_usage(sys.stderr)
-        eprint(f"stoker {args.command}: error: {message}")
+        command = usage_parser(args, parser)
+        command.print_usage(sys.stderr)
+        eprint(f"{command.prog}: error: {message}")
     else:
         eprint(f"stoker: {message}")
     return status

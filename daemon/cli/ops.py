@@ -1,4 +1,5 @@
-"""CLI commands for operating the daemon: doctor.
+"""CLI commands for operating the daemon: doctor, and the body of `reload` (registered
+with the chat commands, for the order of `stoker --help`).
 
 Kept apart from the chat commands because they must work when the daemon does not: `doctor`
 is what one runs exactly when nothing answers.
@@ -9,7 +10,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from daemon.cli.common import add_common, eprint, out_json, paths_from, print_table, run_async
+from daemon.cli.common import (
+    add_common,
+    eprint,
+    out_json,
+    paths_from,
+    print_table,
+    run_async,
+    show,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,3 +56,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return status
 
     return run_async(main)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """`stoker reload`: what changed, and which of it waits for a restart."""
+    from protocol import messages as m
+
+    def render(result: m.ReloadResult) -> None:
+        eprint("config reloaded" + (f": {', '.join(result.changed)} changed" if
+                                    result.changed else ", nothing changed"))
+        if result.restart_needed:
+            eprint("restart the daemon for these to take effect (read at start only): "
+                   + ", ".join(result.restart_needed))
+
+    return show(args, m.Reload(id=0), render)

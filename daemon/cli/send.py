@@ -82,6 +82,11 @@ async def _check_agent(client: Any, args: argparse.Namespace, paths: Any) -> Non
         agents = await client.request(m.ListAgents(id=0))
     known = {a.name: a for a in agents.agents}
     agent = known.get(name)
+    if agent is None and args.agent is None:
+        raise Failure(f"the default agent {name!r} ([daemon] default_agent) is not an "
+                      f"agent; the agents are {', '.join(sorted(known))} (`stoker agents`): "
+                      f"give one with --agent, or set default_agent in {paths.config} to "
+                      "one of them and `stoker reload`", "unknown_agent")
     if agent is None:
         raise Failure(f"no agent is called {name!r}; the agents are "
                       f"{', '.join(sorted(known))} (`stoker agents`), and others are added "
@@ -227,8 +232,9 @@ async def _follow_turn(client: Any, chat: str, turn: int, args: argparse.Namespa
     async for event in client.events():
         if isinstance(event, m.Goodbye):
             view.screen.end()
-            eprint(f"stoker: the daemon closed the connection ({event.reason})")
-            return 1
+            raise Failure(f"the daemon closed the connection ({event.reason}) before turn "
+                          f"{turn} ended; `stoker wait {chat} --turn {turn}` tells how it "
+                          "ends", "connection")
         if not isinstance(event, d.Delta) or event.chat != chat:
             continue
         body = event.body
@@ -252,8 +258,8 @@ async def _follow_turn(client: Any, chat: str, turn: int, args: argparse.Namespa
                 return 1
             return 0
     view.screen.end()
-    eprint("stoker: the connection to the daemon was lost before the turn ended")
-    return 1
+    raise Failure(f"the connection to the daemon was lost before turn {turn} ended; `stoker "
+                  f"wait {chat} --turn {turn}` tells how it ends", "connection")
 
 
 async def _say_resuming(client: Any, chat: str, agent: str, view: TurnView) -> None:

@@ -3,8 +3,9 @@
 
 `task new` prints just the task id on stdout so that scripts can capture it
 (`t=$(stoker task new --parent boss --agent echo "do x")`); `task show --wait S` waits for
-the task to end and prints its result. `--json` prints the daemon's typed result instead.
-"""
+the task to end and prints its result, exiting 0 only if it is done (scripts chain on it).
+`--json` prints the daemon's typed result instead. A task is a chat: its id may be given by
+a unique prefix, like any chat's."""
 
 from __future__ import annotations
 
@@ -12,7 +13,18 @@ import argparse
 import sys
 import time
 
-from daemon.cli.common import UsageError, eprint, show, subcommand
+from daemon.cli.common import (
+    Failure,
+    UsageError,
+    ask,
+    chat_argument,
+    eprint,
+    out_json,
+    resolve_chat,
+    run_async,
+    show,
+    subcommand,
+)
 from protocol import messages as m
 
 
@@ -27,7 +39,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = subcommand
 
     p = cmd(tsub, "new", cmd_new, "start a task under a parent chat; prints the task id")
-    p.add_argument("--parent", required=True, metavar="CHAT", help="the parent chat")
+    p.add_argument("--parent", required=True, metavar="CHAT", help="the parent chat (an "
+                   "id, or a unique prefix of it)")
     p.add_argument("--agent", help="agent of the task (default: the parent's)")
     p.add_argument("--title", help="a short title (default: the start of the prompt)")
     p.add_argument("--workspace", metavar="WHERE", help="'parent' (default), 'worktree' "
@@ -36,19 +49,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("text", nargs="+", help="the task's prompt")
 
     p = cmd(tsub, "show", cmd_show, "a task's state and, once it ended, its result")
-    p.add_argument("task")
+    chat_argument(p, "the task id, or a unique prefix of it (`stoker tasks` lists them)",
+                  metavar="task")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="wait up to SECONDS for the task to end")
+                   help="wait up to SECONDS for the task to end; then exit 0 only if it is "
+                   "done (1: failed, cancelled, or still running)")
 
     p = cmd(tsub, "send", cmd_send, "a follow-up prompt for a finished task")
-    p.add_argument("task")
+    chat_argument(p, "the task id, or a unique prefix of it (`stoker tasks` lists them)",
+                  metavar="task")
     p.add_argument("text", nargs="+")
 
     p = cmd(tsub, "cancel", cmd_cancel, "cancel a task (and the tasks it started)")
-    p.add_argument("task")
+    chat_argument(p, "the task id, or a unique prefix of it (`stoker tasks` lists them)",
+                  metavar="task")
 
     p = cmd(sub, "tasks", cmd_tree, "the task tree: every task, or those below CHAT")
-    p.add_argument("chat", nargs="?", help="show only the tasks below this chat")
+    chat_argument(p, "show only the tasks below this chat (an id, or a unique prefix of "
+                  "it)", optional=True)
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -56,12 +74,14 @@ def cmd_new(args: argparse.Namespace) -> int:
     if not text:
         raise UsageError("the prompt is empty")
 
+    parent = run_async(lambda: resolve_chat(args, args.parent))
+
     def render(info: m.TaskInfo) -> None:
         print(info.task, flush=True)
         eprint(f"task {info.task} on {info.agent}: {info.state} (parent {info.parent}, "
                f"depth {info.depth}, in {info.cwd})")
 
-    return show(args, m.TaskNew(id=0, parent=args.parent, prompt=text, agent=args.agent,
+    return show(args, m.TaskNew(id=0, parent=parent, prompt=text, agent=args.agent,
                                 title=args.title, workspace=args.workspace), render)
 
 
@@ -79,17 +99,31 @@ def _render_one(info: m.TaskInfo) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    return show(args, m.GetTask(id=0, task=args.task, wait=max(0.0, args.wait)),
-                _render_one)
+    async def main() -> int:
+        info: m.TaskInfo = await ask(args, m.GetTask(id=0, task=args.chat,
+                                                     wait=max(0.0, args.wait)))
+        if args.json:
+            out_json(info)
+        else:
+            _render_one(info)
+        if args.wait <= 0 or info.state == "done":
+            return 0
+        # Asked to wait for the end, a script goes on only after a task that succeeded
+        # (like `stoker wait`).
+        if info.state in ("queued", "running"):
+            eprint(f"stoker: task {info.task} is still {info.state} after {args.wait:g}s")
+        return 1
+
+    return run_async(main)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    return show(args, m.TaskSend(id=0, task=args.task, prompt=" ".join(args.text)),
+    return show(args, m.TaskSend(id=0, task=args.chat, prompt=" ".join(args.text)),
                 _render_one)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    return show(args, m.TaskCancel(id=0, task=args.task), _render_one)
+    return show(args, m.TaskCancel(id=0, task=args.chat), _render_one)
 
 
 def tree_lines(tasks: list[m.TaskInfo], root: str | None, now: float) -> list[str]:
@@ -133,4 +167,18 @@ def cmd_tree(args: argparse.Namespace) -> int:
             print(line)
         sys.stdout.flush()
 
-    return show(args, m.ListTasks(id=0, parent=args.chat, recursive=True), render)
+    async def main() -> int:
+        listed: m.TaskList = await ask(args, m.ListTasks(id=0, parent=args.chat,
+                                                         recursive=True))
+        if args.chat is not None and not listed.tasks:
+            # No tasks below it, or no such chat: the daemon answers both alike.
+            chats: m.ChatList = await ask(args, m.ListChats(id=0, include_closed=True))
+            if all(c.chat != args.chat for c in chats.chats):
+                raise Failure(f"unknown chat {args.chat!r}", "unknown_chat")
+        if args.json:
+            out_json(listed)
+        else:
+            render(listed)
+        return 0
+
+    return run_async(main)

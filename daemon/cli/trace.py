@@ -14,7 +14,7 @@ import re
 import time
 from datetime import UTC, datetime
 
-from daemon.cli.common import UsageError, add_common, print_table, show
+from daemon.cli.common import UsageError, add_common, chat_argument, print_table, show
 from protocol import messages as m
 
 WIDTH = 48
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     text = "show where a chat's turns spent their time (tool calls on a time axis)"
     p = sub.add_parser("trace", help=text, description=text)
     add_common(p)
-    p.add_argument("chat", help="the chat id")
+    chat_argument(p)
     p.add_argument("--turn", type=int, help="one turn (default: the last few)")
     p.add_argument("--last", type=int, default=5, help="how many recent turns (default 5)")
     p.set_defaults(handler=cmd_trace)
@@ -46,7 +46,7 @@ def parse_since(text: str, now: float) -> float:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
     if match:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[match[2]]
-        return now - float(match[1]) * unit
+        return max(0.0, now - float(match[1]) * unit)  # at most: since the epoch
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -45,8 +45,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     urls: list[str] = []
     run_async(status)
     if not urls[0]:
-        raise Failure("the web console needs the daemon's TCP listener: set "
-                      "[websocket] enabled = true in the config and reload (docs/WEB.md)")
+        raise Failure("the web console needs the daemon's TCP listener: set [websocket] "
+                      "enabled = true in the config and restart the daemon (a reload does "
+                      "not start the listener; docs/WEB.md)")
     try:
         token = ensure_token(paths_from(args).token_file)
     except (TokenFileError, OSError) as exc:

@@ -65,16 +65,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "and in the config dir's workflows/")
 
     p = cmd("show", cmd_show, "a run's steps as a DAG, with their state and duration")
-    p.add_argument("run")
+    p.add_argument("run", help="the run id (`stoker workflow ls` lists them)")
     p.add_argument("--follow", "-f", action="store_true",
                    help="redraw at every change until the run ends; exit 0 if it is done")
     p.add_argument("--results", action="store_true", help="also print each step's result")
 
     p = cmd("cancel", cmd_cancel, "cancel a run and its running steps")
-    p.add_argument("run")
+    p.add_argument("run", help="the run id (`stoker workflow ls` lists them)")
 
     p = cmd("resume", cmd_resume, "run a failed or cancelled run's unfinished steps again")
-    p.add_argument("run")
+    p.add_argument("run", help="the run id (`stoker workflow ls` lists them)")
 
 
 def _inputs(pairs: list[str]) -> dict[str, str]:

@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = cmd(wsub, "close", cmd_close, "close a workspace's chats and mark it orphaned "
             "(the reaper removes it after the grace period if nothing would be lost)")
-    p.add_argument("workspace")
+    p.add_argument("workspace", help="the workspace id (`stoker workspace ls` lists "
+                   "them)")
 
     p = cmd(wsub, "restore", cmd_restore, "bring a reaped workspace back from the trash "
             "(before it is purged)")
@@ -48,7 +49,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = cmd(sub, "diff", cmd_diff, "show a workspace's changes since its base commit, "
             "committed or not, untracked files included")
-    p.add_argument("workspace")
+    p.add_argument("workspace", help="the workspace id (`stoker workspace ls` lists "
+                   "them)")
     p.add_argument("--stat", action="store_true", help="diffstat instead of the patch")
 
     p = cmd(sub, "reap", cmd_reap, "run the orphan-worktree reaper now and show what went, "

@@ -12,7 +12,7 @@ import difflib
 import re
 import shlex
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -181,10 +181,14 @@ class ChannelsConfig(_Section):
             raise ValueError("subscriber_queue must be at least 16")
 
 
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+"""A TCP port (0: any free one); a larger number would silently wrap when bound."""
+
+
 class WebSocketConfig(_Section):
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: int = 7717
+    port: Port = 7717
     allowed_origins: list[str] = []
     max_connections: int = 64
     max_message: ByteSize = ByteSize(16 * 1024 * 1024)
@@ -211,7 +215,7 @@ class TerminalsConfig(_Section):
 
 class ComputerConfig(_Section):
     host: str
-    port: int = 22
+    port: Port = 22
     user: str | None = None
     identity_files: list[str] = []
     use_agent: bool = True
@@ -448,11 +452,15 @@ def parse(data: bytes | str, *, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: {_friendly(str(exc), Config)}") from None
 
 
+_ENUM = re.compile(r"Invalid enum value .* - at `\$((?:\.[\w-]+)*)\.([\w-]+)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `([^`]*)`(?: - at `\$((?:\.\w+)*)`)?$")
 
 
 def _friendly(message: str, root: type[msgspec.Struct]) -> str:
     """msgspec's message in the file's words, with the closest known key for a typo."""
+    enum = _ENUM.match(message)
+    if enum is not None:
+        return message + _choices(_section_at(root, enum.group(1)), enum.group(2))
     found = _UNKNOWN.match(message)
     if found is None:
         return message
@@ -474,6 +482,16 @@ def _section_at(root: type[msgspec.Struct], path: str) -> type[msgspec.Struct] |
         kind = field.type if field is not None else None
         section = kind.cls if isinstance(kind, msgspec.inspect.StructType) else None
     return section
+
+
+def _choices(section: type[msgspec.Struct] | None, key: str) -> str:
+    """`; one of ...` for a key whose values are a fixed set."""
+    info = msgspec.inspect.type_info(section) if section is not None else None
+    fields = info.fields if isinstance(info, msgspec.inspect.StructType) else ()
+    kind = next((f.type for f in fields if f.encode_name == key), None)
+    if not isinstance(kind, msgspec.inspect.LiteralType):
+        return ""
+    return "; one of " + ", ".join(f"`{v}`" for v in kind.values)
 
 
 def _did_you_mean(key: str, section: type[msgspec.Struct] | None) -> str:

@@ -40,6 +40,7 @@ from daemon.doctor.verdicts import (
     PathFacts,
     agent_verdict,
     config_verdict,
+    daemon_config_verdict,
     daemon_verdict,
     memory_verdict,
     node_agents,
@@ -60,6 +61,7 @@ __all__ = [
     "agent_verdict",
     "ask_daemon",
     "config_verdict",
+    "daemon_config_verdict",
     "daemon_verdict",
     "exit_status",
     "memory_verdict",
@@ -105,7 +107,11 @@ async def run_checks(paths: Paths, *, timeout: float = 15.0, probe_agents: bool 
 
     checks.append(socket_dir_verdict(paths.socket.parent, path_facts(paths.socket.parent), uid))
     checks.append(socket_verdict(paths.socket, path_facts(paths.socket), uid))
-    checks.append(daemon_verdict(paths.socket, await ask_daemon(paths.socket)))
+    answer = await ask_daemon(paths.socket)
+    checks.append(daemon_verdict(paths.socket, answer))
+    other_config = daemon_config_verdict(paths.config, answer)
+    if other_config is not None:
+        checks.append(other_config)
 
     checks.append(state_dir_verdict(paths.state_dir, path_facts(paths.state_dir), uid))
     checks.append(await database_checkup(paths.database))

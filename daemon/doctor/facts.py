@@ -67,9 +67,11 @@ async def ask_daemon(path: Path, timeout: float = 5.0) -> DaemonAnswer:
         denied = not os.access(path, os.W_OK)
         return DaemonAnswer("denied" if denied else "error", str(exc))
     counts = status.actors
-    return DaemonAnswer("answering", f"pid {status.pid}, version {status.version}, up "
-                        f"{status.uptime:.0f}s, {status.chats} chats, {counts.warm} warm, "
-                        f"{counts.busy} busy")
+    up = (f"{status.uptime:.0f}s" if status.uptime < 120 else f"{status.uptime / 60:.0f}m"
+          if status.uptime < 7200 else f"{status.uptime / 3600:.1f}h")
+    return DaemonAnswer("answering", f"pid {status.pid}, version {status.version}, up {up}, "
+                        f"{status.chats} chats, {counts.warm} warm, {counts.busy} busy",
+                        config=status.config)
 
 
 def tool_version(name: str, args: Sequence[str] = ("--version",)) -> str | None:

@@ -41,6 +41,18 @@ class DaemonAnswer:
 
     state: Literal["answering", "absent", "refused", "denied", "error"]
     detail: str = ""
+    config: str = ""
+    """The config file the answering daemon reads."""
+
+
+def daemon_config_verdict(ours: Path, answer: DaemonAnswer) -> Check | None:
+    """These checks read `ours`; a daemon that reads another file runs with another config
+    (another PATH lookup, other agents), which no line of the report would show."""
+    if answer.state != "answering" or not answer.config or answer.config == str(ours):
+        return None
+    return Check("daemon config", "warn", f"the daemon reads {answer.config}, these checks "
+                 f"read {ours}: give --config {answer.config} (or STOKER_CONFIG) to check "
+                 "the daemon's")
 
 
 def _mode(mode: int) -> str:

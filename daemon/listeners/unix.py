@@ -19,6 +19,7 @@ import select
 import socket as stdsocket
 import stat
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,8 @@ def bind_unix_socket(path: Path) -> stdsocket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.ENAMETOOLONG or "too long" in str(exc):
-            raise RuntimeError(f"socket path too long for a Unix socket: {path}") from None
+            raise OSError(errno.ENAMETOOLONG, "the path is too long for a Unix socket (at "
+                          "most 107 bytes)", str(path)) from None
         raise
     finally:
         os.umask(old_umask)
@@ -157,8 +159,11 @@ def bind_unix_socket(path: Path) -> stdsocket.socket:
 class UnixListener:
     """Accepts clients on a listening Unix socket."""
 
-    def __init__(self, sock: stdsocket.socket, handlers: Handlers, limits: Limits, *,
-                 max_connections: int, path: Path | None) -> None:
+    def __init__(self, sock: stdsocket.socket, handlers: Handlers,
+                 limits: Callable[[], Limits], *, max_connections: int,
+                 path: Path | None) -> None:
+        """`limits` is asked at each new connection: a reload applies to the connections
+        made after it (and `welcome` announces the same `max_frame`)."""
         self._sock = trio.socket.from_stdlib_socket(sock)
         self._handlers = handlers
         self._limits = limits
@@ -205,8 +210,9 @@ class UnixListener:
         except OSError:
             pid, uid, gid = -1, -1, -1
         log = self._log.bind(peer_pid=pid, peer_uid=uid)
-        transport = UnixTransport(stream, self._limits.max_frame, peer=f"pid {pid}")
-        conn = Connection(transport, self._handlers, self._limits, log.bind(actor="client"))
+        limits = self._limits()
+        transport = UnixTransport(stream, limits.max_frame, peer=f"pid {pid}")
+        conn = Connection(transport, self._handlers, limits, log.bind(actor="client"))
         if not self._allowed(pid, uid, gid):
             self.refused += 1
             log.warning("refused connection from another user")

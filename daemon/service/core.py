@@ -33,7 +33,7 @@ class Core:
     settings: Settings
     pool: Pool
     workspaces: WorkspaceService
-    reload: Callable[[], int]
+    reload: Callable[[], m.ReloadResult]
     """Re-read the config (the root's `Service.reload`)."""
     websocket_url: Callable[[], str | None]
     mcp_http_url: Callable[[], str | None] = lambda: None
@@ -77,7 +77,8 @@ class Core:
             actors=self.pool.counts(), memory_rss=await self.pool.memory_used(),
             daemon_rss=daemon_rss,
             restarts_last_hour=await self.pool.restarts_since(time.time() - 3600),
-            websocket=self.websocket_url(), mcp_http=self.mcp_http_url())
+            websocket=self.websocket_url(), mcp_http=self.mcp_http_url(),
+            config=str(self.paths.config))
 
 
 ROUTES: Routes[Core] = Routes("core")
@@ -144,9 +145,8 @@ async def close_chat(core: Core, req: m.CloseChat, client: str) -> m.Ok:
 
 
 @ROUTES.handles(m.Reload, slow=True)
-async def reload(core: Core, req: m.Reload, client: str) -> m.Ok:
-    core.reload()
-    return m.Ok()
+async def reload(core: Core, req: m.Reload, client: str) -> m.ReloadResult:
+    return core.reload()
 
 
 @ROUTES.handles(m.Inspect, slow=True)

@@ -23,6 +23,15 @@ from daemon.config.paths import Paths
 from daemon.errors import ConfigError
 from daemon.log import Log
 from daemon.service.systemd import notify as sdnotify
+from protocol import messages as m
+
+STARTUP_ONLY = frozenset({
+    "daemon.max_connections", "daemon.storage_patience", "channels.ring_size",
+    "websocket.enabled", "websocket.host",
+    "websocket.port", "websocket.max_message", "traces.otlp_endpoint", "traces.metrics"})
+"""The settings read once, when the daemon starts (docs/OPERATIONS.md, "Reloading the
+config"; tests/unit/test_reload_report.py holds the two together): a reload that changes
+one says it needs a restart instead of pretending it applied."""
 
 
 class Reloader:
@@ -40,8 +49,8 @@ class Reloader:
         self.reloads = 0
         self._log = Log("daemon")
 
-    def reload(self) -> int:
-        """Re-read the config; the number of agents recycled."""
+    def reload(self) -> m.ReloadResult:
+        """Re-read the config; what changed, and what of it needs a restart."""
         notifier = self._notifier
         if notifier is not None:
             notifier.reloading()
@@ -51,7 +60,7 @@ class Reloader:
             if notifier is not None:
                 notifier.ready(status=status_line(self._pool))
 
-    def _reload_config(self) -> int:
+    def _reload_config(self) -> m.ReloadResult:
         try:
             config = config_mod.load(self._paths.config,
                                      must_exist=self._paths.config_explicit)
@@ -73,7 +82,11 @@ class Reloader:
         self.reloads += 1
         self._log.info("config reloaded", agents=len(agents), recycled=recycled,
                        changed=",".join(changed_keys) or "nothing")
-        return recycled
+        restart = [key for key in changed_keys if key in STARTUP_ONLY]
+        if restart:
+            self._log.warning("these settings take effect at the next start",
+                              keys=",".join(restart))
+        return m.ReloadResult(changed=changed_keys, restart_needed=restart)
 
 
 def _no_children(config: Config) -> None:

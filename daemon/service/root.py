@@ -89,6 +89,24 @@ class StateDirLocked(DaemonAlreadyRunning):
     pass
 
 
+class StartupFailed(RuntimeError):
+    """The state dir or the socket cannot be made (a path through a file, too long for a
+    Unix socket, not permitted): one line for the person who started the daemon."""
+
+
+def _startup_step(what: str, path: Path, step: Callable[[], Any]) -> Any:
+    try:
+        return step()
+    except (DaemonAlreadyRunning, StartupFailed):
+        raise
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename not in (None, str(path)) else ""
+        message = f"cannot use {what} {path}: {where}{exc.strerror or exc}"
+        if isinstance(exc, PermissionError):
+            raise PermissionError(message) from None
+        raise StartupFailed(message) from None
+
+
 def lock_state_dir(path: Path) -> int:
     """Hold an exclusive lock on the state dir for the daemon's life: two daemons on one
     database would each think they own every agent."""
@@ -281,7 +299,8 @@ async def serve(paths: Paths, config: Config, *,
     """Run the daemon until SIGTERM/SIGINT. Returns the exit status."""
     log = Log("daemon")
     raise_open_file_limit(log)
-    lock_fd = lock_state_dir(paths.lock_file)
+    lock_fd: int = _startup_step("the state dir", paths.state_dir,
+                                 lambda: lock_state_dir(paths.lock_file))
     try:
         return await _serve_locked(paths, config, log, ready)
     finally:
@@ -295,7 +314,8 @@ async def _serve_locked(paths: Paths, config: Config, log: Log,
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         # Socket activation reads LISTEN_* from os.environ: take the socket before the
         # scrub below removes them (scrubbing first silently ignored systemd's socket).
-        sock, sock_path = _listening_socket(paths, log)
+        sock, sock_path = _startup_step("the socket", paths.socket,
+                                        lambda: _listening_socket(paths, log))
         # Our children must not inherit systemd's per-service variables.
         for name in os.environ.keys() - sdnotify.scrub_systemd_env(os.environ).keys():
             del os.environ[name]
@@ -371,7 +391,7 @@ def build(paths: Paths, config: Config, store: Store, instance: str,
     the_core.tasks = task_service
     websocket = WebSocketService(service, config=lambda: settings.config.websocket,
                                  token_file=paths.token_file, limits=the_core.limits)
-    unix = UnixListener(sock, service, the_core.limits(),
+    unix = UnixListener(sock, service, the_core.limits,
                         max_connections=config.daemon.max_connections, path=sock_path)
     ssh_service = SshService(executors=executors, instance=instance, pool=pool,
                              settings=settings)

@@ -260,8 +260,10 @@ class WorkspaceService:
                 existing = None
         if existing is not None:
             if req.workspace is not None and existing.workspace != req.workspace:
-                raise BadRequest(f"chat {existing.id!r} works in workspace "
-                                 f"{existing.workspace or '(none)'}, not {req.workspace}")
+                where = (f"workspace {existing.workspace}" if existing.workspace
+                         else f"{existing.cwd}, in no workspace")
+                raise BadRequest(f"chat {existing.id!r} works in {where}, not in workspace "
+                                 f"{req.workspace}; a new --chat id starts a chat there")
             if existing.workspace is None:
                 raise BadRequest(f"chat {existing.id!r} is not in a workspace")
             await self.usable(existing.workspace)

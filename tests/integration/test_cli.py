@@ -351,7 +351,7 @@ def test_every_command_speaks_json(daemon_factory: DaemonFactory) -> None:
         assert ok("inspect", "j")["chat"]["chat"] == "j"  # type: ignore[index]
         assert "checks" in ok("doctor", "--no-probe")  # type: ignore[operator]
         assert "token" in ok("token")  # type: ignore[operator]
-        assert ok("computers") == {}  # no computers configured: the empty list is omitted
+        assert ok("computers") == {"computers": []}  # every field, an empty list too
 
     def errors() -> None:
         error(1, "unknown_chat", "inspect", "nope")
@@ -366,7 +366,7 @@ def test_every_command_speaks_json(daemon_factory: DaemonFactory) -> None:
         assert ok("cancel", "j") == {}
         assert ok("policy", "j", "allow") == {}
         assert ok("mode", "j", "plan") == {}
-        assert ok("reload") == {}
+        assert ok("reload") == {"changed": [], "restart_needed": []}
 
     def workspace_life() -> None:
         ws = ok("workspace", "new", "--project", str(project))

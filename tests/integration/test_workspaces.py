@@ -274,7 +274,7 @@ async def test_diff_cli_and_the_diff_delta(daemon: DaemonProcess) -> None:
     files = {f["path"]: f for f in data["files"]}
     assert set(files) == {"added.txt", "later.txt", "README.md", "src.txt", ".gitignore"}
     assert files["src.txt"]["deletions"] == 2
-    assert "patch" not in data  # --json: per file, no patch
+    assert data["patch"] == ""  # --json: per file, no patch
     # The worktree's own index is untouched (no intent-to-add entries left behind).
     assert git(path, "status", "--porcelain") == " M README.md\n?? .gitignore\n?? later.txt\n"
     assert checkout_state(project) == before
@@ -403,7 +403,7 @@ async def test_strays_under_the_root_and_symlinks_out_of_it(
     report = reap(daemon)
     assert report[str(stray)]["action"] == "delete"
     assert report[str(stray)]["done"] is True
-    assert "workspace" not in report[str(stray)]
+    assert report[str(stray)]["workspace"] is None
     assert (report[str(root / "manual" / "plain")]["reason"]) == "not-a-worktree"
     for link in (root / "evil", root / "manual" / "evil"):
         assert (report[str(link)]["action"], report[str(link)]["reason"]) == (

@@ -68,7 +68,8 @@ FIELD_NOTES: dict[str, str] = {
     "OpenChat.workspace": "Work in this workspace's worktree (workspaces subsystem).",
     "OpenChat.project": "Create a workspace of this project for the chat (workspaces "
                         "subsystem).",
-    "OpenChat.policy": "Permission policy of a new chat (default: `[permissions] policy`).",
+    "OpenChat.policy": "Permission policy of a new chat (default: `[permissions] policy`); "
+    "for an existing chat, its new policy (like `policy`).",
     "OpenChat.title": "A title for lists.",
     "Prompt.text": "The prompt as plain text.",
     "Subscribe.since": "Where to resume; see [Subscriptions and resume]"

@@ -75,6 +75,22 @@ def test_unknown_keys_far_from_any_known_one_get_no_suggestion() -> None:
     assert "did you mean" not in error.value.message
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ('[daemon]\nlog_level = "verbose"\n',
+     "at `$.daemon.log_level`; one of `debug`, `error`, `info`, `warning`"),
+    ('[permissions]\npolicy = "yes"\n', "one of `allow`, `ask`, `deny`"),
+    ("[websocket]\nport = 99999\n", "Expected `int` <= 65535 - at `$.websocket.port`"),
+    ('[computers.a]\nhost = "h"\nport = 70000\n', "Expected `int` <= 65535"),
+])
+def test_a_value_out_of_its_set_or_range_is_refused_with_what_is_allowed(
+        text: str, message: str) -> None:
+    """A log level out of its set named no level; port 99999 was accepted and bound as
+    34463 (it wraps at 65536)."""
+    with pytest.raises(ConfigError) as error:
+        parse(text, source="cfg.toml")
+    assert message in error.value.message
+
+
 def test_a_command_string_is_split_like_a_shell_would() -> None:
     config = parse('[agents.q]\ncommand = "qwen --acp --model \'big one\'"\n')
     assert config.agents["q"].command == ["qwen", "--acp", "--model", "big one"]

@@ -316,7 +316,8 @@ async def _until_cancelled() -> None:
 
 def _describe_start_error(exc: BaseException) -> str:
     if isinstance(exc, trio.TooSlowError):
-        return "the agent did not answer initialize/session setup in time"
+        return ("the agent did not answer initialize/session setup in time ([daemon] "
+                "request_timeout; is it an ACP agent on stdio?)")
     if isinstance(exc, RpcError):
         return f"the agent refused the session setup: {exc.message} ({exc.code})"
     if isinstance(exc, StokerError):
