@@ -442,12 +442,32 @@ async def test_authentication_required_then_auth(traced: Traced) -> None:
         assert error is not None
         assert "echo-login" in error
         assert "stoker auth" in error
+    # A method the agent never offered is refused before the agent sees it, naming its own.
+    wrong = await trio.to_thread.run_sync(daemon.cli, "auth", "auth", "nope")
+    assert wrong.returncode == 1
+    assert "has no auth method 'nope'" in wrong.stderr
+    assert "echo-login" in wrong.stderr
     auth = await trio.to_thread.run_sync(daemon.cli, "auth", "auth", "echo-login")
     assert auth.returncode == 0, auth.stderr
     async with daemon.client() as client:
         assert (await turn(client, "auth", "hello again")).text == "hello again"
     methods = traced.methods("authy")
+    assert methods.count("authenticate") == 1
     assert methods.index("authenticate") < len(methods) - 1
+
+
+async def test_auth_with_an_agent_that_offers_no_method_is_refused(traced: Traced) -> None:
+    daemon = traced.daemon
+    async with daemon.client() as client:
+        info = await open_chat(client, "noauth", cwd=daemon.work)
+        assert (await turn(client, info.chat, "hi")).text == "hi"
+    refused = await trio.to_thread.run_sync(daemon.cli, "auth", "noauth", "anything")
+    assert refused.returncode == 1
+    assert "it lists none" in refused.stderr
+    async with daemon.client() as client:
+        notices = [x.body.message for x in await replay(client, "noauth", timeout=10)
+                   if isinstance(x.body, d.Notice)]
+        assert not any("authenticated" in n for n in notices)
 
 
 async def test_unknown_agent_request_gets_method_not_found(traced: Traced) -> None:

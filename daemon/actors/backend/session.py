@@ -199,8 +199,7 @@ class Session:
         if exc.code == AUTH_REQUIRED:
             core = self._core
             methods = core.info.get("authMethods") or []
-            names = ", ".join(
-                f"{m.get('id')} ({m.get('name', '')})" for m in methods if isinstance(m, dict))
+            names = _method_names(methods)
             hint = (f"; run `stoker auth {core.chat} METHOD` with one of: {names}"
                     if names else "; the agent lists no authMethods")
             raise AuthRequired(f"agent {core.agent!r} requires authentication: "
@@ -231,6 +230,20 @@ class Session:
     # ------------------------------------------------------------------ controls
 
     async def authenticate(self, rpc: JsonRpcConnection, cmd: mb.Authenticate) -> None:
+        """`authenticate` with one of the methods the agent listed in `initialize` (ACP:
+        the id must be one of them); any other is refused here, before the agent sees it,
+        naming the ones it offers."""
+        core = self._core
+        methods = core.info.get("authMethods")
+        if isinstance(methods, list) and cmd.method not in {
+                m.get("id") for m in methods if isinstance(m, dict)}:
+            names = _method_names(methods)
+            offered = (f"; it offers: {names}" if names
+                       else "; it lists none (it needs no `stoker auth`)")
+            cmd.reply.fail(BadRequest(f"agent {core.agent!r} has no auth method "
+                                      f"{cmd.method!r}{offered}",
+                                      detail={"authMethods": methods}))
+            return
         try:
             await rpc.request("authenticate", {"methodId": cmd.method},
                               timeout=self._timeout())
@@ -479,3 +492,9 @@ def _select_values(option: dict[str, Any]) -> list[str]:
             if isinstance(sub, dict) and "value" in sub:
                 values.append(str(sub["value"]))
     return values
+
+
+def _method_names(methods: list[Any]) -> str:
+    """An agent's `authMethods`, as `id (name), ...` for a message."""
+    return ", ".join(f"{m.get('id')} ({m.get('name', '')})" for m in methods
+                     if isinstance(m, dict))
