@@ -119,9 +119,10 @@ class TaskService:
     def _get(self, task_id: str, caller: str | None) -> Task:
         task = self._tasks.get(task_id)
         if task is None or (caller is not None and task.parent != caller):
-            whose = f" of chat {caller!r}" if caller is not None else ""
-            raise NotFound(f"no task {task_id!r}{whose}; list_tasks shows the tasks you "
-                           "started")
+            if caller is not None:  # an agent, through Stoker's MCP server
+                raise NotFound(f"no task {task_id!r} of chat {caller!r}; list_tasks shows "
+                               "the tasks you started")
+            raise NotFound(f"no task {task_id!r}; `stoker tasks CHAT` lists a chat's tasks")
         return task
 
     def drive(self, parent: str, max_running: int) -> None:

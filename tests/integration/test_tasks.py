@@ -177,7 +177,8 @@ async def test_task_send_runs_a_follow_up_in_the_same_chat(daemon: DaemonProcess
         parent = await open_chat(client, "p", cwd=daemon.work)
         task = await new_task(client, parent.chat, "/remember blue")
         assert (await result(client, task.task)).result == "remembered blue"
-        with pytest.raises(RequestFailed, match="no task"):
+        # A client (not an agent) is told how a client lists tasks.
+        with pytest.raises(RequestFailed, match="no task 'nope'; `stoker tasks CHAT` lists"):
             await client.request(m.TaskSend(id=0, task="nope", prompt="x"))
         again: m.TaskInfo = await client.request(m.TaskSend(id=0, task=task.task,
                                                             prompt="/recall"))
@@ -241,7 +242,7 @@ async def delegate_three_tasks(client: Client, chat: str) -> m.TaskList:
     assert refused.text.startswith("error:")
     assert "unknown agent 'nope'" in refused.text
     missing = await turn(client, chat, '/mcp task_status {"id": "nope"}')
-    assert "no task 'nope' of chat 'boss'" in missing.text
+    assert "no task 'nope' of chat 'boss'; list_tasks shows" in missing.text
     tasks = await client.request(m.ListTasks(id=0))
     assert len(tasks.tasks) == 3
     return tasks
